@@ -1,0 +1,218 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"time"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+// CommitOptions tune Commit.
+type CommitOptions struct {
+	Image         string
+	Message       string
+	Author        string // default user@host
+	Exclude       []string
+	OneFileSystem bool
+	Progress      *snapshot.Progress
+	Warn          func(error)
+}
+
+// Commit snapshots src as the new head of opts.Image (created if new).
+func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions) (chunk.ID, *store.Commit, error) {
+	if err := store.CheckName("image", opts.Image); err != nil {
+		return chunk.ID{}, nil, err
+	}
+	m, err := snapshot.NewMatcher(opts.Exclude)
+	if err != nil {
+		return chunk.ID{}, nil, err
+	}
+	head, err := st.ImageHead(opts.Image)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return chunk.ID{}, nil, err
+	}
+	cachePath := statCachePath(st, opts.Image)
+	cache, err := snapshot.LoadStatCache(cachePath)
+	if err != nil && opts.Warn != nil {
+		opts.Warn(fmt.Errorf("ignoring stat cache: %w", err))
+	}
+	if head.IsZero() {
+		cache = nil // a cache without its image proves nothing
+	}
+	start := time.Now()
+	w := st.NewWriter()
+	res, err := snapshot.Commit(ctx, w, st.Config().Chunker, src, snapshot.CommitOptions{
+		Exclude: m, OneFileSystem: opts.OneFileSystem, Cache: cache, Progress: opts.Progress, Warn: opts.Warn})
+	if err != nil {
+		w.Abort()
+		return chunk.ID{}, nil, err
+	}
+	ws, err := w.Flush()
+	if err != nil {
+		return chunk.ID{}, nil, fmt.Errorf("commit %s: %w", src, err)
+	}
+	c := &store.Commit{Tree: res.Root, Time: start.UTC(), Author: opts.Author, Message: opts.Message, Image: opts.Image}
+	if c.Author == "" {
+		c.Author = defaultAuthor()
+	}
+	c.Host, _ = os.Hostname()
+	if !head.IsZero() {
+		c.Parents = []chunk.ID{head}
+	}
+	c.Stats = res.Stats
+	c.Stats.NewBlobs, c.Stats.NewBytes, c.Stats.StoredBytes = ws.Blobs, ws.Bytes, ws.StoredBytes
+	id, err := st.PutCommit(c)
+	if err != nil {
+		return id, nil, err
+	}
+	op := "commit"
+	if head.IsZero() {
+		op = "create"
+	}
+	if err := st.SetImage(opts.Image, head, id, op, opts.Message); err != nil {
+		return id, nil, err
+	}
+	// The cache is written after the ref moved: it describes the head.
+	if err := res.Cache.Save(cachePath); err != nil && opts.Warn != nil {
+		opts.Warn(fmt.Errorf("save stat cache: %w", err))
+	}
+	return id, c, nil
+}
+
+func defaultAuthor() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+func statCachePath(st *store.Store, image string) string {
+	return filepath.Join(st.Dir(), "cache", "stat-"+image)
+}
+
+// ForgetImage drops the caches of an image (it was removed or renamed).
+func ForgetImage(st *store.Store, image string) {
+	os.Remove(statCachePath(st, image))
+}
+
+// CheckoutOptions tune Checkout.
+type CheckoutOptions struct {
+	Exclude  []string
+	Force    bool // overwrite a non-empty directory sim did not check out
+	Progress *snapshot.Progress
+	NoSync   bool
+}
+
+// Record describes the last checkout into a directory.
+type Record struct {
+	Dir    string    `json:"dir"`
+	Commit chunk.ID  `json:"commit"`
+	Time   time.Time `json:"time"`
+}
+
+// ErrNotOurs is returned when checking out into a non-empty directory
+// that no checkout from this store wrote.
+var ErrNotOurs = errors.New("directory is not empty and was not checked out from this store")
+
+func recordPaths(st *store.Store, dir string) (string, string) {
+	h := chunk.Sum([]byte(dir)).String()[:24]
+	base := filepath.Join(st.Dir(), "cache", "checkout-"+h)
+	return base + ".json", base + ".stat"
+}
+
+// LastCheckout returns the record of the last checkout into dir, if any.
+func LastCheckout(st *store.Store, dir string) (*Record, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	j, _ := recordPaths(st, abs)
+	b, err := os.ReadFile(j)
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Checkout makes dir exactly the commit id's tree, in place.
+func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opts CheckoutOptions) (*snapshot.CheckoutStats, error) {
+	c, err := st.Commit(id)
+	if err != nil {
+		return nil, err
+	}
+	m, err := snapshot.NewMatcher(opts.Exclude)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	jpath, spath := recordPaths(st, abs)
+	var rec *snapshot.StatCache
+	if _, err := os.Stat(jpath); err == nil {
+		rec, _ = snapshot.LoadStatCache(spath) // damaged: files are re-hashed
+		if rec == nil {
+			rec = snapshot.NewStatCache()
+		}
+	} else if !opts.Force {
+		if empty, err := isEmptyOrMissing(abs); err != nil {
+			return nil, err
+		} else if !empty {
+			return nil, fmt.Errorf("%s: %w (use --force to make it the image anyway)", abs, ErrNotOurs)
+		}
+	}
+	stats, newRec, err := snapshot.Checkout(ctx, st, c.Tree, abs, snapshot.CheckoutOptions{
+		Exclude: m, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync})
+	if err != nil {
+		return nil, err
+	}
+	if err := newRec.Save(spath); err != nil {
+		return stats, fmt.Errorf("save checkout record: %w", err)
+	}
+	b, _ := json.Marshal(Record{Dir: abs, Commit: id, Time: time.Now().UTC()})
+	if err := os.WriteFile(jpath, b, 0o644); err != nil {
+		return stats, fmt.Errorf("save checkout record: %w", err)
+	}
+	return stats, nil
+}
+
+func isEmptyOrMissing(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	if err == io.EOF {
+		return true, nil
+	}
+	return false, err
+}
+
+func dropStatCaches(st *store.Store) {
+	ents, _ := os.ReadDir(filepath.Join(st.Dir(), "cache"))
+	for _, e := range ents {
+		if len(e.Name()) > 5 && e.Name()[:5] == "stat-" {
+			os.Remove(filepath.Join(st.Dir(), "cache", e.Name()))
+		}
+	}
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+type checkoutOptions struct {
+	exclude, excludeFrom []string
+	force, noSync        bool
+}
+
+func newCheckoutCommand() *cobra.Command {
+	var o checkoutOptions
+	c := &cobra.Command{
+		Use:   "checkout REF DIR",
+		Short: "Make DIR exactly the tree of REF (install, update or roll back in place)",
+		Long: `Make DIR exactly the tree of REF. DIR may be missing, empty, or a previous
+checkout: then only entries that differ are rewritten (through a temporary
+file and rename), extraneous entries are removed and directory metadata is
+fixed last. A non-empty directory sim did not check out is refused unless
+--force. Excluded paths are neither written nor removed.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			ex, err := excludes(o.exclude, o.excludeFrom)
+			if err != nil {
+				return err
+			}
+			return withStore(func(st *store.Store) error {
+				id, err := st.Resolve(args[0])
+				if err != nil {
+					return err
+				}
+				p := &snapshot.Progress{}
+				stop := showProgress("checkout", p)
+				stats, err := client.Checkout(c.Context(), st, id, args[1], client.CheckoutOptions{
+					Exclude: ex, Force: o.force, Progress: p, NoSync: o.noSync})
+				stop()
+				if err != nil {
+					return err
+				}
+				if global.json {
+					return printJSON(struct {
+						Commit chunk.ID `json:"commit"`
+						*snapshot.CheckoutStats
+					}{id, stats})
+				}
+				fmt.Fprintf(stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
+					id.Short(), args[1], stats.Written, fmtBytes(stats.BytesWritten), stats.Removed, stats.Metadata, stats.Unchanged)
+				return nil
+			})
+		},
+	}
+	f := c.Flags()
+	f.StringArrayVar(&o.exclude, "exclude", nil, "leave paths matching `PATTERN` alone (repeatable)")
+	f.StringArrayVar(&o.excludeFrom, "exclude-from", nil, "read exclude patterns from `FILE`")
+	f.BoolVar(&o.force, "force", false, "overwrite a non-empty directory sim did not check out")
+	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
+	addJSONFlag(c)
+	return c
+}
+
+// isDirArg says whether a diff operand names a directory rather than a
+// ref: it contains a slash or is "." / "..".
+func isDirArg(s string) bool {
+	return strings.Contains(s, "/") || s == "." || s == ".."
+}
+
+func newDiffCommand() *cobra.Command {
+	var stat bool
+	var exclude []string
+	c := &cobra.Command{
+		Use:   "diff REF REF | diff REF DIR",
+		Short: "Show what differs between two commits, or a commit and a directory",
+		Long: `Show the paths added, removed and modified between two commits, or between
+a commit and a directory (an operand with a slash is a directory: write
+./name for one in the current directory), with what changed for each:
+content, type, mode, owner, xattrs, mtime, target, device, link. --stat adds
+the bytes that would be transferred to turn the first into the second.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				a, err := resolveTree(st, args[0])
+				if err != nil {
+					return err
+				}
+				m, err := snapshot.NewMatcher(exclude)
+				if err != nil {
+					return err
+				}
+				d := &snapshot.Differ{Src: st, Exclude: m}
+				var b chunk.ID
+				if isDirArg(args[1]) {
+					ms := &snapshot.MemSaver{Next: st}
+					res, err := snapshot.Commit(c.Context(), ms, st.Config().Chunker, args[1], snapshot.CommitOptions{Exclude: m})
+					if err != nil {
+						return err
+					}
+					b = res.Root
+					d.Src = ms
+				} else if b, err = resolveTree(st, args[1]); err != nil {
+					return err
+				}
+				if stat {
+					d.Stat = &snapshot.DiffStat{}
+				}
+				changes, err := d.Diff(a, b)
+				if err != nil {
+					return err
+				}
+				if global.json {
+					if changes == nil {
+						changes = []snapshot.Change{}
+					}
+					return printJSON(struct {
+						Changes []snapshot.Change  `json:"changes"`
+						Stat    *snapshot.DiffStat `json:"stat,omitempty"`
+					}{changes, d.Stat})
+				}
+				for _, ch := range changes {
+					mark := map[snapshot.Action]string{snapshot.Added: "+", snapshot.Removed: "-", snapshot.Modified: "M"}[ch.Action]
+					what := ""
+					if len(ch.What) > 0 {
+						what = " (" + strings.Join(ch.What, ", ") + ")"
+					}
+					fmt.Fprintf(stdout, "%s %s%s\n", mark, quote(ch.Path), what)
+				}
+				if s := d.Stat; s != nil {
+					fmt.Fprintf(stdout, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
+						s.Added, s.Removed, s.Modified, s.NewChunks, fmtBytes(s.NewChunkBytes), s.NewTrees, fmtBytes(s.NewTreeBytes))
+				}
+				return nil
+			})
+		},
+	}
+	c.Flags().BoolVar(&stat, "stat", false, "also print counts and the bytes that would be transferred")
+	c.Flags().StringArrayVar(&exclude, "exclude", nil, "ignore paths matching `PATTERN`")
+	addJSONFlag(c)
+	return c
+}
+
+func resolveTree(st *store.Store, ref string) (chunk.ID, error) {
+	id, err := st.Resolve(ref)
+	if err != nil {
+		if _, serr := os.Stat(ref); serr == nil && errors.Is(err, store.ErrNotFound) {
+			return id, fmt.Errorf("%w (to diff against the directory, write ./%s)", err, ref)
+		}
+		return id, err
+	}
+	cm, err := st.Commit(id)
+	if err != nil {
+		return id, err
+	}
+	return cm.Tree, nil
+}
+
+func newFsckCommand() *cobra.Command {
+	var readData bool
+	c := &cobra.Command{
+		Use:   "fsck [--read-data]",
+		Short: "Check the store's consistency (and with --read-data every byte)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				rep, err := client.Fsck(st, readData)
+				if rep == nil {
+					return err
+				}
+				if global.json {
+					if e := printJSON(rep); e != nil {
+						return e
+					}
+					return err
+				}
+				for _, w := range rep.Warnings {
+					fmt.Fprintf(stdout, "warning: %s\n", w)
+				}
+				for _, p := range rep.Problems {
+					fmt.Fprintf(stdout, "error: %s\n", p)
+				}
+				for _, b := range rep.Broken {
+					fmt.Fprintf(stdout, "broken: %s\n", b)
+				}
+				mode := "structure"
+				if readData {
+					mode = "structure and data"
+				}
+				fmt.Fprintf(stdout, "checked %s: %d packs (%s), %d blobs, %d commits: ", mode, rep.Stats.Packs, fmtBytes(rep.Stats.Bytes), rep.Stats.Blobs, rep.Commits)
+				if err != nil {
+					fmt.Fprintf(stdout, "%d errors\n", len(rep.Problems))
+					return err
+				}
+				fmt.Fprintln(stdout, "no errors")
+				return nil
+			})
+		},
+	}
+	c.Flags().BoolVar(&readData, "read-data", false, "re-hash every pack and blob")
+	addJSONFlag(c)
+	return c
+}
+
+func newGCCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove what no image, tag or reflog reaches, rewriting packs",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				gs, err := client.GC(st)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "gc: removed %d blobs and %d commits; %d packs deleted, %d rewritten; %s freed\n",
+					gs.BlobsRemoved, gs.CommitsRemoved, gs.PacksRemoved, gs.PacksRewritten, fmtBytes(gs.BytesFreed))
+				return nil
+			})
+		},
+	}
+}

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+type commitJSON struct {
+	ID chunk.ID `json:"id"`
+	*store.Commit
+}
+
+func newLogCommand() *cobra.Command {
+	var max int
+	c := &cobra.Command{
+		Use:   "log REF",
+		Short: "Show the history of an image, tag or commit",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				id, err := st.Resolve(args[0])
+				if err != nil {
+					return err
+				}
+				var out []commitJSON
+				for n := 0; !id.IsZero() && (max <= 0 || n < max); n++ {
+					cm, err := st.Commit(id)
+					if err != nil {
+						return err
+					}
+					out = append(out, commitJSON{id, cm})
+					id = chunk.ID{}
+					if len(cm.Parents) > 0 {
+						id = cm.Parents[0]
+					}
+				}
+				if global.json {
+					return printJSON(out)
+				}
+				for i, e := range out {
+					if i > 0 {
+						fmt.Fprintln(stdout)
+					}
+					printCommit(e.ID, e.Commit, false)
+				}
+				return nil
+			})
+		},
+	}
+	c.Flags().IntVarP(&max, "max-count", "n", 0, "show at most `N` commits")
+	addJSONFlag(c)
+	return c
+}
+
+func printCommit(id chunk.ID, cm *store.Commit, full bool) {
+	fmt.Fprintf(stdout, "commit %s\n", id)
+	fmt.Fprintf(stdout, "Image:  %s\n", cm.Image)
+	fmt.Fprintf(stdout, "Author: %s\n", cm.Author)
+	fmt.Fprintf(stdout, "Date:   %s\n", cm.Time.Local().Format(time.RFC1123Z))
+	if full {
+		fmt.Fprintf(stdout, "Tree:   %s\n", cm.Tree)
+		for _, p := range cm.Parents {
+			fmt.Fprintf(stdout, "Parent: %s\n", p)
+		}
+		if cm.Host != "" {
+			fmt.Fprintf(stdout, "Host:   %s\n", cm.Host)
+		}
+	}
+	s := cm.Stats
+	fmt.Fprintf(stdout, "Stats:  %d files, %d dirs, %s in %d chunks; added %d blobs, %s (%s stored)\n",
+		s.Files, s.Dirs, fmtBytes(s.Bytes), s.Chunks, s.NewBlobs, fmtBytes(s.NewBytes), fmtBytes(s.StoredBytes))
+	if cm.Message != "" {
+		fmt.Fprintln(stdout)
+		for _, l := range strings.Split(cm.Message, "\n") {
+			fmt.Fprintf(stdout, "    %s\n", l)
+		}
+	}
+}
+
+func newShowCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "show REF",
+		Short: "Show one commit in full",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				id, err := st.Resolve(args[0])
+				if err != nil {
+					return err
+				}
+				cm, err := st.Commit(id)
+				if err != nil {
+					return err
+				}
+				if global.json {
+					return printJSON(commitJSON{id, cm})
+				}
+				printCommit(id, cm, true)
+				return nil
+			})
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+type lsEntry struct {
+	Path   string    `json:"path"`
+	Type   string    `json:"type"`
+	Mode   string    `json:"mode"`
+	UID    uint32    `json:"uid"`
+	GID    uint32    `json:"gid"`
+	Size   uint64    `json:"size"`
+	Mtime  time.Time `json:"mtime"`
+	Target string    `json:"target,omitempty"`
+	Link   string    `json:"hardlink,omitempty"`
+	Xattrs []string  `json:"xattrs,omitempty"`
+}
+
+func toLsEntry(p string, n *snapshot.Node) lsEntry {
+	e := lsEntry{Path: p, Type: n.Kind.String(), Mode: fmt.Sprintf("%04o", n.Mode), UID: n.UID, GID: n.GID,
+		Size: n.Size, Mtime: time.Unix(n.MtimeSec, int64(n.MtimeNsec)).UTC(), Target: n.Target, Link: n.Link}
+	if n.Kind == snapshot.KindChar || n.Kind == snapshot.KindBlock {
+		e.Target = fmt.Sprintf("%d,%d", n.Major, n.Minor)
+	}
+	for _, x := range n.Xattrs {
+		e.Xattrs = append(e.Xattrs, x.Name)
+	}
+	return e
+}
+
+func modeString(n *snapshot.Node) string {
+	t := map[snapshot.Kind]byte{snapshot.KindFile: '-', snapshot.KindDir: 'd', snapshot.KindSymlink: 'l',
+		snapshot.KindChar: 'c', snapshot.KindBlock: 'b', snapshot.KindFifo: 'p', snapshot.KindSocket: 's'}[n.Kind]
+	b := []byte{t}
+	const rwx = "rwxrwxrwx"
+	for i := 0; i < 9; i++ {
+		if n.Mode&(1<<(8-i)) != 0 {
+			b = append(b, rwx[i])
+		} else {
+			b = append(b, '-')
+		}
+	}
+	for i, bit := range []uint32{04000, 02000, 01000} {
+		if n.Mode&bit == 0 {
+			continue
+		}
+		pos := 3 + 3*i
+		if i == 2 {
+			pos = 9
+		}
+		c := "sst"[i]
+		if b[pos] == '-' {
+			c = "SST"[i]
+		}
+		b[pos] = c
+	}
+	return string(b)
+}
+
+func newLsCommand() *cobra.Command {
+	var long, recursive bool
+	c := &cobra.Command{
+		Use:   "ls REF [PATH]",
+		Short: "List a directory of a commit",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(c *cobra.Command, args []string) error {
+			p := "/"
+			if len(args) == 2 {
+				p = args[1]
+			}
+			return withStore(func(st *store.Store) error {
+				id, err := st.Resolve(args[0])
+				if err != nil {
+					return err
+				}
+				cm, err := st.Commit(id)
+				if err != nil {
+					return err
+				}
+				n, err := snapshot.Lookup(st, cm.Tree, p)
+				if err != nil {
+					return err
+				}
+				var ents []lsEntry
+				var nodes []*snapshot.Node
+				add := func(path string, n *snapshot.Node) error {
+					ents = append(ents, toLsEntry(path, n))
+					cp := *n
+					nodes = append(nodes, &cp)
+					return nil
+				}
+				base := strings.Trim(p, "/")
+				if n.Kind != snapshot.KindDir {
+					add(base, n)
+				} else if recursive {
+					err = snapshot.Walk(st, n.Subtree, func(rel string, n *snapshot.Node) error {
+						return add(joinSlash(base, rel), n)
+					})
+				} else {
+					t, err2 := snapshot.LoadTree(st, n.Subtree)
+					if err2 != nil {
+						return err2
+					}
+					for i := range t.Entries {
+						e := t.Entries[i]
+						if e.Kind == snapshot.KindDir {
+							n, err := snapshot.Lookup(st, n.Subtree, e.Name)
+							if err != nil {
+								return err
+							}
+							e = *n
+						}
+						add(joinSlash(base, e.Name), &e)
+					}
+				}
+				if err != nil {
+					return err
+				}
+				if global.json {
+					return printJSON(ents)
+				}
+				tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', tabwriter.AlignRight)
+				for i, e := range ents {
+					name := quote(e.Path)
+					if !recursive && n.Kind == snapshot.KindDir {
+						name = quote(nodes[i].Name)
+					}
+					if !long {
+						fmt.Fprintln(stdout, name)
+						continue
+					}
+					if e.Type == "symlink" {
+						name += " -> " + quote(e.Target)
+					}
+					size := fmt.Sprint(e.Size)
+					if nodes[i].Kind == snapshot.KindChar || nodes[i].Kind == snapshot.KindBlock {
+						size = e.Target
+					}
+					fmt.Fprintf(tw, "%s\t %d\t %d\t %s\t %s\t %s\t\n", modeString(nodes[i]), e.UID, e.GID, size,
+						e.Mtime.Local().Format("2006-01-02 15:04:05.000000000"), name)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	c.Flags().BoolVarP(&long, "long", "l", false, "long listing: mode, owner, size, mtime")
+	c.Flags().BoolVarP(&recursive, "recursive", "R", false, "list everything below PATH")
+	addJSONFlag(c)
+	return c
+}
+
+func joinSlash(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "/" + b
+}
+
+func newCatCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cat REF PATH",
+		Short: "Write a file of a commit to stdout",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				id, err := st.Resolve(args[0])
+				if err != nil {
+					return err
+				}
+				cm, err := st.Commit(id)
+				if err != nil {
+					return err
+				}
+				n, err := snapshot.Lookup(st, cm.Tree, args[1])
+				if err != nil {
+					return err
+				}
+				if n.Kind != snapshot.KindFile {
+					return fmt.Errorf("%s is a %s, not a regular file", args[1], n.Kind)
+				}
+				return snapshot.WriteContent(st, n, stdout)
+			})
+		},
+	}
+}
+
+var _ = os.Stdout

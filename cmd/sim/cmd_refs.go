@@ -1,0 +1,170 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/store"
+)
+
+func newTagCommand() *cobra.Command {
+	var del bool
+	c := &cobra.Command{
+		Use:   "tag [NAME REF | -d NAME]",
+		Short: "List tags, create an immutable tag, or delete one",
+		Args:  cobra.RangeArgs(0, 2),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				switch {
+				case del:
+					if len(args) != 1 {
+						return usageError{fmt.Errorf("tag -d takes one NAME")}
+					}
+					return st.DeleteTag(args[0])
+				case len(args) == 2:
+					id, err := st.Resolve(args[1])
+					if err != nil {
+						return err
+					}
+					return st.CreateTag(args[0], id)
+				case len(args) == 1:
+					return usageError{fmt.Errorf("tag NAME needs a REF")}
+				}
+				tags, err := st.Tags()
+				if err != nil {
+					return err
+				}
+				if global.json {
+					if tags == nil {
+						tags = []store.Tag{}
+					}
+					return printJSON(tags)
+				}
+				tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+				for _, t := range tags {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Commit.Short(), t.Time.Local().Format(time.DateTime))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the tag NAME")
+	addJSONFlag(c)
+	return c
+}
+
+type imageJSON struct {
+	Name    string    `json:"name"`
+	Head    chunk.ID  `json:"head"`
+	Time    time.Time `json:"time"`
+	Message string    `json:"message"`
+	Files   int64     `json:"files"`
+	Bytes   int64     `json:"bytes"`
+}
+
+func newImagesCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "images",
+		Short: "List images with their heads",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				ims, err := st.Images()
+				if err != nil {
+					return err
+				}
+				out := []imageJSON{}
+				for _, im := range ims {
+					cm, err := st.Commit(im.Head)
+					if err != nil {
+						return fmt.Errorf("image %s: %w", im.Name, err)
+					}
+					out = append(out, imageJSON{im.Name, im.Head, cm.Time, cm.Message, cm.Stats.Files, cm.Stats.Bytes})
+				}
+				if global.json {
+					return printJSON(out)
+				}
+				tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "IMAGE\tHEAD\tDATE\tFILES\tSIZE\tMESSAGE")
+				for _, e := range out {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, fmtBytes(e.Bytes), e.Message)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+func newImageCommand() *cobra.Command {
+	c := &cobra.Command{Use: "image", Short: "Copy, rename or remove images"}
+	c.AddCommand(&cobra.Command{
+		Use:   "cp SRC DST",
+		Short: "Create image DST at the head of SRC (history is shared)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error { return st.CopyImage(args[0], args[1]) })
+		},
+	}, &cobra.Command{
+		Use:   "mv SRC DST",
+		Short: "Rename an image, with its reflog",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				if err := st.RenameImage(args[0], args[1]); err != nil {
+					return err
+				}
+				client.ForgetImage(st, args[0])
+				return nil
+			})
+		},
+	}, &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Remove images (their data goes at the next gc unless a tag or another image keeps it)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				for _, n := range args {
+					if err := st.DeleteImage(n); err != nil {
+						return err
+					}
+					client.ForgetImage(st, n)
+				}
+				return nil
+			})
+		},
+	})
+	reflog := &cobra.Command{
+		Use:   "reflog NAME",
+		Short: "Show every move of an image's head",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return withStore(func(st *store.Store) error {
+				log, err := st.Reflog(args[0])
+				if err != nil {
+					return err
+				}
+				if global.json {
+					if log == nil {
+						log = []store.RefLogEntry{}
+					}
+					return printJSON(log)
+				}
+				for i := len(log) - 1; i >= 0; i-- {
+					e := log[i]
+					fmt.Fprintf(stdout, "%s %s %-7s %s\n", e.New.Short(), e.Time.Local().Format(time.DateTime), e.Op, e.Message)
+				}
+				return nil
+			})
+		},
+	}
+	addJSONFlag(reflog)
+	c.AddCommand(reflog)
+	return c
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+type globalOptions struct {
+	store string
+	json  bool
+}
+
+var global globalOptions
+
+func newRootCommand() *cobra.Command {
+	global = globalOptions{}
+	root := &cobra.Command{
+		Use:   "sim",
+		Short: "sim: git for system images",
+		Long: `sim stores whole system images (root filesystems) as deduplicated,
+content-defined chunks with commit history. Images are branches, releases
+are tags; nodes are installed, updated in place and rolled back from commits.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	def := os.Getenv("SIM_STORE")
+	if def == "" {
+		def = "/var/lib/sim"
+	}
+	root.PersistentFlags().StringVar(&global.store, "store", def, "store directory (default $SIM_STORE, else /var/lib/sim)")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%v\nRun '%s --help' for usage.", err, c.CommandPath())}
+	})
+	root.AddCommand(
+		newInitCommand(), newCommitCommand(), newLogCommand(), newShowCommand(),
+		newLsCommand(), newCatCommand(), newTagCommand(), newImagesCommand(), newImageCommand(),
+		newCheckoutCommand(), newDiffCommand(), newFsckCommand(), newGCCommand(),
+	)
+	wrapArgs(root)
+	return root
+}
+
+// wrapArgs turns positional-argument errors into usage errors.
+func wrapArgs(c *cobra.Command) {
+	if a := c.Args; a != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := a(cmd, args); err != nil {
+				return usageError{fmt.Errorf("%s: %v", cmd.CommandPath(), err)}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		wrapArgs(sub)
+	}
+}
+
+func openStore() (*store.Store, error) {
+	return store.Open(global.store)
+}
+
+// withStore runs fn on the open store and closes it.
+func withStore(fn func(st *store.Store) error) error {
+	st, err := openStore()
+	if err != nil {
+		return err
+	}
+	err = fn(st)
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func addJSONFlag(c *cobra.Command) {
+	c.Flags().BoolVar(&global.json, "json", false, "print JSON")
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// showProgress prints p on stderr every 200 ms while it runs, when stderr
+// is a terminal. The returned func stops it.
+func showProgress(what string, p *snapshot.Progress) func() {
+	if f, ok := stderr.(*os.File); !ok || !isTerminal(f) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		start := time.Now()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintf(stderr, "\r\033[K")
+				return
+			case <-t.C:
+				mb := float64(p.Bytes.Load()) / 1e6
+				fmt.Fprintf(stderr, "\r\033[K%s: %d files, %.1f MB, %.1f MB/s", what, p.Files.Load(), mb, mb/time.Since(start).Seconds())
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// excludes gathers --exclude and --exclude-from patterns.
+func excludes(pats, files []string) ([]string, error) {
+	out := append([]string(nil), pats...)
+	for _, f := range files {
+		p, err := snapshot.ReadPatternFile(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p...)
+	}
+	return out, nil
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// quote shows a path with arbitrary bytes on one line.
+func quote(p string) string {
+	for i := 0; i < len(p); i++ {
+		if p[i] < 0x20 || p[i] >= 0x7f || p[i] == '"' || p[i] == '\\' {
+			return fmt.Sprintf("%q", p)
+		}
+	}
+	if strings.ContainsAny(p, " ") {
+		return fmt.Sprintf("%q", p)
+	}
+	return p
+}

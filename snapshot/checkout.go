@@ -1,0 +1,734 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/chunk"
+)
+
+// Source hands out blobs by id; *store.Store is one. Get returns bytes
+// already verified against id; the caller must not modify them.
+type Source interface {
+	Get(id chunk.ID) ([]byte, error)
+}
+
+// LoadTree reads and decodes tree id.
+func LoadTree(src Source, id chunk.ID) (*Tree, error) {
+	b, err := src.Get(id)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+	}
+	t, err := DecodeTree(b)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+	}
+	return t, nil
+}
+
+// CheckoutOptions tune Checkout.
+type CheckoutOptions struct {
+	Exclude *Matcher
+	// Record is what an earlier checkout into the same directory wrote
+	// (its returned StatCache). Files whose stat still matches it are
+	// known without reading them; others of the right size are re-hashed.
+	Record   *StatCache
+	Params   chunk.Params // to hash existing files the record cannot vouch for
+	Workers  int
+	Progress *Progress
+	NoSync   bool // skip the final syncfs
+}
+
+// CheckoutStats counts what Checkout did. Directories whose metadata was
+// restored count in Metadata.
+type CheckoutStats struct {
+	Written      int64 `json:"written"`       // files, links and special files (re)created
+	Removed      int64 `json:"removed"`       // extraneous entries removed (a directory counts once)
+	Metadata     int64 `json:"metadata"`      // entries whose metadata only was fixed
+	Unchanged    int64 `json:"unchanged"`     // entries already right
+	BytesWritten int64 `json:"bytes_written"` // file data written
+}
+
+// Checkout makes dir exactly the tree root: it creates what is missing,
+// rewrites what differs (through a temporary name and rename), removes
+// what the tree lacks, and sets directory metadata last. Excluded paths
+// are neither written nor removed. Every operation is relative to an open
+// directory descriptor with names checked by DecodeTree, so nothing in a
+// tree can make it write outside dir. It returns the record to pass as
+// Record next time.
+func Checkout(ctx context.Context, src Source, root chunk.ID, dir string, opts CheckoutOptions) (*CheckoutStats, *StatCache, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	tree, err := LoadTree(src, root)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("checkout: %w", err)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkout: %w", &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	co := &checkouter{ctx: ctx, src: src, opts: opts, rootfd: fd, rec: NewStatCache(),
+		jobs: make(chan *fileOp, 512)}
+	defer func() {
+		for _, d := range co.dirs {
+			unix.Close(d.fd)
+		}
+	}()
+	co.dirs = append(co.dirs, &odir{fd: fd, rel: "", self: tree.Self, existed: true})
+	var wg sync.WaitGroup
+	for i := 0; i < opts.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			co.worker()
+		}()
+	}
+	err = co.dir(fd, "", tree)
+	close(co.jobs)
+	wg.Wait()
+	if err == nil {
+		err = co.firstErr()
+	}
+	if err == nil {
+		err = co.links()
+	}
+	if err == nil {
+		// Directory metadata last, deepest first, so creating and
+		// renaming children does not disturb their parents' mtimes.
+		for i := len(co.dirs) - 1; i >= 0 && err == nil; i-- {
+			d := co.dirs[i]
+			err = co.finishDir(d)
+		}
+	}
+	if err == nil && !opts.NoSync {
+		if e := unix.Syncfs(fd); e != nil {
+			err = fmt.Errorf("checkout: syncfs %s: %w", dir, e)
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkout %s: %w", dir, err)
+	}
+	return &co.stats.CheckoutStats, co.rec, nil
+}
+
+type odir struct {
+	fd      int
+	rel     string
+	self    Node
+	existed bool
+}
+
+type fileOp struct {
+	dirfd  int
+	name   string
+	rel    string
+	node   *Node
+	st     unix.Stat_t
+	exists bool
+}
+
+type linkOp struct {
+	fileOp
+}
+
+type atomicStats struct {
+	CheckoutStats
+}
+
+func (s *atomicStats) add(p *int64, n int64) { atomic.AddInt64(p, n) }
+
+type checkouter struct {
+	ctx    context.Context
+	src    Source
+	opts   CheckoutOptions
+	rootfd int
+	jobs   chan *fileOp
+	dirs   []*odir
+	lops   []linkOp
+	tmpSeq atomic.Int64
+
+	mu    sync.Mutex
+	err   error
+	rec   *StatCache
+	stats atomicStats
+}
+
+func (co *checkouter) fail(err error) {
+	co.mu.Lock()
+	if co.err == nil {
+		co.err = err
+	}
+	co.mu.Unlock()
+}
+
+func (co *checkouter) firstErr() error {
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	return co.err
+}
+
+func (co *checkouter) record(rel string, st *unix.Stat_t, content []Extent) {
+	co.mu.Lock()
+	co.rec.add(rel, st, content)
+	co.mu.Unlock()
+}
+
+func (co *checkouter) tmpName() string {
+	return ".sim-tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(co.tmpSeq.Add(1), 10)
+}
+
+// dir brings the open directory fd (rel from the root) to tree t.
+func (co *checkouter) dir(fd int, rel string, t *Tree) error {
+	if err := co.ctx.Err(); err != nil {
+		return err
+	}
+	if err := co.firstErr(); err != nil {
+		return err
+	}
+	existing, err := readDirNames(fd)
+	if err != nil {
+		return fmt.Errorf("read directory %q: %w", rel, err)
+	}
+	for _, name := range existing {
+		erel := join(rel, name)
+		if t.Find(name) != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue
+		}
+		if co.opts.Exclude.Match(erel, kindOf(st.Mode) == KindDir) {
+			continue
+		}
+		if err := removeAt(fd, name); err != nil {
+			return fmt.Errorf("remove %q: %w", erel, err)
+		}
+		co.stats.add(&co.stats.Removed, 1)
+	}
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		erel := join(rel, e.Name)
+		if co.opts.Exclude.Match(erel, e.Kind == KindDir) {
+			continue
+		}
+		var st unix.Stat_t
+		exists := true
+		if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("lstat %q: %w", erel, err)
+			}
+			exists = false
+		}
+		if exists && kindOf(st.Mode) != e.Kind {
+			if err := removeAt(fd, e.Name); err != nil {
+				return fmt.Errorf("replace %q: %w", erel, err)
+			}
+			exists = false
+		}
+		op := &fileOp{dirfd: fd, name: e.Name, rel: erel, node: e, st: st, exists: exists}
+		switch {
+		case e.Kind == KindDir:
+			sub, err := LoadTree(co.src, e.Subtree)
+			if err != nil {
+				return err
+			}
+			if !exists {
+				if err := unix.Mkdirat(fd, e.Name, 0o700); err != nil {
+					return fmt.Errorf("mkdir %q: %w", erel, err)
+				}
+			}
+			sfd, err := unix.Openat(fd, e.Name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("open %q: %w", erel, err)
+			}
+			co.dirs = append(co.dirs, &odir{fd: sfd, rel: erel, self: sub.Self, existed: exists})
+			if err := co.dir(sfd, erel, sub); err != nil {
+				return err
+			}
+		case e.Link != "":
+			co.lops = append(co.lops, linkOp{*op})
+		case e.Kind == KindFile:
+			select {
+			case co.jobs <- op:
+			case <-co.ctx.Done():
+				return co.ctx.Err()
+			}
+		default:
+			if err := co.special(op); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// worker writes regular files.
+func (co *checkouter) worker() {
+	var ck *chunk.Chunker
+	for op := range co.jobs {
+		if co.firstErr() != nil || co.ctx.Err() != nil {
+			continue
+		}
+		if err := co.file(op, &ck); err != nil {
+			co.fail(err)
+		}
+	}
+}
+
+// file brings one regular file to its node: metadata only when its
+// content is known to be right, else a rewrite.
+func (co *checkouter) file(op *fileOp, ck **chunk.Chunker) error {
+	if op.exists {
+		content, known := co.opts.Record.lookup(op.rel, &op.st)
+		if !known && uint64(op.st.Size) == op.node.Size && co.opts.Params.MaxSize != 0 {
+			if *ck == nil {
+				*ck = chunk.NewChunker(co.opts.Params)
+			}
+			var err error
+			content, err = hashAt(*ck, op.dirfd, op.name, &op.st)
+			known = err == nil
+		}
+		if known && extentsEqual(content, op.node.Content) {
+			return co.fixMeta(op)
+		}
+	}
+	if err := co.writeFile(op); err != nil {
+		return fmt.Errorf("write %q: %w", op.rel, err)
+	}
+	return nil
+}
+
+func hashAt(ck *chunk.Chunker, dirfd int, name string, st *unix.Stat_t) ([]Extent, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return chunkFile(ck, nil, f, st)
+}
+
+func extentsEqual(a, b []Extent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (co *checkouter) writeFile(op *fileOp) error {
+	n := op.node
+	tmp := co.tmpName()
+	fd, err := unix.Openat(op.dirfd, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+			unix.Unlinkat(op.dirfd, tmp, 0)
+		}
+	}()
+	var off int64
+	for _, e := range n.Content {
+		if !e.Hole() {
+			b, err := co.src.Get(e.ID)
+			if err != nil {
+				return err
+			}
+			if uint64(len(b)) != e.Len {
+				return fmt.Errorf("chunk %s has %d bytes, tree says %d", e.ID.Short(), len(b), e.Len)
+			}
+			for w := 0; w < len(b); {
+				m, err := unix.Pwrite(fd, b[w:], off+int64(w))
+				if err != nil {
+					return err
+				}
+				w += m
+			}
+			co.stats.add(&co.stats.BytesWritten, int64(len(b)))
+		}
+		off += int64(e.Len)
+	}
+	if err := unix.Ftruncate(fd, int64(n.Size)); err != nil {
+		return err
+	}
+	if err := applyMeta(fd, -1, "", n); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
+		return err
+	}
+	ok = true
+	unix.Close(fd)
+	co.record(op.rel, &st, n.Content)
+	co.stats.add(&co.stats.Written, 1)
+	if co.opts.Progress != nil {
+		co.opts.Progress.Files.Add(1)
+		co.opts.Progress.Bytes.Add(int64(n.Size))
+	}
+	return nil
+}
+
+// special creates or fixes a symlink, device, fifo or socket.
+func (co *checkouter) special(op *fileOp) error {
+	n := op.node
+	if op.exists {
+		same := true
+		switch n.Kind {
+		case KindSymlink:
+			t, err := readlinkAt(op.dirfd, op.name)
+			same = err == nil && t == n.Target
+		case KindChar, KindBlock:
+			same = unix.Major(op.st.Rdev) == n.Major && unix.Minor(op.st.Rdev) == n.Minor
+		}
+		if same {
+			return co.fixMeta(op)
+		}
+	}
+	tmp := co.tmpName()
+	var err error
+	switch n.Kind {
+	case KindSymlink:
+		err = unix.Symlinkat(n.Target, op.dirfd, tmp)
+	case KindChar, KindBlock, KindFifo, KindSocket:
+		err = unix.Mknodat(op.dirfd, tmp, n.Kind.ifmt()|0o600, int(unix.Mkdev(n.Major, n.Minor)))
+	}
+	if err != nil {
+		return fmt.Errorf("create %q: %w", op.rel, err)
+	}
+	if err := applyMeta(-1, op.dirfd, tmp, n); err != nil {
+		unix.Unlinkat(op.dirfd, tmp, 0)
+		return fmt.Errorf("%q: %w", op.rel, err)
+	}
+	if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
+		unix.Unlinkat(op.dirfd, tmp, 0)
+		return fmt.Errorf("rename to %q: %w", op.rel, err)
+	}
+	co.stats.add(&co.stats.Written, 1)
+	return nil
+}
+
+// fixMeta brings an existing entry's metadata to its node's, counting it
+// as unchanged when it already was.
+func (co *checkouter) fixMeta(op *fileOp) error {
+	n := op.node
+	same, err := metaEqual(op.dirfd, op.name, &op.st, n)
+	if err != nil {
+		return fmt.Errorf("%q: %w", op.rel, err)
+	}
+	st := op.st
+	if same {
+		co.stats.add(&co.stats.Unchanged, 1)
+	} else {
+		if err := applyMeta(-1, op.dirfd, op.name, n); err != nil {
+			return fmt.Errorf("%q: %w", op.rel, err)
+		}
+		co.stats.add(&co.stats.Metadata, 1)
+		if err := unix.Fstatat(op.dirfd, op.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return err
+		}
+	}
+	if n.Kind == KindFile {
+		co.record(op.rel, &st, n.Content)
+	}
+	return nil
+}
+
+// metaEqual compares an entry's owner, mode, mtime and xattrs with n.
+func metaEqual(dirfd int, name string, st *unix.Stat_t, n *Node) (bool, error) {
+	if st.Uid != n.UID || st.Gid != n.GID || st.Mode&07777 != n.Mode ||
+		st.Mtim.Sec != n.MtimeSec || uint32(st.Mtim.Nsec) != n.MtimeNsec {
+		return false, nil
+	}
+	var xs []Xattr
+	var err error
+	if name == "" {
+		xs, err = listXattrsFd(dirfd)
+	} else {
+		xs, err = listXattrs(fdPath(dirfd, name))
+	}
+	if err != nil {
+		return false, err
+	}
+	return xattrsEqual(xs, n.Xattrs), nil
+}
+
+func xattrsEqual(a, b []Xattr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || string(a[i].Value) != string(b[i].Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// applyMeta sets owner, xattrs, mode and mtime, in that order: chown
+// clears setuid bits and file capabilities, so it goes first; chmod after
+// the ACL xattrs keeps the mode exactly as recorded. It works on the open
+// fd when fd >= 0, else on name in dirfd without following symlinks.
+func applyMeta(fd, dirfd int, name string, n *Node) error {
+	var err error
+	if fd >= 0 {
+		err = unix.Fchown(fd, int(n.UID), int(n.GID))
+	} else {
+		err = unix.Fchownat(dirfd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil && !(errors.Is(err, unix.EPERM) && os.Geteuid() != 0) {
+		return fmt.Errorf("chown: %w", err)
+	}
+	path := ""
+	if fd < 0 {
+		path = fdPath(dirfd, name)
+	}
+	// Always look: a new entry inherits a default ACL from its directory.
+	{
+		var have []Xattr
+		if fd >= 0 {
+			have, err = listXattrsFd(fd)
+		} else {
+			have, err = listXattrs(path)
+		}
+		if err != nil {
+			return err
+		}
+		for _, x := range have {
+			if !hasXattr(n.Xattrs, x.Name) {
+				if fd >= 0 {
+					err = unix.Fremovexattr(fd, x.Name)
+				} else {
+					err = unix.Lremovexattr(path, x.Name)
+				}
+				if err != nil {
+					return fmt.Errorf("remove xattr %s: %w", x.Name, err)
+				}
+			}
+		}
+	}
+	for _, x := range n.Xattrs {
+		if fd >= 0 {
+			err = unix.Fsetxattr(fd, x.Name, x.Value, 0)
+		} else {
+			err = unix.Lsetxattr(path, x.Name, x.Value, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("set xattr %s: %w", x.Name, err)
+		}
+	}
+	if n.Kind != KindSymlink {
+		if fd >= 0 {
+			err = unix.Fchmod(fd, n.Mode)
+		} else {
+			err = unix.Fchmodat(dirfd, name, n.Mode, 0)
+		}
+		if err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: n.MtimeSec, Nsec: int64(n.MtimeNsec)}}
+	if fd >= 0 {
+		// futimens: the fd's /proc link names the file itself.
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), ts, 0)
+	} else {
+		err = unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return fmt.Errorf("set mtime: %w", err)
+	}
+	return nil
+}
+
+func hasXattr(xs []Xattr, name string) bool {
+	for _, x := range xs {
+		if x.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// links creates the second and later names of hard-linked files, after
+// all first names exist.
+func (co *checkouter) links() error {
+	for i := range co.lops {
+		op := &co.lops[i].fileOp
+		firstFd, err := openPathAt(co.rootfd, op.node.Link)
+		var fst unix.Stat_t
+		if err == nil {
+			err = unix.Fstat(firstFd, &fst)
+			if err == nil && kindOf(fst.Mode) != op.node.Kind {
+				err = fmt.Errorf("is a %s", kindOf(fst.Mode))
+			}
+			if err != nil {
+				unix.Close(firstFd)
+			}
+		}
+		if err != nil {
+			// The first name is excluded or missing: stand alone.
+			op.node.Link = ""
+			var ck *chunk.Chunker
+			if op.node.Kind == KindFile {
+				if err := co.file(op, &ck); err != nil {
+					return err
+				}
+			} else if err := co.special(op); err != nil {
+				return err
+			}
+			continue
+		}
+		if op.exists && op.st.Dev == fst.Dev && op.st.Ino == fst.Ino {
+			co.stats.add(&co.stats.Unchanged, 1)
+		} else {
+			tmp := co.tmpName()
+			err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(firstFd), op.dirfd, tmp, unix.AT_SYMLINK_FOLLOW)
+			if err == nil {
+				err = unix.Renameat(op.dirfd, tmp, op.dirfd, op.name)
+				if err != nil {
+					unix.Unlinkat(op.dirfd, tmp, 0)
+				}
+			}
+			if err != nil {
+				unix.Close(firstFd)
+				return fmt.Errorf("link %q to %q: %w", op.rel, op.node.Link, err)
+			}
+			co.stats.add(&co.stats.Written, 1)
+		}
+		unix.Close(firstFd)
+		if op.node.Kind == KindFile {
+			co.record(op.rel, &fst, op.node.Content)
+		}
+	}
+	return nil
+}
+
+// openPathAt opens rel (slash-separated, checked) below dirfd with O_PATH,
+// following no symlink on the way.
+func openPathAt(dirfd int, rel string) (int, error) {
+	if err := CheckPath(rel); err != nil {
+		return -1, err
+	}
+	parts := strings.Split(rel, "/")
+	cur := dirfd
+	for i, p := range parts {
+		flags := unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if i < len(parts)-1 {
+			flags |= unix.O_DIRECTORY
+		}
+		fd, err := unix.Openat(cur, p, flags, 0)
+		if cur != dirfd {
+			unix.Close(cur)
+		}
+		if err != nil {
+			return -1, err
+		}
+		cur = fd
+	}
+	return cur, nil
+}
+
+func (co *checkouter) finishDir(d *odir) error {
+	if d.existed {
+		var st unix.Stat_t
+		if err := unix.Fstat(d.fd, &st); err != nil {
+			return err
+		}
+		same, err := metaEqual(d.fd, "", &st, &d.self)
+		if err != nil {
+			return fmt.Errorf("directory %q: %w", d.rel, err)
+		}
+		if same {
+			return nil
+		}
+		co.stats.add(&co.stats.Metadata, 1)
+	}
+	if err := applyMeta(d.fd, -1, "", &d.self); err != nil {
+		return fmt.Errorf("directory %q: %w", d.rel, err)
+	}
+	return nil
+}
+
+func readDirNames(fd int) ([]string, error) {
+	dfd, err := unix.Dup(fd)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dfd), "dir")
+	defer f.Close()
+	if _, err := f.Seek(0, 0); err != nil {
+		return nil, err
+	}
+	return f.Readdirnames(-1)
+}
+
+func readlinkAt(dirfd int, name string) (string, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// removeAt removes name in dirfd, recursively for a directory, following
+// no symlinks.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	// The directory may be read-only to us: make it writable first.
+	unix.Fchmod(fd, 0o700)
+	names, err := readDirNames(fd)
+	if err == nil {
+		for _, n := range names {
+			if err = removeAt(fd, n); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}

@@ -1,0 +1,312 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/systemimager/sim/chunk"
+)
+
+// Problem is one inconsistency found by Check.
+type Problem struct {
+	Pack    chunk.ID // zero if not about a pack
+	Blob    chunk.ID // zero if not about a blob
+	Warning bool     // harmless (e.g. a pack left by an interrupted write)
+	Msg     string
+}
+
+func (p Problem) String() string {
+	s := ""
+	if !p.Blob.IsZero() {
+		s += "blob " + p.Blob.String() + ": "
+	}
+	if !p.Pack.IsZero() {
+		s += "pack " + p.Pack.Short() + ": "
+	}
+	return s + p.Msg
+}
+
+// CheckStats counts what Check looked at.
+type CheckStats struct {
+	Packs, Blobs int
+	Bytes        int64
+}
+
+// PackSizes returns the indexed packs and their sizes.
+func (s *Store) PackSizes() (map[chunk.ID]int64, error) {
+	out := map[chunk.ID]int64{}
+	err := s.scan(kPack, true, func(k, v []byte) error {
+		var id chunk.ID
+		copy(id[:], k)
+		if len(v) == 8 {
+			out[id] = int64(binary.BigEndian.Uint64(v))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// packFilesOnDisk lists pack files under packs/.
+func (s *Store) packFilesOnDisk() (map[chunk.ID]string, error) {
+	out := map[chunk.ID]string{}
+	dirs, err := os.ReadDir(filepath.Join(s.dir, "packs"))
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range dirs {
+		ents, err := os.ReadDir(filepath.Join(s.dir, "packs", d.Name()))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			name := strings.TrimSuffix(e.Name(), ".pack")
+			id, err := chunk.Parse(name)
+			if err != nil {
+				continue
+			}
+			out[id] = filepath.Join(s.dir, "packs", d.Name(), e.Name())
+		}
+	}
+	return out, nil
+}
+
+// Check verifies the packs and the index against each other: every pack
+// the index names exists with its recorded size and a well-formed header
+// that agrees with the index; every indexed blob's pack is indexed. With
+// readData it also hashes every pack file and every blob.
+func (s *Store) Check(readData bool, report func(Problem)) (CheckStats, error) {
+	var cs CheckStats
+	sizes, err := s.PackSizes()
+	if err != nil {
+		return cs, err
+	}
+	onDisk, err := s.packFilesOnDisk()
+	if err != nil {
+		return cs, err
+	}
+	for id := range onDisk {
+		if _, ok := sizes[id]; !ok {
+			report(Problem{Pack: id, Warning: true, Msg: "not in the index (left by an interrupted write; gc removes it)"})
+		}
+	}
+	headers := map[chunk.ID]map[chunk.ID]Loc{}
+	for id, size := range sizes {
+		cs.Packs++
+		cs.Bytes += size
+		path, ok := onDisk[id]
+		if !ok {
+			report(Problem{Pack: id, Msg: "missing: the index names it but there is no pack file"})
+			continue
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			report(Problem{Pack: id, Msg: err.Error()})
+			continue
+		}
+		fi, err := f.Stat()
+		if err == nil && fi.Size() != size {
+			report(Problem{Pack: id, Msg: fmt.Sprintf("is %d bytes, the index says %d", fi.Size(), size)})
+		}
+		ents, err := readPackHeader(f, fi.Size(), id)
+		if err != nil {
+			report(Problem{Pack: id, Msg: "header: " + err.Error()})
+		} else {
+			m := make(map[chunk.ID]Loc, len(ents))
+			for _, e := range ents {
+				m[e.ID] = e.Loc
+			}
+			headers[id] = m
+		}
+		if readData {
+			h := blake3.New()
+			if _, err := io.Copy(h, f); err != nil {
+				report(Problem{Pack: id, Msg: "read: " + err.Error()})
+			} else {
+				var got chunk.ID
+				h.Sum(got[:0])
+				if got != id {
+					report(Problem{Pack: id, Msg: fmt.Sprintf("content hashes to %s: the file is damaged", got.Short())})
+				}
+			}
+		}
+		f.Close()
+	}
+	err = s.forEachBlob(func(id chunk.ID, loc Loc) error {
+		cs.Blobs++
+		if _, ok := sizes[loc.Pack]; !ok {
+			report(Problem{Blob: id, Pack: loc.Pack, Msg: "indexed in a pack the index does not list"})
+			return nil
+		}
+		if h, ok := headers[loc.Pack]; ok {
+			if hl, ok := h[id]; !ok || hl != loc {
+				report(Problem{Blob: id, Pack: loc.Pack, Msg: "index entry disagrees with the pack header"})
+				return nil
+			}
+		}
+		if readData {
+			if _, err := s.GetAt(id, loc); err != nil {
+				report(Problem{Blob: id, Pack: loc.Pack, Msg: err.Error()})
+			}
+		}
+		return nil
+	})
+	return cs, err
+}
+
+// ---- garbage collection ----
+
+// GCStats says what Repack did.
+type GCStats struct {
+	PacksRemoved   int
+	PacksRewritten int
+	BlobsRemoved   int
+	BytesFreed     int64
+	CommitsRemoved int
+}
+
+// Repack keeps the blobs for which live returns true and removes the rest:
+// packs with no live blob are deleted, packs with some are rewritten.
+// Crash-safe: live blobs are copied into new durable packs and re-indexed
+// before any index entry is dropped or any old pack deleted, so at every
+// moment each index entry names an existing pack holding its blob. Leftover
+// old packs from a crash are removed by the next run.
+func (s *Store) Repack(live func(chunk.ID) bool, liveCommits func(chunk.ID) bool) (GCStats, error) {
+	var gs GCStats
+	sizes, err := s.PackSizes()
+	if err != nil {
+		return gs, err
+	}
+	type packUse struct {
+		live, dead []PackEntry
+	}
+	use := map[chunk.ID]*packUse{}
+	for id := range sizes {
+		use[id] = &packUse{}
+	}
+	err = s.forEachBlob(func(id chunk.ID, loc Loc) error {
+		u := use[loc.Pack]
+		if u == nil {
+			u = &packUse{}
+			use[loc.Pack] = u
+		}
+		e := PackEntry{ID: id, Loc: loc}
+		if live(id) {
+			u.live = append(u.live, e)
+		} else {
+			u.dead = append(u.dead, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return gs, err
+	}
+	// 1. Copy the live blobs of partly dead packs into new packs.
+	w := s.NewWriter()
+	w.force = true
+	var drop []chunk.ID
+	for pid, u := range use {
+		if len(u.dead) == 0 {
+			continue
+		}
+		drop = append(drop, pid)
+		if len(u.live) == 0 {
+			gs.PacksRemoved++
+		} else {
+			gs.PacksRewritten++
+		}
+		for _, e := range u.live {
+			b, err := s.GetAt(e.ID, e.Loc)
+			if err != nil {
+				w.Abort()
+				return gs, fmt.Errorf("gc: cannot copy live blob %s: %w", e.ID, err)
+			}
+			if _, err := w.Put(e.Type, e.ID, b); err != nil {
+				w.Abort()
+				return gs, err
+			}
+		}
+	}
+	if _, err := w.Flush(); err != nil {
+		return gs, fmt.Errorf("gc: %w", err)
+	}
+	// 2. Drop dead index entries and the old packs' keys.
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, pid := range drop {
+		for _, e := range use[pid].dead {
+			if err := wb.Delete(append([]byte(kBlob), e.ID[:]...)); err != nil {
+				return gs, err
+			}
+			gs.BlobsRemoved++
+		}
+		if err := wb.Delete(append([]byte(kPack), pid[:]...)); err != nil {
+			return gs, err
+		}
+		gs.BytesFreed += sizes[pid]
+	}
+	var deadCommits []chunk.ID
+	if err := s.scan(kCommit, false, func(k, _ []byte) error {
+		var id chunk.ID
+		copy(id[:], k)
+		if !liveCommits(id) {
+			deadCommits = append(deadCommits, id)
+		}
+		return nil
+	}); err != nil {
+		return gs, err
+	}
+	for _, id := range deadCommits {
+		if err := wb.Delete(append([]byte(kCommit), id[:]...)); err != nil {
+			return gs, err
+		}
+	}
+	gs.CommitsRemoved = len(deadCommits)
+	if err := wb.Flush(); err != nil {
+		return gs, err
+	}
+	if err := s.db.Sync(); err != nil {
+		return gs, err
+	}
+	// 3. Only now delete old pack files, and any pack no index names.
+	s.mu.Lock()
+	for _, pid := range drop {
+		if f := s.packs[pid]; f != nil {
+			f.Close()
+			delete(s.packs, pid)
+		}
+	}
+	s.mu.Unlock()
+	for _, pid := range drop {
+		if err := os.Remove(s.packPath(pid)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return gs, err
+		}
+	}
+	onDisk, err := s.packFilesOnDisk()
+	if err != nil {
+		return gs, err
+	}
+	now, err := s.PackSizes()
+	if err != nil {
+		return gs, err
+	}
+	for id, path := range onDisk {
+		if _, ok := now[id]; !ok {
+			if fi, err := os.Stat(path); err == nil {
+				gs.BytesFreed += fi.Size()
+			}
+			os.Remove(path)
+			gs.PacksRemoved++
+		}
+	}
+	// Let badger reclaim the space of deleted keys.
+	for s.db.RunValueLogGC(0.5) == nil {
+	}
+	return gs, nil
+}

@@ -1,0 +1,372 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/systemimager/sim/chunk"
+)
+
+// ErrNotFound is returned for a blob, commit or ref the store does not hold.
+var ErrNotFound = errors.New("not found")
+
+// ErrLocked is returned when another process has the store open.
+var ErrLocked = errors.New("store is in use by another sim process")
+
+// Store is an open object store. Its methods are safe for concurrent use.
+type Store struct {
+	dir string
+	cfg Config
+	db  *badger.DB
+
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+
+	mu     sync.Mutex
+	packs  map[chunk.ID]*os.File
+	frames *frameCache
+}
+
+// Badger key prefixes (ARCHITECTURE.md "Format: index").
+const (
+	kBlob   = "b" // + id → Loc
+	kPack   = "p" // + pack id → uint64 size
+	kCommit = "c" // + id → encoded commit
+	kImage  = "i" // + name → commit id
+	kTag    = "t" // + name → tag record
+	kReflog = "l" // + name + 0 + seq(8 BE) → reflog entry
+)
+
+// Init creates a new, empty store in dir (created if missing; it must be
+// empty or hold no store yet).
+func Init(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
+		return fmt.Errorf("a store already exists at %s", dir)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "packs"), filepath.Join(dir, "tmp"), filepath.Join(dir, "cache")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("init store: %w", err)
+		}
+	}
+	s, err := openDB(dir, DefaultConfig())
+	if err != nil {
+		return err
+	}
+	if err := s.Close(); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(DefaultConfig(), "", "  ")
+	// The config is written last: a store without one is not a store.
+	return writeFileAtomic(filepath.Join(dir, "config"), append(b, '\n'), 0o644)
+}
+
+// Open opens the store in dir.
+func Open(dir string) (*Store, error) {
+	cfg, err := readConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	s, err := openDB(dir, cfg)
+	if err != nil {
+		return nil, err
+	}
+	// Leftovers of an interrupted write: never named by the index.
+	tmp := filepath.Join(dir, "tmp")
+	if ents, err := os.ReadDir(tmp); err == nil {
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(tmp, e.Name()))
+		}
+	}
+	return s, nil
+}
+
+func openDB(dir string, cfg Config) (*Store, error) {
+	opts := badger.DefaultOptions(filepath.Join(dir, "index")).
+		WithLogger(nil).
+		WithMemTableSize(16 << 20).WithNumMemtables(2).
+		WithNumLevelZeroTables(2).WithNumLevelZeroTablesStall(8).
+		WithBlockCacheSize(16 << 20).WithIndexCacheSize(16 << 20).
+		WithValueLogFileSize(64 << 20).WithNumCompactors(2).
+		WithCompression(options.None).WithSyncWrites(false)
+	db, err := badger.Open(opts)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("%w: %s", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("open store index %s: %w", dir, err)
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(cfg.ZstdLevel)),
+		zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	// Frames are at most a few MiB; cap the decoder so a hostile frame
+	// cannot make it allocate more.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(64<<20))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{dir: dir, cfg: cfg, db: db, enc: enc, dec: dec,
+		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(32 << 20)}, nil
+}
+
+// Dir is the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Config is the store's configuration.
+func (s *Store) Config() Config { return s.cfg }
+
+// Close syncs and closes the store.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for _, f := range s.packs {
+		f.Close()
+	}
+	s.packs = nil
+	s.mu.Unlock()
+	if s.dec != nil {
+		s.dec.Close()
+	}
+	if err := s.db.Sync(); err != nil {
+		s.db.Close()
+		return err
+	}
+	return s.db.Close()
+}
+
+// Sync makes everything written so far durable.
+func (s *Store) Sync() error { return s.db.Sync() }
+
+func (s *Store) packPath(id chunk.ID) string {
+	h := id.String()
+	return filepath.Join(s.dir, "packs", h[:2], h+".pack")
+}
+
+// Lookup returns where blob id is stored.
+func (s *Store) Lookup(id chunk.ID) (Loc, error) {
+	var loc Loc
+	err := s.db.View(func(txn *badger.Txn) error {
+		it, err := txn.Get(append([]byte(kBlob), id[:]...))
+		if err != nil {
+			return err
+		}
+		return it.Value(func(v []byte) error {
+			loc, err = unmarshalLoc(v)
+			return err
+		})
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return loc, fmt.Errorf("blob %s: %w", id.Short(), ErrNotFound)
+	}
+	return loc, err
+}
+
+// Has reports whether the store holds blob id.
+func (s *Store) Has(id chunk.ID) (bool, error) {
+	_, err := s.Lookup(id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// HasMany answers "which of these do you have?" in one read transaction.
+func (s *Store) HasMany(ids []chunk.ID) ([]bool, error) {
+	out := make([]bool, len(ids))
+	err := s.db.View(func(txn *badger.Txn) error {
+		key := make([]byte, 1+32)
+		key[0] = kBlob[0]
+		for i, id := range ids {
+			copy(key[1:], id[:])
+			_, err := txn.Get(key)
+			if err == nil {
+				out[i] = true
+			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *Store) packFile(id chunk.ID) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.packs[id]; f != nil {
+		return f, nil
+	}
+	f, err := os.Open(s.packPath(id))
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	if len(s.packs) > 256 {
+		for k, f := range s.packs {
+			f.Close()
+			delete(s.packs, k)
+		}
+	}
+	s.packs[id] = f
+	return f, nil
+}
+
+// frame returns the decompressed bytes of the frame at loc.
+func (s *Store) frame(loc Loc) ([]byte, error) {
+	key := frameKey{loc.Pack, loc.FrameOff}
+	if b := s.frames.get(key); b != nil {
+		return b, nil
+	}
+	f, err := s.packFile(loc.Pack)
+	if err != nil {
+		return nil, err
+	}
+	raw := make([]byte, loc.FrameLen)
+	if _, err := f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
+		return nil, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+	}
+	b := raw
+	if loc.Comp == compZstd {
+		b, err = s.dec.DecodeAll(raw, nil)
+		if err != nil {
+			return nil, fmt.Errorf("decompress frame in pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+		}
+	}
+	// Only frames shared by several blobs are worth keeping.
+	if loc.Off != 0 || uint32(len(b)) != loc.Len {
+		s.frames.put(key, b)
+	}
+	return b, nil
+}
+
+// ReadRaw returns the stored (possibly compressed) frame bytes holding loc,
+// for transports that ship frames as they are.
+func (s *Store) ReadRaw(loc Loc) ([]byte, error) {
+	f, err := s.packFile(loc.Pack)
+	if err != nil {
+		return nil, err
+	}
+	raw := make([]byte, loc.FrameLen)
+	_, err = f.ReadAt(raw, int64(loc.FrameOff))
+	return raw, err
+}
+
+// Get returns the bytes of blob id, verified against id. The result may
+// share memory with the store's frame cache: callers must not modify it.
+func (s *Store) Get(id chunk.ID) ([]byte, error) {
+	loc, err := s.Lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.GetAt(id, loc)
+}
+
+// GetAt is Get with a known location.
+func (s *Store) GetAt(id chunk.ID, loc Loc) ([]byte, error) {
+	fr, err := s.frame(loc)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
+	}
+	if uint64(loc.Off)+uint64(loc.Len) > uint64(len(fr)) {
+		return nil, fmt.Errorf("blob %s: %w: frame in pack %s is %d bytes, blob wants %d+%d",
+			id.Short(), errBadPack, loc.Pack.Short(), len(fr), loc.Off, loc.Len)
+	}
+	b := fr[loc.Off : loc.Off+loc.Len]
+	if err := chunk.Verify(id, b); err != nil {
+		var ce *chunk.CorruptError
+		if errors.As(err, &ce) {
+			ce.Err = fmt.Errorf("in pack %s", loc.Pack.Short())
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// frameCache keeps recently decompressed shared frames, so reading the
+// many small files of one frame in walk order decompresses it once.
+type frameKey struct {
+	pack chunk.ID
+	off  uint64
+}
+
+type frameCache struct {
+	mu    sync.Mutex
+	max   int
+	size  int
+	order []frameKey
+	m     map[frameKey][]byte
+}
+
+func newFrameCache(max int) *frameCache { return &frameCache{max: max, m: map[frameKey][]byte{}} }
+
+func (c *frameCache) get(k frameKey) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[k]
+}
+
+func (c *frameCache) put(k frameKey, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[k]; ok {
+		return
+	}
+	c.m[k] = b
+	c.order = append(c.order, k)
+	c.size += len(b)
+	for c.size > c.max && len(c.order) > 1 {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.size -= len(c.m[old])
+		delete(c.m, old)
+	}
+}
+
+// writeFileAtomic writes name through a temporary file, fsync and rename,
+// then fsyncs the directory, so readers see the old or the new file whole.
+func writeFileAtomic(name string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(name)
+	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(name)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), name); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,379 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/zeebo/blake3"
+
+	"github.com/systemimager/sim/chunk"
+)
+
+const (
+	// Blobs smaller than this share frames: most files of a root
+	// filesystem are a few KiB, and compressing them one by one wastes
+	// zstd's window (measured: 120 MB vs 111 MB on the corpus).
+	smallBlob = 64 << 10
+	// A shared frame is closed at this many uncompressed bytes: large
+	// enough to compress well, small enough that reading one small blob
+	// decompresses little.
+	groupTarget = 256 << 10
+	// Packs are closed at this size: several MiB, so a store of a few
+	// images has hundreds of packs, not tens of thousands of files.
+	packTarget = 16 << 20
+)
+
+// WriterStats counts what a Writer added.
+type WriterStats struct {
+	Blobs       int64 // new blobs
+	Bytes       int64 // their uncompressed size
+	StoredBytes int64 // their size in packs
+	Packs       int
+}
+
+// Writer adds blobs to the store. Put may be called from many goroutines;
+// blobs become visible to readers (Has, Get) only after Flush returns.
+type Writer struct {
+	s      *Store
+	mu     sync.Mutex
+	seen   map[chunk.ID]struct{}
+	groups map[Type]*group
+	frames chan frameJob
+	done   chan struct{}
+	err    error // first error of the packer, under mu
+	stats  WriterStats
+	packed []packDone
+	force  bool // store even blobs the index has (gc's rewrite)
+}
+
+type group struct {
+	buf  []byte
+	ents []PackEntry
+}
+
+type frameJob struct {
+	data []byte
+	comp uint8
+	ents []PackEntry
+}
+
+type packDone struct {
+	id   chunk.ID
+	size int64
+	ents []PackEntry
+}
+
+// NewWriter starts a writer.
+func (s *Store) NewWriter() *Writer {
+	w := &Writer{s: s, seen: map[chunk.ID]struct{}{}, groups: map[Type]*group{},
+		frames: make(chan frameJob, 8), done: make(chan struct{})}
+	go w.packer()
+	return w
+}
+
+// Put stores data as blob id of type t unless the store already has it. The
+// caller has computed id = chunk.Sum(data). It reports whether the blob was
+// new. data may be reused by the caller after Put returns.
+func (w *Writer) Put(t Type, id chunk.ID, data []byte) (bool, error) {
+	w.mu.Lock()
+	_, dup := w.seen[id]
+	err := w.err
+	w.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	if dup {
+		return false, nil
+	}
+	if !w.force {
+		has, err := w.s.Has(id)
+		if err != nil || has {
+			return false, err
+		}
+	}
+	w.mu.Lock()
+	if _, dup := w.seen[id]; dup {
+		w.mu.Unlock()
+		return false, nil
+	}
+	w.seen[id] = struct{}{}
+	w.stats.Blobs++
+	w.stats.Bytes += int64(len(data))
+	if len(data) >= smallBlob {
+		w.mu.Unlock()
+		w.emit([]byte(nil), data, []PackEntry{{ID: id, Loc: Loc{Type: t, Len: uint32(len(data))}}})
+		return true, nil
+	}
+	g := w.groups[t]
+	if g == nil {
+		g = &group{}
+		w.groups[t] = g
+	}
+	g.ents = append(g.ents, PackEntry{ID: id, Loc: Loc{Type: t, Off: uint32(len(g.buf)), Len: uint32(len(data))}})
+	g.buf = append(g.buf, data...)
+	if len(g.buf) < groupTarget {
+		w.mu.Unlock()
+		return true, nil
+	}
+	delete(w.groups, t)
+	w.mu.Unlock()
+	w.emit(g.buf, g.buf, g.ents)
+	return true, nil
+}
+
+// PutVerified is Put for bytes from outside (a transport): it hashes data
+// and refuses it unless it matches id.
+func (w *Writer) PutVerified(t Type, id chunk.ID, data []byte) (bool, error) {
+	if err := chunk.Verify(id, data); err != nil {
+		return false, err
+	}
+	return w.Put(t, id, data)
+}
+
+// emit compresses a frame in the calling goroutine (so compression runs on
+// every worker in parallel) and hands it to the packer.
+func (w *Writer) emit(own, data []byte, ents []PackEntry) {
+	z := w.s.enc.EncodeAll(data, make([]byte, 0, len(data)/2+64))
+	job := frameJob{data: z, comp: compZstd, ents: ents}
+	if len(z) >= len(data) {
+		if own == nil {
+			own = append([]byte(nil), data...)
+		}
+		job = frameJob{data: own, comp: compRaw, ents: ents}
+	}
+	w.frames <- job
+}
+
+// packer appends frames to pack files, one at a time, in the order they
+// come.
+func (w *Writer) packer() {
+	defer close(w.done)
+	var cur *packFile
+	fail := func(err error) {
+		w.mu.Lock()
+		if w.err == nil {
+			w.err = err
+		}
+		w.mu.Unlock()
+	}
+	for job := range w.frames {
+		if w.failed() {
+			continue // drain
+		}
+		if cur == nil {
+			var err error
+			if cur, err = w.s.newPackFile(); err != nil {
+				fail(err)
+				continue
+			}
+		}
+		if err := cur.add(job); err != nil {
+			fail(err)
+			cur.abort()
+			cur = nil
+			continue
+		}
+		if cur.size >= packTarget {
+			if err := w.finish(cur); err != nil {
+				fail(err)
+			}
+			cur = nil
+		}
+	}
+	if cur != nil {
+		if w.failed() {
+			cur.abort()
+		} else if err := w.finish(cur); err != nil {
+			fail(err)
+		}
+	}
+}
+
+func (w *Writer) failed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err != nil
+}
+
+func (w *Writer) finish(p *packFile) error {
+	d, err := p.finish()
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.packed = append(w.packed, d)
+	w.stats.Packs++
+	w.stats.StoredBytes += d.size
+	w.mu.Unlock()
+	return nil
+}
+
+// Flush writes out everything Put so far and indexes it durably. The
+// Writer cannot be used afterwards.
+func (w *Writer) Flush() (WriterStats, error) {
+	w.mu.Lock()
+	groups := w.groups
+	w.groups = nil
+	w.mu.Unlock()
+	for _, t := range []Type{TypeData, TypeTree} {
+		if g := groups[t]; g != nil && len(g.ents) > 0 {
+			w.emit(g.buf, g.buf, g.ents)
+		}
+	}
+	close(w.frames)
+	<-w.done
+	if w.err != nil {
+		return w.stats, w.err
+	}
+	// The packs are durable (fsynced and renamed): now the index may
+	// name them.
+	wb := w.s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, p := range w.packed {
+		var sz [8]byte
+		binary.BigEndian.PutUint64(sz[:], uint64(p.size))
+		if err := wb.Set(append([]byte(kPack), p.id[:]...), sz[:]); err != nil {
+			return w.stats, err
+		}
+		for _, e := range p.ents {
+			if err := wb.Set(append([]byte(kBlob), e.ID[:]...), e.Loc.marshal()); err != nil {
+				return w.stats, err
+			}
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return w.stats, fmt.Errorf("write index: %w", err)
+	}
+	return w.stats, w.s.db.Sync()
+}
+
+// Abort discards everything Put so far.
+func (w *Writer) Abort() {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = fmt.Errorf("writer aborted")
+	}
+	w.groups = nil
+	w.mu.Unlock()
+	close(w.frames)
+	<-w.done
+	for _, p := range w.packed {
+		os.Remove(w.s.packPath(p.id))
+	}
+}
+
+// packFile is a pack being written in the store's tmp directory.
+type packFile struct {
+	s    *Store
+	f    *os.File
+	h    *blake3.Hasher
+	size int64
+	ents []PackEntry
+}
+
+func (s *Store) newPackFile() (*packFile, error) {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "pack-*")
+	if err != nil {
+		return nil, fmt.Errorf("new pack: %w", err)
+	}
+	p := &packFile{s: s, f: f, h: blake3.New()}
+	if err := p.write([]byte(packMagic)); err != nil {
+		p.abort()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *packFile) write(b []byte) error {
+	if _, err := p.f.Write(b); err != nil {
+		return fmt.Errorf("write pack: %w", err)
+	}
+	p.h.Write(b)
+	p.size += int64(len(b))
+	return nil
+}
+
+func (p *packFile) add(job frameJob) error {
+	off := uint64(p.size)
+	if err := p.write(job.data); err != nil {
+		return err
+	}
+	for _, e := range job.ents {
+		e.FrameOff, e.FrameLen, e.Comp = off, uint32(len(job.data)), job.comp
+		p.ents = append(p.ents, e)
+	}
+	return nil
+}
+
+func (p *packFile) abort() {
+	p.f.Close()
+	os.Remove(p.f.Name())
+}
+
+func (p *packFile) finish() (packDone, error) {
+	hdr := encodePackHeader(p.ents)
+	var hl [4]byte
+	binary.LittleEndian.PutUint32(hl[:], uint32(len(hdr)))
+	for _, b := range [][]byte{hdr, hl[:], []byte(packEnd)} {
+		if err := p.write(b); err != nil {
+			p.abort()
+			return packDone{}, err
+		}
+	}
+	var id chunk.ID
+	p.h.Sum(id[:0])
+	if err := p.f.Sync(); err != nil {
+		p.abort()
+		return packDone{}, fmt.Errorf("sync pack: %w", err)
+	}
+	if err := p.f.Close(); err != nil {
+		os.Remove(p.f.Name())
+		return packDone{}, err
+	}
+	final := p.s.packPath(id)
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		os.Remove(p.f.Name())
+		return packDone{}, err
+	}
+	if err := os.Rename(p.f.Name(), final); err != nil {
+		os.Remove(p.f.Name())
+		return packDone{}, fmt.Errorf("install pack: %w", err)
+	}
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return packDone{}, err
+	}
+	for i := range p.ents {
+		p.ents[i].Pack = id
+	}
+	return packDone{id: id, size: p.size, ents: p.ents}, nil
+}
+
+// forEachBlob calls fn for every indexed blob.
+func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte(kBlob)
+		it := txn.NewIterator(opt)
+		defer it.Close()
+		for it.Seek(opt.Prefix); it.ValidForPrefix(opt.Prefix); it.Next() {
+			var id chunk.ID
+			copy(id[:], it.Item().Key()[1:])
+			var loc Loc
+			err := it.Item().Value(func(v []byte) (err error) {
+				loc, err = unmarshalLoc(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("index entry %s: %w", id.Short(), err)
+			}
+			if err := fn(id, loc); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
