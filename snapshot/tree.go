@@ -243,6 +243,11 @@ func DecodeTree(b []byte) (*Tree, error) {
 	if d.r.Len() != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrBadTree, d.r.Len())
 	}
+	// One tree, one encoding (no overlong varints): equal trees must have
+	// equal ids, or dedup and diff's subtree skipping break.
+	if !bytes.Equal(t.Encode(), b) {
+		return nil, fmt.Errorf("%w: not in canonical encoding", ErrBadTree)
+	}
 	return t, nil
 }
 

@@ -539,7 +539,7 @@ func (s *Store) resolveBase(ref string) (chunk.ID, error) {
 			pfx, _ := hex.DecodeString(hexRef[:len(hexRef)&^1])
 			err := s.scan(kCommit+string(pfx), false, func(k, _ []byte) error {
 				var id chunk.ID
-				copy(id[:], k)
+				copy(id[:], append(append([]byte(nil), pfx...), k...))
 				if strings.HasPrefix(id.String(), hexRef) {
 					matches = append(matches, id)
 				}

@@ -34,6 +34,7 @@ type Store struct {
 	mu     sync.Mutex
 	packs  map[chunk.ID]*os.File
 	frames *frameCache
+	closed bool
 }
 
 // Badger key prefixes (ARCHITECTURE.md "Format: index").
@@ -118,7 +119,7 @@ func openDB(dir string, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	return &Store{dir: dir, cfg: cfg, db: db, enc: enc, dec: dec,
-		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(32 << 20)}, nil
+		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(48 << 20)}, nil
 }
 
 // Dir is the store's directory.
@@ -127,9 +128,14 @@ func (s *Store) Dir() string { return s.dir }
 // Config is the store's configuration.
 func (s *Store) Config() Config { return s.cfg }
 
-// Close syncs and closes the store.
+// Close syncs and closes the store. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
 	for _, f := range s.packs {
 		f.Close()
 	}
@@ -221,32 +227,28 @@ func (s *Store) packFile(id chunk.ID) (*os.File, error) {
 	return f, nil
 }
 
-// frame returns the decompressed bytes of the frame at loc.
+// frame returns the decompressed bytes of the frame at loc. Concurrent
+// readers of one frame wait for a single decompression.
 func (s *Store) frame(loc Loc) ([]byte, error) {
 	key := frameKey{loc.Pack, loc.FrameOff}
-	if b := s.frames.get(key); b != nil {
-		return b, nil
-	}
-	f, err := s.packFile(loc.Pack)
-	if err != nil {
-		return nil, err
-	}
-	raw := make([]byte, loc.FrameLen)
-	if _, err := f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
-		return nil, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
-	}
-	b := raw
-	if loc.Comp == compZstd {
-		b, err = s.dec.DecodeAll(raw, nil)
+	return s.frames.get(key, func() ([]byte, error) {
+		f, err := s.packFile(loc.Pack)
+		if err != nil {
+			return nil, err
+		}
+		raw := make([]byte, loc.FrameLen)
+		if _, err := f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
+			return nil, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+		}
+		if loc.Comp != compZstd {
+			return raw, nil
+		}
+		b, err := s.dec.DecodeAll(raw, make([]byte, 0, groupTarget+groupTarget/4))
 		if err != nil {
 			return nil, fmt.Errorf("decompress frame in pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
 		}
-	}
-	// Only frames shared by several blobs are worth keeping.
-	if loc.Off != 0 || uint32(len(b)) != loc.Len {
-		s.frames.put(key, b)
-	}
-	return b, nil
+		return b, nil
+	})
 }
 
 // ReadRaw returns the stored (possibly compressed) frame bytes holding loc,
@@ -273,15 +275,31 @@ func (s *Store) Get(id chunk.ID) ([]byte, error) {
 
 // GetAt is Get with a known location.
 func (s *Store) GetAt(id chunk.ID, loc Loc) ([]byte, error) {
-	fr, err := s.frame(loc)
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
+	var b []byte
+	if loc.Comp == compRaw {
+		// A raw frame needs no decompression: read just the blob.
+		if loc.Off+loc.Len > loc.FrameLen {
+			return nil, fmt.Errorf("blob %s: %w: outside its frame", id.Short(), errBadPack)
+		}
+		f, err := s.packFile(loc.Pack)
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
+		}
+		b = make([]byte, loc.Len)
+		if _, err := f.ReadAt(b, int64(loc.FrameOff)+int64(loc.Off)); err != nil {
+			return nil, fmt.Errorf("blob %s: read pack %s: %w", id.Short(), loc.Pack.Short(), err)
+		}
+	} else {
+		fr, err := s.frame(loc)
+		if err != nil {
+			return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
+		}
+		if uint64(loc.Off)+uint64(loc.Len) > uint64(len(fr)) {
+			return nil, fmt.Errorf("blob %s: %w: frame in pack %s is %d bytes, blob wants %d+%d",
+				id.Short(), errBadPack, loc.Pack.Short(), len(fr), loc.Off, loc.Len)
+		}
+		b = fr[loc.Off : loc.Off+loc.Len]
 	}
-	if uint64(loc.Off)+uint64(loc.Len) > uint64(len(fr)) {
-		return nil, fmt.Errorf("blob %s: %w: frame in pack %s is %d bytes, blob wants %d+%d",
-			id.Short(), errBadPack, loc.Pack.Short(), len(fr), loc.Off, loc.Len)
-	}
-	b := fr[loc.Off : loc.Off+loc.Len]
 	if err := chunk.Verify(id, b); err != nil {
 		var ce *chunk.CorruptError
 		if errors.As(err, &ce) {
@@ -292,11 +310,17 @@ func (s *Store) GetAt(id chunk.ID, loc Loc) ([]byte, error) {
 	return b, nil
 }
 
-// frameCache keeps recently decompressed shared frames, so reading the
-// many small files of one frame in walk order decompresses it once.
+// frameCache keeps recently decompressed frames, so reading the many
+// blobs of one frame in walk order decompresses it once.
 type frameKey struct {
 	pack chunk.ID
 	off  uint64
+}
+
+type frameEntry struct {
+	done chan struct{}
+	b    []byte
+	err  error
 }
 
 type frameCache struct {
@@ -304,32 +328,42 @@ type frameCache struct {
 	max   int
 	size  int
 	order []frameKey
-	m     map[frameKey][]byte
+	m     map[frameKey]*frameEntry
 }
 
-func newFrameCache(max int) *frameCache { return &frameCache{max: max, m: map[frameKey][]byte{}} }
+func newFrameCache(max int) *frameCache { return &frameCache{max: max, m: map[frameKey]*frameEntry{}} }
 
-func (c *frameCache) get(k frameKey) []byte {
+// get returns the cached frame or loads it once, however many goroutines
+// ask at the same time.
+func (c *frameCache) get(k frameKey, load func() ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[k]
-}
-
-func (c *frameCache) put(k frameKey, b []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[k]; ok {
-		return
+	if e, ok := c.m[k]; ok {
+		c.mu.Unlock()
+		<-e.done
+		return e.b, e.err
 	}
-	c.m[k] = b
+	e := &frameEntry{done: make(chan struct{})}
+	c.m[k] = e
+	c.mu.Unlock()
+	e.b, e.err = load()
+	close(e.done)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.err != nil {
+		delete(c.m, k)
+		return nil, e.err
+	}
 	c.order = append(c.order, k)
-	c.size += len(b)
+	c.size += len(e.b)
 	for c.size > c.max && len(c.order) > 1 {
 		old := c.order[0]
 		c.order = c.order[1:]
-		c.size -= len(c.m[old])
-		delete(c.m, old)
+		if oe := c.m[old]; oe != nil {
+			c.size -= len(oe.b)
+			delete(c.m, old)
+		}
 	}
+	return e.b, nil
 }
 
 // writeFileAtomic writes name through a temporary file, fsync and rename,

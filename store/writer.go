@@ -14,14 +14,16 @@ import (
 )
 
 const (
-	// Blobs smaller than this share frames: most files of a root
-	// filesystem are a few KiB, and compressing them one by one wastes
-	// zstd's window (measured: 120 MB vs 111 MB on the corpus).
-	smallBlob = 64 << 10
-	// A shared frame is closed at this many uncompressed bytes: large
-	// enough to compress well, small enough that reading one small blob
-	// decompresses little.
-	groupTarget = 256 << 10
+	// Blobs are compressed together in frames of about this many
+	// uncompressed bytes, in the order they arrive (walk order, so
+	// neighbouring files share a frame). Measured on the corpus (v1..v3,
+	// level 3): one frame per blob 117.5 MB of packs, 256 KiB frames for
+	// blobs under 64 KiB 117.5 MB, 1 MiB frames for blobs under 256 KiB
+	// 112.5 MB, 4 MiB frames for all blobs 107.9 MB, 8 MiB 107.8 MB. A
+	// blob stays individually addressable (frame offset + offset inside);
+	// reading one costs decompressing at most one frame, which the frame
+	// cache then keeps for its neighbours.
+	groupTarget = 4 << 20
 	// Packs are closed at this size: several MiB, so a store of a few
 	// images has hundreds of packs, not tens of thousands of files.
 	packTarget = 16 << 20
@@ -103,7 +105,7 @@ func (w *Writer) Put(t Type, id chunk.ID, data []byte) (bool, error) {
 	w.seen[id] = struct{}{}
 	w.stats.Blobs++
 	w.stats.Bytes += int64(len(data))
-	if len(data) >= smallBlob {
+	if len(data) >= groupTarget {
 		w.mu.Unlock()
 		w.emit([]byte(nil), data, []PackEntry{{ID: id, Loc: Loc{Type: t, Len: uint32(len(data))}}})
 		return true, nil
@@ -377,3 +379,4 @@ func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
 		return nil
 	})
 }
+
