@@ -379,4 +379,3 @@ func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
 		return nil
 	})
 }
-
