@@ -82,6 +82,10 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 		return id, nil, err
 	}
 	// The cache is written after the ref moved: it describes the head.
+	// When every file came from it, it is unchanged.
+	if res.Stats.ReadFiles == 0 && res.Cache.Len() == cache.Len() {
+		return id, c, nil
+	}
 	if err := res.Cache.Save(cachePath); err != nil && opts.Warn != nil {
 		opts.Warn(fmt.Errorf("save stat cache: %w", err))
 	}

@@ -200,7 +200,7 @@ func (co *checkouter) dir(fd int, rel string, t *Tree) error {
 	if err := co.firstErr(); err != nil {
 		return err
 	}
-	existing, err := readDirNames(fd)
+	existing, err := readDirFd(fd)
 	if err != nil {
 		return fmt.Errorf("read directory %q: %w", rel, err)
 	}
@@ -675,19 +675,6 @@ func (co *checkouter) finishDir(d *odir) error {
 	return nil
 }
 
-func readDirNames(fd int) ([]string, error) {
-	dfd, err := unix.Dup(fd)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(dfd), "dir")
-	defer f.Close()
-	if _, err := f.Seek(0, 0); err != nil {
-		return nil, err
-	}
-	return f.Readdirnames(-1)
-}
-
 func readlinkAt(dirfd int, name string) (string, error) {
 	buf := make([]byte, 256)
 	for {
@@ -718,7 +705,7 @@ func removeAt(dirfd int, name string) error {
 	}
 	// The directory may be read-only to us: make it writable first.
 	unix.Fchmod(fd, 0o700)
-	names, err := readDirNames(fd)
+	names, err := readDirFd(fd)
 	if err == nil {
 		for _, n := range names {
 			if err = removeAt(fd, n); err != nil {

@@ -181,14 +181,9 @@ func (c *committer) walk(d *wdir, abs, rel string) error {
 	if err := c.firstErr(); err != nil {
 		return err
 	}
-	f, err := os.Open(abs)
+	names, err := readDirPath(abs)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("snapshot: read directory %s: %w", abs, err)
 	}
 	d.entries = make([]Node, 0, len(names))
 	type sub struct {

@@ -231,6 +231,9 @@ func (w *Writer) Flush() (WriterStats, error) {
 	if w.err != nil {
 		return w.stats, w.err
 	}
+	if len(w.packed) == 0 {
+		return w.stats, nil
+	}
 	// The packs are durable (fsynced and renamed): now the index may
 	// name them.
 	wb := w.s.db.NewWriteBatch()

@@ -1,0 +1,82 @@
+# sim — git for system images.
+#
+#   make demo    build sim and run the main job on the embedded store:
+#                commit the Debian corpus v1..v3, tag, log, diff, check out,
+#                roll back in place, fsck
+#   make test    everything the tests need, then vet, gofmt and go test
+#   make bench   install the peer tools and print the comparison table
+#
+# System packages are installed here (apt-get), so a bare Debian machine
+# needs nothing else. Root is needed for the corpus (debootstrap, chroot).
+
+SHELL      := /bin/bash
+GO         ?= go
+SIM        := bin/sim
+CORPUS     ?= $(or $(SIM_CORPUS),/var/cache/sim/corpus)
+DEMO_STORE ?= /var/tmp/sim-demo/store
+DEMO_NODE  ?= /var/tmp/sim-demo/node
+export CGO_ENABLED := 0
+
+# Debian packages the tests and the demo use: debootstrap builds the corpus;
+# acl and attr give getfacl/getfattr for inspecting checkouts by hand;
+# time (GNU) measures the demo.
+TEST_DEBS := debootstrap acl attr time
+
+.PHONY: all build deps corpus demo test test-short vet bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags='-s -w' -o $(SIM) ./cmd/sim
+
+# Install the Debian packages once (skipped when all are present).
+deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The real corpus (cached in $(CORPUS)); needs root.
+corpus: deps
+	@if [ "$$(id -u)" = 0 ]; then bash testdata/mkcorpus.sh $(CORPUS); \
+	else echo "make corpus: not root, skipping (corpus tests will skip)"; fi
+
+demo: build corpus
+	@set -e; S="$(SIM) --store $(DEMO_STORE)"; \
+	rm -rf $(dir $(DEMO_STORE)); \
+	echo "== sim init"; $$S init; \
+	for v in v1 v2 v3; do echo "== sim commit $(CORPUS)/$$v --image debian"; \
+		/usr/bin/env time -f "   %e s, %M KB peak" $$S commit $(CORPUS)/$$v --image debian -m "corpus $$v" | tail -1; done; \
+	echo "== sim commit (unchanged v3, from the stat cache)"; \
+	/usr/bin/env time -f "   %e s" $$S commit $(CORPUS)/v3 --image debian -m "v3 again" | tail -1; \
+	$$S tag debian-1.0 debian~2; $$S tag debian-1.1 debian~1; $$S tag debian-1.2 debian; \
+	echo "== sim images"; $$S images; \
+	echo "== sim tag"; $$S tag; \
+	echo "== sim log -n 2 debian"; $$S log -n 2 debian; \
+	echo "== sim diff --stat debian-1.1 debian-1.2"; $$S diff --stat debian-1.1 debian-1.2; \
+	echo "== sim checkout debian-1.2 $(DEMO_NODE)   (install)"; $$S checkout debian-1.2 $(DEMO_NODE); \
+	echo "== sim checkout debian-1.1 $(DEMO_NODE)   (roll back in place)"; $$S checkout debian-1.1 $(DEMO_NODE); \
+	echo "== sim diff debian-1.1 $(DEMO_NODE)   (nothing: the node is exactly 1.1)"; $$S diff debian-1.1 $(DEMO_NODE); \
+	echo "== sim cat debian-1.2 /etc/motd"; $$S cat debian-1.2 /etc/motd | tail -2; \
+	echo "== sim fsck --read-data"; $$S fsck --read-data; \
+	echo "== store size: $$(du -sh $(DEMO_STORE) | cut -f1)"
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+test: deps corpus vet
+	$(GO) test -count=1 ./...
+
+test-short: vet
+	$(GO) test -count=1 -short ./...
+
+bench: build corpus
+	bash bench/deps.sh
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
+
+clean:
+	rm -rf bin
