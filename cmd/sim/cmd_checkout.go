@@ -19,7 +19,7 @@ type checkoutOptions struct {
 	force, noSync        bool
 }
 
-func newCheckoutCommand() *cobra.Command {
+func newCheckoutCommand(e *env) *cobra.Command {
 	var o checkoutOptions
 	c := &cobra.Command{
 		Use:   "checkout REF DIR",
@@ -31,30 +31,30 @@ fixed last. A non-empty directory sim did not check out is refused unless
 --force. Excluded paths are neither written nor removed.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			ex, err := excludes(o.exclude, o.excludeFrom)
+			ex, err := e.excludes(o.exclude, o.excludeFrom)
 			if err != nil {
 				return err
 			}
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				id, err := st.Resolve(args[0])
 				if err != nil {
 					return err
 				}
 				p := &snapshot.Progress{}
-				stop := showProgress("checkout", p)
-				stats, err := client.Checkout(c.Context(), st, id, args[1], client.CheckoutOptions{
+				stop := e.showProgress("checkout", p)
+				stats, err := client.Checkout(c.Context(), st, id, e.path(args[1]), client.CheckoutOptions{
 					Exclude: ex, Force: o.force, Progress: p, NoSync: o.noSync})
 				stop()
 				if err != nil {
 					return err
 				}
-				if global.json {
-					return printJSON(struct {
+				if e.json {
+					return e.printJSON(struct {
 						Commit chunk.ID `json:"commit"`
 						*snapshot.CheckoutStats
 					}{id, stats})
 				}
-				fmt.Fprintf(stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
+				fmt.Fprintf(e.stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
 					id.Short(), args[1], stats.Written, fmtBytes(stats.BytesWritten), stats.Removed, stats.Metadata, stats.Unchanged)
 				return nil
 			})
@@ -65,7 +65,7 @@ fixed last. A non-empty directory sim did not check out is refused unless
 	f.StringArrayVar(&o.excludeFrom, "exclude-from", nil, "read exclude patterns from `FILE`")
 	f.BoolVar(&o.force, "force", false, "overwrite a non-empty directory sim did not check out")
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
@@ -75,7 +75,7 @@ func isDirArg(s string) bool {
 	return strings.Contains(s, "/") || s == "." || s == ".."
 }
 
-func newDiffCommand() *cobra.Command {
+func newDiffCommand(e *env) *cobra.Command {
 	var stat bool
 	var exclude []string
 	c := &cobra.Command{
@@ -88,7 +88,7 @@ content, type, mode, owner, xattrs, mtime, target, device, link. --stat adds
 the bytes that would be transferred to turn the first into the second.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				a, err := resolveTree(st, args[0])
 				if err != nil {
 					return err
@@ -101,7 +101,7 @@ the bytes that would be transferred to turn the first into the second.`,
 				var b chunk.ID
 				if isDirArg(args[1]) {
 					ms := &snapshot.MemSaver{Next: st}
-					res, err := snapshot.Commit(c.Context(), ms, st.Config().Chunker, args[1], snapshot.CommitOptions{Exclude: m})
+					res, err := snapshot.Commit(c.Context(), ms, st.Config().Chunker, e.path(args[1]), snapshot.CommitOptions{Exclude: m})
 					if err != nil {
 						return err
 					}
@@ -117,11 +117,11 @@ the bytes that would be transferred to turn the first into the second.`,
 				if err != nil {
 					return err
 				}
-				if global.json {
+				if e.json {
 					if changes == nil {
 						changes = []snapshot.Change{}
 					}
-					return printJSON(struct {
+					return e.printJSON(struct {
 						Changes []snapshot.Change  `json:"changes"`
 						Stat    *snapshot.DiffStat `json:"stat,omitempty"`
 					}{changes, d.Stat})
@@ -132,10 +132,10 @@ the bytes that would be transferred to turn the first into the second.`,
 					if len(ch.What) > 0 {
 						what = " (" + strings.Join(ch.What, ", ") + ")"
 					}
-					fmt.Fprintf(stdout, "%s %s%s\n", mark, quote(ch.Path), what)
+					fmt.Fprintf(e.stdout, "%s %s%s\n", mark, quote(ch.Path), what)
 				}
 				if s := d.Stat; s != nil {
-					fmt.Fprintf(stdout, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
+					fmt.Fprintf(e.stdout, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
 						s.Added, s.Removed, s.Modified, s.NewChunks, fmtBytes(s.NewChunkBytes), s.NewTrees, fmtBytes(s.NewTreeBytes))
 				}
 				return nil
@@ -144,7 +144,7 @@ the bytes that would be transferred to turn the first into the second.`,
 	}
 	c.Flags().BoolVar(&stat, "stat", false, "also print counts and the bytes that would be transferred")
 	c.Flags().StringArrayVar(&exclude, "exclude", nil, "ignore paths matching `PATTERN`")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
@@ -163,64 +163,64 @@ func resolveTree(st *store.Store, ref string) (chunk.ID, error) {
 	return cm.Tree, nil
 }
 
-func newFsckCommand() *cobra.Command {
+func newFsckCommand(e *env) *cobra.Command {
 	var readData bool
 	c := &cobra.Command{
 		Use:   "fsck [--read-data]",
 		Short: "Check the store's consistency (and with --read-data every byte)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				rep, err := client.Fsck(st, readData)
 				if rep == nil {
 					return err
 				}
-				if global.json {
-					if e := printJSON(rep); e != nil {
+				if e.json {
+					if e := e.printJSON(rep); e != nil {
 						return e
 					}
 					return err
 				}
 				for _, w := range rep.Warnings {
-					fmt.Fprintf(stdout, "warning: %s\n", w)
+					fmt.Fprintf(e.stdout, "warning: %s\n", w)
 				}
 				for _, p := range rep.Problems {
-					fmt.Fprintf(stdout, "error: %s\n", p)
+					fmt.Fprintf(e.stdout, "error: %s\n", p)
 				}
 				for _, b := range rep.Broken {
-					fmt.Fprintf(stdout, "broken: %s\n", b)
+					fmt.Fprintf(e.stdout, "broken: %s\n", b)
 				}
 				mode := "structure"
 				if readData {
 					mode = "structure and data"
 				}
-				fmt.Fprintf(stdout, "checked %s: %d packs (%s), %d blobs, %d commits: ", mode, rep.Stats.Packs, fmtBytes(rep.Stats.Bytes), rep.Stats.Blobs, rep.Commits)
+				fmt.Fprintf(e.stdout, "checked %s: %d packs (%s), %d blobs, %d commits: ", mode, rep.Stats.Packs, fmtBytes(rep.Stats.Bytes), rep.Stats.Blobs, rep.Commits)
 				if err != nil {
-					fmt.Fprintf(stdout, "%d errors\n", len(rep.Problems))
+					fmt.Fprintf(e.stdout, "%d errors\n", len(rep.Problems))
 					return err
 				}
-				fmt.Fprintln(stdout, "no errors")
+				fmt.Fprintln(e.stdout, "no errors")
 				return nil
 			})
 		},
 	}
 	c.Flags().BoolVar(&readData, "read-data", false, "re-hash every pack and blob")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
-func newGCCommand() *cobra.Command {
+func newGCCommand(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",
 		Short: "Remove what no image, tag or reflog reaches, rewriting packs",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				gs, err := client.GC(st)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(stdout, "gc: removed %d blobs and %d commits; %d packs deleted, %d rewritten; %s freed\n",
+				fmt.Fprintf(e.stdout, "gc: removed %d blobs and %d commits; %d packs deleted, %d rewritten; %s freed\n",
 					gs.BlobsRemoved, gs.CommitsRemoved, gs.PacksRemoved, gs.PacksRewritten, fmtBytes(gs.BytesFreed))
 				return nil
 			})

@@ -10,16 +10,16 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-func newInitCommand() *cobra.Command {
+func newInitCommand(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "init",
 		Short: "Create an empty store at --store",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := store.Init(global.store); err != nil {
+			if err := store.Init(e.path(e.storeDir)); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "initialized empty sim store in %s\n", global.store)
+			fmt.Fprintf(e.stdout, "initialized empty sim store in %s\n", e.storeDir)
 			return nil
 		},
 	}
@@ -31,39 +31,39 @@ type commitOptions struct {
 	oneFS                  bool
 }
 
-func newCommitCommand() *cobra.Command {
+func newCommitCommand(e *env) *cobra.Command {
 	var o commitOptions
 	c := &cobra.Command{
 		Use:   "commit SRC --image NAME [-m MSG]",
 		Short: "Snapshot directory SRC as the new head of an image",
 		Long: `Snapshot directory SRC as the new head of image NAME (created if new).
 Only files whose stat changed since the image's last commit are read. The
-last line on stdout is the new commit id.`,
+last line on e.stdout is the new commit id.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if o.image == "" {
 				return usageError{fmt.Errorf("commit: --image NAME is required")}
 			}
-			ex, err := excludes(o.exclude, o.excludeFrom)
+			ex, err := e.excludes(o.exclude, o.excludeFrom)
 			if err != nil {
 				return err
 			}
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				p := &snapshot.Progress{}
-				stop := showProgress("commit", p)
-				id, cm, err := client.Commit(c.Context(), st, args[0], client.CommitOptions{
+				stop := e.showProgress("commit", p)
+				id, cm, err := client.Commit(c.Context(), st, e.path(args[0]), client.CommitOptions{
 					Image: o.image, Message: o.message, Author: o.author, Exclude: ex,
 					OneFileSystem: o.oneFS, Progress: p,
-					Warn: func(err error) { fmt.Fprintf(stderr, "sim: warning: %v\n", err) },
+					Warn: func(err error) { fmt.Fprintf(e.stderr, "sim: warning: %v\n", err) },
 				})
 				stop()
 				if err != nil {
 					return err
 				}
 				s := cm.Stats
-				fmt.Fprintf(stderr, "%s: %d files, %d dirs, %s; read %d files, added %d blobs (%s, %s stored)\n",
+				fmt.Fprintf(e.stderr, "%s: %d files, %d dirs, %s; read %d files, added %d blobs (%s, %s stored)\n",
 					o.image, s.Files, s.Dirs, fmtBytes(s.Bytes), s.ReadFiles, s.NewBlobs, fmtBytes(s.NewBytes), fmtBytes(s.StoredBytes))
-				fmt.Fprintln(stdout, id)
+				fmt.Fprintln(e.stdout, id)
 				return nil
 			})
 		},

@@ -2,7 +2,7 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,14 +19,14 @@ type commitJSON struct {
 	*store.Commit
 }
 
-func newLogCommand() *cobra.Command {
+func newLogCommand(e *env) *cobra.Command {
 	var max int
 	c := &cobra.Command{
 		Use:   "log REF",
 		Short: "Show the history of an image, tag or commit",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				id, err := st.Resolve(args[0])
 				if err != nil {
 					return err
@@ -43,56 +43,56 @@ func newLogCommand() *cobra.Command {
 						id = cm.Parents[0]
 					}
 				}
-				if global.json {
-					return printJSON(out)
+				if e.json {
+					return e.printJSON(out)
 				}
-				for i, e := range out {
+				for i, c := range out {
 					if i > 0 {
-						fmt.Fprintln(stdout)
+						fmt.Fprintln(e.stdout)
 					}
-					printCommit(e.ID, e.Commit, false)
+					printCommit(e.stdout, c.ID, c.Commit, false)
 				}
 				return nil
 			})
 		},
 	}
 	c.Flags().IntVarP(&max, "max-count", "n", 0, "show at most `N` commits")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
-func printCommit(id chunk.ID, cm *store.Commit, full bool) {
-	fmt.Fprintf(stdout, "commit %s\n", id)
-	fmt.Fprintf(stdout, "Image:  %s\n", cm.Image)
-	fmt.Fprintf(stdout, "Author: %s\n", cm.Author)
-	fmt.Fprintf(stdout, "Date:   %s\n", cm.Time.Local().Format(time.RFC1123Z))
+func printCommit(w io.Writer, id chunk.ID, cm *store.Commit, full bool) {
+	fmt.Fprintf(w, "commit %s\n", id)
+	fmt.Fprintf(w, "Image:  %s\n", cm.Image)
+	fmt.Fprintf(w, "Author: %s\n", cm.Author)
+	fmt.Fprintf(w, "Date:   %s\n", cm.Time.Local().Format(time.RFC1123Z))
 	if full {
-		fmt.Fprintf(stdout, "Tree:   %s\n", cm.Tree)
+		fmt.Fprintf(w, "Tree:   %s\n", cm.Tree)
 		for _, p := range cm.Parents {
-			fmt.Fprintf(stdout, "Parent: %s\n", p)
+			fmt.Fprintf(w, "Parent: %s\n", p)
 		}
 		if cm.Host != "" {
-			fmt.Fprintf(stdout, "Host:   %s\n", cm.Host)
+			fmt.Fprintf(w, "Host:   %s\n", cm.Host)
 		}
 	}
 	s := cm.Stats
-	fmt.Fprintf(stdout, "Stats:  %d files, %d dirs, %s in %d chunks; added %d blobs, %s (%s stored)\n",
+	fmt.Fprintf(w, "Stats:  %d files, %d dirs, %s in %d chunks; added %d blobs, %s (%s stored)\n",
 		s.Files, s.Dirs, fmtBytes(s.Bytes), s.Chunks, s.NewBlobs, fmtBytes(s.NewBytes), fmtBytes(s.StoredBytes))
 	if cm.Message != "" {
-		fmt.Fprintln(stdout)
+		fmt.Fprintln(w)
 		for _, l := range strings.Split(cm.Message, "\n") {
-			fmt.Fprintf(stdout, "    %s\n", l)
+			fmt.Fprintf(w, "    %s\n", l)
 		}
 	}
 }
 
-func newShowCommand() *cobra.Command {
+func newShowCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "show REF",
 		Short: "Show one commit in full",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				id, err := st.Resolve(args[0])
 				if err != nil {
 					return err
@@ -101,15 +101,15 @@ func newShowCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if global.json {
-					return printJSON(commitJSON{id, cm})
+				if e.json {
+					return e.printJSON(commitJSON{id, cm})
 				}
-				printCommit(id, cm, true)
+				printCommit(e.stdout, id, cm, true)
 				return nil
 			})
 		},
 	}
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
@@ -167,7 +167,7 @@ func modeString(n *snapshot.Node) string {
 	return string(b)
 }
 
-func newLsCommand() *cobra.Command {
+func newLsCommand(e *env) *cobra.Command {
 	var long, recursive bool
 	c := &cobra.Command{
 		Use:   "ls REF [PATH]",
@@ -178,7 +178,7 @@ func newLsCommand() *cobra.Command {
 			if len(args) == 2 {
 				p = args[1]
 			}
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				id, err := st.Resolve(args[0])
 				if err != nil {
 					return err
@@ -226,28 +226,28 @@ func newLsCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if global.json {
-					return printJSON(ents)
+				if e.json {
+					return e.printJSON(ents)
 				}
-				tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', tabwriter.AlignRight)
-				for i, e := range ents {
-					name := quote(e.Path)
+				tw := tabwriter.NewWriter(e.stdout, 0, 0, 1, ' ', 0)
+				for i, ent := range ents {
+					name := quote(ent.Path)
 					if !recursive && n.Kind == snapshot.KindDir {
 						name = quote(nodes[i].Name)
 					}
 					if !long {
-						fmt.Fprintln(stdout, name)
+						fmt.Fprintln(e.stdout, name)
 						continue
 					}
-					if e.Type == "symlink" {
-						name += " -> " + quote(e.Target)
+					if ent.Type == "symlink" {
+						name += " -> " + quote(ent.Target)
 					}
-					size := fmt.Sprint(e.Size)
+					size := fmt.Sprint(ent.Size)
 					if nodes[i].Kind == snapshot.KindChar || nodes[i].Kind == snapshot.KindBlock {
-						size = e.Target
+						size = ent.Target
 					}
-					fmt.Fprintf(tw, "%s\t %d\t %d\t %s\t %s\t %s\t\n", modeString(nodes[i]), e.UID, e.GID, size,
-						e.Mtime.Local().Format("2006-01-02 15:04:05.000000000"), name)
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", modeString(nodes[i]), ent.UID, ent.GID, size,
+						ent.Mtime.Local().Format("2006-01-02 15:04:05.000000000"), name)
 				}
 				return tw.Flush()
 			})
@@ -255,7 +255,7 @@ func newLsCommand() *cobra.Command {
 	}
 	c.Flags().BoolVarP(&long, "long", "l", false, "long listing: mode, owner, size, mtime")
 	c.Flags().BoolVarP(&recursive, "recursive", "R", false, "list everything below PATH")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
@@ -266,13 +266,13 @@ func joinSlash(a, b string) string {
 	return a + "/" + b
 }
 
-func newCatCommand() *cobra.Command {
+func newCatCommand(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "cat REF PATH",
-		Short: "Write a file of a commit to stdout",
+		Short: "Write a file of a commit to e.stdout",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				id, err := st.Resolve(args[0])
 				if err != nil {
 					return err
@@ -288,10 +288,9 @@ func newCatCommand() *cobra.Command {
 				if n.Kind != snapshot.KindFile {
 					return fmt.Errorf("%s is a %s, not a regular file", args[1], n.Kind)
 				}
-				return snapshot.WriteContent(st, n, stdout)
+				return snapshot.WriteContent(st, n, e.stdout)
 			})
 		},
 	}
 }
 
-var _ = os.Stdout

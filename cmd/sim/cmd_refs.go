@@ -12,14 +12,14 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-func newTagCommand() *cobra.Command {
+func newTagCommand(e *env) *cobra.Command {
 	var del bool
 	c := &cobra.Command{
 		Use:   "tag [NAME REF | -d NAME]",
 		Short: "List tags, create an immutable tag, or delete one",
 		Args:  cobra.RangeArgs(0, 2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				switch {
 				case del:
 					if len(args) != 1 {
@@ -39,13 +39,13 @@ func newTagCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if global.json {
+				if e.json {
 					if tags == nil {
 						tags = []store.Tag{}
 					}
-					return printJSON(tags)
+					return e.printJSON(tags)
 				}
-				tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+				tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 				for _, t := range tags {
 					fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Commit.Short(), t.Time.Local().Format(time.DateTime))
 				}
@@ -54,7 +54,7 @@ func newTagCommand() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the tag NAME")
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
@@ -67,13 +67,13 @@ type imageJSON struct {
 	Bytes   int64     `json:"bytes"`
 }
 
-func newImagesCommand() *cobra.Command {
+func newImagesCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "images",
 		Short: "List images with their heads",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				ims, err := st.Images()
 				if err != nil {
 					return err
@@ -86,10 +86,10 @@ func newImagesCommand() *cobra.Command {
 					}
 					out = append(out, imageJSON{im.Name, im.Head, cm.Time, cm.Message, cm.Stats.Files, cm.Stats.Bytes})
 				}
-				if global.json {
-					return printJSON(out)
+				if e.json {
+					return e.printJSON(out)
 				}
-				tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+				tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(tw, "IMAGE\tHEAD\tDATE\tFILES\tSIZE\tMESSAGE")
 				for _, e := range out {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, fmtBytes(e.Bytes), e.Message)
@@ -98,25 +98,25 @@ func newImagesCommand() *cobra.Command {
 			})
 		},
 	}
-	addJSONFlag(c)
+	e.addJSONFlag(c)
 	return c
 }
 
-func newImageCommand() *cobra.Command {
+func newImageCommand(e *env) *cobra.Command {
 	c := &cobra.Command{Use: "image", Short: "Copy, rename or remove images"}
 	c.AddCommand(&cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Create image DST at the head of SRC (history is shared)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error { return st.CopyImage(args[0], args[1]) })
+			return e.withStore(func(st *store.Store) error { return st.CopyImage(args[0], args[1]) })
 		},
 	}, &cobra.Command{
 		Use:   "mv SRC DST",
 		Short: "Rename an image, with its reflog",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				if err := st.RenameImage(args[0], args[1]); err != nil {
 					return err
 				}
@@ -129,7 +129,7 @@ func newImageCommand() *cobra.Command {
 		Short: "Remove images (their data goes at the next gc unless a tag or another image keeps it)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				for _, n := range args {
 					if err := st.DeleteImage(n); err != nil {
 						return err
@@ -145,26 +145,26 @@ func newImageCommand() *cobra.Command {
 		Short: "Show every move of an image's head",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			return withStore(func(st *store.Store) error {
+			return e.withStore(func(st *store.Store) error {
 				log, err := st.Reflog(args[0])
 				if err != nil {
 					return err
 				}
-				if global.json {
+				if e.json {
 					if log == nil {
 						log = []store.RefLogEntry{}
 					}
-					return printJSON(log)
+					return e.printJSON(log)
 				}
 				for i := len(log) - 1; i >= 0; i-- {
-					e := log[i]
-					fmt.Fprintf(stdout, "%s %s %-7s %s\n", e.New.Short(), e.Time.Local().Format(time.DateTime), e.Op, e.Message)
+					l := log[i]
+					fmt.Fprintf(e.stdout, "%s %s %-7s %s\n", l.New.Short(), l.Time.Local().Format(time.DateTime), l.Op, l.Message)
 				}
 				return nil
 			})
 		},
 	}
-	addJSONFlag(reflog)
+	e.addJSONFlag(reflog)
 	c.AddCommand(reflog)
 	return c
 }

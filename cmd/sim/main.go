@@ -8,17 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
-)
-
-// Output goes through these so tests can capture it.
-var (
-	stdout io.Writer = os.Stdout
-	stderr io.Writer = os.Stderr
 )
 
 func main() {
@@ -30,23 +23,28 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	code := run(ctx, os.Args[1:])
+	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr})
 	stop()
 	pprof.StopCPUProfile()
 	os.Exit(code)
 }
 
 // run executes one command line and returns the exit code.
-func run(ctx context.Context, args []string) int {
-	root := newRootCommand()
+func run(ctx context.Context, args []string, e *env) int {
+	e.args, e.ctx = args, ctx
+	root := newRootCommand(e)
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "sim: %v\n", err)
+	var f forwarded
+	if errors.As(err, &f) {
+		return f.code
+	}
+	fmt.Fprintf(e.stderr, "sim: %v\n", err)
 	var u usageError
 	if errors.As(err, &u) {
 		return 2

@@ -15,7 +15,7 @@ import (
 // separate process (kill -9, another user).
 func TestMain(m *testing.M) {
 	if os.Getenv("SIM_TEST_AS_SIM") == "1" {
-		os.Exit(run(context.Background(), os.Args[1:]))
+		os.Exit(run(context.Background(), os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr}))
 	}
 	os.Exit(m.Run())
 }
@@ -29,9 +29,7 @@ type result struct {
 func sim(t testing.TB, store string, args ...string) result {
 	t.Helper()
 	var o, e bytes.Buffer
-	stdout, stderr = &o, &e
-	defer func() { stdout, stderr = os.Stdout, os.Stderr }()
-	code := run(context.Background(), append([]string{"--store", store}, args...))
+	code := run(context.Background(), append([]string{"--store", store}, args...), &env{stdout: &o, stderr: &e})
 	return result{code, o.String(), e.String()}
 }
 

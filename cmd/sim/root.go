@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"path/filepath"
 	"fmt"
 	"os"
 	"strings"
@@ -14,15 +18,31 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-type globalOptions struct {
-	store string
-	json  bool
+// env is what one command line runs with. Nothing is global, so that
+// `sim serve` can run several forwarded command lines at once.
+type env struct {
+	stdout, stderr io.Writer
+	storeDir       string
+	json           bool
+	// cwd resolves relative paths of a command line forwarded to
+	// `sim serve` from another directory; "" means the process's own.
+	cwd string
+	// st, when set, is the store a running server already holds open.
+	st *store.Store
+	// args and ctx are the command line being run, for forwarding.
+	args []string
+	ctx  context.Context
 }
 
-var global globalOptions
+// path makes p absolute against the command line's working directory.
+func (e *env) path(p string) string {
+	if e.cwd == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(e.cwd, p)
+}
 
-func newRootCommand() *cobra.Command {
-	global = globalOptions{}
+func newRootCommand(e *env) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "sim",
 		Short: "sim: git for system images",
@@ -36,14 +56,14 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 	if def == "" {
 		def = "/var/lib/sim"
 	}
-	root.PersistentFlags().StringVar(&global.store, "store", def, "store directory (default $SIM_STORE, else /var/lib/sim)")
+	root.PersistentFlags().StringVar(&e.storeDir, "store", def, "store directory (default $SIM_STORE, else /var/lib/sim)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%v\nRun '%s --help' for usage.", err, c.CommandPath())}
 	})
 	root.AddCommand(
-		newInitCommand(), newCommitCommand(), newLogCommand(), newShowCommand(),
-		newLsCommand(), newCatCommand(), newTagCommand(), newImagesCommand(), newImageCommand(),
-		newCheckoutCommand(), newDiffCommand(), newFsckCommand(), newGCCommand(),
+		newInitCommand(e), newCommitCommand(e), newLogCommand(e), newShowCommand(e),
+		newLsCommand(e), newCatCommand(e), newTagCommand(e), newImagesCommand(e), newImageCommand(e),
+		newCheckoutCommand(e), newDiffCommand(e), newFsckCommand(e), newGCCommand(e),
 	)
 	wrapArgs(root)
 	return root
@@ -64,13 +84,18 @@ func wrapArgs(c *cobra.Command) {
 	}
 }
 
-func openStore() (*store.Store, error) {
-	return store.Open(global.store)
-}
-
-// withStore runs fn on the open store and closes it.
-func withStore(fn func(st *store.Store) error) error {
-	st, err := openStore()
+// withStore runs fn on the store: the server's open one when running
+// inside `sim serve`, else opened (and closed) for this command. When a
+// server holds the store, the command line is sent to it instead
+// (errForwarded tells run the outcome is already printed).
+func (e *env) withStore(fn func(st *store.Store) error) error {
+	if e.st != nil {
+		return fn(e.st)
+	}
+	st, err := store.Open(e.storeDir)
+	if errors.Is(err, store.ErrLocked) {
+		return forwardToServer(e)
+	}
 	if err != nil {
 		return err
 	}
@@ -81,12 +106,12 @@ func withStore(fn func(st *store.Store) error) error {
 	return err
 }
 
-func addJSONFlag(c *cobra.Command) {
-	c.Flags().BoolVar(&global.json, "json", false, "print JSON")
+func (e *env) addJSONFlag(c *cobra.Command) {
+	c.Flags().BoolVar(&e.json, "json", false, "print JSON")
 }
 
-func printJSON(v any) error {
-	enc := json.NewEncoder(stdout)
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
@@ -96,10 +121,10 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-// showProgress prints p on stderr every 200 ms while it runs, when stderr
+// showProgress prints p on e.stderr every 200 ms while it runs, when e.stderr
 // is a terminal. The returned func stops it.
-func showProgress(what string, p *snapshot.Progress) func() {
-	if f, ok := stderr.(*os.File); !ok || !isTerminal(f) {
+func (e *env) showProgress(what string, p *snapshot.Progress) func() {
+	if f, ok := e.stderr.(*os.File); !ok || !isTerminal(f) {
 		return func() {}
 	}
 	done := make(chan struct{})
@@ -112,11 +137,11 @@ func showProgress(what string, p *snapshot.Progress) func() {
 		for {
 			select {
 			case <-done:
-				fmt.Fprintf(stderr, "\r\033[K")
+				fmt.Fprintf(e.stderr, "\r\033[K")
 				return
 			case <-t.C:
 				mb := float64(p.Bytes.Load()) / 1e6
-				fmt.Fprintf(stderr, "\r\033[K%s: %d files, %.1f MB, %.1f MB/s", what, p.Files.Load(), mb, mb/time.Since(start).Seconds())
+				fmt.Fprintf(e.stderr, "\r\033[K%s: %d files, %.1f MB, %.1f MB/s", what, p.Files.Load(), mb, mb/time.Since(start).Seconds())
 			}
 		}
 	}()
@@ -124,10 +149,10 @@ func showProgress(what string, p *snapshot.Progress) func() {
 }
 
 // excludes gathers --exclude and --exclude-from patterns.
-func excludes(pats, files []string) ([]string, error) {
+func (e *env) excludes(pats, files []string) ([]string, error) {
 	out := append([]string(nil), pats...)
 	for _, f := range files {
-		p, err := snapshot.ReadPatternFile(f)
+		p, err := snapshot.ReadPatternFile(e.path(f))
 		if err != nil {
 			return nil, err
 		}

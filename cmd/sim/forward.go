@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/store"
+)
+
+// A store is held open by one process at a time (badger's lock). While
+// `sim serve` holds it, other sim commands on the same store send their
+// command line over the unix socket <store>/sim.sock, and the server runs
+// it on its open store, streaming stdout, stderr and the exit code back.
+// Only the server's own user (or root) may connect.
+
+const socketName = "sim.sock"
+
+// forwarded carries the exit code of a command line the server ran; its
+// output is already printed.
+type forwarded struct{ code int }
+
+func (f forwarded) Error() string { return fmt.Sprintf("exit status %d", f.code) }
+
+type runRequest struct {
+	Args []string `json:"args"`
+	Cwd  string   `json:"cwd"`
+}
+
+// Stream frames: kind u8, length u32be, data.
+const (
+	frameStdout = 1
+	frameStderr = 2
+	frameExit   = 3
+)
+
+func socketClient(storeDir string) *http.Client {
+	sock := filepath.Join(storeDir, socketName)
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+// forwardToServer sends e's command line to the server holding the store.
+func forwardToServer(e *env) error {
+	sock := filepath.Join(e.storeDir, socketName)
+	if _, err := os.Stat(sock); err != nil {
+		return fmt.Errorf("%w: %s (and no `sim serve` socket at %s)", store.ErrLocked, e.storeDir, sock)
+	}
+	cwd, _ := os.Getwd()
+	body, _ := json.Marshal(runRequest{Args: e.args, Cwd: cwd})
+	ctx := e.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://sim/run", bytes.NewReader(body))
+	resp, err := socketClient(e.storeDir).Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %s, and its server did not answer on %s: %v", store.ErrLocked, e.storeDir, sock, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("sim serve refused the command: %s", bytes.TrimSpace(msg))
+	}
+	var hdr [5]byte
+	for {
+		if _, err := io.ReadFull(resp.Body, hdr[:]); err != nil {
+			return fmt.Errorf("sim serve: connection lost: %w", err)
+		}
+		n := binary.BigEndian.Uint32(hdr[1:])
+		data := make([]byte, n)
+		if _, err := io.ReadFull(resp.Body, data); err != nil {
+			return fmt.Errorf("sim serve: connection lost: %w", err)
+		}
+		switch hdr[0] {
+		case frameStdout:
+			e.stdout.Write(data)
+		case frameStderr:
+			e.stderr.Write(data)
+		case frameExit:
+			if n != 4 {
+				return errors.New("sim serve: bad exit frame")
+			}
+			return forwarded{int(binary.BigEndian.Uint32(data))}
+		}
+	}
+}
+
+// frameWriter writes one kind of output frame to a streaming response.
+type frameWriter struct {
+	mu   *sync.Mutex
+	w    io.Writer
+	kind byte
+}
+
+func (f frameWriter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var hdr [5]byte
+	hdr[0] = f.kind
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(p)))
+	if _, err := f.w.Write(hdr[:]); err != nil {
+		return 0, err
+	}
+	if _, err := f.w.Write(p); err != nil {
+		return 0, err
+	}
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return len(p), nil
+}
+
+// runHandler serves forwarded command lines on the unix socket.
+func runHandler(st *store.Store, storeDir string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != "POST" || r.URL.Path != "/run" {
+			http.NotFound(w, r)
+			return
+		}
+		if err := checkPeer(r); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		var req runRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		for _, a := range req.Args {
+			if a == "serve" {
+				http.Error(w, "sim serve cannot be forwarded", http.StatusBadRequest)
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.WriteHeader(http.StatusOK)
+		mu := &sync.Mutex{}
+		e := &env{stdout: frameWriter{mu, w, frameStdout}, stderr: frameWriter{mu, w, frameStderr},
+			cwd: req.Cwd, st: st}
+		// The store flag must name the store this server holds.
+		args := append([]string{"--store", storeDir}, req.Args...)
+		code := run(r.Context(), args, e)
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], uint32(code))
+		frameWriter{mu, w, frameExit}.Write(b[:])
+	})
+}
+
+type connKey struct{}
+
+// checkPeer allows the server's own user and root.
+func checkPeer(r *http.Request) error {
+	c, _ := r.Context().Value(connKey{}).(*net.UnixConn)
+	if c == nil {
+		return errors.New("not a unix socket connection")
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if cerr != nil {
+		return cerr
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Geteuid() {
+		return fmt.Errorf("uid %d may not use this store", cred.Uid)
+	}
+	return nil
+}
