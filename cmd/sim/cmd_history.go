@@ -293,4 +293,3 @@ func newCatCommand(e *env) *cobra.Command {
 		},
 	}
 }
-
