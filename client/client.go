@@ -62,7 +62,7 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	}
 	c := &store.Commit{Tree: res.Root, Time: start.UTC(), Author: opts.Author, Message: opts.Message, Image: opts.Image}
 	if c.Author == "" {
-		c.Author = defaultAuthor()
+		c.Author = DefaultAuthor()
 	}
 	c.Host, _ = os.Hostname()
 	if !head.IsZero() {
@@ -92,7 +92,8 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	return id, c, nil
 }
 
-func defaultAuthor() string {
+// DefaultAuthor is user@host.
+func DefaultAuthor() string {
 	name := "unknown"
 	if u, err := user.Current(); err == nil {
 		name = u.Username

@@ -89,10 +89,10 @@ func (r *reach) commit(id chunk.ID) bool {
 		}
 		r.commits[id] = this
 		ok = ok && this
-		id = chunk.ID{}
-		if len(c.Parents) > 0 {
-			id = c.Parents[0]
+		if len(c.Parents) == 0 || r.st.IsShallow(id) {
+			break // the start of history, or of what this store keeps
 		}
+		id = c.Parents[0]
 	}
 	return ok
 }

@@ -310,3 +310,32 @@ func (s *Store) Repack(live func(chunk.ID) bool, liveCommits func(chunk.ID) bool
 	}
 	return gs, nil
 }
+
+// PackEntries returns the header entries of a pack (cached).
+func (s *Store) PackEntries(id chunk.ID) ([]PackEntry, error) {
+	s.mu.Lock()
+	if e, ok := s.headers[id]; ok {
+		s.mu.Unlock()
+		return e, nil
+	}
+	s.mu.Unlock()
+	f, err := s.packFile(id)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	ents, err := readPackHeader(f, fi.Size(), id)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	s.mu.Lock()
+	if len(s.headers) > 1024 {
+		s.headers = map[chunk.ID][]PackEntry{}
+	}
+	s.headers[id] = ents
+	s.mu.Unlock()
+	return ents, nil
+}

@@ -65,7 +65,23 @@ func DecodeCommit(id chunk.ID, b []byte) (*Commit, error) {
 
 // PutCommit stores c after checking that its tree and parents are in the
 // store: no commit may name missing data.
-func (s *Store) PutCommit(c *Commit) (chunk.ID, error) {
+func (s *Store) PutCommit(c *Commit) (chunk.ID, error) { return s.putCommit(c, false) }
+
+// PutCommitShallow stores c without its history: a node keeps the commits
+// it checked out, not their ancestors. The commit is marked shallow, and
+// history walks (log, fsck, gc) stop at it.
+func (s *Store) PutCommitShallow(c *Commit) (chunk.ID, error) { return s.putCommit(c, true) }
+
+// IsShallow reports whether commit id was stored without its parents.
+func (s *Store) IsShallow(id chunk.ID) bool {
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(append([]byte(kShallow), id[:]...))
+		return err
+	})
+	return err == nil
+}
+
+func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 	b, id := c.Encode()
 	if ok, err := s.Has(c.Tree); err != nil {
 		return id, err
@@ -73,9 +89,20 @@ func (s *Store) PutCommit(c *Commit) (chunk.ID, error) {
 		return id, fmt.Errorf("commit names tree %s, which the store lacks", c.Tree.Short())
 	}
 	err := s.db.Update(func(txn *badger.Txn) error {
+		if _, err := txn.Get(append([]byte(kCommit), id[:]...)); err == nil {
+			return nil // already here, complete or shallow
+		}
 		for _, p := range c.Parents {
+			if shallow {
+				break
+			}
 			if _, err := txn.Get(append([]byte(kCommit), p[:]...)); err != nil {
 				return fmt.Errorf("commit names parent %s: %w", p.Short(), err)
+			}
+		}
+		if shallow && len(c.Parents) > 0 {
+			if err := txn.Set(append([]byte(kShallow), id[:]...), nil); err != nil {
+				return err
 			}
 		}
 		return txn.Set(append([]byte(kCommit), id[:]...), b)
@@ -473,7 +500,7 @@ func (s *Store) TagCommit(name string) (chunk.ID, error) {
 // full commit id or a unique prefix of at least 4 hex digits, each
 // optionally followed by ~N (N first parents back) or ^ (one back).
 func (s *Store) Resolve(ref string) (chunk.ID, error) {
-	base, back, err := splitAncestry(ref)
+	base, back, err := SplitAncestry(ref)
 	if err != nil {
 		return chunk.ID{}, err
 	}
@@ -494,7 +521,8 @@ func (s *Store) Resolve(ref string) (chunk.ID, error) {
 	return id, nil
 }
 
-func splitAncestry(ref string) (string, int, error) {
+// SplitAncestry splits "name~2^" into "name" and 3.
+func SplitAncestry(ref string) (string, int, error) {
 	back := 0
 	for {
 		if strings.HasSuffix(ref, "^") {

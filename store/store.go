@@ -31,20 +31,22 @@ type Store struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
 
-	mu     sync.Mutex
-	packs  map[chunk.ID]*os.File
-	frames *frameCache
-	closed bool
+	mu      sync.Mutex
+	packs   map[chunk.ID]*os.File
+	frames  *frameCache
+	headers map[chunk.ID][]PackEntry // pack headers read for the wire
+	closed  bool
 }
 
 // Badger key prefixes (ARCHITECTURE.md "Format: index").
 const (
-	kBlob   = "b" // + id → Loc
-	kPack   = "p" // + pack id → uint64 size
-	kCommit = "c" // + id → encoded commit
-	kImage  = "i" // + name → commit id
-	kTag    = "t" // + name → tag record
-	kReflog = "l" // + name + 0 + seq(8 BE) → reflog entry
+	kBlob    = "b" // + id → Loc
+	kPack    = "p" // + pack id → uint64 size
+	kCommit  = "c" // + id → encoded commit
+	kImage   = "i" // + name → commit id
+	kTag     = "t" // + name → tag record
+	kReflog  = "l" // + name + 0 + seq(8 BE) → reflog entry
+	kShallow = "s" // + commit id → nothing: stored without its parents
 )
 
 // Init creates a new, empty store in dir (created if missing; it must be
@@ -119,7 +121,7 @@ func openDB(dir string, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	return &Store{dir: dir, cfg: cfg, db: db, enc: enc, dec: dec,
-		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(48 << 20)}, nil
+		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(48 << 20), headers: map[chunk.ID][]PackEntry{}}, nil
 }
 
 // Dir is the store's directory.
@@ -404,3 +406,6 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// PackPath is the file of pack id.
+func (s *Store) PackPath(id chunk.ID) string { return s.packPath(id) }

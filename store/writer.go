@@ -382,3 +382,55 @@ func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
 		return nil
 	})
 }
+
+// PutFrame stores a frame received whole from another store, keeping its
+// bytes as they are (no second compression). The caller has verified every
+// blob of raw (the decompressed payload) against its id. When the store
+// already has some of the blobs, the missing ones are Put one by one
+// instead, so nothing is stored twice.
+func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []byte) error {
+	ids := make([]chunk.ID, len(ents))
+	for i, e := range ents {
+		ids[i] = e.ID
+	}
+	has, err := w.s.HasMany(ids)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	fresh := true
+	for i, e := range ents {
+		if _, dup := w.seen[e.ID]; dup || has[i] {
+			fresh = false
+		}
+	}
+	if fresh && (comp == compZstd || comp == compRaw) {
+		job := frameJob{data: append([]byte(nil), payload...), comp: comp}
+		for _, e := range ents {
+			w.seen[e.ID] = struct{}{}
+			w.stats.Blobs++
+			w.stats.Bytes += int64(e.Len)
+			job.ents = append(job.ents, PackEntry{ID: e.ID, Loc: Loc{Type: e.Type, Off: e.Off, Len: e.Len}})
+		}
+		err := w.err
+		w.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		w.frames <- job
+		return nil
+	}
+	w.mu.Unlock()
+	for _, e := range ents {
+		if _, err := w.Put(e.Type, e.ID, raw[e.Off:e.Off+e.Len]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Frame compressions, as in pack headers and on the wire.
+const (
+	CompRaw  = compRaw
+	CompZstd = compZstd
+)

@@ -12,11 +12,14 @@ import (
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
 )
 
 type checkoutOptions struct {
 	exclude, excludeFrom []string
 	force, noSync        bool
+	from                 string
+	rf                   remoteFlags
 }
 
 func newCheckoutCommand(e *env) *cobra.Command {
@@ -28,16 +31,40 @@ func newCheckoutCommand(e *env) *cobra.Command {
 checkout: then only entries that differ are rewritten (through a temporary
 file and rename), extraneous entries are removed and directory metadata is
 fixed last. A non-empty directory sim did not check out is refused unless
---force. Excluded paths are neither written nor removed.`,
+--force. Excluded paths are neither written nor removed.
+
+With --from URL, REF is resolved on that server and the objects the node's
+store (--store) lacks are fetched first: a node install, update or rollback
+over the network that downloads only what changed.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ex, err := e.excludes(o.exclude, o.excludeFrom)
 			if err != nil {
 				return err
 			}
-			return e.withStore(func(st *store.Store) error {
-				id, err := st.Resolve(args[0])
-				if err != nil {
+			with := e.withStore
+			if o.from != "" {
+				with = e.withStoreInit
+			}
+			return with(func(st *store.Store) error {
+				var id chunk.ID
+				var ps *simsync.PullStats
+				var err error
+				if o.from != "" {
+					r, err := o.rf.remote(e, o.from)
+					if err != nil {
+						return err
+					}
+					var s simsync.PullStats
+					id, s, err = fetchForCheckout(c.Context(), e, st, r, args[0], e.path(args[1]))
+					ps = &s
+					if err != nil {
+						return err
+					}
+					if !e.json {
+						e.reportPull(s)
+					}
+				} else if id, err = st.Resolve(args[0]); err != nil {
 					return err
 				}
 				p := &snapshot.Progress{}
@@ -52,7 +79,8 @@ fixed last. A non-empty directory sim did not check out is refused unless
 					return e.printJSON(struct {
 						Commit chunk.ID `json:"commit"`
 						*snapshot.CheckoutStats
-					}{id, stats})
+						Transfer *simsync.PullStats `json:"transfer,omitempty"`
+					}{id, stats, ps})
 				}
 				fmt.Fprintf(e.stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
 					id.Short(), args[1], stats.Written, fmtBytes(stats.BytesWritten), stats.Removed, stats.Metadata, stats.Unchanged)
@@ -65,6 +93,8 @@ fixed last. A non-empty directory sim did not check out is refused unless
 	f.StringArrayVar(&o.excludeFrom, "exclude-from", nil, "read exclude patterns from `FILE`")
 	f.BoolVar(&o.force, "force", false, "overwrite a non-empty directory sim did not check out")
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
+	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
+	o.rf.add(c)
 	e.addJSONFlag(c)
 	return c
 }

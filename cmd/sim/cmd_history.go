@@ -39,7 +39,7 @@ func newLogCommand(e *env) *cobra.Command {
 					}
 					out = append(out, commitJSON{id, cm})
 					id = chunk.ID{}
-					if len(cm.Parents) > 0 {
+					if len(cm.Parents) > 0 && !st.IsShallow(out[len(out)-1].ID) {
 						id = cm.Parents[0]
 					}
 				}

@@ -64,6 +64,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newInitCommand(e), newCommitCommand(e), newLogCommand(e), newShowCommand(e),
 		newLsCommand(e), newCatCommand(e), newTagCommand(e), newImagesCommand(e), newImageCommand(e),
 		newCheckoutCommand(e), newDiffCommand(e), newFsckCommand(e), newGCCommand(e),
+		newServeCommand(e), newCloneCommand(e), newPullCommand(e), newPushCommand(e), newFetchPlanCommand(e),
 	)
 	wrapArgs(root)
 	return root

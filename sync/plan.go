@@ -1,0 +1,332 @@
+package sync
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	gosync "sync"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+// Planner decides, on the sending side, which objects a receiver needs
+// and sends them. It is safe for concurrent use: one Planner serves every
+// connection of a server.
+type Planner struct {
+	st *store.Store
+
+	mu    gosync.Mutex
+	haves map[chunk.ID]*haveSet // per commit, small LRU
+	order []chunk.ID
+}
+
+type haveSet struct {
+	ids  map[chunk.ID]struct{}
+	done chan struct{}
+	err  error
+}
+
+// NewPlanner plans for store st.
+func NewPlanner(st *store.Store) *Planner {
+	return &Planner{st: st, haves: map[chunk.ID]*haveSet{}}
+}
+
+// reachable returns every blob id reachable from commit id's tree. Many
+// nodes updating from the same commit share one computation.
+func (p *Planner) reachable(id chunk.ID) (map[chunk.ID]struct{}, error) {
+	p.mu.Lock()
+	if h, ok := p.haves[id]; ok {
+		p.mu.Unlock()
+		<-h.done
+		return h.ids, h.err
+	}
+	h := &haveSet{done: make(chan struct{})}
+	p.haves[id] = h
+	p.order = append(p.order, id)
+	if len(p.order) > 16 {
+		delete(p.haves, p.order[0])
+		p.order = p.order[1:]
+	}
+	p.mu.Unlock()
+	defer close(h.done)
+	c, err := p.st.Commit(id)
+	if err != nil {
+		h.err = err
+		return nil, err
+	}
+	h.ids = map[chunk.ID]struct{}{c.Tree: {}}
+	h.err = snapshot.Walk(p.st, c.Tree, func(_ string, n *snapshot.Node) error {
+		if n.Kind == snapshot.KindDir {
+			h.ids[n.Subtree] = struct{}{}
+		}
+		for _, x := range n.Content {
+			if !x.Hole() {
+				h.ids[x.ID] = struct{}{}
+			}
+		}
+		return nil
+	})
+	if h.err != nil {
+		p.mu.Lock()
+		delete(p.haves, id)
+		p.mu.Unlock()
+	}
+	return h.ids, h.err
+}
+
+// Plan is what a receiver that has some commits needs to get another.
+type Plan struct {
+	Commit      chunk.ID
+	CommitBytes []byte
+	Trees       []TreeSend
+	Chunks      []chunk.ID
+	ChunkBytes  int64 // uncompressed
+	TreeBytes   int64
+	Haves       int // have commits the sender knew
+}
+
+// TreeSend is a tree to send, and the tree at the same path in the
+// receiver's commit to delta it against (zero if none).
+type TreeSend struct {
+	ID, Base chunk.ID
+}
+
+// Plan computes what to send for want given the receiver's have commits
+// (unknown ones are ignored). Trees come in walk order, chunks in storage
+// order so the sender reads packs sequentially.
+func (p *Planner) Plan(want chunk.ID, haves []chunk.ID) (*Plan, error) {
+	cb, err := p.st.CommitRaw(want)
+	if err != nil {
+		return nil, err
+	}
+	c, err := store.DecodeCommit(want, cb)
+	if err != nil {
+		return nil, err
+	}
+	have := map[chunk.ID]struct{}{}
+	var baseRoot chunk.ID
+	pl := &Plan{Commit: want, CommitBytes: cb}
+	for _, h := range haves {
+		if ok, _ := p.st.HasCommit(h); !ok {
+			continue
+		}
+		ids, err := p.reachable(h)
+		if err != nil {
+			return nil, err
+		}
+		if baseRoot.IsZero() {
+			hc, err := p.st.Commit(h)
+			if err != nil {
+				return nil, err
+			}
+			baseRoot = hc.Tree
+		}
+		pl.Haves++
+		if len(haves) == 1 {
+			have = ids // no copy needed
+			break
+		}
+		for id := range ids {
+			have[id] = struct{}{}
+		}
+	}
+	seen := map[chunk.ID]bool{}
+	var walk func(id, base chunk.ID) error
+	walk = func(id, base chunk.ID) error {
+		if _, ok := have[id]; ok || seen[id] {
+			return nil
+		}
+		seen[id] = true
+		tb, err := p.st.Get(id)
+		if err != nil {
+			return fmt.Errorf("tree %s: %w", id.Short(), err)
+		}
+		if _, ok := have[base]; !ok {
+			base = chunk.ID{}
+		}
+		pl.Trees = append(pl.Trees, TreeSend{ID: id, Base: base})
+		pl.TreeBytes += int64(len(tb))
+		t, err := snapshot.DecodeTree(tb)
+		if err != nil {
+			return fmt.Errorf("tree %s: %w", id.Short(), err)
+		}
+		var bt *snapshot.Tree
+		if !base.IsZero() {
+			if bt, err = snapshot.LoadTree(p.st, base); err != nil {
+				return err
+			}
+		}
+		for _, e := range t.Entries {
+			switch e.Kind {
+			case snapshot.KindDir:
+				var sub chunk.ID
+				if bt != nil {
+					if be := bt.Find(e.Name); be != nil && be.Kind == snapshot.KindDir {
+						sub = be.Subtree
+					}
+				}
+				if err := walk(e.Subtree, sub); err != nil {
+					return err
+				}
+			case snapshot.KindFile:
+				for _, x := range e.Content {
+					if x.Hole() || seen[x.ID] {
+						continue
+					}
+					if _, ok := have[x.ID]; ok {
+						continue
+					}
+					seen[x.ID] = true
+					pl.Chunks = append(pl.Chunks, x.ID)
+					pl.ChunkBytes += int64(x.Len)
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk(c.Tree, baseRoot); err != nil {
+		return nil, err
+	}
+	return pl, nil
+}
+
+// located is a blob with its place in the store.
+type located struct {
+	id  chunk.ID
+	loc store.Loc
+}
+
+// frameBatch is how many uncompressed bytes a recompressed frame holds.
+const frameBatch = 4 << 20
+
+// Send writes the plan's commit, trees and chunks to enc.
+func (p *Planner) Send(ctx context.Context, enc *Encoder, pl *Plan) error {
+	if err := enc.Commit(pl.Commit, pl.CommitBytes); err != nil {
+		return err
+	}
+	var plain []chunk.ID
+	for _, t := range pl.Trees {
+		if t.Base.IsZero() {
+			plain = append(plain, t.ID)
+			continue
+		}
+		b, err := p.st.Get(t.ID)
+		if err != nil {
+			return err
+		}
+		bb, err := p.st.Get(t.Base)
+		if err != nil {
+			return err
+		}
+		if err := enc.Delta(store.TypeTree, t.ID, t.Base, b, bb); err != nil {
+			return err
+		}
+	}
+	if err := p.SendObjects(ctx, enc, plain); err != nil {
+		return err
+	}
+	return p.SendObjects(ctx, enc, pl.Chunks)
+}
+
+// SendObjects writes blobs to enc. Where most of a stored frame is
+// wanted the frame goes out as stored (no decompression, no
+// recompression: the server's CPU stays off the hot path); the rest are
+// regrouped into new compressed frames. Unknown ids are skipped: the
+// receiver finds them missing and says so.
+func (p *Planner) SendObjects(ctx context.Context, enc *Encoder, ids []chunk.ID) error {
+	locs := make([]located, 0, len(ids))
+	for _, id := range ids {
+		loc, err := p.st.Lookup(id)
+		if err != nil {
+			continue
+		}
+		locs = append(locs, located{id, loc})
+	}
+	sort.Slice(locs, func(i, j int) bool {
+		a, b := locs[i].loc, locs[j].loc
+		if a.Pack != b.Pack {
+			return string(a.Pack[:]) < string(b.Pack[:])
+		}
+		if a.FrameOff != b.FrameOff {
+			return a.FrameOff < b.FrameOff
+		}
+		return a.Off < b.Off
+	})
+	var batch []FrameEntry
+	var data [][]byte
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := enc.CompressFrame(batch, data)
+		batch, data, size = batch[:0], data[:0], 0
+		return err
+	}
+	for i := 0; i < len(locs); {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		j := i
+		var wanted int64
+		for j < len(locs) && locs[j].loc.Pack == locs[i].loc.Pack && locs[j].loc.FrameOff == locs[i].loc.FrameOff {
+			wanted += int64(locs[j].loc.Len)
+			j++
+		}
+		group := locs[i:j]
+		i = j
+		whole, ents, ulen, err := p.frameEntries(group[0].loc)
+		if err != nil {
+			return err
+		}
+		if whole && wanted*2 >= int64(ulen) {
+			raw, err := p.st.ReadRaw(group[0].loc)
+			if err != nil {
+				return err
+			}
+			if err := enc.Frame(group[0].loc.Comp, ulen, raw, ents); err != nil {
+				return err
+			}
+			continue
+		}
+		for _, g := range group {
+			b, err := p.st.GetAt(g.id, g.loc)
+			if err != nil {
+				return err
+			}
+			batch = append(batch, FrameEntry{Type: g.loc.Type, ID: g.id})
+			data = append(data, b)
+			size += len(b)
+			if size >= frameBatch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return flush()
+}
+
+// frameEntries lists every blob of the stored frame at loc and its
+// uncompressed length; whole is false when the frame also holds bytes
+// no entry names (then it is not sent as is).
+func (p *Planner) frameEntries(loc store.Loc) (whole bool, ents []FrameEntry, ulen int, err error) {
+	pe, err := p.st.PackEntries(loc.Pack)
+	if err != nil {
+		return false, nil, 0, err
+	}
+	covered := 0
+	for _, e := range pe {
+		if e.FrameOff != loc.FrameOff {
+			continue
+		}
+		ents = append(ents, FrameEntry{Type: e.Type, ID: e.ID, Off: e.Off, Len: e.Len})
+		if end := int(e.Off + e.Len); end > ulen {
+			ulen = end
+		}
+		covered += int(e.Len)
+	}
+	return covered == ulen, ents, ulen, nil
+}

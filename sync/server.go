@@ -1,0 +1,528 @@
+package sync
+
+import (
+	"bufio"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+// Server serves a store over HTTP (ARCHITECTURE.md "HTTP protocol").
+// Reads are open unless ReadTokens is set; writes (push, ref updates)
+// always need a token from WriteTokens.
+type Server struct {
+	Store       *store.Store
+	Planner     *Planner
+	WriteTokens []string
+	ReadTokens  []string
+	// MaxStreams bounds the object streams (fetch, objects, push) served
+	// at once; more wait. Each holds at most a few frames in memory.
+	MaxStreams int
+	Log        *log.Logger
+
+	once  gosync.Once
+	slots chan struct{}
+	// pushMu serializes pushes' ref updates with their checks.
+	pushMu gosync.Mutex
+	stats  ServerStats
+	smu    gosync.Mutex
+}
+
+// ServerStats counts what the server sent and received.
+type ServerStats struct {
+	Fetches, Pushes  int64
+	BytesOut, BytesIn int64
+}
+
+// Stats returns a copy of the counters.
+func (s *Server) Stats() ServerStats {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	return s.stats
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		if s.MaxStreams <= 0 {
+			s.MaxStreams = 64
+		}
+		s.slots = make(chan struct{}, s.MaxStreams)
+		if s.Planner == nil {
+			s.Planner = NewPlanner(s.Store)
+		}
+		if s.Log == nil {
+			s.Log = log.New(io.Discard, "", 0)
+		}
+	})
+}
+
+// RefsResponse is GET /v1/refs.
+type RefsResponse struct {
+	Images map[string]chunk.ID `json:"images"`
+	Tags   map[string]chunk.ID `json:"tags"`
+}
+
+// RefUpdate moves one ref on the server (POST /v1/refs).
+type RefUpdate struct {
+	Kind string   `json:"kind"` // "image" or "tag"
+	Name string   `json:"name"`
+	Old  chunk.ID `json:"old"` // image: expected head, zero to create
+	New  chunk.ID `json:"new"`
+}
+
+// RefsRequest is POST /v1/refs: commits to store (encoded, in parent
+// before child order) and ref updates, applied after checking that every
+// object the commits reach is present.
+type RefsRequest struct {
+	Commits []json.RawMessage `json:"commits"`
+	Updates []RefUpdate       `json:"updates"`
+}
+
+func tokenOK(r *http.Request, tokens []string) bool {
+	h := r.Header.Get("Authorization")
+	got, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return false
+	}
+	for _, t := range tokens {
+		if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP routes the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.init()
+	p := r.URL.Path
+	write := r.Method == "POST" && (p == "/v1/push" || p == "/v1/refs")
+	if write && (len(s.WriteTokens) == 0 || !tokenOK(r, s.WriteTokens)) {
+		http.Error(w, "push needs a valid token (sim serve --token-file)", http.StatusUnauthorized)
+		return
+	}
+	if !write && len(s.ReadTokens) > 0 && !tokenOK(r, s.ReadTokens) && !tokenOK(r, s.WriteTokens) {
+		http.Error(w, "this server needs a read token", http.StatusUnauthorized)
+		return
+	}
+	switch {
+	case r.Method == "GET" && p == "/v1/refs":
+		s.refs(w)
+	case r.Method == "GET" && strings.HasPrefix(p, "/v1/commits/"):
+		s.immutable(w, r, strings.TrimPrefix(p, "/v1/commits/"), func(id chunk.ID) ([]byte, error) { return s.Store.CommitRaw(id) })
+	case r.Method == "GET" && strings.HasPrefix(p, "/v1/blobs/"):
+		s.immutable(w, r, strings.TrimPrefix(p, "/v1/blobs/"), s.Store.Get)
+	case r.Method == "GET" && strings.HasPrefix(p, "/v1/packs/"):
+		s.pack(w, r, strings.TrimPrefix(p, "/v1/packs/"))
+	case r.Method == "GET" && (p == "/v1/fetch" || p == "/v1/plan"):
+		s.fetch(w, r, p == "/v1/plan")
+	case r.Method == "POST" && p == "/v1/objects":
+		s.objects(w, r)
+	case r.Method == "POST" && p == "/v1/have":
+		s.have(w, r)
+	case r.Method == "POST" && p == "/v1/push":
+		s.push(w, r)
+	case r.Method == "POST" && p == "/v1/refs":
+		s.updateRefs(w, r)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (s *Server) refs(w http.ResponseWriter) {
+	out := RefsResponse{Images: map[string]chunk.ID{}, Tags: map[string]chunk.ID{}}
+	ims, err := s.Store.Images()
+	if err == nil {
+		for _, im := range ims {
+			out.Images[im.Name] = im.Head
+		}
+		var tags []store.Tag
+		if tags, err = s.Store.Tags(); err == nil {
+			for _, t := range tags {
+				out.Tags[t.Name] = t.Commit
+			}
+		}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache") // refs move
+	json.NewEncoder(w).Encode(out)
+}
+
+// immutable serves an object named by its id: cacheable forever, with a
+// strong ETag and Range support.
+func (s *Server) immutable(w http.ResponseWriter, r *http.Request, name string, get func(chunk.ID) ([]byte, error)) {
+	id, err := chunk.Parse(name)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	b, err := get(id)
+	if errors.Is(err, store.ErrNotFound) {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("ETag", `"`+id.String()+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, strings.NewReader(string(b)))
+	s.count(int64(len(b)), 0)
+}
+
+// pack serves a whole pack file (mirrors, caches, web seeds): sendfile
+// and Range through http.ServeContent on the file.
+func (s *Server) pack(w http.ResponseWriter, r *http.Request, name string) {
+	id, err := chunk.Parse(strings.TrimSuffix(name, ".pack"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	sizes, err := s.Store.PackSizes()
+	if _, ok := sizes[id]; err != nil || !ok {
+		http.Error(w, "no such pack", http.StatusNotFound)
+		return
+	}
+	f, err := os.Open(s.Store.PackPath(id))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("ETag", `"`+id.String()+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+func (s *Server) count(out, in int64) {
+	s.smu.Lock()
+	s.stats.BytesOut += out
+	s.stats.BytesIn += in
+	s.smu.Unlock()
+}
+
+func (s *Server) acquire(r *http.Request) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+func (s *Server) release() { <-s.slots }
+
+// PlanInfo is GET /v1/plan: what a fetch would send.
+type PlanInfo struct {
+	Commit     chunk.ID `json:"commit"`
+	Haves      int      `json:"haves_known"`
+	Trees      int      `json:"trees"`
+	TreeBytes  int64    `json:"tree_bytes"`
+	Chunks     int      `json:"chunks"`
+	ChunkBytes int64    `json:"chunk_bytes"`
+}
+
+// fetch streams what a receiver holding the have commits lacks of want.
+// The response depends only on (want, have) and the store's contents, so
+// a plain HTTP cache in front of the server can serve it to every node
+// making the same update.
+func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
+	q := r.URL.Query()
+	want, err := chunk.Parse(q.Get("want"))
+	if err != nil {
+		http.Error(w, "want: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var haves []chunk.ID
+	if h := q.Get("have"); h != "" {
+		for _, x := range strings.Split(h, ",") {
+			id, err := chunk.Parse(x)
+			if err != nil {
+				http.Error(w, "have: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			haves = append(haves, id)
+		}
+	}
+	if len(haves) > 64 {
+		http.Error(w, "at most 64 have commits", http.StatusBadRequest)
+		return
+	}
+	pl, err := s.Planner.Plan(want, haves)
+	if errors.Is(err, store.ErrNotFound) {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if planOnly {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(PlanInfo{Commit: want, Haves: pl.Haves, Trees: len(pl.Trees), TreeBytes: pl.TreeBytes,
+			Chunks: len(pl.Chunks), ChunkBytes: pl.ChunkBytes})
+		return
+	}
+	if !s.acquire(r) {
+		return
+	}
+	defer s.release()
+	key := chunk.Sum([]byte(wireMagic + want.String() + "/" + q.Get("have")))
+	w.Header().Set("ETag", `W/"`+key.String()+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=86400")
+	w.Header().Set("Content-Type", "application/x-sim-wire")
+	s.stream(w, r, func(enc *Encoder) error { return s.Planner.Send(r.Context(), enc, pl) })
+	s.smu.Lock()
+	s.stats.Fetches++
+	s.smu.Unlock()
+}
+
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, fn func(*Encoder) error) {
+	cw := &countWriter{w: w}
+	enc, err := NewEncoder(cw)
+	if err == nil {
+		err = fn(enc)
+	}
+	if err == nil {
+		err = enc.Close()
+	}
+	s.count(cw.n, 0)
+	if err != nil {
+		// Headers are gone: the receiver sees a stream without its
+		// end record and treats it as truncated.
+		s.Log.Printf("stream to %s: %v", r.RemoteAddr, err)
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// readIDs reads a body of concatenated 32-byte ids.
+func readIDs(r io.Reader, max int) ([]chunk.ID, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(max)*32+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b)%32 != 0 || len(b) > max*32 {
+		return nil, fmt.Errorf("body must be at most %d ids of 32 bytes", max)
+	}
+	ids := make([]chunk.ID, len(b)/32)
+	for i := range ids {
+		copy(ids[i][:], b[i*32:])
+	}
+	return ids, nil
+}
+
+const maxIDs = 1 << 20
+
+func (s *Server) objects(w http.ResponseWriter, r *http.Request) {
+	ids, err := readIDs(r.Body, maxIDs)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !s.acquire(r) {
+		return
+	}
+	defer s.release()
+	w.Header().Set("Content-Type", "application/x-sim-wire")
+	s.stream(w, r, func(enc *Encoder) error { return s.Planner.SendObjects(r.Context(), enc, ids) })
+}
+
+// have answers which of the posted ids (blobs or commits) the store
+// holds: one byte each.
+func (s *Server) have(w http.ResponseWriter, r *http.Request) {
+	ids, err := readIDs(r.Body, maxIDs)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	has, err := s.Store.HasMany(ids)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	out := make([]byte, len(has))
+	for i, h := range has {
+		if !h {
+			h, _ = s.Store.HasCommit(ids[i])
+		}
+		if h {
+			out[i] = 1
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(out)
+}
+
+// PushResult is the answer to POST /v1/push.
+type PushResult struct {
+	Blobs       int64 `json:"blobs"`
+	NewBlobs    int64 `json:"new_blobs"`
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// push stores a wire stream of objects. Everything is verified; what
+// arrived before an interruption is kept.
+func (s *Server) push(w http.ResponseWriter, r *http.Request) {
+	if !s.acquire(r) {
+		return
+	}
+	defer s.release()
+	sink := NewSink(s.Store)
+	ds, err := Decode(bufio.NewReader(r.Body), sink.Receiver())
+	ws, ferr := sink.Close()
+	s.count(0, ds.WireBytes)
+	s.smu.Lock()
+	s.stats.Pushes++
+	s.smu.Unlock()
+	if err == nil {
+		err = ferr
+	}
+	if err != nil {
+		http.Error(w, "push: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(PushResult{Blobs: ds.Blobs, NewBlobs: ws.Blobs, StoredBytes: ws.StoredBytes})
+}
+
+// updateRefs stores pushed commits and moves refs, after checking that
+// every tree and chunk the commits reach is in the store.
+func (s *Server) updateRefs(w http.ResponseWriter, r *http.Request) {
+	var req RefsRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	for _, raw := range req.Commits {
+		id := chunk.Sum(raw)
+		c, err := store.DecodeCommit(id, raw)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if missing, err := MissingObjects(s.Store, c.Tree, 1); err != nil || len(missing) > 0 {
+			msg := fmt.Sprintf("commit %s: its objects are not all here (push them first)", id.Short())
+			if err != nil {
+				msg += ": " + err.Error()
+			}
+			http.Error(w, msg, http.StatusConflict)
+			return
+		}
+		if _, err := s.Store.PutCommit(c); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+	}
+	for _, u := range req.Updates {
+		var err error
+		switch u.Kind {
+		case "image":
+			err = s.Store.SetImage(u.Name, u.Old, u.New, "push", "pushed")
+		case "tag":
+			cur, terr := s.Store.TagCommit(u.Name)
+			switch {
+			case terr == nil && cur == u.New:
+			case terr == nil:
+				err = fmt.Errorf("tag %s exists at %s: tags are immutable", u.Name, cur.Short())
+			default:
+				err = s.Store.CreateTag(u.Name, u.New)
+			}
+		default:
+			err = fmt.Errorf("unknown ref kind %q", u.Kind)
+		}
+		if err != nil {
+			code := http.StatusConflict
+			if errors.Is(err, store.ErrNotFound) {
+				code = http.StatusBadRequest
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// MissingObjects walks tree root in st and returns up to max ids of trees
+// and chunks st lacks (0 = no limit). A missing tree hides what is below
+// it: fetch it and ask again.
+func MissingObjects(st *store.Store, root chunk.ID, max int) ([]chunk.ID, error) {
+	var missing []chunk.ID
+	full := func() bool { return max > 0 && len(missing) >= max }
+	var walk func(id chunk.ID) error
+	seen := map[chunk.ID]bool{}
+	walk = func(id chunk.ID) error {
+		if seen[id] || full() {
+			return nil
+		}
+		seen[id] = true
+		ok, err := st.Has(id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			missing = append(missing, id)
+			return nil
+		}
+		t, err := snapshot.LoadTree(st, id)
+		if err != nil {
+			return err
+		}
+		var ids []chunk.ID
+		for _, e := range t.Entries {
+			if e.Kind == snapshot.KindDir {
+				if err := walk(e.Subtree); err != nil {
+					return err
+				}
+				continue
+			}
+			for _, x := range e.Content {
+				if !x.Hole() && !seen[x.ID] {
+					seen[x.ID] = true
+					ids = append(ids, x.ID)
+				}
+			}
+		}
+		has, err := st.HasMany(ids)
+		if err != nil {
+			return err
+		}
+		for i, h := range has {
+			if !h && !full() {
+				missing = append(missing, ids[i])
+			}
+		}
+		return nil
+	}
+	return missing, walk(root)
+}

@@ -1,0 +1,78 @@
+package sync
+
+import (
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store"
+)
+
+// flushEvery is how many received bytes a Sink buffers before it makes
+// them durable, so an interrupted transfer keeps what arrived.
+const flushEvery = 64 << 20
+
+// Sink stores what a wire stream brings into a store.
+type Sink struct {
+	st      *store.Store
+	w       *store.Writer
+	pending int64
+	total   store.WriterStats
+	Commits map[chunk.ID][]byte // commit records received, verified
+	err     error
+}
+
+// NewSink receives into st.
+func NewSink(st *store.Store) *Sink {
+	return &Sink{st: st, w: st.NewWriter(), Commits: map[chunk.ID][]byte{}}
+}
+
+func (s *Sink) added(n int) error {
+	s.pending += int64(n)
+	if s.pending < flushEvery {
+		return nil
+	}
+	return s.flush()
+}
+
+func (s *Sink) flush() error {
+	ws, err := s.w.Flush()
+	s.total.Blobs += ws.Blobs
+	s.total.Bytes += ws.Bytes
+	s.total.StoredBytes += ws.StoredBytes
+	s.total.Packs += ws.Packs
+	s.pending = 0
+	s.w = s.st.NewWriter()
+	return err
+}
+
+// Receiver is the Decode callback set writing into the store.
+func (s *Sink) Receiver() Receiver {
+	return Receiver{
+		Blob: func(t store.Type, id chunk.ID, data []byte) error {
+			if _, err := s.w.Put(t, id, data); err != nil {
+				return err
+			}
+			return s.added(len(data))
+		},
+		Frame: func(comp byte, payload []byte, ents []FrameEntry, raw []byte) error {
+			pe := make([]store.PackEntry, len(ents))
+			for i, e := range ents {
+				pe[i] = store.PackEntry{ID: e.ID, Loc: store.Loc{Type: e.Type, Off: e.Off, Len: e.Len}}
+			}
+			if err := s.w.PutFrame(comp, payload, pe, raw); err != nil {
+				return err
+			}
+			return s.added(len(raw))
+		},
+		Commit: func(id chunk.ID, b []byte) error {
+			s.Commits[id] = append([]byte(nil), b...)
+			return nil
+		},
+		Base: s.st.Get,
+	}
+}
+
+// Close makes everything received durable and returns what was added.
+func (s *Sink) Close() (store.WriterStats, error) {
+	err := s.flush()
+	s.w.Abort() // the fresh writer flush left behind
+	return s.total, err
+}

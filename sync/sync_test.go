@@ -1,0 +1,290 @@
+package sync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	gosync "sync"
+	"testing"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/snapshot/snapshottest"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+func newStore(t testing.TB) *store.Store {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "store")
+	if err := store.Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// tree writes files of pseudo-random content (incompressible, so sizes
+// on the wire mean something).
+func tree(t testing.TB, dir string, seed int64, files map[string]int) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	for name, size := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		b := make([]byte, size)
+		rng.Read(b)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func commit(t testing.TB, st *store.Store, src, image string) chunk.ID {
+	t.Helper()
+	id, _, err := client.Commit(context.Background(), st, src, client.CommitOptions{Image: image})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+type fixture struct {
+	srv      *store.Store
+	src      string
+	v1, v2   chunk.ID
+	url      string
+	counting *countingHandler
+}
+
+type countingHandler struct {
+	h     http.Handler
+	mu    gosync.Mutex
+	bytes int64
+	reqs  int
+	// cut, when > 0, truncates the next object stream after that many bytes.
+	cut int64
+	// flip, when set, flips one byte of every object stream at that offset.
+	flip int64
+}
+
+func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.reqs++
+	var cut, flip int64
+	if r.URL.Path == "/v1/fetch" || r.URL.Path == "/v1/objects" {
+		cut, flip = c.cut, c.flip
+		c.cut = 0
+	}
+	c.mu.Unlock()
+	cw := &cutWriter{ResponseWriter: w, cut: cut, flip: flip}
+	c.h.ServeHTTP(cw, r)
+	c.mu.Lock()
+	c.bytes += cw.n
+	c.mu.Unlock()
+}
+
+type cutWriter struct {
+	http.ResponseWriter
+	n, cut, flip int64
+}
+
+func (w *cutWriter) Write(p []byte) (int, error) {
+	if w.cut > 0 && w.n+int64(len(p)) > w.cut {
+		p = p[:w.cut-w.n]
+		n, _ := w.ResponseWriter.Write(p)
+		w.n += int64(n)
+		return n, errors.New("cut")
+	}
+	if w.flip > 0 && w.n <= w.flip && w.flip < w.n+int64(len(p)) {
+		q := append([]byte(nil), p...)
+		q[w.flip-w.n] ^= 0x40
+		p = q
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{srv: newStore(t), src: filepath.Join(t.TempDir(), "src")}
+	files := map[string]int{"etc/motd": 300, "etc/ssh/sshd_config": 3000}
+	for i := 0; i < 40; i++ {
+		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 50000 + i*1000
+	}
+	files["usr/bin/big"] = 3 << 20
+	tree(t, f.src, 1, files)
+	f.v1 = commit(t, f.srv, f.src, "img")
+	if err := f.srv.CreateTag("v1", f.v1); err != nil {
+		t.Fatal(err)
+	}
+	tree(t, f.src, 2, map[string]int{"etc/motd": 310, "etc/ssh/sshd_config": 3010})
+	f.v2 = commit(t, f.srv, f.src, "img")
+	f.counting = &countingHandler{h: &simsync.Server{Store: f.srv, WriteTokens: []string{"secret"}}}
+	ts := httptest.NewServer(f.counting)
+	t.Cleanup(ts.Close)
+	f.url = ts.URL
+	return f
+}
+
+func remote(t testing.TB, url, token string) *simsync.Remote {
+	r, err := simsync.NewRemote(url, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func checkoutEqual(t *testing.T, st *store.Store, id chunk.ID, want string) {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "co")
+	if _, err := client.Checkout(context.Background(), st, id, dst, client.CheckoutOptions{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	snapshottest.Equal(t, want, dst)
+}
+
+// TestFetchAndDelta installs v1 from scratch over a real socket, then
+// updates to v2: the update moves only the two changed files and the
+// trees above them.
+func TestFetchAndDelta(t *testing.T) {
+	f := setup(t)
+	node := newStore(t)
+	r := remote(t, f.url, "")
+	ps, err := simsync.FetchCommit(context.Background(), node, r, f.v1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Rounds != 1 || ps.WireBytes < 5<<20 {
+		t.Errorf("install: %+v", ps)
+	}
+	ps, err = simsync.FetchCommit(context.Background(), node, r, f.v2, true, f.v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two new files (~3.3 kB of random data) and 3 trees as deltas.
+	if ps.NewBlobs != 5 || ps.WireBytes > 6000 {
+		t.Errorf("delta v1→v2: %+v; want 5 new blobs in under 6 kB", ps)
+	}
+	checkoutEqual(t, node, f.v2, f.src)
+	if !node.IsShallow(f.v2) {
+		t.Error("a node's commit should be shallow")
+	}
+	rep, err := client.Fsck(node, true)
+	if err != nil {
+		t.Fatalf("fsck of the node store: %v %+v", err, rep)
+	}
+}
+
+// TestResume cuts the first stream short: what arrived is kept and only
+// the rest is fetched.
+func TestResume(t *testing.T) {
+	f := setup(t)
+	node := newStore(t)
+	f.counting.cut = 5 << 20 // the first 4 MiB frame arrives whole, the second does not
+	ps, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v2, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Rounds < 2 {
+		t.Fatalf("no second round after a cut: %+v", ps)
+	}
+	if ps.WireBytes > 8<<20 {
+		t.Errorf("resume re-sent too much: %+v", ps)
+	}
+	checkoutEqual(t, node, f.v2, f.src)
+}
+
+// TestCorruptServer: a damaged pack on the server, or bytes damaged on the
+// way, are detected by the node and never stored.
+func TestCorruptServer(t *testing.T) {
+	f := setup(t)
+	f.counting.flip = 5000 // inside the first frame of the stream
+	node := newStore(t)
+	_, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v1, true)
+	if err == nil {
+		t.Fatalf("a corrupted stream was accepted (%d requests)", f.counting.reqs)
+	}
+	var ce *chunk.CorruptError
+	if !errors.As(err, &ce) && !errors.Is(err, simsync.ErrTruncated) {
+		t.Logf("error: %v", err)
+	}
+	if rep, err := client.Fsck(node, true); err != nil {
+		t.Fatalf("node store damaged after refusing bad data: %v %+v", err, rep)
+	}
+	if ok, _ := node.HasCommit(f.v1); ok {
+		t.Error("commit stored although its data was refused")
+	}
+}
+
+// TestPush: a push without the token is refused; with it only missing
+// objects travel and the ref moves.
+func TestPush(t *testing.T) {
+	f := setup(t)
+	local := newStore(t)
+	if _, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil); err != nil {
+		t.Fatal(err)
+	}
+	tree(t, f.src, 3, map[string]int{"etc/new": 1000})
+	v3 := commit(t, local, f.src, "img")
+	if _, err := simsync.Push(context.Background(), local, remote(t, f.url, ""), []string{"img"}, false); err == nil {
+		t.Fatal("push without a token was accepted")
+	}
+	if _, err := simsync.Push(context.Background(), local, remote(t, f.url, "wrong"), []string{"img"}, false); err == nil {
+		t.Fatal("push with a wrong token was accepted")
+	}
+	ps, err := simsync.Push(context.Background(), local, remote(t, f.url, "secret"), []string{"img"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Commits != 1 || ps.Objects != 3 { // etc/new, etc tree, root tree
+		t.Errorf("push: %+v; want 1 commit and 3 objects", ps)
+	}
+	if h, _ := f.srv.ImageHead("img"); h != v3 {
+		t.Errorf("server head %s, want %s", h.Short(), v3.Short())
+	}
+	checkoutEqual(t, f.srv, v3, f.src)
+}
+
+// TestCapture commits a directory straight into the server; a second
+// capture after one edit uploads only that file and its trees.
+func TestCapture(t *testing.T) {
+	f := setup(t)
+	r := remote(t, f.url, "secret")
+	capture := func() (*simsync.Capture, chunk.ID) {
+		cp := simsync.NewCapture(context.Background(), r)
+		res, err := snapshot.Commit(context.Background(), cp, chunk.DefaultParams, f.src, snapshot.CommitOptions{})
+		if err == nil {
+			err = cp.Flush()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := simsync.CommitRemote(context.Background(), r, "golden", &store.Commit{Tree: res.Root, Message: "capture"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cp, id
+	}
+	cp, _ := capture()
+	if cp.Uploaded != 0 { // the server already has this exact tree as img
+		t.Errorf("first capture uploaded %d blobs of a tree the server has", cp.Uploaded)
+	}
+	tree(t, f.src, 4, map[string]int{"usr/lib/lib7.so": 20000})
+	cp, id := capture()
+	if cp.Uploaded != 4 { // the file, usr/lib, usr, root
+		t.Errorf("capture after one edit uploaded %d blobs, want 4", cp.Uploaded)
+	}
+	checkoutEqual(t, f.srv, id, f.src)
+}
