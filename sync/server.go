@@ -42,7 +42,7 @@ type Server struct {
 
 // ServerStats counts what the server sent and received.
 type ServerStats struct {
-	Fetches, Pushes  int64
+	Fetches, Pushes   int64
 	BytesOut, BytesIn int64
 }
 
