@@ -78,7 +78,7 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	s := fmt.Sprintf("object %s is corrupt: content hashes to %s", e.ID, e.Got.Short())
+	s := fmt.Sprintf("object %s is corrupt: its content hashes to %s", e.ID, e.Got)
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
 	}
