@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -182,10 +183,28 @@ func (co *checkouter) firstErr() error {
 	return co.err
 }
 
-func (co *checkouter) record(rel string, st *unix.Stat_t, content []Extent) {
+func (co *checkouter) record(rel string, st *unix.Stat_t, n *Node) {
 	co.mu.Lock()
-	co.rec.add(rel, st, content)
+	co.rec.addMeta(rel, st, n.Content, metaHash(n))
 	co.mu.Unlock()
+}
+
+// unchanged reports whether the entry at rel is, by the record, exactly
+// node n already: same inode state as when a checkout made it from a node
+// with n's metadata (and content). It costs no syscall beyond the stat.
+func (co *checkouter) unchanged(rel string, st *unix.Stat_t, n *Node) bool {
+	e, ok := co.opts.Record.entry(rel, st)
+	return ok && e.meta == metaHash(n) && extentsEqual(e.content, n.Content)
+}
+
+// metaHash condenses what a checkout sets on an entry besides file data.
+func metaHash(n *Node) uint64 {
+	m := *n
+	// Not Link: all names of an inode share one record state.
+	m.Name, m.Content, m.Size, m.Subtree, m.Link = "", nil, 0, chunk.ID{}, ""
+	t := Tree{Self: Node{Kind: KindDir}, Entries: []Node{m}}
+	id := chunk.Sum(t.Encode())
+	return binary.LittleEndian.Uint64(id[:8]) | 1 // never 0: 0 means unknown
 }
 
 func (co *checkouter) tmpName() string {
@@ -294,6 +313,11 @@ func (co *checkouter) worker() {
 // file brings one regular file to its node: metadata only when its
 // content is known to be right, else a rewrite.
 func (co *checkouter) file(op *fileOp, ck **chunk.Chunker) error {
+	if op.exists && co.unchanged(op.rel, &op.st, op.node) {
+		co.stats.add(&co.stats.Unchanged, 1)
+		co.record(op.rel, &op.st, op.node)
+		return nil
+	}
 	if op.exists {
 		content, known := co.opts.Record.lookup(op.rel, &op.st)
 		if !known && uint64(op.st.Size) == op.node.Size && co.opts.Params.MaxSize != 0 {
@@ -386,7 +410,7 @@ func (co *checkouter) writeFile(op *fileOp) error {
 	}
 	ok = true
 	unix.Close(fd)
-	co.record(op.rel, &st, n.Content)
+	co.record(op.rel, &st, n)
 	co.stats.add(&co.stats.Written, 1)
 	if co.opts.Progress != nil {
 		co.opts.Progress.Files.Add(1)
@@ -398,6 +422,11 @@ func (co *checkouter) writeFile(op *fileOp) error {
 // special creates or fixes a symlink, device, fifo or socket.
 func (co *checkouter) special(op *fileOp) error {
 	n := op.node
+	if op.exists && co.unchanged(op.rel, &op.st, n) {
+		co.stats.add(&co.stats.Unchanged, 1)
+		co.record(op.rel, &op.st, n)
+		return nil
+	}
 	if op.exists {
 		same := true
 		switch n.Kind {
@@ -426,10 +455,16 @@ func (co *checkouter) special(op *fileOp) error {
 		unix.Unlinkat(op.dirfd, tmp, 0)
 		return fmt.Errorf("%q: %w", op.rel, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(op.dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Unlinkat(op.dirfd, tmp, 0)
+		return fmt.Errorf("%q: %w", op.rel, err)
+	}
 	if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
 		unix.Unlinkat(op.dirfd, tmp, 0)
 		return fmt.Errorf("rename to %q: %w", op.rel, err)
 	}
+	co.record(op.rel, &st, n)
 	co.stats.add(&co.stats.Written, 1)
 	return nil
 }
@@ -454,9 +489,7 @@ func (co *checkouter) fixMeta(op *fileOp) error {
 			return err
 		}
 	}
-	if n.Kind == KindFile {
-		co.record(op.rel, &st, n.Content)
-	}
+	co.record(op.rel, &st, n)
 	return nil
 }
 
@@ -621,10 +654,13 @@ func (co *checkouter) links() error {
 			}
 			co.stats.add(&co.stats.Written, 1)
 		}
-		unix.Close(firstFd)
-		if op.node.Kind == KindFile {
-			co.record(op.rel, &fst, op.node.Content)
+		// Linking changed the inode's ctime: record it anew under
+		// both names.
+		if err := unix.Fstat(firstFd, &fst); err == nil {
+			co.record(op.rel, &fst, op.node)
+			co.record(op.node.Link, &fst, op.node)
 		}
+		unix.Close(firstFd)
 	}
 	return nil
 }

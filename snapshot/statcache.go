@@ -27,6 +27,9 @@ type statEntry struct {
 	dev, ino, size uint64
 	mtime, ctime   int64 // nanoseconds
 	content        []Extent
+	// meta, in a checkout record, is metaHash of the node the entry was
+	// made from: while ctime holds, the entry still has that metadata.
+	meta uint64
 }
 
 // NewStatCache returns an empty cache.
@@ -47,27 +50,37 @@ func keyOf(st *unix.Stat_t) statEntry {
 
 // lookup returns the cached content of path if st matches.
 func (c *StatCache) lookup(path string, st *unix.Stat_t) ([]Extent, bool) {
+	e, ok := c.entry(path, st)
+	return e.content, ok
+}
+
+// entry returns the entry of path if st still matches it.
+func (c *StatCache) entry(path string, st *unix.Stat_t) (statEntry, bool) {
 	if c == nil {
-		return nil, false
+		return statEntry{}, false
 	}
 	e, ok := c.m[path]
 	if !ok {
-		return nil, false
+		return e, false
 	}
 	k := keyOf(st)
 	if e.dev != k.dev || e.ino != k.ino || e.size != k.size || e.mtime != k.mtime || e.ctime != k.ctime {
-		return nil, false
+		return e, false
 	}
-	return e.content, true
+	return e, true
 }
 
 func (c *StatCache) add(path string, st *unix.Stat_t, content []Extent) {
+	c.addMeta(path, st, content, 0)
+}
+
+func (c *StatCache) addMeta(path string, st *unix.Stat_t, content []Extent, meta uint64) {
 	e := keyOf(st)
-	e.content = content
+	e.content, e.meta = content, meta
 	c.m[path] = e
 }
 
-const statCacheMagic = "SIMSTAT1"
+const statCacheMagic = "SIMSTAT2"
 
 // Save writes the cache to name atomically (zstd-compressed).
 func (c *StatCache) Save(name string) error {
@@ -78,7 +91,7 @@ func (c *StatCache) Save(name string) error {
 		b = b[:0]
 		b = binary.AppendUvarint(b, uint64(len(p)))
 		b = append(b, p...)
-		for _, v := range []uint64{e.dev, e.ino, e.size, uint64(e.mtime), uint64(e.ctime), uint64(len(e.content))} {
+		for _, v := range []uint64{e.dev, e.ino, e.size, uint64(e.mtime), uint64(e.ctime), e.meta, uint64(len(e.content))} {
 			b = binary.AppendUvarint(b, v)
 		}
 		for _, x := range e.content {
@@ -145,16 +158,19 @@ func LoadStatCache(name string) (*StatCache, error) {
 		if _, err := io.ReadFull(r, p); err != nil {
 			return NewStatCache(), fmt.Errorf("stat cache %s: %w", name, err)
 		}
-		var v [6]uint64
+		var v [7]uint64
 		for i := range v {
 			if v[i], err = binary.ReadUvarint(r); err != nil {
 				return NewStatCache(), fmt.Errorf("stat cache %s: %w", name, err)
 			}
 		}
-		if v[5] > 1<<24 {
+		if v[6] > 1<<24 {
 			return NewStatCache(), fmt.Errorf("stat cache %s: corrupt", name)
 		}
-		e := statEntry{dev: v[0], ino: v[1], size: v[2], mtime: int64(v[3]), ctime: int64(v[4]), content: make([]Extent, v[5])}
+		e := statEntry{dev: v[0], ino: v[1], size: v[2], mtime: int64(v[3]), ctime: int64(v[4]), meta: v[5], content: make([]Extent, v[6])}
+		if len(e.content) == 0 {
+			e.content = nil
+		}
 		for i := range e.content {
 			if e.content[i].Len, err = binary.ReadUvarint(r); err != nil {
 				return NewStatCache(), fmt.Errorf("stat cache %s: %w", name, err)
