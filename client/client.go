@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/systemimager/sim/chunk"
@@ -51,7 +52,8 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	start := time.Now()
 	w := st.NewWriter()
 	res, err := snapshot.Commit(ctx, w, st.Config().Chunker, src, snapshot.CommitOptions{
-		Exclude: m, OneFileSystem: opts.OneFileSystem, Cache: cache, Progress: opts.Progress, Warn: opts.Warn})
+		Exclude: m, OneFileSystem: opts.OneFileSystem, Cache: cache, Progress: opts.Progress, Warn: opts.Warn,
+		Workers: envInt("SIM_WORKERS")})
 	if err != nil {
 		w.Abort()
 		return chunk.ID{}, nil, err
@@ -220,4 +222,10 @@ func dropStatCaches(st *store.Store) {
 			os.Remove(filepath.Join(st.Dir(), "cache", e.Name()))
 		}
 	}
+}
+
+// envInt reads a tuning knob from the environment (0 when unset).
+func envInt(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
+	return n
 }
