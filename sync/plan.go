@@ -330,3 +330,58 @@ func (p *Planner) frameEntries(loc store.Loc) (whole bool, ents []FrameEntry, ul
 	}
 	return covered == ulen, ents, ulen, nil
 }
+
+// Estimate predicts the wire bytes of Send without reading any data:
+// frames that go out as stored cost their stored size, blobs regrouped
+// into new frames cost their share of their stored frame, and trees sent
+// as deltas are counted at a tenth of their size.
+func (p *Planner) Estimate(pl *Plan) (int64, error) {
+	est := int64(len(pl.CommitBytes))
+	var plain []chunk.ID
+	for _, t := range pl.Trees {
+		if t.Base.IsZero() {
+			plain = append(plain, t.ID)
+			continue
+		}
+		loc, err := p.st.Lookup(t.ID)
+		if err != nil {
+			return 0, err
+		}
+		est += int64(loc.Len)/10 + 80
+	}
+	for _, ids := range [][]chunk.ID{plain, pl.Chunks} {
+		groups := map[[2]uint64]int64{}
+		first := map[[2]uint64]store.Loc{}
+		for _, id := range ids {
+			loc, err := p.st.Lookup(id)
+			if err != nil {
+				continue
+			}
+			k := [2]uint64{binaryKey(loc.Pack), loc.FrameOff}
+			groups[k] += int64(loc.Len)
+			first[k] = loc
+		}
+		for k, wanted := range groups {
+			loc := first[k]
+			_, _, ulen, err := p.frameEntries(loc)
+			if err != nil || ulen == 0 {
+				return 0, err
+			}
+			if wanted*2 >= int64(ulen) {
+				est += int64(loc.FrameLen)
+			} else {
+				est += wanted * int64(loc.FrameLen) / int64(ulen)
+			}
+			est += 40 // record header, roughly
+		}
+	}
+	return est, nil
+}
+
+func binaryKey(id chunk.ID) uint64 {
+	var k uint64
+	for _, b := range id[:8] {
+		k = k<<8 | uint64(b)
+	}
+	return k
+}

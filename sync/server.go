@@ -239,6 +239,7 @@ type PlanInfo struct {
 	TreeBytes  int64    `json:"tree_bytes"`
 	Chunks     int      `json:"chunks"`
 	ChunkBytes int64    `json:"chunk_bytes"`
+	WireBytes  int64    `json:"wire_bytes_estimate"` // what the fetch stream should weigh
 }
 
 // fetch streams what a receiver holding the have commits lacks of want.
@@ -277,9 +278,14 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
 		return
 	}
 	if planOnly {
+		est, err := s.Planner.Estimate(pl)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(PlanInfo{Commit: want, Haves: pl.Haves, Trees: len(pl.Trees), TreeBytes: pl.TreeBytes,
-			Chunks: len(pl.Chunks), ChunkBytes: pl.ChunkBytes})
+			Chunks: len(pl.Chunks), ChunkBytes: pl.ChunkBytes, WireBytes: est})
 		return
 	}
 	if !s.acquire(r) {

@@ -335,8 +335,8 @@ func newFetchPlanCommand(e *env) *cobra.Command {
 				if e.json {
 					return e.printJSON(p)
 				}
-				fmt.Fprintf(e.stdout, "%s: %d trees (%s) and %d chunks (%s) to download, uncompressed; %d of %d local commits known to the server\n",
-					id.Short(), p.Trees, fmtBytes(p.TreeBytes), p.Chunks, fmtBytes(p.ChunkBytes), p.Haves, len(haves))
+				fmt.Fprintf(e.stdout, "%s: about %s to download: %d trees (%s) and %d chunks (%s) uncompressed; %d of %d local commits known to the server\n",
+					id.Short(), fmtBytes(p.WireBytes), p.Trees, fmtBytes(p.TreeBytes), p.Chunks, fmtBytes(p.ChunkBytes), p.Haves, len(haves))
 				return nil
 			})
 		},
