@@ -4,7 +4,8 @@
 #                commit the Debian corpus v1..v3, tag, log, diff, check out,
 #                roll back in place, fsck
 #   make test    everything the tests need, then vet, gofmt and go test
-#   make bench   install the peer tools and print the comparison table
+#   make bench   install the peer tools and print the comparison tables
+#                (store: bench/bench.sh; network lab: bench/netbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -77,6 +78,7 @@ test-short: vet
 bench: build corpus
 	bash bench/deps.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 
 clean:
 	rm -rf bin

@@ -255,14 +255,22 @@ func (s *Store) frame(loc Loc) ([]byte, error) {
 
 // ReadRaw returns the stored (possibly compressed) frame bytes holding loc,
 // for transports that ship frames as they are.
-func (s *Store) ReadRaw(loc Loc) ([]byte, error) {
+func (s *Store) ReadRaw(loc Loc) ([]byte, error) { return s.ReadRawInto(loc, nil) }
+
+// ReadRawInto is ReadRaw reusing buf's memory when it is large enough.
+func (s *Store) ReadRawInto(loc Loc, buf []byte) ([]byte, error) {
 	f, err := s.packFile(loc.Pack)
 	if err != nil {
-		return nil, err
+		return buf[:0], err
 	}
-	raw := make([]byte, loc.FrameLen)
-	_, err = f.ReadAt(raw, int64(loc.FrameOff))
-	return raw, err
+	if cap(buf) < int(loc.FrameLen) {
+		buf = make([]byte, loc.FrameLen)
+	}
+	raw := buf[:loc.FrameLen]
+	if _, err = f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
+		return raw[:0], fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+	}
+	return raw, nil
 }
 
 // Get returns the bytes of blob id, verified against id. The result may

@@ -198,6 +198,10 @@ type located struct {
 	loc store.Loc
 }
 
+// rawPool recycles the buffers stored frames are read into: a server
+// streaming to many nodes would otherwise allocate a frame per send.
+var rawPool = gosync.Pool{New: func() any { b := make([]byte, 0, 5<<20); return &b }}
+
 // frameBatch is how many uncompressed bytes a recompressed frame holds.
 const frameBatch = 4 << 20
 
@@ -282,11 +286,14 @@ func (p *Planner) SendObjects(ctx context.Context, enc *Encoder, ids []chunk.ID)
 			return err
 		}
 		if whole && wanted*2 >= int64(ulen) {
-			raw, err := p.st.ReadRaw(group[0].loc)
-			if err != nil {
-				return err
+			buf := rawPool.Get().(*[]byte)
+			raw, err := p.st.ReadRawInto(group[0].loc, *buf)
+			if err == nil {
+				err = enc.Frame(group[0].loc.Comp, ulen, raw, ents)
 			}
-			if err := enc.Frame(group[0].loc.Comp, ulen, raw, ents); err != nil {
+			*buf = raw[:0]
+			rawPool.Put(buf)
+			if err != nil {
 				return err
 			}
 			continue

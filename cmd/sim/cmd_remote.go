@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -99,6 +100,12 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 			}
 			defer st.Close()
 			srv.Store = st
+			// A long-lived daemon next to other services: make the GC keep
+			// the heap near what the streams really hold (frames, caches)
+			// instead of letting it double. $GOMEMLIMIT overrides.
+			if os.Getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(128 << 20)
+			}
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 
