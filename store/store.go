@@ -92,7 +92,28 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
+// repairIndex removes what a process killed while badger created a log
+// file leaves behind: an empty *.mem (memtable write-ahead log) or *.vlog
+// (value log). It holds no data (a log with data has at least its header),
+// but badger v4 refuses to open a directory with one ("Create a new file"),
+// which would turn a kill -9 at the wrong moment into a dead store.
+func repairIndex(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".mem") && !strings.HasSuffix(e.Name(), ".vlog") {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && fi.Size() == 0 {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
 func openDB(dir string, cfg Config) (*Store, error) {
+	repairIndex(filepath.Join(dir, "index"))
 	opts := badger.DefaultOptions(filepath.Join(dir, "index")).
 		WithLogger(nil).
 		WithMemTableSize(16 << 20).WithNumMemtables(2).

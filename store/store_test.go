@@ -200,3 +200,19 @@ func FuzzPackHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestEmptyMemtableAfterKill: a process killed while badger created its
+// memtable file leaves it empty; the store must still open.
+func TestEmptyMemtableAfterKill(t *testing.T) {
+	s := testStore(t)
+	put(t, s, []byte("x"))
+	dir := s.Dir()
+	s.Close()
+	os.WriteFile(filepath.Join(dir, "index", "00099.mem"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "index", "000099.vlog"), nil, 0o644)
+	s2, err := Open(dir)
+	if err != nil {
+		t.Fatalf("open after an empty memtable file: %v", err)
+	}
+	s2.Close()
+}
