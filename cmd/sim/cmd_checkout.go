@@ -179,16 +179,12 @@ the bytes that would be transferred to turn the first into the second.`,
 }
 
 func resolveTree(st *store.Store, ref string) (chunk.ID, error) {
-	id, err := st.Resolve(ref)
+	_, cm, err := resolveCommit(st, ref)
 	if err != nil {
 		if _, serr := os.Stat(ref); serr == nil && errors.Is(err, store.ErrNotFound) {
-			return id, fmt.Errorf("%w (to diff against the directory, write ./%s)", err, ref)
+			return chunk.ID{}, fmt.Errorf("%w (to diff against the directory, write ./%s)", err, ref)
 		}
-		return id, err
-	}
-	cm, err := st.Commit(id)
-	if err != nil {
-		return id, err
+		return chunk.ID{}, err
 	}
 	return cm.Tree, nil
 }

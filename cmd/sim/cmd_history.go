@@ -93,11 +93,7 @@ func newShowCommand(e *env) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
-				id, err := st.Resolve(args[0])
-				if err != nil {
-					return err
-				}
-				cm, err := st.Commit(id)
+				id, cm, err := resolveCommit(st, args[0])
 				if err != nil {
 					return err
 				}
@@ -179,11 +175,7 @@ func newLsCommand(e *env) *cobra.Command {
 				p = args[1]
 			}
 			return e.withStore(func(st *store.Store) error {
-				id, err := st.Resolve(args[0])
-				if err != nil {
-					return err
-				}
-				cm, err := st.Commit(id)
+				_, cm, err := resolveCommit(st, args[0])
 				if err != nil {
 					return err
 				}
@@ -269,15 +261,11 @@ func joinSlash(a, b string) string {
 func newCatCommand(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "cat REF PATH",
-		Short: "Write a file of a commit to e.stdout",
+		Short: "Write a file of a commit to stdout",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
-				id, err := st.Resolve(args[0])
-				if err != nil {
-					return err
-				}
-				cm, err := st.Commit(id)
+				_, cm, err := resolveCommit(st, args[0])
 				if err != nil {
 					return err
 				}
@@ -292,4 +280,14 @@ func newCatCommand(e *env) *cobra.Command {
 			})
 		},
 	}
+}
+
+// resolveCommit turns a REF into its commit.
+func resolveCommit(st *store.Store, ref string) (chunk.ID, *store.Commit, error) {
+	id, err := st.Resolve(ref)
+	if err != nil {
+		return id, nil, err
+	}
+	cm, err := st.Commit(id)
+	return id, cm, err
 }
