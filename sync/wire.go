@@ -208,220 +208,171 @@ func (c *countReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// wireReader reads stream fields with a sticky error: after the first
+// failure every read returns zero values, and err says what went wrong.
+type wireReader struct {
+	br      *bufio.Reader
+	err     error
+	records int64
+}
+
+func (r *wireReader) fail(err error) {
+	if r.err != nil {
+		return
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("%w after %d records", ErrTruncated, r.records)
+	}
+	r.err = err
+}
+
+func (r *wireReader) byte1() byte {
+	if r.err != nil {
+		return 0
+	}
+	b, err := r.br.ReadByte()
+	r.fail(err)
+	return b
+}
+
+func (r *wireReader) full(b []byte) {
+	if r.err == nil {
+		_, err := io.ReadFull(r.br, b)
+		r.fail(err)
+	}
+}
+
+func (r *wireReader) id() (id chunk.ID) {
+	r.full(id[:])
+	return id
+}
+
+// uv reads a uvarint no larger than max.
+func (r *wireReader) uv(max uint64, what string) uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, err := binary.ReadUvarint(r.br)
+	if err != nil {
+		r.fail(err)
+		return 0
+	}
+	if v > max {
+		r.fail(fmt.Errorf("wire: %s %d exceeds %d", what, v, max))
+		return 0
+	}
+	return v
+}
+
+func (r *wireReader) bytes(n uint64) []byte {
+	if r.err != nil {
+		return nil
+	}
+	b := make([]byte, n)
+	r.full(b)
+	return b
+}
+
 // Decode reads a whole stream, verifying every blob against its id. It
 // returns ErrTruncated if the stream ends early; what was handed to rcv
 // before that stays valid.
-func Decode(r io.Reader, rcv Receiver) (st DecodeStats, err error) {
-	cr := &countReader{r: r}
-	br := bufio.NewReaderSize(cr, 256<<10)
+func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
+	cr := &countReader{r: in}
 	defer func() { st.WireBytes = cr.n }()
+	r := &wireReader{br: bufio.NewReaderSize(cr, 256<<10)}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxWireFrame))
 	if err != nil {
 		return st, err
 	}
 	defer dec.Close()
 	magic := make([]byte, len(wireMagic))
-	if _, err := io.ReadFull(br, magic); err != nil {
-		return st, fmt.Errorf("%w: %v", ErrTruncated, err)
+	if r.full(magic); r.err != nil {
+		return st, r.err
 	}
 	if string(magic) != wireMagic {
 		return st, fmt.Errorf("not a sim wire stream (magic %q)", magic)
 	}
-	trunc := func(err error) error {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("%w after %d records", ErrTruncated, st.Records)
-		}
-		return err
-	}
-	uv := func(max uint64, what string) (uint64, error) {
-		v, err := binary.ReadUvarint(br)
-		if err != nil {
-			return 0, trunc(err)
-		}
-		if v > max {
-			return 0, fmt.Errorf("wire: %s %d exceeds %d", what, v, max)
-		}
-		return v, nil
-	}
-	readN := func(n uint64) ([]byte, error) {
-		b := make([]byte, n)
-		_, err := io.ReadFull(br, b)
-		return b, trunc(err)
-	}
-	var id, base chunk.ID
 	for {
-		kind, err := br.ReadByte()
-		if err != nil {
-			return st, trunc(err)
-		}
-		switch kind {
-		case recEnd:
-			n, err := uv(1<<62, "count")
-			if err != nil {
-				return st, err
+		kind := r.byte1()
+		switch {
+		case r.err != nil:
+			return st, r.err
+		case kind == recEnd:
+			n := r.uv(1<<62, "count")
+			if r.err == nil && n != uint64(r.records) {
+				r.fail(fmt.Errorf("wire: end record says %d records, got %d", n, r.records))
 			}
-			if n != uint64(st.Records) {
-				return st, fmt.Errorf("wire: end record says %d records, got %d", n, st.Records)
-			}
-			return st, nil
-		case recBlob, recDelta:
-			t, err := br.ReadByte()
-			if err != nil {
-				return st, trunc(err)
-			}
-			if _, err := io.ReadFull(br, id[:]); err != nil {
-				return st, trunc(err)
-			}
+			return st, r.err
+		case kind == recBlob || kind == recDelta:
+			t := store.Type(r.byte1())
+			id := r.id()
+			var base chunk.ID
 			comp := byte(compZstd)
 			if kind == recDelta {
-				if _, err := io.ReadFull(br, base[:]); err != nil {
-					return st, trunc(err)
-				}
-			} else if comp, err = br.ReadByte(); err != nil {
-				return st, trunc(err)
+				base = r.id()
+			} else {
+				comp = r.byte1()
 			}
-			ulen, err := uv(maxWireBlob, "blob length")
+			ulen := r.uv(maxWireBlob, "blob length")
+			payload := r.bytes(r.uv(maxWireBlob, "compressed length"))
+			if r.err != nil {
+				return st, r.err
+			}
+			data, err := decodeBlob(dec, rcv, kind, comp, id, base, ulen, payload)
+			if err == nil {
+				err = checkType(t)
+			}
+			if err == nil {
+				err = rcv.Blob(t, id, data)
+			}
 			if err != nil {
-				return st, err
-			}
-			clen, err := uv(maxWireBlob, "compressed length")
-			if err != nil {
-				return st, err
-			}
-			payload, err := readN(clen)
-			if err != nil {
-				return st, err
-			}
-			var data []byte
-			switch {
-			case kind == recDelta:
-				if rcv.Base == nil {
-					return st, errors.New("wire: delta record but no base source")
-				}
-				bb, err := rcv.Base(base)
-				if err != nil {
-					return st, fmt.Errorf("wire: base %s of delta %s: %w", base.Short(), id.Short(), err)
-				}
-				dd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxWireBlob),
-					zstd.WithDecoderDictRaw(0, bb))
-				if err != nil {
-					return st, err
-				}
-				data, err = dd.DecodeAll(payload, make([]byte, 0, ulen))
-				dd.Close()
-				if err != nil {
-					return st, fmt.Errorf("wire: delta %s: %w", id.Short(), err)
-				}
-			case comp == compZstd:
-				if data, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
-					return st, fmt.Errorf("wire: blob %s: %w", id.Short(), err)
-				}
-			case comp == compRaw:
-				data = payload
-			default:
-				return st, fmt.Errorf("wire: unknown compression %d", comp)
-			}
-			if uint64(len(data)) != ulen {
-				return st, fmt.Errorf("wire: blob %s is %d bytes, record says %d", id.Short(), len(data), ulen)
-			}
-			if err := chunk.Verify(id, data); err != nil {
-				return st, err
-			}
-			if err := checkType(store.Type(t)); err != nil {
-				return st, err
-			}
-			if err := rcv.Blob(store.Type(t), id, data); err != nil {
 				return st, err
 			}
 			st.Blobs++
-		case recFrame:
-			comp, err := br.ReadByte()
-			if err != nil {
-				return st, trunc(err)
-			}
-			ulen, err := uv(maxWireFrame, "frame length")
-			if err != nil {
-				return st, err
-			}
-			clen, err := uv(maxWireFrame, "compressed frame length")
-			if err != nil {
-				return st, err
-			}
-			n, err := uv(maxFrameEnts, "frame entries")
-			if err != nil {
-				return st, err
-			}
-			ents := make([]FrameEntry, n)
+		case kind == recFrame:
+			comp := r.byte1()
+			ulen := r.uv(maxWireFrame, "frame length")
+			clen := r.uv(maxWireFrame, "compressed frame length")
+			ents := make([]FrameEntry, r.uv(maxFrameEnts, "frame entries"))
 			for i := range ents {
-				t, err := br.ReadByte()
-				if err != nil {
-					return st, trunc(err)
+				e := &ents[i]
+				e.Type = store.Type(r.byte1())
+				e.ID = r.id()
+				off, l := r.uv(ulen, "offset"), r.uv(ulen, "length")
+				if r.err == nil && off+l > ulen {
+					r.fail(fmt.Errorf("wire: frame entry %s outside its frame", e.ID.Short()))
 				}
-				ents[i].Type = store.Type(t)
-				if err := checkType(ents[i].Type); err != nil {
-					return st, err
+				if r.err == nil {
+					r.fail(checkType(e.Type))
 				}
-				if _, err := io.ReadFull(br, ents[i].ID[:]); err != nil {
-					return st, trunc(err)
-				}
-				off, err := uv(ulen, "offset")
-				if err != nil {
-					return st, err
-				}
-				l, err := uv(ulen, "length")
-				if err != nil {
-					return st, err
-				}
-				if off+l > ulen {
-					return st, fmt.Errorf("wire: frame entry %s outside its frame", ents[i].ID.Short())
-				}
-				ents[i].Off, ents[i].Len = uint32(off), uint32(l)
+				e.Off, e.Len = uint32(off), uint32(l)
 			}
-			payload, err := readN(clen)
+			payload := r.bytes(clen)
+			if r.err != nil {
+				return st, r.err
+			}
+			raw, err := decodeFrame(dec, comp, ulen, payload, ents)
 			if err != nil {
 				return st, err
-			}
-			raw := payload
-			switch comp {
-			case compZstd:
-				if raw, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
-					return st, fmt.Errorf("wire: frame: %w", err)
-				}
-			case compRaw:
-			default:
-				return st, fmt.Errorf("wire: unknown compression %d", comp)
-			}
-			if uint64(len(raw)) != ulen {
-				return st, fmt.Errorf("wire: frame is %d bytes, record says %d", len(raw), ulen)
-			}
-			for _, x := range ents {
-				if err := chunk.Verify(x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
-					return st, err
-				}
 			}
 			if rcv.Frame != nil {
-				if err := rcv.Frame(comp, payload, ents, raw); err != nil {
-					return st, err
-				}
+				err = rcv.Frame(comp, payload, ents, raw)
 			} else {
 				for _, x := range ents {
-					if err := rcv.Blob(x.Type, x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
-						return st, err
+					if err = rcv.Blob(x.Type, x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
+						break
 					}
 				}
 			}
+			if err != nil {
+				return st, err
+			}
 			st.Blobs += int64(len(ents))
-		case recCommit:
-			if _, err := io.ReadFull(br, id[:]); err != nil {
-				return st, trunc(err)
-			}
-			n, err := uv(1<<20, "commit length")
-			if err != nil {
-				return st, err
-			}
-			b, err := readN(n)
-			if err != nil {
-				return st, err
+		case kind == recCommit:
+			id := r.id()
+			b := r.bytes(r.uv(1<<20, "commit length"))
+			if r.err != nil {
+				return st, r.err
 			}
 			if err := chunk.Verify(id, b); err != nil {
 				return st, err
@@ -434,8 +385,71 @@ func Decode(r io.Reader, rcv Receiver) (st DecodeStats, err error) {
 		default:
 			return st, fmt.Errorf("wire: unknown record kind %d", kind)
 		}
-		st.Records++
+		r.records++
+		st.Records = r.records
 	}
+}
+
+// decodeBlob turns a blob or delta record's payload into the verified blob.
+func decodeBlob(dec *zstd.Decoder, rcv Receiver, kind, comp byte, id, base chunk.ID, ulen uint64, payload []byte) ([]byte, error) {
+	var data []byte
+	var err error
+	switch {
+	case kind == recDelta:
+		if rcv.Base == nil {
+			return nil, errors.New("wire: delta record but no base source")
+		}
+		bb, err := rcv.Base(base)
+		if err != nil {
+			return nil, fmt.Errorf("wire: base %s of delta %s: %w", base.Short(), id.Short(), err)
+		}
+		dd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxWireBlob),
+			zstd.WithDecoderDictRaw(0, bb))
+		if err != nil {
+			return nil, err
+		}
+		data, err = dd.DecodeAll(payload, make([]byte, 0, ulen))
+		dd.Close()
+		if err != nil {
+			return nil, fmt.Errorf("wire: delta %s: %w", id.Short(), err)
+		}
+	case comp == compZstd:
+		if data, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
+			return nil, fmt.Errorf("wire: blob %s: %w", id.Short(), err)
+		}
+	case comp == compRaw:
+		data = payload
+	default:
+		return nil, fmt.Errorf("wire: unknown compression %d", comp)
+	}
+	if uint64(len(data)) != ulen {
+		return nil, fmt.Errorf("wire: blob %s is %d bytes, record says %d", id.Short(), len(data), ulen)
+	}
+	return data, chunk.Verify(id, data)
+}
+
+// decodeFrame decompresses a frame record and verifies all its blobs.
+func decodeFrame(dec *zstd.Decoder, comp byte, ulen uint64, payload []byte, ents []FrameEntry) ([]byte, error) {
+	raw := payload
+	switch comp {
+	case compZstd:
+		var err error
+		if raw, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
+			return nil, fmt.Errorf("wire: frame: %w", err)
+		}
+	case compRaw:
+	default:
+		return nil, fmt.Errorf("wire: unknown compression %d", comp)
+	}
+	if uint64(len(raw)) != ulen {
+		return nil, fmt.Errorf("wire: frame is %d bytes, record says %d", len(raw), ulen)
+	}
+	for _, x := range ents {
+		if err := chunk.Verify(x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
+			return nil, err
+		}
+	}
+	return raw, nil
 }
 
 func checkType(t store.Type) error {
