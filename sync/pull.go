@@ -10,6 +10,25 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
+// Transport brings objects from elsewhere into a store: the HTTP server
+// (Remote) now; a BitTorrent swarm or a multicast session can implement
+// it too, and FetchCommit works the same over any of them.
+type Transport interface {
+	// Commit returns encoded commit id, verified against id.
+	Commit(ctx context.Context, id chunk.ID) ([]byte, error)
+	// Fetch streams to rcv what a store holding the have commits lacks of
+	// commit want. It may deliver less than that, even nothing (an
+	// ErrTruncated error is not fatal): callers fill gaps with Objects.
+	// Every blob handed to rcv is verified.
+	Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, rcv Receiver) (DecodeStats, error)
+	// Objects streams the given blobs to rcv, leaving out unknown ones.
+	Objects(ctx context.Context, ids []chunk.ID, rcv Receiver) (DecodeStats, error)
+	// String names the source in messages.
+	String() string
+}
+
+var _ Transport = (*Remote)(nil)
+
 // PullStats counts a transfer.
 type PullStats struct {
 	Commits   int   `json:"commits"`    // commits fetched
@@ -86,7 +105,7 @@ func LocalHaves(st *store.Store, extra ...chunk.ID) ([]chunk.ID, error) {
 // objects still missing (after an interrupted transfer, only those).
 // Shallow stores the commit without its ancestors; otherwise the caller
 // has fetched them first.
-func FetchCommit(ctx context.Context, local *store.Store, r *Remote, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
+func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
 	var ps PullStats
 	if ok, err := local.HasCommit(id); err != nil || ok {
 		return ps, err
@@ -135,7 +154,7 @@ func FetchCommit(ctx context.Context, local *store.Store, r *Remote, id chunk.ID
 			break
 		}
 		if len(missing) == last && ps.Rounds > 2 {
-			return ps, fmt.Errorf("%s cannot supply %d objects of commit %s (e.g. %s)", r.URL, len(missing), id.Short(), missing[0].Short())
+			return ps, fmt.Errorf("%s cannot supply %d objects of commit %s (e.g. %s)", r, len(missing), id.Short(), missing[0].Short())
 		}
 		last = len(missing)
 		if err := receive(func(rcv Receiver) (DecodeStats, error) { return r.Objects(ctx, missing, rcv) }); err != nil && !errors.Is(err, ErrTruncated) {
@@ -156,7 +175,7 @@ func FetchCommit(ctx context.Context, local *store.Store, r *Remote, id chunk.ID
 
 // FetchHistory fetches commit id with every ancestor local lacks, oldest
 // first, so each is a small delta on the one before.
-func FetchHistory(ctx context.Context, local *store.Store, r *Remote, id chunk.ID) (PullStats, error) {
+func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk.ID) (PullStats, error) {
 	var ps PullStats
 	var chain []chunk.ID
 	for cur := id; !cur.IsZero(); {

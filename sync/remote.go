@@ -52,6 +52,9 @@ func NewRemote(url, token string) (*Remote, error) {
 	return &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}}, nil
 }
 
+// String is the server's URL.
+func (r *Remote) String() string { return r.URL }
+
 // ErrRemoteNotFound is returned when the server does not have a thing.
 var ErrRemoteNotFound = errors.New("not on the server")
 
