@@ -90,7 +90,8 @@ func Checkout(ctx context.Context, src Source, root chunk.ID, dir string, opts C
 			unix.Close(d.fd)
 		}
 	}()
-	co.dirs = append(co.dirs, &odir{fd: fd, rel: "", self: tree.Self, existed: true})
+	top := &odir{fd: fd, rel: "", self: tree.Self, existed: true}
+	co.dirs = append(co.dirs, top)
 	var wg sync.WaitGroup
 	for i := 0; i < opts.Workers; i++ {
 		wg.Add(1)
@@ -99,7 +100,7 @@ func Checkout(ctx context.Context, src Source, root chunk.ID, dir string, opts C
 			co.worker()
 		}()
 	}
-	err = co.dir(fd, "", tree)
+	err = co.dir(top, tree)
 	close(co.jobs)
 	wg.Wait()
 	if err == nil {
@@ -132,6 +133,10 @@ type odir struct {
 	rel     string
 	self    Node
 	existed bool
+	// clean: created by this checkout under clean parents, so nothing
+	// inherited a default ACL and new entries get our uid and gid; files
+	// created in it need no temporary name, chown or xattr listing.
+	clean bool
 }
 
 type fileOp struct {
@@ -141,6 +146,20 @@ type fileOp struct {
 	node   *Node
 	st     unix.Stat_t
 	exists bool
+	fresh  bool // nothing there, in a clean directory (see odir)
+}
+
+var euid, egid = os.Geteuid(), os.Getegid()
+
+// inheritsNothing reports whether what is created in directory fd gets
+// nothing from it: no default ACL, and no group (setgid).
+func inheritsNothing(fd int) bool {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_ISGID != 0 {
+		return false
+	}
+	_, err := unix.Fgetxattr(fd, "system.posix_acl_default", nil)
+	return errors.Is(err, unix.ENODATA)
 }
 
 type linkOp struct {
@@ -212,7 +231,8 @@ func (co *checkouter) tmpName() string {
 }
 
 // dir brings the open directory fd (rel from the root) to tree t.
-func (co *checkouter) dir(fd int, rel string, t *Tree) error {
+func (co *checkouter) dir(d *odir, t *Tree) error {
+	fd, rel := d.fd, d.rel
 	if err := co.ctx.Err(); err != nil {
 		return err
 	}
@@ -260,7 +280,7 @@ func (co *checkouter) dir(fd int, rel string, t *Tree) error {
 			}
 			exists = false
 		}
-		op := &fileOp{dirfd: fd, name: e.Name, rel: erel, node: e, st: st, exists: exists}
+		op := &fileOp{dirfd: fd, name: e.Name, rel: erel, node: e, st: st, exists: exists, fresh: !exists && d.clean}
 		switch {
 		case e.Kind == KindDir:
 			sub, err := LoadTree(co.src, e.Subtree)
@@ -276,8 +296,12 @@ func (co *checkouter) dir(fd int, rel string, t *Tree) error {
 			if err != nil {
 				return fmt.Errorf("open %q: %w", erel, err)
 			}
-			co.dirs = append(co.dirs, &odir{fd: sfd, rel: erel, self: sub.Self, existed: exists})
-			if err := co.dir(sfd, erel, sub); err != nil {
+			sd := &odir{fd: sfd, rel: erel, self: sub.Self, existed: exists}
+			if !exists {
+				sd.clean = d.clean || inheritsNothing(fd)
+			}
+			co.dirs = append(co.dirs, sd)
+			if err := co.dir(sd, sub); err != nil {
 				return err
 			}
 		case e.Link != "":
@@ -362,7 +386,13 @@ func extentsEqual(a, b []Extent) bool {
 
 func (co *checkouter) writeFile(op *fileOp) error {
 	n := op.node
-	tmp := co.tmpName()
+	// A fresh file is written under its own name: nothing is there to
+	// replace, and a crash leaves a file whose stat no record vouches
+	// for, which the next checkout re-hashes and rewrites.
+	tmp := op.name
+	if !op.fresh {
+		tmp = co.tmpName()
+	}
 	fd, err := unix.Openat(op.dirfd, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
@@ -395,18 +425,22 @@ func (co *checkouter) writeFile(op *fileOp) error {
 		}
 		off += int64(e.Len)
 	}
-	if err := unix.Ftruncate(fd, int64(n.Size)); err != nil {
-		return err
+	if len(n.Content) > 0 && n.Content[len(n.Content)-1].Hole() {
+		if err := unix.Ftruncate(fd, int64(n.Size)); err != nil {
+			return err
+		}
 	}
-	if err := applyMeta(fd, -1, "", n); err != nil {
+	if err := applyMeta(fd, -1, "", n, op.fresh); err != nil {
 		return err
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
-		return err
+	if !op.fresh {
+		if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
+			return err
+		}
 	}
 	ok = true
 	unix.Close(fd)
@@ -451,7 +485,7 @@ func (co *checkouter) special(op *fileOp) error {
 	if err != nil {
 		return fmt.Errorf("create %q: %w", op.rel, err)
 	}
-	if err := applyMeta(-1, op.dirfd, tmp, n); err != nil {
+	if err := applyMeta(-1, op.dirfd, tmp, n, false); err != nil {
 		unix.Unlinkat(op.dirfd, tmp, 0)
 		return fmt.Errorf("%q: %w", op.rel, err)
 	}
@@ -481,7 +515,7 @@ func (co *checkouter) fixMeta(op *fileOp) error {
 	if same {
 		co.stats.add(&co.stats.Unchanged, 1)
 	} else {
-		if err := applyMeta(-1, op.dirfd, op.name, n); err != nil {
+		if err := applyMeta(-1, op.dirfd, op.name, n, false); err != nil {
 			return fmt.Errorf("%q: %w", op.rel, err)
 		}
 		co.stats.add(&co.stats.Metadata, 1)
@@ -528,22 +562,26 @@ func xattrsEqual(a, b []Xattr) bool {
 // clears setuid bits and file capabilities, so it goes first; chmod after
 // the ACL xattrs keeps the mode exactly as recorded. It works on the open
 // fd when fd >= 0, else on name in dirfd without following symlinks.
-func applyMeta(fd, dirfd int, name string, n *Node) error {
+func applyMeta(fd, dirfd int, name string, n *Node, fresh bool) error {
 	var err error
-	if fd >= 0 {
+	switch {
+	case fresh && int(n.UID) == euid && int(n.GID) == egid:
+		// Created by us in a clean directory: already ours.
+	case fd >= 0:
 		err = unix.Fchown(fd, int(n.UID), int(n.GID))
-	} else {
+	default:
 		err = unix.Fchownat(dirfd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if err != nil && !(errors.Is(err, unix.EPERM) && os.Geteuid() != 0) {
+	if err != nil && !(errors.Is(err, unix.EPERM) && euid != 0) {
 		return fmt.Errorf("chown: %w", err)
 	}
 	path := ""
 	if fd < 0 {
 		path = fdPath(dirfd, name)
 	}
-	// Always look: a new entry inherits a default ACL from its directory.
-	{
+	// Look unless fresh: a new entry inherits a default ACL from its
+	// directory, and an old one may carry xattrs the node lacks.
+	if !fresh {
 		var have []Xattr
 		if fd >= 0 {
 			have, err = listXattrsFd(fd)
@@ -705,7 +743,7 @@ func (co *checkouter) finishDir(d *odir) error {
 		}
 		co.stats.add(&co.stats.Metadata, 1)
 	}
-	if err := applyMeta(d.fd, -1, "", &d.self); err != nil {
+	if err := applyMeta(d.fd, -1, "", &d.self, false); err != nil {
 		return fmt.Errorf("directory %q: %w", d.rel, err)
 	}
 	return nil
