@@ -193,7 +193,7 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 		return stats, fmt.Errorf("save checkout record: %w", err)
 	}
 	b, _ := json.Marshal(Record{Dir: abs, Commit: id, Time: time.Now().UTC()})
-	if err := os.WriteFile(jpath, b, 0o644); err != nil {
+	if err := store.WriteFileAtomic(jpath, 0o644, func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
 		return stats, fmt.Errorf("save checkout record: %w", err)
 	}
 	return stats, nil

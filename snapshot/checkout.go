@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,17 +373,7 @@ func hashAt(ck *chunk.Chunker, dirfd int, name string, st *unix.Stat_t) ([]Exten
 	return chunkFile(ck, nil, f, st)
 }
 
-func extentsEqual(a, b []Extent) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
+func extentsEqual(a, b []Extent) bool { return slices.Equal(a, b) }
 
 func (co *checkouter) writeFile(op *fileOp) error {
 	n := op.node
@@ -547,15 +538,7 @@ func metaEqual(dirfd int, name string, st *unix.Stat_t, n *Node) (bool, error) {
 }
 
 func xattrsEqual(a, b []Xattr) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Name != b[i].Name || string(a[i].Value) != string(b[i].Value) {
-			return false
-		}
-	}
-	return true
+	return slices.EqualFunc(a, b, func(x, y Xattr) bool { return x.Name == y.Name && string(x.Value) == string(y.Value) })
 }
 
 // applyMeta sets owner, xattrs, mode and mtime, in that order: chown

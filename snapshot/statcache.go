@@ -11,6 +11,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/store"
 )
 
 // StatCache remembers, per path, the content of a regular file as it was
@@ -100,28 +102,17 @@ func (c *StatCache) Save(name string) error {
 		}
 		raw.Write(b)
 	}
-	tmp := name + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	zw, _ := zstd.NewWriter(f, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if _, err := zw.Write(raw.Bytes()); err != nil {
-		f.Close()
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, name)
+	return store.WriteFileAtomic(name, 0o644, func(w io.Writer) error {
+		zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		if err != nil {
+			return err
+		}
+		if _, err := zw.Write(raw.Bytes()); err != nil {
+			zw.Close()
+			return err
+		}
+		return zw.Close()
+	})
 }
 
 // LoadStatCache reads a cache written by Save. A missing file is an empty

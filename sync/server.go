@@ -173,12 +173,8 @@ func (s *Server) immutable(w http.ResponseWriter, r *http.Request, name string, 
 		return
 	}
 	b, err := get(id)
-	if errors.Is(err, store.ErrNotFound) {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		httpError(w, err)
 		return
 	}
 	w.Header().Set("ETag", `"`+id.String()+`"`)
@@ -211,6 +207,15 @@ func (s *Server) pack(w http.ResponseWriter, r *http.Request, name string) {
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// httpError answers 404 for what the store does not have, 500 otherwise.
+func httpError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	if errors.Is(err, store.ErrNotFound) {
+		code = http.StatusNotFound
+	}
+	http.Error(w, err.Error(), code)
 }
 
 func (s *Server) count(out, in int64) {
@@ -269,12 +274,8 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
 		return
 	}
 	pl, err := s.Planner.Plan(want, haves)
-	if errors.Is(err, store.ErrNotFound) {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		httpError(w, err)
 		return
 	}
 	if planOnly {
