@@ -89,8 +89,10 @@ func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 		return id, fmt.Errorf("commit names tree %s, which the store lacks", c.Tree.Short())
 	}
 	err := s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(append([]byte(kCommit), id[:]...)); err == nil {
-			return nil // already here, complete or shallow
+		_, err := txn.Get(append([]byte(kCommit), id[:]...))
+		exists := err == nil
+		if exists && shallow {
+			return nil
 		}
 		for _, p := range c.Parents {
 			if shallow {
@@ -99,6 +101,10 @@ func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 			if _, err := txn.Get(append([]byte(kCommit), p[:]...)); err != nil {
 				return fmt.Errorf("commit names parent %s: %w", p.Short(), err)
 			}
+		}
+		if exists {
+			// Its history has arrived since it was stored shallow.
+			return txn.Delete(append([]byte(kShallow), id[:]...))
 		}
 		if shallow && len(c.Parents) > 0 {
 			if err := txn.Set(append([]byte(kShallow), id[:]...), nil); err != nil {
@@ -586,4 +592,31 @@ func (s *Store) resolveBase(ref string) (chunk.ID, error) {
 		}
 	}
 	return chunk.ID{}, fmt.Errorf("unknown ref %q: no image, tag or commit of that name: %w", ref, ErrNotFound)
+}
+
+// ExpireReflogs drops reflog entries older than before, in every image,
+// so gc can free the commits only they still reached. It returns how many
+// were dropped.
+func (s *Store) ExpireReflogs(before time.Time) (int, error) {
+	var dead [][]byte
+	err := s.scan(kReflog, false, func(k, _ []byte) error {
+		if len(k) >= 9 && int64(binary.BigEndian.Uint64(k[len(k)-8:])) < before.UnixNano() {
+			dead = append(dead, append([]byte(kReflog), k...))
+		}
+		return nil
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range dead {
+		if err := wb.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return 0, err
+	}
+	return len(dead), s.db.Sync()
 }

@@ -107,8 +107,10 @@ func LocalHaves(st *store.Store, extra ...chunk.ID) ([]chunk.ID, error) {
 // has fetched them first.
 func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
 	var ps PullStats
-	if ok, err := local.HasCommit(id); err != nil || ok {
+	if ok, err := local.HasCommit(id); err != nil {
 		return ps, err
+	} else if ok && (shallow || !local.IsShallow(id)) {
+		return ps, nil
 	}
 	cb, err := r.Commit(ctx, id)
 	if err != nil {

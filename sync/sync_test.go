@@ -185,6 +185,29 @@ func TestFetchAndDelta(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fsck of the node store: %v %+v", err, rep)
 	}
+	// A full pull later brings the history: the commit is shallow no more.
+	if _, err := simsync.Pull(context.Background(), node, r, []string{"img"}); err != nil {
+		t.Fatal(err)
+	}
+	if node.IsShallow(f.v2) {
+		t.Error("still shallow after its history was pulled")
+	}
+	if rep, err := client.Fsck(node, true); err != nil || rep.Commits != 2 {
+		t.Fatalf("fsck after the full pull: %v %+v", err, rep)
+	}
+}
+
+// TestReadToken: a server with --read-token refuses anonymous reads.
+func TestReadToken(t *testing.T) {
+	f := setup(t)
+	ts := httptest.NewServer(&simsync.Server{Store: f.srv, WriteTokens: []string{"secret"}, ReadTokens: []string{"secret"}})
+	defer ts.Close()
+	if _, err := remote(t, ts.URL, "").Refs(context.Background()); err == nil {
+		t.Error("anonymous read accepted")
+	}
+	if _, err := remote(t, ts.URL, "secret").Refs(context.Background()); err != nil {
+		t.Errorf("read with the token: %v", err)
+	}
 }
 
 // TestResume cuts the first stream short: what arrived is kept and only

@@ -206,6 +206,8 @@ func TestWorkflow(t *testing.T) {
 	if got := ok(t, st, "cat", "hpc-1.0", "/etc/motd"); got != "hello\n" {
 		t.Errorf("after gc: %q", got)
 	}
+
+	ok(t, st, "fsck", "--read-data")
 }
 
 // TestFsckFlippedByte damages one byte of a pack: fsck --read-data must

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -236,12 +237,24 @@ func newFsckCommand(e *env) *cobra.Command {
 }
 
 func newGCCommand(e *env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "gc",
+	var expire time.Duration
+	c := &cobra.Command{
+		Use:   "gc [--reflog-expire DURATION]",
 		Short: "Remove what no image, tag or reflog reaches, rewriting packs",
-		Args:  cobra.NoArgs,
+		Long: `Remove what no image, tag or reflog reaches, rewriting packs; crash-safe.
+Reflogs keep every former head of an image (what a node has been updated
+from, for rollbacks) until --reflog-expire drops entries older than
+DURATION (e.g. 720h).`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
+				if expire > 0 {
+					n, err := st.ExpireReflogs(time.Now().Add(-expire))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "gc: dropped %d reflog entries older than %s\n", n, expire)
+				}
 				gs, err := client.GC(st)
 				if err != nil {
 					return err
@@ -252,4 +265,6 @@ func newGCCommand(e *env) *cobra.Command {
 			})
 		},
 	}
+	c.Flags().DurationVar(&expire, "reflog-expire", 0, "first drop reflog entries older than `DURATION`")
+	return c
 }

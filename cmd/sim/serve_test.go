@@ -107,6 +107,18 @@ func TestServeAndAdmin(t *testing.T) {
 	}
 	ok(t, mirror, "pull")
 
+	// The node follows hpc to v3: its reflog keeps v2 (shallow, so only
+	// the reflog reaches it) until expired.
+	ok(t, nodeStore, "checkout", "--from", url, "hpc", root)
+	if s := ok(t, nodeStore, "gc"); !strings.Contains(s, "removed 0 blobs") {
+		t.Errorf("node gc freed what its reflog reaches: %s", s)
+	}
+	if s := ok(t, nodeStore, "gc", "--reflog-expire", "1ns"); strings.Contains(s, "removed 0 blobs") {
+		t.Errorf("node gc --reflog-expire freed nothing: %s", s)
+	}
+	ok(t, nodeStore, "fsck", "--read-data")
+	ok(t, nodeStore, "checkout", "hpc-1.0", root)
+
 	// Capture a "golden client" straight into the server.
 	writeFiles(t, src, map[string]string{"etc/hostname": "golden\n"})
 	out := ok(t, st, "commit", src, "--image", "golden", "--remote", url, "--token-file", tokens)
