@@ -48,11 +48,11 @@ demo: build corpus
 	@set -e; S="$(SIM) --store $(DEMO_STORE)"; \
 	rm -rf $(dir $(DEMO_STORE)); \
 	echo "== sim init"; $$S init; \
-	for v in v1 v2 v3; do echo "== sim commit $(CORPUS)/$$v --image debian"; \
-		/usr/bin/env time -f "   %e s, %M KB peak" $$S commit $(CORPUS)/$$v --image debian -m "corpus $$v" | tail -1; done; \
-	echo "== sim commit (unchanged v3, from the stat cache)"; \
+	n=0; for v in v1 v2 v3; do echo "== sim commit $(CORPUS)/$$v --image debian; sim tag debian-1.$$n debian"; \
+		/usr/bin/env time -f "   %e s, %M KB peak" $$S commit $(CORPUS)/$$v --image debian -m "corpus $$v" | tail -1; \
+		$$S tag debian-1.$$n debian; n=$$((n+1)); done; \
+	echo "== sim commit (unchanged v3: read from the stat cache)"; \
 	/usr/bin/env time -f "   %e s" $$S commit $(CORPUS)/v3 --image debian -m "v3 again" | tail -1; \
-	$$S tag debian-1.0 debian~2; $$S tag debian-1.1 debian~1; $$S tag debian-1.2 debian; \
 	echo "== sim images"; $$S images; \
 	echo "== sim tag"; $$S tag; \
 	echo "== sim log -n 2 debian"; $$S log -n 2 debian; \
@@ -62,7 +62,16 @@ demo: build corpus
 	echo "== sim diff debian-1.1 $(DEMO_NODE)   (nothing: the node is exactly 1.1)"; $$S diff debian-1.1 $(DEMO_NODE); \
 	echo "== sim cat debian-1.2 /etc/motd"; $$S cat debian-1.2 /etc/motd | tail -2; \
 	echo "== sim fsck --read-data"; $$S fsck --read-data; \
-	echo "== store size: $$(du -sh $(DEMO_STORE) | cut -f1)"
+	echo "== store size: $$(du -sh $(DEMO_STORE) | cut -f1)"; \
+	echo "== sim serve --listen 127.0.0.1:7480   (the image server, on loopback)"; \
+	$(SIM) --store $(DEMO_STORE) serve --listen 127.0.0.1:7480 & srv=$$!; trap "kill $$srv 2>/dev/null || true" EXIT; sleep 0.5; \
+	N="$(SIM) --store $(dir $(DEMO_STORE))node-store"; \
+	echo "== a node: sim checkout --from http://127.0.0.1:7480 debian-1.1 (install over HTTP)"; \
+	$$N checkout --from http://127.0.0.1:7480 debian-1.1 $(DEMO_NODE)2; \
+	echo "== the node: sim checkout --from http://127.0.0.1:7480 debian-1.2 (update: only what changed travels)"; \
+	$$N checkout --from http://127.0.0.1:7480 debian-1.2 $(DEMO_NODE)2; \
+	echo "== sim tag, run while the server holds the store (it runs the command)"; $$S tag; \
+	kill $$srv; wait $$srv 2>/dev/null || true
 
 vet:
 	$(GO) vet ./...
