@@ -181,9 +181,14 @@ func (c *committer) walk(d *wdir, abs, rel string) error {
 	if err := c.firstErr(); err != nil {
 		return err
 	}
-	names, err := readDirPath(abs)
+	dfd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("snapshot: %w", err)
+		return fmt.Errorf("snapshot: %w", &os.PathError{Op: "open", Path: abs, Err: err})
+	}
+	defer unix.Close(dfd)
+	names, err := readDirFd(dfd)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", &os.PathError{Op: "getdents", Path: abs, Err: err})
 	}
 	d.entries = make([]Node, 0, len(names))
 	type sub struct {
@@ -197,7 +202,8 @@ func (c *committer) walk(d *wdir, abs, rel string) error {
 		erel := join(rel, name)
 		eabs := abs + "/" + name
 		var st unix.Stat_t
-		if err := unix.Lstat(eabs, &st); err != nil {
+		// Relative to the open directory: no path walk from / per entry.
+		if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // deleted while we walk
 			}

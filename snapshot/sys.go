@@ -3,7 +3,6 @@ package snapshot
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -140,23 +139,10 @@ func fdPath(dirfd int, name string) string {
 	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
 }
 
-// readDirPath lists a directory's names with raw getdents: os.File would
-// also register the fd with the runtime poller (fcntl, epoll_ctl), which
-// doubles the syscalls of a walk over thousands of directories.
-func readDirPath(path string) ([]string, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	names, err := readDirFd(fd)
-	if err != nil {
-		return nil, &os.PathError{Op: "getdents", Path: path, Err: err}
-	}
-	return names, nil
-}
-
-// readDirFd lists the names in an open directory from its start.
+// readDirFd lists the names in an open directory from its start, with raw
+// getdents: os.File would also register the fd with the runtime poller
+// (fcntl, epoll_ctl), which doubles the syscalls of a walk over thousands
+// of directories.
 func readDirFd(fd int) ([]string, error) {
 	if _, err := unix.Seek(fd, 0, 0); err != nil {
 		return nil, err

@@ -117,10 +117,10 @@ func openDB(dir string, cfg Config) (*Store, error) {
 	repairIndex(filepath.Join(dir, "index"))
 	opts := badger.DefaultOptions(filepath.Join(dir, "index")).
 		WithLogger(nil).
-		WithMemTableSize(16 << 20).WithNumMemtables(2).
+		WithMemTableSize(8 << 20).WithValueThreshold(64 << 10).WithNumMemtables(2).
 		WithNumLevelZeroTables(2).WithNumLevelZeroTablesStall(8).
-		WithBlockCacheSize(16 << 20).WithIndexCacheSize(16 << 20).
-		WithValueLogFileSize(64 << 20).WithNumCompactors(2).
+		WithBlockCacheSize(0).WithIndexCacheSize(0).
+		WithValueLogFileSize(16 << 20).WithNumCompactors(2).
 		WithCompression(options.None).WithSyncWrites(false)
 	db, err := badger.Open(opts)
 	if err != nil {
