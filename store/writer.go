@@ -46,7 +46,12 @@ type Writer struct {
 	groups map[Type]*group
 	frames chan frameJob
 	done   chan struct{}
-	err    error // first error of the packer, under mu
+	// Finished packs go to the syncer, which fsyncs and installs them
+	// while the packer goes on writing the next: an fsync never stalls
+	// the stream feeding the writer (a node receiving at link rate).
+	syncq  chan *packFile
+	synced chan struct{}
+	err    error // first error of the packer or syncer, under mu
 	stats  WriterStats
 	packed []packDone
 	force  bool // store even blobs the index has (gc's rewrite)
@@ -72,8 +77,10 @@ type packDone struct {
 // NewWriter starts a writer.
 func (s *Store) NewWriter() *Writer {
 	w := &Writer{s: s, seen: map[chunk.ID]struct{}{}, groups: map[Type]*group{},
-		frames: make(chan frameJob, 8), done: make(chan struct{})}
+		frames: make(chan frameJob, 8), done: make(chan struct{}),
+		syncq: make(chan *packFile, 4), synced: make(chan struct{})}
 	go w.packer()
+	go w.syncer()
 	return w
 }
 
@@ -154,6 +161,7 @@ func (w *Writer) emit(own, data []byte, ents []PackEntry) {
 // come.
 func (w *Writer) packer() {
 	defer close(w.done)
+	defer close(w.syncq)
 	var cur *packFile
 	fail := func(err error) {
 		w.mu.Lock()
@@ -201,17 +209,38 @@ func (w *Writer) failed() bool {
 	return w.err != nil
 }
 
+// finish writes the pack's header and queues it for the syncer.
 func (w *Writer) finish(p *packFile) error {
-	d, err := p.finish()
-	if err != nil {
+	if err := p.seal(); err != nil {
 		return err
 	}
-	w.mu.Lock()
-	w.packed = append(w.packed, d)
-	w.stats.Packs++
-	w.stats.StoredBytes += d.size
-	w.mu.Unlock()
+	w.syncq <- p
 	return nil
+}
+
+// syncer makes sealed packs durable and installs them, in order.
+func (w *Writer) syncer() {
+	defer close(w.synced)
+	for p := range w.syncq {
+		if w.failed() {
+			p.abort()
+			continue
+		}
+		d, err := p.install()
+		if err != nil {
+			w.mu.Lock()
+			if w.err == nil {
+				w.err = err
+			}
+			w.mu.Unlock()
+			continue
+		}
+		w.mu.Lock()
+		w.packed = append(w.packed, d)
+		w.stats.Packs++
+		w.stats.StoredBytes += d.size
+		w.mu.Unlock()
+	}
 }
 
 // Flush writes out everything Put so far and indexes it durably. The
@@ -228,6 +257,7 @@ func (w *Writer) Flush() (WriterStats, error) {
 	}
 	close(w.frames)
 	<-w.done
+	<-w.synced
 	if w.err != nil {
 		return w.stats, w.err
 	}
@@ -266,6 +296,7 @@ func (w *Writer) Abort() {
 	w.mu.Unlock()
 	close(w.frames)
 	<-w.done
+	<-w.synced
 	for _, p := range w.packed {
 		os.Remove(w.s.packPath(p.id))
 	}
@@ -278,6 +309,7 @@ type packFile struct {
 	h    *blake3.Hasher
 	size int64
 	ents []PackEntry
+	id   chunk.ID // set by seal
 }
 
 func (s *Store) newPackFile() (*packFile, error) {
@@ -319,18 +351,24 @@ func (p *packFile) abort() {
 	os.Remove(p.f.Name())
 }
 
-func (p *packFile) finish() (packDone, error) {
+// seal writes the header and end marker and fixes the pack's id.
+func (p *packFile) seal() error {
 	hdr := encodePackHeader(p.ents)
 	var hl [4]byte
 	binary.LittleEndian.PutUint32(hl[:], uint32(len(hdr)))
 	for _, b := range [][]byte{hdr, hl[:], []byte(packEnd)} {
 		if err := p.write(b); err != nil {
 			p.abort()
-			return packDone{}, err
+			return err
 		}
 	}
-	var id chunk.ID
-	p.h.Sum(id[:0])
+	p.h.Sum(p.id[:0])
+	return nil
+}
+
+// install fsyncs a sealed pack and renames it into packs/.
+func (p *packFile) install() (packDone, error) {
+	id := p.id
 	if err := p.f.Sync(); err != nil {
 		p.abort()
 		return packDone{}, fmt.Errorf("sync pack: %w", err)
