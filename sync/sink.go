@@ -5,10 +5,11 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-// flushEvery is how many received bytes a Sink takes before it indexes
-// them durably, so an interrupted transfer keeps what arrived. (Packs are
-// fsynced as they fill, off the receiving path; this bounds the loss.)
-const flushEvery = 128 << 20
+// flushEvery is how many received (uncompressed) bytes a Sink takes
+// before it indexes them durably, so an interrupted transfer keeps what
+// arrived. Packs are fsynced as they fill, off the receiving path; this
+// bounds what a kill -9 loses.
+const flushEvery = 64 << 20
 
 // Sink stores what a wire stream brings into a store.
 type Sink struct {
