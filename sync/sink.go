@@ -1,6 +1,8 @@
 package sync
 
 import (
+	gosync "sync"
+
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 )
@@ -16,9 +18,14 @@ type Sink struct {
 	st      *store.Store
 	w       *store.Writer
 	pending int64
-	total   store.WriterStats
 	Commits map[chunk.ID][]byte // commit records received, verified
-	err     error
+
+	// Earlier writers flush in the background while the stream goes on
+	// into a fresh one: receiving never waits for an fsync.
+	wg    gosync.WaitGroup
+	mu    gosync.Mutex
+	total store.WriterStats
+	err   error
 }
 
 // NewSink receives into st.
@@ -28,21 +35,30 @@ func NewSink(st *store.Store) *Sink {
 
 func (s *Sink) added(n int) error {
 	s.pending += int64(n)
-	if s.pending < flushEvery {
-		return nil
+	if s.pending >= flushEvery {
+		old := s.w
+		s.w, s.pending = s.st.NewWriter(), 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.flushed(old.Flush())
+		}()
 	}
-	return s.flush()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
 }
 
-func (s *Sink) flush() error {
-	ws, err := s.w.Flush()
+func (s *Sink) flushed(ws store.WriterStats, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.total.Blobs += ws.Blobs
 	s.total.Bytes += ws.Bytes
 	s.total.StoredBytes += ws.StoredBytes
 	s.total.Packs += ws.Packs
-	s.pending = 0
-	s.w = s.st.NewWriter()
-	return err
+	if s.err == nil {
+		s.err = err
+	}
 }
 
 // Receiver is the Decode callback set writing into the store.
@@ -74,7 +90,9 @@ func (s *Sink) Receiver() Receiver {
 
 // Close makes everything received durable and returns what was added.
 func (s *Sink) Close() (store.WriterStats, error) {
-	err := s.flush()
-	s.w.Abort() // the fresh writer flush left behind
-	return s.total, err
+	s.flushed(s.w.Flush())
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.total, s.err
 }
