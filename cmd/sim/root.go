@@ -58,7 +58,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 	}
 	root.PersistentFlags().StringVar(&e.storeDir, "store", def, "store directory (default $SIM_STORE, else /var/lib/sim)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%v\nRun '%s --help' for usage.", err, c.CommandPath())}
+		return usageError{fmt.Errorf("%v (see '%s --help')", err, c.CommandPath())}
 	})
 	root.AddCommand(
 		newInitCommand(e), newCommitCommand(e), newLogCommand(e), newShowCommand(e),
