@@ -203,21 +203,36 @@ func idsBody(ids []chunk.ID) io.Reader {
 	return bytes.NewReader(b)
 }
 
-// Objects streams the given blobs.
+// idBatch is how many ids one request carries (the server takes 2^18).
+const idBatch = 100000
+
+// Objects streams the given blobs, a batch of ids per request.
 func (r *Remote) Objects(ctx context.Context, ids []chunk.ID, rcv Receiver) (DecodeStats, error) {
-	resp, err := r.do(ctx, "POST", "/v1/objects", idsBody(ids), "application/octet-stream")
-	if err != nil {
-		return DecodeStats{}, err
+	var total DecodeStats
+	for len(ids) > 0 {
+		n := min(len(ids), idBatch)
+		resp, err := r.do(ctx, "POST", "/v1/objects", idsBody(ids[:n]), "application/octet-stream")
+		if err != nil {
+			return total, err
+		}
+		st, err := Decode(resp.Body, rcv)
+		resp.Body.Close()
+		total.Records += st.Records
+		total.Blobs += st.Blobs
+		total.WireBytes += st.WireBytes
+		if err != nil {
+			return total, err
+		}
+		ids = ids[n:]
 	}
-	defer resp.Body.Close()
-	return Decode(resp.Body, rcv)
+	return total, nil
 }
 
 // Have asks which of ids (blobs or commits) the server holds.
 func (r *Remote) Have(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	out := make([]bool, 0, len(ids))
 	for len(ids) > 0 {
-		n := min(len(ids), 100000)
+		n := min(len(ids), idBatch)
 		resp, err := r.do(ctx, "POST", "/v1/have", idsBody(ids[:n]), "application/octet-stream")
 		if err != nil {
 			return nil, err

@@ -347,7 +347,9 @@ func readIDs(r io.Reader, max int) ([]chunk.ID, error) {
 	return ids, nil
 }
 
-const maxIDs = 1 << 20
+// maxIDs bounds the ids of one request (8 MiB of body): clients send
+// larger sets in batches.
+const maxIDs = 1 << 18
 
 func (s *Server) objects(w http.ResponseWriter, r *http.Request) {
 	ids, err := readIDs(r.Body, maxIDs)
