@@ -205,17 +205,25 @@ var rawPool = gosync.Pool{New: func() any { b := make([]byte, 0, 5<<20); return 
 // frameBatch is how many uncompressed bytes a recompressed frame holds.
 const frameBatch = 4 << 20
 
+// splitTrees separates the trees sent as deltas from the others.
+func (pl *Plan) splitTrees() (plain []chunk.ID, deltas []TreeSend) {
+	for _, t := range pl.Trees {
+		if t.Base.IsZero() {
+			plain = append(plain, t.ID)
+		} else {
+			deltas = append(deltas, t)
+		}
+	}
+	return plain, deltas
+}
+
 // Send writes the plan's commit, trees and chunks to enc.
 func (p *Planner) Send(ctx context.Context, enc *Encoder, pl *Plan) error {
 	if err := enc.Commit(pl.Commit, pl.CommitBytes); err != nil {
 		return err
 	}
-	var plain []chunk.ID
-	for _, t := range pl.Trees {
-		if t.Base.IsZero() {
-			plain = append(plain, t.ID)
-			continue
-		}
+	plain, deltas := pl.splitTrees()
+	for _, t := range deltas {
 		b, err := p.st.Get(t.ID)
 		if err != nil {
 			return err
@@ -344,12 +352,8 @@ func (p *Planner) frameEntries(loc store.Loc) (whole bool, ents []FrameEntry, ul
 // as deltas are counted at a tenth of their size.
 func (p *Planner) Estimate(pl *Plan) (int64, error) {
 	est := int64(len(pl.CommitBytes))
-	var plain []chunk.ID
-	for _, t := range pl.Trees {
-		if t.Base.IsZero() {
-			plain = append(plain, t.ID)
-			continue
-		}
+	plain, deltas := pl.splitTrees()
+	for _, t := range deltas {
 		loc, err := p.st.Lookup(t.ID)
 		if err != nil {
 			return 0, err

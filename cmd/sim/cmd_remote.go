@@ -295,11 +295,7 @@ func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.R
 	if err != nil {
 		return id, simsync.PullStats{}, err
 	}
-	var base []chunk.ID
-	if rec, err := client.LastCheckout(st, dir); err == nil {
-		base = append(base, rec.Commit)
-	}
-	ps, err := simsync.FetchCommit(ctx, st, r, id, true, base...)
+	ps, err := simsync.FetchCommit(ctx, st, r, id, true, checkoutBase(st, dir)...)
 	if err != nil {
 		return id, ps, err
 	}
@@ -307,6 +303,14 @@ func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.R
 		err = simsync.SetLocalRef(st, kind, ref, id, "fetch", "fetched from "+r.URL)
 	}
 	return id, ps, err
+}
+
+// checkoutBase is what dir has checked out, the best base for a delta.
+func checkoutBase(st *store.Store, dir string) []chunk.ID {
+	if rec, err := client.LastCheckout(st, dir); err == nil {
+		return []chunk.ID{rec.Commit}
+	}
+	return nil
 }
 
 func newFetchPlanCommand(e *env) *cobra.Command {
@@ -325,11 +329,7 @@ func newFetchPlanCommand(e *env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				var base []chunk.ID
-				if rec, err := client.LastCheckout(st, e.path(args[2])); err == nil {
-					base = append(base, rec.Commit)
-				}
-				haves, err := simsync.LocalHaves(st, base...)
+				haves, err := simsync.LocalHaves(st, checkoutBase(st, e.path(args[2]))...)
 				if err != nil {
 					return err
 				}
