@@ -304,31 +304,21 @@ func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
 }
 
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, fn func(*Encoder) error) {
-	cw := &countWriter{w: w}
-	enc, err := NewEncoder(cw)
+	enc, err := NewEncoder(w)
 	if err == nil {
 		err = fn(enc)
 	}
 	if err == nil {
 		err = enc.Close()
 	}
-	s.count(cw.n, 0)
+	if enc != nil {
+		s.count(enc.Bytes(), 0)
+	}
 	if err != nil {
 		// Headers are gone: the receiver sees a stream without its
 		// end record and treats it as truncated.
 		s.Log.Printf("stream to %s: %v", r.RemoteAddr, err)
 	}
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // readIDs reads a body of concatenated 32-byte ids.

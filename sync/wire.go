@@ -65,7 +65,7 @@ func NewEncoder(w io.Writer) (*Encoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Encoder{w: bw, enc: enc}
+	e := &Encoder{w: bw, enc: enc, bytes: int64(len(wireMagic))}
 	_, err = bw.WriteString(wireMagic)
 	return e, err
 }
@@ -74,6 +74,15 @@ func (e *Encoder) put(b []byte) error {
 	e.bytes += int64(len(b))
 	_, err := e.w.Write(b)
 	return err
+}
+
+// record writes one record: its header, then its payload.
+func (e *Encoder) record(h, payload []byte) error {
+	e.n++
+	if err := e.put(h); err != nil {
+		return err
+	}
+	return e.put(payload)
 }
 
 // Blob writes one blob, compressed when that helps.
@@ -88,11 +97,7 @@ func (e *Encoder) Blob(t store.Type, id chunk.ID, data []byte) error {
 	h = append(h, comp)
 	h = binary.AppendUvarint(h, uint64(len(data)))
 	h = binary.AppendUvarint(h, uint64(len(z)))
-	e.n++
-	if err := e.put(h); err != nil {
-		return err
-	}
-	return e.put(z)
+	return e.record(h, z)
 }
 
 // Delta writes blob id compressed with base (which the receiver has) as a
@@ -111,11 +116,7 @@ func (e *Encoder) Delta(t store.Type, id, base chunk.ID, data, baseData []byte) 
 	h = append(h, base[:]...)
 	h = binary.AppendUvarint(h, uint64(len(data)))
 	h = binary.AppendUvarint(h, uint64(len(z)))
-	e.n++
-	if err := e.put(h); err != nil {
-		return err
-	}
-	return e.put(z)
+	return e.record(h, z)
 }
 
 // Frame writes a frame: payload holds the blobs' bytes back to back,
@@ -131,11 +132,7 @@ func (e *Encoder) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) 
 		h = binary.AppendUvarint(h, uint64(x.Off))
 		h = binary.AppendUvarint(h, uint64(x.Len))
 	}
-	e.n++
-	if err := e.put(h); err != nil {
-		return err
-	}
-	return e.put(payload)
+	return e.record(h, payload)
 }
 
 // CompressFrame builds a zstd frame record from blobs.
@@ -158,11 +155,7 @@ func (e *Encoder) Commit(id chunk.ID, b []byte) error {
 	h := []byte{recCommit}
 	h = append(h, id[:]...)
 	h = binary.AppendUvarint(h, uint64(len(b)))
-	e.n++
-	if err := e.put(h); err != nil {
-		return err
-	}
-	return e.put(b)
+	return e.record(h, b)
 }
 
 // Close writes the end record and flushes.
