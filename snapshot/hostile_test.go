@@ -11,6 +11,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/storetest"
 )
 
 // putTree stores a tree as given, bypassing every check a commit makes,
@@ -38,7 +39,7 @@ func fileNode(name string) snapshot.Node {
 // TestHostileTrees: trees naming paths outside the target, or malformed,
 // are refused with a clear error and nothing is written outside it.
 func TestHostileTrees(t *testing.T) {
-	st := openStore(t)
+	st := storetest.New(t)
 	empty := putTree(t, st, &snapshot.Tree{Self: dirNode()})
 	outside := t.TempDir()
 	victim := filepath.Join(outside, "victim")

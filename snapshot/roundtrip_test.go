@@ -11,21 +11,8 @@ import (
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/storetest"
 )
-
-func openStore(t testing.TB) *store.Store {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "store")
-	if err := store.Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
 
 func commit(t testing.TB, st *store.Store, src string, opts snapshot.CommitOptions) *snapshot.CommitResult {
 	t.Helper()
@@ -56,7 +43,7 @@ func checkout(t testing.TB, st *store.Store, root chunk.ID, dir string, opts sna
 // into an empty directory and compares every field; then re-commits the
 // checkout and expects the very same tree id.
 func TestRoundTrip(t *testing.T) {
-	st := openStore(t)
+	st := storetest.New(t)
 	src := filepath.Join(t.TempDir(), "src")
 	os.Mkdir(src, 0o755)
 	snapshottest.Build(t, src)
@@ -77,7 +64,7 @@ func TestRoundTrip(t *testing.T) {
 // TestInPlace checks out a tree over a previous checkout of another tree
 // and expects exactly the differences to be written.
 func TestInPlace(t *testing.T) {
-	st := openStore(t)
+	st := storetest.New(t)
 	src := filepath.Join(t.TempDir(), "src")
 	os.Mkdir(src, 0o755)
 	snapshottest.Build(t, src)
@@ -121,7 +108,7 @@ func TestInPlace(t *testing.T) {
 // TestStatCache re-commits unchanged and changed trees: only changed files
 // are read, and the tree ids match a commit without the cache.
 func TestStatCache(t *testing.T) {
-	st := openStore(t)
+	st := storetest.New(t)
 	src := filepath.Join(t.TempDir(), "src")
 	os.MkdirAll(filepath.Join(src, "d"), 0o755)
 	for _, n := range []string{"a", "b", "d/c"} {
@@ -160,7 +147,7 @@ func TestStatCache(t *testing.T) {
 
 // TestExclude covers the pattern rules on commit and checkout.
 func TestExclude(t *testing.T) {
-	st := openStore(t)
+	st := storetest.New(t)
 	src := filepath.Join(t.TempDir(), "src")
 	for _, d := range []string{"proc/1", "etc/ssh", "var/tmp", "usr/lib/py/__pycache__"} {
 		os.MkdirAll(filepath.Join(src, d), 0o755)

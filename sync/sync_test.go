@@ -17,22 +17,9 @@ import (
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
 )
-
-func newStore(t testing.TB) *store.Store {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "store")
-	if err := store.Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return st
-}
 
 // tree writes files of pseudo-random content (incompressible, so sizes
 // on the wire mean something).
@@ -118,7 +105,7 @@ func (w *cutWriter) Write(p []byte) (int, error) {
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
-	f := &fixture{srv: newStore(t), src: filepath.Join(t.TempDir(), "src")}
+	f := &fixture{srv: storetest.New(t), src: filepath.Join(t.TempDir(), "src")}
 	files := map[string]int{"etc/motd": 300, "etc/ssh/sshd_config": 3000}
 	for i := 0; i < 40; i++ {
 		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 50000 + i*1000
@@ -160,7 +147,7 @@ func checkoutEqual(t *testing.T, st *store.Store, id chunk.ID, want string) {
 // trees above them.
 func TestFetchAndDelta(t *testing.T) {
 	f := setup(t)
-	node := newStore(t)
+	node := storetest.New(t)
 	r := remote(t, f.url, "")
 	ps, err := simsync.FetchCommit(context.Background(), node, r, f.v1, true)
 	if err != nil {
@@ -214,7 +201,7 @@ func TestReadToken(t *testing.T) {
 // the rest is fetched.
 func TestResume(t *testing.T) {
 	f := setup(t)
-	node := newStore(t)
+	node := storetest.New(t)
 	f.counting.cut = 5 << 20 // the first 4 MiB frame arrives whole, the second does not
 	ps, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v2, true)
 	if err != nil {
@@ -234,7 +221,7 @@ func TestResume(t *testing.T) {
 func TestCorruptServer(t *testing.T) {
 	f := setup(t)
 	f.counting.flip = 5000 // inside the first frame of the stream
-	node := newStore(t)
+	node := storetest.New(t)
 	_, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v1, true)
 	if err == nil {
 		t.Fatalf("a corrupted stream was accepted (%d requests)", f.counting.reqs)
@@ -255,7 +242,7 @@ func TestCorruptServer(t *testing.T) {
 // objects travel and the ref moves.
 func TestPush(t *testing.T) {
 	f := setup(t)
-	local := newStore(t)
+	local := storetest.New(t)
 	if _, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil); err != nil {
 		t.Fatal(err)
 	}
