@@ -216,9 +216,14 @@ func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk
 
 // Pull replicates refs (all when refs is empty) from r into local with
 // their history. Images move to the server's head; tags are created (an
-// existing tag elsewhere is an error: tags are immutable).
-func Pull(ctx context.Context, local *store.Store, r *Remote, refs []string) (PullStats, error) {
+// existing tag elsewhere is an error: tags are immutable). Objects come
+// through tr (a BitTorrent swarm, a multicast session), or r when tr is
+// nil; r names the refs either way.
+func Pull(ctx context.Context, local *store.Store, r *Remote, tr Transport, refs []string) (PullStats, error) {
 	var ps PullStats
+	if tr == nil {
+		tr = r
+	}
 	rr, err := r.Refs(ctx)
 	if err != nil {
 		return ps, err
@@ -247,7 +252,7 @@ func Pull(ctx context.Context, local *store.Store, r *Remote, refs []string) (Pu
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].kind+todo[i].name < todo[j].kind+todo[j].name })
 	for _, t := range todo {
-		s, err := FetchHistory(ctx, local, r, t.id)
+		s, err := FetchHistory(ctx, local, tr, t.id)
 		ps.add(s)
 		if err != nil {
 			return ps, fmt.Errorf("%s %s: %w", t.kind, t.name, err)

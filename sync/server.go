@@ -31,6 +31,11 @@ type Server struct {
 	// at once; more wait. Each holds at most a few frames in memory.
 	MaxStreams int
 	Log        *log.Logger
+	// Extra mounts more handlers beside the API, by path prefix (e.g.
+	// "/v1/bt/" for BitTorrent, "/v1/mcast/" for multicast sessions).
+	// They get the same read-token check as the reads. Set it before
+	// serving.
+	Extra map[string]http.Handler
 
 	once  gosync.Once
 	slots chan struct{}
@@ -137,6 +142,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == "POST" && p == "/v1/refs":
 		s.updateRefs(w, r)
 	default:
+		for prefix, h := range s.Extra {
+			if strings.HasPrefix(p, prefix) {
+				h.ServeHTTP(w, r)
+				return
+			}
+		}
 		http.NotFound(w, r)
 	}
 }

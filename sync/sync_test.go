@@ -173,7 +173,7 @@ func TestFetchAndDelta(t *testing.T) {
 		t.Fatalf("fsck of the node store: %v %+v", err, rep)
 	}
 	// A full pull later brings the history: the commit is shallow no more.
-	if _, err := simsync.Pull(context.Background(), node, r, []string{"img"}); err != nil {
+	if _, err := simsync.Pull(context.Background(), node, r, nil, []string{"img"}); err != nil {
 		t.Fatal(err)
 	}
 	if node.IsShallow(f.v2) {
@@ -243,7 +243,7 @@ func TestCorruptServer(t *testing.T) {
 func TestPush(t *testing.T) {
 	f := setup(t)
 	local := storetest.New(t)
-	if _, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil); err != nil {
+	if _, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	tree(t, f.src, 3, map[string]int{"etc/new": 1000})

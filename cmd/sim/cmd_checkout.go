@@ -21,6 +21,7 @@ type checkoutOptions struct {
 	force, noSync        bool
 	from                 string
 	rf                   remoteFlags
+	tf                   transportFlags
 }
 
 func newCheckoutCommand(e *env) *cobra.Command {
@@ -36,7 +37,8 @@ fixed last. A non-empty directory sim did not check out is refused unless
 
 With --from URL, REF is resolved on that server and the objects the node's
 store (--store) lacks are fetched first: a node install, update or rollback
-over the network that downloads only what changed.`,
+over the network that downloads only what changed. --transport chooses
+how the objects travel (refs and commits always come over HTTP).`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			ex, err := e.excludes(o.exclude, o.excludeFrom)
@@ -56,14 +58,23 @@ over the network that downloads only what changed.`,
 					if err != nil {
 						return err
 					}
+					tr, finish, err := o.tf.open(c.Context(), e, st, r)
+					if err != nil {
+						return err
+					}
 					var s simsync.PullStats
-					id, s, err = fetchForCheckout(c.Context(), e, st, r, args[0], e.path(args[1]))
+					id, s, err = fetchForCheckout(c.Context(), e, st, r, tr, args[0], e.path(args[1]))
 					ps = &s
 					if err != nil {
 						return err
 					}
 					if !e.json {
 						e.reportPull(s)
+					}
+					if finish != nil {
+						if err := finish(c.Context()); err != nil {
+							return err
+						}
 					}
 				} else if id, err = st.Resolve(args[0]); err != nil {
 					return err
@@ -96,6 +107,7 @@ over the network that downloads only what changed.`,
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
 	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
 	o.rf.add(c)
+	o.tf.add(c)
 	e.addJSONFlag(c)
 	return c
 }

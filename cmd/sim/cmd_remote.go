@@ -68,6 +68,10 @@ func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile string
 	var readToken bool
 	var maxStreams int
+	var exts []serveExtension
+	for _, f := range serveExtensions {
+		exts = append(exts, f())
+	}
 	c := &cobra.Command{
 		Use:   "serve [--listen ADDR]",
 		Short: "Serve the store over HTTP(S) to nodes and other stores",
@@ -143,6 +147,22 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 				tl = tls.NewListener(tl, web.TLSConfig)
 				scheme = "https"
 			}
+			srv.Extra = map[string]http.Handler{}
+			base := ""
+			if ta, ok := tl.Addr().(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+				base = scheme + "://" + ta.String()
+			}
+			for _, x := range exts {
+				stopx, err := x.start(ctx, e, st, srv, base)
+				if err != nil {
+					tl.Close()
+					local.Close()
+					return fmt.Errorf("serve: %w", err)
+				}
+				if stopx != nil {
+					defer stopx()
+				}
+			}
 			fmt.Fprintf(e.stderr, "sim serve: serving %s on %s://%s\n", e.storeDir, scheme, tl.Addr())
 			errc := make(chan error, 1)
 			go func() { errc <- web.Serve(tl) }()
@@ -169,6 +189,9 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 	f.StringVar(&tokenFile, "token-file", "", "bearer tokens allowed to push, one per line")
 	f.BoolVar(&readToken, "read-token", false, "require a token from --token-file for reads too")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
+	for _, x := range exts {
+		x.flags(c)
+	}
 	return c
 }
 
@@ -200,7 +223,7 @@ func newCloneCommand(e *env) *cobra.Command {
 			os.WriteFile(originPath(dir), []byte(args[0]+"\n"), 0o644)
 			e.storeDir = dir
 			return e.withStore(func(st *store.Store) error {
-				ps, err := simsync.Pull(c.Context(), st, r, nil)
+				ps, err := simsync.Pull(c.Context(), st, r, nil, nil)
 				e.reportPull(ps)
 				return err
 			})
@@ -222,6 +245,7 @@ func (e *env) reportPull(ps simsync.PullStats) {
 
 func newPullCommand(e *env) *cobra.Command {
 	var rf remoteFlags
+	var tf transportFlags
 	c := &cobra.Command{
 		Use:   "pull [URL] [REF...]",
 		Short: "Fetch images and tags (all, or the REFs) with their history from a server",
@@ -245,13 +269,21 @@ every one is verified, and an interrupted pull keeps what arrived.`,
 				if err != nil {
 					return err
 				}
-				ps, err := simsync.Pull(c.Context(), st, r, args)
+				tr, finish, err := tf.open(c.Context(), e, st, r)
+				if err != nil {
+					return err
+				}
+				ps, err := simsync.Pull(c.Context(), st, r, tr, args)
 				e.reportPull(ps)
+				if err == nil && finish != nil {
+					err = finish(c.Context())
+				}
 				return err
 			})
 		},
 	}
 	rf.add(c)
+	tf.add(c)
 	e.addJSONFlag(c)
 	return c
 }
@@ -290,12 +322,12 @@ func newPushCommand(e *env) *cobra.Command {
 // fetchForCheckout brings REF from the server into the node's store and
 // returns its commit id: shallow (no history), a delta on what the
 // directory has checked out and what the store holds.
-func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.Remote, ref, dir string) (chunk.ID, simsync.PullStats, error) {
+func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.Remote, tr simsync.Transport, ref, dir string) (chunk.ID, simsync.PullStats, error) {
 	id, kind, err := r.Resolve(ctx, ref)
 	if err != nil {
 		return id, simsync.PullStats{}, err
 	}
-	ps, err := simsync.FetchCommit(ctx, st, r, id, true, checkoutBase(st, dir)...)
+	ps, err := simsync.FetchCommit(ctx, st, tr, id, true, checkoutBase(st, dir)...)
 	if err != nil {
 		return id, ps, err
 	}
