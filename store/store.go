@@ -295,6 +295,24 @@ func (s *Store) ReadRawInto(loc Loc, buf []byte) ([]byte, error) {
 	return raw, nil
 }
 
+// ReadRawAt reads len(p) bytes of the stored frame holding loc, from
+// offset off within the frame: a BitTorrent peer asks for 16 KiB blocks
+// of frames, and reading the whole frame for each would cost 100×.
+func (s *Store) ReadRawAt(loc Loc, p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > int64(loc.FrameLen) {
+		return 0, fmt.Errorf("read %d bytes at %d of a %d-byte frame", len(p), off, loc.FrameLen)
+	}
+	f, err := s.packFile(loc.Pack)
+	if err != nil {
+		return 0, err
+	}
+	n, err := f.ReadAt(p, int64(loc.FrameOff)+off)
+	if err != nil {
+		return n, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), int64(loc.FrameOff)+off, err)
+	}
+	return n, nil
+}
+
 // Get returns the bytes of blob id, verified against id. The result may
 // share memory with the store's frame cache: callers must not modify it.
 func (s *Store) Get(id chunk.ID) ([]byte, error) {

@@ -248,6 +248,56 @@ func (p *Planner) Send(ctx context.Context, enc *Encoder, pl *Plan) error {
 // regrouped into new compressed frames. Unknown ids are skipped: the
 // receiver finds them missing and says so.
 func (p *Planner) SendObjects(ctx context.Context, enc *Encoder, ids []chunk.ID) error {
+	return p.GroupFrames(ctx, ids, func(g FrameGroup) error {
+		if g.Stored {
+			buf := rawPool.Get().(*[]byte)
+			raw, err := p.st.ReadRawInto(g.Loc, *buf)
+			if err == nil {
+				err = enc.Frame(g.Loc.Comp, g.ULen, raw, g.Entries)
+			}
+			*buf = raw[:0]
+			rawPool.Put(buf)
+			return err
+		}
+		data, err := p.groupData(g)
+		if err != nil {
+			return err
+		}
+		return enc.CompressFrame(g.Entries, data)
+	})
+}
+
+// FrameGroup is a frame to send: a stored frame as it is (Stored, at
+// Loc, ULen bytes uncompressed, holding Entries), or blobs to compress
+// into a new frame (Entries give type and id; Locs where each is).
+type FrameGroup struct {
+	Stored  bool
+	Loc     store.Loc
+	ULen    int
+	Entries []FrameEntry
+	Locs    []store.Loc
+}
+
+// groupData reads the blobs of a group that is not Stored.
+func (p *Planner) groupData(g FrameGroup) ([][]byte, error) {
+	data := make([][]byte, len(g.Entries))
+	for i, e := range g.Entries {
+		b, err := p.st.GetAt(e.ID, g.Locs[i])
+		if err != nil {
+			return nil, err
+		}
+		data[i] = b
+	}
+	return data, nil
+}
+
+// GroupFrames decides how ids travel and calls fn for each frame, in
+// storage order (so packs are read sequentially): stored frames of which
+// at least half is wanted go as they are, the other blobs are regrouped
+// into new frames of about frameBatch bytes. The grouping depends only
+// on ids and the store's packs, so it is the same every time: BitTorrent
+// derives its payload from it.
+func (p *Planner) GroupFrames(ctx context.Context, ids []chunk.ID, fn func(FrameGroup) error) error {
 	locs := make([]located, 0, len(ids))
 	for _, id := range ids {
 		loc, err := p.st.Lookup(id)
@@ -264,17 +314,19 @@ func (p *Planner) SendObjects(ctx context.Context, enc *Encoder, ids []chunk.ID)
 		if a.FrameOff != b.FrameOff {
 			return a.FrameOff < b.FrameOff
 		}
-		return a.Off < b.Off
+		if a.Off != b.Off {
+			return a.Off < b.Off
+		}
+		return string(locs[i].id[:]) < string(locs[j].id[:])
 	})
-	var batch []FrameEntry
-	var data [][]byte
+	var batch FrameGroup
 	size := 0
 	flush := func() error {
-		if len(batch) == 0 {
+		if len(batch.Entries) == 0 {
 			return nil
 		}
-		err := enc.CompressFrame(batch, data)
-		batch, data, size = batch[:0], data[:0], 0
+		err := fn(batch)
+		batch, size = FrameGroup{}, 0
 		return err
 	}
 	for i := 0; i < len(locs); {
@@ -294,26 +346,15 @@ func (p *Planner) SendObjects(ctx context.Context, enc *Encoder, ids []chunk.ID)
 			return err
 		}
 		if whole && wanted*2 >= int64(ulen) {
-			buf := rawPool.Get().(*[]byte)
-			raw, err := p.st.ReadRawInto(group[0].loc, *buf)
-			if err == nil {
-				err = enc.Frame(group[0].loc.Comp, ulen, raw, ents)
-			}
-			*buf = raw[:0]
-			rawPool.Put(buf)
-			if err != nil {
+			if err := fn(FrameGroup{Stored: true, Loc: group[0].loc, ULen: ulen, Entries: ents}); err != nil {
 				return err
 			}
 			continue
 		}
 		for _, g := range group {
-			b, err := p.st.GetAt(g.id, g.loc)
-			if err != nil {
-				return err
-			}
-			batch = append(batch, FrameEntry{Type: g.loc.Type, ID: g.id})
-			data = append(data, b)
-			size += len(b)
+			batch.Entries = append(batch.Entries, FrameEntry{Type: g.loc.Type, ID: g.id})
+			batch.Locs = append(batch.Locs, g.loc)
+			size += int(g.loc.Len)
 			if size >= frameBatch {
 				if err := flush(); err != nil {
 					return err

@@ -85,6 +85,13 @@ func (r *Remote) do(ctx context.Context, method, path string, body io.Reader, ct
 	return resp, nil
 }
 
+// Get is a GET of path (e.g. "/v1/bt/torrent?...") on the server, for
+// the transports that add endpoints of their own. A status other than
+// 2xx is an error (wrapping ErrRemoteNotFound for 404).
+func (r *Remote) Get(ctx context.Context, path string) (*http.Response, error) {
+	return r.do(ctx, "GET", path, nil, "")
+}
+
 // Refs lists the server's images and tags.
 func (r *Remote) Refs(ctx context.Context) (*RefsResponse, error) {
 	resp, err := r.do(ctx, "GET", "/v1/refs", nil, "")

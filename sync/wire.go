@@ -137,17 +137,40 @@ func (e *Encoder) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) 
 
 // CompressFrame builds a zstd frame record from blobs.
 func (e *Encoder) CompressFrame(blobs []FrameEntry, data [][]byte) error {
+	comp, payload, ents, ulen := BuildFrame(e.enc, blobs, data)
+	return e.Frame(comp, ulen, payload, ents)
+}
+
+// BuildFrame lays blobs (types and ids from blobs, bytes from data) back
+// to back and compresses them with enc, or keeps them raw when that is
+// not smaller. For one encoder configuration the result depends only on
+// the input (BitTorrent payloads rely on that).
+func BuildFrame(enc *zstd.Encoder, blobs []FrameEntry, data [][]byte) (comp byte, payload []byte, ents []FrameEntry, ulen int) {
 	var raw []byte
-	ents := make([]FrameEntry, len(blobs))
+	ents = make([]FrameEntry, len(blobs))
 	for i, b := range blobs {
 		ents[i] = FrameEntry{Type: b.Type, ID: b.ID, Off: uint32(len(raw)), Len: uint32(len(data[i]))}
 		raw = append(raw, data[i]...)
 	}
-	z := e.enc.EncodeAll(raw, nil)
+	z := enc.EncodeAll(raw, nil)
 	if len(z) >= len(raw) {
-		return e.Frame(compRaw, len(raw), raw, ents)
+		return compRaw, raw, ents, len(raw)
 	}
-	return e.Frame(compZstd, len(raw), z, ents)
+	return compZstd, z, ents, len(raw)
+}
+
+// DecodeFrame decompresses a frame received from elsewhere and verifies
+// every blob in it against its id.
+func DecodeFrame(dec *zstd.Decoder, comp byte, ulen uint64, payload []byte, ents []FrameEntry) ([]byte, error) {
+	for _, x := range ents {
+		if uint64(x.Off)+uint64(x.Len) > ulen {
+			return nil, fmt.Errorf("frame entry %s outside its frame", x.ID.Short())
+		}
+		if err := checkType(x.Type); err != nil {
+			return nil, err
+		}
+	}
+	return decodeFrame(dec, comp, ulen, payload, ents)
 }
 
 // Commit writes an encoded commit.

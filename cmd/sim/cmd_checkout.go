@@ -14,6 +14,7 @@ import (
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/bt"
 )
 
 type checkoutOptions struct {
@@ -49,10 +50,10 @@ how the objects travel (refs and commits always come over HTTP).`,
 			if o.from != "" {
 				with = e.withStoreInit
 			}
-			return with(func(st *store.Store) error {
+			return with(func(st *store.Store) (err error) {
 				var id chunk.ID
 				var ps *simsync.PullStats
-				var err error
+				var status any
 				if o.from != "" {
 					r, err := o.rf.remote(e, o.from)
 					if err != nil {
@@ -71,10 +72,17 @@ how the objects travel (refs and commits always come over HTTP).`,
 					if !e.json {
 						e.reportPull(s)
 					}
+					if sp, ok := tr.(interface{ Stats() []bt.Progress }); ok {
+						status = sp.Stats()
+					}
 					if finish != nil {
-						if err := finish(c.Context()); err != nil {
-							return err
-						}
+						// After the checkout: a BitTorrent node seeds
+						// while it writes the tree, and --seed-time after.
+						defer func() {
+							if ferr := finish(c.Context()); err == nil {
+								err = ferr
+							}
+						}()
 					}
 				} else if id, err = st.Resolve(args[0]); err != nil {
 					return err
@@ -92,7 +100,8 @@ how the objects travel (refs and commits always come over HTTP).`,
 						Commit chunk.ID `json:"commit"`
 						*snapshot.CheckoutStats
 						Transfer *simsync.PullStats `json:"transfer,omitempty"`
-					}{id, stats, ps})
+						Swarm    any                `json:"bittorrent,omitempty"`
+					}{id, stats, ps, status})
 				}
 				fmt.Fprintf(e.stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
 					id.Short(), args[1], stats.Written, fmtBytes(stats.BytesWritten), stats.Removed, stats.Metadata, stats.Unchanged)

@@ -104,6 +104,7 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 			}
 			defer st.Close()
 			srv.Store = st
+			srv.Planner = simsync.NewPlanner(st)
 			// A long-lived daemon next to other services: make the GC keep
 			// the heap near what the streams really hold (frames, caches)
 			// instead of letting it double. $GOMEMLIMIT overrides.

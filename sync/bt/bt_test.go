@@ -1,0 +1,211 @@
+package bt_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot/snapshottest"
+	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/storetest"
+	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/bt"
+)
+
+func writeTree(t testing.TB, dir string, seed int64, files map[string]int) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	for name, size := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		b := make([]byte, size)
+		rng.Read(b)
+		// Half compressible, like a real image.
+		for i := 0; i < len(b)/2; i++ {
+			b[i] = byte(i % 7)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type world struct {
+	srv        *store.Store
+	src1, src2 string
+	v1, v2 chunk.ID
+	url    string
+	seeder *bt.Seeder
+}
+
+func newWorld(t *testing.T) *world {
+	w := &world{srv: storetest.New(t), src1: filepath.Join(t.TempDir(), "v1"), src2: filepath.Join(t.TempDir(), "v2")}
+	files := map[string]int{"etc/motd": 300}
+	for i := 0; i < 30; i++ {
+		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 100000 + i*7000
+	}
+	files["usr/bin/big"] = 5 << 20
+	writeTree(t, w.src1, 1, files)
+	var err error
+	if w.v1, _, err = client.Commit(context.Background(), w.srv, w.src1, client.CommitOptions{Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.CopyFS(w.src2, os.DirFS(w.src1)); err != nil {
+		t.Fatal(err)
+	}
+	writeTree(t, w.src2, 2, map[string]int{"etc/motd": 310, "usr/lib/lib3.so": 120000})
+	if w.v2, _, err = client.Commit(context.Background(), w.srv, w.src2, client.CommitOptions{Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &simsync.Server{Store: w.srv, Planner: simsync.NewPlanner(w.srv)}
+	w.seeder = &bt.Seeder{Store: w.srv, Planner: srv.Planner, Listen: "127.0.0.1:0"}
+	if err := w.seeder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.seeder.Close)
+	srv.Extra = map[string]http.Handler{bt.Prefix: w.seeder}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	w.url = hs.URL
+	return w
+}
+
+func (w *world) node(t *testing.T, cfg bt.NodeConfig) (*bt.Node, *store.Store) {
+	st := storetest.New(t)
+	r, err := simsync.NewRemote(w.url, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	n := &bt.Node{Remote: r, Store: st, Config: cfg}
+	t.Cleanup(func() { n.Close() })
+	return n, st
+}
+
+func checkout(t *testing.T, st *store.Store, id chunk.ID, src string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "node")
+	if _, err := client.Checkout(context.Background(), st, id, dir, client.CheckoutOptions{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	snapshottest.Equal(t, src, dir, snapshottest.IgnoreRootTimes())
+}
+
+func TestDocumentRoundTrip(t *testing.T) {
+	w := newWorld(t)
+	a, _, err := bt.Build(context.Background(), w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := bt.Build(context.Background(), w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.InfoHash != b.InfoHash || !bytes.Equal(a.Encode(), b.Encode()) {
+		t.Fatal("two derivations of one torrent differ")
+	}
+	d, err := bt.DecodeTorrent(a.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.InfoHash != a.InfoHash || len(d.Records) != len(a.Records) || d.Length() != a.Length() {
+		t.Fatalf("decoded %+v", d)
+	}
+	delta, _, err := bt.Build(context.Background(), w.srv, simsync.NewPlanner(w.srv), w.v2, w.v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if delta.Length()*10 > a.Length() {
+		t.Fatalf("delta torrent is %d bytes, full %d", delta.Length(), a.Length())
+	}
+	// Every truncation and a few corruptions are refused with an error.
+	doc := a.Encode()
+	for i := 0; i < len(doc); i += 1 + len(doc)/300 {
+		if _, err := bt.DecodeTorrent(doc[:i]); err == nil {
+			t.Fatalf("truncated at %d: accepted", i)
+		}
+	}
+}
+
+func FuzzDecodeTorrent(f *testing.F) {
+	f.Add([]byte("SIMBTOR1"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		bt.DecodeTorrent(b)
+	})
+}
+
+// TestSwarm: two nodes install v1 from the seeder and each other, then
+// update to v2 with a torrent of only the changed objects.
+func TestSwarm(t *testing.T) {
+	w := newWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	type res struct {
+		n  *bt.Node
+		st *store.Store
+	}
+	var nodes []res
+	for i := 0; i < 2; i++ {
+		n, st := w.node(t, bt.NodeConfig{})
+		nodes = append(nodes, res{n, st})
+	}
+	errc := make(chan error, len(nodes))
+	for _, nd := range nodes {
+		go func() {
+			_, err := simsync.FetchCommit(ctx, nd.st, nd.n, w.v1, true)
+			errc <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, nd := range nodes {
+		checkout(t, nd.st, w.v1, w.src1)
+	}
+	// The update: a torrent of the changed objects only.
+	for _, nd := range nodes {
+		go func() {
+			_, err := simsync.FetchCommit(ctx, nd.st, nd.n, w.v2, true, w.v1)
+			errc <- err
+		}()
+	}
+	for range nodes {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fromPeers int64
+	for _, nd := range nodes {
+		checkout(t, nd.st, w.v2, w.src2)
+		for _, p := range nd.n.Stats() {
+			t.Logf("%s: %d/%d pieces, %d objects, %d B from peers, %d B web seed, %d B uploaded, %d bad", p.InfoHash[:8], p.Pieces, p.PiecesTotal, p.Objects, p.FromPeers, p.FromWebSeed, p.Uploaded, p.BadPieces)
+			fromPeers += p.FromPeers
+		}
+	}
+	if fromPeers == 0 {
+		t.Fatal("nothing came from peers")
+	}
+	st := w.seeder.Status()
+	if len(st) != 2 {
+		t.Fatalf("seeder has %d torrents, want 2 (v1, v1->v2): %+v", len(st), st)
+	}
+	for _, s := range st {
+		t.Logf("seeded %s base %s: %d bytes, %d objects, uploaded %d", s.Want.Short(), s.Base.Short(), s.Bytes, s.Objects, s.Uploaded)
+		if !s.Base.IsZero() && s.Bytes > 200<<10 {
+			t.Fatalf("the update torrent is %d bytes", s.Bytes)
+		}
+	}
+}

@@ -1,0 +1,321 @@
+package bt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	gosync "sync"
+	"time"
+
+	"github.com/anacrolix/torrent"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// NodeConfig configures a node's BitTorrent client.
+type NodeConfig struct {
+	// Listen is the peer address (host:port, port 0 picks one).
+	Listen string
+	// UploadRate and DownloadRate cap the node, bytes/s (0: no cap).
+	UploadRate, DownloadRate int64
+	// Stall gives up on the swarm when no payload byte arrived for that
+	// long (the HTTP fallback then fetches the rest). 0: two minutes.
+	Stall time.Duration
+	// Progress, if set, is called about once a second while a torrent
+	// downloads, and once at the end.
+	Progress func(Progress)
+	// Corrupt makes the node serve its peers damaged data: a test hook
+	// (SIM_BT_CORRUPT), proving that peers detect and refuse it.
+	Corrupt bool
+}
+
+// Progress is a node's view of one torrent.
+type Progress struct {
+	InfoHash     string  `json:"info_hash"`
+	Pieces       int     `json:"pieces"`        // complete (downloaded or already here)
+	PiecesNeeded int     `json:"pieces_needed"` // to download
+	PiecesTotal  int     `json:"pieces_total"`
+	Objects      int64   `json:"objects"` // verified and stored
+	Bytes        int64   `json:"bytes"`   // payload bytes stored
+	Peers        int     `json:"peers"`   // connected
+	Seeding      int     `json:"seeding"` // of which have everything
+	FromPeers    int64   `json:"from_peers"`
+	FromWebSeed  int64   `json:"from_web_seed"`
+	Uploaded     int64   `json:"uploaded"`
+	BadPieces    int64   `json:"bad_pieces"` // failed their hash: refused
+	Rate         float64 `json:"rate"`       // bytes/s over the last second
+	Done         bool    `json:"done"`
+}
+
+// Node is the BitTorrent transport of a node (sync.Transport): refs,
+// commits and any gap come from the HTTP server r; the objects of a
+// commit come from the swarm.
+type Node struct {
+	Remote *simsync.Remote
+	Store  *store.Store
+	Config NodeConfig
+
+	mu     gosync.Mutex
+	cl     *torrent.Client
+	active []*activeTorrent
+}
+
+type activeTorrent struct {
+	t  *Torrent
+	ns *nodeStorage
+	tt *torrent.Torrent
+}
+
+var _ simsync.Transport = (*Node)(nil)
+
+func (n *Node) String() string { return "bittorrent via " + n.Remote.URL }
+
+// Commit comes from the server.
+func (n *Node) Commit(ctx context.Context, id chunk.ID) ([]byte, error) {
+	return n.Remote.Commit(ctx, id)
+}
+
+// Objects (the gaps) come from the server.
+func (n *Node) Objects(ctx context.Context, ids []chunk.ID, rcv simsync.Receiver) (simsync.DecodeStats, error) {
+	return n.Remote.Objects(ctx, ids, rcv)
+}
+
+func (n *Node) client() (*torrent.Client, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cl != nil {
+		return n.cl, nil
+	}
+	listen := n.Config.Listen
+	if listen == "" {
+		listen = ":6881"
+	}
+	cl, err := newClient(clientOptions{listen: listen, upload: n.Config.UploadRate, down: n.Config.DownloadRate})
+	if err != nil {
+		return nil, err
+	}
+	n.cl = cl
+	return cl, nil
+}
+
+// Fetch asks the server for the torrent that takes haves[0] (what the
+// node has checked out) to want, downloads the pieces this store cannot
+// build itself, and writes every verified object into the store itself
+// (rcv is not used: the node's storage writes frames as they complete).
+// It returns when every needed frame is stored; frames that did not
+// decode, or a swarm that stalls, end it with sync.ErrTruncated so the
+// caller fetches the rest over HTTP.
+func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ simsync.Receiver) (simsync.DecodeStats, error) {
+	var ds simsync.DecodeStats
+	q := url.Values{"want": {want.String()}}
+	for i, h := range haves {
+		if i == 8 {
+			break
+		}
+		q.Add("have", h.String())
+	}
+	resp, err := n.Remote.Get(ctx, Prefix+"torrent?"+q.Encode())
+	if err != nil {
+		return ds, err
+	}
+	doc, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	resp.Body.Close()
+	if err != nil {
+		return ds, fmt.Errorf("bittorrent: torrent from %s: %w", n.Remote.URL, err)
+	}
+	ds.WireBytes += int64(len(doc))
+	if resp.StatusCode == http.StatusNoContent {
+		return ds, nil
+	}
+	t, err := DecodeTorrent(doc)
+	if err != nil {
+		return ds, fmt.Errorf("%s: %w", n.Remote.URL, err)
+	}
+	if t.Want != want {
+		return ds, fmt.Errorf("bittorrent: %s sent the torrent of %s, not %s", n.Remote.URL, t.Want.Short(), want.Short())
+	}
+	cl, err := n.client()
+	if err != nil {
+		return ds, err
+	}
+	ns, err := newNodeStorage(n.Store, t, n.Config.Corrupt)
+	if err != nil {
+		return ds, err
+	}
+	tt, _ := cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: t.InfoHash, InfoBytes: t.InfoBytes, Storage: ns})
+	at := &activeTorrent{t: t, ns: ns, tt: tt}
+	n.mu.Lock()
+	n.active = append(n.active, at)
+	n.mu.Unlock()
+
+	u, _ := url.Parse(n.Remote.URL)
+	if t.PeerPort > 0 {
+		if addrs, err := net.DefaultResolver.LookupIPAddr(ctx, u.Hostname()); err == nil {
+			var peers []torrent.PeerInfo
+			for _, a := range addrs {
+				if a.IP.To4() != nil {
+					peers = append(peers, torrent.PeerInfo{Addr: &net.TCPAddr{IP: a.IP, Port: t.PeerPort}, Source: torrent.PeerSourceDirect, Trusted: true})
+				}
+			}
+			tt.AddPeers(peers)
+		}
+	}
+	tt.AddTrackers([][]string{{n.Remote.URL + Prefix + "announce"}})
+	if n.Remote.Token == "" {
+		// Web seed requests carry no bearer token.
+		tt.AddWebSeeds([]string{n.Remote.URL + Prefix + "seed/" + t.InfoHash.HexString() + "/"})
+	}
+	needed := 0
+	for _, run := range ns.neededPieces() {
+		tt.DownloadPieces(run[0], run[1])
+		needed += run[1] - run[0]
+	}
+
+	stall := n.Config.Stall
+	if stall <= 0 {
+		stall = 2 * time.Minute
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var last int64
+	lastMove := time.Now()
+	report := func(done bool) Progress {
+		p := at.progress(needed)
+		p.Rate = float64(p.FromPeers + p.FromWebSeed - last)
+		last = p.FromPeers + p.FromWebSeed
+		p.Done = done
+		if n.Config.Progress != nil {
+			n.Config.Progress(p)
+		}
+		return p
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ds, ctx.Err()
+		case <-ns.done:
+			p := report(true)
+			ds.Blobs = p.Objects
+			ds.WireBytes += p.FromPeers + p.FromWebSeed
+			_, _, _, failed, err := ns.progress()
+			if err != nil {
+				return ds, err
+			}
+			if failed > 0 {
+				return ds, fmt.Errorf("bittorrent: %d frames did not verify: %w", failed, simsync.ErrTruncated)
+			}
+			return ds, nil
+		case <-tick.C:
+			before := last
+			p := report(false)
+			if p.FromPeers+p.FromWebSeed > before {
+				lastMove = time.Now()
+			} else if time.Since(lastMove) > stall {
+				ds.Blobs = p.Objects
+				ds.WireBytes += p.FromPeers + p.FromWebSeed
+				return ds, fmt.Errorf("bittorrent: no data for %s: %w", stall, simsync.ErrTruncated)
+			}
+		}
+	}
+}
+
+func (at *activeTorrent) progress(needed int) Progress {
+	st := at.tt.Stats()
+	blobs, bytes, _, _, _ := at.ns.progress()
+	at.ns.mu.Lock()
+	have := 0
+	for _, ok := range at.ns.pieces {
+		if ok {
+			have++
+		}
+	}
+	at.ns.mu.Unlock()
+	return Progress{InfoHash: at.t.InfoHash.HexString(), Pieces: have, PiecesNeeded: needed, PiecesTotal: at.t.Info.NumPieces(),
+		Objects: blobs, Bytes: bytes, Peers: st.ActivePeers, Seeding: st.ConnectedSeeders,
+		FromPeers: st.PeerConns.BytesReadUsefulData.Int64(), FromWebSeed: st.WebSeeds.BytesReadUsefulData.Int64(),
+		Uploaded: st.BytesWrittenData.Int64(), BadPieces: st.PiecesDirtiedBad.Int64()}
+}
+
+// Stats sums the progress of every torrent this node has fetched.
+func (n *Node) Stats() []Progress {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []Progress
+	for _, at := range n.active {
+		out = append(out, at.progress(0))
+	}
+	return out
+}
+
+// Seed keeps serving what the node has to its peers for d (or until ctx
+// ends), then closes the client.
+func (n *Node) Seed(ctx context.Context, d time.Duration) error {
+	if d > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+	}
+	return n.Close()
+}
+
+// Close stops the client and drops the spools.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	cl, active := n.cl, n.active
+	n.cl, n.active = nil, nil
+	n.mu.Unlock()
+	if cl == nil {
+		return nil
+	}
+	var errs []error
+	for _, at := range active {
+		at.tt.Drop()
+	}
+	cl.Close()
+	for _, at := range active {
+		errs = append(errs, at.ns.close())
+	}
+	return errors.Join(errs...)
+}
+
+// ParseRate reads a rate: bytes/s as a number with an optional k, M, G
+// suffix (powers of 1000) and an optional "bit" suffix for bits/s:
+// 12M, 100Mbit, 0 (no cap).
+func ParseRate(s string) (int64, error) {
+	orig := s
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	div := int64(1)
+	for _, suf := range []string{"bit", "b"} {
+		if len(s) > len(suf) && s[len(s)-len(suf):] == suf {
+			s, div = s[:len(s)-len(suf)], 8
+			break
+		}
+	}
+	mult := int64(1)
+	switch s[len(s)-1] {
+	case 'k', 'K':
+		mult = 1000
+	case 'm', 'M':
+		mult = 1000 * 1000
+	case 'g', 'G':
+		mult = 1000 * 1000 * 1000
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("rate %q: want bytes/s like 12M or bits/s like 100Mbit", orig)
+	}
+	return int64(v*float64(mult)) / div, nil
+}

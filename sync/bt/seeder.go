@@ -1,0 +1,302 @@
+package bt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/metainfo"
+	trackerHTTP "github.com/anacrolix/torrent/tracker/http/server"
+	trackerServer "github.com/anacrolix/torrent/tracker/server"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// Prefix is where the Seeder's endpoints live on a sim server.
+const Prefix = "/v1/bt/"
+
+// Seeder is the server's BitTorrent side, inside sim serve: it derives
+// torrents on request (GET /v1/bt/torrent), seeds them from the store,
+// tracks their peers (/v1/bt/announce) and is their web seed
+// (/v1/bt/seed/INFOHASH/NAME).
+type Seeder struct {
+	Store   *store.Store
+	Planner *simsync.Planner
+	// Listen is the BitTorrent address (host:port).
+	Listen string
+	// PeerRate caps what the origin sends one peer, bytes/s (0: no cap).
+	PeerRate int64
+	// Keep is how many torrents stay seeded; the least recently asked
+	// for is dropped beyond it.
+	Keep int
+	Log  *log.Logger
+
+	cl       *torrent.Client
+	tracker  *peerTracker
+	announce http.Handler
+
+	mu       gosync.Mutex
+	torrents map[[2]chunk.ID]*served
+	byHash   map[metainfo.Hash]*served
+	order    [][2]chunk.ID
+}
+
+type served struct {
+	once  gosync.Once
+	t     *Torrent
+	p     *payload
+	doc   []byte
+	tt    *torrent.Torrent
+	err   error
+	built time.Duration
+	asked int64
+}
+
+// Start opens the BitTorrent listener.
+func (s *Seeder) Start() error {
+	if s.Keep <= 0 {
+		s.Keep = 8
+	}
+	if s.Log == nil {
+		s.Log = log.New(io.Discard, "", 0)
+	}
+	if s.Planner == nil {
+		s.Planner = simsync.NewPlanner(s.Store)
+	}
+	cl, err := newClient(clientOptions{listen: s.Listen, peerRate: s.PeerRate, acceptOnly: true})
+	if err != nil {
+		return err
+	}
+	s.cl = cl
+	s.tracker = newTracker()
+	s.announce = trackerHTTP.Handler{Announce: &trackerServer.AnnounceHandler{AnnounceTracker: s.tracker}}
+	s.torrents = map[[2]chunk.ID]*served{}
+	s.byHash = map[metainfo.Hash]*served{}
+	return nil
+}
+
+// Port is the BitTorrent port the seeder listens on.
+func (s *Seeder) Port() int {
+	for _, a := range s.cl.ListenAddrs() {
+		if ta, ok := a.(*net.TCPAddr); ok {
+			return ta.Port
+		}
+	}
+	return 0
+}
+
+// Close stops seeding.
+func (s *Seeder) Close() {
+	if s.cl != nil {
+		for _, l := range s.cl.Listeners() {
+			if c, ok := l.(io.Closer); ok {
+				c.Close()
+			}
+		}
+		s.cl.Close()
+	}
+}
+
+// torrent returns the torrent for (want, base), deriving and seeding it
+// on first use. Concurrent requests for one wait for one derivation.
+func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, error) {
+	key := [2]chunk.ID{want, base}
+	s.mu.Lock()
+	sv, ok := s.torrents[key]
+	if !ok {
+		sv = &served{}
+		s.torrents[key] = sv
+		s.order = append(s.order, key)
+		for len(s.order) > s.Keep {
+			old := s.torrents[s.order[0]]
+			delete(s.torrents, s.order[0])
+			s.order = s.order[1:]
+			if old.t != nil {
+				delete(s.byHash, old.t.InfoHash)
+			}
+			if old.tt != nil {
+				old.tt.Drop()
+			}
+		}
+	} else {
+		for i, k := range s.order {
+			if k == key {
+				s.order = append(append(s.order[:i:i], s.order[i+1:]...), key)
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	sv.once.Do(func() {
+		start := time.Now()
+		t, p, err := Build(context.WithoutCancel(ctx), s.Store, s.Planner, want, base)
+		if err != nil {
+			sv.err = err
+			return
+		}
+		t.PeerPort = s.Port()
+		tt, _ := s.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: t.InfoHash, InfoBytes: t.InfoBytes, Storage: seedStorage{p}})
+		sv.t, sv.p, sv.tt, sv.doc, sv.built = t, p, tt, t.Encode(), time.Since(start)
+		s.mu.Lock()
+		s.byHash[t.InfoHash] = sv
+		s.mu.Unlock()
+		s.Log.Printf("bittorrent: derived %s for %s (base %s): %d objects, %d bytes, %d pieces of %d KiB, in %s",
+			t.InfoHash.HexString()[:12], want.Short(), shortOr(base, "none"), t.Objects(), t.Length(), t.Info.NumPieces(), t.Info.PieceLength>>10, sv.built.Round(time.Millisecond))
+	})
+	if sv.err != nil {
+		s.mu.Lock()
+		if s.torrents[key] == sv {
+			delete(s.torrents, key)
+		}
+		s.mu.Unlock()
+	}
+	return sv, sv.err
+}
+
+func shortOr(id chunk.ID, none string) string {
+	if id.IsZero() {
+		return none
+	}
+	return id.Short()
+}
+
+// ServeHTTP serves the endpoints under Prefix.
+func (s *Seeder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := strings.TrimPrefix(r.URL.Path, Prefix)
+	switch {
+	case r.Method == "GET" && p == "torrent":
+		s.serveTorrent(w, r)
+	case r.Method == "GET" && p == "announce":
+		s.announce.ServeHTTP(w, r)
+	case (r.Method == "GET" || r.Method == "HEAD") && strings.HasPrefix(p, "seed/"):
+		s.serveSeed(w, r, strings.TrimPrefix(p, "seed/"))
+	case r.Method == "GET" && p == "status":
+		s.serveStatus(w)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// serveTorrent answers GET /v1/bt/torrent?want=ID&have=ID...: the
+// document for want, based on the first have this server knows (a node
+// passes what it has checked out first, so every node updating from one
+// release shares one torrent). 204 when the node lacks nothing.
+func (s *Seeder) serveTorrent(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	want, err := chunk.Parse(q.Get("want"))
+	if err != nil {
+		http.Error(w, "want: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if ok, _ := s.Store.HasCommit(want); !ok {
+		http.Error(w, fmt.Sprintf("no commit %s", want), http.StatusNotFound)
+		return
+	}
+	var base chunk.ID
+	for _, h := range q["have"] {
+		id, err := chunk.Parse(h)
+		if err != nil {
+			http.Error(w, "have: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if ok, _ := s.Store.HasCommit(id); ok {
+			base = id
+			break
+		}
+	}
+	if base == want {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	sv, err := s.torrent(r.Context(), want, base)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		if strings.Contains(err.Error(), "no torrent needed") {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.mu.Lock()
+	sv.asked++
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(sv.doc)
+}
+
+// serveSeed is the web seed (BEP 19): ranges of the payload, for a
+// node no peer can serve.
+func (s *Seeder) serveSeed(w http.ResponseWriter, r *http.Request, rest string) {
+	hexHash, _, _ := strings.Cut(rest, "/")
+	var ih metainfo.Hash
+	if err := ih.FromHexString(hexHash); err != nil {
+		http.Error(w, "bad info hash", http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	sv := s.byHash[ih]
+	s.mu.Unlock()
+	if sv == nil {
+		http.Error(w, "torrent not seeded here (ask /v1/bt/torrent first)", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(sv.p, 0, sv.t.Length()))
+}
+
+// TorrentStatus is one seeded torrent in GET /v1/bt/status.
+type TorrentStatus struct {
+	InfoHash string   `json:"info_hash"`
+	Want     chunk.ID `json:"want"`
+	Base     chunk.ID `json:"base"`
+	Bytes    int64    `json:"bytes"`
+	Objects  int      `json:"objects"`
+	Pieces   int      `json:"pieces"`
+	Asked    int64    `json:"asked"`
+	Peers    int      `json:"peers"`    // connected now
+	Tracked  int      `json:"tracked"`  // announced to the tracker
+	Uploaded int64    `json:"uploaded"` // payload bytes sent to peers
+}
+
+func (s *Seeder) serveStatus(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(s.Status())
+}
+
+// Status lists the seeded torrents.
+func (s *Seeder) Status() []TorrentStatus {
+	s.mu.Lock()
+	var list []*served
+	for _, k := range s.order {
+		if sv := s.torrents[k]; sv.t != nil {
+			list = append(list, sv)
+		}
+	}
+	s.mu.Unlock()
+	out := []TorrentStatus{}
+	for _, sv := range list {
+		st := sv.tt.Stats()
+		s.mu.Lock()
+		asked := sv.asked
+		s.mu.Unlock()
+		out = append(out, TorrentStatus{InfoHash: sv.t.InfoHash.HexString(), Want: sv.t.Want, Base: sv.t.Base,
+			Bytes: sv.t.Length(), Objects: sv.t.Objects(), Pieces: sv.t.Info.NumPieces(), Asked: asked,
+			Peers: st.ActivePeers, Tracked: s.tracker.count(sv.t.InfoHash), Uploaded: st.BytesWrittenData.Int64()})
+	}
+	return out
+}
