@@ -42,9 +42,9 @@ func writeTree(t testing.TB, dir string, seed int64, files map[string]int) {
 type world struct {
 	srv        *store.Store
 	src1, src2 string
-	v1, v2 chunk.ID
-	url    string
-	seeder *bt.Seeder
+	v1, v2     chunk.ID
+	url        string
+	seeder     *bt.Seeder
 }
 
 func newWorld(t *testing.T) *world {
