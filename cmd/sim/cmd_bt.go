@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -25,12 +26,14 @@ func init() {
 }
 
 type btTransport struct {
+	cmd                      *cobra.Command
 	listen, upload, download string
 	seedTime                 time.Duration
 	stall                    time.Duration
 }
 
 func (b *btTransport) flags(c *cobra.Command) {
+	b.cmd = c
 	f := c.Flags()
 	f.StringVar(&b.listen, "bt-listen", ":6881", "BitTorrent: listen on `ADDR` for peers (port 0 picks one)")
 	f.StringVar(&b.upload, "bt-upload-rate", "0", "BitTorrent: cap this node's upload to `RATE` (bytes/s, or 100Mbit; 0 no cap)")
@@ -48,7 +51,13 @@ func (b *btTransport) open(ctx context.Context, e *env, st *store.Store, r *sims
 	if err != nil {
 		return nil, nil, usageError{fmt.Errorf("--bt-download-rate: %w", err)}
 	}
-	n := &bt.Node{Remote: r, Store: st, Config: bt.NodeConfig{Listen: b.listen, UploadRate: up, DownloadRate: down,
+	listen := b.listen
+	if !b.cmd.Flags().Changed("bt-listen") && !portFree(listen) {
+		// The default port is taken (a server or another node on this
+		// host): any port will do, the tracker tells peers which.
+		listen = ":0"
+	}
+	n := &bt.Node{Remote: r, Store: st, Config: bt.NodeConfig{Listen: listen, UploadRate: up, DownloadRate: down,
 		Stall: b.stall, Corrupt: os.Getenv("SIM_BT_CORRUPT") != ""}}
 	n.Config.Progress = e.btProgress()
 	finish := func(ctx context.Context) error {
@@ -97,14 +106,26 @@ func (e *env) btProgress() func(bt.Progress) {
 	}
 }
 
+// portFree says whether a TCP listener can bind addr now.
+func portFree(addr string) bool {
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
 // btServe runs the seeder, tracker and web seed inside sim serve.
 type btServe struct {
+	cmd              *cobra.Command
 	listen, peerRate string
 	off              bool
 	s                *bt.Seeder
 }
 
 func (b *btServe) flags(c *cobra.Command) {
+	b.cmd = c
 	f := c.Flags()
 	f.StringVar(&b.listen, "bt-listen", ":6881", "BitTorrent: seed on `ADDR`")
 	f.StringVar(&b.peerRate, "bt-peer-rate", "0", "BitTorrent: send one peer at most `RATE` (bytes/s, or 40Mbit), so nodes share among themselves; 0 no cap")
@@ -121,7 +142,12 @@ func (b *btServe) start(ctx context.Context, e *env, st *store.Store, srv *simsy
 	}
 	s := &bt.Seeder{Store: st, Planner: srv.Planner, Listen: b.listen, PeerRate: pr, Log: srv.Log}
 	if err := s.Start(); err != nil {
-		return nil, err
+		if b.cmd.Flags().Changed("bt-listen") {
+			return nil, err
+		}
+		// Not asked for explicitly: the HTTP server matters more.
+		fmt.Fprintf(e.stderr, "sim serve: BitTorrent off (%v); set --bt-listen to another address\n", err)
+		return nil, nil
 	}
 	srv.Extra[bt.Prefix] = http.Handler(s)
 	fmt.Fprintf(e.stderr, "sim serve: seeding torrents on port %d (tracker and web seed at %s)\n", s.Port(), bt.Prefix)

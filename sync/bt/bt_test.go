@@ -209,3 +209,44 @@ func TestSwarm(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialStore: a node whose store already holds v1 (from HTTP)
+// takes the full v2 torrent (no base given) and downloads only the
+// pieces of the frames it lacks; the frames it holds as they came count
+// as complete and are served to others.
+func TestPartialStore(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	n, st := w.node(t, bt.NodeConfig{})
+	if _, err := simsync.FetchCommit(ctx, st, n.Remote, w.v1, true); err != nil {
+		t.Fatal(err)
+	}
+	full, _, err := bt.Build(ctx, w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No haves: the full torrent of v2.
+	if _, err := n.Fetch(ctx, w.v2, nil, simsync.Receiver{}); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := simsync.MissingObjects(st, mustTree(t, w.srv, w.v2), 0); err != nil || len(missing) > 0 {
+		t.Fatalf("after the fetch %d objects are missing (%v)", len(missing), err)
+	}
+	p := n.Stats()[0]
+	got := p.FromPeers + p.FromWebSeed
+	t.Logf("payload %d bytes, %d pieces; asked for %d pieces, received %d bytes; %d pieces servable", full.Length(), p.PiecesTotal, p.PiecesNeeded, got, p.Pieces)
+	if got*4 > full.Length() || p.PiecesNeeded*4 > p.PiecesTotal {
+		t.Fatalf("a store holding v1 downloaded %d of %d bytes of v2", got, full.Length())
+	}
+	if p.Pieces < p.PiecesTotal/2 {
+		t.Fatalf("only %d of %d pieces can be served", p.Pieces, p.PiecesTotal)
+	}
+}
+
+func mustTree(t *testing.T, st *store.Store, id chunk.ID) chunk.ID {
+	c, err := st.Commit(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Tree
+}

@@ -68,9 +68,10 @@ type Node struct {
 }
 
 type activeTorrent struct {
-	t  *Torrent
-	ns *nodeStorage
-	tt *torrent.Torrent
+	t      *Torrent
+	ns     *nodeStorage
+	tt     *torrent.Torrent
+	needed int // pieces asked for
 }
 
 var _ simsync.Transport = (*Node)(nil)
@@ -177,6 +178,9 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 		tt.DownloadPieces(run[0], run[1])
 		needed += run[1] - run[0]
 	}
+	n.mu.Lock()
+	at.needed = needed
+	n.mu.Unlock()
 
 	stall := n.Config.Stall
 	if stall <= 0 {
@@ -187,7 +191,7 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 	var last int64
 	lastMove := time.Now()
 	report := func(done bool) Progress {
-		p := at.progress(needed)
+		p := at.progress()
 		p.Rate = float64(p.FromPeers + p.FromWebSeed - last)
 		last = p.FromPeers + p.FromWebSeed
 		p.Done = done
@@ -226,7 +230,7 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 	}
 }
 
-func (at *activeTorrent) progress(needed int) Progress {
+func (at *activeTorrent) progress() Progress {
 	st := at.tt.Stats()
 	blobs, bytes, _, _, _ := at.ns.progress()
 	at.ns.mu.Lock()
@@ -237,7 +241,7 @@ func (at *activeTorrent) progress(needed int) Progress {
 		}
 	}
 	at.ns.mu.Unlock()
-	return Progress{InfoHash: at.t.InfoHash.HexString(), Pieces: have, PiecesNeeded: needed, PiecesTotal: at.t.Info.NumPieces(),
+	return Progress{InfoHash: at.t.InfoHash.HexString(), Pieces: have, PiecesNeeded: at.needed, PiecesTotal: at.t.Info.NumPieces(),
 		Objects: blobs, Bytes: bytes, Peers: st.ActivePeers, Seeding: st.ConnectedSeeders,
 		FromPeers: st.PeerConns.BytesReadUsefulData.Int64(), FromWebSeed: st.WebSeeds.BytesReadUsefulData.Int64(),
 		Uploaded: st.BytesWrittenData.Int64(), BadPieces: st.PiecesDirtiedBad.Int64()}
@@ -249,7 +253,7 @@ func (n *Node) Stats() []Progress {
 	defer n.mu.Unlock()
 	var out []Progress
 	for _, at := range n.active {
-		out = append(out, at.progress(0))
+		out = append(out, at.progress())
 	}
 	return out
 }

@@ -80,6 +80,11 @@ type nodeStorage struct {
 	dec     *zstd.Decoder
 	corrupt bool // test hook: serve peers flipped bytes
 
+	// punch is held for reading while a piece is read from the spool
+	// and for writing while spool ranges are punched out, so a peer is
+	// never served the zeros of a hole punched under its read.
+	punch gosync.RWMutex
+
 	mu      gosync.Mutex
 	pieces  []bool
 	state   []uint8
@@ -240,6 +245,8 @@ func (p nodePiece) ReadAt(b []byte, off int64) (int, error) {
 	pos := p.off + off
 	i, j := n.t.recordsIn(pos, int64(len(b)))
 	done := 0
+	n.punch.RLock()
+	defer n.punch.RUnlock()
 	n.mu.Lock()
 	complete := n.pieces[p.idx]
 	type part struct {
@@ -388,6 +395,8 @@ func (n *nodeStorage) flush(final bool) {
 		n.w = n.st.NewWriter()
 	}
 	_, err := w.Flush()
+	n.punch.Lock()
+	defer n.punch.Unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err != nil {
