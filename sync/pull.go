@@ -127,7 +127,7 @@ func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.
 		ps.Rounds++
 		ps.WireBytes += ds.WireBytes
 		ps.Blobs += ds.Blobs
-		ps.NewBlobs += ws.Blobs
+		ps.NewBlobs += ws.Blobs + ds.Stored
 		if err == nil {
 			err = ferr
 		}

@@ -211,6 +211,9 @@ type Receiver struct {
 type DecodeStats struct {
 	Records, Blobs int64
 	WireBytes      int64
+	// Stored counts new blobs a transport wrote into the store itself
+	// (BitTorrent), not through the Receiver.
+	Stored int64
 }
 
 type countReader struct {

@@ -250,3 +250,23 @@ func mustTree(t *testing.T, st *store.Store, id chunk.ID) chunk.ID {
 	}
 	return c.Tree
 }
+
+// TestStallFallsBackToHTTP: a node whose swarm stops delivering (its
+// download capped to a trickle) gives up after Stall, keeps what arrived
+// and gets the rest over HTTP: BitTorrent never makes an install fail.
+func TestStallFallsBackToHTTP(t *testing.T) {
+	w := newWorld(t)
+	n, st := w.node(t, bt.NodeConfig{DownloadRate: 1, Stall: 2 * time.Second})
+	ps, err := simsync.FetchCommit(context.Background(), st, n, w.v1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Rounds < 2 {
+		t.Fatalf("fetched in %d rounds: the HTTP fallback did not run", ps.Rounds)
+	}
+	checkout(t, st, w.v1, w.src1)
+	var problems int
+	if _, err := st.Check(true, func(store.Problem) { problems++ }); err != nil || problems > 0 {
+		t.Fatalf("fsck: %v, %d problems", err, problems)
+	}
+}

@@ -203,10 +203,14 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 	for {
 		select {
 		case <-ctx.Done():
+			n.drop(at)
 			return ds, ctx.Err()
 		case <-ns.done:
 			p := report(true)
 			ds.Blobs = p.Objects
+			ns.mu.Lock()
+			ds.Stored = ns.stored
+			ns.mu.Unlock()
 			ds.WireBytes += p.FromPeers + p.FromWebSeed
 			_, _, _, failed, err := ns.progress()
 			if err != nil {
@@ -224,6 +228,13 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 			} else if time.Since(lastMove) > stall {
 				ds.Blobs = p.Objects
 				ds.WireBytes += p.FromPeers + p.FromWebSeed
+				// Leave the swarm, keeping what arrived (close flushes
+				// the decoded frames), so the HTTP fallback asks only
+				// for the rest.
+				n.drop(at)
+				ns.mu.Lock()
+				ds.Stored = ns.stored
+				ns.mu.Unlock()
 				return ds, fmt.Errorf("bittorrent: no data for %s: %w", stall, simsync.ErrTruncated)
 			}
 		}
@@ -268,6 +279,20 @@ func (n *Node) Seed(ctx context.Context, d time.Duration) error {
 		}
 	}
 	return n.Close()
+}
+
+// drop leaves one torrent's swarm and closes its storage.
+func (n *Node) drop(at *activeTorrent) {
+	at.tt.Drop()
+	at.ns.close()
+	n.mu.Lock()
+	for i, a := range n.active {
+		if a == at {
+			n.active = append(n.active[:i], n.active[i+1:]...)
+			break
+		}
+	}
+	n.mu.Unlock()
 }
 
 // Close stops the client and drops the spools.

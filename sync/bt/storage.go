@@ -97,6 +97,7 @@ type nodeStorage struct {
 	err     error
 	blobs   int64
 	bytes   int64
+	stored  int64 // new blobs flushed into the store
 	failed  int
 	w       *store.Writer
 	closed  bool
@@ -394,7 +395,7 @@ func (n *nodeStorage) flush(final bool) {
 	if !final {
 		n.w = n.st.NewWriter()
 	}
-	_, err := w.Flush()
+	ws, err := w.Flush()
 	n.punch.Lock()
 	defer n.punch.Unlock()
 	n.mu.Lock()
@@ -405,6 +406,7 @@ func (n *nodeStorage) flush(final bool) {
 		}
 		return
 	}
+	n.stored += ws.Blobs
 	for _, k := range n.pending {
 		if !n.verbatim(k) {
 			n.state[k] = recKept
