@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	gosync "sync"
 	"time"
@@ -173,11 +175,7 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 		// Web seed requests carry no bearer token.
 		tt.AddWebSeeds([]string{n.Remote.URL + Prefix + "seed/" + t.InfoHash.HexString() + "/"})
 	}
-	needed := 0
-	for _, run := range ns.neededPieces() {
-		tt.DownloadPieces(run[0], run[1])
-		needed += run[1] - run[0]
-	}
+	needed := spreadPieces(tt, ns.neededPieces())
 	n.mu.Lock()
 	at.needed = needed
 	n.mu.Unlock()
@@ -239,6 +237,38 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 			}
 		}
 	}
+}
+
+// spreadPieces asks for the pieces in runs, each node starting at a
+// random place. anacrolix orders requests by priority, then availability,
+// then index: without this every node of a rack that starts at once asks
+// the server for piece 0, 1, 2… and the server sends the same pieces many
+// times (BitTorrent's random first piece, which anacrolix lacks). The
+// needed pieces, rotated by a random offset, are cut into four bands of
+// falling priority. It returns how many pieces were asked for.
+func spreadPieces(tt *torrent.Torrent, runs [][2]int) int {
+	var pieces []int
+	for _, r := range runs {
+		for p := r[0]; p < r[1]; p++ {
+			pieces = append(pieces, p)
+		}
+	}
+	if len(pieces) == 0 {
+		return 0
+	}
+	if os.Getenv("SIM_BT_NOSPREAD") != "" {
+		for _, r := range runs {
+			tt.DownloadPieces(r[0], r[1])
+		}
+		return len(pieces)
+	}
+	bands := []torrent.PiecePriority{torrent.PiecePriorityNext, torrent.PiecePriorityReadahead, torrent.PiecePriorityHigh, torrent.PiecePriorityNormal}
+	off := rand.IntN(len(pieces))
+	for k := range pieces {
+		p := pieces[(off+k)%len(pieces)]
+		tt.Piece(p).SetPriority(bands[k*len(bands)/len(pieces)])
+	}
+	return len(pieces)
 }
 
 func (at *activeTorrent) progress() Progress {
