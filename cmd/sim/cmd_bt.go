@@ -121,7 +121,6 @@ type btServe struct {
 	cmd              *cobra.Command
 	listen, peerRate string
 	off              bool
-	s                *bt.Seeder
 }
 
 func (b *btServe) flags(c *cobra.Command) {
