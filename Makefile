@@ -5,7 +5,8 @@
 #                roll back in place, fsck
 #   make test    everything the tests need, then vet, gofmt and go test
 #   make bench   install the peer tools and print the comparison tables
-#                (store: bench/bench.sh; network lab: bench/netbench.sh)
+#                (store: bench/bench.sh; network lab: bench/netbench.sh;
+#                BitTorrent: bench/btbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -88,6 +89,7 @@ bench: build corpus
 	bash bench/deps.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 
 clean:
 	rm -rf bin

@@ -131,6 +131,22 @@ read -r upd_s upd_tx upd_wire < <(run_sim "$NODES" bittorrent v3 0)
 log "  $upd_s s, server sent $upd_tx B, n1 moved $upd_wire B"
 stop "serve --listen $SRV:7480"
 
+# The same BitTorrent installs with the origin capped per peer (Kraken's
+# lesson): does making nodes share beat letting the origin send freely?
+CAP=${BTBENCH_CAP:-40Mbit}
+serve() {
+	X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$1" 2>>"$W/serve.log" &
+	for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+}
+serve "$CAP"
+for n in 1 "$NODES"; do
+	log "install v2 on $n nodes over bittorrent, origin capped at $CAP per peer"
+	read -r s tx _ < <(run_sim "$n" bittorrent v2 1)
+	T[cap.$n]=$s; TX[cap.$n]=$tx
+	log "  $s s, server sent $(mb "$tx")"
+done
+stop "serve --listen $SRV:7480"
+
 # ------------------------------------------------ the SystemImager way ---
 log "SystemImager way: tarball + mktorrent + opentracker + aria2c"
 mkdir -p "$W/si"
@@ -194,10 +210,11 @@ read -r si_upd_s si_upd_tx < <(run_si "$NODES" v3)
 		row+=" $(awk -v a="${T[$tr.16]:-0}" -v b="${T[$tr.1]:-1}" 'BEGIN{printf "%.2fx", a/b}') |"
 		echo "$row"
 	done
+	echo "| sim bittorrent, origin capped at $CAP per peer | ${T[cap.1]} s | – | – | ${T[cap.$NODES]} s | $(awk -v a="${T[cap.$NODES]}" -v b="${T[cap.1]}" 'BEGIN{printf "%.2fx", a/b}') |"
 	echo "| SystemImager way (aria2c + tarball) | ${SI[1]} s | – | – | ${SI[$NODES]} s | $(awk -v a="${SI[$NODES]}" -v b="${SI[1]}" 'BEGIN{printf "%.2fx", a/b}') |"
 	echo
 	echo "HTTP / BitTorrent at N=16: $(awk -v a="${T[http.16]:-0}" -v b="${T[bittorrent.16]:-1}" 'BEGIN{printf "%.2fx", a/b}') (target >= 2x); BitTorrent N=16 / N=1: $(awk -v a="${T[bittorrent.16]:-0}" -v b="${T[bittorrent.1]:-1}" 'BEGIN{printf "%.2fx", a/b}') (target <= 1.3x)."
-	echo "Server bytes sent for v2 to 16 nodes: BitTorrent $(mb "${TX[bittorrent.16]:-0}"), HTTP $(mb "${TX[http.16]:-0}")."
+	echo "Server bytes sent for v2 to 16 nodes: BitTorrent $(mb "${TX[bittorrent.16]:-0}") (capped origin: $(mb "${TX[cap.$NODES]:-0}")), HTTP $(mb "${TX[http.16]:-0}"), SystemImager way $(mb "${SI_TX[$NODES]:-0}")."
 	echo
 	echo "| update v2 -> v3 (2 files changed), $NODES nodes | sim over BitTorrent | SystemImager way |"
 	echo "|---|---|---|"

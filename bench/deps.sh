@@ -6,7 +6,8 @@
 # All packages are from Debian bookworm main:
 #   restic 0.14, casync 2+20201210, ostree 2022.7, rsync, zstd, tar,
 #   time (GNU /usr/bin/time for peak RSS), debootstrap (builds the corpus),
-#   attr/acl (getfattr/getfacl, handy when comparing checkouts).
+#   attr/acl (getfattr/getfacl, handy when comparing checkouts),
+#   mktorrent, opentracker, aria2 (the SystemImager way of BitTorrent).
 set -euo pipefail
 
 # binary -> package that ships it
@@ -21,6 +22,9 @@ declare -A want=(
 	[debootstrap]=debootstrap
 	[getfattr]=attr
 	[getfacl]=acl
+	[mktorrent]=mktorrent
+	[opentracker]=opentracker
+	[aria2c]=aria2
 )
 
 missing=()
