@@ -71,6 +71,8 @@ demo: build corpus
 	$$N checkout --from http://127.0.0.1:7480 debian-1.1 $(DEMO_NODE)2; \
 	echo "== the node: sim checkout --from http://127.0.0.1:7480 debian-1.2 (update: only what changed travels)"; \
 	$$N checkout --from http://127.0.0.1:7480 debian-1.2 $(DEMO_NODE)2; \
+	echo "== another node over BitTorrent: the server derives and seeds the torrent of debian-1.2 on request"; \
+	$(SIM) --store $(dir $(DEMO_STORE))node3-store checkout --from http://127.0.0.1:7480 --transport bittorrent debian-1.2 $(DEMO_NODE)3; \
 	echo "== sim tag, run while the server holds the store (it runs the command)"; $$S tag; \
 	kill $$srv; wait $$srv 2>/dev/null || true
 

@@ -75,7 +75,7 @@ func (b *btTransport) open(ctx context.Context, e *env, st *store.Store, r *sims
 func (e *env) btProgress() func(bt.Progress) {
 	f, ok := e.stderr.(*os.File)
 	tty := ok && isTerminal(f)
-	var last time.Time
+	last := time.Now()
 	return func(p bt.Progress) {
 		if !p.Done && !tty && time.Since(last) < 5*time.Second {
 			return

@@ -99,6 +99,12 @@ func (s *Seeder) Port() int {
 // Close stops seeding.
 func (s *Seeder) Close() {
 	if s.cl != nil {
+		var up int64
+		st := s.Status()
+		for _, t := range st {
+			up += t.Uploaded
+		}
+		s.Log.Printf("bittorrent: stopped; %d torrents seeded, %d bytes uploaded to peers", len(st), up)
 		for _, l := range s.cl.Listeners() {
 			if c, ok := l.(io.Closer); ok {
 				c.Close()
