@@ -112,22 +112,24 @@ run_sim() {
 		X n$i -- bash -c "out=\$($SIM --store '$W/n$i/store' diff '$ref' '$W/n$i/root/'); [ -z \"\$out\" ] || { echo \"n$i differs: \$out\" | head -5; exit 1; }" & pids+=($!)
 	done
 	for p in "${pids[@]}"; do wait "$p" || die "a node's tree differs from $ref"; done
-	local wire
+	local wire fetch
 	wire=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("transfer",{}).get("wire_bytes",0))' "$W/n1.$tr.$ref.json")
-	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire"
+	# The slowest node's transfer alone (checkout excluded).
+	fetch=$(python3 -c 'import json,sys; print("%.1f" % max(json.load(open(f)).get("transfer",{}).get("seconds",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
+	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch"
 }
 
-declare -A T TX
+declare -A T TX F
 for n in $NS; do
 	for tr in http bittorrent; do
 		log "install v2 on $n nodes over $tr"
-		read -r s tx _ < <(run_sim "$n" $tr v2 1)
-		T[$tr.$n]=$s; TX[$tr.$n]=$tx
-		log "  $s s, server sent $(mb "$tx")"
+		read -r s tx _ f < <(run_sim "$n" $tr v2 1)
+		T[$tr.$n]=$s; TX[$tr.$n]=$tx; F[$tr.$n]=$f
+		log "  $s s (slowest transfer $f s), server sent $(mb "$tx")"
 	done
 done
 log "update v2 -> v3 on $NODES nodes over bittorrent"
-read -r upd_s upd_tx upd_wire < <(run_sim "$NODES" bittorrent v3 0)
+read -r upd_s upd_tx upd_wire _ < <(run_sim "$NODES" bittorrent v3 0)
 log "  $upd_s s, server sent $upd_tx B, n1 moved $upd_wire B"
 stop "serve --listen $SRV:7480"
 
@@ -141,8 +143,8 @@ serve() {
 serve "$CAP"
 for n in 1 "$NODES"; do
 	log "install v2 on $n nodes over bittorrent, origin capped at $CAP per peer"
-	read -r s tx _ < <(run_sim "$n" bittorrent v2 1)
-	T[cap.$n]=$s; TX[cap.$n]=$tx
+	read -r s tx _ f < <(run_sim "$n" bittorrent v2 1)
+	T[cap.$n]=$s; TX[cap.$n]=$tx; F[cap.$n]=$f
 	log "  $s s, server sent $(mb "$tx")"
 done
 stop "serve --listen $SRV:7480"
@@ -208,6 +210,12 @@ read -r si_upd_s si_upd_tx < <(run_si "$NODES" v3)
 		row="| sim $tr |"
 		for n in 1 4 8 16; do row+=" ${T[$tr.$n]:-–} s |"; done
 		row+=" $(awk -v a="${T[$tr.16]:-0}" -v b="${T[$tr.1]:-1}" 'BEGIN{printf "%.2fx", a/b}') |"
+		echo "$row"
+	done
+	for tr in bittorrent http; do
+		row="| sim $tr, transfer only (slowest node) |"
+		for n in 1 4 8 16; do row+=" ${F[$tr.$n]:-–} s |"; done
+		row+=" $(awk -v a="${F[$tr.16]:-0}" -v b="${F[$tr.1]:-1}" 'BEGIN{printf "%.2fx", a/b}') |"
 		echo "$row"
 	done
 	echo "| sim bittorrent, origin capped at $CAP per peer | ${T[cap.1]} s | – | – | ${T[cap.$NODES]} s | $(awk -v a="${T[cap.$NODES]}" -v b="${T[cap.1]}" 'BEGIN{printf "%.2fx", a/b}') |"

@@ -36,6 +36,8 @@ type PullStats struct {
 	WireBytes int64 `json:"wire_bytes"` // response bytes read
 	Blobs     int64 `json:"blobs"`      // blobs received
 	NewBlobs  int64 `json:"new_blobs"`  // of which the store lacked
+	// Seconds is how long the transfer took (commands that time it).
+	Seconds float64 `json:"seconds,omitempty"`
 }
 
 func (p *PullStats) add(o PullStats) {

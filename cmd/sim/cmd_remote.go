@@ -328,7 +328,9 @@ func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.R
 	if err != nil {
 		return id, simsync.PullStats{}, err
 	}
+	start := time.Now()
 	ps, err := simsync.FetchCommit(ctx, st, tr, id, true, checkoutBase(st, dir)...)
+	ps.Seconds = time.Since(start).Seconds()
 	if err != nil {
 		return id, ps, err
 	}
