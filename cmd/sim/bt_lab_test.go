@@ -121,6 +121,8 @@ func TestLabBitTorrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	snapshottest.Equal(t, filepath.Join(c, "v2"), filepath.Join(base, "n7-root"))
+	// kill -9 mid-transfer left the store consistent.
+	ok(t, filepath.Join(base, "n7-store"), "fsck", "--read-data")
 
 	// Update to v3: one torrent of the changed objects, kilobytes.
 	_, tx0 = l.bytes("srv")
