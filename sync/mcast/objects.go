@@ -145,29 +145,35 @@ const objectTarget = 4 << 20
 // whole (no deltas): a receiver's base may not be every receiver's.
 func Prepare(ctx context.Context, st *store.Store, pl *simsync.Planner, want chunk.ID, haveSets [][]chunk.ID) (*Content, error) {
 	seenSet := map[string]bool{}
-	inUnion := map[chunk.ID]bool{}
+	// needers[id] has bit k set when distinct have set k lacks id (sets
+	// beyond 64 share bit 63): objects are cut so that each holds blobs
+	// of one class, and a receiver that has a class skips whole objects.
+	needers := map[chunk.ID]uint64{}
 	var trees, chunks []chunk.ID
+	k := 0
 	for _, hs := range haveSets {
 		key := fmt.Sprint(hs)
 		if seenSet[key] {
 			continue
 		}
 		seenSet[key] = true
+		bit := uint64(1) << min(k, 63)
+		k++
 		p, err := pl.Plan(want, hs)
 		if err != nil {
 			return nil, fmt.Errorf("plan %s: %w", want.Short(), err)
 		}
 		for _, t := range p.Trees {
-			if !inUnion[t.ID] {
-				inUnion[t.ID] = true
+			if needers[t.ID] == 0 {
 				trees = append(trees, t.ID)
 			}
+			needers[t.ID] |= bit
 		}
 		for _, c := range p.Chunks {
-			if !inUnion[c] {
-				inUnion[c] = true
+			if needers[c] == 0 {
 				chunks = append(chunks, c)
 			}
+			needers[c] |= bit
 		}
 	}
 	f, err := os.CreateTemp("", "sim-mcast-*")
@@ -178,9 +184,20 @@ func Prepare(ctx context.Context, st *store.Store, pl *simsync.Planner, want chu
 	c := &Content{Manifest: Manifest{Want: want}, f: f}
 	var pos int64
 	for _, ids := range [][]chunk.ID{trees, chunks} {
-		if err := c.encodeObjects(ctx, st, pl, ids, &pos); err != nil {
-			f.Close()
-			return nil, err
+		classes := map[uint64][]chunk.ID{}
+		var order []uint64
+		for _, id := range ids {
+			m := needers[id]
+			if classes[m] == nil {
+				order = append(order, m)
+			}
+			classes[m] = append(classes[m], id)
+		}
+		for _, m := range order {
+			if err := c.encodeObjects(ctx, st, pl, classes[m], &pos); err != nil {
+				f.Close()
+				return nil, err
+			}
 		}
 	}
 	c.ManifestB = c.Manifest.Encode()

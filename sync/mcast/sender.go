@@ -853,7 +853,9 @@ func (s *Session) Info() SessionInfo {
 		}
 		inf.Members = append(inf.Members, mi)
 	}
-	sort.Slice(inf.Members, func(i, j int) bool { return inf.Members[i].Name+inf.Members[i].Addr < inf.Members[j].Name+inf.Members[j].Addr })
+	sort.Slice(inf.Members, func(i, j int) bool {
+		return inf.Members[i].Name+inf.Members[i].Addr < inf.Members[j].Name+inf.Members[j].Addr
+	})
 	return inf
 }
 
