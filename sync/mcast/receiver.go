@@ -535,9 +535,11 @@ func (r *receiver) status() Status {
 		NeedBytes: uint64(r.res.NeedBytes), GotBytes: uint64(r.res.GotBytes)}
 }
 
+// maxNakDatagrams bounds one receiver's NAK datagrams per pass end.
+const maxNakDatagrams = 64
+
 // sendNaks reports what is missing after pass: missing block runs of
-// objects partly here, whole objects otherwise; when that is too many
-// ranges, whole objects only. It waits a random few milliseconds first
+// objects partly here, whole objects otherwise. It waits a random few milliseconds first
 // so that many receivers do not answer in the same instant.
 func (r *receiver) sendNaks(pass uint8) {
 	var rs []Range
@@ -564,13 +566,17 @@ func (r *receiver) sendNaks(pass uint8) {
 			b = e
 		}
 	}
-	if len(rs) > 16*maxRanges {
-		// coarsen: whole objects
-		var w []Range
-		for _, x := range rs {
-			if len(w) == 0 || w[len(w)-1].Object != x.Object {
-				w = append(w, Range{Object: x.Object})
+	// At most maxNakDatagrams datagrams: beyond, runs close together are
+	// merged (a few blocks resent for nothing) until the list fits.
+	for gap := uint32(1); len(rs) > maxNakDatagrams*maxRanges; gap *= 2 {
+		w := rs[:1]
+		for _, x := range rs[1:] {
+			last := &w[len(w)-1]
+			if x.Object == last.Object && last.Count != 0 && x.Count != 0 && x.First-(last.First+last.Count) <= gap {
+				last.Count = x.First + x.Count - last.First
+				continue
 			}
+			w = append(w, x)
 		}
 		rs = w
 	}
