@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	mrand "math/rand/v2"
 	"net"
+	gosync "sync"
 	"syscall"
 	"time"
 
@@ -97,9 +98,57 @@ type receiver struct {
 	res              Result
 	answered         uint8
 	lastNak          time.Time
-	decodeQ          chan decodeJob
-	decoded          chan decodeResult
-	pending          int
+	ready            []decodeJob // complete objects not yet handed to the decoder
+	readyBytes       int64
+	dq               decodeQueue
+	inflight         int // objects handed to the decoder, not finished
+}
+
+// decodeAhead is how many bytes of complete objects a receiver holds
+// before it verifies them while datagrams still arrive. Below it,
+// verification (decompression, BLAKE3, writing) waits until the node has
+// every block it needs: on a busy host it would otherwise compete with
+// receiving (and lose datagrams), and the sender's session ends sooner.
+const decodeAhead = 256 << 20
+
+// decodeQueue hands objects to the decoder goroutine and results back,
+// without bounds on either side (no deadlock however many objects).
+type decodeQueue struct {
+	mu      gosync.Mutex
+	jobs    []decodeJob
+	results []decodeResult
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+}
+
+func (q *decodeQueue) push(js ...decodeJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, js...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *decodeQueue) take() []decodeResult {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r := q.results
+	q.results = nil
+	return r
+}
+
+func (q *decodeQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	<-q.done
 }
 
 type decodeJob struct {
@@ -126,7 +175,8 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 	if cfg.MemLimit <= 0 {
 		cfg.MemLimit = 1 << 30
 	}
-	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session, decodeQ: make(chan decodeJob, 256), decoded: make(chan decodeResult, 256)}
+	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session}
+	r.dq.wake, r.dq.done = make(chan struct{}, 1), make(chan struct{})
 	var nb [8]byte
 	rand.Read(nb[:])
 	r.node = binary.BigEndian.Uint64(nb[:])
@@ -138,13 +188,14 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 	go r.decoder()
 	start := time.Now()
 	err := r.loop(ctx)
-	close(r.decodeQ)
-	for ; r.pending > 0; r.pending-- {
-		r.finish(<-r.decoded)
+	r.flush()
+	r.dq.close()
+	for _, d := range r.dq.take() {
+		r.finish(d)
 	}
 	r.res.Seconds = time.Since(start).Seconds()
 	r.fillResult()
-	r.res.Complete = r.complete()
+	r.res.Complete = r.complete() && r.verified()
 	if r.sender != nil {
 		// Tell the sender how it ended, so its member list is right.
 		st := r.status()
@@ -263,15 +314,23 @@ func (r *receiver) loop(ctx context.Context) error {
 						return nil
 					}
 				}
-			case d := <-r.decoded:
-				r.pending--
-				r.finish(d)
 			default:
 				drained = true
 			}
 		}
+		for _, d := range r.dq.take() {
+			r.finish(d)
+		}
+		if r.readyBytes > decodeAhead {
+			r.flush()
+		}
 		if r.man != nil && r.complete() {
-			return nil
+			// Every block is here: verify, and only then say so. An
+			// object that fails is received again in a later pass.
+			r.verifyAll()
+			if r.complete() {
+				return nil
+			}
 		}
 		r.data.SetReadDeadline(now.Add(50 * time.Millisecond))
 		n, err := pc.ReadBatch(msgs, 0)
@@ -393,8 +452,8 @@ func (r *receiver) data1(d *Data) {
 			r.manifest(o)
 			return
 		}
-		r.pending++
-		r.decodeQ <- decodeJob{d.Object, o.buf}
+		r.ready = append(r.ready, decodeJob{d.Object, o.buf})
+		r.readyBytes += int64(len(o.buf))
 	}
 }
 
@@ -460,8 +519,44 @@ func (r *receiver) manifest(o *rxObject) {
 	}
 }
 
+// flush hands the complete objects to the decoder.
+func (r *receiver) flush() {
+	r.inflight += len(r.ready)
+	r.dq.push(r.ready...)
+	r.ready, r.readyBytes = nil, 0
+}
+
+// verifyAll flushes and waits for the decoder to finish every object.
+func (r *receiver) verifyAll() {
+	r.flush()
+	for r.inflight > 0 {
+		ds := r.dq.take()
+		if len(ds) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		for _, d := range ds {
+			r.finish(d)
+		}
+	}
+}
+
 func (r *receiver) decoder() {
-	for j := range r.decodeQ {
+	q := &r.dq
+	defer close(q.done)
+	for {
+		q.mu.Lock()
+		if len(q.jobs) == 0 {
+			closed := q.closed
+			q.mu.Unlock()
+			if closed {
+				return
+			}
+			<-q.wake
+			continue
+		}
+		j := q.jobs[0]
+		q.jobs = q.jobs[1:]
+		q.mu.Unlock()
 		var n int64
 		rcv := r.rcv
 		blob := rcv.Blob
@@ -476,13 +571,16 @@ func (r *receiver) decoder() {
 			}
 		}
 		_, err := simsync.Decode(bytes.NewReader(j.buf), rcv)
-		r.decoded <- decodeResult{j.obj, n, err}
+		q.mu.Lock()
+		q.results = append(q.results, decodeResult{j.obj, n, err})
+		q.mu.Unlock()
 	}
 }
 
 // finish takes a decoded object: delivered, or (failed verification)
 // received again.
 func (r *receiver) finish(d decodeResult) {
+	r.inflight--
 	o := &r.objs[d.obj]
 	r.mem -= int64(o.size)
 	o.buf = nil
@@ -496,14 +594,24 @@ func (r *receiver) finish(d decodeResult) {
 	r.res.Objects++
 }
 
-// complete: the manifest is in and every needed object delivered.
+// complete: the manifest is in and every block of every needed object
+// (verified or waiting to be).
 func (r *receiver) complete() bool {
 	if r.man == nil {
 		return false
 	}
 	for i := 1; i < len(r.objs); i++ {
-		o := &r.objs[i]
-		if o.needed >= 0 && (!o.complete || o.buf != nil) {
+		if o := &r.objs[i]; o.needed >= 0 && !o.complete {
+			return false
+		}
+	}
+	return true
+}
+
+// verified: every needed object went through the decoder successfully.
+func (r *receiver) verified() bool {
+	for i := 1; i < len(r.objs); i++ {
+		if o := &r.objs[i]; o.needed >= 0 && (!o.complete || o.buf != nil) {
 			return false
 		}
 	}

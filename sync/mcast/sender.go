@@ -449,13 +449,15 @@ func (s *Session) send(ctx context.Context) error {
 	if len(haveSets) == 0 {
 		haveSets = [][]chunk.ID{nil} // nobody registered: everything
 	}
+	t0 := time.Now()
 	c, err := Prepare(ctx, s.m.st, s.m.pl, s.Want, haveSets)
 	if err != nil {
 		return err
 	}
 	s.content.Store(c)
 	s.m.pacer.limit(s.maxRate())
-	s.logf("sending %d objects (%s, %d blobs) to %d receivers, %d-byte datagrams", c.NumObjects(), fmtB(c.Bytes), c.Blobs, n, s.block+dataHead+trailerLen)
+	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte datagrams",
+		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, s.block+dataHead+trailerLen)
 	// pass 1: everything
 	all := map[uint32]*nakSet{}
 	for i := 0; i < c.NumObjects(); i++ {
@@ -883,7 +885,7 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 	for {
 		p.mu.Lock()
 		now := time.Now()
-		burst := max(p.rate*0.005, float64(4*n))
+		burst := max(p.rate*0.02, float64(4*n))
 		p.tokens = min(p.tokens+now.Sub(p.last).Seconds()*p.rate, burst)
 		p.last = now
 		if p.tokens >= float64(n) {
