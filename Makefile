@@ -5,7 +5,8 @@
 #                roll back in place, fsck
 #   make test    everything the tests need, then vet, gofmt and go test
 #   make bench   install the peer tools and print the comparison tables
-#                (store: bench/bench.sh; network lab: bench/netbench.sh)
+#                (store: bench/bench.sh; network lab: bench/netbench.sh;
+#                multicast vs udpcast: bench/mcastbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -22,6 +23,9 @@ export CGO_ENABLED := 0
 # acl and attr give getfacl/getfattr for inspecting checkouts by hand;
 # time (GNU) measures the demo.
 TEST_DEBS := debootstrap acl attr time
+# Multicast: udpcast is the peer of bench/mcastbench.sh; nftables drops
+# packets in the lab's loss tests (testdata/lab.sh loss).
+TEST_DEBS += udpcast nftables
 
 .PHONY: all build deps corpus demo test test-short vet bench clean
 
@@ -88,6 +92,7 @@ bench: build corpus
 	bash bench/deps.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 
 clean:
 	rm -rf bin
