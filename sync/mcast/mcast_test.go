@@ -2,10 +2,12 @@ package mcast
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"math/rand"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -298,3 +300,60 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
 func newTestLogger(t *testing.T) *log.Logger { return log.New(testWriter{t}, "", log.Lmicroseconds) }
+
+// TestHandler: the control endpoints answer bad requests with the
+// status that says why, and a good one with the session nodes join.
+func TestHandler(t *testing.T) {
+	lo := loopback(t)
+	w := newWorld(t)
+	m := newManager(t, w, lo, Config{Wait: 200 * time.Millisecond})
+	hs := httptest.NewServer(m.Handler())
+	defer hs.Close()
+	for _, c := range []struct {
+		method, path string
+		code         int
+	}{
+		{"POST", "/v1/mcast/open?want=xyz", 400},
+		{"POST", "/v1/mcast/open?want=" + chunk.Sum([]byte("no such commit")).String(), 404},
+		{"GET", "/v1/mcast/open?want=" + w.v2.String(), 404},
+		{"GET", "/v1/mcast/nothing", 404},
+	} {
+		req, _ := http.NewRequest(c.method, hs.URL+c.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, resp.StatusCode, c.code)
+		}
+	}
+	o, err := OpenRemote(context.Background(), http.DefaultClient, hs.URL, "", w.v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2, err := OpenRemote(context.Background(), http.DefaultClient, hs.URL, "", w.v2)
+	if err != nil || o2.Session != o.Session {
+		t.Errorf("a second open of the same commit got %+v, %v; want session %s", o2, err, o.Session)
+	}
+	id, err := ParseSession(o.Session)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := storetest.New(t)
+	g, _ := net.ResolveUDPAddr("udp4", o.Group)
+	res, err := Receive(context.Background(), ReceiveConfig{Group: g, Iface: lo, Session: id, Want: w.v2, Has: st.HasMany, Timeout: 5 * time.Second},
+		simsync.NewSink(st).Receiver())
+	if err != nil || !res.Complete {
+		t.Fatalf("receive: %v %+v", err, res)
+	}
+	resp, err := http.Get(hs.URL + "/v1/mcast/sessions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ss []SessionInfo
+	if err := json.NewDecoder(resp.Body).Decode(&ss); err != nil || len(ss) != 1 || ss[0].ID != o.Session || len(ss[0].Members) != 1 {
+		t.Fatalf("sessions: %v %+v", err, ss)
+	}
+}
