@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"runtime"
 	"slices"
 	"sort"
 	gosync "sync"
@@ -375,6 +376,14 @@ func (s *Session) logf(format string, args ...any) {
 
 func (s *Session) run(ctx context.Context) {
 	defer close(s.done)
+	// Pacing needs timely wake-ups: on a busy server a thread that gets
+	// the CPU tens of milliseconds late cannot keep the rate (the bucket
+	// holds 20 ms). The session runs on a thread of its own at a higher
+	// priority when allowed (root); the thread ends with the session
+	// (a locked goroutine's thread is not reused), so nothing else
+	// inherits the priority.
+	runtime.LockOSThread()
+	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -10)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go s.control(ctx)
