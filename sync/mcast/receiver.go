@@ -325,8 +325,14 @@ func (r *receiver) loop(ctx context.Context) error {
 			r.flush()
 		}
 		if r.man != nil && r.complete() {
-			// Every block is here: verify, and only then say so. An
-			// object that fails is received again in a later pass.
+			// Every block is here: say so at once (the sender stops
+			// waiting for us at pass ends), then verify. An object that
+			// fails verification makes us incomplete again: the next
+			// status says so and a later pass (or HTTP) brings it.
+			if r.joined {
+				st := r.status()
+				r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			}
 			r.verifyAll()
 			if r.complete() {
 				return nil
