@@ -19,9 +19,10 @@
 #
 # What is timed. sim: the session, from the moment it stops taking
 # registrations (every node registered; --mcast-min-receivers) to the moment
-# the last node has every object verified in its store: planning the union,
-# the first pass, the repair passes and the NAK rounds (the session's
-# "seconds" in `sim multicast sessions --json`). The nodes' checkouts (writing
+# the last node reports every block of every object it needs received:
+# planning the union, the first pass, the repair passes and the NAK rounds
+# (the session's "seconds" in `sim multicast sessions --json`). Nodes verify
+# (BLAKE3) and store the objects right after, before their checkout. The nodes' checkouts (writing
 # the tree) come after and are not part of the transfer; they are shown
 # separately ("node wall": launch of the 16 commands to the last one's exit,
 # registration wait and checkout included). udpcast: udp-sender's wall time
@@ -38,6 +39,9 @@
 #   MCASTBENCH_KEEP=1 keep it (stores, logs)
 #   MCASTBENCH_RATE server link and send cap (default 200mbit)
 #   MCASTBENCH_NODES nodes (default 16)
+#   MCASTBENCH_MTU  MTU of every lab link (default 1500; 9000: jumbo frames,
+#                  which sim's datagrams then fill; udpcast's blocks stay at
+#                  its default 1456 bytes)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +52,7 @@ CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${MCASTBENCH_DIR:-/var/tmp/sim-mcastbench}
 RATE=${MCASTBENCH_RATE:-200mbit}
 N=${MCASTBENCH_NODES:-16}
+MTU=${MCASTBENCH_MTU:-1500}
 LAB=$ROOT/testdata/lab.sh
 L=simmcbench
 SRV_IP=198.18.0.1
@@ -62,6 +67,7 @@ die() { log "ERROR: $*"; exit 1; }
 case $W in /?*) ;; *) die "MCASTBENCH_DIR must be an absolute path other than /" ;; esac
 W=${W%/}
 [[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] && [ "$N" -le 64 ] || die "MCASTBENCH_NODES must be 1..64"
+[[ $MTU =~ ^[0-9]+$ ]] && [ "$MTU" -ge 1280 ] && [ "$MTU" -le 9000 ] || die "MCASTBENCH_MTU must be 1280..9000"
 
 need=()
 for t in udp-sender:udpcast zstd:zstd python3:python3 ip:iproute2 nft:nftables tar:tar bc:bc; do
@@ -243,6 +249,12 @@ for v in v1 v2 v3; do
 done
 for v in v2 v3; do tar -C "$CORPUS/$v" -cf - . | zstd -3 -q -c >"$W/$v.tar.zst"; done
 "$LAB" up --name "$L" --nodes "$N" --server-rate "$RATE" --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
+if [ "$MTU" != 1500 ]; then
+	# every veth end and the bridge (lab.sh leaves them at 1500)
+	for h in srv $(nodes "$N"); do ip -n "$L-$h" link set dev eth0 mtu "$MTU"; done
+	for p in s0 $(nodes "$N") br0; do ip -n "$L-sw" link set dev "$p" mtu "$MTU"; done
+	log "lab links at MTU $MTU"
+fi
 
 # =================================================================== sim ===
 start_serve 1
@@ -277,7 +289,7 @@ gp() { pct "$(awk -v b="$1" -v t="$2" 'BEGIN { print b / t }')" "$RATE_BPS"; } #
 GN=$(gp "$CBN" "$TN") GL=$(gp "$CBL" "$TL") G1=$(gp "$CB1" "$T1")
 UGN=$(gp "$UCB" "$UTN") UGL=$(gp "$UCB" "$UTL") UG1=$(gp "$UCB" "$UT1")
 {
-	echo "### Multicast: sim vs udpcast ($N nodes, server link $RATE, nodes 1gbit, $(date -u +%F))"
+	echo "### Multicast: sim vs udpcast ($N nodes, server link $RATE, nodes 1gbit, MTU $MTU, $(date -u +%F))"
 	echo
 	echo "| step | sim | udpcast (tar+zstd) | sim / udpcast | target |"
 	echo "|---|---|---|---|---|"
@@ -291,6 +303,6 @@ UGN=$(gp "$UCB" "$UTN") UGL=$(gp "$UCB" "$UTL") UG1=$(gp "$UCB" "$UT1")
 	echo "| node wall time, v2 to $N nodes incl. registration and checkout | $WALLN s | | | |"
 	echo
 	echo "Goodput: content bytes / time, as a share of the link rate ($RATE = $RATE_BPS B/s at L2). sim's time is the session's"
-	echo "(planning, passes, repairs: until the last node has every object verified); udpcast's runs from udp-sender's
+	echo "(planning, passes, repairs: until the last node has every block, which it verifies next); udpcast's runs from udp-sender's
 \"Starting transfer\" (every receiver connected) to its exit; \"k/N nodes\": receivers that got the whole file."
 } | tee "$OUT"
