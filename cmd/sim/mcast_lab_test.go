@@ -256,8 +256,8 @@ func TestLabMulticast(t *testing.T) {
 		lim := s.Bytes + int64(float64(s.Bytes)*rep*1.2) + 4<<20
 		if loss == "1" {
 			// and the late node's catch-up: what went before it joined
-			// (it starts past 40%, and the poll may see it late)
-			lim += s.Bytes * 7 / 10
+			// (past 40%, and much later on a busy machine: at most all)
+			lim += s.Bytes
 		}
 		if tx1-tx0 > lim {
 			t.Errorf("loss %s%%: the server sent %d bytes for %d bytes of content to 8 nodes", loss, tx1-tx0, s.Bytes)
