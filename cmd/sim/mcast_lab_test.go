@@ -342,3 +342,29 @@ func TestLabMulticast(t *testing.T) {
 		t.Errorf("two groups: v3 session %d bytes, v2 session %d bytes", a.Bytes, b.Bytes)
 	}
 }
+
+// TestMulticastCLIErrors: bad multicast options are usage errors (exit
+// 2) that name the flag; asking for sessions with no server running is
+// an error that says so.
+func TestMulticastCLIErrors(t *testing.T) {
+	st := newStore(t)
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"multicast", "send", "v1", "--group", "10.0.0.1:7490"}, 2, "--group"},
+		{[]string{"multicast", "send", "v1", "--rate", "fast"}, 2, "--rate"},
+		{[]string{"multicast", "send", "v1", "--iface", "nosuchif0"}, 2, "--iface nosuchif0"},
+		{[]string{"multicast", "send", "v1", "--mtu", "100"}, 2, "--mtu"},
+		{[]string{"multicast", "send", "nosuchref"}, 1, "nosuchref"},
+		{[]string{"multicast", "sessions"}, 1, "sim serve is not running"},
+		{[]string{"checkout", "--from", "http://127.0.0.1:1", "--transport", "multicast", "--mcast-group", "1.2.3.4:5", "v1", t.TempDir()}, 2, "--mcast-group"},
+		{[]string{"checkout", "--from", "http://127.0.0.1:1", "--transport", "pigeon", "v1", t.TempDir()}, 2, "unknown transport"},
+	} {
+		r := sim(t, st, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sim %s: exit %d, stderr %q; want exit %d naming %q", strings.Join(c.args, " "), r.code, r.stderr, c.code, c.want)
+		}
+	}
+}
