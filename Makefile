@@ -6,7 +6,8 @@
 #   make test    everything the tests need, then vet, gofmt and go test
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
-#                BitTorrent: bench/btbench.sh)
+#                BitTorrent: bench/btbench.sh;
+#                multicast vs udpcast: bench/mcastbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -23,6 +24,9 @@ export CGO_ENABLED := 0
 # acl and attr give getfacl/getfattr for inspecting checkouts by hand;
 # time (GNU) measures the demo.
 TEST_DEBS := debootstrap acl attr time
+# Multicast: udpcast is the peer of bench/mcastbench.sh; nftables drops
+# packets in the lab's loss tests (testdata/lab.sh loss).
+TEST_DEBS += udpcast nftables
 
 .PHONY: all build deps corpus demo test test-short vet bench clean
 
@@ -92,6 +96,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 
 clean:
 	rm -rf bin

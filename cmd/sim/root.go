@@ -65,6 +65,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newLsCommand(e), newCatCommand(e), newTagCommand(e), newImagesCommand(e), newImageCommand(e),
 		newCheckoutCommand(e), newDiffCommand(e), newFsckCommand(e), newGCCommand(e),
 		newServeCommand(e), newCloneCommand(e), newPullCommand(e), newPushCommand(e), newFetchPlanCommand(e),
+		newMulticastCommand(e),
 	)
 	wrapArgs(root)
 	return root

@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# bench/mcastbench.sh [OUTFILE] — measure sim's multicast transport (sim serve
+# + sim checkout --transport multicast) against udpcast (udp-sender /
+# udp-receiver of a tar+zstd of the image), in the network lab of
+# testdata/lab.sh, and print ONE markdown table (stdout and OUTFILE, default
+# bench/mcastresults.md). Progress goes to stderr, logs to a temp dir.
+#
+# The server's uplink is shaped to 200mbit (MCASTBENCH_RATE), the nodes' links
+# to 1gbit; both senders are capped at the link rate. Steps:
+#   1. v2 to 1 node, and to 16 nodes: time, goodput (content bytes / time) as a
+#      share of the link rate (target >= 90% at 16 nodes), time to 16 nodes vs
+#      time to 1 node (target <= 1.2x)
+#   2. v2 to 16 nodes with 1% loss on every node (lab.sh loss): goodput
+#      (target >= 80%)
+#   3. update v2 -> v3 of the 16 nodes: bytes on the server's link and time
+#      (udpcast has no notion of what a node has: it sends the v3 tarball)
+#   4. sim vs udpcast: time ratio per step (target: sim <= udpcast; the update
+#      far below)
+#
+# What is timed. sim: the session, from the moment it stops taking
+# registrations (every node registered; --mcast-min-receivers) to the moment
+# the last node reports every block of every object it needs received:
+# planning the union, the first pass, the repair passes and the NAK rounds
+# (the session's "seconds" in `sim multicast sessions --json`). Nodes verify
+# (BLAKE3) and store the objects right after, before their checkout. The nodes' checkouts (writing
+# the tree) come after and are not part of the transfer; they are shown
+# separately ("node wall": launch of the 16 commands to the last one's exit,
+# registration wait and checkout included). udpcast: udp-sender's wall time
+# from launch (all receivers already waiting, --min-receivers N) to exit; the
+# receivers write the tarball to a file (no extraction, which sim's transfer
+# time does not include either). Content bytes: sim's session bytes (objects
+# + manifest), udpcast's tarball size. Server tx: the server's eth0 counter
+# over the step (every datagram: data, repairs, announcements).
+#
+# Environment:
+#   SIM            sim binary (default ./bin/sim; `make build` runs if missing)
+#   SIM_CORPUS     corpus dir (default /var/cache/sim/corpus)
+#   MCASTBENCH_DIR scratch dir, wiped at start and end (default /var/tmp/sim-mcastbench)
+#   MCASTBENCH_KEEP=1 keep it (stores, logs)
+#   MCASTBENCH_RATE server link and send cap (default 200mbit)
+#   MCASTBENCH_NODES nodes (default 16)
+#   MCASTBENCH_MTU  MTU of every lab link (default 1500; 9000: jumbo frames,
+#                  which sim's datagrams then fill; udpcast's blocks stay at
+#                  its default 1456 bytes)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+OUT=${1:-$ROOT/bench/mcastresults.md}
+SIM=${SIM:-./bin/sim}
+CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
+W=${MCASTBENCH_DIR:-/var/tmp/sim-mcastbench}
+RATE=${MCASTBENCH_RATE:-200mbit}
+N=${MCASTBENCH_NODES:-16}
+MTU=${MCASTBENCH_MTU:-1500}
+LAB=$ROOT/testdata/lab.sh
+L=simmcbench
+SRV_IP=198.18.0.1
+PORT=7480
+URL=http://$SRV_IP:$PORT
+
+exec {ERRFD}>&2
+log() { printf '[mcastbench %s] %s\n' "$(date +%T)" "$*" >&"$ERRFD"; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
+case $W in /?*) ;; *) die "MCASTBENCH_DIR must be an absolute path other than /" ;; esac
+W=${W%/}
+[[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] && [ "$N" -le 64 ] || die "MCASTBENCH_NODES must be 1..64"
+[[ $MTU =~ ^[0-9]+$ ]] && [ "$MTU" -ge 1280 ] && [ "$MTU" -le 9000 ] || die "MCASTBENCH_MTU must be 1280..9000"
+
+need=()
+for t in udp-sender:udpcast zstd:zstd python3:python3 ip:iproute2 nft:nftables tar:tar bc:bc; do
+	command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+	log "installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq >/dev/null || die "apt-get update failed"
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+fi
+if [ ! -x "$SIM" ] && [ "$SIM" = ./bin/sim ]; then
+	log "building sim (make build)"
+	make -s build >&2
+fi
+[ -x "$SIM" ] || die "sim binary not found at '$SIM'"
+SIM=$(cd "$(dirname "$SIM")" && pwd)/$(basename "$SIM")
+RATE_BPS=$(python3 -c "
+import re,sys
+m=re.fullmatch(r'([0-9.]+)(k|m|g)?bit', sys.argv[1].lower()) or sys.exit('bad MCASTBENCH_RATE')
+print(int(float(m[1])*{None:1,'k':1e3,'m':1e6,'g':1e9}[m[2]]/8))" "$RATE") || die "MCASTBENCH_RATE: want e.g. 200mbit"
+
+PIDS=()
+wipe() {
+	[ -e "$W" ] || return 0
+	awk -v d="$W" '$5 == d || index($5, d "/") == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo &&
+		{ log "refusing to wipe $W: something is mounted under it"; return 1; }
+	rm -rf --one-file-system "$W"
+}
+cleanup() {
+	local rc=$? p
+	trap - EXIT INT TERM
+	exec 2>&"$ERRFD"
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	"$LAB" down --name "$L" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ "${MCASTBENCH_KEEP:-0}" = 1 ]; then log "kept $W (logs in $W/log)"; else wipe || true; fi
+	[ "$rc" -eq 0 ] || log "FAILED (exit $rc)$([ "${MCASTBENCH_KEEP:-0}" = 1 ] || echo '; rerun with MCASTBENCH_KEEP=1 to keep the logs')"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+forget() {
+	local p keep=()
+	for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+now() { echo "$EPOCHREALTIME"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", b - a }'; }
+bytes() { "$LAB" bytes --name "$L" "$1"; }
+tx() { bytes "$1" | awk '{ print $2 }'; }
+hb() { awk -v b="$1" 'BEGIN { if (b < 1e3) printf "%d B", b; else if (b < 1e6) printf "%.1f KB", b / 1e3; else if (b < 1e9) printf "%.1f MB", b / 1e6; else printf "%.2f GB", b / 1e9 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f\n", a / b }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.1f\n", 100 * a / b }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+ok() { if "$@"; then echo "✅"; else echo "❌"; fi; }
+nodes() { seq 1 "$1" | sed 's/^/n/'; }
+
+wait_port() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		"$LAB" exec --name "$L" n1 -- bash -c "exec 3<>/dev/tcp/$SRV_IP/$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "nothing listens on $SRV_IP:$1 in the lab"
+}
+
+SIM_PID=""
+start_serve() { # min-receivers
+	"$LAB" exec --name "$L" srv -- "$SIM" --store "$W/srv" serve --listen "$SRV_IP:$PORT" \
+		--mcast-rate "$RATE" --mcast-min-receivers "$1" --mcast-wait 60s 2>>"$W/log/serve.log" &
+	SIM_PID=$!
+	PIDS+=("$SIM_PID")
+	wait_port "$PORT"
+}
+stop_serve() {
+	kill -TERM "$SIM_PID" 2>/dev/null || true
+	wait "$SIM_PID" || true
+	forget "$SIM_PID"
+}
+last_session() { # field of the newest session
+	"$LAB" exec --name "$L" n1 -- "$SIM" multicast sessions "$URL" --json |
+		python3 -c "import json,sys; s=json.load(sys.stdin)[-1]; print(s[sys.argv[1]])" "$1"
+}
+
+# sim_step NAME REF NODES TAG: N nodes check out REF over multicast into
+# stores/roots $W/s/<node>-TAG; sets T (session seconds), CB (content bytes),
+# TX (server tx bytes), WALL (node wall seconds), PASSES.
+sim_step() {
+	local name=$1 ref=$2 n=$3 tag=$4 t0 t1 tx0 tx1 pids=() h
+	log "sim: $name"
+	sync
+	tx0=$(tx srv)
+	t0=$(now)
+	for h in $(nodes "$n"); do
+		"$LAB" exec --name "$L" "$h" -- "$SIM" --store "$W/s/$h-$tag-store" checkout --from "$URL" --transport multicast \
+			--mcast-timeout 30s --no-sync "$ref" "$W/s/$h-$tag-root" --json >"$W/log/$name-$h.json" 2>"$W/log/$name-$h.err" &
+		pids+=($!)
+	done
+	for h in "${pids[@]}"; do wait "$h" || die "sim $name: a node failed (see $W/log/$name-*.err)"; done
+	t1=$(now)
+	sleep 0.3
+	tx1=$(tx srv)
+	WALL=$(secs "$t0" "$t1")
+	TX=$((tx1 - tx0))
+	T=$(last_session seconds)
+	CB=$(last_session bytes)
+	PASSES=$(last_session pass)
+	T=$(awk -v t="$T" 'BEGIN { printf "%.2f\n", t }')
+	local inc
+	inc=$(cat "$W"/log/"$name"-n*.err | grep -c '"complete":false' || true)
+	log "  session $(hb "$CB") in $T s, $PASSES passes; server tx $(hb "$TX"); nodes done in $WALL s; $inc nodes incomplete by multicast"
+}
+
+# udp_step NAME FILE NODES: udp-sender FILE to N udp-receivers; sets T, CB,
+# TX, UOK (receivers that got the whole file). T runs from udp-sender's
+# "Starting transfer" (all receivers connected) to its exit: a receiver
+# whose hello was lost (udp-receiver does not repeat it) would otherwise
+# add udp-sender's --max-wait to the time.
+udp_step() {
+	local name=$1 file=$2 n=$3 t0="" t1 tx0 tx1 pids=() h spid i
+	log "udpcast: $name"
+	sync
+	for h in $(nodes "$n"); do
+		"$LAB" exec --name "$L" "$h" -- udp-receiver --nokbd --interface eth0 --portbase 9000 \
+			--file "$W/u/$h.tar.zst" >"$W/log/$name-$h.out" 2>&1 &
+		pids+=($!)
+		PIDS+=($!)
+	done
+	sleep 1
+	tx0=$(tx srv)
+	"$LAB" exec --name "$L" srv -- udp-sender --nokbd --interface eth0 --portbase 9000 --file "$file" \
+		--max-bitrate "${RATE%bit}" --min-receivers "$n" --max-wait 20 >"$W/log/$name-sender.out" 2>&1 &
+	spid=$!
+	PIDS+=("$spid")
+	while kill -0 "$spid" 2>/dev/null; do
+		if [ -z "$t0" ] && grep -q "Starting transfer" "$W/log/$name-sender.out" 2>/dev/null; then t0=$(now); fi
+		sleep 0.02
+	done
+	t1=$(now)
+	wait "$spid" || die "udp-sender $name failed (see $W/log/$name-sender.out)"
+	forget "$spid"
+	[ -n "$t0" ] || t0=$t1
+	# receivers that never connected wait forever: 15 s, then they are stopped
+	for ((i = 0; i < 150; i++)); do
+		local alive=0
+		for h in "${pids[@]}"; do kill -0 "$h" 2>/dev/null && alive=1; done
+		[ "$alive" -eq 0 ] && break
+		sleep 0.1
+	done
+	for h in "${pids[@]}"; do kill -TERM "$h" 2>/dev/null || true; wait "$h" 2>/dev/null || true; forget "$h"; done
+	sleep 0.3
+	tx1=$(tx srv)
+	T=$(secs "$t0" "$t1")
+	TX=$((tx1 - tx0))
+	CB=$(stat -c %s "$file")
+	UOK=0
+	for h in $(nodes "$n"); do
+		if cmp -s "$file" "$W/u/$h.tar.zst"; then UOK=$((UOK + 1)); else log "  udpcast $name: $h did not get the file"; fi
+		rm -f "$W/u/$h.tar.zst"
+	done
+	log "  $(hb "$CB") in $T s to $UOK of $n receivers; server tx $(hb "$TX")"
+}
+
+loss_all() { local h; for h in $(nodes "$N"); do "$LAB" loss --name "$L" "$h" "$1"; done; }
+
+# ================================================================== setup ===
+"$ROOT/testdata/mkcorpus.sh" "$CORPUS" >/dev/null || die "mkcorpus.sh failed"
+wipe
+mkdir -p "$W"/{log,s,u}
+log "scratch $W, sim $SIM, $N nodes, server link $RATE"
+"$SIM" --store "$W/srv" init >"$W/log/store.log" 2>&1
+for v in v1 v2 v3; do
+	"$SIM" --store "$W/srv" commit "$CORPUS/$v" --image deb -m "$v" >>"$W/log/store.log" 2>&1 || die "commit $v failed"
+	"$SIM" --store "$W/srv" tag "$v" deb >>"$W/log/store.log" 2>&1
+done
+for v in v2 v3; do tar -C "$CORPUS/$v" -cf - . | zstd -3 -q -c >"$W/$v.tar.zst"; done
+"$LAB" up --name "$L" --nodes "$N" --server-rate "$RATE" --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
+if [ "$MTU" != 1500 ]; then
+	# every veth end and the bridge (lab.sh leaves them at 1500)
+	for h in srv $(nodes "$N"); do ip -n "$L-$h" link set dev eth0 mtu "$MTU"; done
+	for p in s0 $(nodes "$N") br0; do ip -n "$L-sw" link set dev "$p" mtu "$MTU"; done
+	log "lab links at MTU $MTU"
+fi
+
+# =================================================================== sim ===
+start_serve 1
+sim_step "sim-v2-1" v2 1 one
+T1=$T CB1=$CB
+stop_serve
+start_serve "$N"
+sim_step "sim-v2-$N" v2 "$N" all
+TN=$T CBN=$CB TXN=$TX WALLN=$WALL
+sim_step "sim-v3-$N" v3 "$N" all
+TU=$T CBU=$CB TXU=$TX
+loss_all 1
+sim_step "sim-v2-$N-loss1" v2 "$N" loss
+TL=$T CBL=$CB TXL=$TX PL=$PASSES
+loss_all 0
+stop_serve
+
+# =============================================================== udpcast ===
+udp_step "udp-v2-1" "$W/v2.tar.zst" 1
+UT1=$T UCB=$CB
+udp_step "udp-v2-$N" "$W/v2.tar.zst" "$N"
+UTN=$T UTXN=$TX UOKN=$UOK
+loss_all 1
+udp_step "udp-v2-$N-loss1" "$W/v2.tar.zst" "$N"
+UTL=$T UTXL=$TX UOKL=$UOK
+loss_all 0
+udp_step "udp-v3-$N" "$W/v3.tar.zst" "$N"
+UTU=$T UTXU=$TX UCBU=$CB
+
+# ================================================================= table ===
+gp() { pct "$(awk -v b="$1" -v t="$2" 'BEGIN { print b / t }')" "$RATE_BPS"; } # goodput % of link
+GN=$(gp "$CBN" "$TN") GL=$(gp "$CBL" "$TL") G1=$(gp "$CB1" "$T1")
+UGN=$(gp "$UCB" "$UTN") UGL=$(gp "$UCB" "$UTL") UG1=$(gp "$UCB" "$UT1")
+{
+	echo "### Multicast: sim vs udpcast ($N nodes, server link $RATE, nodes 1gbit, MTU $MTU, $(date -u +%F))"
+	echo
+	echo "| step | sim | udpcast (tar+zstd) | sim / udpcast | target |"
+	echo "|---|---|---|---|---|"
+	echo "| v2 to 1 node: time (goodput) | $T1 s ($G1%) | $UT1 s ($UG1%) | $(ratio "$T1" "$UT1") | |"
+	echo "| v2 to $N nodes: time (goodput) | $TN s ($GN%) | $UTN s ($UGN%, $UOKN/$N nodes) | $(ratio "$TN" "$UTN") | sim ≥ 90% of link $(ok ge "$GN" 90); sim ≤ udpcast $(ok le "$TN" "$UTN") |"
+	echo "| time to $N nodes / time to 1 node | $(ratio "$TN" "$T1") | $(ratio "$UTN" "$UT1") | | ≤ 1.2 $(ok le "$(ratio "$TN" "$T1")" 1.2) |"
+	echo "| v2 to $N nodes, 1% loss: time (goodput) | $TL s ($GL%, $PL passes) | $UTL s ($UGL%, $UOKL/$N nodes) | $(ratio "$TL" "$UTL") | sim ≥ 80% of link $(ok ge "$GL" 80) |"
+	echo "| content bytes v2 | $(hb "$CBN") | $(hb "$UCB") | $(ratio "$CBN" "$UCB") | |"
+	echo "| server tx, v2 to $N nodes (no loss / 1% loss) | $(hb "$TXN") / $(hb "$TXL") | $(hb "$UTXN") / $(hb "$UTXL") | | |"
+	echo "| update v2→v3 of $N nodes: server tx (time) | $(hb "$TXU") ($TU s) | $(hb "$UTXU") ($UTU s) | $(ratio "$TXU" "$UTXU") | far below udpcast $(ok le "$TXU" "$(awk -v u="$UTXU" 'BEGIN { print u / 100 }')") |"
+	echo "| node wall time, v2 to $N nodes incl. registration and checkout | $WALLN s | | | |"
+	echo
+	echo "Goodput: content bytes / time, as a share of the link rate ($RATE = $RATE_BPS B/s at L2). sim's time is the session's"
+	echo "(planning, passes, repairs: until the last node has every block, which it verifies next); udpcast's runs from udp-sender's
+\"Starting transfer\" (every receiver connected) to its exit; \"k/N nodes\": receivers that got the whole file."
+} | tee "$OUT"

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	gosync "sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/systemimager/sim/snapshot/snapshottest"
+	"github.com/systemimager/sim/sync/mcast"
+)
+
+// newMcastLab is newLab under a name of its own (simmc<pid>), so that
+// multicast lab tests never collide with other labs on the machine.
+func newMcastLab(t *testing.T, nodes int, extra ...string) *lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network lab: needs root (network namespaces)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("network lab: no ip command (iproute2)")
+	}
+	sh, _ := filepath.Abs("../../testdata/lab.sh")
+	l := &lab{t: t, name: fmt.Sprintf("simmc%d", os.Getpid()%100000), sh: sh}
+	args := append([]string{"up", "--name", l.name, "--nodes", fmt.Sprint(nodes)}, extra...)
+	if out, err := exec.Command("bash", append([]string{sh}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("bash", sh, "down", "--name", l.name).Run() })
+	return l
+}
+
+// mcastServe is lab.serve with the server's log kept (and shown when
+// the test fails or runs with -v).
+func (l *lab) mcastServe(store string, port int, extra ...string) string {
+	l.t.Helper()
+	logf, err := os.CreateTemp("", "simmc-serve-*.log")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	os.Remove(logf.Name())
+	addr := fmt.Sprintf("198.18.0.1:%d", port)
+	c := l.sim("srv", append([]string{"--store", store, "serve", "--listen", addr}, extra...)...)
+	c.Stderr = logf
+	if err := c.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() {
+		c.Process.Signal(syscall.SIGTERM)
+		c.Wait()
+		if l.t.Failed() || testing.Verbose() {
+			b, _ := os.ReadFile("/proc/self/fd/" + fmt.Sprint(logf.Fd()))
+			l.t.Logf("sim serve log:\n%s", b)
+		}
+		logf.Close()
+	})
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/198.18.0.1/%d", port)
+	for i := 0; i < 100; i++ {
+		if exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil {
+			return "http://" + addr
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	l.t.Fatal("sim serve did not come up in the lab")
+	return ""
+}
+
+// mcastRun is one node's checkout over multicast.
+type mcastRun struct {
+	node    string
+	out     checkoutOut
+	mc      mcast.Result
+	seconds float64
+	err     error
+	stderr  string
+}
+
+// mcastCheckout runs checkout --transport multicast on node into its own
+// store and root under base.
+func (l *lab) mcastCheckout(base, node, url, ref, tag string) *mcastRun {
+	r := &mcastRun{node: node}
+	var o, e bytes.Buffer
+	c := l.sim(node, "--store", filepath.Join(base, node+"-"+tag+"-store"), "checkout", "--from", url, "--transport", "multicast",
+		"--mcast-timeout", "20s", "--no-sync", ref, filepath.Join(base, node+"-"+tag+"-root"), "--json")
+	c.Stdout, c.Stderr = &o, &e
+	t0 := time.Now()
+	r.err = c.Run()
+	r.seconds = time.Since(t0).Seconds()
+	r.stderr = e.String()
+	if r.err == nil {
+		r.err = json.Unmarshal(o.Bytes(), &r.out)
+	}
+	found := false
+	for _, line := range strings.Split(e.String(), "\n") {
+		var m struct {
+			Multicast *mcast.Result `json:"multicast"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Multicast != nil {
+			r.mc, found = *m.Multicast, true
+		}
+	}
+	if r.err == nil && !found {
+		r.err = fmt.Errorf("no multicast report on stderr: %s", e.String())
+	}
+	return r
+}
+
+// sessions lists the server's sessions, asked from n1 (the test
+// process is outside the lab).
+func sessions(t *testing.T, l *lab, url string) []mcast.SessionInfo {
+	t.Helper()
+	ss, err := trySessions(l, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
+}
+
+func trySessions(l *lab, url string) ([]mcast.SessionInfo, error) {
+	out, err := l.sim("n1", "multicast", "sessions", url, "--json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("multicast sessions: %v", err)
+	}
+	var ss []mcast.SessionInfo
+	if err := json.Unmarshal(out, &ss); err != nil {
+		return nil, fmt.Errorf("sessions: %v: %s", err, out)
+	}
+	return ss, nil
+}
+
+// TestLabMulticast: a server and 9 nodes in network namespaces, the
+// server's uplink 300 Mbit, n9's link 30 Mbit (10× slower than the
+// server's). Eight nodes install v2 at 0%, 1% (one of them joining
+// half-way) and 5% loss; the slow one does not hold up seven others; an update
+// v2→v3 multicasts only what changed; two groups on different commits
+// get a session each. Every tree is compared exactly with the source.
+func TestLabMulticast(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multicast lab: long (make test runs it)")
+	}
+	c := corpus(t)
+	l := newMcastLab(t, 9, "--server-rate", "300mbit", "--node-rate", "1gbit", "--slow-node", "9", "--slow-rate", "30mbit")
+	base := t.TempDir()
+	srvStore := filepath.Join(base, "server")
+	ok(t, srvStore, "init")
+	for _, v := range []string{"v1", "v2", "v3"} {
+		ok(t, srvStore, "commit", filepath.Join(c, v), "--image", "deb", "-m", v)
+		ok(t, srvStore, "tag", v, "deb")
+	}
+	var v2 struct {
+		ID string `json:"id"`
+	}
+	decodeJSON(t, ok(t, srvStore, "show", "v2", "--json"), &v2)
+	url := l.mcastServe(srvStore, 7490, "--mcast-min-receivers", "8", "--mcast-wait", "4s", "--mcast-rate", "300mbit")
+
+	// group runs checkouts of ref on nodes at once; delays[i] (if any)
+	// holds node i back.
+	group := func(tag, ref string, nodes []string, start func(i int)) []*mcastRun {
+		out := make([]*mcastRun, len(nodes))
+		var wg gosync.WaitGroup
+		for i, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if start != nil {
+					start(i)
+				}
+				out[i] = l.mcastCheckout(base, n, url, ref, tag)
+			}()
+		}
+		wg.Wait()
+		for _, r := range out {
+			if r.err != nil {
+				t.Errorf("%s %s %s: %v\n%s", tag, r.node, ref, r.err, r.stderr)
+				continue
+			}
+			if d, err := snapshottest.Diff(filepath.Join(c, ref), filepath.Join(base, r.node+"-"+tag+"-root")); err != nil || len(d) > 0 {
+				t.Errorf("%s %s: tree differs from %s: %v %v", tag, r.node, ref, err, d[:min(len(d), 5)])
+			}
+			t.Logf("%s %s: %.1f s, multicast %s/%s complete=%v dropped=%v loss %.1f%% passes %d; total wire %s",
+				tag, r.node, r.seconds, fmtBytes(r.mc.GotBytes), fmtBytes(r.mc.NeedBytes), r.mc.Complete, r.mc.Dropped, r.mc.LossPct, r.mc.Pass, fmtBytes(r.out.Transfer.WireBytes))
+		}
+		return out
+	}
+	eight := []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"}
+	lastSession := func() mcast.SessionInfo {
+		ss := sessions(t, l, url)
+		if len(ss) == 0 {
+			t.Fatal("no session listed")
+		}
+		return ss[len(ss)-1]
+	}
+
+	// At 1% loss, n8 joins half-way: it gets the rest from a repair pass.
+	lateStart := func(i int) {
+		if i != 7 {
+			return
+		}
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			ss, err := trySessions(l, url)
+			if err == nil && len(ss) > 0 {
+				s := ss[len(ss)-1]
+				if s.State == "sending" && s.Bytes > 0 && s.SentBytes > s.Bytes*2/5 {
+					return
+				}
+			}
+		}
+		t.Error("late: the session never got half-way")
+	}
+	var baseline float64
+	for _, loss := range []string{"0", "1", "5"} {
+		for _, n := range eight {
+			exec.Command("bash", l.sh, "loss", "--name", l.name, n, loss).Run()
+		}
+		_, tx0 := l.bytes("srv")
+		var start func(int)
+		if loss == "1" {
+			start = lateStart
+		}
+		runs := group("loss"+loss, "v2", eight, start)
+		_, tx1 := l.bytes("srv")
+		s := lastSession()
+		t.Logf("loss %s%%: session %s: %d objects, %s, sent %s in %d passes (%.1f s); server tx %s",
+			loss, s.ID, s.Objects, fmtBytes(s.Bytes), fmtBytes(s.SentBytes), s.Pass, s.Seconds, fmtBytes(tx1-tx0))
+		var slowest float64
+		for _, r := range runs {
+			slowest = max(slowest, r.seconds)
+			// multicast must have carried (nearly) everything: HTTP fills
+			// what a bounded repair phase left, not the bulk
+			if r.mc.GotBytes < r.mc.NeedBytes*9/10 || r.mc.NeedBytes == 0 {
+				t.Errorf("loss %s%%: %s got %d of %d bytes by multicast", loss, r.node, r.mc.GotBytes, r.mc.NeedBytes)
+			}
+		}
+		if loss == "0" {
+			baseline = slowest
+			for _, r := range runs {
+				if !r.mc.Complete {
+					t.Errorf("no loss, yet %s was incomplete: %+v", r.node, r.mc)
+				}
+			}
+		}
+		// One copy for eight nodes, plus repairs: a block goes again when
+		// any of the 8 lost it, 1-(1-p)^8 of them (7.7% at 1%, 34% at 5%),
+		// a little more for the repairs' own losses.
+		var p float64
+		fmt.Sscan(loss, &p)
+		rep := 1 - math.Pow(1-p/100, 8)
+		lim := s.Bytes + int64(float64(s.Bytes)*rep*1.2) + 4<<20
+		if loss == "1" {
+			// and the late node's catch-up: what went before it joined
+			// (past 40%, and much later on a busy machine: at most all)
+			lim += s.Bytes
+		}
+		if tx1-tx0 > lim {
+			t.Errorf("loss %s%%: the server sent %d bytes for %d bytes of content to 8 nodes", loss, tx1-tx0, s.Bytes)
+		}
+		if len(s.Members) != 8 {
+			t.Errorf("loss %s%%: session lists %d members", loss, len(s.Members))
+		}
+		lates := 0
+		for _, m := range s.Members {
+			if m.Late {
+				lates++
+			}
+			if m.State != "done" {
+				t.Errorf("loss %s%%: member %+v not done", loss, m)
+			}
+		}
+		if want := map[bool]int{true: 1, false: 0}[loss == "1"]; lates != want {
+			t.Errorf("loss %s%%: %d members marked late, want %d: %+v", loss, lates, want, s.Members)
+		}
+		if late := runs[7]; loss == "1" && (!late.mc.Complete || late.mc.Pass < 2) {
+			t.Errorf("late node: %+v (want complete after a repair pass)", late.mc)
+		}
+	}
+	for _, n := range eight {
+		exec.Command("bash", l.sh, "loss", "--name", l.name, n, "0").Run()
+	}
+
+	// A node on a 10× slower link does not hold up the seven others.
+	slowSet := []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7", "n9"}
+	runs := group("slow", "v2", slowSet, nil)
+	var fast float64
+	for _, r := range runs[:7] {
+		fast = max(fast, r.seconds)
+	}
+	t.Logf("slowest of 7 fast nodes: %.1f s (8 nodes, no loss: %.1f s); slow node %.1f s", fast, baseline, runs[7].seconds)
+	if fast > baseline*1.5+3 {
+		t.Errorf("the slow node held up the others: %.1f s vs %.1f s", fast, baseline)
+	}
+	if !runs[7].mc.Dropped && runs[7].mc.Complete {
+		t.Errorf("slow node neither dropped nor incomplete: %+v", runs[7].mc)
+	}
+
+	// Update v2 → v3 (a 2-file change) of the nodes that installed v2
+	// without loss: only the changed objects move.
+	_, tx0 := l.bytes("srv")
+	group("loss0", "v3", eight, nil)
+	_, tx1 := l.bytes("srv")
+	s := lastSession()
+	t.Logf("update v2→v3: session %s: %d objects %s, server tx %d bytes", s.ID, s.Objects, fmtBytes(s.Bytes), tx1-tx0)
+	if s.Bytes > 200000 || tx1-tx0 > 400000 {
+		t.Errorf("update v2→v3 multicast %d bytes of content, %d on the server's link", s.Bytes, tx1-tx0)
+	}
+
+	// Two groups on different commits: n1-n4 (the stores that installed
+	// v2 at 1% loss) update to v3 while n5-n8 (fresh stores) install v2:
+	// one session each, each with only what its group lacks.
+	var wg gosync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		group("loss1", "v3", eight[:4], nil)
+	}()
+	go func() {
+		defer wg.Done()
+		group("fresh", "v2", eight[4:], nil)
+	}()
+	wg.Wait()
+	ss := sessions(t, l, url)
+	if len(ss) < 2 {
+		t.Fatalf("two groups: %d sessions", len(ss))
+	}
+	a, b := ss[len(ss)-2], ss[len(ss)-1]
+	if a.Want.String() == v2.ID {
+		a, b = b, a
+	}
+	t.Logf("two groups: v3 session %s: %d members, %s; v2 session %s: %d members, %s", a.ID, len(a.Members), fmtBytes(a.Bytes), b.ID, len(b.Members), fmtBytes(b.Bytes))
+	if a.Want == b.Want || b.Want.String() != v2.ID || len(a.Members) != 4 || len(b.Members) != 4 || a.Group == b.Group {
+		t.Errorf("two groups: sessions %+v and %+v", a, b)
+	}
+	// the group at v2 lacks only v3's two changed files and their trees
+	if a.Bytes > 200000 || b.Bytes < 50<<20 {
+		t.Errorf("two groups: v3 session %d bytes, v2 session %d bytes", a.Bytes, b.Bytes)
+	}
+}
+
+// TestMulticastCLIErrors: bad multicast options are usage errors (exit
+// 2) that name the flag; asking for sessions with no server running is
+// an error that says so.
+func TestMulticastCLIErrors(t *testing.T) {
+	st := newStore(t)
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"multicast", "send", "v1", "--group", "10.0.0.1:7490"}, 2, "--group"},
+		{[]string{"multicast", "send", "v1", "--rate", "fast"}, 2, "--rate"},
+		{[]string{"multicast", "send", "v1", "--iface", "nosuchif0"}, 2, "--iface nosuchif0"},
+		{[]string{"multicast", "send", "v1", "--mtu", "100"}, 2, "--mtu"},
+		{[]string{"multicast", "send", "nosuchref"}, 1, "nosuchref"},
+		{[]string{"multicast", "sessions"}, 1, "sim serve is not running"},
+		{[]string{"checkout", "--from", "http://127.0.0.1:1", "--transport", "multicast", "--mcast-group", "1.2.3.4:5", "v1", t.TempDir()}, 2, "--mcast-group"},
+		{[]string{"checkout", "--from", "http://127.0.0.1:1", "--transport", "pigeon", "v1", t.TempDir()}, 2, "unknown transport"},
+	} {
+		r := sim(t, st, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sim %s: exit %d, stderr %q; want exit %d naming %q", strings.Join(c.args, " "), r.code, r.stderr, c.code, c.want)
+		}
+	}
+}

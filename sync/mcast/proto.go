@@ -1,0 +1,435 @@
+// Package mcast sends the objects a set of nodes lack to all of them at
+// once by IP multicast, reliably enough that what a node still lacks at
+// the end is small and comes over HTTP (ARCHITECTURE.md "Multicast").
+//
+// A Session (sender) multicasts a manifest and numbered objects, each a
+// self-contained wire stream (sync.Decode verifies every blob in it), cut
+// into datagrams. Receivers (Receive) register with the sender, put
+// objects together, hand verified blobs to a sync.Receiver, and report
+// what they miss (NAKs) when the sender ends a pass; the sender repairs
+// the union of what was reported in a later pass, a bounded number of
+// times. A receiver that loses most datagrams (a slow link) is dropped
+// from repairs and fills over HTTP, so it never slows the others.
+package mcast
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/systemimager/sim/chunk"
+)
+
+// Datagram layout (all integers big-endian; ARCHITECTURE.md "Multicast
+// datagrams"):
+//
+//	header  = magic:"SM" version:u8 kind:u8 session:u32      8 bytes
+//	body    = kind-specific
+//	trailer = crc32c:u32 of header and body
+const (
+	magic0, magic1 = 'S', 'M'
+	version        = 1
+	headerLen      = 8
+	trailerLen     = 4
+)
+
+// Datagram kinds.
+const (
+	KindData     = 1 // sender → group: a piece of an object
+	KindAnnounce = 2 // sender → group: the session's state
+	KindJoin     = 3 // receiver → sender: register, with haves
+	KindMember   = 4 // sender → receiver: registration answer, or "dropped"
+	KindStatus   = 5 // receiver → sender: progress and loss
+	KindNak      = 6 // receiver → sender: what is missing after a pass
+)
+
+// Session states, as announced.
+const (
+	StateWaiting    = 1 // registering receivers
+	StateSending    = 2 // a pass is under way
+	StateCollecting = 3 // a pass ended: receivers send NAKs now
+	StateDone       = 4 // over: fill the rest over HTTP
+)
+
+// StateName names a session state for logs and JSON.
+func StateName(s uint8) string {
+	switch s {
+	case StateWaiting:
+		return "waiting"
+	case StateSending:
+		return "sending"
+	case StateCollecting:
+		return "collecting"
+	case StateDone:
+		return "done"
+	}
+	return fmt.Sprintf("state%d", s)
+}
+
+// Member states, as the sender sends them in a Member datagram.
+const (
+	MemberJoined  = 1
+	MemberDropped = 2 // a straggler: fill over HTTP
+)
+
+// Sizes.
+const (
+	// IPUDPOverhead is an IPv4 header without options plus a UDP header.
+	IPUDPOverhead = 28
+	// dataHead is a data datagram's bytes before its payload.
+	dataHead = headerLen + 16
+	// MinPayload and MaxPayload bound a data datagram's payload.
+	MinPayload = 512
+	MaxPayload = 9000 - IPUDPOverhead - dataHead - trailerLen
+	// maxObject bounds an object (a wire stream of a few frames).
+	maxObject = 64 << 20
+	// maxObjects bounds a session's object count.
+	maxObjects = 1 << 22
+	// MaxHaves is how many have commits a Join carries.
+	MaxHaves = 32
+	maxName  = 64
+	// maxRanges is how many ranges one NAK datagram carries (fits 1500).
+	maxRanges = 100
+)
+
+// PayloadFor is the data payload that fills a datagram on a link of mtu.
+func PayloadFor(mtu int) int {
+	p := mtu - IPUDPOverhead - dataHead - trailerLen
+	return min(max(p, MinPayload), MaxPayload)
+}
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrNotOurs says a datagram is not a sim multicast datagram at all
+// (another protocol on the port): ignored without complaint.
+var ErrNotOurs = errors.New("mcast: not a sim datagram")
+
+// Header is what every datagram starts with.
+type Header struct {
+	Kind    uint8
+	Session uint32
+}
+
+// Data is a piece of an object: Payload is bytes [Offset, Offset+len) of
+// object Object, which is ObjLen bytes long. Object 0 is the manifest.
+type Data struct {
+	Seq     uint32 // the sender's datagram counter: receivers count gaps as loss
+	Object  uint32
+	ObjLen  uint32
+	Offset  uint32
+	Payload []byte
+}
+
+// Announce is the session's state, multicast a few times a second.
+type Announce struct {
+	State     uint8
+	Pass      uint8
+	Block     uint16 // payload bytes per data datagram (the last of an object may be shorter)
+	Want      chunk.ID
+	Objects   uint32 // objects including the manifest (object 0)
+	Bytes     uint64 // all objects' bytes
+	Manifest  chunk.ID
+	RateBits  uint64 // current send rate, bit/s
+	Seq       uint32 // data datagrams sent so far
+	Receivers uint16
+}
+
+// Join registers a receiver with the haves it offers.
+type Join struct {
+	Node  uint64
+	Name  string
+	Haves []chunk.ID
+}
+
+// Member answers a Join or drops a receiver.
+type Member struct {
+	Node  uint64
+	State uint8
+}
+
+// Status is a receiver's progress and loss.
+type Status struct {
+	Node      uint64
+	Done      bool   // has every object it needs
+	Received  uint64 // data datagrams received
+	Lost      uint64 // data datagrams missed (gaps in Seq since the first received)
+	NeedBytes uint64 // bytes of the objects it needs (0 until the manifest arrived)
+	GotBytes  uint64 // of which complete
+}
+
+// Range is blocks [First, First+Count) of an object, a block being one
+// data datagram's payload. Count 0 means the whole object (a receiver
+// that saw none of it does not know its length).
+type Range struct {
+	Object, First, Count uint32
+}
+
+// Nak lists what a receiver lacks after pass Pass.
+type Nak struct {
+	Node   uint64
+	Pass   uint8
+	Ranges []Range
+}
+
+func appendHeader(b []byte, kind uint8, session uint32) []byte {
+	b = append(b, magic0, magic1, version, kind)
+	return binary.BigEndian.AppendUint32(b, session)
+}
+
+func seal(b []byte) []byte {
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// AppendData encodes a data datagram onto b.
+func AppendData(b []byte, session uint32, d *Data) []byte {
+	b = appendHeader(b, KindData, session)
+	b = binary.BigEndian.AppendUint32(b, d.Seq)
+	b = binary.BigEndian.AppendUint32(b, d.Object)
+	b = binary.BigEndian.AppendUint32(b, d.ObjLen)
+	b = binary.BigEndian.AppendUint32(b, d.Offset)
+	b = append(b, d.Payload...)
+	return seal(b)
+}
+
+// AppendAnnounce encodes an announcement.
+func AppendAnnounce(b []byte, session uint32, a *Announce) []byte {
+	b = appendHeader(b, KindAnnounce, session)
+	b = append(b, a.State, a.Pass)
+	b = binary.BigEndian.AppendUint16(b, a.Block)
+	b = append(b, a.Want[:]...)
+	b = binary.BigEndian.AppendUint32(b, a.Objects)
+	b = binary.BigEndian.AppendUint64(b, a.Bytes)
+	b = append(b, a.Manifest[:]...)
+	b = binary.BigEndian.AppendUint64(b, a.RateBits)
+	b = binary.BigEndian.AppendUint32(b, a.Seq)
+	b = binary.BigEndian.AppendUint16(b, a.Receivers)
+	return seal(b)
+}
+
+// AppendJoin encodes a registration; names longer than 64 bytes and
+// haves beyond MaxHaves are cut.
+func AppendJoin(b []byte, session uint32, j *Join) []byte {
+	b = appendHeader(b, KindJoin, session)
+	b = binary.BigEndian.AppendUint64(b, j.Node)
+	name := j.Name
+	if len(name) > maxName {
+		name = name[:maxName]
+	}
+	b = append(b, byte(len(name)))
+	b = append(b, name...)
+	haves := j.Haves
+	if len(haves) > MaxHaves {
+		haves = haves[:MaxHaves]
+	}
+	b = append(b, byte(len(haves)))
+	for _, h := range haves {
+		b = append(b, h[:]...)
+	}
+	return seal(b)
+}
+
+// AppendMember encodes a member answer.
+func AppendMember(b []byte, session uint32, m *Member) []byte {
+	b = appendHeader(b, KindMember, session)
+	b = binary.BigEndian.AppendUint64(b, m.Node)
+	b = append(b, m.State)
+	return seal(b)
+}
+
+// AppendStatus encodes a status report.
+func AppendStatus(b []byte, session uint32, s *Status) []byte {
+	b = appendHeader(b, KindStatus, session)
+	b = binary.BigEndian.AppendUint64(b, s.Node)
+	var f byte
+	if s.Done {
+		f = 1
+	}
+	b = append(b, f)
+	for _, v := range []uint64{s.Received, s.Lost, s.NeedBytes, s.GotBytes} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	return seal(b)
+}
+
+// AppendNak encodes a NAK; at most maxRanges ranges fit one datagram,
+// the caller splits longer lists.
+func AppendNak(b []byte, session uint32, n *Nak) []byte {
+	b = appendHeader(b, KindNak, session)
+	b = binary.BigEndian.AppendUint64(b, n.Node)
+	b = append(b, n.Pass)
+	rs := n.Ranges
+	if len(rs) > maxRanges {
+		rs = rs[:maxRanges]
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rs)))
+	for _, r := range rs {
+		b = binary.BigEndian.AppendUint32(b, r.Object)
+		b = binary.BigEndian.AppendUint32(b, r.First)
+		b = binary.BigEndian.AppendUint32(b, r.Count)
+	}
+	return seal(b)
+}
+
+// Packet is one decoded datagram: Header plus the body of its kind.
+type Packet struct {
+	Header
+	Data     Data
+	Announce Announce
+	Join     Join
+	Member   Member
+	Status   Status
+	Nak      Nak
+}
+
+// reader takes fields off a datagram body with a sticky error.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if len(r.b) < n {
+		r.err = fmt.Errorf("mcast: datagram truncated (%d bytes short)", n-len(r.b))
+		return nil
+	}
+	v := r.b[:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u8() uint8 {
+	if v := r.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if v := r.take(2); v != nil {
+		return binary.BigEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if v := r.take(4); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if v := r.take(8); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (r *reader) id() (id chunk.ID) {
+	copy(id[:], r.take(32))
+	return id
+}
+
+// Decode parses datagram b into p, checking its checksum and every
+// field's bounds. Data.Payload aliases b. A foreign datagram gives
+// ErrNotOurs; a damaged one a descriptive error.
+func Decode(b []byte, p *Packet) error {
+	if len(b) < headerLen+trailerLen || b[0] != magic0 || b[1] != magic1 {
+		return ErrNotOurs
+	}
+	if b[2] != version {
+		return fmt.Errorf("mcast: datagram version %d, want %d", b[2], version)
+	}
+	body := b[:len(b)-trailerLen]
+	if got, want := crc32.Checksum(body, crcTable), binary.BigEndian.Uint32(b[len(body):]); got != want {
+		return fmt.Errorf("mcast: datagram checksum %08x, want %08x", got, want)
+	}
+	p.Kind = b[3]
+	p.Session = binary.BigEndian.Uint32(b[4:8])
+	r := &reader{b: body[headerLen:]}
+	switch p.Kind {
+	case KindData:
+		d := &p.Data
+		d.Seq, d.Object, d.ObjLen, d.Offset = r.u32(), r.u32(), r.u32(), r.u32()
+		if r.err == nil {
+			d.Payload = r.b
+			r.b = nil
+			switch {
+			case d.ObjLen > maxObject:
+				r.err = fmt.Errorf("mcast: object %d of %d bytes exceeds %d", d.Object, d.ObjLen, maxObject)
+			case d.Object >= maxObjects:
+				r.err = fmt.Errorf("mcast: object index %d exceeds %d", d.Object, maxObjects)
+			case len(d.Payload) == 0 || uint64(d.Offset)+uint64(len(d.Payload)) > uint64(d.ObjLen):
+				r.err = fmt.Errorf("mcast: data [%d,+%d) outside object %d of %d bytes", d.Offset, len(d.Payload), d.Object, d.ObjLen)
+			}
+		}
+	case KindAnnounce:
+		a := &p.Announce
+		a.State, a.Pass, a.Block = r.u8(), r.u8(), r.u16()
+		a.Want = r.id()
+		a.Objects, a.Bytes = r.u32(), r.u64()
+		a.Manifest = r.id()
+		a.RateBits, a.Seq, a.Receivers = r.u64(), r.u32(), r.u16()
+		if r.err == nil {
+			switch {
+			case a.State < StateWaiting || a.State > StateDone:
+				r.err = fmt.Errorf("mcast: announce with unknown state %d", a.State)
+			case a.Objects > maxObjects:
+				r.err = fmt.Errorf("mcast: announce of %d objects exceeds %d", a.Objects, maxObjects)
+			case a.State != StateWaiting && (a.Block < MinPayload || a.Block > MaxPayload):
+				r.err = fmt.Errorf("mcast: announce with block size %d", a.Block)
+			}
+		}
+	case KindJoin:
+		j := &p.Join
+		j.Node = r.u64()
+		j.Name = string(r.take(int(r.u8())))
+		n := int(r.u8())
+		if n > MaxHaves && r.err == nil {
+			r.err = fmt.Errorf("mcast: join with %d haves exceeds %d", n, MaxHaves)
+		}
+		j.Haves = j.Haves[:0]
+		for i := 0; i < n && r.err == nil; i++ {
+			j.Haves = append(j.Haves, r.id())
+		}
+	case KindMember:
+		p.Member.Node, p.Member.State = r.u64(), r.u8()
+		if r.err == nil && p.Member.State != MemberJoined && p.Member.State != MemberDropped {
+			r.err = fmt.Errorf("mcast: member state %d", p.Member.State)
+		}
+	case KindStatus:
+		s := &p.Status
+		s.Node = r.u64()
+		f := r.u8()
+		s.Done = f&1 != 0
+		s.Received, s.Lost, s.NeedBytes, s.GotBytes = r.u64(), r.u64(), r.u64(), r.u64()
+		if r.err == nil && f > 1 {
+			r.err = fmt.Errorf("mcast: status flags %#x", f)
+		}
+	case KindNak:
+		n := &p.Nak
+		n.Node, n.Pass = r.u64(), r.u8()
+		cnt := int(r.u16())
+		if cnt > maxRanges && r.err == nil {
+			r.err = fmt.Errorf("mcast: nak with %d ranges exceeds %d", cnt, maxRanges)
+		}
+		n.Ranges = n.Ranges[:0]
+		for i := 0; i < cnt && r.err == nil; i++ {
+			rg := Range{r.u32(), r.u32(), r.u32()}
+			if rg.Object >= maxObjects && r.err == nil {
+				r.err = fmt.Errorf("mcast: nak for object %d", rg.Object)
+			}
+			n.Ranges = append(n.Ranges, rg)
+		}
+	default:
+		return fmt.Errorf("mcast: unknown datagram kind %d", p.Kind)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("mcast: %d trailing bytes in a kind %d datagram", len(r.b), p.Kind)
+	}
+	return r.err
+}

@@ -1,0 +1,714 @@
+package mcast
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	mrand "math/rand/v2"
+	"net"
+	gosync "sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// ReceiveConfig says which session to receive and how.
+type ReceiveConfig struct {
+	Group *net.UDPAddr
+	Iface *net.Interface
+	// Session picks the session by id; 0 takes the first one announcing
+	// Want.
+	Session uint32
+	Want    chunk.ID
+	Haves   []chunk.ID // sent when registering: the sender plans with them
+	Name    string     // shown in the sender's member list
+	// Has reports which blobs the receiving store already holds: objects
+	// whose blobs it all has are not waited for.
+	Has func(ids []chunk.ID) ([]bool, error)
+	// Timeout gives up when nothing arrives from the session for that
+	// long (and, before any announcement, on finding none).
+	Timeout time.Duration
+	// MemLimit bounds the bytes of objects being put together; beyond it
+	// new objects are left for a repair pass.
+	MemLimit int64
+	// Progress, if set, is called about once a second.
+	Progress func(Result)
+
+	// drop, in tests, loses (true) or alters a data datagram after its
+	// checksum was checked.
+	drop func(*Data) bool
+}
+
+// Result is what a receiver got.
+type Result struct {
+	Session   string  `json:"session"`
+	Complete  bool    `json:"complete"`  // every needed object arrived and verified
+	Dropped   bool    `json:"dropped"`   // the sender dropped us (too much loss): HTTP fills
+	Ended     bool    `json:"ended"`     // the session ended before we were complete
+	TimedOut  bool    `json:"timed_out"` // nothing arrived for Timeout
+	Pass      int     `json:"pass"`
+	Datagrams uint64  `json:"datagrams"` // data datagrams received
+	Lost      uint64  `json:"lost"`      // data datagrams missed
+	LossPct   float64 `json:"loss_pct"`
+	WireBytes int64   `json:"wire_bytes"` // data payload bytes received, duplicates included
+	NeedBytes int64   `json:"need_bytes"` // bytes of the objects this node needs
+	GotBytes  int64   `json:"got_bytes"`  // of which arrived and verified
+	Objects   int     `json:"objects"`    // objects delivered
+	Rejected  int     `json:"rejected"`   // objects that failed verification (received again)
+	Blobs     int64   `json:"blobs"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// rxObject is an object being put together.
+type rxObject struct {
+	size     int
+	buf      []byte
+	have     []uint64 // bitmap of blocks
+	got      int
+	nblocks  int
+	complete bool // all blocks in (maybe being decoded)
+	needed   int8 // 0 unknown (no manifest yet), 1 yes, -1 no
+}
+
+type receiver struct {
+	cfg    ReceiveConfig
+	rcv    simsync.Receiver
+	data   *net.UDPConn // the group
+	ctrl   *net.UDPConn // unicast to and from the sender
+	node   uint64
+	sender *net.UDPAddr
+	id     uint32
+	ann    Announce
+	joined bool
+	objs   []rxObject
+	mem    int64
+	man    *Manifest
+
+	firstSeq, maxSeq uint32
+	seqSet           bool
+	res              Result
+	answered         uint8
+	lastNak          time.Time
+	ready            []decodeJob // complete objects not yet handed to the decoder
+	readyBytes       int64
+	dq               decodeQueue
+	inflight         int // objects handed to the decoder, not finished
+}
+
+// decodeAhead is how many bytes of complete objects a receiver holds
+// before it verifies them while datagrams still arrive. Below it,
+// verification (decompression, BLAKE3, writing) waits until the node has
+// every block it needs: on a busy host it would otherwise compete with
+// receiving (and lose datagrams), and the sender's session ends sooner.
+const decodeAhead = 256 << 20
+
+// decodeQueue hands objects to the decoder goroutine and results back,
+// without bounds on either side (no deadlock however many objects).
+type decodeQueue struct {
+	mu      gosync.Mutex
+	jobs    []decodeJob
+	results []decodeResult
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+}
+
+func (q *decodeQueue) push(js ...decodeJob) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, js...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *decodeQueue) take() []decodeResult {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r := q.results
+	q.results = nil
+	return r
+}
+
+func (q *decodeQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	<-q.done
+}
+
+type decodeJob struct {
+	obj uint32
+	buf []byte
+}
+
+type decodeResult struct {
+	obj   uint32
+	blobs int64
+	err   error
+}
+
+// Receive joins cfg.Group, registers with the session and hands every
+// verified blob of the objects it receives to rcv (from one goroutine).
+// It returns when it has every object it needs, when the sender ends
+// the session or drops it, or on timeout; whatever is still missing
+// then is the caller's to fetch another way. An error means it could
+// not take part at all (no session found, socket trouble).
+func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Result, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.MemLimit <= 0 {
+		cfg.MemLimit = 1 << 30
+	}
+	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session}
+	r.dq.wake, r.dq.done = make(chan struct{}, 1), make(chan struct{})
+	var nb [8]byte
+	rand.Read(nb[:])
+	r.node = binary.BigEndian.Uint64(nb[:])
+	if err := r.open(); err != nil {
+		return r.res, err
+	}
+	defer r.data.Close()
+	defer r.ctrl.Close()
+	go r.decoder()
+	start := time.Now()
+	err := r.loop(ctx)
+	r.flush()
+	r.dq.close()
+	for _, d := range r.dq.take() {
+		r.finish(d)
+	}
+	r.res.Seconds = time.Since(start).Seconds()
+	r.fillResult()
+	r.res.Complete = r.complete() && r.verified()
+	if r.sender != nil {
+		// Tell the sender how it ended, so its member list is right.
+		st := r.status()
+		for i := 0; i < 2; i++ {
+			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+		}
+	}
+	return r.res, err
+}
+
+func (r *receiver) open() error {
+	g := r.cfg.Group
+	if g == nil || g.IP.To4() == nil || !g.IP.IsMulticast() {
+		return fmt.Errorf("multicast: bad group %v", g)
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) {
+			// Several receivers may share a host (tests; a node also
+			// running a sender): each socket gets its own copy.
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<20)
+			}
+		})
+		return serr
+	}}
+	// Bound to the group address: only this group's datagrams arrive,
+	// not those of other groups someone on the host joined.
+	pc, err := lc.ListenPacket(context.Background(), "udp4", g.String())
+	if err != nil {
+		return fmt.Errorf("multicast: listen on %s: %w", g, err)
+	}
+	r.data = pc.(*net.UDPConn)
+	p := ipv4.NewPacketConn(r.data)
+	if err := p.JoinGroup(r.cfg.Iface, &net.UDPAddr{IP: g.IP}); err != nil {
+		r.data.Close()
+		name := "default interface"
+		if r.cfg.Iface != nil {
+			name = r.cfg.Iface.Name
+		}
+		return fmt.Errorf("multicast: join %s on %s: %w", g.IP, name, err)
+	}
+	var laddr *net.UDPAddr
+	if r.cfg.Iface != nil {
+		if ip, err := ifaceIPv4(r.cfg.Iface); err == nil {
+			laddr = &net.UDPAddr{IP: ip}
+		}
+	}
+	if r.ctrl, err = net.ListenUDP("udp4", laddr); err != nil {
+		r.data.Close()
+		return fmt.Errorf("multicast: control socket: %w", err)
+	}
+	return nil
+}
+
+func (r *receiver) loop(ctx context.Context) error {
+	msgs := make([]ipv4.Message, 64)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, 9216)}
+	}
+	pc := ipv4.NewPacketConn(r.data)
+	ctrlC := make(chan Packet, 16)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := r.ctrl.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			var p Packet
+			if Decode(buf[:n], &p) == nil && p.Kind == KindMember {
+				select {
+				case ctrlC <- p:
+				default:
+				}
+			}
+		}
+	}()
+	lastHeard := time.Now()
+	lastStatus, lastJoin, lastProgress := time.Time{}, time.Time{}, time.Now()
+	var p Packet
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		now := time.Now()
+		if now.Sub(lastHeard) > r.cfg.Timeout {
+			r.res.TimedOut = true
+			if r.sender == nil {
+				return fmt.Errorf("multicast: no session for %s announced on %s within %v", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout)
+			}
+			return nil
+		}
+		if r.sender != nil && !r.joined && now.Sub(lastJoin) > 250*time.Millisecond {
+			r.ctrl.WriteToUDP(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}), r.sender)
+			lastJoin = now
+		}
+		if r.joined && now.Sub(lastStatus) > 500*time.Millisecond {
+			st := r.status()
+			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			lastStatus = now
+		}
+		if r.cfg.Progress != nil && now.Sub(lastProgress) >= time.Second {
+			r.fillResult()
+			r.cfg.Progress(r.res)
+			lastProgress = now
+		}
+		for drained := false; !drained; {
+			select {
+			case m := <-ctrlC:
+				if m.Session == r.id && m.Member.Node == r.node {
+					r.joined = true
+					if m.Member.State == MemberDropped {
+						r.res.Dropped = true
+						return nil
+					}
+				}
+			default:
+				drained = true
+			}
+		}
+		for _, d := range r.dq.take() {
+			r.finish(d)
+		}
+		if r.readyBytes > decodeAhead {
+			r.flush()
+		}
+		if r.man != nil && r.complete() {
+			// Every block is here: say so at once (the sender stops
+			// waiting for us at pass ends), then verify. An object that
+			// fails verification makes us incomplete again: the next
+			// status says so and a later pass (or HTTP) brings it.
+			if r.joined {
+				st := r.status()
+				r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			}
+			r.verifyAll()
+			if r.complete() {
+				return nil
+			}
+		}
+		r.data.SetReadDeadline(now.Add(50 * time.Millisecond))
+		n, err := pc.ReadBatch(msgs, 0)
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("multicast: receive: %w", err)
+		}
+		if n < len(msgs)/4 {
+			// Few datagrams per wake-up cost a poll and a system call
+			// each: let some gather first (2 ms at 1 Gbit/s is 250 kB,
+			// far below the socket's 16 MB buffer).
+			time.Sleep(2 * time.Millisecond)
+		}
+		for i := 0; i < n; i++ {
+			b := msgs[i].Buffers[0][:msgs[i].N]
+			if Decode(b, &p) != nil {
+				continue // foreign or damaged: the checksum or bounds failed
+			}
+			if r.id != 0 && p.Session != r.id {
+				continue
+			}
+			switch p.Kind {
+			case KindAnnounce:
+				if r.id == 0 {
+					if p.Announce.Want != r.cfg.Want || p.Announce.State == StateDone {
+						continue
+					}
+					r.id = p.Session
+				}
+				lastHeard = time.Now()
+				src, _ := msgs[i].Addr.(*net.UDPAddr)
+				if r.sender == nil {
+					r.sender = src
+				}
+				if err := r.announced(&p.Announce); err != nil {
+					return err
+				}
+				if p.Announce.State == StateDone {
+					r.res.Ended = true
+					return nil
+				}
+			case KindData:
+				if r.objs == nil {
+					continue // before the first announcement with the plan
+				}
+				lastHeard = time.Now()
+				r.data1(&p.Data)
+			}
+		}
+	}
+}
+
+// announced takes the session's state: the plan's shape, and at a pass
+// end the request for NAKs.
+func (r *receiver) announced(a *Announce) error {
+	if r.objs == nil && a.Objects > 0 {
+		if a.Block < MinPayload || a.Block > MaxPayload {
+			return fmt.Errorf("multicast: session announces block size %d", a.Block)
+		}
+		r.objs = make([]rxObject, a.Objects)
+	}
+	if r.objs != nil && (a.Objects != r.ann.Objects && r.ann.Objects != 0) {
+		return fmt.Errorf("multicast: session changed its object count from %d to %d", r.ann.Objects, a.Objects)
+	}
+	r.ann = *a
+	r.res.Pass = int(a.Pass)
+	if a.State == StateCollecting && r.joined && (r.answered < a.Pass || time.Since(r.lastNak) > 300*time.Millisecond) {
+		r.answered = a.Pass
+		r.lastNak = time.Now()
+		r.sendNaks(a.Pass)
+	}
+	return nil
+}
+
+func (r *receiver) data1(d *Data) {
+	if r.cfg.drop != nil && r.cfg.drop(d) {
+		return
+	}
+	// Every datagram counts for the loss figure, also those of objects
+	// we have or do not need.
+	r.countSeq(d.Seq)
+	if int(d.Object) >= len(r.objs) {
+		return
+	}
+	o := &r.objs[d.Object]
+	if o.complete || o.needed < 0 {
+		return
+	}
+	blk := int(r.ann.Block)
+	if d.Offset%uint32(blk) != 0 {
+		return
+	}
+	r.res.WireBytes += int64(len(d.Payload))
+	if o.buf == nil {
+		if o.size != 0 && o.size != int(d.ObjLen) {
+			return
+		}
+		if r.mem+int64(d.ObjLen) > r.cfg.MemLimit {
+			return // left for a repair pass
+		}
+		o.size = int(d.ObjLen)
+		o.nblocks = (o.size + blk - 1) / blk
+		o.buf = make([]byte, o.size)
+		o.have = make([]uint64, (o.nblocks+63)/64)
+		r.mem += int64(o.size)
+	}
+	if int(d.ObjLen) != o.size {
+		return
+	}
+	b := int(d.Offset) / blk
+	if want := min(blk, o.size-int(d.Offset)); len(d.Payload) != want {
+		return
+	}
+	if o.have[b/64]&(1<<(b%64)) != 0 {
+		return // a repair of something we have
+	}
+	o.have[b/64] |= 1 << (b % 64)
+	copy(o.buf[d.Offset:], d.Payload)
+	o.got++
+	if o.got == o.nblocks {
+		o.complete = true
+		if d.Object == 0 {
+			r.manifest(o)
+			return
+		}
+		r.ready = append(r.ready, decodeJob{d.Object, o.buf})
+		r.readyBytes += int64(len(o.buf))
+	}
+}
+
+// countSeq counts datagrams and gaps in the sender's counter: the loss.
+func (r *receiver) countSeq(seq uint32) {
+	r.res.Datagrams++
+	if !r.seqSet {
+		r.firstSeq, r.maxSeq, r.seqSet = seq, seq, true
+	} else if int32(seq-r.maxSeq) > 0 {
+		r.maxSeq = seq
+	}
+}
+
+// manifest takes object 0, checked against the announced BLAKE3: then
+// objects the store already has are not waited for.
+func (r *receiver) manifest(o *rxObject) {
+	reset := func() {
+		r.res.Rejected++
+		r.mem -= int64(o.size)
+		*o = rxObject{}
+	}
+	if chunk.Sum(o.buf) != r.ann.Manifest {
+		reset()
+		return
+	}
+	m, err := DecodeManifest(o.buf)
+	if err != nil || m.Want != r.cfg.Want || len(m.Objects)+1 != len(r.objs) {
+		reset()
+		return
+	}
+	r.man = m
+	r.mem -= int64(o.size)
+	o.buf = nil
+	for i, oi := range m.Objects {
+		x := &r.objs[i+1]
+		ids := make([]chunk.ID, len(oi.Blobs))
+		for j, b := range oi.Blobs {
+			ids[j] = b.ID
+		}
+		x.needed = 1
+		if r.cfg.Has != nil {
+			if has, err := r.cfg.Has(ids); err == nil {
+				all := true
+				for _, h := range has {
+					all = all && h
+				}
+				if all && !x.complete {
+					x.needed = -1
+					if x.buf != nil {
+						r.mem -= int64(x.size)
+						x.buf, x.have = nil, nil
+					}
+				}
+			}
+		}
+		if x.needed > 0 {
+			r.res.NeedBytes += int64(oi.Size)
+		}
+		if x.size != 0 && x.size != int(oi.Size) {
+			*x = rxObject{needed: x.needed} // inconsistent with the manifest
+		}
+		x.size = int(oi.Size)
+	}
+}
+
+// flush hands the complete objects to the decoder.
+func (r *receiver) flush() {
+	r.inflight += len(r.ready)
+	r.dq.push(r.ready...)
+	r.ready, r.readyBytes = nil, 0
+}
+
+// verifyAll flushes and waits for the decoder to finish every object.
+func (r *receiver) verifyAll() {
+	r.flush()
+	for r.inflight > 0 {
+		ds := r.dq.take()
+		if len(ds) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		for _, d := range ds {
+			r.finish(d)
+		}
+	}
+}
+
+func (r *receiver) decoder() {
+	q := &r.dq
+	defer close(q.done)
+	for {
+		q.mu.Lock()
+		if len(q.jobs) == 0 {
+			closed := q.closed
+			q.mu.Unlock()
+			if closed {
+				return
+			}
+			<-q.wake
+			continue
+		}
+		j := q.jobs[0]
+		q.jobs = q.jobs[1:]
+		q.mu.Unlock()
+		var n int64
+		rcv := r.rcv
+		blob := rcv.Blob
+		rcv.Blob = func(t store.Type, id chunk.ID, data []byte) error {
+			n++
+			return blob(t, id, data)
+		}
+		if frame := rcv.Frame; frame != nil {
+			rcv.Frame = func(comp byte, payload []byte, ents []simsync.FrameEntry, raw []byte) error {
+				n += int64(len(ents))
+				return frame(comp, payload, ents, raw)
+			}
+		}
+		_, err := simsync.Decode(bytes.NewReader(j.buf), rcv)
+		q.mu.Lock()
+		q.results = append(q.results, decodeResult{j.obj, n, err})
+		q.mu.Unlock()
+	}
+}
+
+// finish takes a decoded object: delivered, or (failed verification)
+// received again.
+func (r *receiver) finish(d decodeResult) {
+	r.inflight--
+	o := &r.objs[d.obj]
+	r.mem -= int64(o.size)
+	o.buf = nil
+	r.res.Blobs += d.blobs
+	if d.err != nil {
+		r.res.Rejected++
+		*o = rxObject{needed: o.needed, size: o.size}
+		return
+	}
+	o.have = nil
+	r.res.Objects++
+}
+
+// complete: the manifest is in and every block of every needed object
+// (verified or waiting to be).
+func (r *receiver) complete() bool {
+	if r.man == nil {
+		return false
+	}
+	for i := 1; i < len(r.objs); i++ {
+		if o := &r.objs[i]; o.needed >= 0 && !o.complete {
+			return false
+		}
+	}
+	return true
+}
+
+// verified: every needed object went through the decoder successfully.
+func (r *receiver) verified() bool {
+	for i := 1; i < len(r.objs); i++ {
+		if o := &r.objs[i]; o.needed >= 0 && (!o.complete || o.buf != nil) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *receiver) fillResult() {
+	r.res.Session = fmt.Sprintf("%08x", r.id)
+	r.res.GotBytes = 0
+	for i := 1; i < len(r.objs); i++ {
+		if o := &r.objs[i]; o.needed > 0 && o.complete && o.buf == nil {
+			r.res.GotBytes += int64(o.size)
+		}
+	}
+	if r.seqSet {
+		span := uint64(r.maxSeq-r.firstSeq) + 1
+		if span > r.res.Datagrams {
+			r.res.Lost = span - r.res.Datagrams
+		} else {
+			r.res.Lost = 0
+		}
+		r.res.LossPct = 100 * float64(r.res.Lost) / float64(span)
+	}
+}
+
+func (r *receiver) status() Status {
+	r.fillResult()
+	return Status{Node: r.node, Done: r.complete(), Received: r.res.Datagrams, Lost: r.res.Lost,
+		NeedBytes: uint64(r.res.NeedBytes), GotBytes: uint64(r.res.GotBytes)}
+}
+
+// maxNakDatagrams bounds one receiver's NAK datagrams per pass end.
+const maxNakDatagrams = 64
+
+// sendNaks reports what is missing after pass: missing block runs of
+// objects partly here, whole objects otherwise. It waits a random few milliseconds first
+// so that many receivers do not answer in the same instant.
+func (r *receiver) sendNaks(pass uint8) {
+	var rs []Range
+	for i := range r.objs {
+		o := &r.objs[i]
+		if o.complete || o.needed < 0 || (i == 0 && r.man != nil) {
+			continue
+		}
+		if o.buf == nil {
+			rs = append(rs, Range{Object: uint32(i)})
+			continue
+		}
+		for b := 0; b < o.nblocks; {
+			w := o.have[b/64] >> (b % 64)
+			if w&1 != 0 {
+				b += bits.TrailingZeros64(^w)
+				continue
+			}
+			e := b
+			for e < o.nblocks && o.have[e/64]&(1<<(e%64)) == 0 {
+				e++
+			}
+			rs = append(rs, Range{Object: uint32(i), First: uint32(b), Count: uint32(e - b)})
+			b = e
+		}
+	}
+	// At most maxNakDatagrams datagrams: beyond, runs close together are
+	// merged (a few blocks resent for nothing) until the list fits.
+	for gap := uint32(1); len(rs) > maxNakDatagrams*maxRanges; gap *= 2 {
+		w := rs[:1]
+		for _, x := range rs[1:] {
+			last := &w[len(w)-1]
+			if x.Object == last.Object && last.Count != 0 && x.Count != 0 && x.First-(last.First+last.Count) <= gap {
+				last.Count = x.First + x.Count - last.First
+				continue
+			}
+			w = append(w, x)
+		}
+		rs = w
+	}
+	time.Sleep(time.Duration(mrand.IntN(20)) * time.Millisecond)
+	if len(rs) == 0 {
+		st := r.status()
+		r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+		return
+	}
+	for len(rs) > 0 {
+		n := min(len(rs), maxRanges)
+		r.ctrl.WriteToUDP(AppendNak(nil, r.id, &Nak{Node: r.node, Pass: pass, Ranges: rs[:n]}), r.sender)
+		rs = rs[n:]
+	}
+}

@@ -1,0 +1,945 @@
+package mcast
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"runtime"
+	"slices"
+	"sort"
+	gosync "sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// Config configures a Manager: how sessions send.
+type Config struct {
+	// Group is the first session's group; later sessions take the next
+	// addresses (last octet + 1, wrapping within the /24), same port.
+	Group *net.UDPAddr
+	// RateBits is the maximum send rate in bit/s, counted like a link
+	// shaper counts: each datagram plus its IP, UDP and Ethernet headers.
+	RateBits int64
+	// Wait is how long a session registers receivers before sending;
+	// MinReceivers (if > 0) starts it as soon as that many joined.
+	Wait         time.Duration
+	MinReceivers int
+	// Iface sends on this interface; nil: the one that routes to the
+	// first receiver (Open via HTTP) or the only multicast one.
+	Iface *net.Interface
+	// MTU caps the datagram size (0: the interface's MTU).
+	MTU int
+	TTL int
+	// MaxPasses bounds the passes (the first one plus repairs); what is
+	// still missing after them comes over HTTP.
+	MaxPasses int
+	// Collect is how long the end of a pass waits for NAKs at most.
+	Collect time.Duration
+	Log     *log.Logger
+}
+
+// Defaults.
+const (
+	DefaultGroup    = "239.192.83.1:7490"
+	DefaultRateBits = 500_000_000
+	DefaultPasses   = 8
+	// stragglerLoss: a receiver that lost more than this share of the
+	// datagrams is dropped from repairs (its link is slower than the
+	// rate) and fills over HTTP, so it never holds up the others.
+	stragglerLoss = 0.5
+	// congestedLoss: when the median receiver loses more than this over
+	// two reports in a row, the rate goes down by a quarter.
+	congestedLoss = 0.15
+	announceEvery = 200 * time.Millisecond
+	memberTimeout = 10 * time.Second
+)
+
+func (c *Config) defaults() {
+	if c.Group == nil {
+		c.Group, _ = net.ResolveUDPAddr("udp4", DefaultGroup)
+	}
+	if c.RateBits <= 0 {
+		c.RateBits = DefaultRateBits
+	}
+	if c.TTL <= 0 {
+		c.TTL = 1
+	}
+	if c.MaxPasses <= 0 {
+		c.MaxPasses = DefaultPasses
+	}
+	if c.Collect <= 0 {
+		c.Collect = time.Second
+	}
+	if c.Log == nil {
+		c.Log = log.New(io.Discard, "", 0)
+	}
+}
+
+// Manager runs the multicast sessions of one store: one per wanted
+// commit at a time, sharing one rate limit.
+type Manager struct {
+	cfg   Config
+	st    *store.Store
+	pl    *simsync.Planner
+	pacer *pacer
+
+	mu       gosync.Mutex
+	sessions []*Session // active ones and the last few finished
+	next     int
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       gosync.WaitGroup
+}
+
+// NewManager makes a manager sending from st (planning with pl).
+func NewManager(st *store.Store, pl *simsync.Planner, cfg Config) *Manager {
+	cfg.defaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{cfg: cfg, st: st, pl: pl, pacer: newPacer(cfg.RateBits), ctx: ctx, cancel: cancel}
+}
+
+// Close ends every session and waits for them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// OpenOptions override the manager's Config for one session.
+type OpenOptions struct {
+	Wait         time.Duration
+	MinReceivers int
+	RateBits     int64
+	// Via is a receiver's address: the session sends on the interface
+	// that routes to it (when Config.Iface is nil).
+	Via net.IP
+}
+
+// Open returns the session for want that still takes receivers, or
+// starts one.
+func (m *Manager) Open(want chunk.ID, o OpenOptions) (*Session, error) {
+	if ok, err := m.st.HasCommit(want); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("multicast: no commit %s here: %w", want.Short(), store.ErrNotFound)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.ctx.Err(); err != nil {
+		return nil, errors.New("multicast: shutting down")
+	}
+	for _, s := range m.sessions {
+		if s.Want == want && s.state.Load() != StateDone {
+			return s, nil
+		}
+	}
+	ifi, ip, err := m.pickInterface(o.Via)
+	if err != nil {
+		return nil, err
+	}
+	g := m.cfg.Group.IP.To4()
+	if g == nil || !g.IsMulticast() {
+		return nil, fmt.Errorf("multicast: group %s is not an IPv4 multicast address", m.cfg.Group.IP)
+	}
+	grp := &net.UDPAddr{IP: net.IPv4(g[0], g[1], g[2], byte((int(g[3])+m.next)%256)), Port: m.cfg.Group.Port}
+	m.next++
+	s, err := m.newSession(want, grp, ifi, ip, o)
+	if err != nil {
+		return nil, err
+	}
+	m.sessions = append(m.sessions, s)
+	// keep the finished ones for listing, not forever
+	var keep []*Session
+	done := 0
+	for i := len(m.sessions) - 1; i >= 0; i-- {
+		x := m.sessions[i]
+		if x.state.Load() == StateDone {
+			if done++; done > 16 {
+				continue
+			}
+		}
+		keep = append(keep, x)
+	}
+	slices.Reverse(keep)
+	m.sessions = keep
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		s.run(m.ctx)
+	}()
+	return s, nil
+}
+
+// pickInterface chooses where a session sends from.
+func (m *Manager) pickInterface(via net.IP) (*net.Interface, net.IP, error) {
+	if m.cfg.Iface != nil {
+		ip, err := ifaceIPv4(m.cfg.Iface)
+		return m.cfg.Iface, ip, err
+	}
+	if via != nil {
+		// The kernel's route to the receiver names our address on the
+		// right interface (nothing is sent by a UDP "connect").
+		c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: via, Port: 9})
+		if err == nil {
+			local := c.LocalAddr().(*net.UDPAddr).IP
+			c.Close()
+			if ifi, err := ifaceOf(local); err == nil {
+				return ifi, local, nil
+			}
+		}
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, nil, err
+	}
+	var cand []net.Interface
+	for _, i := range ifs {
+		if i.Flags&net.FlagUp != 0 && i.Flags&net.FlagMulticast != 0 && i.Flags&net.FlagLoopback == 0 {
+			if _, err := ifaceIPv4(&i); err == nil {
+				cand = append(cand, i)
+			}
+		}
+	}
+	if len(cand) != 1 {
+		return nil, nil, fmt.Errorf("multicast: %d candidate interfaces: name one (--iface)", len(cand))
+	}
+	ip, _ := ifaceIPv4(&cand[0])
+	return &cand[0], ip, nil
+}
+
+func ifaceIPv4(ifi *net.Interface) (net.IP, error) {
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+			return n.IP.To4(), nil
+		}
+	}
+	return nil, fmt.Errorf("multicast: interface %s has no IPv4 address", ifi.Name)
+}
+
+func ifaceOf(ip net.IP) (*net.Interface, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	for i := range ifs {
+		addrs, _ := ifs[i].Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return &ifs[i], nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("multicast: no interface has address %s", ip)
+}
+
+// Sessions describes every session the manager knows, oldest first.
+func (m *Manager) Sessions() []SessionInfo {
+	m.mu.Lock()
+	ss := slices.Clone(m.sessions)
+	m.mu.Unlock()
+	out := make([]SessionInfo, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s.Info())
+	}
+	return out
+}
+
+// Session is one multicast of what its receivers lack of commit Want.
+type Session struct {
+	ID    uint32
+	Want  chunk.ID
+	Group *net.UDPAddr
+	Iface string
+
+	m       *Manager
+	opts    OpenOptions
+	conn    *net.UDPConn
+	pc      *ipv4.PacketConn
+	block   int
+	created time.Time
+
+	state   atomic.Uint32
+	seq     atomic.Uint32
+	sentB   atomic.Int64
+	pass    atomic.Uint32
+	content atomic.Pointer[Content]
+
+	mu       gosync.Mutex
+	members  map[uint64]*member
+	naks     map[uint32]*nakSet // union of what receivers lack, this pass
+	started  time.Time
+	finished time.Time
+	err      error
+	done     chan struct{}
+}
+
+type member struct {
+	node     uint64
+	name     string
+	addr     *net.UDPAddr
+	haves    []chunk.ID
+	joined   time.Time
+	lastSeen time.Time
+	late     bool // joined after the plan was made
+	status   Status
+	dropped  bool
+	answered uint8 // last pass it sent a NAK or "done" for
+	naks     int   // ranges reported, all passes
+	// loss over the last report interval, for the rate control
+	prevRecv, prevLost uint64
+	ivLoss             float64
+	ivSet              bool
+}
+
+// nakSet is the blocks of one object someone lacks; whole: all of it.
+type nakSet struct {
+	whole  bool
+	blocks map[uint32]bool
+}
+
+func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface, ip net.IP, o OpenOptions) (*Session, error) {
+	var idb [4]byte
+	for binary.BigEndian.Uint32(idb[:]) == 0 {
+		rand.Read(idb[:])
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
+	if err != nil {
+		return nil, fmt.Errorf("multicast: socket on %s: %w", ip, err)
+	}
+	setBuf(conn, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, 8<<20)
+	setBuf(conn, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, 4<<20)
+	pc := ipv4.NewPacketConn(conn)
+	for _, err := range []error{pc.SetMulticastInterface(ifi), pc.SetMulticastTTL(m.cfg.TTL), pc.SetMulticastLoopback(true)} {
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("multicast: socket options on %s: %w", ifi.Name, err)
+		}
+	}
+	mtu := ifi.MTU
+	if m.cfg.MTU > 0 && m.cfg.MTU < mtu {
+		mtu = m.cfg.MTU
+	}
+	if mtu <= 0 || mtu > 9000 {
+		mtu = min(max(mtu, 1500), 9000)
+	}
+	s := &Session{
+		ID: binary.BigEndian.Uint32(idb[:]), Want: want, Group: grp, Iface: ifi.Name,
+		m: m, opts: o, conn: conn, pc: pc, block: PayloadFor(mtu), created: time.Now(),
+		members: map[uint64]*member{}, done: make(chan struct{}),
+	}
+	s.state.Store(StateWaiting)
+	return s, nil
+}
+
+// setBuf sets a socket buffer, past the sysctl limit when we may.
+func setBuf(c *net.UDPConn, force, plain, n int) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, n) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, n)
+		}
+	})
+}
+
+// Done is closed when the session is over.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err is why the session failed, after Done.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *Session) logf(format string, args ...any) {
+	s.m.cfg.Log.Printf("multicast session %08x (%s): "+format, append([]any{s.ID, s.Want.Short()}, args...)...)
+}
+
+func (s *Session) run(ctx context.Context) {
+	defer close(s.done)
+	// Pacing needs timely wake-ups: on a busy server a thread that gets
+	// the CPU tens of milliseconds late cannot keep the rate (the bucket
+	// holds 20 ms). The session runs on a thread of its own at a higher
+	// priority when allowed (root); the thread ends with the session
+	// (a locked goroutine's thread is not reused), so nothing else
+	// inherits the priority.
+	runtime.LockOSThread()
+	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), -10)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.control(ctx)
+	err := s.send(ctx)
+	s.mu.Lock()
+	s.err = err
+	s.finished = time.Now()
+	s.mu.Unlock()
+	if err != nil {
+		s.logf("failed: %v", err)
+	}
+	// The end is announced a few times: it tells receivers to stop
+	// waiting and fill the rest over HTTP.
+	s.state.Store(StateDone)
+	for i := 0; i < 5; i++ {
+		s.announce()
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	s.conn.Close()
+	if c := s.content.Load(); c != nil {
+		c.Close()
+	}
+	s.logf("done: %s", s.summary())
+}
+
+func (s *Session) summary() string {
+	inf := s.Info()
+	counts := map[string]int{}
+	for _, mb := range inf.Members {
+		counts[mb.State]++
+	}
+	return fmt.Sprintf("%d passes, %s sent, %d members %v", inf.Pass, fmtB(inf.SentBytes), len(inf.Members), counts)
+}
+
+func fmtB(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+// send is the session's state machine: waiting → sending ⇄ collecting → done.
+func (s *Session) send(ctx context.Context) error {
+	wait, minR := s.m.cfg.Wait, s.m.cfg.MinReceivers
+	if s.opts.Wait > 0 {
+		wait = s.opts.Wait
+	}
+	if s.opts.MinReceivers > 0 {
+		minR = s.opts.MinReceivers
+	}
+	s.logf("waiting up to %v for receivers (start at %d) on %s via %s", wait, minR, s.Group, s.Iface)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.announce()
+		s.mu.Lock()
+		n := len(s.members)
+		s.mu.Unlock()
+		if (minR > 0 && n >= minR) || time.Since(s.created) >= wait {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	s.mu.Lock()
+	var haveSets [][]chunk.ID
+	for _, mb := range s.members {
+		haveSets = append(haveSets, mb.haves)
+	}
+	n := len(s.members)
+	s.started = time.Now()
+	s.mu.Unlock()
+	if len(haveSets) == 0 {
+		haveSets = [][]chunk.ID{nil} // nobody registered: everything
+	}
+	t0 := time.Now()
+	c, err := Prepare(ctx, s.m.st, s.m.pl, s.Want, haveSets)
+	if err != nil {
+		return err
+	}
+	s.content.Store(c)
+	s.m.pacer.limit(s.maxRate())
+	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte datagrams",
+		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, s.block+dataHead+trailerLen)
+	// pass 1: everything
+	all := map[uint32]*nakSet{}
+	for i := 0; i < c.NumObjects(); i++ {
+		all[uint32(i)] = &nakSet{whole: true}
+	}
+	work := all
+	for pass := 1; ; pass++ {
+		s.pass.Store(uint32(pass))
+		s.state.Store(StateSending)
+		t0, b0 := time.Now(), s.sentB.Load()
+		if err := s.sendPass(ctx, c, work); err != nil {
+			return err
+		}
+		dt := time.Since(t0)
+		s.logf("pass %d: %s in %v (%.0f Mbit/s)", pass, fmtB(s.sentB.Load()-b0), dt.Round(time.Millisecond), float64(s.sentB.Load()-b0)*8/dt.Seconds()/1e6)
+		if pass >= s.m.cfg.MaxPasses {
+			return nil
+		}
+		work = s.collect(ctx, uint8(pass))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if len(work) == 0 {
+			return nil
+		}
+	}
+}
+
+// collect ends pass: it asks for NAKs, drops stragglers, and waits
+// until every active receiver answered (or Collect passed). It returns
+// the union of what they lack.
+func (s *Session) collect(ctx context.Context, pass uint8) map[uint32]*nakSet {
+	s.mu.Lock()
+	s.naks = map[uint32]*nakSet{}
+	for _, mb := range s.members {
+		st := mb.status
+		if tot := st.Received + st.Lost; !mb.dropped && !st.Done && tot > 200 && float64(st.Lost)/float64(tot) > stragglerLoss {
+			mb.dropped = true
+			s.logf("member %s (%s) dropped: lost %.0f%% of the datagrams; it fills over HTTP", mb.name, mb.addr, 100*float64(st.Lost)/float64(tot))
+		}
+	}
+	s.mu.Unlock()
+	s.state.Store(StateCollecting)
+	deadline := time.Now().Add(s.m.cfg.Collect)
+	for time.Now().Before(deadline) {
+		s.announce()
+		s.sendDrops()
+		if s.allAnswered(pass) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.naks
+	s.naks = nil
+	return out
+}
+
+func (s *Session) allAnswered(pass uint8) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, mb := range s.members {
+		if mb.dropped || mb.status.Done || time.Since(mb.lastSeen) > memberTimeout {
+			continue
+		}
+		if mb.answered < pass {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Session) sendDrops() {
+	s.mu.Lock()
+	var addrs []*net.UDPAddr
+	var nodes []uint64
+	for _, mb := range s.members {
+		if mb.dropped && !mb.status.Done {
+			addrs = append(addrs, mb.addr)
+			nodes = append(nodes, mb.node)
+		}
+	}
+	s.mu.Unlock()
+	for i, a := range addrs {
+		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: nodes[i], State: MemberDropped}), a)
+	}
+}
+
+// sendPass multicasts the blocks of work, objects in order, paced.
+func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nakSet) error {
+	objs := make([]uint32, 0, len(work))
+	for o := range work {
+		objs = append(objs, o)
+	}
+	slices.Sort(objs)
+	// Receivers learn the plan's shape (object count, block size) from
+	// the announcement: it goes first, or they would drop what comes
+	// before it.
+	for i := 0; i < 3; i++ {
+		s.announce()
+	}
+	var buf []byte
+	const batch = 32
+	msgs := make([]ipv4.Message, 0, batch)
+	bufs := make([][]byte, batch)
+	lastAnn := time.Now()
+	lastRate := time.Now()
+	flush := func() error {
+		if len(msgs) == 0 {
+			return nil
+		}
+		l2 := 0
+		for _, m := range msgs {
+			l2 += len(m.Buffers[0]) + IPUDPOverhead + 14
+		}
+		if err := s.m.pacer.wait(ctx, l2); err != nil {
+			return err
+		}
+		for sent := 0; sent < len(msgs); {
+			n, err := s.pc.WriteBatch(msgs[sent:], 0)
+			if err != nil {
+				if errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.EAGAIN) {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				return fmt.Errorf("multicast send: %w", err)
+			}
+			sent += n
+		}
+		s.sentB.Add(int64(l2))
+		msgs = msgs[:0]
+		if time.Since(lastAnn) >= announceEvery {
+			s.announce()
+			lastAnn = time.Now()
+		}
+		if time.Since(lastRate) >= time.Second {
+			s.adaptRate()
+			lastRate = time.Now()
+		}
+		return nil
+	}
+	for _, o := range objs {
+		data, err := c.Read(int(o), buf)
+		if err != nil {
+			return err
+		}
+		if o != 0 {
+			buf = data
+		}
+		ns := work[o]
+		nb := (len(data) + s.block - 1) / s.block
+		for b := 0; b < nb; b++ {
+			if !ns.whole && !ns.blocks[uint32(b)] {
+				continue
+			}
+			off := b * s.block
+			end := min(off+s.block, len(data))
+			i := len(msgs)
+			bufs[i] = AppendData(bufs[i][:0], s.ID, &Data{Seq: s.seq.Add(1), Object: o, ObjLen: uint32(len(data)), Offset: uint32(off), Payload: data[off:end]})
+			msgs = append(msgs, ipv4.Message{Buffers: [][]byte{bufs[i]}, Addr: s.Group})
+			if len(msgs) == batch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return flush()
+}
+
+// adaptRate lowers the shared rate when the median receiver reports
+// sustained loss (congestion somewhere on the way), and raises it back
+// towards the maximum when loss is low. One lossy receiver (a slow
+// link) does not count: it is dropped and fills over HTTP.
+func (s *Session) adaptRate() {
+	s.mu.Lock()
+	var losses []float64
+	for _, mb := range s.members {
+		if mb.ivSet && !mb.dropped && !mb.status.Done && time.Since(mb.lastSeen) < 2*time.Second {
+			losses = append(losses, mb.ivLoss)
+		}
+	}
+	s.mu.Unlock()
+	if len(losses) == 0 {
+		return
+	}
+	sort.Float64s(losses)
+	med := losses[len(losses)/2]
+	if r := s.m.pacer.adapt(med, s.maxRate()); r != 0 {
+		s.logf("median loss %.1f%%: rate now %.0f Mbit/s", med*100, float64(r)/1e6)
+	}
+}
+
+// maxRate is the session's rate cap in bit/s.
+func (s *Session) maxRate() int64 {
+	if s.opts.RateBits > 0 && s.opts.RateBits < s.m.cfg.RateBits {
+		return s.opts.RateBits
+	}
+	return s.m.cfg.RateBits
+}
+
+func (s *Session) announce() {
+	a := Announce{State: uint8(s.state.Load()), Pass: uint8(s.pass.Load()), Want: s.Want,
+		RateBits: uint64(s.m.pacer.rateBits()), Seq: s.seq.Load()}
+	if c := s.content.Load(); c != nil {
+		a.Block = uint16(s.block)
+		a.Objects = uint32(c.NumObjects())
+		a.Bytes = uint64(c.Bytes)
+		a.Manifest = c.ManifestID
+	}
+	s.mu.Lock()
+	a.Receivers = uint16(min(len(s.members), 65535))
+	s.mu.Unlock()
+	s.conn.WriteToUDP(AppendAnnounce(nil, s.ID, &a), s.Group)
+}
+
+// control reads what receivers send to the session's unicast address.
+func (s *Session) control(ctx context.Context) {
+	buf := make([]byte, 9216)
+	var p Packet
+	for ctx.Err() == nil {
+		s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, from, err := s.conn.ReadFromUDP(buf)
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		if err := Decode(buf[:n], &p); err != nil {
+			if !errors.Is(err, ErrNotOurs) {
+				s.logf("from %s: %v", from, err)
+			}
+			continue
+		}
+		if p.Session != s.ID {
+			continue
+		}
+		s.handle(&p, from)
+	}
+}
+
+func (s *Session) handle(p *Packet, from *net.UDPAddr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	switch p.Kind {
+	case KindJoin:
+		mb := s.members[p.Join.Node]
+		if mb == nil {
+			mb = &member{node: p.Join.Node, name: p.Join.Name, addr: from, haves: slices.Clone(p.Join.Haves),
+				joined: now, late: s.state.Load() != StateWaiting}
+			s.members[p.Join.Node] = mb
+			s.logf("member %s (%s) joined%s", mb.name, from, map[bool]string{true: " late", false: ""}[mb.late])
+		}
+		mb.lastSeen = now
+		st := uint8(MemberJoined)
+		if mb.dropped {
+			st = MemberDropped
+		}
+		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: mb.node, State: st}), from)
+	case KindStatus:
+		mb := s.members[p.Status.Node]
+		if mb == nil {
+			return
+		}
+		mb.lastSeen = now
+		st := p.Status
+		if st.Received >= mb.prevRecv && st.Lost >= mb.prevLost {
+			dr, dl := st.Received-mb.prevRecv, st.Lost-mb.prevLost
+			if dr+dl >= 50 {
+				mb.ivLoss, mb.ivSet = float64(dl)/float64(dr+dl), true
+				mb.prevRecv, mb.prevLost = st.Received, st.Lost
+			}
+		}
+		if st.Done && !mb.status.Done {
+			s.logf("member %s (%s) has everything", mb.name, mb.addr)
+		}
+		mb.status = st
+		if st.Done {
+			mb.answered = uint8(s.pass.Load())
+		}
+	case KindNak:
+		mb := s.members[p.Nak.Node]
+		if mb == nil {
+			return
+		}
+		mb.lastSeen = now
+		if mb.dropped || p.Nak.Pass != uint8(s.pass.Load()) || s.naks == nil {
+			return
+		}
+		mb.answered = p.Nak.Pass
+		mb.naks += len(p.Nak.Ranges)
+		c := s.content.Load()
+		for _, r := range p.Nak.Ranges {
+			if c == nil || int(r.Object) >= c.NumObjects() {
+				continue
+			}
+			ns := s.naks[r.Object]
+			if ns == nil {
+				ns = &nakSet{blocks: map[uint32]bool{}}
+				s.naks[r.Object] = ns
+			}
+			if ns.whole {
+				continue
+			}
+			nb := uint32((c.Size(int(r.Object)) + s.block - 1) / s.block)
+			if r.Count == 0 || (r.First == 0 && r.Count >= nb) {
+				ns.whole, ns.blocks = true, nil
+				continue
+			}
+			for b := r.First; b < r.First+r.Count && b < nb; b++ {
+				ns.blocks[b] = true
+			}
+		}
+	}
+}
+
+// SessionInfo describes a session (GET /v1/mcast/sessions, sim
+// multicast sessions).
+type SessionInfo struct {
+	ID        string       `json:"id"`
+	Want      chunk.ID     `json:"want"`
+	Group     string       `json:"group"`
+	Iface     string       `json:"iface"`
+	State     string       `json:"state"`
+	Pass      int          `json:"pass"`
+	RateBits  int64        `json:"rate_bits"`
+	Objects   int          `json:"objects"`
+	Bytes     int64        `json:"bytes"`
+	SentBytes int64        `json:"sent_bytes"`
+	Datagrams uint32       `json:"datagrams"`
+	Created   time.Time    `json:"created"`
+	Seconds   float64      `json:"seconds"` // sending time so far
+	Error     string       `json:"error,omitempty"`
+	Members   []MemberInfo `json:"members"`
+}
+
+// MemberInfo is one receiver of a session.
+type MemberInfo struct {
+	Node      string  `json:"node"`
+	Name      string  `json:"name"`
+	Addr      string  `json:"addr"`
+	State     string  `json:"state"` // registered, receiving, done, dropped, gone
+	Late      bool    `json:"late,omitempty"`
+	NeedBytes uint64  `json:"need_bytes"`
+	GotBytes  uint64  `json:"got_bytes"`
+	Received  uint64  `json:"datagrams"`
+	LossPct   float64 `json:"loss_pct"`
+	NakRanges int     `json:"nak_ranges"`
+}
+
+// Info describes the session now.
+func (s *Session) Info() SessionInfo {
+	inf := SessionInfo{ID: fmt.Sprintf("%08x", s.ID), Want: s.Want, Group: s.Group.String(), Iface: s.Iface,
+		State: StateName(uint8(s.state.Load())), Pass: int(s.pass.Load()), RateBits: s.m.pacer.rateBits(),
+		SentBytes: s.sentB.Load(), Datagrams: s.seq.Load(), Created: s.created}
+	if c := s.content.Load(); c != nil {
+		inf.Objects, inf.Bytes = c.NumObjects(), c.Bytes
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started.IsZero() {
+		end := s.finished
+		if end.IsZero() {
+			end = time.Now()
+		}
+		inf.Seconds = end.Sub(s.started).Seconds()
+	}
+	if s.err != nil {
+		inf.Error = s.err.Error()
+	}
+	for _, mb := range s.members {
+		mi := MemberInfo{Node: fmt.Sprintf("%016x", mb.node), Name: mb.name, Addr: mb.addr.String(), Late: mb.late,
+			NeedBytes: mb.status.NeedBytes, GotBytes: mb.status.GotBytes, Received: mb.status.Received, NakRanges: mb.naks}
+		if t := mb.status.Received + mb.status.Lost; t > 0 {
+			mi.LossPct = 100 * float64(mb.status.Lost) / float64(t)
+		}
+		switch {
+		case mb.status.Done:
+			mi.State = "done"
+		case mb.dropped:
+			mi.State = "dropped"
+		case time.Since(mb.lastSeen) > memberTimeout:
+			mi.State = "gone"
+		case mb.status.Received > 0:
+			mi.State = "receiving"
+		default:
+			mi.State = "registered"
+		}
+		inf.Members = append(inf.Members, mi)
+	}
+	sort.Slice(inf.Members, func(i, j int) bool {
+		return inf.Members[i].Name+inf.Members[i].Addr < inf.Members[j].Name+inf.Members[j].Addr
+	})
+	return inf
+}
+
+// pacer is a token bucket in L2 bytes, shared by a manager's sessions.
+type pacer struct {
+	mu     gosync.Mutex
+	rate   float64 // bytes/s now
+	tokens float64
+	last   time.Time
+	high   int // reports of high loss in a row
+}
+
+func newPacer(bits int64) *pacer { return &pacer{rate: float64(bits) / 8, last: time.Now()} }
+
+func (p *pacer) rateBits() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return int64(p.rate * 8)
+}
+
+// wait blocks until n bytes may go out. The bucket holds at most 5 ms
+// of traffic: bursts stay small enough for a switch port's buffer, and
+// large enough that the sleeps' granularity costs no rate.
+func (p *pacer) wait(ctx context.Context, n int) error {
+	for {
+		p.mu.Lock()
+		now := time.Now()
+		burst := max(p.rate*0.02, float64(4*n))
+		p.tokens = min(p.tokens+now.Sub(p.last).Seconds()*p.rate, burst)
+		p.last = now
+		if p.tokens >= float64(n) {
+			p.tokens -= float64(n)
+			p.mu.Unlock()
+			return nil
+		}
+		d := time.Duration((float64(n) - p.tokens) / p.rate * float64(time.Second))
+		p.mu.Unlock()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(max(d, 200*time.Microsecond))
+	}
+}
+
+// adapt applies a median loss report; it returns the new rate in bit/s
+// when it changed.
+func (p *pacer) adapt(loss float64, maxBits int64) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.rate
+	top := float64(maxBits) / 8
+	switch {
+	case loss > congestedLoss:
+		if p.high++; p.high >= 2 {
+			p.rate = max(p.rate*0.75, top/16)
+			p.high = 0
+		}
+	case loss < 0.02:
+		p.high = 0
+		p.rate = min(p.rate*1.1, top)
+	default:
+		p.high = 0
+	}
+	p.rate = min(p.rate, top)
+	if p.rate != old && (p.rate < old*0.99 || p.rate > old*1.01) {
+		return int64(p.rate * 8)
+	}
+	return 0
+}
+
+// limit lowers the rate to at most bits.
+func (p *pacer) limit(bits int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate = min(p.rate, float64(bits)/8)
+}
