@@ -1,0 +1,320 @@
+// Package disk does what a layout.Plan says to a real block device: find
+// the disk (a path, the first or the largest), write the GPT (go-diskfs),
+// make the filesystems (mkfs.vfat, mkfs.ext4, mkfs.xfs, mkswap, each with a
+// UUID chosen here so fstab can name it without blkid) and mount them in
+// order under a target directory. It is the only package that partitions,
+// formats or mounts. ARCHITECTURE.md, "Install sequence".
+package disk
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/client/layout"
+)
+
+// Info is one whole disk the kernel knows.
+type Info struct {
+	Path   string // /dev/NAME
+	Name   string
+	Size   uint64 // bytes
+	Sector uint64 // logical sector size
+}
+
+// SysBlock is where disks are listed (a variable for tests).
+var SysBlock = "/sys/block"
+
+// skipped are block devices that are never install targets.
+var skipped = []string{"loop", "ram", "sr", "zram", "fd", "md", "dm-", "nbd", "mtdblock"}
+
+// List returns the whole disks in name order: real devices (with a
+// device/ link), writable, non-empty, not loop/ram/optical/virtual.
+func List() ([]Info, error) {
+	ents, err := os.ReadDir(SysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("list disks: %w", err)
+	}
+	var out []Info
+next:
+	for _, e := range ents {
+		n := e.Name()
+		for _, p := range skipped {
+			if strings.HasPrefix(n, p) {
+				continue next
+			}
+		}
+		d := filepath.Join(SysBlock, n)
+		if _, err := os.Stat(filepath.Join(d, "device")); err != nil {
+			continue
+		}
+		if readInt(filepath.Join(d, "ro")) != 0 || readInt(filepath.Join(d, "removable")) != 0 {
+			continue
+		}
+		sectors := readInt(filepath.Join(d, "size"))
+		if sectors == 0 {
+			continue
+		}
+		ss := readInt(filepath.Join(d, "queue", "logical_block_size"))
+		if ss == 0 {
+			ss = 512
+		}
+		out = append(out, Info{Path: "/dev/" + n, Name: n, Size: sectors * 512, Sector: ss})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func readInt(p string) uint64 {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// Find picks the disk a layout names: "first", "largest" or a path.
+func Find(spec string) (Info, error) {
+	ds, err := List()
+	if err != nil {
+		return Info{}, err
+	}
+	if spec == "first" || spec == "largest" {
+		if len(ds) == 0 {
+			return Info{}, errors.New("no disk found (no writable, non-removable disk in /sys/block; is the storage driver loaded?)")
+		}
+		best := ds[0]
+		if spec == "largest" {
+			for _, d := range ds[1:] {
+				if d.Size > best.Size {
+					best = d
+				}
+			}
+		}
+		return best, nil
+	}
+	real, err := filepath.EvalSymlinks(spec)
+	if err != nil {
+		return Info{}, fmt.Errorf("disk %s: %w", spec, err)
+	}
+	for _, d := range ds {
+		if d.Path == real {
+			return d, nil
+		}
+	}
+	names := make([]string, len(ds))
+	for i, d := range ds {
+		names[i] = d.Path
+	}
+	return Info{}, fmt.Errorf("disk %s is not a whole writable disk (found: %s)", spec, strings.Join(names, " "))
+}
+
+// PartPath is the device of partition n of disk: vda3, nvme0n1p3.
+func PartPath(disk string, n int) string {
+	if c := disk[len(disk)-1]; c >= '0' && c <= '9' {
+		return disk + "p" + strconv.Itoa(n)
+	}
+	return disk + strconv.Itoa(n)
+}
+
+// Part is a planned partition made real: its device and filesystem UUID.
+type Part struct {
+	layout.Extent
+	Dev  string
+	UUID string // filesystem UUID as fstab and blkid write it; "" for bios_grub and none
+}
+
+var typeGUID = map[layout.FS]gpt.Type{
+	layout.FSESP: gpt.EFISystemPartition, layout.FSBiosGrub: gpt.BIOSBoot, layout.FSSwap: gpt.LinuxSwap,
+	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem,
+	layout.FSNone: gpt.LinuxFilesystem,
+}
+
+// Partition writes a fresh GPT with the extents on d and waits until the
+// kernel shows every partition's device node.
+func Partition(d Info, ext []layout.Extent) ([]Part, error) {
+	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	defer dk.Close()
+	t := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
+	parts := make([]Part, len(ext))
+	for i, e := range ext {
+		t.Partitions = append(t.Partitions, &gpt.Partition{
+			Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
+			Type: typeGUID[e.FS], Name: e.Name,
+		})
+		parts[i] = Part{Extent: e, Dev: PartPath(d.Path, e.Index)}
+	}
+	if err := dk.Partition(t); err != nil {
+		return nil, fmt.Errorf("write partition table on %s: %w", d.Path, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range parts {
+		for {
+			if fi, err := os.Stat(p.Dev); err == nil && fi.Mode()&os.ModeDevice != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("partition %s did not appear after writing the table on %s", p.Dev, d.Path)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return parts, nil
+}
+
+// NewUUID is a random (version 4) UUID.
+func NewUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// Mkfs makes p's filesystem and sets p.UUID. Output of the tool is in the
+// error when it fails.
+func Mkfs(p *Part) error {
+	var cmd []string
+	switch p.FS {
+	case layout.FSESP, layout.FSVfat:
+		var id [4]byte
+		rand.Read(id[:])
+		vol := fmt.Sprintf("%X", id[:])
+		p.UUID = vol[:4] + "-" + vol[4:]
+		cmd = []string{"mkfs.vfat", "-F", "32", "-i", vol}
+		if p.Label != "" {
+			cmd = append(cmd, "-n", p.Label)
+		}
+	case layout.FSExt4:
+		p.UUID = NewUUID()
+		cmd = []string{"mkfs.ext4", "-q", "-F", "-U", p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	case layout.FSXfs:
+		p.UUID = NewUUID()
+		cmd = []string{"mkfs.xfs", "-q", "-f", "-m", "uuid=" + p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	case layout.FSSwap:
+		p.UUID = NewUUID()
+		cmd = []string{"mkswap", "-U", p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	default:
+		return nil
+	}
+	cmd = append(cmd, p.Dev)
+	out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// mountType is the kernel's name for a layout filesystem.
+func mountType(f layout.FS) string {
+	if f == layout.FSESP {
+		return "vfat"
+	}
+	return string(f)
+}
+
+// MountOrder is the mountable partitions, parents before children.
+func MountOrder(parts []Part) []Part {
+	var m []Part
+	for _, p := range parts {
+		if p.FS.Mountable() {
+			m = append(m, p)
+		}
+	}
+	depth := func(p string) int {
+		if p == "/" {
+			return 0
+		}
+		return strings.Count(p, "/")
+	}
+	sort.SliceStable(m, func(i, j int) bool { return depth(m[i].Mount) < depth(m[j].Mount) })
+	return m
+}
+
+// Mount mounts p at target+p.Mount (created if missing).
+func Mount(p Part, target string) (string, error) {
+	dir := filepath.Join(target, p.Mount)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Mount(p.Dev, dir, mountType(p.FS), 0, ""); err != nil {
+		return "", fmt.Errorf("mount %s (%s) on %s: %w", p.Dev, p.FS, dir, err)
+	}
+	return dir, nil
+}
+
+// Unmount unmounts dirs in reverse order, lazily as a last resort.
+func Unmount(dirs []string) error {
+	var first error
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := unix.Unmount(dirs[i], 0); err != nil {
+			if first == nil {
+				first = fmt.Errorf("unmount %s: %w", dirs[i], err)
+			}
+			unix.Unmount(dirs[i], unix.MNT_DETACH)
+		}
+	}
+	return first
+}
+
+// Fstab is the fstab for parts, every filesystem by UUID.
+func Fstab(parts []Part) string {
+	var b strings.Builder
+	b.WriteString("# written by sim install from the image's layout; filesystems by UUID\n")
+	for _, p := range MountOrder(parts) {
+		opts := p.Options
+		pass := 2
+		switch {
+		case p.FS == layout.FSESP || p.FS == layout.FSVfat:
+			if opts == "" {
+				opts = "umask=0077"
+			}
+		case p.FS == layout.FSXfs:
+			pass = 0 // fsck.xfs does nothing; xfs replays its log on mount
+		}
+		if p.Mount == "/" {
+			pass = 1
+			if opts == "" {
+				opts = "errors=remount-ro"
+			}
+		}
+		if opts == "" {
+			opts = "defaults"
+		}
+		fmt.Fprintf(&b, "UUID=%s\t%s\t%s\t%s\t0\t%d\n", p.UUID, p.Mount, mountType(p.FS), opts, pass)
+	}
+	for _, p := range parts {
+		if p.FS == layout.FSSwap {
+			opts := p.Options
+			if opts == "" {
+				opts = "sw"
+			}
+			fmt.Fprintf(&b, "UUID=%s\tnone\tswap\t%s\t0\t0\n", p.UUID, opts)
+		}
+	}
+	return b.String()
+}
