@@ -91,7 +91,9 @@ type ParseError struct {
 	Err  error
 }
 
-func (e *ParseError) Error() string { return fmt.Sprintf("layout line %d %q: %v", e.Line, e.Text, e.Err) }
+func (e *ParseError) Error() string {
+	return fmt.Sprintf("layout line %d %q: %v", e.Line, e.Text, e.Err)
+}
 func (e *ParseError) Unwrap() error { return e.Err }
 
 var (
