@@ -215,10 +215,10 @@ func (r *Registry) ByMAC(m string) *Node {
 
 // Resolved is what a node gets, its groups folded in.
 type Resolved struct {
-	Node      *Node
-	Image     string
-	Overrides []string // in application order: groups' (in group order), then the node's
-	Scripts   []string // in run order, the same way
+	Node      *Node    `json:"node,omitempty"`
+	Image     string   `json:"image"`
+	Overrides []string `json:"overrides,omitempty"` // in application order: groups' (in group order), then the node's
+	Scripts   []string `json:"scripts,omitempty"`   // in run order, the same way
 }
 
 // Resolve folds n's groups in. The image is the node's, else the first

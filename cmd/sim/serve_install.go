@@ -104,9 +104,11 @@ func (x *installExt) start(ctx context.Context, e *env, st *store.Store, srv *si
 		w.Write(b)
 	})
 	mux.HandleFunc("GET /v1/install/ipxe", func(w http.ResponseWriter, r *http.Request) {
-		base := url
-		if base == "" {
-			base = "http://" + r.Host
+		// The address the node used to reach us is the one it can use
+		// again (--listen may name a loopback or wildcard address).
+		base := "http://" + r.Host
+		if r.TLS != nil {
+			base = "https://" + r.Host
 		}
 		q := r.URL.Query()
 		args := "sim.server=" + base
