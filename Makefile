@@ -23,7 +23,15 @@ export CGO_ENABLED := 0
 # time (GNU) measures the demo.
 TEST_DEBS := debootstrap acl attr time
 
-.PHONY: all build deps corpus demo test test-short vet bench clean
+# Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
+# sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the
+# Debian kernel is the initrd's; busybox-static is its userland; the mkfs
+# tools go into it; grub/cpio/zstd for inspecting results by hand.
+# Kept separate so branches touching TEST_DEBS merge cleanly.
+METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux cpio zstd
+BOOTABLE   ?= /var/cache/sim/bootable
+
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench clean
 
 all: build
 
@@ -38,6 +46,19 @@ deps:
 		echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+metal-deps:
+	@missing=""; for p in $(METAL_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make metal-deps: not root, skipping$$missing (VM tests will skip)" >&2; exit 0; fi; \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The bootable Debian image of the VM tests (cached in $(BOOTABLE)); needs root.
+bootable: corpus
+	@if [ "$$(id -u)" = 0 ]; then SIM_CORPUS=$(CORPUS) bash testdata/mkbootable.sh $(BOOTABLE); \
+	else echo "make bootable: not root, skipping (VM tests will skip)"; fi
 
 # The real corpus (cached in $(CORPUS)); needs root.
 corpus: deps
@@ -78,7 +99,7 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: deps corpus vet
+test: deps corpus metal-deps bootable vet
 	$(GO) test -count=1 ./...
 
 test-short: vet
