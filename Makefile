@@ -5,7 +5,8 @@
 #                roll back in place, fsck
 #   make test    everything the tests need, then vet, gofmt and go test
 #   make bench   install the peer tools and print the comparison tables
-#                (store: bench/bench.sh; network lab: bench/netbench.sh)
+#                (store: bench/bench.sh; network lab: bench/netbench.sh;
+#                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -31,7 +32,7 @@ TEST_DEBS := debootstrap acl attr time
 METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux cpio zstd
 BOOTABLE   ?= /var/cache/sim/bootable
 
-.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench clean
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean
 
 all: build
 
@@ -109,6 +110,11 @@ bench: build corpus
 	bash bench/deps.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
+	$(MAKE) metal-bench
+
+# The bare-metal install figures (real VMs; needs root, qemu, the bootable image).
+metal-bench: metal-deps bootable
+	bash bench/metalbench.sh bench/metalresults.md
 
 clean:
 	rm -rf bin
