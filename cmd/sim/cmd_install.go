@@ -105,7 +105,6 @@ func runInstall(ctx context.Context, e *env, o *installOptions) (*install.Result
 	cfg, err := getConfig(ctx, r, q)
 	if err != nil {
 		err = fmt.Errorf("install: ask %s who this machine is (%s): %w", r.URL, q.Encode(), err)
-		fmt.Fprintln(e.stderr, "sim install:", err)
 		report(install.Status{Node: o.node, MAC: o.mac, Image: o.image, Step: "config", State: install.Failed, Message: err.Error(), Time: time.Now().UTC()})
 		return nil, err
 	}
