@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
@@ -59,21 +60,33 @@ next:
 		if _, err := os.Stat(filepath.Join(d, "device")); err != nil {
 			continue
 		}
-		if readInt(filepath.Join(d, "ro")) != 0 || readInt(filepath.Join(d, "removable")) != 0 {
+		if readInt(filepath.Join(d, "removable")) != 0 {
 			continue
 		}
-		sectors := readInt(filepath.Join(d, "size"))
-		if sectors == 0 {
-			continue
+		if i, ok := info(n); ok {
+			out = append(out, i)
 		}
-		ss := readInt(filepath.Join(d, "queue", "logical_block_size"))
-		if ss == 0 {
-			ss = 512
-		}
-		out = append(out, Info{Path: "/dev/" + n, Name: n, Size: sectors * 512, Sector: ss})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// info reads one whole disk from /sys/block; false when it is missing,
+// read-only or empty.
+func info(n string) (Info, bool) {
+	d := filepath.Join(SysBlock, n)
+	if readInt(filepath.Join(d, "ro")) != 0 {
+		return Info{}, false
+	}
+	sectors := readInt(filepath.Join(d, "size"))
+	if sectors == 0 {
+		return Info{}, false
+	}
+	ss := readInt(filepath.Join(d, "queue", "logical_block_size"))
+	if ss == 0 {
+		ss = 512
+	}
+	return Info{Path: "/dev/" + n, Name: n, Size: sectors * 512, Sector: ss}, true
 }
 
 func readInt(p string) uint64 {
@@ -85,13 +98,15 @@ func readInt(p string) uint64 {
 	return n
 }
 
-// Find picks the disk a layout names: "first", "largest" or a path.
+// Find picks the disk a layout names: "first" or "largest" of List, or a
+// path, which may name any writable whole disk (a loop device too: a
+// path is deliberate).
 func Find(spec string) (Info, error) {
-	ds, err := List()
-	if err != nil {
-		return Info{}, err
-	}
 	if spec == "first" || spec == "largest" {
+		ds, err := List()
+		if err != nil {
+			return Info{}, err
+		}
 		if len(ds) == 0 {
 			return Info{}, errors.New("no disk found (no writable, non-removable disk in /sys/block; is the storage driver loaded?)")
 		}
@@ -109,16 +124,15 @@ func Find(spec string) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("disk %s: %w", spec, err)
 	}
-	for _, d := range ds {
-		if d.Path == real {
-			return d, nil
-		}
+	n := filepath.Base(real)
+	if _, err := os.Stat(filepath.Join(SysBlock, n)); err != nil || !strings.HasPrefix(real, "/dev/") {
+		return Info{}, fmt.Errorf("disk %s is not a whole disk (no %s/%s; a partition?)", spec, SysBlock, n)
 	}
-	names := make([]string, len(ds))
-	for i, d := range ds {
-		names[i] = d.Path
+	i, ok := info(n)
+	if !ok {
+		return Info{}, fmt.Errorf("disk %s is read-only or empty", spec)
 	}
-	return Info{}, fmt.Errorf("disk %s is not a whole writable disk (found: %s)", spec, strings.Join(names, " "))
+	return i, nil
 }
 
 // PartPath is the device of partition n of disk: vda3, nvme0n1p3.
@@ -163,10 +177,23 @@ func Partition(d Info, ext []layout.Extent) ([]Part, error) {
 		return nil, fmt.Errorf("write partition table on %s: %w", d.Path, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
+	blkpgAt := time.Now().Add(time.Second)
 	for _, p := range parts {
 		for {
 			if fi, err := os.Stat(p.Dev); err == nil && fi.Mode()&os.ModeDevice != 0 {
 				break
+			}
+			// The kernel knows the partition but nothing made its node
+			// (no udev, /dev not a devtmpfs): make it.
+			if err := mknodFromSys(p.Dev); err == nil {
+				break
+			}
+			// Some kernels answer BLKRRPART on a loop device without
+			// rescanning: tell the kernel about the partition directly.
+			if time.Now().After(blkpgAt) {
+				if err := blkpgAdd(d.Path, p); err != nil {
+					return nil, fmt.Errorf("partition %s: add it to the kernel: %w", p.Dev, err)
+				}
 			}
 			if time.Now().After(deadline) {
 				return nil, fmt.Errorf("partition %s did not appear after writing the table on %s", p.Dev, d.Path)
@@ -175,6 +202,40 @@ func Partition(d Info, ext []layout.Extent) ([]Part, error) {
 		}
 	}
 	return parts, nil
+}
+
+// blkpgAdd adds partition p of disk to the kernel's view (BLKPG, what
+// partx -a does), unless the kernel already has it.
+func blkpgAdd(disk string, p Part) error {
+	if _, err := os.Stat(filepath.Join("/sys/class/block", filepath.Base(p.Dev))); err == nil {
+		return nil
+	}
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bp := unix.BlkpgPartition{Start: int64(p.Start), Length: int64(p.Bytes), Pno: int32(p.Index)}
+	arg := unix.BlkpgIoctlArg{Op: unix.BLKPG_ADD_PARTITION, Datalen: int32(unsafe.Sizeof(bp)), Data: (*byte)(unsafe.Pointer(&bp))}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg)))
+	if errno != 0 && errno != unix.EBUSY {
+		return errno
+	}
+	return nil
+}
+
+// mknodFromSys creates block device node dev from /sys/class/block/NAME/dev.
+func mknodFromSys(dev string) error {
+	b, err := os.ReadFile(filepath.Join("/sys/class/block", filepath.Base(dev), "dev"))
+	if err != nil {
+		return err
+	}
+	var maj, min uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &min); err != nil {
+		return err
+	}
+	os.Remove(dev) // a stale regular file or wrong node
+	return unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(maj, min)))
 }
 
 // NewUUID is a random (version 4) UUID.

@@ -29,6 +29,7 @@ import (
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
 )
@@ -261,6 +262,17 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	r.report("fetch", Running, fmt.Sprintf("%s received", fmtMB(r.bytes)))
 
+	// A mount point the image lacks (a /data of the layout's own) would
+	// be removed by the checkout as extraneous: leave it alone.
+	if cm, err := st.Commit(c.Commit); err == nil {
+		for _, p := range parts {
+			if p.FS.Mountable() && p.Mount != "/" {
+				if _, err := snapshot.Lookup(st, cm.Tree, p.Mount); err != nil {
+					excludes = append(excludes, p.Mount)
+				}
+			}
+		}
+	}
 	r.step = "checkout"
 	cs, err := client.Checkout(ctx, st, c.Commit, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
 	if err != nil {
@@ -268,6 +280,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	r.report("checkout", Running, fmt.Sprintf("%d files written (%s)", cs.Written, fmtMB(cs.BytesWritten)))
 
+	r.step = "mount"
 	for _, p := range fat {
 		dir, err := disk.Mount(p, r.Target)
 		if err != nil {
