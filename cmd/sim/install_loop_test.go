@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +17,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/store"
 )
 
 // TestInstallLoop runs `sim install` by hand (as from a rescue system)
@@ -175,6 +178,37 @@ func TestInstallLoop(t *testing.T) {
 		resp.Body.Close()
 		if st["n7"].State != install.Done || st["n7"].Bytes != res.Bytes {
 			t.Errorf("server status of n7: %+v", st["n7"])
+		}
+		// sim nodes, forwarded to the running server, shows it too.
+		if out := ok(t, s, "nodes"); !strings.Contains(out, "done done") {
+			t.Errorf("sim nodes:\n%s", out)
+		}
+		// The node store on the new root knows its base for later updates.
+		unix.Unmount(root, 0)
+		if err := unix.Mount(dev+"p1", root, "ext4", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		nst, err := store.Open(filepath.Join(root, "var/lib/sim"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := client.LastCheckout(nst, "/")
+		nst.Close()
+		if err != nil || rec.Commit != inst.Commit {
+			t.Errorf("checkout record of / in the node store: %+v %v; want commit %s", rec, err, inst.Commit.Short())
+		}
+		// The per-node iPXE script.
+		resp, err = http.Get(url + "/v1/install/ipxe?mac=52-54-00-5e-01-07")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "sim.server="+url+" sim.node=n7") || !strings.Contains(string(b), "initrd "+url+"/v1/install/initrd") {
+			t.Errorf("ipxe script:\n%s", b)
+		}
+		if resp, err := http.Get(url + "/v1/install/kernel"); err != nil || resp.StatusCode != 404 {
+			t.Errorf("kernel without --netboot: %v %v", resp.StatusCode, err)
 		}
 	})
 
