@@ -79,7 +79,45 @@ sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
 	f.StringArrayVar(&modules, "module", nil, "also load kernel module `NAME` (repeatable)")
 	f.StringArrayVar(&tools, "tool", nil, "also copy host program `NAME` with its libraries (repeatable)")
 	e.addJSONFlag(build)
-	c.AddCommand(build)
+	var from, out, server, extra string
+	iso := &cobra.Command{
+		Use:   "iso --from DIR --server URL -o FILE",
+		Short: "Write a BIOS+UEFI boot image (CD or USB) that runs the installer without netboot",
+		Long: `Write FILE, a hybrid ISO (boots from CD or, written with dd, from a USB
+stick, on BIOS and UEFI machines) holding DIR/vmlinuz and DIR/initrd.img from
+sim initrd build and a GRUB menu that boots them with sim.server=URL and
+--append ARGS (e.g. sim.image=debian, sim.node=n01, sim.after=reboot). The
+node still fetches the image from the server; only the boot is local.
+Needs grub-mkrescue, grub-pc-bin, grub-efi-amd64-bin, xorriso and mtools.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if from == "" || out == "" || server == "" {
+				return usageError{errors.New("initrd iso: --from DIR, --server URL and -o FILE are required")}
+			}
+			if !isURL(server) {
+				return usageError{fmt.Errorf("initrd iso: --server %q: want an http:// or https:// URL", server)}
+			}
+			cmdline := "console=ttyS0,115200 console=tty0 sim.server=" + server
+			if extra != "" {
+				cmdline += " " + extra
+			}
+			if err := initrd.ISO(filepath.Join(e.path(from), "vmlinuz"), filepath.Join(e.path(from), "initrd.img"), e.path(out), cmdline); err != nil {
+				return err
+			}
+			fi, err := os.Stat(e.path(out))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s: %s, boots: %s\n", out, fmtBytes(fi.Size()), cmdline)
+			return nil
+		},
+	}
+	f = iso.Flags()
+	f.StringVar(&from, "from", "", "the `DIR` sim initrd build wrote")
+	f.StringVarP(&out, "out", "o", "", "write the image to `FILE`")
+	f.StringVar(&server, "server", "", "the sim server's `URL` as nodes reach it")
+	f.StringVar(&extra, "append", "", "more kernel `ARGS` (sim.image=, sim.node=, sim.after=, …)")
+	c.AddCommand(build, iso)
 	return c
 }
 

@@ -78,12 +78,15 @@ func initMain() {
 			say("mount %s: %v", m.dst, err)
 		}
 	}
-	os.MkdirAll("/sys/firmware/efi/efivars", 0o755)
-	unix.Mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", 0, "")
+	teeConsoles()
 	start := time.Now()
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	p, perr := parseCmdline(string(cmdline))
 	loadModules(say)
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		os.MkdirAll("/sys/firmware/efi/efivars", 0o755)
+		unix.Mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", 0, "")
+	}
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL FAILED: %v\n*** after %.1fs; the disk is not marked installed.\n", err, time.Since(start).Seconds())
 		finish(p.onError, say)
@@ -129,6 +132,7 @@ func finish(action string, say func(string, ...any)) {
 		action = "poweroff"
 	}
 	unix.Sync()
+	time.Sleep(300 * time.Millisecond) // let teeConsoles write the last lines
 	if action == "reboot" {
 		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	}
@@ -154,7 +158,9 @@ func loadModules(say func(string, ...any)) {
 		}
 		err = unix.FinitModule(int(f.Fd()), "", 0)
 		f.Close()
-		if err != nil && err != unix.EEXIST {
+		// EEXIST: built in or loaded; ENODEV: nothing for it here
+		// (efivarfs on a BIOS machine).
+		if err != nil && err != unix.EEXIST && err != unix.ENODEV {
 			say("module %s: %v", filepath.Base(m), err)
 			continue
 		}
@@ -199,4 +205,46 @@ func dhcp(say func(string, ...any)) (string, error) {
 		return strings.TrimSpace(string(mac)), nil
 	}
 	return "", fmt.Errorf("no DHCP lease on any of %s", strings.Join(nics, " "))
+}
+
+// teeConsoles sends init's output (and its children's: fds 1 and 2) to
+// every active console, not only /dev/console, which is just the last
+// console= of the command line: with "console=ttyS0 console=tty0" a
+// serial-only machine would see the kernel's messages but not why the
+// install stopped.
+func teeConsoles() {
+	b, err := os.ReadFile("/sys/class/tty/console/active")
+	if err != nil {
+		return
+	}
+	var outs []*os.File
+	for _, n := range strings.Fields(string(b)) {
+		if f, err := os.OpenFile("/dev/"+n, os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+			outs = append(outs, f)
+		}
+	}
+	if len(outs) < 2 {
+		for _, f := range outs {
+			f.Close()
+		}
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return
+	}
+	unix.Dup2(int(w.Fd()), 1)
+	unix.Dup2(int(w.Fd()), 2)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			for _, f := range outs {
+				f.Write(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 }

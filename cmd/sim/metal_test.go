@@ -113,7 +113,7 @@ func newMetalLab(t *testing.T) *metalLab {
 	ok(t, m.store, "override", "set", "site", filepath.Join(dir, "ov"))
 	ok(t, m.store, "script", "set", "marker", filepath.Join(dir, "post.sh"))
 	ok(t, m.store, "group", "add", "compute", "--image", "debian", "--override", "site", "--script", "marker")
-	for i := 1; i <= 6; i++ {
+	for i := 1; i <= 7; i++ {
 		ok(t, m.store, "node", "add", fmt.Sprintf("n%d", i), "--mac", fmt.Sprintf("52:54:00:5e:00:%02x", i), "--group", "compute")
 	}
 
@@ -194,6 +194,15 @@ func (m *metalLab) newVM(name string, n int, size string, uefi bool) *vm {
 // netboot kernel when append is not empty, else from its disk. It
 // returns the serial console.
 func (m *metalLab) boot(v *vm, appendArgs string, timeout time.Duration) string {
+	return m.bootWith(v, appendArgs, "", timeout)
+}
+
+// bootISO boots the VM from a CD image (with its blank disk).
+func (m *metalLab) bootISO(v *vm, iso string, timeout time.Duration) string {
+	return m.bootWith(v, "", iso, timeout)
+}
+
+func (m *metalLab) bootWith(v *vm, appendArgs, iso string, timeout time.Duration) string {
 	args := []string{"-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",
 		"-drive", "file=" + v.disk + ",format=raw,if=virtio",
@@ -203,7 +212,9 @@ func (m *metalLab) boot(v *vm, appendArgs string, timeout time.Duration) string 
 			"-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
 			"-drive", "if=pflash,format=raw,file="+v.vars)
 	}
-	if appendArgs != "" {
+	if iso != "" {
+		args = append(args, "-cdrom", iso, "-boot", "d")
+	} else if appendArgs != "" {
 		args = append(args, "-kernel", filepath.Join(m.netboot, "vmlinuz"), "-initrd", filepath.Join(m.netboot, "initrd.img"),
 			"-append", "console=ttyS0 "+appendArgs)
 	}
@@ -310,7 +321,26 @@ func TestMetalVM(t *testing.T) {
 			t.Errorf("four3: installed system did not report %q:\n%s", want, tail(con, 3000))
 		}
 	})
+	// The boot medium and the failures are light on the server and mostly
+	// waiting: they run side by side.
+	t.Run("iso", func(t *testing.T) {
+		t.Parallel()
+		mm := *m
+		mm.t = t
+		if _, err := exec.LookPath("grub-mkrescue"); err != nil {
+			t.Skip("iso: no grub-mkrescue (make metal-deps)")
+		}
+		iso := filepath.Join(mm.dir, "sim.iso")
+		ok(t, mm.store, "initrd", "iso", "--from", mm.netboot, "--server", mm.url, "--append", "sim.node=n7 sim.onerror=poweroff", "-o", iso)
+		v := mm.newVM("iso", 7, "3G", false)
+		mm.bootISO(v, iso, 15*time.Minute)
+		if !strings.Contains(v.console, "SIM INSTALL DONE") || mm.statuses()["n7"].State != install.Done {
+			t.Fatalf("iso: install did not finish; console tail:\n%s", tail(v.console, 4000))
+		}
+		t.Logf("FIGURE n7 install from the ISO (BIOS, CD): %.1f s from power-on to installed and powered off", v.elapsed.Seconds())
+	})
 	t.Run("failures", func(t *testing.T) {
+		t.Parallel()
 		mm := *m
 		mm.t = t
 		cases := []struct {
