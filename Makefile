@@ -27,9 +27,11 @@ TEST_DEBS := debootstrap acl attr time
 # Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the
 # Debian kernel is the initrd's; busybox-static is its userland; the mkfs
-# tools go into it; grub/cpio/zstd for inspecting results by hand.
+# tools go into it; grub-mkrescue (grub-*-bin, xorriso, mtools) makes the
+# install ISO; cpio and zstd for inspecting an initrd by hand.
 # Kept separate so branches touching TEST_DEBS merge cleanly.
-METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux cpio zstd
+METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux \
+              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd
 BOOTABLE   ?= /var/cache/sim/bootable
 
 .PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean
