@@ -159,6 +159,7 @@ func getConfigOnce(ctx context.Context, r *simsync.Remote, q url.Values) (*insta
 	if err != nil {
 		return nil, err
 	}
+	bearer(req, r)
 	resp, err := r.Client.Do(req)
 	if err != nil {
 		return nil, err
@@ -189,8 +190,17 @@ func postStatus(ctx context.Context, r *simsync.Remote, s install.Status) {
 		return
 	}
 	req.Header.Set("Content-Type", "application/json")
+	bearer(req, r)
 	if resp, err := r.Client.Do(req); err == nil {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+	}
+}
+
+// bearer adds the remote's token (a server with --read-token wants it on
+// every request, the install ones included).
+func bearer(req *http.Request, r *simsync.Remote) {
+	if r.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.Token)
 	}
 }
