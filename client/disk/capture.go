@@ -64,7 +64,13 @@ func Capture(d Info) (*layout.Layout, error) {
 			}
 		}
 		if fs.Mountable() && part.Mount == "" {
-			part.Mount = "/mnt/" + name // not mounted now: somewhere harmless, edit before use
+			// Not mounted now (a disk read from a rescue system): a
+			// partition named root (as sim and many installers name it)
+			// is /, the rest go somewhere harmless, to edit before use.
+			part.Mount = "/mnt/" + name
+			if name == "root" && fs != layout.FSVfat && fs != layout.FSESP {
+				part.Mount = "/"
+			}
 		}
 		l.Partitions = append(l.Partitions, part)
 	}

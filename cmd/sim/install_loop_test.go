@@ -126,6 +126,14 @@ func TestInstallLoop(t *testing.T) {
 		var res install.Result
 		decodeJSON(t, r.stdout, &res)
 		t.Logf("installed corpus v1 on %s in %.1fs, %.1f MB received", dev, time.Since(start).Seconds(), float64(res.Bytes)/1e6)
+		// The disk read back as a layout (nothing mounted: the partition
+		// named root becomes /).
+		capt := ok(t, s, "layout", "capture", dev)
+		for _, want := range []string{"part root ", " ext4 /\n", "part data 300MiB xfs /mnt/data", "part swap rest swap"} {
+			if !strings.Contains(capt, want) {
+				t.Errorf("layout capture lacks %q:\n%s", want, capt)
+			}
+		}
 		root := rootOf(dev)
 		read := func(p string) string {
 			b, err := os.ReadFile(filepath.Join(root, p))
