@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,9 +116,14 @@ func initMain() {
 		args = append(args, "--disk", p.disk)
 	}
 	say("sim %s", strings.Join(args, " "))
-	e := &env{stdout: os.Stdout, stderr: os.Stderr, storeDir: "/run/sim/store"}
+	why := &reasonWriter{w: os.Stderr, prefix: "sim: "}
+	e := &env{stdout: os.Stdout, stderr: why, storeDir: "/run/sim/store"}
 	if code := run(context.Background(), args, e); code != 0 {
-		fail(fmt.Errorf("sim install exited with status %d (the reason is above)", code))
+		reason := strings.TrimPrefix(why.last, "sim: ")
+		if reason == "" {
+			reason = fmt.Sprintf("sim install exited with status %d (the reason is above)", code)
+		}
+		fail(errors.New(reason))
 	}
 	fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL DONE in %.1fs since the kernel started init\n", time.Since(start).Seconds())
 	finish(p.after, say)
@@ -247,4 +255,28 @@ func teeConsoles() {
 			}
 		}
 	}()
+}
+
+// reasonWriter passes output through and remembers the last line that starts
+// with prefix (the error `run` prints), for the closing banner.
+type reasonWriter struct {
+	w      io.Writer
+	prefix string
+	buf    []byte
+	last   string
+}
+
+func (l *reasonWriter) Write(p []byte) (int, error) {
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if line := string(l.buf[:i]); strings.HasPrefix(line, l.prefix) {
+			l.last = line
+		}
+		l.buf = l.buf[i+1:]
+	}
+	return l.w.Write(p)
 }
