@@ -279,15 +279,21 @@ func (m *metalLab) installAndBoot(v *vm, node string) {
 
 func TestMetalVM(t *testing.T) {
 	m := newMetalLab(t)
-	t.Run("bios", func(t *testing.T) {
-		mm := *m
-		mm.t = t
-		mm.installAndBoot(mm.newVM("bios", 1, "3G", false), "n1")
-	})
-	t.Run("uefi", func(t *testing.T) {
-		mm := *m
-		mm.t = t
-		mm.installAndBoot(mm.newVM("uefi", 2, "3G", true), "n2")
+	// One BIOS and one UEFI node side by side (a core each on a quiet
+	// 2-core machine), then 4 at once, then the ISO and the failures.
+	t.Run("single", func(t *testing.T) {
+		t.Run("bios", func(t *testing.T) {
+			t.Parallel()
+			mm := *m
+			mm.t = t
+			mm.installAndBoot(mm.newVM("bios", 1, "3G", false), "n1")
+		})
+		t.Run("uefi", func(t *testing.T) {
+			t.Parallel()
+			mm := *m
+			mm.t = t
+			mm.installAndBoot(mm.newVM("uefi", 2, "3G", true), "n2")
+		})
 	})
 	t.Run("four-at-once", func(t *testing.T) {
 		mm := *m
