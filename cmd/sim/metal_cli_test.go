@@ -51,6 +51,19 @@ func TestLayoutNodeCLI(t *testing.T) {
 		t.Errorf("layout history:\n%s", log)
 	}
 
+	// The layout follows its image through cp, mv and rm.
+	ok(t, s, "image", "cp", "debian", "deb2")
+	ok(t, s, "layout", "show", "deb2")
+	ok(t, s, "image", "mv", "deb2", "deb3")
+	ok(t, s, "layout", "show", "deb3")
+	if r := sim(t, s, "layout", "show", "deb2@layout"); r.code == 0 {
+		t.Error("deb2@layout still there after image mv")
+	}
+	ok(t, s, "image", "rm", "deb3")
+	if out := ok(t, s, "images"); strings.Contains(out, "deb3") {
+		t.Errorf("deb3@layout left after image rm:\n%s", out)
+	}
+
 	if r := sim(t, s, "script", "set", "x", filepath.Join(dir, "nohashbang.sh")); r.code != 2 || !strings.Contains(r.stderr, "must start with #!") {
 		t.Errorf("script without #!: %d %s", r.code, r.stderr)
 	}
