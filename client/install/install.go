@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	gosync "sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -111,13 +112,33 @@ type run struct {
 	Options
 	ctx   context.Context
 	start time.Time
+	mu    gosync.Mutex // step and bytes: the heartbeat reads them
 	bytes int64
 	step  string
 }
 
-func (r *run) report(step, state, msg string) {
+func (r *run) setStep(step string) {
+	r.mu.Lock()
 	r.step = step
-	s := Status{Step: step, State: state, Message: msg, Bytes: r.bytes, Time: time.Now().UTC(),
+	r.mu.Unlock()
+}
+
+func (r *run) addBytes(n int64) {
+	r.mu.Lock()
+	r.bytes += n
+	r.mu.Unlock()
+}
+
+// Heartbeat is how often a long step (fetch, checkout, GRUB) says it is
+// still running, so a server can tell a slow node from a dead one.
+var Heartbeat = 15 * time.Second
+
+func (r *run) report(step, state, msg string) {
+	r.mu.Lock()
+	r.step = step
+	bytes := r.bytes
+	r.mu.Unlock()
+	s := Status{Step: step, State: state, Message: msg, Bytes: bytes, Time: time.Now().UTC(),
 		Elapsed: time.Since(r.start).Seconds()}
 	if c := r.Config; c != nil {
 		s.Node, s.MAC, s.Image = c.Node, c.MAC, c.Image
@@ -149,7 +170,31 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.Log = io.Discard
 	}
 	var mounts []string
+	beat := time.NewTicker(Heartbeat)
+	stopBeat := make(chan struct{})
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		for {
+			select {
+			case <-stopBeat:
+				return
+			case <-beat.C:
+				r.mu.Lock()
+				step := r.step
+				r.mu.Unlock()
+				r.report(step, Running, "still working")
+			}
+		}
+	}()
+	var once gosync.Once
+	stopHeartbeat := func() {
+		once.Do(func() { beat.Stop(); close(stopBeat); <-beatDone })
+	}
 	defer func() {
+		// Stopped before the last report, so no "still working" can
+		// follow a "failed" or "done".
+		stopHeartbeat()
 		if err != nil {
 			disk.Unmount(mounts)
 			err = fmt.Errorf("install failed at step %q: %w", r.step, err)
@@ -158,13 +203,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}()
 	c := r.Config
 	if c == nil {
-		r.step = "config"
+		r.setStep("config")
 		return nil, errors.New("no install configuration")
 	}
 	r.report("start", Running, fmt.Sprintf("image %s (%s)", c.Image, c.Commit.Short()))
 
 	// Layout and disk, checked before anything is written.
-	r.step = "layout"
+	r.setStep("layout")
 	l, err := layout.Parse(c.Layout)
 	if err != nil {
 		return nil, fmt.Errorf("layout of %s: %w", c.Image, err)
@@ -186,13 +231,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
 
-	r.step = "partition"
+	r.setStep("partition")
 	parts, err := disk.Partition(d, ext)
 	if err != nil {
 		return nil, err
 	}
 	r.report("partition", Running, d.Path)
-	r.step = "mkfs"
+	r.setStep("mkfs")
 	for i := range parts {
 		if err := disk.Mkfs(&parts[i]); err != nil {
 			return nil, err
@@ -202,7 +247,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	// Mount everything except FAT filesystems: the image's files there
 	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
-	r.step = "mount"
+	r.setStep("mount")
 	if err := os.MkdirAll(r.Target, 0o755); err != nil {
 		return nil, err
 	}
@@ -227,7 +272,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	// The node store lives on the new root, so the node can update from
 	// this base later; the image checkout leaves it alone.
-	r.step = "fetch"
+	r.setStep("fetch")
 	stDir := filepath.Join(r.Target, StoreDir)
 	if err := store.Init(stDir); err != nil {
 		return nil, fmt.Errorf("node store: %w", err)
@@ -244,7 +289,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}()
 	fetch := func(id chunk.ID) error {
 		ps, err := r.Fetch(ctx, st, id)
-		r.bytes += ps.WireBytes
+		r.addBytes(ps.WireBytes)
 		return err
 	}
 	if err := fetch(c.Commit); err != nil {
@@ -263,14 +308,14 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			}
 		}
 	}
-	r.step = "checkout"
+	r.setStep("checkout")
 	cs, err := client.Checkout(ctx, st, c.Commit, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
 	if err != nil {
 		return nil, err
 	}
 	r.report("checkout", Running, fmt.Sprintf("%d files written (%s)", cs.Written, fmtMB(cs.BytesWritten)))
 
-	r.step = "mount"
+	r.setStep("mount")
 	for _, p := range fat {
 		dir, err := disk.Mount(p, r.Target)
 		if err != nil {
@@ -279,7 +324,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		mounts = append(mounts, dir)
 	}
 
-	r.step = "overrides"
+	r.setStep("overrides")
 	for _, ov := range c.Overrides {
 		if err := fetch(ov.Commit); err != nil {
 			return nil, fmt.Errorf("override %s: fetch: %w", ov.Name, err)
@@ -299,7 +344,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.report("overrides", Running, fmt.Sprintf("%d applied", len(c.Overrides)))
 	}
 
-	r.step = "configure"
+	r.setStep("configure")
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
@@ -316,7 +361,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		linkByUUID(parts)
 	}
 
-	r.step = "scripts"
+	r.setStep("scripts")
 	for _, s := range c.Scripts {
 		if err := fetch(s.Commit); err != nil {
 			return nil, fmt.Errorf("script %s: fetch: %w", s.Name, err)
@@ -331,7 +376,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.report("scripts", Running, s.Name+" ok")
 	}
 
-	r.step = "bootloader"
+	r.setStep("bootloader")
 	if l.Bootloader == "grub" {
 		if err := r.grub(d, parts); err != nil {
 			return nil, err
@@ -343,7 +388,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	// Record: the checkout record follows the root to "/", where the
 	// node will see it after boot, then installed.json, last.
-	r.step = "record"
+	r.setStep("record")
 	if err := client.MoveRecord(st, r.Target, "/"); err != nil {
 		return nil, err
 	}
@@ -372,6 +417,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	mounts = nil
+	stopHeartbeat()
 	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
 	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
 }

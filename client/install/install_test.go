@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	gosync "sync"
 	"testing"
 	"time"
 
@@ -116,5 +117,43 @@ func TestRunRefusesWithoutConfig(t *testing.T) {
 	_, err = Run(t.Context(), Options{Config: &Config{Image: "x", Layout: "part root rest ext5 /"}, Report: func(s Status) { got = append(got, s) }})
 	if err == nil || !strings.Contains(err.Error(), `step "layout"`) || !strings.Contains(err.Error(), "ext5") || got[len(got)-1].State != Failed {
 		t.Errorf("bad layout: %v %+v", err, got)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	old := Heartbeat
+	Heartbeat = 10 * time.Millisecond
+	defer func() { Heartbeat = old }()
+	var mu gosync.Mutex
+	var got []Status
+	// A layout on a missing disk fails at "layout"; the reports are slow
+	// enough for heartbeats to come in between, and none may follow the
+	// failure.
+	_, err := Run(t.Context(), Options{Config: &Config{Image: "x", Layout: "disk /dev/sim-no-such-disk\npart root rest ext4 /"},
+		Report: func(s Status) {
+			mu.Lock()
+			got = append(got, s)
+			mu.Unlock()
+			if s.Step == "start" {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}})
+	if err == nil {
+		t.Fatal("install on a missing disk succeeded")
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	beats := 0
+	for _, s := range got {
+		if s.Message == "still working" {
+			beats++
+		}
+	}
+	if beats == 0 {
+		t.Errorf("no heartbeat in %+v", got)
+	}
+	if last := got[len(got)-1]; last.State != Failed {
+		t.Errorf("last status %+v; want failed", last)
 	}
 }
