@@ -91,7 +91,8 @@ type Options struct {
 	// Fetch brings commit id and all its objects into st (the node store
 	// on the new root), through whatever transport the caller chose.
 	Fetch func(ctx context.Context, st *store.Store, id chunk.ID) (simsync.PullStats, error)
-	// Report receives every status; it must not block for long.
+	// Report receives every status; it must not block for long, and is
+	// called from the heartbeat goroutine too (Log is written from both).
 	Report func(Status)
 	Log    io.Writer
 }

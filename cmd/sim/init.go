@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	gosync "sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -260,6 +261,7 @@ func teeConsoles() {
 // reasonWriter passes output through and remembers the last line that starts
 // with prefix (the error `run` prints), for the closing banner.
 type reasonWriter struct {
+	mu     gosync.Mutex // the install's heartbeat logs from another goroutine
 	w      io.Writer
 	prefix string
 	buf    []byte
@@ -267,6 +269,8 @@ type reasonWriter struct {
 }
 
 func (l *reasonWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.buf = append(l.buf, p...)
 	for {
 		i := bytes.IndexByte(l.buf, '\n')
