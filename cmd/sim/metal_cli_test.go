@@ -173,3 +173,13 @@ func TestParseCmdline(t *testing.T) {
 		}
 	}
 }
+
+func TestReasonWriter(t *testing.T) {
+	var out strings.Builder
+	l := &reasonWriter{w: &out, prefix: "sim: "}
+	l.Write([]byte("sim install: [ 0.0s] start\nsim: install failed at step \"lay"))
+	l.Write([]byte("out\": disk /dev/vda too small\nmore\n"))
+	if l.last != "sim: install failed at step \"layout\": disk /dev/vda too small" || !strings.HasSuffix(out.String(), "more\n") {
+		t.Errorf("last = %q", l.last)
+	}
+}
