@@ -108,7 +108,17 @@ func TestInstallLoop(t *testing.T) {
 	rootOf := func(dev string) string {
 		mnt := filepath.Join(dir, "inspect"+filepath.Base(dev))
 		os.MkdirAll(mnt, 0o755)
-		if err := unix.Mount(dev+"p1", mnt, "ext4", unix.MS_RDONLY, ""); err != nil {
+		// The host's shared mounts may hold the just-unmounted filesystem
+		// a moment longer in another mount namespace (a lab of the other
+		// tests): retry briefly on EBUSY.
+		var err error
+		for i := 0; i < 40; i++ {
+			if err = unix.Mount(dev+"p1", mnt, "ext4", unix.MS_RDONLY, ""); err != unix.EBUSY {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
 			t.Fatalf("mount %sp1: %v", dev, err)
 		}
 		t.Cleanup(func() { unix.Unmount(mnt, 0) })
