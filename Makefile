@@ -7,7 +7,8 @@
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh;
-#                multicast vs udpcast: bench/mcastbench.sh)
+#                multicast vs udpcast: bench/mcastbench.sh;
+#                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
 # needs nothing else. Root is needed for the corpus (debootstrap, chroot).
@@ -28,7 +29,17 @@ TEST_DEBS := debootstrap acl attr time
 # packets in the lab's loss tests (testdata/lab.sh loss).
 TEST_DEBS += udpcast nftables
 
-.PHONY: all build deps corpus demo test test-short vet bench clean
+# Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
+# sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the
+# Debian kernel is the initrd's; busybox-static is its userland; the mkfs
+# tools go into it; grub-mkrescue (grub-*-bin, xorriso, mtools) makes the
+# install ISO; cpio and zstd for inspecting an initrd by hand.
+# Kept separate so branches touching TEST_DEBS merge cleanly.
+METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux \
+              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd
+BOOTABLE   ?= /var/cache/sim/bootable
+
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean
 
 all: build
 
@@ -43,6 +54,19 @@ deps:
 		echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+metal-deps:
+	@missing=""; for p in $(METAL_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make metal-deps: not root, skipping$$missing (VM tests will skip)" >&2; exit 0; fi; \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The bootable Debian image of the VM tests (cached in $(BOOTABLE)); needs root.
+bootable: corpus
+	@if [ "$$(id -u)" = 0 ]; then SIM_CORPUS=$(CORPUS) bash testdata/mkbootable.sh $(BOOTABLE); \
+	else echo "make bootable: not root, skipping (VM tests will skip)"; fi
 
 # The real corpus (cached in $(CORPUS)); needs root.
 corpus: deps
@@ -85,7 +109,7 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: deps corpus vet
+test: deps corpus metal-deps bootable vet
 	$(GO) test -count=1 ./...
 
 test-short: vet
@@ -97,6 +121,11 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
+	$(MAKE) metal-bench
+
+# The bare-metal install figures (real VMs; needs root, qemu, the bootable image).
+metal-bench: metal-deps bootable
+	bash bench/metalbench.sh bench/metalresults.md
 
 clean:
 	rm -rf bin

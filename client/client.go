@@ -229,3 +229,29 @@ func envInt(name string) int {
 	n, _ := strconv.Atoi(os.Getenv(name))
 	return n
 }
+
+// MoveRecord re-keys the checkout record of directory from as directory
+// to: an installer checks a root out under a mount point, and the node
+// then sees it as "/". The record is a cache, so a mismatch later only
+// costs re-hashing.
+func MoveRecord(st *store.Store, from, to string) error {
+	fj, fs := recordPaths(st, from)
+	tj, ts := recordPaths(st, to)
+	b, err := os.ReadFile(fj)
+	if err != nil {
+		return fmt.Errorf("checkout record of %s: %w", from, err)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("checkout record of %s: %w", from, err)
+	}
+	r.Dir = to
+	nb, _ := json.Marshal(r)
+	if err := os.Rename(fs, ts); err != nil {
+		return fmt.Errorf("checkout record of %s: %w", from, err)
+	}
+	if err := store.WriteFileAtomic(tj, 0o644, func(w io.Writer) error { _, err := w.Write(nb); return err }); err != nil {
+		return err
+	}
+	return os.Remove(fj)
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/store"
 )
 
@@ -109,7 +110,12 @@ func newImageCommand(e *env) *cobra.Command {
 		Short: "Create image DST at the head of SRC (history is shared)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return e.withStore(func(st *store.Store) error { return st.CopyImage(args[0], args[1]) })
+			return e.withStore(func(st *store.Store) error {
+				if err := st.CopyImage(args[0], args[1]); err != nil {
+					return err
+				}
+				return layoutFollows(st, args[0], args[1], st.CopyImage)
+			})
 		},
 	}, &cobra.Command{
 		Use:   "mv SRC DST",
@@ -121,7 +127,7 @@ func newImageCommand(e *env) *cobra.Command {
 					return err
 				}
 				client.ForgetImage(st, args[0])
-				return nil
+				return layoutFollows(st, args[0], args[1], st.RenameImage)
 			})
 		},
 	}, &cobra.Command{
@@ -135,6 +141,9 @@ func newImageCommand(e *env) *cobra.Command {
 						return err
 					}
 					client.ForgetImage(st, n)
+					if err := layoutFollows(st, n, "", func(src, _ string) error { return st.DeleteImage(src) }); err != nil {
+						return err
+					}
 				}
 				return nil
 			})
@@ -167,4 +176,24 @@ func newImageCommand(e *env) *cobra.Command {
 	e.addJSONFlag(reflog)
 	c.AddCommand(reflog)
 	return c
+}
+
+// layoutFollows applies an image operation to the image's layout too
+// (IMAGE@layout), when it has one and src is a system image: a layout
+// belongs to its image.
+func layoutFollows(st *store.Store, src, dst string, op func(src, dst string) error) error {
+	if catalog.IsSpecial(src) {
+		return nil
+	}
+	if _, err := st.ImageHead(catalog.LayoutImage(src)); err != nil {
+		return nil
+	}
+	d := ""
+	if dst != "" {
+		d = catalog.LayoutImage(dst)
+	}
+	if err := op(catalog.LayoutImage(src), d); err != nil {
+		return fmt.Errorf("layout of %s: %w", src, err)
+	}
+	return nil
 }

@@ -15,6 +15,9 @@ import (
 )
 
 func main() {
+	if os.Getpid() == 1 {
+		initMain() // the netboot initrd's /init; never returns
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if p := os.Getenv("SIM_CPUPROFILE"); p != "" {
 		// For `make bench` investigations: go tool pprof bin/sim FILE.

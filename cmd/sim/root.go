@@ -66,6 +66,8 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newCheckoutCommand(e), newDiffCommand(e), newFsckCommand(e), newGCCommand(e),
 		newServeCommand(e), newCloneCommand(e), newPullCommand(e), newPushCommand(e), newFetchPlanCommand(e),
 		newMulticastCommand(e),
+		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
+		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
 	)
 	wrapArgs(root)
 	return root

@@ -1,0 +1,180 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+)
+
+// Image names of the catalog's documents.
+const (
+	NodesImage     = "sim@nodes"
+	layoutSuffix   = "@layout"
+	overrideSuffix = "@override"
+	scriptSuffix   = "@script"
+	LayoutFile     = "layout"
+	ScriptFile     = "script"
+)
+
+// LayoutImage is where IMAGE's layout lives.
+func LayoutImage(image string) string { return image + layoutSuffix }
+
+// OverrideImage is where override NAME lives.
+func OverrideImage(name string) string { return name + overrideSuffix }
+
+// ScriptImage is where script NAME lives.
+func ScriptImage(name string) string { return name + scriptSuffix }
+
+// IsSpecial says whether an image name is a catalog document rather than
+// a system image.
+func IsSpecial(image string) bool {
+	return image == NodesImage || strings.HasSuffix(image, layoutSuffix) ||
+		strings.HasSuffix(image, overrideSuffix) || strings.HasSuffix(image, scriptSuffix)
+}
+
+// CommitFiles makes files (slash-separated relative path → content) the
+// whole tree of a new commit on image. Files are 0644, directories 0755,
+// owned by root; the tree is written in a temporary directory and
+// committed like any other (so it is chunked, deduplicated and verified
+// the same way).
+func CommitFiles(ctx context.Context, st *store.Store, image string, files map[string][]byte, msg string) (chunk.ID, error) {
+	if err := store.CheckName("image", image); err != nil {
+		return chunk.ID{}, err
+	}
+	dir, err := os.MkdirTemp(filepath.Join(st.Dir(), "tmp"), "catalog-")
+	if err != nil {
+		return chunk.ID{}, err
+	}
+	defer os.RemoveAll(dir)
+	for p, b := range files {
+		clean := path.Clean(p)
+		if clean != p || strings.HasPrefix(p, "/") || strings.HasPrefix(p, "../") || p == "." || p == ".." {
+			return chunk.ID{}, fmt.Errorf("catalog: bad path %q", p)
+		}
+		full := filepath.Join(dir, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return chunk.ID{}, err
+		}
+		if err := os.WriteFile(full, b, 0o644); err != nil {
+			return chunk.ID{}, err
+		}
+	}
+	// Directories the temp dir created: fixed mode and time so that an
+	// unchanged document commits to the same tree.
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			if fi.IsDir() {
+				os.Chmod(p, 0o755)
+			}
+			os.Lchown(p, 0, 0)
+		}
+		return nil
+	})
+	id, _, err := client.Commit(ctx, st, dir, client.CommitOptions{Image: image, Message: msg})
+	if err != nil {
+		return id, fmt.Errorf("commit %s: %w", image, err)
+	}
+	// A temp dir's stat cache is useless next time (new inodes).
+	client.ForgetImage(st, image)
+	return id, nil
+}
+
+// ReadFile reads one regular file of commit id's tree.
+func ReadFile(st *store.Store, id chunk.ID, p string) ([]byte, error) {
+	c, err := st.Commit(id)
+	if err != nil {
+		return nil, err
+	}
+	n, err := snapshot.Lookup(st, c.Tree, p)
+	if err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", p, id.Short(), err)
+	}
+	var b bytes.Buffer
+	if err := snapshot.WriteContent(st, n, &b); err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", p, id.Short(), err)
+	}
+	return b.Bytes(), nil
+}
+
+// ReadAll reads every regular file of commit id's tree.
+func ReadAll(st *store.Store, id chunk.ID) (map[string][]byte, error) {
+	c, err := st.Commit(id)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	err = snapshot.Walk(st, c.Tree, func(p string, n *snapshot.Node) error {
+		if n.Kind != snapshot.KindFile {
+			return nil
+		}
+		var b bytes.Buffer
+		if err := snapshot.WriteContent(st, n, &b); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		out[strings.TrimPrefix(p, "/")] = b.Bytes()
+		return nil
+	})
+	return out, err
+}
+
+// head returns an image's head, or the zero id when it does not exist.
+func head(st *store.Store, image string) (chunk.ID, error) {
+	id, err := st.ImageHead(image)
+	if errors.Is(err, store.ErrNotFound) {
+		return chunk.ID{}, nil
+	}
+	return id, err
+}
+
+// ErrNoLayout says an image has no layout yet.
+var ErrNoLayout = errors.New("no layout set (sim layout set IMAGE FILE)")
+
+// LayoutFor finds the layout commit for ref: ref itself when it is a
+// commit of an IMAGE@layout image, else the head of the layout image of
+// the image ref's commit belongs to.
+func LayoutFor(st *store.Store, ref string) (chunk.ID, error) {
+	id, err := st.Resolve(ref)
+	if err != nil {
+		return id, err
+	}
+	c, err := st.Commit(id)
+	if err != nil {
+		return id, err
+	}
+	if strings.HasSuffix(c.Image, layoutSuffix) {
+		return id, nil
+	}
+	image := c.Image
+	if image == "" {
+		image = ref
+	}
+	lid, err := head(st, LayoutImage(image))
+	if err != nil {
+		return lid, err
+	}
+	if lid.IsZero() {
+		return lid, fmt.Errorf("image %s: %w", image, ErrNoLayout)
+	}
+	return lid, nil
+}
+
+// sortedKeys is used for stable listings.
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

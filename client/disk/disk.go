@@ -1,0 +1,375 @@
+package disk
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/client/layout"
+)
+
+// Info is one whole disk the kernel knows.
+type Info struct {
+	Path   string // /dev/NAME
+	Name   string
+	Size   uint64 // bytes
+	Sector uint64 // logical sector size
+}
+
+// SysBlock is where disks are listed (a variable for tests).
+var SysBlock = "/sys/block"
+
+// skipped are block devices that are never install targets.
+var skipped = []string{"loop", "ram", "sr", "zram", "fd", "md", "dm-", "nbd", "mtdblock"}
+
+// List returns the whole disks in name order: real devices (with a
+// device/ link), writable, non-empty, not loop/ram/optical/virtual.
+func List() ([]Info, error) {
+	ents, err := os.ReadDir(SysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("list disks: %w", err)
+	}
+	var out []Info
+next:
+	for _, e := range ents {
+		n := e.Name()
+		for _, p := range skipped {
+			if strings.HasPrefix(n, p) {
+				continue next
+			}
+		}
+		d := filepath.Join(SysBlock, n)
+		if _, err := os.Stat(filepath.Join(d, "device")); err != nil {
+			continue
+		}
+		if readInt(filepath.Join(d, "removable")) != 0 {
+			continue
+		}
+		if i, ok := info(n); ok {
+			out = append(out, i)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// info reads one whole disk from /sys/block; false when it is missing,
+// read-only or empty.
+func info(n string) (Info, bool) {
+	d := filepath.Join(SysBlock, n)
+	if readInt(filepath.Join(d, "ro")) != 0 {
+		return Info{}, false
+	}
+	sectors := readInt(filepath.Join(d, "size"))
+	if sectors == 0 {
+		return Info{}, false
+	}
+	ss := readInt(filepath.Join(d, "queue", "logical_block_size"))
+	if ss == 0 {
+		ss = 512
+	}
+	return Info{Path: "/dev/" + n, Name: n, Size: sectors * 512, Sector: ss}, true
+}
+
+func readInt(p string) uint64 {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// Find picks the disk a layout names: "first" or "largest" of List, or a
+// path, which may name any writable whole disk (a loop device too: a
+// path is deliberate).
+func Find(spec string) (Info, error) {
+	if spec == "first" || spec == "largest" {
+		ds, err := List()
+		if err != nil {
+			return Info{}, err
+		}
+		if len(ds) == 0 {
+			return Info{}, errors.New("no disk found (no writable, non-removable disk in /sys/block; is the storage driver loaded?)")
+		}
+		best := ds[0]
+		if spec == "largest" {
+			for _, d := range ds[1:] {
+				if d.Size > best.Size {
+					best = d
+				}
+			}
+		}
+		return best, nil
+	}
+	real, err := filepath.EvalSymlinks(spec)
+	if err != nil {
+		return Info{}, fmt.Errorf("disk %s: %w", spec, err)
+	}
+	n := filepath.Base(real)
+	if _, err := os.Stat(filepath.Join(SysBlock, n)); err != nil || !strings.HasPrefix(real, "/dev/") {
+		return Info{}, fmt.Errorf("disk %s is not a whole disk (no %s/%s; a partition?)", spec, SysBlock, n)
+	}
+	i, ok := info(n)
+	if !ok {
+		return Info{}, fmt.Errorf("disk %s is read-only or empty", spec)
+	}
+	return i, nil
+}
+
+// PartPath is the device of partition n of disk: vda3, nvme0n1p3.
+func PartPath(disk string, n int) string {
+	if c := disk[len(disk)-1]; c >= '0' && c <= '9' {
+		return disk + "p" + strconv.Itoa(n)
+	}
+	return disk + strconv.Itoa(n)
+}
+
+// Part is a planned partition made real: its device and filesystem UUID.
+type Part struct {
+	layout.Extent
+	Dev  string
+	UUID string // filesystem UUID as fstab and blkid write it; "" for bios_grub and none
+}
+
+var typeGUID = map[layout.FS]gpt.Type{
+	layout.FSESP: gpt.EFISystemPartition, layout.FSBiosGrub: gpt.BIOSBoot, layout.FSSwap: gpt.LinuxSwap,
+	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem,
+	layout.FSNone: gpt.LinuxFilesystem,
+}
+
+// Partition writes a fresh GPT with the extents on d and waits until the
+// kernel shows every partition's device node.
+func Partition(d Info, ext []layout.Extent) ([]Part, error) {
+	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	defer dk.Close()
+	t := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
+	parts := make([]Part, len(ext))
+	for i, e := range ext {
+		t.Partitions = append(t.Partitions, &gpt.Partition{
+			Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
+			Type: typeGUID[e.FS], Name: e.Name,
+		})
+		parts[i] = Part{Extent: e, Dev: PartPath(d.Path, e.Index)}
+	}
+	if err := dk.Partition(t); err != nil {
+		return nil, fmt.Errorf("write partition table on %s: %w", d.Path, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	blkpgAt := time.Now().Add(time.Second)
+	for _, p := range parts {
+		for {
+			if fi, err := os.Stat(p.Dev); err == nil && fi.Mode()&os.ModeDevice != 0 {
+				break
+			}
+			// The kernel knows the partition but nothing made its node
+			// (no udev, /dev not a devtmpfs): make it.
+			if err := mknodFromSys(p.Dev); err == nil {
+				break
+			}
+			// Some kernels answer BLKRRPART on a loop device without
+			// rescanning: tell the kernel about the partition directly.
+			if time.Now().After(blkpgAt) {
+				if err := blkpgAdd(d.Path, p); err != nil {
+					return nil, fmt.Errorf("partition %s: add it to the kernel: %w", p.Dev, err)
+				}
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("partition %s did not appear after writing the table on %s", p.Dev, d.Path)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return parts, nil
+}
+
+// blkpgAdd adds partition p of disk to the kernel's view (BLKPG, what
+// partx -a does), unless the kernel already has it.
+func blkpgAdd(disk string, p Part) error {
+	if _, err := os.Stat(filepath.Join("/sys/class/block", filepath.Base(p.Dev))); err == nil {
+		return nil
+	}
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bp := unix.BlkpgPartition{Start: int64(p.Start), Length: int64(p.Bytes), Pno: int32(p.Index)}
+	arg := unix.BlkpgIoctlArg{Op: unix.BLKPG_ADD_PARTITION, Datalen: int32(unsafe.Sizeof(bp)), Data: (*byte)(unsafe.Pointer(&bp))}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg)))
+	if errno != 0 && errno != unix.EBUSY {
+		return errno
+	}
+	return nil
+}
+
+// mknodFromSys creates block device node dev from /sys/class/block/NAME/dev.
+func mknodFromSys(dev string) error {
+	b, err := os.ReadFile(filepath.Join("/sys/class/block", filepath.Base(dev), "dev"))
+	if err != nil {
+		return err
+	}
+	var maj, min uint32
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &maj, &min); err != nil {
+		return err
+	}
+	os.Remove(dev) // a stale regular file or wrong node
+	return unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(maj, min)))
+}
+
+// NewUUID is a random (version 4) UUID.
+func NewUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// Mkfs makes p's filesystem and sets p.UUID. Output of the tool is in the
+// error when it fails.
+func Mkfs(p *Part) error {
+	var cmd []string
+	switch p.FS {
+	case layout.FSESP, layout.FSVfat:
+		var id [4]byte
+		rand.Read(id[:])
+		vol := fmt.Sprintf("%X", id[:])
+		p.UUID = vol[:4] + "-" + vol[4:]
+		cmd = []string{"mkfs.vfat", "-F", "32", "-i", vol}
+		if p.Label != "" {
+			cmd = append(cmd, "-n", p.Label)
+		}
+	case layout.FSExt4:
+		p.UUID = NewUUID()
+		cmd = []string{"mkfs.ext4", "-q", "-F", "-U", p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	case layout.FSXfs:
+		p.UUID = NewUUID()
+		cmd = []string{"mkfs.xfs", "-q", "-f", "-m", "uuid=" + p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	case layout.FSSwap:
+		p.UUID = NewUUID()
+		cmd = []string{"mkswap", "-U", p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	default:
+		return nil
+	}
+	cmd = append(cmd, p.Dev)
+	out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// mountType is the kernel's name for a layout filesystem.
+func mountType(f layout.FS) string {
+	if f == layout.FSESP {
+		return "vfat"
+	}
+	return string(f)
+}
+
+// MountOrder is the mountable partitions, parents before children.
+func MountOrder(parts []Part) []Part {
+	var m []Part
+	for _, p := range parts {
+		if p.FS.Mountable() {
+			m = append(m, p)
+		}
+	}
+	depth := func(p string) int {
+		if p == "/" {
+			return 0
+		}
+		return strings.Count(p, "/")
+	}
+	sort.SliceStable(m, func(i, j int) bool { return depth(m[i].Mount) < depth(m[j].Mount) })
+	return m
+}
+
+// Mount mounts p at target+p.Mount (created if missing).
+func Mount(p Part, target string) (string, error) {
+	dir := filepath.Join(target, p.Mount)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Mount(p.Dev, dir, mountType(p.FS), 0, ""); err != nil {
+		return "", fmt.Errorf("mount %s (%s) on %s: %w", p.Dev, p.FS, dir, err)
+	}
+	return dir, nil
+}
+
+// Unmount unmounts dirs in reverse order, lazily as a last resort.
+func Unmount(dirs []string) error {
+	var first error
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := unix.Unmount(dirs[i], 0); err != nil {
+			if first == nil {
+				first = fmt.Errorf("unmount %s: %w", dirs[i], err)
+			}
+			unix.Unmount(dirs[i], unix.MNT_DETACH)
+		}
+	}
+	return first
+}
+
+// Fstab is the fstab for parts, every filesystem by UUID.
+func Fstab(parts []Part) string {
+	var b strings.Builder
+	b.WriteString("# written by sim install from the image's layout; filesystems by UUID\n")
+	for _, p := range MountOrder(parts) {
+		opts := p.Options
+		pass := 2
+		switch {
+		case p.FS == layout.FSESP || p.FS == layout.FSVfat:
+			if opts == "" {
+				opts = "umask=0077"
+			}
+		case p.FS == layout.FSXfs:
+			pass = 0 // fsck.xfs does nothing; xfs replays its log on mount
+		}
+		if p.Mount == "/" {
+			pass = 1
+			if opts == "" {
+				opts = "errors=remount-ro"
+			}
+		}
+		if opts == "" {
+			opts = "defaults"
+		}
+		fmt.Fprintf(&b, "UUID=%s\t%s\t%s\t%s\t0\t%d\n", p.UUID, p.Mount, mountType(p.FS), opts, pass)
+	}
+	for _, p := range parts {
+		if p.FS == layout.FSSwap {
+			opts := p.Options
+			if opts == "" {
+				opts = "sw"
+			}
+			fmt.Fprintf(&b, "UUID=%s\tnone\tswap\t%s\t0\t0\n", p.UUID, opts)
+		}
+	}
+	return b.String()
+}

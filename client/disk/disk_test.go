@@ -1,0 +1,93 @@
+package disk
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/systemimager/sim/client/layout"
+)
+
+func TestPartPath(t *testing.T) {
+	for _, c := range [][3]string{{"/dev/vda", "3", "/dev/vda3"}, {"/dev/nvme0n1", "2", "/dev/nvme0n1p2"}, {"/dev/mmcblk0", "1", "/dev/mmcblk0p1"}, {"/dev/sdb", "12", "/dev/sdb12"}} {
+		n := map[string]int{"1": 1, "2": 2, "3": 3, "12": 12}[c[1]]
+		if got := PartPath(c[0], n); got != c[2] {
+			t.Errorf("PartPath(%s, %d) = %s; want %s", c[0], n, got, c[2])
+		}
+	}
+}
+
+func TestFstabAndOrder(t *testing.T) {
+	l, err := layout.Parse("part bios 1MiB bios_grub\npart esp 100MiB esp /boot/efi\npart home 1GiB xfs /home/users\npart sw 1GiB swap\npart root rest ext4 / options=noatime\npart var 1GiB ext4 /var\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := l.Plan("/dev/vda", 8<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts []Part
+	for _, e := range ext {
+		parts = append(parts, Part{Extent: e, Dev: PartPath("/dev/vda", e.Index), UUID: "U" + e.Name})
+	}
+	var order []string
+	for _, p := range MountOrder(parts) {
+		order = append(order, p.Mount)
+	}
+	if got := strings.Join(order, " "); got != "/ /var /boot/efi /home/users" {
+		t.Errorf("mount order %s", got)
+	}
+	fs := Fstab(parts)
+	for _, want := range []string{
+		"UUID=Uroot\t/\text4\tnoatime\t0\t1\n",
+		"UUID=Uesp\t/boot/efi\tvfat\tumask=0077\t0\t2\n",
+		"UUID=Uhome\t/home/users\txfs\tdefaults\t0\t0\n",
+		"UUID=Usw\tnone\tswap\tsw\t0\t0\n",
+	} {
+		if !strings.Contains(fs, want) {
+			t.Errorf("fstab lacks %q:\n%s", want, fs)
+		}
+	}
+	if strings.Contains(fs, "bios") {
+		t.Errorf("fstab names the bios_grub partition:\n%s", fs)
+	}
+}
+
+func TestListAndFind(t *testing.T) {
+	sys := t.TempDir()
+	old := SysBlock
+	SysBlock = sys
+	defer func() { SysBlock = old }()
+	mk := func(name, size string, ro, removable string, device bool) {
+		d := filepath.Join(sys, name)
+		os.MkdirAll(filepath.Join(d, "queue"), 0o755)
+		os.WriteFile(filepath.Join(d, "size"), []byte(size+"\n"), 0o644)
+		os.WriteFile(filepath.Join(d, "ro"), []byte(ro), 0o644)
+		os.WriteFile(filepath.Join(d, "removable"), []byte(removable), 0o644)
+		if device {
+			os.MkdirAll(filepath.Join(d, "device"), 0o755)
+		}
+	}
+	mk("vdb", "8388608", "0", "0", true) // 4 GiB
+	mk("vda", "2097152", "0", "0", true) // 1 GiB
+	mk("loop0", "2097152", "0", "0", false)
+	mk("sr0", "2097152", "1", "1", true)
+	mk("sdz", "2097152", "0", "1", true) // USB stick
+	ds, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 || ds[0].Name != "vda" || ds[1].Name != "vdb" || ds[1].Size != 4<<30 || ds[0].Sector != 512 {
+		t.Fatalf("List = %+v", ds)
+	}
+	if d, _ := Find("first"); d.Name != "vda" {
+		t.Errorf("first = %s", d.Name)
+	}
+	if d, _ := Find("largest"); d.Name != "vdb" {
+		t.Errorf("largest = %s", d.Name)
+	}
+	if _, err := Find("/dev/nosuchdisk"); err == nil {
+		t.Error("missing disk found")
+	}
+}

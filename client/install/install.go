@@ -1,0 +1,553 @@
+package install
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/client/disk"
+	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/snapshot"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// Doc is a catalog document a node gets: an override or a script.
+type Doc struct {
+	Name   string   `json:"name"`
+	Commit chunk.ID `json:"commit"`
+}
+
+// Config is what the server answers a node on GET /v1/install/config.
+type Config struct {
+	Node      string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
+	Hostname  string   `json:"hostname,omitempty"`
+	MAC       string   `json:"mac,omitempty"`
+	IP        string   `json:"ip,omitempty"`
+	Gateway   string   `json:"gateway,omitempty"`
+	Image     string   `json:"image"`
+	Commit    chunk.ID `json:"commit"`
+	Layout    string   `json:"layout"`
+	LayoutID  chunk.ID `json:"layout_commit"`
+	Disk      string   `json:"disk,omitempty"`
+	Overrides []Doc    `json:"overrides,omitempty"`
+	Scripts   []Doc    `json:"scripts,omitempty"`
+}
+
+// Status is one progress report, POSTed to /v1/install/status.
+type Status struct {
+	Node    string    `json:"node,omitempty"`
+	MAC     string    `json:"mac,omitempty"`
+	Image   string    `json:"image,omitempty"`
+	Commit  string    `json:"commit,omitempty"`
+	Step    string    `json:"step"`
+	State   string    `json:"state"` // running, failed, done
+	Message string    `json:"message,omitempty"`
+	Bytes   int64     `json:"bytes,omitempty"` // bytes received from the server so far
+	Time    time.Time `json:"time"`
+	Elapsed float64   `json:"elapsed_s"`
+}
+
+// States of a Status.
+const (
+	Running = "running"
+	Failed  = "failed"
+	Done    = "done"
+)
+
+// Installed is written to /var/lib/sim/installed.json on the new root as
+// the very last step before unmounting: its presence means the install
+// completed. Later `sim checkout --from` updates use the node store beside
+// it, whose checkout record for "/" names this commit.
+type Installed struct {
+	Node   string    `json:"node,omitempty"`
+	Image  string    `json:"image"`
+	Commit chunk.ID  `json:"commit"`
+	Layout chunk.ID  `json:"layout_commit"`
+	Server string    `json:"server"`
+	Time   time.Time `json:"time"`
+	Disk   string    `json:"disk"`
+}
+
+// Options drive Run.
+type Options struct {
+	Config *Config
+	Server string // recorded in installed.json
+	Disk   string // overrides the config's and the layout's disk
+	Target string // where the new root is mounted; default /run/sim/target
+	// Fetch brings commit id and all its objects into st (the node store
+	// on the new root), through whatever transport the caller chose.
+	Fetch func(ctx context.Context, st *store.Store, id chunk.ID) (simsync.PullStats, error)
+	// Report receives every status; it must not block for long, and is
+	// called from the heartbeat goroutine too (Log is written from both).
+	Report func(Status)
+	Log    io.Writer
+}
+
+// StoreDir is the node's store inside the new root.
+const StoreDir = "/var/lib/sim"
+
+// Result is what a successful install did.
+type Result struct {
+	Disk      string        `json:"disk"`
+	Parts     []disk.Part   `json:"partitions"`
+	Bytes     int64         `json:"bytes"` // received from the server
+	Elapsed   time.Duration `json:"elapsed_ns"`
+	Installed Installed     `json:"installed"`
+}
+
+type run struct {
+	Options
+	ctx   context.Context
+	start time.Time
+	mu    gosync.Mutex // step and bytes: the heartbeat reads them
+	bytes int64
+	step  string
+}
+
+func (r *run) setStep(step string) {
+	r.mu.Lock()
+	r.step = step
+	r.mu.Unlock()
+}
+
+func (r *run) addBytes(n int64) {
+	r.mu.Lock()
+	r.bytes += n
+	r.mu.Unlock()
+}
+
+// Heartbeat is how often a long step (fetch, checkout, GRUB) says it is
+// still running, so a server can tell a slow node from a dead one.
+var Heartbeat = 15 * time.Second
+
+func (r *run) report(step, state, msg string) {
+	r.mu.Lock()
+	r.step = step
+	bytes := r.bytes
+	r.mu.Unlock()
+	s := Status{Step: step, State: state, Message: msg, Bytes: bytes, Time: time.Now().UTC(),
+		Elapsed: time.Since(r.start).Seconds()}
+	if c := r.Config; c != nil {
+		s.Node, s.MAC, s.Image = c.Node, c.MAC, c.Image
+		if !c.Commit.IsZero() {
+			s.Commit = c.Commit.String()
+		}
+	}
+	if r.Log != nil {
+		line := fmt.Sprintf("sim install: [%5.1fs] %s: %s", s.Elapsed, step, state)
+		if msg != "" {
+			line += ": " + msg
+		}
+		fmt.Fprintln(r.Log, line)
+	}
+	if r.Report != nil {
+		r.Report(s)
+	}
+}
+
+// Run installs. On any error it reports the failed step and returns an
+// error naming it; the disk is then never marked installed (installed.json
+// is written last, and removed again if unmounting fails).
+func Run(ctx context.Context, o Options) (res *Result, err error) {
+	r := &run{Options: o, ctx: ctx, start: time.Now()}
+	if r.Target == "" {
+		r.Target = "/run/sim/target"
+	}
+	if r.Log == nil {
+		r.Log = io.Discard
+	}
+	var mounts []string
+	beat := time.NewTicker(Heartbeat)
+	stopBeat := make(chan struct{})
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		for {
+			select {
+			case <-stopBeat:
+				return
+			case <-beat.C:
+				r.mu.Lock()
+				step := r.step
+				r.mu.Unlock()
+				r.report(step, Running, "still working")
+			}
+		}
+	}()
+	var once gosync.Once
+	stopHeartbeat := func() {
+		once.Do(func() { beat.Stop(); close(stopBeat); <-beatDone })
+	}
+	defer func() {
+		// Stopped before the last report, so no "still working" can
+		// follow a "failed" or "done".
+		stopHeartbeat()
+		if err != nil {
+			disk.Unmount(mounts)
+			err = fmt.Errorf("install failed at step %q: %w", r.step, err)
+			r.report(r.step, Failed, err.Error())
+		}
+	}()
+	c := r.Config
+	if c == nil {
+		r.setStep("config")
+		return nil, errors.New("no install configuration")
+	}
+	r.report("start", Running, fmt.Sprintf("image %s (%s)", c.Image, c.Commit.Short()))
+
+	// Layout and disk, checked before anything is written.
+	r.setStep("layout")
+	l, err := layout.Parse(c.Layout)
+	if err != nil {
+		return nil, fmt.Errorf("layout of %s: %w", c.Image, err)
+	}
+	spec := l.Disk
+	if c.Disk != "" {
+		spec = c.Disk
+	}
+	if o.Disk != "" {
+		spec = o.Disk
+	}
+	d, err := disk.Find(spec)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := l.Plan(d.Path, d.Size)
+	if err != nil {
+		return nil, err
+	}
+	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
+
+	r.setStep("partition")
+	parts, err := disk.Partition(d, ext)
+	if err != nil {
+		return nil, err
+	}
+	r.report("partition", Running, d.Path)
+	r.setStep("mkfs")
+	for i := range parts {
+		if err := disk.Mkfs(&parts[i]); err != nil {
+			return nil, err
+		}
+	}
+	r.report("mkfs", Running, "")
+
+	// Mount everything except FAT filesystems: the image's files there
+	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
+	r.setStep("mount")
+	if err := os.MkdirAll(r.Target, 0o755); err != nil {
+		return nil, err
+	}
+	var fat []disk.Part
+	excludes := []string{StoreDir}
+	for _, p := range disk.MountOrder(parts) {
+		if p.FS == layout.FSESP || p.FS == layout.FSVfat {
+			fat = append(fat, p)
+			excludes = append(excludes, p.Mount)
+			continue
+		}
+		dir, err := disk.Mount(p, r.Target)
+		if err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, dir)
+		if p.FS == layout.FSExt4 {
+			excludes = append(excludes, strings.TrimSuffix(p.Mount, "/")+"/lost+found")
+		}
+	}
+	r.report("mount", Running, r.Target)
+
+	// The node store lives on the new root, so the node can update from
+	// this base later; the image checkout leaves it alone.
+	r.setStep("fetch")
+	stDir := filepath.Join(r.Target, StoreDir)
+	if err := store.Init(stDir); err != nil {
+		return nil, fmt.Errorf("node store: %w", err)
+	}
+	st, err := store.Open(stDir)
+	if err != nil {
+		return nil, fmt.Errorf("node store: %w", err)
+	}
+	stOpen := true
+	defer func() {
+		if stOpen {
+			st.Close()
+		}
+	}()
+	fetch := func(id chunk.ID) error {
+		ps, err := r.Fetch(ctx, st, id)
+		r.addBytes(ps.WireBytes)
+		return err
+	}
+	if err := fetch(c.Commit); err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", c.Commit.Short(), err)
+	}
+	r.report("fetch", Running, fmt.Sprintf("%s received", fmtMB(r.bytes)))
+
+	// A mount point the image lacks (a /data of the layout's own) would
+	// be removed by the checkout as extraneous: leave it alone.
+	if cm, err := st.Commit(c.Commit); err == nil {
+		for _, p := range parts {
+			if p.FS.Mountable() && p.Mount != "/" {
+				if _, err := snapshot.Lookup(st, cm.Tree, p.Mount); err != nil {
+					excludes = append(excludes, p.Mount)
+				}
+			}
+		}
+	}
+	r.setStep("checkout")
+	cs, err := client.Checkout(ctx, st, c.Commit, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
+	if err != nil {
+		return nil, err
+	}
+	r.report("checkout", Running, fmt.Sprintf("%d files written (%s)", cs.Written, fmtMB(cs.BytesWritten)))
+
+	r.setStep("mount")
+	for _, p := range fat {
+		dir, err := disk.Mount(p, r.Target)
+		if err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, dir)
+	}
+
+	r.setStep("overrides")
+	for _, ov := range c.Overrides {
+		if err := fetch(ov.Commit); err != nil {
+			return nil, fmt.Errorf("override %s: fetch: %w", ov.Name, err)
+		}
+		dir := filepath.Join(stDir, "overrides", ov.Name)
+		os.RemoveAll(dir)
+		if _, err := client.Checkout(ctx, st, ov.Commit, dir, client.CheckoutOptions{NoSync: true}); err != nil {
+			return nil, fmt.Errorf("override %s: %w", ov.Name, err)
+		}
+		if err := overlay(dir, r.Target); err != nil {
+			return nil, fmt.Errorf("override %s: %w", ov.Name, err)
+		}
+		// The staging copy served its purpose; the store keeps the commit.
+		os.RemoveAll(dir)
+	}
+	if len(c.Overrides) > 0 {
+		r.report("overrides", Running, fmt.Sprintf("%d applied", len(c.Overrides)))
+	}
+
+	r.setStep("configure")
+	if err := configure(r.Target, c, parts); err != nil {
+		return nil, err
+	}
+	r.report("configure", Running, "hostname, network, fstab")
+
+	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub"
+	var binds []string
+	if needChroot {
+		if binds, err = bindSystem(r.Target); err != nil {
+			disk.Unmount(binds)
+			return nil, err
+		}
+		mounts = append(mounts, binds...)
+		linkByUUID(parts)
+	}
+
+	r.setStep("scripts")
+	for _, s := range c.Scripts {
+		if err := fetch(s.Commit); err != nil {
+			return nil, fmt.Errorf("script %s: fetch: %w", s.Name, err)
+		}
+		body, err := catalog.ReadFile(st, s.Commit, catalog.ScriptFile)
+		if err != nil {
+			return nil, fmt.Errorf("script %s: %w", s.Name, err)
+		}
+		if err := r.runScript(s.Name, body); err != nil {
+			return nil, err
+		}
+		r.report("scripts", Running, s.Name+" ok")
+	}
+
+	r.setStep("bootloader")
+	if l.Bootloader == "grub" {
+		if err := r.grub(d, parts); err != nil {
+			return nil, err
+		}
+		r.report("bootloader", Running, "GRUB installed")
+	}
+	disk.Unmount(binds)
+	mounts = mounts[:len(mounts)-len(binds)]
+
+	// Record: the checkout record follows the root to "/", where the
+	// node will see it after boot, then installed.json, last.
+	r.setStep("record")
+	if err := client.MoveRecord(st, r.Target, "/"); err != nil {
+		return nil, err
+	}
+	if err := st.Close(); err != nil {
+		return nil, fmt.Errorf("node store: %w", err)
+	}
+	stOpen = false
+	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Layout: c.LayoutID, Server: o.Server,
+		Time: time.Now().UTC(), Disk: d.Path}
+	marker := filepath.Join(stDir, "installed.json")
+	b, _ := json.MarshalIndent(inst, "", "  ")
+	if err := store.WriteFileAtomic(marker, 0o644, func(w io.Writer) error { _, err := w.Write(append(b, '\n')); return err }); err != nil {
+		return nil, fmt.Errorf("write %s: %w", marker, err)
+	}
+	unix.Sync()
+	if err := disk.Unmount(mounts); err != nil {
+		// Remount the root to take the marker back: a disk that did not
+		// unmount cleanly is not reported as installed.
+		if root, ok := rootPart(parts); ok {
+			if dir, merr := disk.Mount(root, r.Target); merr == nil {
+				os.Remove(marker)
+				disk.Unmount([]string{dir})
+			}
+		}
+		mounts = nil
+		return nil, err
+	}
+	mounts = nil
+	stopHeartbeat()
+	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
+	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
+}
+
+func rootPart(parts []disk.Part) (disk.Part, bool) {
+	for _, p := range parts {
+		if p.Mount == "/" {
+			return p, true
+		}
+	}
+	return disk.Part{}, false
+}
+
+func fmtMB(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+// bindSystem makes /dev, /proc and /sys visible in the new root for GRUB
+// and the scripts.
+func bindSystem(target string) ([]string, error) {
+	var done []string
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"/dev", "dev", ""}, {"proc", "proc", "proc"}, {"sysfs", "sys", "sysfs"},
+	} {
+		dst := filepath.Join(target, m.dst)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return done, err
+		}
+		var err error
+		if m.fstype == "" {
+			err = unix.Mount(m.src, dst, "", unix.MS_BIND|unix.MS_REC, "")
+		} else {
+			err = unix.Mount(m.src, dst, m.fstype, 0, "")
+		}
+		if err != nil {
+			return done, fmt.Errorf("mount %s on %s: %w", m.src, dst, err)
+		}
+		done = append(done, dst)
+	}
+	return done, nil
+}
+
+// linkByUUID creates /dev/disk/by-uuid links where no udev did: Debian's
+// grub-mkconfig writes root=UUID=… only when that link exists.
+func linkByUUID(parts []disk.Part) {
+	os.MkdirAll("/dev/disk/by-uuid", 0o755)
+	for _, p := range parts {
+		if p.UUID == "" {
+			continue
+		}
+		l := filepath.Join("/dev/disk/by-uuid", p.UUID)
+		if _, err := os.Lstat(l); err != nil {
+			os.Symlink(p.Dev, l)
+		}
+	}
+}
+
+// chroot runs a command in the new root with a clean environment.
+func (r *run) chroot(env []string, args ...string) error {
+	cmd := exec.CommandContext(r.ctx, "chroot", append([]string{r.Target}, args...)...)
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, env...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, r.Log), io.MultiWriter(&out, r.Log)
+	if err := cmd.Run(); err != nil {
+		tail := strings.TrimSpace(out.String())
+		if len(tail) > 2000 {
+			tail = "…" + tail[len(tail)-2000:]
+		}
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, tail)
+	}
+	return nil
+}
+
+// runScript runs one post-install script in the new root; a non-zero exit
+// aborts the install (SystemImager's rule).
+func (r *run) runScript(name string, body []byte) error {
+	rel := "/tmp/sim-post-install-" + name
+	p := filepath.Join(r.Target, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o1777); err != nil {
+		return err
+	}
+	if err := os.WriteFile(p, body, 0o755); err != nil {
+		return err
+	}
+	defer os.Remove(p)
+	c := r.Config
+	env := []string{"SIM_NODE=" + c.Node, "SIM_HOSTNAME=" + c.Hostname, "SIM_IMAGE=" + c.Image,
+		"SIM_COMMIT=" + c.Commit.String(), "SIM_MAC=" + c.MAC, "SIM_IP=" + c.IP}
+	if err := r.chroot(env, rel); err != nil {
+		return fmt.Errorf("post-install script %s: %w", name, err)
+	}
+	return nil
+}
+
+// grub installs GRUB from the image: for BIOS into the bios_grub
+// partition's disk, for UEFI onto the ESP at the removable-media path
+// (EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed and the disk boots in
+// any UEFI machine), then writes grub.cfg with the image's grub-mkconfig.
+func (r *run) grub(d disk.Info, parts []disk.Part) error {
+	var bios bool
+	esp := ""
+	for _, p := range parts {
+		if p.FS == layout.FSBiosGrub {
+			bios = true
+		}
+		if p.FS == layout.FSESP {
+			esp = p.Mount
+		}
+	}
+	has := func(p string) bool { _, err := os.Stat(filepath.Join(r.Target, p)); return err == nil }
+	if !has("usr/sbin/grub-install") && !has("usr/bin/grub-install") {
+		return errors.New("the image has no grub-install (install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it, or use 'bootloader none')")
+	}
+	if !bios && esp == "" {
+		return errors.New("layout has neither a bios_grub nor an esp partition: GRUB has nowhere to go")
+	}
+	if bios {
+		if !has("usr/lib/grub/i386-pc") {
+			return errors.New("layout has a bios_grub partition but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
+		}
+		if err := r.chroot(nil, "grub-install", "--target=i386-pc", d.Path); err != nil {
+			return err
+		}
+	}
+	if esp != "" {
+		if !has("usr/lib/grub/x86_64-efi") {
+			return errors.New("layout has an esp partition but the image lacks grub-efi-amd64-bin (/usr/lib/grub/x86_64-efi)")
+		}
+		if err := r.chroot(nil, "grub-install", "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
+			return err
+		}
+	}
+	return r.chroot(nil, "grub-mkconfig", "-o", "/boot/grub/grub.cfg")
+}

@@ -1,0 +1,159 @@
+package install
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	gosync "sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/client/disk"
+	"github.com/systemimager/sim/client/layout"
+)
+
+func write(t *testing.T, p, s string, mode os.FileMode) {
+	t.Helper()
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, []byte(s), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOverlay(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	write(t, filepath.Join(dst, "etc/motd"), "image motd\n", 0o644)
+	write(t, filepath.Join(dst, "etc/keep"), "kept\n", 0o644)
+	write(t, filepath.Join(dst, "etc/link"), "was a file\n", 0o644)
+	os.MkdirAll(filepath.Join(dst, "opt/dir"), 0o700)
+	write(t, filepath.Join(dst, "was-dir/x"), "x", 0o644)
+
+	write(t, filepath.Join(src, "etc/motd"), "override motd\n", 0o600)
+	write(t, filepath.Join(src, "opt/dir/new"), "new\n", 0o755)
+	write(t, filepath.Join(src, "srv/deep/file"), "deep\n", 0o640)
+	write(t, filepath.Join(src, "was-dir"), "now a file\n", 0o644)
+	os.Symlink("motd", filepath.Join(src, "etc/link"))
+	os.Chmod(filepath.Join(src, "opt/dir"), 0o755)
+	mt := time.Date(2020, 1, 2, 3, 4, 5, 6, time.UTC)
+	os.Chtimes(filepath.Join(src, "etc/motd"), mt, mt)
+
+	if err := overlay(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	read := func(p string) string { b, _ := os.ReadFile(filepath.Join(dst, p)); return string(b) }
+	if read("etc/motd") != "override motd\n" || read("etc/keep") != "kept\n" || read("opt/dir/new") != "new\n" ||
+		read("srv/deep/file") != "deep\n" || read("was-dir") != "now a file\n" {
+		t.Error("contents not overlaid as expected")
+	}
+	fi, _ := os.Stat(filepath.Join(dst, "etc/motd"))
+	if fi.Mode().Perm() != 0o600 || !fi.ModTime().Equal(mt) {
+		t.Errorf("motd mode %v mtime %v; want 0600 %v", fi.Mode(), fi.ModTime(), mt)
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "etc/link")); err != nil || l != "motd" {
+		t.Errorf("link = %q %v", l, err)
+	}
+	// An existing directory keeps its own metadata.
+	if fi, _ := os.Stat(filepath.Join(dst, "opt/dir")); fi.Mode().Perm() != 0o700 {
+		t.Errorf("existing dir mode changed to %v", fi.Mode().Perm())
+	}
+	unix.Mkfifo(filepath.Join(src, "fifo"), 0o644)
+	if err := overlay(src, dst); err == nil || !strings.Contains(err.Error(), "fifo") {
+		t.Errorf("fifo in an override: %v", err)
+	}
+}
+
+func TestConfigure(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "etc/hosts"), "127.0.0.1\tlocalhost\n127.0.1.1\tgolden\n::1\tlocalhost ip6-localhost\n", 0o644)
+	write(t, filepath.Join(root, "lib/systemd/system/systemd-networkd.service"), "[Unit]\n", 0o644)
+	l, _ := layout.Parse("part root rest ext4 /\npart sw 1GiB swap\n")
+	ext, _ := l.Plan("/dev/vda", 4<<30)
+	parts := []disk.Part{{Extent: ext[0], Dev: "/dev/vda1", UUID: "r-u-u-i-d"}, {Extent: ext[1], Dev: "/dev/vda2", UUID: "s-w-a-p"}}
+	c := &Config{Node: "n9", Hostname: "n9", MAC: "52:54:00:00:00:09", IP: "198.18.0.9/15", Gateway: "198.18.0.1"}
+	if err := configure(root, c, parts); err != nil {
+		t.Fatal(err)
+	}
+	read := func(p string) string { b, _ := os.ReadFile(filepath.Join(root, p)); return string(b) }
+	if read("etc/hostname") != "n9\n" {
+		t.Errorf("hostname %q", read("etc/hostname"))
+	}
+	if h := read("etc/hosts"); strings.Contains(h, "golden") || !strings.Contains(h, "127.0.1.1\tn9\n") || !strings.Contains(h, "::1\tlocalhost") {
+		t.Errorf("hosts:\n%s", h)
+	}
+	if f := read("etc/fstab"); !strings.Contains(f, "UUID=r-u-u-i-d\t/\text4\terrors=remount-ro\t0\t1") || !strings.Contains(f, "UUID=s-w-a-p\tnone\tswap") {
+		t.Errorf("fstab:\n%s", f)
+	}
+	if n := read("etc/systemd/network/10-sim.network"); !strings.Contains(n, "MACAddress=52:54:00:00:00:09") || !strings.Contains(n, "Address=198.18.0.9/15") || !strings.Contains(n, "Gateway=198.18.0.1") {
+		t.Errorf("network:\n%s", n)
+	}
+	if l, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/systemd-networkd.service")); err != nil || l != "/lib/systemd/system/systemd-networkd.service" {
+		t.Errorf("networkd not enabled: %q %v", l, err)
+	}
+	// DHCP without a static address; no networkd: nothing written.
+	c.IP = ""
+	configure(root, c, parts)
+	if n := read("etc/systemd/network/10-sim.network"); !strings.Contains(n, "DHCP=yes") {
+		t.Errorf("network (DHCP):\n%s", n)
+	}
+	bare := t.TempDir()
+	if err := configure(bare, c, parts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(bare, "etc/systemd/network")); err == nil {
+		t.Error("networkd configuration written into an image without networkd")
+	}
+}
+
+func TestRunRefusesWithoutConfig(t *testing.T) {
+	var got []Status
+	_, err := Run(t.Context(), Options{Report: func(s Status) { got = append(got, s) }})
+	if err == nil || len(got) != 1 || got[0].State != Failed {
+		t.Errorf("Run without config: %v, statuses %+v", err, got)
+	}
+	// A layout that does not parse fails before any disk is touched.
+	got = nil
+	_, err = Run(t.Context(), Options{Config: &Config{Image: "x", Layout: "part root rest ext5 /"}, Report: func(s Status) { got = append(got, s) }})
+	if err == nil || !strings.Contains(err.Error(), `step "layout"`) || !strings.Contains(err.Error(), "ext5") || got[len(got)-1].State != Failed {
+		t.Errorf("bad layout: %v %+v", err, got)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	old := Heartbeat
+	Heartbeat = 10 * time.Millisecond
+	defer func() { Heartbeat = old }()
+	var mu gosync.Mutex
+	var got []Status
+	// A layout on a missing disk fails at "layout"; the reports are slow
+	// enough for heartbeats to come in between, and none may follow the
+	// failure.
+	_, err := Run(t.Context(), Options{Config: &Config{Image: "x", Layout: "disk /dev/sim-no-such-disk\npart root rest ext4 /"},
+		Report: func(s Status) {
+			mu.Lock()
+			got = append(got, s)
+			mu.Unlock()
+			if s.Step == "start" {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}})
+	if err == nil {
+		t.Fatal("install on a missing disk succeeded")
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	beats := 0
+	for _, s := range got {
+		if s.Message == "still working" {
+			beats++
+		}
+	}
+	if beats == 0 {
+		t.Errorf("no heartbeat in %+v", got)
+	}
+	if last := got[len(got)-1]; last.State != Failed {
+		t.Errorf("last status %+v; want failed", last)
+	}
+}

@@ -1,0 +1,380 @@
+package layout
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Version is the first line a layout file may carry ("sim-layout 1").
+const Version = 1
+
+// FS is what a partition holds.
+type FS string
+
+// Filesystems and special partitions a layout may name.
+const (
+	FSESP      FS = "esp"       // EFI system partition: vfat with the ESP type GUID
+	FSVfat     FS = "vfat"      // plain FAT32
+	FSExt4     FS = "ext4"      // ext4
+	FSXfs      FS = "xfs"       // XFS
+	FSSwap     FS = "swap"      // swap space
+	FSBiosGrub FS = "bios_grub" // GRUB's BIOS boot partition (no filesystem)
+	FSNone     FS = "none"      // left unformatted
+)
+
+var knownFS = map[FS]bool{FSESP: true, FSVfat: true, FSExt4: true, FSXfs: true, FSSwap: true, FSBiosGrub: true, FSNone: true}
+
+// Mountable says whether the filesystem gets a mount point and an fstab line.
+func (f FS) Mountable() bool { return f == FSESP || f == FSVfat || f == FSExt4 || f == FSXfs }
+
+// SizeKind says how a partition's size is given.
+type SizeKind int
+
+const (
+	Fixed   SizeKind = iota // Bytes
+	Percent                 // Percent of the usable disk
+	Rest                    // whatever the others leave
+)
+
+// Size is a partition size as written.
+type Size struct {
+	Kind    SizeKind
+	Bytes   uint64  // Fixed
+	Percent float64 // Percent, 0 < p <= 100
+}
+
+func (s Size) String() string {
+	switch s.Kind {
+	case Percent:
+		return strconv.FormatFloat(s.Percent, 'f', -1, 64) + "%"
+	case Rest:
+		return "rest"
+	}
+	return FormatBytes(s.Bytes)
+}
+
+// Partition is one "part" line.
+type Partition struct {
+	Name    string // GPT partition name, unique in the layout
+	Size    Size
+	FS      FS
+	Mount   string // absolute path, "" for none
+	Label   string // filesystem label
+	Options string // mount options, "defaults" when empty
+}
+
+// Layout is a parsed layout file.
+type Layout struct {
+	// Disk is "first" (the first disk the kernel lists, by name), "largest",
+	// or a device path such as /dev/vda or /dev/disk/by-id/….
+	Disk       string
+	Partitions []Partition
+	// Bootloader is "grub" (BIOS and UEFI, from the image's own packages)
+	// or "none".
+	Bootloader string
+}
+
+// ParseError names the line at fault.
+type ParseError struct {
+	Line int
+	Text string
+	Err  error
+}
+
+func (e *ParseError) Error() string {
+	return fmt.Sprintf("layout line %d %q: %v", e.Line, e.Text, e.Err)
+}
+func (e *ParseError) Unwrap() error { return e.Err }
+
+var (
+	nameRe  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,35}$`)
+	labelRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,16}$`)
+	sizeRe  = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
+)
+
+var units = map[string]uint64{
+	"": 1, "B": 1,
+	"K": 1 << 10, "KB": 1000, "KIB": 1 << 10,
+	"M": 1 << 20, "MB": 1000 * 1000, "MIB": 1 << 20,
+	"G": 1 << 30, "GB": 1000 * 1000 * 1000, "GIB": 1 << 30,
+	"T": 1 << 40, "TB": 1000 * 1000 * 1000 * 1000, "TIB": 1 << 40,
+}
+
+// ParseSize reads "512MiB", "1.5G", "20%" or "rest". K/M/G/T alone are
+// binary (as in parted and sgdisk); KB/MB/GB/TB are decimal.
+func ParseSize(s string) (Size, error) {
+	if strings.EqualFold(s, "rest") || s == "*" {
+		return Size{Kind: Rest}, nil
+	}
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v <= 0 || v > 100 {
+			return Size{}, fmt.Errorf("bad percentage %q: want more than 0 and at most 100", s)
+		}
+		return Size{Kind: Percent, Percent: v}, nil
+	}
+	m := sizeRe.FindStringSubmatch(s)
+	if m == nil {
+		return Size{}, fmt.Errorf("bad size %q: want e.g. 512MiB, 20G, 25%% or rest", s)
+	}
+	mul, ok := units[strings.ToUpper(m[2])]
+	if !ok {
+		return Size{}, fmt.Errorf("bad size %q: unknown unit %q (B, KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB, TB)", s, m[2])
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return Size{}, fmt.Errorf("bad size %q: %v", s, err)
+	}
+	b := v * float64(mul)
+	if b < 1 || b > 1<<62 {
+		return Size{}, fmt.Errorf("bad size %q: out of range", s)
+	}
+	return Size{Kind: Fixed, Bytes: uint64(b)}, nil
+}
+
+// FormatBytes writes n in the largest binary unit that divides it exactly.
+func FormatBytes(n uint64) string {
+	for _, u := range []struct {
+		s string
+		v uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.v && n%u.v == 0 {
+			return strconv.FormatUint(n/u.v, 10) + u.s
+		}
+	}
+	return strconv.FormatUint(n, 10) + "B"
+}
+
+// Parse reads a layout file:
+//
+//	sim-layout 1
+//	disk first                      # first | largest | /dev/…
+//	bootloader grub                 # grub | none
+//	part bios 1MiB  bios_grub
+//	part esp  256MiB esp  /boot/efi label=ESP
+//	part swap 512MiB swap
+//	part root rest  ext4 /          label=root options=noatime,errors=remount-ro
+//
+// '#' starts a comment. Every error names its line.
+func Parse(text string) (*Layout, error) {
+	l := &Layout{Disk: "first", Bootloader: "grub"}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	n := 0
+	seenDisk, seenBoot := false, false
+	for sc.Scan() {
+		n++
+		raw := sc.Text()
+		line := raw
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		fail := func(format string, a ...any) error {
+			return &ParseError{Line: n, Text: strings.TrimSpace(raw), Err: fmt.Errorf(format, a...)}
+		}
+		switch f[0] {
+		case "sim-layout":
+			if len(f) != 2 || f[1] != strconv.Itoa(Version) {
+				return nil, fail("unsupported layout version (this sim reads sim-layout %d)", Version)
+			}
+		case "disk":
+			if len(f) != 2 {
+				return nil, fail("want: disk first|largest|/dev/PATH")
+			}
+			if seenDisk {
+				return nil, fail("second disk line (one disk per layout; several disks, RAID and LVM come later)")
+			}
+			if err := CheckDisk(f[1]); err != nil {
+				return nil, fail("%v", err)
+			}
+			l.Disk, seenDisk = f[1], true
+		case "bootloader":
+			if len(f) != 2 || (f[1] != "grub" && f[1] != "none") {
+				return nil, fail("want: bootloader grub|none")
+			}
+			if seenBoot {
+				return nil, fail("second bootloader line")
+			}
+			l.Bootloader, seenBoot = f[1], true
+		case "part":
+			p, err := parsePart(f[1:])
+			if err != nil {
+				return nil, fail("%v", err)
+			}
+			l.Partitions = append(l.Partitions, p)
+		default:
+			return nil, fail("unknown keyword %q (want sim-layout, disk, bootloader or part)", f[0])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("layout: %w", err)
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// CheckDisk accepts "first", "largest" or an absolute /dev path.
+func CheckDisk(d string) error {
+	if d == "first" || d == "largest" {
+		return nil
+	}
+	if !strings.HasPrefix(d, "/dev/") || strings.Contains(d, "..") || len(d) <= len("/dev/") {
+		return fmt.Errorf("bad disk %q: want first, largest or a /dev/ path", d)
+	}
+	return nil
+}
+
+func parsePart(f []string) (Partition, error) {
+	if len(f) < 3 {
+		return Partition{}, errors.New("want: part NAME SIZE FS [MOUNTPOINT] [label=L] [options=O]")
+	}
+	p := Partition{Name: f[0]}
+	if !nameRe.MatchString(p.Name) {
+		return p, fmt.Errorf("bad partition name %q: letters, digits, _ . - (at most 36)", p.Name)
+	}
+	var err error
+	if p.Size, err = ParseSize(f[1]); err != nil {
+		return p, err
+	}
+	p.FS = FS(strings.ToLower(f[2]))
+	if !knownFS[p.FS] {
+		return p, fmt.Errorf("unknown filesystem %q (esp, vfat, ext4, xfs, swap, bios_grub, none)", f[2])
+	}
+	for _, a := range f[3:] {
+		switch {
+		case strings.HasPrefix(a, "/"):
+			if p.Mount != "" {
+				return p, fmt.Errorf("second mount point %q", a)
+			}
+			p.Mount = a
+		case a == "-":
+		case strings.HasPrefix(a, "label="):
+			p.Label = strings.TrimPrefix(a, "label=")
+			if !labelRe.MatchString(p.Label) {
+				return p, fmt.Errorf("bad label %q: 1-16 of letters, digits, _ . -", p.Label)
+			}
+		case strings.HasPrefix(a, "options="):
+			p.Options = strings.TrimPrefix(a, "options=")
+			if p.Options == "" || strings.ContainsAny(p.Options, " \t") {
+				return p, fmt.Errorf("bad mount options %q", p.Options)
+			}
+		default:
+			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=)", a)
+		}
+	}
+	return p, nil
+}
+
+// Validate checks what no single line can: unique names and mount points,
+// one root, at most one "rest", mount points only where they make sense.
+func (l *Layout) Validate() error {
+	if len(l.Partitions) == 0 {
+		return errors.New("layout: no partitions")
+	}
+	if len(l.Partitions) > 128 {
+		return errors.New("layout: more than 128 partitions (GPT's limit)")
+	}
+	names, mounts := map[string]bool{}, map[string]bool{}
+	rest, root := 0, false
+	var pct float64
+	for _, p := range l.Partitions {
+		if names[p.Name] {
+			return fmt.Errorf("layout: partition %q named twice", p.Name)
+		}
+		names[p.Name] = true
+		if p.Size.Kind == Rest {
+			rest++
+		}
+		if p.Size.Kind == Percent {
+			pct += p.Size.Percent
+		}
+		if p.FS.Mountable() {
+			if p.Mount == "" {
+				return fmt.Errorf("layout: partition %q (%s) needs a mount point", p.Name, p.FS)
+			}
+			if err := checkMount(p.Mount); err != nil {
+				return fmt.Errorf("layout: partition %q: %w", p.Name, err)
+			}
+			if mounts[p.Mount] {
+				return fmt.Errorf("layout: mount point %s used twice", p.Mount)
+			}
+			mounts[p.Mount] = true
+			if p.Mount == "/" {
+				root = true
+				if p.FS == FSVfat || p.FS == FSESP {
+					return fmt.Errorf("layout: partition %q: the root filesystem cannot be %s", p.Name, p.FS)
+				}
+			}
+		} else if p.Mount != "" {
+			return fmt.Errorf("layout: partition %q (%s) cannot have mount point %s", p.Name, p.FS, p.Mount)
+		} else if p.Label != "" && p.FS != FSSwap {
+			return fmt.Errorf("layout: partition %q (%s) cannot have a label", p.Name, p.FS)
+		}
+		if p.Options != "" && !p.FS.Mountable() && p.FS != FSSwap {
+			return fmt.Errorf("layout: partition %q (%s) cannot have mount options", p.Name, p.FS)
+		}
+		if p.FS == FSVfat || p.FS == FSESP {
+			if len(p.Label) > 11 {
+				return fmt.Errorf("layout: partition %q: FAT labels have at most 11 characters, %q has %d", p.Name, p.Label, len(p.Label))
+			}
+		}
+		if p.FS == FSXfs && len(p.Label) > 12 {
+			return fmt.Errorf("layout: partition %q: XFS labels have at most 12 characters", p.Name)
+		}
+	}
+	if rest > 1 {
+		return errors.New("layout: more than one partition sized \"rest\"")
+	}
+	if pct > 100 {
+		return fmt.Errorf("layout: percentages add up to %g%%, more than 100%%", pct)
+	}
+	if !root {
+		return errors.New("layout: no partition is mounted at /")
+	}
+	return nil
+}
+
+func checkMount(m string) error {
+	if !strings.HasPrefix(m, "/") || (len(m) > 1 && strings.HasSuffix(m, "/")) {
+		return fmt.Errorf("bad mount point %q: want an absolute path without a trailing slash", m)
+	}
+	for _, c := range strings.Split(m[1:], "/") {
+		if m != "/" && (c == "" || c == "." || c == "..") {
+			return fmt.Errorf("bad mount point %q", m)
+		}
+	}
+	if strings.ContainsAny(m, " \t\n\\") {
+		return fmt.Errorf("bad mount point %q: no spaces or backslashes", m)
+	}
+	return nil
+}
+
+// Format writes l back in the file format (canonical spacing).
+func (l *Layout) Format() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sim-layout %d\ndisk %s\nbootloader %s\n", Version, l.Disk, l.Bootloader)
+	for _, p := range l.Partitions {
+		fmt.Fprintf(&b, "part %s %s %s", p.Name, p.Size, p.FS)
+		if p.Mount != "" {
+			fmt.Fprintf(&b, " %s", p.Mount)
+		}
+		if p.Label != "" {
+			fmt.Fprintf(&b, " label=%s", p.Label)
+		}
+		if p.Options != "" {
+			fmt.Fprintf(&b, " options=%s", p.Options)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/systemimager/sim/initrd"
+)
+
+func newInitrdCommand(e *env) *cobra.Command {
+	c := &cobra.Command{Use: "initrd", Short: "The netboot initrd: a kernel and an initramfs whose /init is sim"}
+	var o initrd.Options
+	var modules, tools []string
+	build := &cobra.Command{
+		Use:   "build -o DIR [--kernel VMLINUZ] [--modules-from ROOT]",
+		Short: "Write DIR/vmlinuz and DIR/initrd.img (cpio newc, zstd)",
+		Long: `Write DIR/vmlinuz and DIR/initrd.img, the netboot pair. The initramfs holds
+this static sim binary as /init, a static busybox (shell, ip, udhcpc,
+chroot), mkfs.ext4, mkfs.vfat, mkfs.xfs and mkswap with their libraries,
+and the kernel modules for common NICs, disk controllers and filesystems
+(with their dependencies) from ROOT/lib/modules/VERSION. Boot it with
+sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
+(see sim netboot).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if o.Out == "" {
+				return usageError{errors.New("initrd build: -o DIR is required")}
+			}
+			o.Out = e.path(o.Out)
+			if o.Kernel == "" {
+				k, err := newestKernel(o.ModulesFrom)
+				if err != nil {
+					return err
+				}
+				o.Kernel = k
+			}
+			if o.Sim == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				o.Sim = exe
+			}
+			if len(modules) > 0 {
+				o.Modules = append(append([]string{}, initrd.DefaultModules...), modules...)
+			}
+			if len(tools) > 0 {
+				o.Tools = append(append([]string{}, initrd.DefaultTools...), tools...)
+			}
+			res, err := initrd.Build(o)
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(res)
+			}
+			fmt.Fprintf(e.stdout, "%s: kernel %s, %s\n%s: %s (%s uncompressed: sim %s, tools and libraries %s, %d modules %s; %d entries)\n",
+				res.Kernel, res.Version, fmtBytes(res.KernelBytes), res.Initrd, fmtBytes(res.InitrdBytes), fmtBytes(res.CpioBytes),
+				fmtBytes(res.SimBytes), fmtBytes(res.LibToolBytes), len(res.Modules), fmtBytes(res.ModuleBytes), res.Files)
+			if len(res.Missing) > 0 {
+				fmt.Fprintf(e.stderr, "note: not in this kernel (neither module nor built in): %s\n", strings.Join(res.Missing, " "))
+			}
+			return nil
+		},
+	}
+	f := build.Flags()
+	f.StringVarP(&o.Out, "out", "o", "", "write into `DIR`")
+	f.StringVar(&o.Kernel, "kernel", "", "the kernel `VMLINUZ` (default: the newest ROOT/boot/vmlinuz-*)")
+	f.StringVar(&o.ModulesFrom, "modules-from", "/", "take kernel modules from `ROOT`/lib/modules/VERSION")
+	f.StringVar(&o.Version, "kernel-version", "", "the kernel's `VERSION` (default: from the file name vmlinuz-VERSION)")
+	f.StringVar(&o.Sim, "sim", "", "the static sim `BINARY` to use as /init (default: this one)")
+	f.StringVar(&o.Busybox, "busybox", "/bin/busybox", "a static busybox `BINARY`")
+	f.StringArrayVar(&modules, "module", nil, "also load kernel module `NAME` (repeatable)")
+	f.StringArrayVar(&tools, "tool", nil, "also copy host program `NAME` with its libraries (repeatable)")
+	e.addJSONFlag(build)
+	var from, out, server, extra string
+	iso := &cobra.Command{
+		Use:   "iso --from DIR --server URL -o FILE",
+		Short: "Write a BIOS+UEFI boot image (CD or USB) that runs the installer without netboot",
+		Long: `Write FILE, a hybrid ISO (boots from CD or, written with dd, from a USB
+stick, on BIOS and UEFI machines) holding DIR/vmlinuz and DIR/initrd.img from
+sim initrd build and a GRUB menu that boots them with sim.server=URL and
+--append ARGS (e.g. sim.image=debian, sim.node=n01, sim.after=reboot). The
+node still fetches the image from the server; only the boot is local.
+Needs grub-mkrescue, grub-pc-bin, grub-efi-amd64-bin, xorriso and mtools.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			if from == "" || out == "" || server == "" {
+				return usageError{errors.New("initrd iso: --from DIR, --server URL and -o FILE are required")}
+			}
+			if !isURL(server) {
+				return usageError{fmt.Errorf("initrd iso: --server %q: want an http:// or https:// URL", server)}
+			}
+			cmdline := "console=ttyS0,115200 console=tty0 sim.server=" + server
+			if extra != "" {
+				cmdline += " " + extra
+			}
+			if err := initrd.ISO(filepath.Join(e.path(from), "vmlinuz"), filepath.Join(e.path(from), "initrd.img"), e.path(out), cmdline); err != nil {
+				return err
+			}
+			fi, err := os.Stat(e.path(out))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s: %s, boots: %s\n", out, fmtBytes(fi.Size()), cmdline)
+			return nil
+		},
+	}
+	f = iso.Flags()
+	f.StringVar(&from, "from", "", "the `DIR` sim initrd build wrote")
+	f.StringVarP(&out, "out", "o", "", "write the image to `FILE`")
+	f.StringVar(&server, "server", "", "the sim server's `URL` as nodes reach it")
+	f.StringVar(&extra, "append", "", "more kernel `ARGS` (sim.image=, sim.node=, sim.after=, …)")
+	c.AddCommand(build, iso)
+	return c
+}
+
+// newestKernel is the highest-sorting ROOT/boot/vmlinuz-*.
+func newestKernel(root string) (string, error) {
+	if root == "" {
+		root = "/"
+	}
+	ks, _ := filepath.Glob(filepath.Join(root, "boot/vmlinuz-*"))
+	if len(ks) == 0 {
+		return "", fmt.Errorf("no %s/boot/vmlinuz-*: give --kernel (apt-get install linux-image-amd64)", strings.TrimRight(root, "/"))
+	}
+	sort.Strings(ks)
+	return ks[len(ks)-1], nil
+}

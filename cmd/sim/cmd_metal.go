@@ -1,0 +1,439 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/client/disk"
+	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/store"
+)
+
+func newLayoutCommand(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "layout",
+		Short: "Disk layouts stored with images (set, show, capture)",
+		Long: `A layout says how a node's disk is partitioned and formatted when it installs
+an image: GPT partitions by size, percent or rest; esp, vfat, ext4, xfs,
+swap, bios_grub; mount points, labels, mount options; which disk. It is
+stored in the store as image IMAGE@layout, so every change is a commit
+(sim log IMAGE@layout shows its history).`,
+	}
+	c.AddCommand(&cobra.Command{
+		Use:   "set IMAGE FILE",
+		Short: "Check FILE and store it as IMAGE's layout (a new commit on IMAGE@layout)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := store.CheckName("image", args[0]); err != nil {
+				return usageError{err}
+			}
+			if catalog.IsSpecial(args[0]) {
+				return usageError{fmt.Errorf("%s is a catalog document, not a system image", args[0])}
+			}
+			b, err := os.ReadFile(e.path(args[1]))
+			if err != nil {
+				return err
+			}
+			l, err := layout.Parse(string(b))
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[1], err)
+			}
+			return e.withStore(func(st *store.Store) error {
+				if _, err := st.ImageHead(args[0]); err != nil {
+					return fmt.Errorf("image %s: %w", args[0], err)
+				}
+				// The file as written (comments kept), since it parsed.
+				id, err := catalog.CommitFiles(c.Context(), st, catalog.LayoutImage(args[0]),
+					map[string][]byte{catalog.LayoutFile: b}, "layout of "+args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "layout of %s: %d partitions on disk %s, at least %s; commit %s on %s\n",
+					args[0], len(l.Partitions), l.Disk, layout.FormatBytes(l.MinBytes()/layout.Align*layout.Align+layout.Align), id.Short(), catalog.LayoutImage(args[0]))
+				return nil
+			})
+		},
+	})
+	var size string
+	show := &cobra.Command{
+		Use:   "show REF",
+		Short: "Print the layout of an image (or of a commit of IMAGE@layout)",
+		Long: `Print the layout REF uses: REF is an image, a tag or commit of it (then its
+image's current layout), or a commit of IMAGE@layout (that version).
+--disk-size SIZE also prints where each partition would go on such a disk.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				id, err := catalog.LayoutFor(st, args[0])
+				if err != nil {
+					return err
+				}
+				b, err := catalog.ReadFile(st, id, catalog.LayoutFile)
+				if err != nil {
+					return err
+				}
+				l, err := layout.Parse(string(b))
+				if err != nil {
+					return fmt.Errorf("stored layout %s: %w", id.Short(), err)
+				}
+				var ext []layout.Extent
+				if size != "" {
+					sz, err := layout.ParseSize(size)
+					if err != nil || sz.Kind != layout.Fixed {
+						return usageError{fmt.Errorf("--disk-size %q: want a size like 20GiB", size)}
+					}
+					if ext, err = l.Plan("(--disk-size)", sz.Bytes); err != nil {
+						return err
+					}
+				}
+				if e.json {
+					return e.printJSON(struct {
+						Commit  string          `json:"commit"`
+						Layout  *layout.Layout  `json:"layout"`
+						Text    string          `json:"text"`
+						Extents []layout.Extent `json:"extents,omitempty"`
+					}{id.String(), l, string(b), ext})
+				}
+				fmt.Fprintf(e.stdout, "# layout commit %s\n%s", id, b)
+				for _, x := range ext {
+					fmt.Fprintf(e.stdout, "# %d %-10s start %s size %s\n", x.Index, x.Name, layout.FormatBytes(x.Start), layout.FormatBytes(x.Bytes))
+				}
+				return nil
+			})
+		},
+	}
+	show.Flags().StringVar(&size, "disk-size", "", "also place the partitions on a disk of `SIZE`")
+	e.addJSONFlag(show)
+	c.AddCommand(show, newLayoutCaptureCommand(e))
+	return c
+}
+
+type nodeOptions struct {
+	mac, ip, gw, image, disk   string
+	groups, overrides, scripts []string
+}
+
+func (o *nodeOptions) add(c *cobra.Command, node bool) {
+	f := c.Flags()
+	if node {
+		f.StringVar(&o.mac, "mac", "", "the node's boot NIC `MAC` (how it is recognised)")
+		f.StringVar(&o.ip, "ip", "", "static `IP/PREFIX` for the installed system (default DHCP)")
+		f.StringVar(&o.gw, "gateway", "", "default gateway `IP` with --ip")
+		f.StringArrayVar(&o.groups, "group", nil, "member of `GROUP` (repeatable, in order)")
+		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's)")
+	}
+	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
+	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
+	f.StringArrayVar(&o.scripts, "script", nil, "run post-install script `NAME` (repeatable, in order)")
+}
+
+func newNodeCommand(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "node",
+		Short: "Register nodes (name, MAC, IP, image, groups, overrides, scripts)",
+		Long: `Nodes and groups live in the store as image sim@nodes (one JSON document per
+node and group), so every change is a commit. A node's name is its hostname.`,
+	}
+	var o nodeOptions
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add or replace a node",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			n := &catalog.Node{Name: args[0], MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
+				Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
+			if err := n.Check(); err != nil {
+				return usageError{err}
+			}
+			if n.Disk != "" {
+				if err := layout.CheckDisk(n.Disk); err != nil {
+					return usageError{fmt.Errorf("node %s: %w", n.Name, err)}
+				}
+			}
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				for _, g := range n.Groups {
+					if reg.Groups[g] == nil {
+						return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
+					}
+				}
+				if err := checkRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
+					return fmt.Errorf("node %s: %w", n.Name, err)
+				}
+				if err := reg.AddNode(n); err != nil {
+					return err
+				}
+				if _, err := reg.Resolve(n); err != nil {
+					return err
+				}
+				_, err = reg.Save(c.Context(), st, "node add "+n.Name)
+				return err
+			})
+		},
+	}
+	o.add(add, true)
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a node",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				if reg.Nodes[args[0]] == nil {
+					return fmt.Errorf("no node %q", args[0])
+				}
+				delete(reg.Nodes, args[0])
+				_, err = reg.Save(c.Context(), st, "node rm "+args[0])
+				return err
+			})
+		},
+	}
+	c.AddCommand(add, rm)
+	return c
+}
+
+// checkRefs makes sure what a node or group names exists now (a typo is
+// caught at registration, not at install time).
+func checkRefs(st *store.Store, image string, overrides, scripts []string) error {
+	if image != "" {
+		if catalog.IsSpecial(image) {
+			return fmt.Errorf("%s is a catalog document, not a system image", image)
+		}
+		if _, err := st.ImageHead(image); err != nil {
+			return fmt.Errorf("image %s: %w", image, err)
+		}
+	}
+	for _, ov := range overrides {
+		if _, err := st.ImageHead(catalog.OverrideImage(ov)); err != nil {
+			return fmt.Errorf("override %s: %w (sim override set %s DIR)", ov, err, ov)
+		}
+	}
+	for _, s := range scripts {
+		if _, err := st.ImageHead(catalog.ScriptImage(s)); err != nil {
+			return fmt.Errorf("script %s: %w (sim script set %s FILE)", s, err, s)
+		}
+	}
+	return nil
+}
+
+func newGroupCommand(e *env) *cobra.Command {
+	c := &cobra.Command{Use: "group", Short: "Groups of nodes sharing an image, overrides and scripts"}
+	var o nodeOptions
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add or replace a group",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts}
+			if err := catalog.CheckDocName("group", g.Name); err != nil {
+				return usageError{err}
+			}
+			return e.withStore(func(st *store.Store) error {
+				if err := checkRefs(st, g.Image, g.Overrides, g.Scripts); err != nil {
+					return fmt.Errorf("group %s: %w", g.Name, err)
+				}
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				reg.Groups[g.Name] = g
+				_, err = reg.Save(c.Context(), st, "group add "+g.Name)
+				return err
+			})
+		},
+	}
+	o.add(add, false)
+	c.AddCommand(add)
+	return c
+}
+
+func newNodesCommand(e *env) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "nodes",
+		Short: "List nodes, their groups, images and last install status",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				last := lastStatuses(e.storeDir)
+				type row struct {
+					*catalog.Node
+					Resolved *catalog.Resolved `json:"resolved,omitempty"`
+					Status   *install.Status   `json:"status,omitempty"`
+				}
+				names := make([]string, 0, len(reg.Nodes))
+				for n := range reg.Nodes {
+					names = append(names, n)
+				}
+				sort.Strings(names)
+				rows := []row{}
+				for _, n := range names {
+					r := row{Node: reg.Nodes[n]}
+					r.Resolved, _ = reg.Resolve(r.Node)
+					if r.Resolved != nil {
+						r.Resolved.Node = nil
+					}
+					if s, ok := last[n]; ok {
+						r.Status = &s
+					}
+					rows = append(rows, r)
+				}
+				if e.json {
+					groups := reg.Groups
+					return e.printJSON(struct {
+						Commit string                    `json:"registry_commit,omitempty"`
+						Nodes  []row                     `json:"nodes"`
+						Groups map[string]*catalog.Group `json:"groups"`
+					}{idOrEmpty(reg), rows, groups})
+				}
+				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NODE\tMAC\tIP\tIMAGE\tGROUPS\tLAST STATUS")
+				for _, r := range rows {
+					img := ""
+					if r.Resolved != nil {
+						img = r.Resolved.Image
+					}
+					st := "-"
+					if r.Status != nil {
+						st = fmt.Sprintf("%s %s %s", r.Status.State, r.Status.Step, r.Status.Time.Format("2006-01-02 15:04:05"))
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(r.MAC), dash(r.IP), dash(img), dash(strings.Join(r.Groups, ",")), st)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	e.addJSONFlag(c)
+	return c
+}
+
+func idOrEmpty(r *catalog.Registry) string {
+	if r.Commit.IsZero() {
+		return ""
+	}
+	return r.Commit.String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newOverrideCommand(e *env) *cobra.Command {
+	c := &cobra.Command{Use: "override", Short: "Override trees laid over a node's new root (SystemImager's overrides)"}
+	c.AddCommand(&cobra.Command{
+		Use:   "set NAME DIR",
+		Short: "Commit DIR as override NAME (image NAME@override)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := catalog.CheckDocName("override", args[0]); err != nil {
+				return usageError{err}
+			}
+			fi, err := os.Stat(e.path(args[1]))
+			if err != nil {
+				return err
+			}
+			if !fi.IsDir() {
+				return usageError{fmt.Errorf("%s is not a directory", args[1])}
+			}
+			return e.withStore(func(st *store.Store) error {
+				id, cm, err := commitDir(c, st, e.path(args[1]), catalog.OverrideImage(args[0]))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "override %s: %d files, commit %s\n", args[0], cm, id)
+				return nil
+			})
+		},
+	})
+	return c
+}
+
+func newScriptCommand(e *env) *cobra.Command {
+	c := &cobra.Command{Use: "script", Short: "Post-install scripts, run in a chroot of a node's new root"}
+	c.AddCommand(&cobra.Command{
+		Use:   "set NAME FILE",
+		Short: "Store FILE as post-install script NAME (image NAME@script)",
+		Long: `Store FILE as post-install script NAME. It runs as root, chrooted into the
+new root after the image, the overrides, hostname and fstab are in place
+and before the bootloader, with SIM_NODE, SIM_HOSTNAME, SIM_IMAGE,
+SIM_COMMIT, SIM_MAC and SIM_IP set. A non-zero exit fails the install.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := catalog.CheckDocName("script", args[0]); err != nil {
+				return usageError{err}
+			}
+			b, err := os.ReadFile(e.path(args[1]))
+			if err != nil {
+				return err
+			}
+			if !strings.HasPrefix(string(b), "#!") {
+				return usageError{fmt.Errorf("%s: a script must start with #! (it is executed in the new root)", args[1])}
+			}
+			return e.withStore(func(st *store.Store) error {
+				id, err := catalog.CommitFiles(c.Context(), st, catalog.ScriptImage(args[0]), map[string][]byte{catalog.ScriptFile: b}, "script "+args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "script %s: commit %s\n", args[0], id)
+				return nil
+			})
+		},
+	})
+	return c
+}
+
+func newLayoutCaptureCommand(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "capture [DISK]",
+		Short: "Print the layout of this machine's disk (default: the first disk), to edit and set",
+		Long: `Read a golden client's disk (GPT partitions, filesystems by superblock, mount
+points and options of what is mounted now) and print it as a layout, for
+sim layout set. The last partition becomes "rest". Run it on the golden
+client; it only reads.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			spec := "first"
+			if len(args) == 1 {
+				spec = args[0]
+			}
+			d, err := disk.Find(spec)
+			if err != nil {
+				return err
+			}
+			l, err := disk.Capture(d)
+			if l != nil {
+				fmt.Fprintf(e.stdout, "# captured from %s (%s)\n%s", d.Path, layout.FormatBytes(d.Size), l.Format())
+			}
+			return err
+		},
+	}
+}
+
+// commitDir commits a directory as the head of image.
+func commitDir(c *cobra.Command, st *store.Store, dir, image string) (string, int64, error) {
+	id, cm, err := client.Commit(c.Context(), st, dir, client.CommitOptions{Image: image, Message: image})
+	if err != nil {
+		return "", 0, err
+	}
+	return id.String(), cm.Stats.Files, nil
+}

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/store"
+)
+
+// TestInstallLoop runs `sim install` by hand (as from a rescue system)
+// onto loop devices: the whole sequence but GRUB, natively and in
+// seconds, then inspects the result; and checks that failures (a disk
+// too small, a failing post-install script) leave no disk marked
+// installed. The VM tests (metal_test.go) add the initrd and GRUB.
+func TestInstallLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loop-device install: skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("loop-device install: needs root (losetup, mkfs, mount)")
+	}
+	for _, tool := range []string{"losetup", "mkfs.ext4", "mkfs.vfat", "mkfs.xfs", "mkswap", "blkid", "chroot"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("loop-device install: no %s", tool)
+		}
+	}
+	v1 := filepath.Join(corpus(t), "v1")
+	// The ESP only where this kernel can mount FAT (test containers may
+	// lack the module).
+	esp, fatFstab := "", "\t/boot/efi\tvfat\t"
+	if fs, _ := os.ReadFile("/proc/filesystems"); strings.Contains(string(fs), "\tvfat\n") {
+		esp = "part esp 100MiB esp /boot/efi\n"
+	} else {
+		t.Log("no vfat in /proc/filesystems: installing without an ESP")
+		fatFstab = "\t/\t"
+	}
+	dir := t.TempDir()
+	s := filepath.Join(dir, "store")
+	ok(t, s, "init")
+	ok(t, s, "commit", v1, "--image", "deb")
+	writeFiles(t, dir, map[string]string{
+		"layout":          "sim-layout 1\nbootloader none\npart root rest ext4 / label=root\n" + esp + "part data 300MiB xfs /data label=data\npart swap 8MiB swap\n",
+		"ov/etc/motd":     "override motd\n",
+		"ov/opt/site/new": "new file\n",
+		"ok.sh":           "#!/bin/sh\nset -e\necho \"post $SIM_NODE $SIM_IMAGE\" > /etc/sim-post-marker\ntest -f /opt/site/new\n",
+		"fail.sh":         "#!/bin/sh\necho failing on purpose >&2\nexit 3\n",
+	})
+	ok(t, s, "layout", "set", "deb", filepath.Join(dir, "layout"))
+	ok(t, s, "override", "set", "site", filepath.Join(dir, "ov"))
+	ok(t, s, "script", "set", "ok", filepath.Join(dir, "ok.sh"))
+	ok(t, s, "script", "set", "fail", filepath.Join(dir, "fail.sh"))
+	ok(t, s, "node", "add", "n7", "--mac", "52:54:00:5e:01:07", "--image", "deb", "--override", "site", "--script", "ok")
+	ok(t, s, "node", "add", "n8", "--mac", "52:54:00:5e:01:08", "--image", "deb", "--script", "fail")
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	srv := simProcess("--store", s, "serve", "--listen", addr)
+	var slog bytes.Buffer
+	srv.Stderr = &slog
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+	url := "http://" + addr
+	for i := 0; ; i++ {
+		if r, err := http.Get(url + "/v1/refs"); err == nil {
+			r.Body.Close()
+			break
+		}
+		if i > 100 {
+			t.Fatalf("sim serve did not come up: %s", slog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	loop := func(size string) string {
+		f := filepath.Join(dir, fmt.Sprintf("disk%d.raw", time.Now().UnixNano()))
+		if out, err := exec.Command("truncate", "-s", size, f).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		out, err := exec.Command("losetup", "-f", "--show", "-P", f).Output()
+		if err != nil {
+			t.Skipf("losetup: %v (no loop devices here?)", err)
+		}
+		dev := strings.TrimSpace(string(out))
+		t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+		return dev
+	}
+	rootOf := func(dev string) string {
+		mnt := filepath.Join(dir, "inspect"+filepath.Base(dev))
+		os.MkdirAll(mnt, 0o755)
+		// The host's shared mounts may hold the just-unmounted filesystem
+		// a moment longer in another mount namespace (a lab of the other
+		// tests): retry briefly on EBUSY.
+		var err error
+		for i := 0; i < 40; i++ {
+			if err = unix.Mount(dev+"p1", mnt, "ext4", unix.MS_RDONLY, ""); err != unix.EBUSY {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("mount %sp1: %v", dev, err)
+		}
+		t.Cleanup(func() { unix.Unmount(mnt, 0) })
+		return mnt
+	}
+	target := filepath.Join(dir, "target")
+
+	t.Run("install", func(t *testing.T) {
+		dev := loop("1200M")
+		start := time.Now()
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target, "--json")
+		if r.code != 0 {
+			t.Fatalf("install: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		var res install.Result
+		decodeJSON(t, r.stdout, &res)
+		t.Logf("installed corpus v1 on %s in %.1fs, %.1f MB received", dev, time.Since(start).Seconds(), float64(res.Bytes)/1e6)
+		// The disk read back as a layout (nothing mounted: the partition
+		// named root becomes /).
+		capt := ok(t, s, "layout", "capture", dev)
+		for _, want := range []string{"part root ", " ext4 /\n", "part data 300MiB xfs /mnt/data", "part swap rest swap"} {
+			if !strings.Contains(capt, want) {
+				t.Errorf("layout capture lacks %q:\n%s", want, capt)
+			}
+		}
+		root := rootOf(dev)
+		read := func(p string) string {
+			b, err := os.ReadFile(filepath.Join(root, p))
+			if err != nil {
+				t.Errorf("%s: %v", p, err)
+			}
+			return string(b)
+		}
+		if got := read("etc/hostname"); got != "n7\n" {
+			t.Errorf("hostname %q", got)
+		}
+		if got := read("etc/hosts"); !strings.Contains(got, "127.0.1.1\tn7\n") {
+			t.Errorf("hosts:\n%s", got)
+		}
+		if got := read("etc/motd"); got != "override motd\n" {
+			t.Errorf("motd (override) %q", got)
+		}
+		if got := read("etc/sim-post-marker"); got != "post n7 deb\n" {
+			t.Errorf("post-install marker %q", got)
+		}
+		fstab := read("etc/fstab")
+		for _, m := range []string{"\t/\text4\t", fatFstab, "\t/data\txfs\t", "\tnone\tswap\t"} {
+			if !strings.Contains(fstab, m) {
+				t.Errorf("fstab lacks %q:\n%s", m, fstab)
+			}
+		}
+		// Every UUID fstab names is the one on the partition.
+		for _, line := range strings.Split(fstab, "\n") {
+			if u, ok := strings.CutPrefix(strings.Fields(line + " x")[0], "UUID="); ok {
+				out, err := exec.Command("blkid", "-U", u).Output()
+				if err != nil || !strings.HasPrefix(strings.TrimSpace(string(out)), dev+"p") {
+					t.Errorf("fstab UUID %s: blkid says %q %v", u, out, err)
+				}
+			}
+		}
+		var inst install.Installed
+		decodeJSON(t, read("var/lib/sim/installed.json"), &inst)
+		if inst.Node != "n7" || inst.Image != "deb" || inst.Commit != res.Installed.Commit || inst.Disk != dev {
+			t.Errorf("installed.json %+v", inst)
+		}
+		if _, err := os.Stat(filepath.Join(root, "data")); err != nil {
+			t.Errorf("/data mount point: %v", err)
+		}
+		var st map[string]install.Status
+		resp, err := http.Get(url + "/v1/install/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st["n7"].State != install.Done || st["n7"].Bytes != res.Bytes {
+			t.Errorf("server status of n7: %+v", st["n7"])
+		}
+		// sim nodes, forwarded to the running server, shows it too.
+		if out := ok(t, s, "nodes"); !strings.Contains(out, "done done") {
+			t.Errorf("sim nodes:\n%s", out)
+		}
+		// The node store on the new root knows its base for later updates.
+		unix.Unmount(root, 0)
+		if err := unix.Mount(dev+"p1", root, "ext4", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		nst, err := store.Open(filepath.Join(root, "var/lib/sim"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := client.LastCheckout(nst, "/")
+		nst.Close()
+		if err != nil || rec.Commit != inst.Commit {
+			t.Errorf("checkout record of / in the node store: %+v %v; want commit %s", rec, err, inst.Commit.Short())
+		}
+		// The per-node iPXE script.
+		resp, err = http.Get(url + "/v1/install/ipxe?mac=52-54-00-5e-01-07")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "sim.server="+url+" sim.node=n7") || !strings.Contains(string(b), "initrd "+url+"/v1/install/initrd") {
+			t.Errorf("ipxe script:\n%s", b)
+		}
+		if resp, err := http.Get(url + "/v1/install/kernel"); err != nil || resp.StatusCode != 404 {
+			t.Errorf("kernel without --netboot: %v %v", resp.StatusCode, err)
+		}
+	})
+
+	t.Run("script-fails", func(t *testing.T) {
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--disk", dev, "--target", target)
+		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "scripts"`) || !strings.Contains(r.stderr, "failing on purpose") {
+			t.Fatalf("failing script: exit %d\n%s", r.code, r.stderr)
+		}
+		root := rootOf(dev)
+		if _, err := os.Stat(filepath.Join(root, "var/lib/sim/installed.json")); err == nil {
+			t.Error("a failed install left installed.json")
+		}
+		if m, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(m), target) {
+			t.Errorf("mounts left under %s after a failure", target)
+		}
+	})
+
+	t.Run("too-small", func(t *testing.T) {
+		dev := loop("300M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target)
+		if r.code != 1 || !strings.Contains(r.stderr, "disk "+dev+" too small for the layout") || !strings.Contains(r.stderr, `step "layout"`) {
+			t.Fatalf("too small: exit %d\n%s", r.code, r.stderr)
+		}
+	})
+
+	t.Run("unknown-node", func(t *testing.T) {
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--mac", "52:54:00:00:99:99", "--disk", "/dev/null", "--target", target)
+		if r.code != 1 || !strings.Contains(r.stderr, "no node has MAC 52:54:00:00:99:99") {
+			t.Fatalf("unknown MAC: exit %d\n%s", r.code, r.stderr)
+		}
+	})
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/store"
+)
+
+func TestLayoutNodeCLI(t *testing.T) {
+	s := newStore(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"root/etc/hostname": "golden\n",
+		"good":              testLayout,
+		"bad":               "part root rest ext4 /\npart swap 1G swapp\n",
+		"post.sh":           "#!/bin/sh\ntrue\n",
+		"nohashbang.sh":     "true\n",
+		"ov/etc/motd":       "hi\n",
+	})
+	ok(t, s, "commit", filepath.Join(dir, "root"), "--image", "debian")
+
+	// A bad layout names the file and the line; nothing is stored.
+	r := sim(t, s, "layout", "set", "debian", filepath.Join(dir, "bad"))
+	if r.code != 1 || !strings.Contains(r.stderr, "layout line 2 \"part swap 1G swapp\": unknown filesystem \"swapp\"") {
+		t.Errorf("bad layout: %d %s", r.code, r.stderr)
+	}
+	if r := sim(t, s, "layout", "set", "nosuch", filepath.Join(dir, "good")); r.code != 1 || !strings.Contains(r.stderr, "image nosuch") {
+		t.Errorf("layout of a missing image: %d %s", r.code, r.stderr)
+	}
+	if r := sim(t, s, "layout", "show", "debian"); r.code != 1 || !strings.Contains(r.stderr, "no layout set") {
+		t.Errorf("show without layout: %d %s", r.code, r.stderr)
+	}
+	ok(t, s, "layout", "set", "debian", filepath.Join(dir, "good"))
+	out := ok(t, s, "layout", "show", "debian", "--disk-size", "4GiB")
+	for _, want := range []string{"part root rest   ext4 /", "# 4 root       start 166MiB size 3929MiB"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("layout show lacks %q:\n%s", want, out)
+		}
+	}
+	if r := sim(t, s, "layout", "show", "debian", "--disk-size", "100MiB"); r.code != 1 || !strings.Contains(r.stderr, "too small for the layout") {
+		t.Errorf("show on a small disk: %d %s", r.code, r.stderr)
+	}
+	// Versioned: the layout has a history like any image.
+	ok(t, s, "layout", "set", "debian", filepath.Join(dir, "good"))
+	if log := ok(t, s, "log", "debian@layout"); strings.Count(log, "commit ") < 2 && strings.Count(log, "layout of debian") < 2 {
+		t.Errorf("layout history:\n%s", log)
+	}
+
+	// The layout follows its image through cp, mv and rm.
+	ok(t, s, "image", "cp", "debian", "deb2")
+	ok(t, s, "layout", "show", "deb2")
+	ok(t, s, "image", "mv", "deb2", "deb3")
+	ok(t, s, "layout", "show", "deb3")
+	if r := sim(t, s, "layout", "show", "deb2@layout"); r.code == 0 {
+		t.Error("deb2@layout still there after image mv")
+	}
+	ok(t, s, "image", "rm", "deb3")
+	if out := ok(t, s, "images"); strings.Contains(out, "deb3") {
+		t.Errorf("deb3@layout left after image rm:\n%s", out)
+	}
+
+	if r := sim(t, s, "script", "set", "x", filepath.Join(dir, "nohashbang.sh")); r.code != 2 || !strings.Contains(r.stderr, "must start with #!") {
+		t.Errorf("script without #!: %d %s", r.code, r.stderr)
+	}
+	ok(t, s, "script", "set", "post", filepath.Join(dir, "post.sh"))
+	ok(t, s, "override", "set", "site", filepath.Join(dir, "ov"))
+	ok(t, s, "group", "add", "compute", "--image", "debian", "--override", "site")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"node", "add", "n1", "--mac", "52:54:00:zz:00:01"}, 2, "invalid MAC address \"52:54:00:zz:00:01\""},
+		{[]string{"node", "add", "Node_1"}, 2, "invalid node name \"Node_1\""},
+		{[]string{"node", "add", "n1", "--ip", "300.1.1.1/24"}, 2, "invalid IP"},
+		{[]string{"node", "add", "n1", "--group", "nosuch"}, 1, "no group \"nosuch\""},
+		{[]string{"node", "add", "n1", "--image", "debian", "--override", "nosuch"}, 1, "override nosuch"},
+		{[]string{"node", "add", "n1"}, 1, "no image"},
+		{[]string{"node", "add", "n1", "--image", "debian@layout"}, 1, "catalog document"},
+	} {
+		if r := sim(t, s, c.args...); r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sim %s: exit %d %q; want %d %q", strings.Join(c.args, " "), r.code, r.stderr, c.code, c.want)
+		}
+	}
+	ok(t, s, "node", "add", "n1", "--mac", "52:54:00:00:00:01", "--group", "compute", "--script", "post")
+	ok(t, s, "node", "add", "n2", "--mac", "52:54:00:00:00:02", "--ip", "198.18.0.12/15", "--image", "debian")
+	if r := sim(t, s, "node", "add", "n3", "--mac", "52:54:00:00:00:01", "--image", "debian"); r.code != 1 || !strings.Contains(r.stderr, "already node n1's") {
+		t.Errorf("duplicate MAC: %d %s", r.code, r.stderr)
+	}
+	var nodes struct {
+		Nodes []struct {
+			Name     string
+			MAC      string
+			Resolved struct {
+				Image     string
+				Overrides []string
+				Scripts   []string
+			}
+		}
+	}
+	decodeJSON(t, ok(t, s, "nodes", "--json"), &nodes)
+	if len(nodes.Nodes) != 2 || nodes.Nodes[0].Name != "n1" || nodes.Nodes[0].Resolved.Image != "debian" ||
+		strings.Join(nodes.Nodes[0].Resolved.Overrides, ",") != "site" || strings.Join(nodes.Nodes[0].Resolved.Scripts, ",") != "post" {
+		t.Errorf("nodes --json: %+v", nodes)
+	}
+
+	// What the server answers a node, by MAC, by name, and the failures.
+	st, err := store.Open(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := installConfig(st, "", "52-54-00-00-00-01", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Node != "n1" || cfg.Hostname != "n1" || cfg.Image != "debian" || len(cfg.Overrides) != 1 || len(cfg.Scripts) != 1 || !strings.Contains(cfg.Layout, "bios_grub") {
+		t.Errorf("config by MAC: %+v", cfg)
+	}
+	if cfg, err := installConfig(st, "n2", "", ""); err != nil || cfg.IP != "198.18.0.12/15" {
+		t.Errorf("config by name: %+v %v", cfg, err)
+	}
+	if _, err := installConfig(st, "", "52:54:00:00:00:99", ""); !errors.Is(err, errUnknownNode) {
+		t.Errorf("unknown MAC: %v", err)
+	}
+	if _, err := installConfig(st, "", "52:54:00:00:00:99", "nosuch"); err == nil || !strings.Contains(err.Error(), "unknown ref") {
+		t.Errorf("unknown image: %v", err)
+	}
+	if _, err := installConfig(st, "", "", "sim@nodes"); err == nil || !strings.Contains(err.Error(), "catalog document") {
+		t.Errorf("catalog image: %v", err)
+	}
+	if _, err := installConfig(st, "Bad!", "", ""); err == nil || !strings.Contains(err.Error(), "invalid node name") {
+		t.Errorf("bad node name: %v", err)
+	}
+	st.Close()
+
+	// Netboot configurations.
+	nb := filepath.Join(dir, "nb")
+	ok(t, s, "netboot", "pxe", "--server", "http://198.18.0.1:7480", "--out", nb, "--per-node")
+	ok(t, s, "netboot", "grub", "--server", "http://198.18.0.1:7480", "--out", nb)
+	ok(t, s, "netboot", "dnsmasq", "--server", "http://198.18.0.1:7480", "--out", nb)
+	for f, want := range map[string]string{
+		"pxelinux.cfg/default":              "APPEND console=ttyS0,115200 console=tty0 sim.server=http://198.18.0.1:7480\n",
+		"pxelinux.cfg/01-52-54-00-00-00-01": "sim.node=n1",
+		"grub/grub.cfg":                     "linux vmlinuz console=ttyS0,115200 console=tty0 sim.server=http://198.18.0.1:7480",
+		"dnsmasq.conf":                      "dhcp-host=52:54:00:00:00:02,198.18.0.12,n2",
+	} {
+		b, err := os.ReadFile(filepath.Join(nb, f))
+		if err != nil || !strings.Contains(string(b), want) {
+			t.Errorf("%s: %v; lacks %q:\n%s", f, err, want, b)
+		}
+	}
+	if r := sim(t, s, "netboot", "pxe", "--server", "198.18.0.1", "--out", nb); r.code != 2 {
+		t.Errorf("netboot without URL scheme: %d %s", r.code, r.stderr)
+	}
+	if !catalog.IsSpecial("debian@layout") || catalog.IsSpecial("debian") {
+		t.Error("IsSpecial")
+	}
+}
+
+func TestParseCmdline(t *testing.T) {
+	p, err := parseCmdline("BOOT_IMAGE=/vmlinuz console=ttyS0 sim.server=http://10.0.2.2:7480 sim.node=n1 sim.transport=auto sim.after=reboot")
+	if err != nil || p.server != "http://10.0.2.2:7480" || p.node != "n1" || p.transport != "http" || p.after != "reboot" || p.onError != "shell" {
+		t.Errorf("got %+v %v", p, err)
+	}
+	for _, bad := range []string{"console=ttyS0", "sim.server=x sim.after=explode", "sim.server=x sim.colour=red", "sim.server=x sim.onerror=none"} {
+		if _, err := parseCmdline(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestReasonWriter(t *testing.T) {
+	var out strings.Builder
+	l := &reasonWriter{w: &out, prefix: "sim: "}
+	l.Write([]byte("sim install: [ 0.0s] start\nsim: install failed at step \"lay"))
+	l.Write([]byte("out\": disk /dev/vda too small\nmore\n"))
+	if l.last != "sim: install failed at step \"layout\": disk /dev/vda too small" || !strings.HasSuffix(out.String(), "more\n") {
+		t.Errorf("last = %q", l.last)
+	}
+}

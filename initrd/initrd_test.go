@@ -1,0 +1,154 @@
+package initrd
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// readCpio parses a newc archive back (a test-only reader).
+func readCpio(t *testing.T, b []byte) []Entry {
+	t.Helper()
+	var out []Entry
+	off := 0
+	align := func(n int) int { return (n + 3) &^ 3 }
+	for {
+		if off+110 > len(b) || string(b[off:off+6]) != "070701" {
+			t.Fatalf("bad header at %d", off)
+		}
+		field := func(i int) uint32 {
+			v, err := strconv.ParseUint(string(b[off+6+8*i:off+14+8*i]), 16, 32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return uint32(v)
+		}
+		mode, size, rmaj, rmin, nsize := field(1), field(6), field(9), field(10), field(11)
+		name := string(b[off+110 : off+110+int(nsize)-1])
+		off = align(off + 110 + int(nsize))
+		data := b[off : off+int(size)]
+		off = align(off + int(size))
+		if name == "TRAILER!!!" {
+			if off != len(b) {
+				t.Errorf("%d bytes after the trailer", len(b)-off)
+			}
+			return out
+		}
+		out = append(out, Entry{Name: name, Mode: mode, Data: data, Rmajor: rmaj, Rminor: rmin})
+	}
+}
+
+func TestCpio(t *testing.T) {
+	in := []Entry{
+		{Name: "init", Mode: ModeFile | 0o755, Data: []byte("#!/bin/sh\necho hi\n")},
+		{Name: "dev", Mode: ModeDir | 0o755},
+		{Name: "dev/console", Mode: ModeChar | 0o600, Rmajor: 5, Rminor: 1},
+		{Name: "bin/sh", Mode: ModeLink | 0o777, Data: []byte("busybox")},
+		{Name: "bin", Mode: ModeDir | 0o755},
+		{Name: "odd", Mode: ModeFile | 0o644, Data: []byte("12345")},
+	}
+	var a, b bytes.Buffer
+	if err := WriteCpio(&a, append([]Entry(nil), in...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteCpio(&b, append([]Entry(nil), in...)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Error("same entries, different archives")
+	}
+	got := readCpio(t, a.Bytes())
+	if len(got) != len(in) {
+		t.Fatalf("got %d entries, want %d", len(got), len(in))
+	}
+	byName := map[string]Entry{}
+	for i, e := range got {
+		byName[e.Name] = e
+		if i > 0 && got[i-1].Name >= e.Name {
+			t.Errorf("not sorted: %s before %s", got[i-1].Name, e.Name)
+		}
+	}
+	for _, e := range in {
+		g := byName[e.Name]
+		if g.Mode != e.Mode || !bytes.Equal(g.Data, e.Data) || g.Rmajor != e.Rmajor || g.Rminor != e.Rminor {
+			t.Errorf("%s: got %+v, want %+v", e.Name, g, e)
+		}
+	}
+	if err := WriteCpio(&a, []Entry{{Name: "a"}, {Name: "a"}}); err == nil {
+		t.Error("duplicate name accepted")
+	}
+	if err := WriteCpio(&a, []Entry{{Name: "/abs"}}); err == nil {
+		t.Error("absolute name accepted")
+	}
+	// The system's cpio reads it too, when there is one.
+	if _, err := exec.LookPath("cpio"); err == nil {
+		c := exec.Command("cpio", "-it", "--quiet")
+		c.Stdin = bytes.NewReader(b.Bytes())
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("cpio -it: %v", err)
+		}
+		if got := strings.Fields(string(out)); len(got) != len(in) {
+			t.Errorf("cpio -it lists %v", got)
+		}
+	}
+}
+
+func TestResolveModules(t *testing.T) {
+	root := t.TempDir()
+	base := filepath.Join(root, "lib/modules/6.1.0-test")
+	os.MkdirAll(base, 0o755)
+	os.WriteFile(filepath.Join(base, "modules.dep"), []byte(
+		"kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n"+
+			"kernel/lib/crc16.ko:\nkernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko: kernel/lib/crc16.ko\n"+
+			"kernel/drivers/net/virtio_net.ko.xz: kernel/net/core/failover.ko\nkernel/net/core/failover.ko:\n"), 0o644)
+	os.WriteFile(filepath.Join(base, "modules.builtin"), []byte("kernel/drivers/virtio/virtio_pci.ko\n"), 0o644)
+	order, missing, err := resolveModules(root, "6.1.0-test", []string{"ext4", "virtio-net", "virtio_pci", "nosuch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, m := range order {
+		pos[modName(m)] = i
+	}
+	for _, dep := range [][2]string{{"crc16", "jbd2"}, {"jbd2", "ext4"}, {"mbcache", "ext4"}, {"failover", "virtio_net"}} {
+		a, aok := pos[dep[0]]
+		b, bok := pos[dep[1]]
+		if !aok || !bok || a > b {
+			t.Errorf("%s must load before %s: order %v", dep[0], dep[1], order)
+		}
+	}
+	if len(order) != 6 {
+		t.Errorf("order %v: want 6 modules, each once", order)
+	}
+	if len(missing) != 1 || missing[0] != "nosuch" {
+		t.Errorf("missing = %v; want [nosuch] (virtio_pci is built in)", missing)
+	}
+	if _, _, err := resolveModules(root, "9.9", []string{"ext4"}); err == nil || !strings.Contains(err.Error(), "--modules-from") {
+		t.Errorf("no modules.dep: %v", err)
+	}
+}
+
+func TestDeps(t *testing.T) {
+	p := "/usr/sbin/mkfs.ext4"
+	if _, err := os.Stat(p); err != nil {
+		t.Skip("no mkfs.ext4")
+	}
+	libs, err := Deps("/", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Join(libs, " ")
+	for _, want := range []string{"ld-linux", "libc.so", "libext2fs"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("deps of %s lack %s: %s", p, want, s)
+		}
+	}
+	if st, _ := IsStatic(p); st {
+		t.Error("mkfs.ext4 reported static")
+	}
+}
