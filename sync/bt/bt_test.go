@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/storetest"
@@ -268,5 +270,56 @@ func TestStallFallsBackToHTTP(t *testing.T) {
 	var problems int
 	if _, err := st.Check(true, func(store.Problem) { problems++ }); err != nil || problems > 0 {
 		t.Fatalf("fsck: %v, %d problems", err, problems)
+	}
+}
+
+// TestSeederForgetsBrokenTorrent: when the frames of a seeded torrent
+// vanish from under it (a gc repacked the store), the seeder stops
+// offering it, so the next node gets a torrent of the new packs.
+func TestSeederForgetsBrokenTorrent(t *testing.T) {
+	w := newWorld(t)
+	resp, err := http.Get(w.url + bt.Prefix + "torrent?want=" + w.v1.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tor, err := bt.DecodeTorrent(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(w.seeder.Status()); n != 1 {
+		t.Fatalf("%d torrents seeded", n)
+	}
+	// gc as if v1 were gone: its pack is rewritten without v1's own
+	// blobs, and the frames the torrent points at vanish.
+	live := map[chunk.ID]bool{}
+	v2tree := mustTree(t, w.srv, w.v2)
+	live[v2tree] = true
+	if err := snapshot.Walk(w.srv, v2tree, func(_ string, n *snapshot.Node) error {
+		if n.Kind == snapshot.KindDir {
+			live[n.Subtree] = true
+		}
+		for _, x := range n.Content {
+			live[x.ID] = true
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.srv.Repack(func(id chunk.ID) bool { return live[id] }, func(chunk.ID) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", w.url+bt.Prefix+"seed/"+tor.InfoHash.HexString()+"/"+tor.Info.Name, nil)
+	req.Header.Set("Range", "bytes=0-100000")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for i := 0; i < 50 && len(w.seeder.Status()) > 0; i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(w.seeder.Status()); n != 0 {
+		t.Fatalf("the broken torrent is still seeded (%d)", n)
 	}
 }

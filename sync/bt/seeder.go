@@ -125,15 +125,7 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 		s.torrents[key] = sv
 		s.order = append(s.order, key)
 		for len(s.order) > s.Keep {
-			old := s.torrents[s.order[0]]
-			delete(s.torrents, s.order[0])
-			s.order = s.order[1:]
-			if old.t != nil {
-				delete(s.byHash, old.t.InfoHash)
-			}
-			if old.tt != nil {
-				old.tt.Drop()
-			}
+			s.forgetLocked(s.order[0])
 		}
 	} else {
 		for i, k := range s.order {
@@ -152,6 +144,12 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 			return
 		}
 		t.PeerPort = s.Port()
+		// After a gc moved the frames, forget this torrent: the next
+		// node that asks gets one derived from the new packs.
+		p.broken = func() {
+			s.Log.Printf("bittorrent: %s: the store's packs changed (gc?); dropping it", t.InfoHash.HexString()[:12])
+			s.forget(key)
+		}
 		tt, _ := s.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: t.InfoHash, InfoBytes: t.InfoBytes, Storage: seedStorage{p}})
 		sv.t, sv.p, sv.tt, sv.doc, sv.built = t, p, tt, t.Encode(), time.Since(start)
 		s.mu.Lock()
@@ -168,6 +166,33 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 		s.mu.Unlock()
 	}
 	return sv, sv.err
+}
+
+// forget drops the torrent for key.
+func (s *Seeder) forget(key [2]chunk.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgetLocked(key)
+}
+
+func (s *Seeder) forgetLocked(key [2]chunk.ID) {
+	sv := s.torrents[key]
+	if sv == nil {
+		return
+	}
+	delete(s.torrents, key)
+	for i, k := range s.order {
+		if k == key {
+			s.order = append(s.order[:i:i], s.order[i+1:]...)
+			break
+		}
+	}
+	if sv.t != nil {
+		delete(s.byHash, sv.t.InfoHash)
+	}
+	if sv.tt != nil {
+		go sv.tt.Drop() // not under anacrolix's read path that called us
+	}
 }
 
 func shortOr(id chunk.ID, none string) string {

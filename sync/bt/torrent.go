@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	gosync "sync"
 
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
@@ -268,6 +269,10 @@ type payload struct {
 	st   *store.Store
 	t    *Torrent
 	srcs []source
+	// broken, if set, is called once when a stored frame cannot be
+	// read: a `sim gc` repacked the store under a seeded torrent.
+	broken     func()
+	brokenOnce gosync.Once
 }
 
 // ReadAt reads the payload at off: stored frames straight from their
@@ -285,6 +290,9 @@ func (p *payload) ReadAt(b []byte, off int64) (int, error) {
 		if s := p.srcs[k]; s.data != nil {
 			copy(b[n:n+m], s.data[in:])
 		} else if _, err := p.st.ReadRawAt(s.loc, b[n:n+m], in); err != nil {
+			if p.broken != nil {
+				p.brokenOnce.Do(p.broken)
+			}
 			return n, err
 		}
 		n += m
