@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	gosync "sync"
 	"testing"
@@ -20,22 +18,6 @@ import (
 	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
 )
-
-// tree writes files of pseudo-random content (incompressible, so sizes
-// on the wire mean something).
-func tree(t testing.TB, dir string, seed int64, files map[string]int) {
-	t.Helper()
-	rng := rand.New(rand.NewSource(seed))
-	for name, size := range files {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		b := make([]byte, size)
-		rng.Read(b)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func commit(t testing.TB, st *store.Store, src, image string) chunk.ID {
 	t.Helper()
@@ -111,12 +93,12 @@ func setup(t *testing.T) *fixture {
 		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 50000 + i*1000
 	}
 	files["usr/bin/big"] = 3 << 20
-	tree(t, f.src, 1, files)
+	snapshottest.RandomFiles(t, f.src, 1, files)
 	f.v1 = commit(t, f.srv, f.src, "img")
 	if err := f.srv.CreateTag("v1", f.v1); err != nil {
 		t.Fatal(err)
 	}
-	tree(t, f.src, 2, map[string]int{"etc/motd": 310, "etc/ssh/sshd_config": 3010})
+	snapshottest.RandomFiles(t, f.src, 2, map[string]int{"etc/motd": 310, "etc/ssh/sshd_config": 3010})
 	f.v2 = commit(t, f.srv, f.src, "img")
 	f.counting = &countingHandler{h: &simsync.Server{Store: f.srv, WriteTokens: []string{"secret"}}}
 	ts := httptest.NewServer(f.counting)
@@ -246,7 +228,7 @@ func TestPush(t *testing.T) {
 	if _, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	tree(t, f.src, 3, map[string]int{"etc/new": 1000})
+	snapshottest.RandomFiles(t, f.src, 3, map[string]int{"etc/new": 1000})
 	v3 := commit(t, local, f.src, "img")
 	if _, err := simsync.Push(context.Background(), local, remote(t, f.url, ""), []string{"img"}, false); err == nil {
 		t.Fatal("push without a token was accepted")
@@ -291,7 +273,7 @@ func TestCapture(t *testing.T) {
 	if cp.Uploaded != 0 { // the server already has this exact tree as img
 		t.Errorf("first capture uploaded %d blobs of a tree the server has", cp.Uploaded)
 	}
-	tree(t, f.src, 4, map[string]int{"usr/lib/lib7.so": 20000})
+	snapshottest.RandomFiles(t, f.src, 4, map[string]int{"usr/lib/lib7.so": 20000})
 	cp, id := capture()
 	if cp.Uploaded != 4 { // the file, usr/lib, usr, root
 		t.Errorf("capture after one edit uploaded %d blobs, want 4", cp.Uploaded)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,24 +22,6 @@ import (
 	"github.com/systemimager/sim/sync/bt"
 )
 
-func writeTree(t testing.TB, dir string, seed int64, files map[string]int) {
-	t.Helper()
-	rng := rand.New(rand.NewSource(seed))
-	for name, size := range files {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		b := make([]byte, size)
-		rng.Read(b)
-		// Half compressible, like a real image.
-		for i := 0; i < len(b)/2; i++ {
-			b[i] = byte(i % 7)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 type world struct {
 	srv        *store.Store
 	src1, src2 string
@@ -56,7 +37,7 @@ func newWorld(t *testing.T) *world {
 		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 100000 + i*7000
 	}
 	files["usr/bin/big"] = 5 << 20
-	writeTree(t, w.src1, 1, files)
+	snapshottest.RandomFiles(t, w.src1, 1, files)
 	var err error
 	if w.v1, _, err = client.Commit(context.Background(), w.srv, w.src1, client.CommitOptions{Image: "img"}); err != nil {
 		t.Fatal(err)
@@ -64,7 +45,7 @@ func newWorld(t *testing.T) *world {
 	if err := os.CopyFS(w.src2, os.DirFS(w.src1)); err != nil {
 		t.Fatal(err)
 	}
-	writeTree(t, w.src2, 2, map[string]int{"etc/motd": 310, "usr/lib/lib3.so": 120000})
+	snapshottest.RandomFiles(t, w.src2, 2, map[string]int{"etc/motd": 310, "usr/lib/lib3.so": 120000})
 	if w.v2, _, err = client.Commit(context.Background(), w.srv, w.src2, client.CommitOptions{Image: "img"}); err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	gosync "sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
@@ -69,20 +69,6 @@ func loopback(t *testing.T) *net.Interface {
 	return lo
 }
 
-func writeTree(t testing.TB, dir string, seed int64, files map[string]int) {
-	t.Helper()
-	rng := rand.New(rand.NewSource(seed))
-	for name, size := range files {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		b := make([]byte, size)
-		rng.Read(b)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func commitDir(t testing.TB, st *store.Store, src string) chunk.ID {
 	t.Helper()
 	id, _, err := client.Commit(context.Background(), st, src, client.CommitOptions{Image: "img"})
@@ -103,9 +89,9 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	w := &world{srv: storetest.New(t)}
 	src := t.TempDir()
-	writeTree(t, src, 1, map[string]int{"a/1": 1 << 20, "a/2": 3 << 20, "b/small": 3000})
+	snapshottest.RandomFiles(t, src, 1, map[string]int{"a/1": 1 << 20, "a/2": 3 << 20, "b/small": 3000})
 	w.v1 = commitDir(t, w.srv, src)
-	writeTree(t, src, 2, map[string]int{"c/3": 6 << 20, "c/4": 20000})
+	snapshottest.RandomFiles(t, src, 2, map[string]int{"c/3": 6 << 20, "c/4": 20000})
 	w.v2 = commitDir(t, w.srv, src)
 	hs := httptest.NewServer(&simsync.Server{Store: w.srv})
 	t.Cleanup(hs.Close)
