@@ -304,3 +304,35 @@ func TestSeederForgetsBrokenTorrent(t *testing.T) {
 		t.Fatalf("the broken torrent is still seeded (%d)", n)
 	}
 }
+
+// TestSeederKeepsAFew: beyond Keep torrents the least recently asked for
+// is dropped, and a request that fails (unknown base) leaves no trace.
+func TestSeederKeepsAFew(t *testing.T) {
+	w := newWorld(t)
+	w.seeder.Keep = 1
+	get := func(q string) int {
+		resp, err := http.Get(w.url + bt.Prefix + "torrent?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := get("want=" + w.v1.String()); c != 200 {
+		t.Fatalf("v1: %d", c)
+	}
+	if c := get("want=" + w.v2.String() + "&have=" + w.v1.String()); c != 200 {
+		t.Fatalf("v1->v2: %d", c)
+	}
+	if c := get("want=" + w.v2.String() + "&have=" + w.v2.String()); c != 204 {
+		t.Fatalf("v2->v2: %d, want 204", c)
+	}
+	if c := get("want=zz"); c != 400 {
+		t.Fatalf("bad id: %d, want 400", c)
+	}
+	st := w.seeder.Status()
+	if len(st) != 1 || st[0].Base != w.v1 {
+		t.Fatalf("seeded %+v, want only v1->v2", st)
+	}
+}

@@ -153,7 +153,12 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 		tt, _ := s.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: t.InfoHash, InfoBytes: t.InfoBytes, Storage: seedStorage{p}})
 		sv.t, sv.p, sv.tt, sv.doc, sv.built = t, p, tt, t.Encode(), time.Since(start)
 		s.mu.Lock()
-		s.byHash[t.InfoHash] = sv
+		if s.torrents[key] == sv {
+			s.byHash[t.InfoHash] = sv
+		} else {
+			// Pushed out by newer torrents while it was derived.
+			go tt.Drop()
+		}
 		s.mu.Unlock()
 		s.Log.Printf("bittorrent: derived %s for %s (base %s): %d objects, %d bytes, %d pieces of %d KiB, in %s",
 			t.InfoHash.HexString()[:12], want.Short(), shortOr(base, "none"), t.Objects(), t.Length(), t.Info.NumPieces(), t.Info.PieceLength>>10, sv.built.Round(time.Millisecond))
@@ -161,7 +166,7 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 	if sv.err != nil {
 		s.mu.Lock()
 		if s.torrents[key] == sv {
-			delete(s.torrents, key)
+			s.forgetLocked(key)
 		}
 		s.mu.Unlock()
 	}
@@ -176,17 +181,17 @@ func (s *Seeder) forget(key [2]chunk.ID) {
 }
 
 func (s *Seeder) forgetLocked(key [2]chunk.ID) {
-	sv := s.torrents[key]
-	if sv == nil {
-		return
-	}
-	delete(s.torrents, key)
 	for i, k := range s.order {
 		if k == key {
 			s.order = append(s.order[:i:i], s.order[i+1:]...)
 			break
 		}
 	}
+	sv := s.torrents[key]
+	if sv == nil {
+		return
+	}
+	delete(s.torrents, key)
 	if sv.t != nil {
 		delete(s.byHash, sv.t.InfoHash)
 	}
