@@ -336,3 +336,20 @@ func TestSeederKeepsAFew(t *testing.T) {
 		t.Fatalf("seeded %+v, want only v1->v2", st)
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{"0", 0, false}, {"", 0, false}, {"12M", 12e6, false}, {"12MB", 12e6, false},
+		{"100Mbit", 12.5e6, false}, {"100mb", 12.5e6, false}, {"1.5G", 1.5e9, false}, {"800k", 800e3, false},
+		{"fast", 0, true}, {"-1M", 0, true}, {"bit", 0, true}, {"M", 0, true},
+	} {
+		got, err := bt.ParseRate(c.in)
+		if (err != nil) != c.bad || got != c.want {
+			t.Errorf("ParseRate(%q) = %d, %v; want %d (error %v)", c.in, got, err, c.want, c.bad)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	gosync "sync"
 	"time"
 
@@ -346,19 +347,24 @@ func (n *Node) Close() error {
 }
 
 // ParseRate reads a rate: bytes/s as a number with an optional k, M, G
-// suffix (powers of 1000) and an optional "bit" suffix for bits/s:
-// 12M, 100Mbit, 0 (no cap).
+// suffix (powers of 1000), then "bit" or "b" for bits/s or "B" for
+// bytes/s: 12M, 12MB, 100Mbit, 0 (no cap).
 func ParseRate(s string) (int64, error) {
 	orig := s
 	if s == "" || s == "0" {
 		return 0, nil
 	}
 	div := int64(1)
-	for _, suf := range []string{"bit", "b"} {
-		if len(s) > len(suf) && s[len(s)-len(suf):] == suf {
-			s, div = s[:len(s)-len(suf)], 8
-			break
-		}
+	switch {
+	case strings.HasSuffix(s, "bit"):
+		s, div = strings.TrimSuffix(s, "bit"), 8
+	case strings.HasSuffix(s, "b"):
+		s, div = strings.TrimSuffix(s, "b"), 8
+	case strings.HasSuffix(s, "B"):
+		s = strings.TrimSuffix(s, "B")
+	}
+	if s == "" {
+		return 0, fmt.Errorf("rate %q: want bytes/s like 12M or bits/s like 100Mbit", orig)
 	}
 	mult := int64(1)
 	switch s[len(s)-1] {
