@@ -25,6 +25,13 @@ type lab struct {
 
 func newLab(t *testing.T, nodes int, extra ...string) *lab {
 	t.Helper()
+	return newNamedLab(t, "simt", nodes, extra...)
+}
+
+// newNamedLab is newLab named prefix<pid>, so that labs of different
+// tests (or test binaries) on the machine never collide.
+func newNamedLab(t *testing.T, prefix string, nodes int, extra ...string) *lab {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network lab: needs root (network namespaces)")
 	}
@@ -32,7 +39,7 @@ func newLab(t *testing.T, nodes int, extra ...string) *lab {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("network lab: no ip command (iproute2)")
 	}
-	l := &lab{t: t, name: fmt.Sprintf("simt%d", os.Getpid()%100000), sh: sh}
+	l := &lab{t: t, name: fmt.Sprintf("%s%d", prefix, os.Getpid()%100000), sh: sh}
 	args := append([]string{"up", "--name", l.name, "--nodes", fmt.Sprint(nodes)}, extra...)
 	if out, err := exec.Command("bash", append([]string{sh}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("lab up: %v\n%s", err, out)
@@ -68,15 +75,30 @@ func (l *lab) bytes(host string) (rx, tx int64) {
 	return
 }
 
-// serve starts `sim serve` in the server namespace on port.
+// serve starts `sim serve` in the server namespace on port. Its log is
+// kept, and shown when the test fails or runs with -v.
 func (l *lab) serve(store string, port int, extra ...string) string {
 	l.t.Helper()
+	logf, err := os.CreateTemp("", "sim-lab-serve-*.log")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	os.Remove(logf.Name())
 	addr := fmt.Sprintf("198.18.0.1:%d", port)
 	c := l.sim("srv", append([]string{"--store", store, "serve", "--listen", addr}, extra...)...)
+	c.Stderr = logf
 	if err := c.Start(); err != nil {
 		l.t.Fatal(err)
 	}
-	l.t.Cleanup(func() { c.Process.Signal(syscall.SIGTERM); c.Wait() })
+	l.t.Cleanup(func() {
+		c.Process.Signal(syscall.SIGTERM)
+		c.Wait()
+		if l.t.Failed() || testing.Verbose() {
+			b, _ := os.ReadFile("/proc/self/fd/" + fmt.Sprint(logf.Fd()))
+			l.t.Logf("sim serve log (%s):\n%s", addr, b)
+		}
+		logf.Close()
+	})
 	probe := fmt.Sprintf("exec 3<>/dev/tcp/198.18.0.1/%d", port)
 	for i := 0; i < 100; i++ {
 		if exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil {

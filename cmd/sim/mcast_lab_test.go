@@ -5,73 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	gosync "sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/sync/mcast"
 )
-
-// newMcastLab is newLab under a name of its own (simmc<pid>), so that
-// multicast lab tests never collide with other labs on the machine.
-func newMcastLab(t *testing.T, nodes int, extra ...string) *lab {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("network lab: needs root (network namespaces)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("network lab: no ip command (iproute2)")
-	}
-	sh, _ := filepath.Abs("../../testdata/lab.sh")
-	l := &lab{t: t, name: fmt.Sprintf("simmc%d", os.Getpid()%100000), sh: sh}
-	args := append([]string{"up", "--name", l.name, "--nodes", fmt.Sprint(nodes)}, extra...)
-	if out, err := exec.Command("bash", append([]string{sh}, args...)...).CombinedOutput(); err != nil {
-		t.Fatalf("lab up: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("bash", sh, "down", "--name", l.name).Run() })
-	return l
-}
-
-// mcastServe is lab.serve with the server's log kept (and shown when
-// the test fails or runs with -v).
-func (l *lab) mcastServe(store string, port int, extra ...string) string {
-	l.t.Helper()
-	logf, err := os.CreateTemp("", "simmc-serve-*.log")
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	os.Remove(logf.Name())
-	addr := fmt.Sprintf("198.18.0.1:%d", port)
-	c := l.sim("srv", append([]string{"--store", store, "serve", "--listen", addr}, extra...)...)
-	c.Stderr = logf
-	if err := c.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() {
-		c.Process.Signal(syscall.SIGTERM)
-		c.Wait()
-		if l.t.Failed() || testing.Verbose() {
-			b, _ := os.ReadFile("/proc/self/fd/" + fmt.Sprint(logf.Fd()))
-			l.t.Logf("sim serve log:\n%s", b)
-		}
-		logf.Close()
-	})
-	probe := fmt.Sprintf("exec 3<>/dev/tcp/198.18.0.1/%d", port)
-	for i := 0; i < 100; i++ {
-		if exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil {
-			return "http://" + addr
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	l.t.Fatal("sim serve did not come up in the lab")
-	return ""
-}
 
 // mcastRun is one node's checkout over multicast.
 type mcastRun struct {
@@ -147,7 +90,7 @@ func TestLabMulticast(t *testing.T) {
 		t.Skip("multicast lab: long (make test runs it)")
 	}
 	c := corpus(t)
-	l := newMcastLab(t, 9, "--server-rate", "300mbit", "--node-rate", "1gbit", "--slow-node", "9", "--slow-rate", "30mbit")
+	l := newNamedLab(t, "simmc", 9, "--server-rate", "300mbit", "--node-rate", "1gbit", "--slow-node", "9", "--slow-rate", "30mbit")
 	base := t.TempDir()
 	srvStore := filepath.Join(base, "server")
 	ok(t, srvStore, "init")
@@ -159,7 +102,7 @@ func TestLabMulticast(t *testing.T) {
 		ID string `json:"id"`
 	}
 	decodeJSON(t, ok(t, srvStore, "show", "v2", "--json"), &v2)
-	url := l.mcastServe(srvStore, 7490, "--mcast-min-receivers", "8", "--mcast-wait", "4s", "--mcast-rate", "300mbit")
+	url := l.serve(srvStore, 7490, "--mcast-min-receivers", "8", "--mcast-wait", "4s", "--mcast-rate", "300mbit")
 
 	// group runs checkouts of ref on nodes at once; delays[i] (if any)
 	// holds node i back.
