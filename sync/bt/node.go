@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	gosync "sync"
@@ -199,19 +198,21 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 		}
 		return p
 	}
+	// tally adds the torrent's figures to ds.
+	tally := func(p Progress) (failed int, err error) {
+		_, _, stored, failed, err := ns.progress()
+		ds.Blobs = p.Objects
+		ds.Stored = stored
+		ds.WireBytes += p.FromPeers + p.FromWebSeed
+		return failed, err
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			n.drop(at)
 			return ds, ctx.Err()
 		case <-ns.done:
-			p := report(true)
-			ds.Blobs = p.Objects
-			ns.mu.Lock()
-			ds.Stored = ns.stored
-			ns.mu.Unlock()
-			ds.WireBytes += p.FromPeers + p.FromWebSeed
-			_, _, _, failed, err := ns.progress()
+			failed, err := tally(report(true))
 			if err != nil {
 				return ds, err
 			}
@@ -225,15 +226,11 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 			if p.FromPeers+p.FromWebSeed > before {
 				lastMove = time.Now()
 			} else if time.Since(lastMove) > stall {
-				ds.Blobs = p.Objects
-				ds.WireBytes += p.FromPeers + p.FromWebSeed
 				// Leave the swarm, keeping what arrived (close flushes
 				// the decoded frames), so the HTTP fallback asks only
 				// for the rest.
 				n.drop(at)
-				ns.mu.Lock()
-				ds.Stored = ns.stored
-				ns.mu.Unlock()
+				tally(p)
 				return ds, fmt.Errorf("bittorrent: no data for %s: %w", stall, simsync.ErrTruncated)
 			}
 		}
@@ -256,12 +253,6 @@ func spreadPieces(tt *torrent.Torrent, runs [][2]int) int {
 	}
 	if len(pieces) == 0 {
 		return 0
-	}
-	if os.Getenv("SIM_BT_NOSPREAD") != "" {
-		for _, r := range runs {
-			tt.DownloadPieces(r[0], r[1])
-		}
-		return len(pieces)
 	}
 	bands := []torrent.PiecePriority{torrent.PiecePriorityNext, torrent.PiecePriorityReadahead, torrent.PiecePriorityHigh, torrent.PiecePriorityNormal}
 	off := rand.IntN(len(pieces))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	gosync "sync"
@@ -245,38 +244,28 @@ func (p nodePiece) ReadAt(b []byte, off int64) (int, error) {
 	n := p.n
 	pos := p.off + off
 	i, j := n.t.recordsIn(pos, int64(len(b)))
-	done := 0
 	n.punch.RLock()
 	defer n.punch.RUnlock()
+	// Where each record is, as of now (reads happen outside mu).
 	n.mu.Lock()
 	complete := n.pieces[p.idx]
-	type part struct {
-		k      int
-		stored bool
-		loc    store.Loc
-	}
-	parts := make([]part, 0, j-i)
+	stored := make([]bool, j-i)
+	locs := make([]store.Loc, j-i)
 	for k := i; k < j; k++ {
-		parts = append(parts, part{k, n.state[k] == recStored, n.locs[k]})
+		stored[k-i], locs[k-i] = n.state[k] == recStored, n.locs[k]
 	}
 	n.mu.Unlock()
-	for _, pt := range parts {
-		r := &n.t.Records[pt.k]
-		in := pos + int64(done) - r.Off
-		m := int(min(int64(len(b)-done), r.Len-in))
+	done, err := n.t.readSpans(b, pos, func(k int, part []byte, in int64) error {
 		var err error
-		if pt.stored {
-			_, err = n.st.ReadRawAt(pt.loc, b[done:done+m], in)
+		if stored[k-i] {
+			_, err = n.st.ReadRawAt(locs[k-i], part, in)
 		} else {
-			_, err = n.spool.ReadAt(b[done:done+m], r.Off+in)
+			_, err = n.spool.ReadAt(part, n.t.Records[k].Off+in)
 		}
-		if err != nil {
-			return done, err
-		}
-		done += m
-	}
-	if done < len(b) {
-		return done, io.EOF
+		return err
+	})
+	if err != nil {
+		return done, err
 	}
 	// The test hook only spoils pieces served as complete (what peers
 	// get), not this node's own hash checks of pieces it downloads.
@@ -419,11 +408,12 @@ func (n *nodeStorage) flush(final bool) {
 	n.pending, n.pbytes = n.pending[:0], 0
 }
 
-// progress reports records decoded and failed.
-func (n *nodeStorage) progress() (blobs, bytes int64, needed, failed int, err error) {
+// progress reports what was decoded (objects, payload bytes), flushed
+// into the store as new, and what failed.
+func (n *nodeStorage) progress() (blobs, bytes, stored int64, failed int, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.blobs, n.bytes, n.needed, n.failed, n.err
+	return n.blobs, n.bytes, n.stored, n.failed, n.err
 }
 
 // close stops the decoder and drops the spool. Called after the torrent

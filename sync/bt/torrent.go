@@ -75,6 +75,27 @@ func (t *Torrent) recordsIn(off, n int64) (int, int) {
 	return i, j
 }
 
+// readSpans fills b with the payload at off, one record at a time: read
+// gets record k's part of b and where that part starts in the record.
+// Like io.ReaderAt, it returns io.EOF when b reaches past the end.
+func (t *Torrent) readSpans(b []byte, off int64, read func(k int, part []byte, in int64) error) (int, error) {
+	n := 0
+	i, j := t.recordsIn(off, int64(len(b)))
+	for k := i; k < j && n < len(b); k++ {
+		r := &t.Records[k]
+		in := off + int64(n) - r.Off
+		m := int(min(int64(len(b)-n), r.Len-in))
+		if err := read(k, b[n:n+m], in); err != nil {
+			return n, err
+		}
+		n += m
+	}
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 // piecesOf returns the pieces [a, b) that hold record r.
 func (t *Torrent) piecesOf(r *Record) (int, int) {
 	pl := t.Info.PieceLength
@@ -281,26 +302,17 @@ func (p *payload) ReadAt(b []byte, off int64) (int, error) {
 	if off >= p.t.Length() {
 		return 0, io.EOF
 	}
-	n := 0
-	i, j := p.t.recordsIn(off, int64(len(b)))
-	for k := i; k < j && n < len(b); k++ {
-		r := &p.t.Records[k]
-		in := off + int64(n) - r.Off
-		m := int(min(int64(len(b)-n), r.Len-in))
+	return p.t.readSpans(b, off, func(k int, part []byte, in int64) error {
 		if s := p.srcs[k]; s.data != nil {
-			copy(b[n:n+m], s.data[in:])
-		} else if _, err := p.st.ReadRawAt(s.loc, b[n:n+m], in); err != nil {
+			copy(part, s.data[in:])
+		} else if _, err := p.st.ReadRawAt(s.loc, part, in); err != nil {
 			if p.broken != nil {
 				p.brokenOnce.Do(p.broken)
 			}
-			return n, err
+			return err
 		}
-		n += m
-	}
-	if n < len(b) {
-		return n, io.EOF
-	}
-	return n, nil
+		return nil
+	})
 }
 
 // Build derives the torrent that takes a store holding base (zero: an
