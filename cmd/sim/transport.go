@@ -52,19 +52,20 @@ func (httpTransport) open(_ context.Context, _ *env, _ *store.Store, r *simsync.
 
 // transportFlags is --transport and every transport's own flags.
 type transportFlags struct {
-	name string
-	all  map[string]transport
+	name  string
+	all   map[string]transport
+	names []string // of all, sorted
 }
 
 func (f *transportFlags) add(c *cobra.Command) {
 	f.all = map[string]transport{}
-	var names []string
+	f.names = nil
 	for n := range transportKinds {
-		names = append(names, n)
+		f.names = append(f.names, n)
 	}
-	sort.Strings(names)
+	sort.Strings(f.names)
 	var help []string
-	for _, n := range names {
+	for _, n := range f.names {
 		t := transportKinds[n].new()
 		f.all[n] = t
 		t.flags(c)
@@ -77,12 +78,7 @@ func (f *transportFlags) add(c *cobra.Command) {
 func (f *transportFlags) open(ctx context.Context, e *env, st *store.Store, r *simsync.Remote) (simsync.Transport, func(context.Context) error, error) {
 	t, ok := f.all[f.name]
 	if !ok {
-		var names []string
-		for n := range f.all {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return nil, nil, usageError{fmt.Errorf("unknown transport %q (have %s)", f.name, strings.Join(names, ", "))}
+		return nil, nil, usageError{fmt.Errorf("unknown transport %q (have %s)", f.name, strings.Join(f.names, ", "))}
 	}
 	return t.open(ctx, e, st, r)
 }
