@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/systemimager/sim/chunk"
@@ -64,7 +64,7 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	}
 	c := &store.Commit{Tree: res.Root, Time: start.UTC(), Author: opts.Author, Message: opts.Message, Image: opts.Image}
 	if c.Author == "" {
-		c.Author = DefaultAuthor()
+		c.Author = store.DefaultAuthor()
 	}
 	c.Host, _ = os.Hostname()
 	if !head.IsZero() {
@@ -94,16 +94,6 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	return id, c, nil
 }
 
-// DefaultAuthor is user@host.
-func DefaultAuthor() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
-	}
-	host, _ := os.Hostname()
-	return name + "@" + host
-}
-
 func statCachePath(st *store.Store, image string) string {
 	return filepath.Join(st.Dir(), "cache", "stat-"+image)
 }
@@ -123,9 +113,15 @@ type CheckoutOptions struct {
 
 // Record describes the last checkout into a directory.
 type Record struct {
-	Dir    string    `json:"dir"`
+	Dir string `json:"dir"`
+	// Commit is what the directory last became exactly (zero before its
+	// first complete checkout).
 	Commit chunk.ID  `json:"commit"`
 	Time   time.Time `json:"time"`
+	// Pending, when set, is a checkout that started and did not finish
+	// (interrupted, or failed): the directory is partly Commit, partly
+	// Pending, and ours to continue.
+	Pending chunk.ID `json:"pending,omitzero"`
 }
 
 // ErrNotOurs is returned when checking out into a non-empty directory
@@ -170,9 +166,15 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 	if err != nil {
 		return nil, err
 	}
+	protect, err := storeInside(st, abs)
+	if err != nil {
+		return nil, err
+	}
 	jpath, spath := recordPaths(st, abs)
 	var rec *snapshot.StatCache
-	if _, err := os.Stat(jpath); err == nil {
+	prev := Record{Dir: abs}
+	if b, err := os.ReadFile(jpath); err == nil {
+		json.Unmarshal(b, &prev)               // damaged: a record without a commit
 		rec, _ = snapshot.LoadStatCache(spath) // damaged: files are re-hashed
 		if rec == nil {
 			rec = snapshot.NewStatCache()
@@ -184,19 +186,88 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 			return nil, fmt.Errorf("%s: %w (use --force to make it the image anyway)", abs, ErrNotOurs)
 		}
 	}
+	// Claim the directory before touching it: an interrupted checkout
+	// leaves a directory this store continues, not a foreign one. The
+	// old stat record stays valid for what was not rewritten (a
+	// rewritten file has a new inode and times: it does not match and is
+	// re-hashed).
+	prev.Dir, prev.Pending, prev.Time = abs, id, time.Now().UTC()
+	if err := writeRecord(jpath, prev); err != nil {
+		return nil, err
+	}
 	stats, newRec, err := snapshot.Checkout(ctx, st, c.Tree, abs, snapshot.CheckoutOptions{
-		Exclude: m, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync})
+		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync})
 	if err != nil {
 		return nil, err
 	}
 	if err := newRec.Save(spath); err != nil {
 		return stats, fmt.Errorf("save checkout record: %w", err)
 	}
-	b, _ := json.Marshal(Record{Dir: abs, Commit: id, Time: time.Now().UTC()})
-	if err := store.WriteFileAtomic(jpath, 0o644, func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
-		return stats, fmt.Errorf("save checkout record: %w", err)
+	if err := writeRecord(jpath, Record{Dir: abs, Commit: id, Time: time.Now().UTC()}); err != nil {
+		return stats, err
 	}
 	return stats, nil
+}
+
+func writeRecord(path string, r Record) error {
+	b, _ := json.Marshal(r)
+	if err := store.WriteFileAtomic(path, 0o644, func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
+		return fmt.Errorf("save checkout record: %w", err)
+	}
+	return nil
+}
+
+// storeInside returns the store's path relative to dir when the store
+// lies inside dir (a node's /var/lib/sim inside its root): a checkout must
+// leave it alone, or it would remove the objects it is reading. The store
+// itself, or a dir inside what the store keeps (its config, packs, index,
+// tmp and cache), is refused; other directories beside those are not the
+// store's (the installer stages overrides there).
+func storeInside(st *store.Store, dir string) ([]string, error) {
+	sd, err := realPath(st.Dir())
+	if err != nil {
+		return nil, err
+	}
+	d, err := realPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	if d == sd {
+		return nil, fmt.Errorf("%s is the store: check out somewhere else", dir)
+	}
+	for _, own := range store.Owned {
+		if o := filepath.Join(sd, own); d == o || strings.HasPrefix(d, o+"/") {
+			return nil, fmt.Errorf("%s is inside the store %s: check out somewhere else", dir, st.Dir())
+		}
+	}
+	if d == "/" {
+		return []string{strings.TrimPrefix(sd, "/")}, nil
+	}
+	if rel, ok := strings.CutPrefix(sd, d+"/"); ok {
+		return []string{rel}, nil
+	}
+	return nil, nil
+}
+
+// realPath is p absolute with symlinks resolved, as far as p exists (a
+// checkout target may not exist yet).
+func realPath(p string) (string, error) {
+	p, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	rest := ""
+	for cur := p; ; {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return p, nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
 }
 
 func isEmptyOrMissing(dir string) (bool, error) {

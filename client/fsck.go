@@ -53,22 +53,35 @@ func appendOnce(s []string, v string) []string {
 	return append(s, v)
 }
 
-// reach walks commits (with their history) and trees, recording what each
-// reaches. bad marks blobs known to be corrupt; a tree is bad if it or
-// anything below it is missing or bad.
+// reach walks commits (with their history) and, through one
+// snapshot.Reach, their trees, recording what each reaches. bad marks
+// blobs known to be corrupt or missing; a tree is bad if it or anything
+// below it is missing or bad.
 type reach struct {
 	st       *store.Store
 	commits  map[chunk.ID]bool // commit → ok
 	trees    map[chunk.ID]bool // tree → ok (whole subtree)
-	blobs    map[chunk.ID]bool // every reachable blob (chunks and trees)
 	bad      map[chunk.ID]string
 	problems []string
+	walk     *snapshot.Reach
+	stack    []*treeCheck
+}
+
+// treeCheck is a tree being walked: its state so far and its chunks.
+type treeCheck struct {
+	id     chunk.ID
+	ok     bool
+	chunks []chunk.ID
 }
 
 func newReach(st *store.Store, bad map[chunk.ID]string) *reach {
-	return &reach{st: st, commits: map[chunk.ID]bool{}, trees: map[chunk.ID]bool{},
-		blobs: map[chunk.ID]bool{}, bad: bad}
+	r := &reach{st: st, commits: map[chunk.ID]bool{}, trees: map[chunk.ID]bool{}, bad: bad}
+	r.walk = &snapshot.Reach{Src: st, Tree: r.enter, Chunks: r.chunks, Leave: r.leave}
+	return r
 }
+
+// blobs is every reachable tree and chunk.
+func (r *reach) blobs() map[chunk.ID]struct{} { return r.walk.Set() }
 
 // commit checks commit id and its ancestors; false if any is broken.
 func (r *reach) commit(id chunk.ID) bool {
@@ -97,70 +110,78 @@ func (r *reach) commit(id chunk.ID) bool {
 	return ok
 }
 
+// tree checks tree id and everything below it.
 func (r *reach) tree(id chunk.ID) bool {
-	if v, seen := r.trees[id]; seen {
-		return v
+	if err := r.walk.Walk(id); err != nil {
+		r.problems = append(r.problems, err.Error())
+		return false
 	}
-	r.blobs[id] = true
-	ok := true
+	return r.trees[id]
+}
+
+func (r *reach) enter(id chunk.ID, _ string, t *snapshot.Tree, err error) error {
+	tc := &treeCheck{id: id, ok: true}
+	r.stack = append(r.stack, tc)
 	if why, isBad := r.bad[id]; isBad {
 		r.problems = append(r.problems, fmt.Sprintf("tree %s: %s", id, why))
-		r.trees[id] = false
-		return false
+		tc.ok = false
+		return snapshot.SkipTree
 	}
-	t, err := snapshot.LoadTree(r.st, id)
 	if err != nil {
 		r.problems = append(r.problems, err.Error())
-		r.trees[id] = false
-		return false
+		tc.ok = false
+		return snapshot.SkipTree
 	}
-	var ids []chunk.ID
 	for _, e := range t.Entries {
 		switch e.Kind {
 		case snapshot.KindDir:
-			if !r.tree(e.Subtree) {
-				ok = false
+			// Subtrees checked before (under another commit or
+			// directory) are not walked again: take their verdict.
+			if v, seen := r.trees[e.Subtree]; seen && !v {
+				tc.ok = false
 			}
 		case snapshot.KindFile:
 			for _, x := range e.Content {
-				if !x.Hole() && !r.blobs[x.ID] {
-					r.blobs[x.ID] = true
-					ids = append(ids, x.ID)
+				if !x.Hole() {
+					tc.chunks = append(tc.chunks, x.ID)
 				}
 			}
 		}
 	}
-	if len(ids) > 0 {
-		has, err := r.st.HasMany(ids)
-		if err != nil {
-			r.problems = append(r.problems, err.Error())
-			ok = false
-		}
-		for i, h := range has {
-			if !h {
-				r.problems = append(r.problems, fmt.Sprintf("chunk %s named by tree %s: missing", ids[i], id.Short()))
-				r.bad[ids[i]] = "missing"
-				ok = false
-			}
+	return nil
+}
+
+// chunks checks that the chunks a tree is the first to name are present.
+func (r *reach) chunks(tree chunk.ID, ids []chunk.ID) error {
+	has, err := r.st.HasMany(ids)
+	if err != nil {
+		return err
+	}
+	for i, h := range has {
+		if !h {
+			r.problems = append(r.problems, fmt.Sprintf("chunk %s named by tree %s: missing", ids[i], tree.Short()))
+			r.bad[ids[i]] = "missing"
 		}
 	}
-	for _, x := range ids {
+	return nil
+}
+
+func (r *reach) leave(id chunk.ID) error {
+	tc := r.stack[len(r.stack)-1]
+	r.stack = r.stack[:len(r.stack)-1]
+	// A chunk may be bad however it was found (missing here, or under
+	// another tree, or corrupt in its pack).
+	for _, x := range tc.chunks {
 		if _, isBad := r.bad[x]; isBad {
-			ok = false
+			tc.ok = false
+			break
 		}
 	}
-	// A chunk already checked under another tree may be bad too.
-	if ok {
-		for _, e := range t.Entries {
-			for _, x := range e.Content {
-				if _, isBad := r.bad[x.ID]; isBad {
-					ok = false
-				}
-			}
-		}
+	r.trees[id] = tc.ok
+	if n := len(r.stack); n > 0 && !tc.ok {
+		r.stack[n-1].ok = false
 	}
-	r.trees[id] = ok
-	return ok
+	return nil
 }
 
 // FsckReport is the outcome of Fsck.
@@ -186,9 +207,11 @@ func Fsck(st *store.Store, readData bool) (*FsckReport, error) {
 			rep.Warnings = append(rep.Warnings, p.String())
 			return
 		}
-		rep.Problems = append(rep.Problems, p.String())
 		if !p.Blob.IsZero() {
 			bad[p.Blob] = p.Msg
+		}
+		if !p.Follows {
+			rep.Problems = append(rep.Problems, p.String())
 		}
 	})
 	if err != nil {
@@ -233,7 +256,8 @@ func GC(st *store.Store) (store.GCStats, error) {
 		// everything: a damaged tree hides what it references.
 		return store.GCStats{}, fmt.Errorf("gc: refusing to run on a damaged store (run `sim fsck`): %s", r.problems[0])
 	}
-	gs, err := st.Repack(func(id chunk.ID) bool { return r.blobs[id] }, func(id chunk.ID) bool {
+	live := r.blobs()
+	gs, err := st.Repack(func(id chunk.ID) bool { _, ok := live[id]; return ok }, func(id chunk.ID) bool {
 		_, ok := r.commits[id]
 		return ok
 	})

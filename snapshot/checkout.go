@@ -39,7 +39,16 @@ func LoadTree(src Source, id chunk.ID) (*Tree, error) {
 
 // CheckoutOptions tune Checkout.
 type CheckoutOptions struct {
+	// Exclude: paths neither written nor removed (nor what is below
+	// them); an extraneous directory that holds an excluded path keeps it
+	// and stays, as rsync --delete keeps excluded files.
 	Exclude *Matcher
+	// Protect lists slash-separated paths (relative to dir) that are
+	// never written, removed or replaced, nor is any directory above
+	// them: the node's own store when it lies inside dir. A tree that
+	// would put something else where such a directory is fails the
+	// checkout, naming both.
+	Protect []string
 	// Record is what an earlier checkout into the same directory wrote
 	// (its returned StatCache). Files whose stat still matches it are
 	// known without reading them; others of the right size are re-hashed.
@@ -253,10 +262,11 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			continue
 		}
-		if co.opts.Exclude.Match(erel, kindOf(st.Mode) == KindDir) {
+		isDir := kindOf(st.Mode) == KindDir
+		if co.keep(erel, isDir) {
 			continue
 		}
-		if err := removeAt(fd, name); err != nil {
+		if _, err := co.remove(fd, name, erel, isDir); err != nil {
 			return fmt.Errorf("remove %q: %w", erel, err)
 		}
 		co.stats.add(&co.stats.Removed, 1)
@@ -264,7 +274,7 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 	for i := range t.Entries {
 		e := &t.Entries[i]
 		erel := join(rel, e.Name)
-		if co.opts.Exclude.Match(erel, e.Kind == KindDir) {
+		if co.keep(erel, e.Kind == KindDir) {
 			continue
 		}
 		var st unix.Stat_t
@@ -276,8 +286,12 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			exists = false
 		}
 		if exists && kindOf(st.Mode) != e.Kind {
-			if err := removeAt(fd, e.Name); err != nil {
+			kept, err := co.remove(fd, e.Name, erel, kindOf(st.Mode) == KindDir)
+			if err != nil {
 				return fmt.Errorf("replace %q: %w", erel, err)
+			}
+			if kept != "" {
+				return fmt.Errorf("cannot replace directory %q with a %s: it holds %q, which this checkout keeps", erel, e.Kind, kept)
 			}
 			exists = false
 		}
@@ -320,6 +334,73 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 		}
 	}
 	return nil
+}
+
+// keep says whether rel is left alone: excluded, or protected (or inside
+// a protected path).
+func (co *checkouter) keep(rel string, isDir bool) bool {
+	for _, p := range co.opts.Protect {
+		if rel == p || strings.HasPrefix(rel, p+"/") {
+			return true
+		}
+	}
+	return co.opts.Exclude.Match(rel, isDir)
+}
+
+// above says whether rel is a directory above a protected path.
+func (co *checkouter) above(rel string) bool {
+	for _, p := range co.opts.Protect {
+		if strings.HasPrefix(p, rel+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// remove removes name (rel) in dirfd, and for a directory what is below
+// it, except what keep says to leave: a directory that still holds such
+// a path stays. It returns the first path kept ("" when all went).
+func (co *checkouter) remove(dirfd int, name, rel string, isDir bool) (string, error) {
+	if !isDir || (co.opts.Exclude.Empty() && !co.above(rel)) {
+		return "", removeAt(dirfd, name)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	// The directory may be read-only to us: make it writable first.
+	unix.Fchmod(fd, 0o700)
+	names, err := readDirFd(fd)
+	if err != nil {
+		return "", err
+	}
+	kept := ""
+	for _, n := range names {
+		crel := join(rel, n)
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			continue
+		}
+		cdir := kindOf(st.Mode) == KindDir
+		if co.keep(crel, cdir) {
+			if kept == "" {
+				kept = crel
+			}
+			continue
+		}
+		k, err := co.remove(fd, n, crel, cdir)
+		if err != nil {
+			return kept, err
+		}
+		if kept == "" {
+			kept = k
+		}
+	}
+	if kept != "" {
+		return kept, nil
+	}
+	return "", unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
 }
 
 // worker writes regular files.

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/user"
 	"regexp"
 	"sort"
 	"strconv"
@@ -40,6 +42,16 @@ type CommitStats struct {
 	NewBytes    int64 `json:"new_bytes"`    // their uncompressed size
 	StoredBytes int64 `json:"stored_bytes"` // their size in packs
 	ReadFiles   int64 `json:"read_files"`   // files read (the rest came from the stat cache)
+}
+
+// DefaultAuthor is who a commit is by when nobody says: user@host.
+func DefaultAuthor() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
 }
 
 // Encode returns the canonical encoding of c and its id.

@@ -17,6 +17,10 @@ import (
 	"github.com/systemimager/sim/chunk"
 )
 
+// Owned names what the store keeps in its directory (ARCHITECTURE.md
+// "Store layout"); anything else there is someone else's.
+var Owned = []string{"config", "packs", "index", "tmp", "cache"}
+
 // ErrNotFound is returned for a blob, commit or ref the store does not hold.
 var ErrNotFound = errors.New("not found")
 

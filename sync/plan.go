@@ -56,18 +56,9 @@ func (p *Planner) reachable(id chunk.ID) (map[chunk.ID]struct{}, error) {
 		h.err = err
 		return nil, err
 	}
-	h.ids = map[chunk.ID]struct{}{c.Tree: {}}
-	h.err = snapshot.Walk(p.st, c.Tree, func(_ string, n *snapshot.Node) error {
-		if n.Kind == snapshot.KindDir {
-			h.ids[n.Subtree] = struct{}{}
-		}
-		for _, x := range n.Content {
-			if !x.Hole() {
-				h.ids[x.ID] = struct{}{}
-			}
-		}
-		return nil
-	})
+	r := &snapshot.Reach{Src: p.st}
+	h.err = r.Walk(c.Tree)
+	h.ids = r.Set()
 	if h.err != nil {
 		p.mu.Lock()
 		delete(p.haves, id)
@@ -132,64 +123,74 @@ func (p *Planner) Plan(want chunk.ID, haves []chunk.ID) (*Plan, error) {
 			have[id] = struct{}{}
 		}
 	}
-	seen := map[chunk.ID]bool{}
-	var walk func(id, base chunk.ID) error
-	walk = func(id, base chunk.ID) error {
-		if _, ok := have[id]; ok || seen[id] {
-			return nil
-		}
-		seen[id] = true
-		tb, err := p.st.Get(id)
-		if err != nil {
-			return fmt.Errorf("tree %s: %w", id.Short(), err)
-		}
-		if _, ok := have[base]; !ok {
-			base = chunk.ID{}
-		}
-		pl.Trees = append(pl.Trees, TreeSend{ID: id, Base: base})
-		pl.TreeBytes += int64(len(tb))
-		t, err := snapshot.DecodeTree(tb)
-		if err != nil {
-			return fmt.Errorf("tree %s: %w", id.Short(), err)
-		}
-		var bt *snapshot.Tree
-		if !base.IsZero() {
-			if bt, err = snapshot.LoadTree(p.st, base); err != nil {
+	// The delta base of each tree is the tree at the same path in the
+	// first have commit: a parent records its subtrees' bases before the
+	// walk reaches them.
+	bases := map[string]chunk.ID{"": baseRoot}
+	var sizes map[chunk.ID]uint64 // of the chunks of the tree being visited
+	r := &snapshot.Reach{
+		Src:   p.st,
+		Prune: func(id chunk.ID) bool { _, ok := have[id]; return ok },
+		Tree: func(id chunk.ID, path string, t *snapshot.Tree, err error) error {
+			if err != nil {
 				return err
 			}
-		}
-		for _, e := range t.Entries {
-			switch e.Kind {
-			case snapshot.KindDir:
-				var sub chunk.ID
-				if bt != nil {
-					if be := bt.Find(e.Name); be != nil && be.Kind == snapshot.KindDir {
-						sub = be.Subtree
-					}
-				}
-				if err := walk(e.Subtree, sub); err != nil {
-					return err
-				}
-			case snapshot.KindFile:
+			base := bases[path]
+			delete(bases, path)
+			if _, ok := have[base]; !ok {
+				base = chunk.ID{}
+			}
+			loc, err := p.st.Lookup(id)
+			if err != nil {
+				return fmt.Errorf("tree %s: %w", id.Short(), err)
+			}
+			pl.Trees = append(pl.Trees, TreeSend{ID: id, Base: base})
+			pl.TreeBytes += int64(loc.Len)
+			sizes = map[chunk.ID]uint64{}
+			for _, e := range t.Entries {
 				for _, x := range e.Content {
-					if x.Hole() || seen[x.ID] {
-						continue
-					}
-					if _, ok := have[x.ID]; ok {
-						continue
-					}
-					seen[x.ID] = true
-					pl.Chunks = append(pl.Chunks, x.ID)
-					pl.ChunkBytes += int64(x.Len)
+					sizes[x.ID] = x.Len
 				}
 			}
-		}
-		return nil
+			if base.IsZero() {
+				return nil
+			}
+			bt, err := snapshot.LoadTree(p.st, base)
+			if err != nil {
+				return err
+			}
+			for _, e := range t.Entries {
+				if e.Kind != snapshot.KindDir {
+					continue
+				}
+				if be := bt.Find(e.Name); be != nil && be.Kind == snapshot.KindDir {
+					bases[joinPath(path, e.Name)] = be.Subtree
+				}
+			}
+			return nil
+		},
+		Chunks: func(_ chunk.ID, ids []chunk.ID) error {
+			for _, id := range ids {
+				if _, ok := have[id]; ok {
+					continue
+				}
+				pl.Chunks = append(pl.Chunks, id)
+				pl.ChunkBytes += int64(sizes[id])
+			}
+			return nil
+		},
 	}
-	if err := walk(c.Tree, baseRoot); err != nil {
+	if err := r.Walk(c.Tree); err != nil {
 		return nil, err
 	}
 	return pl, nil
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
 }
 
 // located is a blob with its place in the store.

@@ -10,25 +10,6 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-// Transport brings objects from elsewhere into a store: the HTTP server
-// (Remote) now; a BitTorrent swarm or a multicast session can implement
-// it too, and FetchCommit works the same over any of them.
-type Transport interface {
-	// Commit returns encoded commit id, verified against id.
-	Commit(ctx context.Context, id chunk.ID) ([]byte, error)
-	// Fetch streams to rcv what a store holding the have commits lacks of
-	// commit want. It may deliver less than that, even nothing (an
-	// ErrTruncated error is not fatal): callers fill gaps with Objects.
-	// Every blob handed to rcv is verified.
-	Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, rcv Receiver) (DecodeStats, error)
-	// Objects streams the given blobs to rcv, leaving out unknown ones.
-	Objects(ctx context.Context, ids []chunk.ID, rcv Receiver) (DecodeStats, error)
-	// String names the source in messages.
-	String() string
-}
-
-var _ Transport = (*Remote)(nil)
-
 // PullStats counts a transfer.
 type PullStats struct {
 	Commits   int   `json:"commits"`    // commits fetched
@@ -38,6 +19,13 @@ type PullStats struct {
 	NewBlobs  int64 `json:"new_blobs"`  // of which the store lacked
 	// Seconds is how long the transfer took (commands that time it).
 	Seconds float64 `json:"seconds,omitempty"`
+	// Transport names what carried the bulk of the objects ("" for the
+	// server's own stream); Delivered is how many blobs it delivered, the
+	// rest (Blobs - Delivered) came over HTTP to fill the gaps.
+	Transport string `json:"transport,omitempty"`
+	Delivered int64  `json:"transport_blobs,omitempty"`
+	// Report is the transport's own figures (see Delivery.Report).
+	Report any `json:"-"`
 }
 
 func (p *PullStats) add(o PullStats) {
@@ -46,6 +34,13 @@ func (p *PullStats) add(o PullStats) {
 	p.WireBytes += o.WireBytes
 	p.Blobs += o.Blobs
 	p.NewBlobs += o.NewBlobs
+	p.Delivered += o.Delivered
+	if o.Transport != "" {
+		p.Transport = o.Transport
+	}
+	if o.Report != nil {
+		p.Report = o.Report
+	}
 }
 
 // LocalHaves lists commits of st to offer as "have": image heads and tags,
@@ -102,38 +97,42 @@ func LocalHaves(st *store.Store, extra ...chunk.ID) ([]chunk.ID, error) {
 }
 
 // FetchCommit makes commit id, and every object of its tree, present in
-// local. It first asks for one stream of everything local lacks, given
-// the commits it has (a delta); then, until the tree is complete, for the
-// objects still missing (after an interrupted transfer, only those).
-// Shallow stores the commit without its ancestors; otherwise the caller
-// has fetched them first.
-func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
-	var ps PullStats
+// local. The commit comes from the server r; the objects first through tr
+// (nil: the server's own stream), a delta on the commits local has; then,
+// until the tree is complete, r is asked for exactly the objects still
+// missing (after an interrupted or partial delivery, only those). Shallow
+// stores the commit without its ancestors; otherwise the caller has
+// fetched them first.
+func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
 	if ok, err := local.HasCommit(id); err != nil {
-		return ps, err
+		return PullStats{}, err
 	} else if ok && (shallow || !local.IsShallow(id)) {
-		return ps, nil
+		return PullStats{}, nil
 	}
 	cb, err := r.Commit(ctx, id)
 	if err != nil {
-		return ps, err
+		return PullStats{}, err
 	}
 	c, err := store.DecodeCommit(id, cb)
 	if err != nil {
-		return ps, err
+		return PullStats{}, err
 	}
-	receive := func(fn func(Receiver) (DecodeStats, error)) error {
-		sink := NewSink(local)
-		ds, err := fn(sink.Receiver())
-		ws, ferr := sink.Close()
+	return fetchCommit(ctx, local, r, tr, id, c, shallow, base)
+}
+
+// fetchCommit is FetchCommit with commit c (id) already at hand.
+func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, c *store.Commit, shallow bool, base []chunk.ID) (PullStats, error) {
+	var ps PullStats
+	sink := NewSink(local)
+	defer sink.Close()
+	var before int64
+	// tally adds what one round brought.
+	tally := func(wire int64) {
+		s := sink.Stats()
 		ps.Rounds++
-		ps.WireBytes += ds.WireBytes
-		ps.Blobs += ds.Blobs
-		ps.NewBlobs += ws.Blobs + ds.Stored
-		if err == nil {
-			err = ferr
-		}
-		return err
+		ps.WireBytes += wire
+		ps.Blobs += s.Blobs - before
+		before = s.Blobs
 	}
 	if has, err := local.Has(c.Tree); err != nil {
 		return ps, err
@@ -142,12 +141,27 @@ func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.
 		if err != nil {
 			return ps, err
 		}
-		err = receive(func(rcv Receiver) (DecodeStats, error) { return r.Fetch(ctx, id, haves, rcv) })
+		var d Delivery
+		if tr == nil {
+			var ds DecodeStats
+			ds, err = r.Fetch(ctx, id, haves, sink)
+			d.WireBytes = ds.WireBytes
+		} else {
+			d, err = tr.Deliver(ctx, id, haves, sink)
+			ps.Transport, ps.Report = tr.String(), d.Report
+		}
+		tally(d.WireBytes)
+		if tr != nil {
+			ps.Delivered = ps.Blobs
+		}
 		if err != nil && !errors.Is(err, ErrTruncated) {
 			return ps, err
 		}
-		// A truncated stream is no failure: what arrived is kept and
+		// A partial delivery is no failure: what arrived is kept and
 		// the rest is asked for below.
+		if _, err := sink.Sync(); err != nil {
+			return ps, err
+		}
 	}
 	for last := -1; ; {
 		missing, err := MissingObjects(local, c.Tree, 0)
@@ -161,12 +175,22 @@ func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.
 			return ps, fmt.Errorf("%s cannot supply %d objects of commit %s (e.g. %s)", r, len(missing), id.Short(), missing[0].Short())
 		}
 		last = len(missing)
-		if err := receive(func(rcv Receiver) (DecodeStats, error) { return r.Objects(ctx, missing, rcv) }); err != nil && !errors.Is(err, ErrTruncated) {
+		ds, err := r.Objects(ctx, missing, sink)
+		tally(ds.WireBytes)
+		if err != nil && !errors.Is(err, ErrTruncated) {
+			return ps, err
+		}
+		if _, err := sink.Sync(); err != nil {
 			return ps, err
 		}
 		if ps.Rounds > 1000 {
 			return ps, fmt.Errorf("fetch of %s does not converge", id.Short())
 		}
+	}
+	st, err := sink.Close()
+	ps.NewBlobs = st.New
+	if err != nil {
+		return ps, err
 	}
 	if shallow {
 		_, err = local.PutCommitShallow(c)
@@ -178,10 +202,15 @@ func FetchCommit(ctx context.Context, local *store.Store, r Transport, id chunk.
 }
 
 // FetchHistory fetches commit id with every ancestor local lacks, oldest
-// first, so each is a small delta on the one before.
-func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk.ID) (PullStats, error) {
+// first, so each is a small delta on the one before. Each commit is
+// downloaded once.
+func FetchHistory(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID) (PullStats, error) {
 	var ps PullStats
-	var chain []chunk.ID
+	type link struct {
+		id chunk.ID
+		c  *store.Commit
+	}
+	var chain []link
 	for cur := id; !cur.IsZero(); {
 		ok, err := local.HasCommit(cur)
 		if err != nil {
@@ -190,7 +219,6 @@ func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk
 		if ok && !local.IsShallow(cur) {
 			break
 		}
-		chain = append(chain, cur)
 		cb, err := r.Commit(ctx, cur)
 		if err != nil {
 			return ps, err
@@ -199,6 +227,7 @@ func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk
 		if err != nil {
 			return ps, err
 		}
+		chain = append(chain, link{cur, c})
 		cur = chunk.ID{}
 		if len(c.Parents) > 0 {
 			cur = c.Parents[0]
@@ -206,12 +235,19 @@ func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk
 	}
 	var prev []chunk.ID
 	for i := len(chain) - 1; i >= 0; i-- {
-		s, err := FetchCommit(ctx, local, r, chain[i], false, prev...)
+		l := chain[i]
+		if ok, err := local.HasCommit(l.id); err != nil {
+			return ps, err
+		} else if ok && !local.IsShallow(l.id) {
+			prev = []chunk.ID{l.id}
+			continue
+		}
+		s, err := fetchCommit(ctx, local, r, tr, l.id, l.c, false, prev)
 		ps.add(s)
 		if err != nil {
 			return ps, err
 		}
-		prev = []chunk.ID{chain[i]}
+		prev = []chunk.ID{l.id}
 	}
 	return ps, nil
 }
@@ -219,13 +255,10 @@ func FetchHistory(ctx context.Context, local *store.Store, r Transport, id chunk
 // Pull replicates refs (all when refs is empty) from r into local with
 // their history. Images move to the server's head; tags are created (an
 // existing tag elsewhere is an error: tags are immutable). Objects come
-// through tr (a BitTorrent swarm, a multicast session), or r when tr is
-// nil; r names the refs either way.
+// through tr (a BitTorrent swarm, a multicast session), or r's own stream
+// when tr is nil; r names the refs and fills the gaps either way.
 func Pull(ctx context.Context, local *store.Store, r *Remote, tr Transport, refs []string) (PullStats, error) {
 	var ps PullStats
-	if tr == nil {
-		tr = r
-	}
 	rr, err := r.Refs(ctx)
 	if err != nil {
 		return ps, err
@@ -254,7 +287,7 @@ func Pull(ctx context.Context, local *store.Store, r *Remote, tr Transport, refs
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].kind+todo[i].name < todo[j].kind+todo[j].name })
 	for _, t := range todo {
-		s, err := FetchHistory(ctx, local, tr, t.id)
+		s, err := FetchHistory(ctx, local, r, tr, t.id)
 		ps.add(s)
 		if err != nil {
 			return ps, fmt.Errorf("%s %s: %w", t.kind, t.name, err)

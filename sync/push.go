@@ -105,21 +105,11 @@ func pushObjects(ctx context.Context, local *store.Store, r *Remote, id chunk.ID
 	if err != nil {
 		return 0, 0, err
 	}
-	ids := []chunk.ID{c.Tree}
-	seen := map[chunk.ID]bool{c.Tree: true}
-	err = snapshot.Walk(local, c.Tree, func(_ string, n *snapshot.Node) error {
-		if n.Kind == snapshot.KindDir && !seen[n.Subtree] {
-			seen[n.Subtree] = true
-			ids = append(ids, n.Subtree)
-		}
-		for _, x := range n.Content {
-			if !x.Hole() && !seen[x.ID] {
-				seen[x.ID] = true
-				ids = append(ids, x.ID)
-			}
-		}
-		return nil
-	})
+	var ids []chunk.ID
+	err = (&snapshot.Reach{Src: local,
+		Tree:   func(id chunk.ID, _ string, _ *snapshot.Tree, err error) error { ids = append(ids, id); return err },
+		Chunks: func(_ chunk.ID, cs []chunk.ID) error { ids = append(ids, cs...); return nil },
+	}).Walk(c.Tree)
 	if err != nil {
 		return 0, 0, err
 	}

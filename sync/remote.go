@@ -9,20 +9,29 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 )
 
-// Remote is a sim server seen from a client.
+// Remote is a sim server seen from a client. Every request sim makes to a
+// server goes through it: one place for the bearer token, the CA, the
+// retries of transient failures and the wording of errors.
 type Remote struct {
 	URL    string // base URL, e.g. http://imageserver:7480
 	Token  string // bearer token, for push (and reads on a closed server)
 	Client *http.Client
+	// Retries is how many times a request that can be repeated (no
+	// streamed body) is tried again after a transient failure: the
+	// server unreachable, or answering 502, 503 or 504. Waits double from
+	// one second. 0: no retries.
+	Retries int
 }
 
 // NewRemote returns a Remote for url. $SIM_CA_CERT names a PEM file of
@@ -49,7 +58,7 @@ func NewRemote(url, token string) (*Remote, error) {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	}
-	return &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}}, nil
+	return &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}, nil
 }
 
 // String is the server's URL.
@@ -58,50 +67,173 @@ func (r *Remote) String() string { return r.URL }
 // ErrRemoteNotFound is returned when the server does not have a thing.
 var ErrRemoteNotFound = errors.New("not on the server")
 
-func (r *Remote) do(ctx context.Context, method, path string, body io.Reader, ctype string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, r.URL+path, body)
+// HTTPError is a server's answer other than 2xx.
+type HTTPError struct {
+	Method, URL string
+	Code        int
+	Msg         string // the first line or so of the body
+}
+
+func (e *HTTPError) Error() string {
+	return fmt.Sprintf("%s %s: %d %s: %s", e.Method, e.URL, e.Code, http.StatusText(e.Code), e.Msg)
+}
+
+// Is makes a 404 match ErrRemoteNotFound.
+func (e *HTTPError) Is(target error) bool { return target == ErrRemoteNotFound && e.Code == http.StatusNotFound }
+
+// Transient says whether the request may succeed if tried again.
+func (e *HTTPError) Transient() bool {
+	return e.Code == http.StatusBadGateway || e.Code == http.StatusServiceUnavailable || e.Code == http.StatusGatewayTimeout
+}
+
+// request is one call to the server.
+type request struct {
+	method, path, ctype string
+	// body, when set, is the whole body: the request can be repeated.
+	body []byte
+	// stream, when set, is a body that can be read once.
+	stream io.Reader
+	// timeout bounds the whole exchange when > 0 (small control requests).
+	timeout time.Duration
+}
+
+// do sends req, retrying transient failures of repeatable requests, and
+// returns a 2xx response (the caller closes its body).
+func (r *Remote) do(ctx context.Context, q request) (*http.Response, error) {
+	wait := time.Second
+	for try := 0; ; try++ {
+		resp, err := r.once(ctx, q)
+		if err == nil {
+			return resp, nil
+		}
+		if q.stream != nil || try >= r.Retries || ctx.Err() != nil || !transient(err) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+func transient(err error) bool {
+	var h *HTTPError
+	if errors.As(err, &h) {
+		return h.Transient()
+	}
+	// No answer at all: connection refused, reset, a timeout.
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
+	var body io.Reader = q.stream
+	if q.body != nil {
+		body = bytes.NewReader(q.body)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	if q.timeout > 0 {
+		ctx, cancel = withTimeout(ctx, cancel, q.timeout)
+	}
+	req, err := http.NewRequestWithContext(ctx, q.method, r.URL+q.path, body)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
+	if q.ctype != "" {
+		req.Header.Set("Content-Type", q.ctype)
 	}
 	if r.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+r.Token)
 	}
 	resp, err := r.Client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, r.URL+path, err)
+		cancel()
+		return nil, fmt.Errorf("%s %s: %w", q.method, r.URL+q.path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
 		resp.Body.Close()
-		err := fmt.Errorf("%s %s: %s: %s", method, r.URL+path, resp.Status, bytes.TrimSpace(msg))
-		if resp.StatusCode == http.StatusNotFound {
-			err = fmt.Errorf("%w: %v", ErrRemoteNotFound, err)
-		}
-		return nil, err
+		cancel()
+		return nil, &HTTPError{Method: q.method, URL: r.URL + q.path, Code: resp.StatusCode, Msg: string(bytes.TrimSpace(msg))}
 	}
+	// The context ends with the body: a stream can take as long as it
+	// takes, a control request no longer than its timeout.
+	resp.Body = cancelOnClose{resp.Body, cancel}
 	return resp, nil
 }
 
+// withTimeout bounds ctx (whose own cancel is parent) by d; the cancel it
+// returns releases both.
+func withTimeout(ctx context.Context, parent context.CancelFunc, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, func() { cancel(); parent() }
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
+
 // Get is a GET of path (e.g. "/v1/bt/torrent?...") on the server, for
 // the transports that add endpoints of their own. A status other than
-// 2xx is an error (wrapping ErrRemoteNotFound for 404).
+// 2xx is an *HTTPError (matching ErrRemoteNotFound for 404).
 func (r *Remote) Get(ctx context.Context, path string) (*http.Response, error) {
-	return r.do(ctx, "GET", path, nil, "")
+	return r.do(ctx, request{method: "GET", path: path})
+}
+
+// maxJSON bounds a JSON answer.
+const maxJSON = 16 << 20
+
+// GetJSON GETs path and decodes its JSON answer into v.
+func (r *Remote) GetJSON(ctx context.Context, path string, v any) error {
+	resp, err := r.do(ctx, request{method: "GET", path: path, timeout: time.Minute})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(v); err != nil {
+		return fmt.Errorf("GET %s%s: bad answer: %w", r.URL, path, err)
+	}
+	return nil
+}
+
+// PostJSON POSTs in as JSON (nil: no body) to path and decodes the JSON
+// answer into out (nil: the answer is ignored). Only for requests that
+// may be repeated: a transient failure is retried.
+func (r *Remote) PostJSON(ctx context.Context, path string, in, out any) error {
+	q := request{method: "POST", path: path, timeout: time.Minute}
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		q.body, q.ctype = b, "application/json"
+	}
+	resp, err := r.do(ctx, q)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxJSON))
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(out); err != nil {
+		return fmt.Errorf("POST %s%s: bad answer: %w", r.URL, path, err)
+	}
+	return nil
 }
 
 // Refs lists the server's images and tags.
 func (r *Remote) Refs(ctx context.Context) (*RefsResponse, error) {
-	resp, err := r.do(ctx, "GET", "/v1/refs", nil, "")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var out RefsResponse
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return nil, fmt.Errorf("refs from %s: %w", r.URL, err)
+	if err := r.GetJSON(ctx, "/v1/refs", &out); err != nil {
+		return nil, err
 	}
 	return &out, nil
 }
@@ -153,7 +285,7 @@ func (r *Remote) resolveBase(ctx context.Context, ref string) (chunk.ID, string,
 
 // Commit returns the encoded commit id, verified.
 func (r *Remote) Commit(ctx context.Context, id chunk.ID) ([]byte, error) {
-	resp, err := r.do(ctx, "GET", "/v1/commits/"+id.String(), nil, "")
+	resp, err := r.do(ctx, request{method: "GET", path: "/v1/commits/" + id.String(), timeout: time.Minute})
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +311,7 @@ func (r *Remote) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, rcv
 	if len(haves) > 0 {
 		path += "&have=" + haveQuery(haves)
 	}
-	resp, err := r.do(ctx, "GET", path, nil, "")
+	resp, err := r.do(ctx, request{method: "GET", path: path})
 	if err != nil {
 		return DecodeStats{}, err
 	}
@@ -193,21 +325,16 @@ func (r *Remote) Plan(ctx context.Context, want chunk.ID, haves []chunk.ID) (*Pl
 	if len(haves) > 0 {
 		path += "&have=" + haveQuery(haves)
 	}
-	resp, err := r.do(ctx, "GET", path, nil, "")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var p PlanInfo
-	return &p, json.NewDecoder(resp.Body).Decode(&p)
+	return &p, r.GetJSON(ctx, path, &p)
 }
 
-func idsBody(ids []chunk.ID) io.Reader {
+func idsBody(ids []chunk.ID) []byte {
 	b := make([]byte, 0, 32*len(ids))
 	for _, id := range ids {
 		b = append(b, id[:]...)
 	}
-	return bytes.NewReader(b)
+	return b
 }
 
 // idBatch is how many ids one request carries (the server takes 2^18).
@@ -218,7 +345,7 @@ func (r *Remote) Objects(ctx context.Context, ids []chunk.ID, rcv Receiver) (Dec
 	var total DecodeStats
 	for len(ids) > 0 {
 		n := min(len(ids), idBatch)
-		resp, err := r.do(ctx, "POST", "/v1/objects", idsBody(ids[:n]), "application/octet-stream")
+		resp, err := r.do(ctx, request{method: "POST", path: "/v1/objects", body: idsBody(ids[:n]), ctype: "application/octet-stream"})
 		if err != nil {
 			return total, err
 		}
@@ -240,7 +367,7 @@ func (r *Remote) Have(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	out := make([]bool, 0, len(ids))
 	for len(ids) > 0 {
 		n := min(len(ids), idBatch)
-		resp, err := r.do(ctx, "POST", "/v1/have", idsBody(ids[:n]), "application/octet-stream")
+		resp, err := r.do(ctx, request{method: "POST", path: "/v1/have", body: idsBody(ids[:n]), ctype: "application/octet-stream", timeout: 5 * time.Minute})
 		if err != nil {
 			return nil, err
 		}
@@ -277,7 +404,7 @@ func (r *Remote) Push(ctx context.Context, fill func(*Encoder) error) (*PushResu
 		}
 		pw.CloseWithError(err)
 	}()
-	resp, err := r.do(ctx, "POST", "/v1/push", pr, "application/x-sim-wire")
+	resp, err := r.do(ctx, request{method: "POST", path: "/v1/push", stream: pr, ctype: "application/x-sim-wire"})
 	pr.Close()
 	if err != nil {
 		return nil, sent, err
@@ -290,7 +417,10 @@ func (r *Remote) Push(ctx context.Context, fill func(*Encoder) error) (*PushResu
 // UpdateRefs stores commits and moves refs on the server.
 func (r *Remote) UpdateRefs(ctx context.Context, req RefsRequest) error {
 	b, _ := json.Marshal(req)
-	resp, err := r.do(ctx, "POST", "/v1/refs", bytes.NewReader(b), "application/json")
+	// Not retried: a ref update that reached the server but whose answer
+	// was lost must not be applied twice (the second would fail its
+	// compare-and-swap and hide that the first succeeded).
+	resp, err := r.do(ctx, request{method: "POST", path: "/v1/refs", stream: bytes.NewReader(b), ctype: "application/json"})
 	if err != nil {
 		return err
 	}

@@ -31,13 +31,9 @@ type Server struct {
 	// at once; more wait. Each holds at most a few frames in memory.
 	MaxStreams int
 	Log        *log.Logger
-	// Extra mounts more handlers beside the API, by path prefix (e.g.
-	// "/v1/bt/" for BitTorrent, "/v1/mcast/" for multicast sessions).
-	// They get the same read-token check as the reads. Set it before
-	// serving.
-	Extra map[string]http.Handler
 
 	once  gosync.Once
+	mux   *http.ServeMux
 	slots chan struct{}
 	// pushMu serializes pushes' ref updates with their checks.
 	pushMu gosync.Mutex
@@ -70,7 +66,47 @@ func (s *Server) init() {
 		if s.Log == nil {
 			s.Log = log.New(io.Discard, "", 0)
 		}
+		s.mux = http.NewServeMux()
+		for _, r := range []struct {
+			pattern string
+			h       http.HandlerFunc
+		}{
+			{"GET /v1/refs", s.refs},
+			{"GET /v1/commits/{id}", func(w http.ResponseWriter, r *http.Request) {
+				s.immutable(w, r, r.PathValue("id"), func(id chunk.ID) ([]byte, error) { return s.Store.CommitRaw(id) })
+			}},
+			{"GET /v1/blobs/{id}", func(w http.ResponseWriter, r *http.Request) { s.immutable(w, r, r.PathValue("id"), s.Store.Get) }},
+			{"GET /v1/packs/{id}", s.pack},
+			{"GET /v1/fetch", func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, false) }},
+			{"GET /v1/plan", func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, true) }},
+			{"POST /v1/objects", s.objects},
+			{"POST /v1/have", s.have},
+			{"POST /v1/push", s.writer(s.push)},
+			{"POST /v1/refs", s.writer(s.updateRefs)},
+		} {
+			s.mux.Handle(r.pattern, r.h)
+		}
 	})
+}
+
+// Handle mounts an extension's handler (the BitTorrent seeder, multicast
+// sessions, the install protocol) on the server's mux, with a ServeMux
+// pattern ("GET /v1/bt/torrent", "/v1/install/"). It is a read: it gets
+// the read-token check. Call it before serving.
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.init()
+	s.mux.Handle(pattern, h)
+}
+
+// writer guards a write endpoint: it needs a write token.
+func (s *Server) writer(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if len(s.WriteTokens) == 0 || !tokenOK(r, s.WriteTokens) {
+			http.Error(w, "push needs a valid token (sim serve --token-file)", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // RefsResponse is GET /v1/refs.
@@ -109,50 +145,18 @@ func tokenOK(r *http.Request, tokens []string) bool {
 	return false
 }
 
-// ServeHTTP routes the API.
+// ServeHTTP serves the API and the extensions mounted with Handle. Reads
+// are open unless ReadTokens is set; a write token also reads.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
-	p := r.URL.Path
-	write := r.Method == "POST" && (p == "/v1/push" || p == "/v1/refs")
-	if write && (len(s.WriteTokens) == 0 || !tokenOK(r, s.WriteTokens)) {
-		http.Error(w, "push needs a valid token (sim serve --token-file)", http.StatusUnauthorized)
-		return
-	}
-	if !write && len(s.ReadTokens) > 0 && !tokenOK(r, s.ReadTokens) && !tokenOK(r, s.WriteTokens) {
+	if len(s.ReadTokens) > 0 && !tokenOK(r, s.ReadTokens) && !tokenOK(r, s.WriteTokens) {
 		http.Error(w, "this server needs a read token", http.StatusUnauthorized)
 		return
 	}
-	switch {
-	case r.Method == "GET" && p == "/v1/refs":
-		s.refs(w)
-	case r.Method == "GET" && strings.HasPrefix(p, "/v1/commits/"):
-		s.immutable(w, r, strings.TrimPrefix(p, "/v1/commits/"), func(id chunk.ID) ([]byte, error) { return s.Store.CommitRaw(id) })
-	case r.Method == "GET" && strings.HasPrefix(p, "/v1/blobs/"):
-		s.immutable(w, r, strings.TrimPrefix(p, "/v1/blobs/"), s.Store.Get)
-	case r.Method == "GET" && strings.HasPrefix(p, "/v1/packs/"):
-		s.pack(w, r, strings.TrimPrefix(p, "/v1/packs/"))
-	case r.Method == "GET" && (p == "/v1/fetch" || p == "/v1/plan"):
-		s.fetch(w, r, p == "/v1/plan")
-	case r.Method == "POST" && p == "/v1/objects":
-		s.objects(w, r)
-	case r.Method == "POST" && p == "/v1/have":
-		s.have(w, r)
-	case r.Method == "POST" && p == "/v1/push":
-		s.push(w, r)
-	case r.Method == "POST" && p == "/v1/refs":
-		s.updateRefs(w, r)
-	default:
-		for prefix, h := range s.Extra {
-			if strings.HasPrefix(p, prefix) {
-				h.ServeHTTP(w, r)
-				return
-			}
-		}
-		http.NotFound(w, r)
-	}
+	s.mux.ServeHTTP(w, r)
 }
 
-func (s *Server) refs(w http.ResponseWriter) {
+func (s *Server) refs(w http.ResponseWriter, _ *http.Request) {
 	out := RefsResponse{Images: map[string]chunk.ID{}, Tags: map[string]chunk.ID{}}
 	ims, err := s.Store.Images()
 	if err == nil {
@@ -197,8 +201,8 @@ func (s *Server) immutable(w http.ResponseWriter, r *http.Request, name string, 
 
 // pack serves a whole pack file (mirrors, caches, web seeds): sendfile
 // and Range through http.ServeContent on the file.
-func (s *Server) pack(w http.ResponseWriter, r *http.Request, name string) {
-	id, err := chunk.Parse(strings.TrimSuffix(name, ".pack"))
+func (s *Server) pack(w http.ResponseWriter, r *http.Request) {
+	id, err := chunk.Parse(strings.TrimSuffix(r.PathValue("id"), ".pack"))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -407,7 +411,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.release()
 	sink := NewSink(s.Store)
-	ds, err := Decode(bufio.NewReader(r.Body), sink.Receiver())
+	ds, err := Decode(bufio.NewReader(r.Body), sink)
 	ws, ferr := sink.Close()
 	s.count(0, ds.WireBytes)
 	s.smu.Lock()
@@ -421,7 +425,7 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(PushResult{Blobs: ds.Blobs, NewBlobs: ws.Blobs, StoredBytes: ws.StoredBytes})
+	json.NewEncoder(w).Encode(PushResult{Blobs: ds.Blobs, NewBlobs: ws.New, StoredBytes: ws.StoredBytes})
 }
 
 // updateRefs stores pushed commits and moves refs, after checking that
@@ -488,51 +492,39 @@ func (s *Server) updateRefs(w http.ResponseWriter, r *http.Request) {
 // it: fetch it and ask again.
 func MissingObjects(st *store.Store, root chunk.ID, max int) ([]chunk.ID, error) {
 	var missing []chunk.ID
+	errFull := errors.New("enough")
 	full := func() bool { return max > 0 && len(missing) >= max }
-	var walk func(id chunk.ID) error
-	seen := map[chunk.ID]bool{}
-	walk = func(id chunk.ID) error {
-		if seen[id] || full() {
-			return nil
-		}
-		seen[id] = true
-		ok, err := st.Has(id)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			missing = append(missing, id)
-			return nil
-		}
-		t, err := snapshot.LoadTree(st, id)
-		if err != nil {
-			return err
-		}
-		var ids []chunk.ID
-		for _, e := range t.Entries {
-			if e.Kind == snapshot.KindDir {
-				if err := walk(e.Subtree); err != nil {
-					return err
-				}
-				continue
+	err := (&snapshot.Reach{Src: st,
+		Tree: func(id chunk.ID, _ string, _ *snapshot.Tree, err error) error {
+			if err == nil {
+				return nil
 			}
-			for _, x := range e.Content {
-				if !x.Hole() && !seen[x.ID] {
-					seen[x.ID] = true
-					ids = append(ids, x.ID)
+			if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if missing = append(missing, id); full() {
+				return errFull
+			}
+			return nil
+		},
+		Chunks: func(_ chunk.ID, ids []chunk.ID) error {
+			has, err := st.HasMany(ids)
+			if err != nil {
+				return err
+			}
+			for i, h := range has {
+				if h {
+					continue
+				}
+				if missing = append(missing, ids[i]); full() {
+					return errFull
 				}
 			}
-		}
-		has, err := st.HasMany(ids)
-		if err != nil {
-			return err
-		}
-		for i, h := range has {
-			if !h && !full() {
-				missing = append(missing, ids[i])
-			}
-		}
-		return nil
+			return nil
+		},
+	}).Walk(root)
+	if errors.Is(err, errFull) {
+		err = nil
 	}
-	return missing, walk(root)
+	return missing, err
 }

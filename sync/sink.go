@@ -1,7 +1,10 @@
 package sync
 
 import (
+	"fmt"
 	gosync "sync"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
@@ -13,29 +16,183 @@ import (
 // bounds what a kill -9 loses.
 const flushEvery = 64 << 20
 
-// Sink stores what a wire stream brings into a store.
+// Sink is the one way received objects enter a store, whatever carried
+// them (an HTTP stream, BitTorrent pieces, multicast datagrams, a push):
+// it checks every blob and commit against its id, stores blobs once
+// (frames that arrive whole are kept as they came, without a second
+// compression), and makes what it took durable every 64 MiB, at Sync and
+// at Close. Nothing it was handed is trusted before that check, so a
+// transport may pass it bytes straight off the network.
+//
+// A Sink is safe for concurrent use. After Close it takes nothing more.
 type Sink struct {
-	st      *store.Store
+	st  *store.Store
+	dec *zstd.Decoder
+
+	mu      gosync.Mutex
 	w       *store.Writer
 	pending int64
-	Commits map[chunk.ID][]byte // commit records received, verified
+	commits map[chunk.ID][]byte
+	taken   SinkStats // blobs and bytes verified and handed to a writer
+	closed  bool
 
-	// Earlier writers flush in the background while the stream goes on
+	// Earlier writers flush in the background while the transfer goes on
 	// into a fresh one: receiving never waits for an fsync.
-	wg    gosync.WaitGroup
-	mu    gosync.Mutex
-	total store.WriterStats
-	err   error
+	wg     gosync.WaitGroup
+	fmu    gosync.Mutex
+	stored store.WriterStats
+	err    error
 }
+
+// SinkStats counts what a Sink took.
+type SinkStats struct {
+	// Blobs and Bytes: verified blobs received (new to the store or not)
+	// and their uncompressed size.
+	Blobs, Bytes int64
+	// New, NewBytes, StoredBytes: of those, what the store lacked, as
+	// made durable so far (after Sync or Close: all of it).
+	New, NewBytes, StoredBytes int64
+}
+
+var _ Receiver = (*Sink)(nil)
 
 // NewSink receives into st.
 func NewSink(st *store.Store) *Sink {
-	return &Sink{st: st, w: st.NewWriter(), Commits: map[chunk.ID][]byte{}}
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxWireFrame))
+	return &Sink{st: st, dec: dec, w: st.NewWriter(), commits: map[chunk.ID][]byte{}}
 }
 
-func (s *Sink) added(n int) error {
-	s.pending += int64(n)
-	if s.pending >= flushEvery {
+// Store is the store the sink writes to, for reading (what is there
+// already, frames to serve to peers); writing goes through the sink.
+func (s *Sink) Store() *store.Store { return s.st }
+
+// Has reports which of ids the store holds already.
+func (s *Sink) Has(ids []chunk.ID) ([]bool, error) { return s.st.HasMany(ids) }
+
+// Base returns the bytes of a blob the store holds (a delta's base).
+func (s *Sink) Base(id chunk.ID) ([]byte, error) { return s.st.Get(id) }
+
+// Blob verifies data against id and stores it (once). data may be reused
+// by the caller after Blob returns.
+func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
+	if err := checkType(t); err != nil {
+		return err
+	}
+	if err := chunk.Verify(id, data); err != nil {
+		return err
+	}
+	w, err := s.writer()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Put(t, id, data); err != nil {
+		return err
+	}
+	return s.took(1, int64(len(data)))
+}
+
+// Frame decompresses a frame as it came (comp raw or zstd, ulen bytes
+// uncompressed, holding ents), verifies every blob in it against its id,
+// and stores the frame as it is. payload may be reused after Frame returns.
+func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) error {
+	raw, err := s.decodeFrame(comp, ulen, payload, ents)
+	if err != nil {
+		return err
+	}
+	pe := make([]store.PackEntry, len(ents))
+	var n int64
+	for i, e := range ents {
+		pe[i] = store.PackEntry{ID: e.ID, Loc: store.Loc{Type: e.Type, Off: e.Off, Len: e.Len}}
+		n += int64(e.Len)
+	}
+	w, err := s.writer()
+	if err != nil {
+		return err
+	}
+	if err := w.PutFrame(comp, payload, pe, raw); err != nil {
+		return err
+	}
+	return s.took(int64(len(ents)), n)
+}
+
+// decodeFrame checks a frame's entries, decompresses it and verifies its
+// blobs.
+func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntry) ([]byte, error) {
+	if ulen < 0 || ulen > maxWireFrame {
+		return nil, fmt.Errorf("frame of %d bytes", ulen)
+	}
+	for _, x := range ents {
+		if uint64(x.Off)+uint64(x.Len) > uint64(ulen) {
+			return nil, fmt.Errorf("frame entry %s outside its frame", x.ID.Short())
+		}
+		if err := checkType(x.Type); err != nil {
+			return nil, err
+		}
+	}
+	raw := payload
+	switch comp {
+	case compZstd:
+		var err error
+		if raw, err = s.dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
+			return nil, fmt.Errorf("frame: %w", err)
+		}
+	case compRaw:
+	default:
+		return nil, fmt.Errorf("frame: unknown compression %d", comp)
+	}
+	if len(raw) != ulen {
+		return nil, fmt.Errorf("frame is %d bytes, its header says %d", len(raw), ulen)
+	}
+	for _, x := range ents {
+		if err := chunk.Verify(x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
+			return nil, err
+		}
+	}
+	return raw, nil
+}
+
+// Commit verifies an encoded commit against its id and keeps it for the
+// caller (Commits): a commit is stored only once its tree is complete.
+func (s *Sink) Commit(id chunk.ID, b []byte) error {
+	if err := chunk.Verify(id, b); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.commits[id] = append([]byte(nil), b...)
+	return nil
+}
+
+// Commits returns the commits received, verified, by id.
+func (s *Sink) Commits() map[chunk.ID][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[chunk.ID][]byte, len(s.commits))
+	for k, v := range s.commits {
+		out[k] = v
+	}
+	return out
+}
+
+func (s *Sink) writer() (*store.Writer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errSinkClosed
+	}
+	return s.w, nil
+}
+
+var errSinkClosed = fmt.Errorf("sink: closed")
+
+// took counts what a writer got and starts a background flush every
+// flushEvery bytes.
+func (s *Sink) took(blobs, n int64) error {
+	s.mu.Lock()
+	s.taken.Blobs += blobs
+	s.taken.Bytes += n
+	s.pending += n
+	if s.pending >= flushEvery && !s.closed {
 		old := s.w
 		s.w, s.pending = s.st.NewWriter(), 0
 		s.wg.Add(1)
@@ -44,55 +201,81 @@ func (s *Sink) added(n int) error {
 			s.flushed(old.Flush())
 		}()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.Unlock()
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	return s.err
 }
 
 func (s *Sink) flushed(ws store.WriterStats, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.total.Blobs += ws.Blobs
-	s.total.Bytes += ws.Bytes
-	s.total.StoredBytes += ws.StoredBytes
-	s.total.Packs += ws.Packs
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	s.stored.Blobs += ws.Blobs
+	s.stored.Bytes += ws.Bytes
+	s.stored.StoredBytes += ws.StoredBytes
+	s.stored.Packs += ws.Packs
 	if s.err == nil {
 		s.err = err
 	}
 }
 
-// Receiver is the Decode callback set writing into the store.
-func (s *Sink) Receiver() Receiver {
-	return Receiver{
-		Blob: func(t store.Type, id chunk.ID, data []byte) error {
-			if _, err := s.w.Put(t, id, data); err != nil {
-				return err
-			}
-			return s.added(len(data))
-		},
-		Frame: func(comp byte, payload []byte, ents []FrameEntry, raw []byte) error {
-			pe := make([]store.PackEntry, len(ents))
-			for i, e := range ents {
-				pe[i] = store.PackEntry{ID: e.ID, Loc: store.Loc{Type: e.Type, Off: e.Off, Len: e.Len}}
-			}
-			if err := s.w.PutFrame(comp, payload, pe, raw); err != nil {
-				return err
-			}
-			return s.added(len(raw))
-		},
-		Commit: func(id chunk.ID, b []byte) error {
-			s.Commits[id] = append([]byte(nil), b...)
-			return nil
-		},
-		Base: s.st.Get,
+// Sync makes everything taken so far durable (packs fsynced, index
+// synced) and returns the totals. The sink goes on taking objects.
+func (s *Sink) Sync() (SinkStats, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return s.Stats(), errSinkClosed
 	}
+	old := s.w
+	s.w, s.pending = s.st.NewWriter(), 0
+	s.mu.Unlock()
+	s.flushed(old.Flush())
+	s.wg.Wait()
+	st := s.Stats()
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	return st, s.err
 }
 
-// Close makes everything received durable and returns what was added.
-func (s *Sink) Close() (store.WriterStats, error) {
-	s.flushed(s.w.Flush())
-	s.wg.Wait()
+// Stats returns the counts so far.
+func (s *Sink) Stats() SinkStats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.total, s.err
+	out := s.taken
+	s.mu.Unlock()
+	s.fmu.Lock()
+	out.New, out.NewBytes, out.StoredBytes = s.stored.Blobs, s.stored.Bytes, s.stored.StoredBytes
+	s.fmu.Unlock()
+	return out
+}
+
+// Close makes everything taken durable and returns the totals. Calling
+// it again returns them again.
+func (s *Sink) Close() (SinkStats, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		s.fmu.Lock()
+		defer s.fmu.Unlock()
+		return s.statsLocked(), s.err
+	}
+	s.closed = true
+	w := s.w
+	s.mu.Unlock()
+	s.flushed(w.Flush())
+	s.wg.Wait()
+	s.dec.Close()
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	return s.statsLocked(), s.err
+}
+
+// statsLocked is Stats with fmu held.
+func (s *Sink) statsLocked() SinkStats {
+	s.mu.Lock()
+	out := s.taken
+	s.mu.Unlock()
+	out.New, out.NewBytes, out.StoredBytes = s.stored.Blobs, s.stored.Bytes, s.stored.StoredBytes
+	return out
 }

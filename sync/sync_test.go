@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	gosync "sync"
 	"testing"
 
@@ -45,11 +46,19 @@ type countingHandler struct {
 	cut int64
 	// flip, when set, flips one byte of every object stream at that offset.
 	flip int64
+	// paths counts requests by method and first two path elements
+	// ("GET /v1/commits").
+	paths map[string]int
 }
 
 func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	c.reqs++
+	if c.paths == nil {
+		c.paths = map[string]int{}
+	}
+	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 3)
+	c.paths[r.Method+" /"+strings.Join(parts[:min(2, len(parts))], "/")]++
 	var cut, flip int64
 	if r.URL.Path == "/v1/fetch" || r.URL.Path == "/v1/objects" {
 		cut, flip = c.cut, c.flip
@@ -131,14 +140,14 @@ func TestFetchAndDelta(t *testing.T) {
 	f := setup(t)
 	node := storetest.New(t)
 	r := remote(t, f.url, "")
-	ps, err := simsync.FetchCommit(context.Background(), node, r, f.v1, true)
+	ps, err := simsync.FetchCommit(context.Background(), node, r, nil, f.v1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ps.Rounds != 1 || ps.WireBytes < 5<<20 {
 		t.Errorf("install: %+v", ps)
 	}
-	ps, err = simsync.FetchCommit(context.Background(), node, r, f.v2, true, f.v1)
+	ps, err = simsync.FetchCommit(context.Background(), node, r, nil, f.v2, true, f.v1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +194,7 @@ func TestResume(t *testing.T) {
 	f := setup(t)
 	node := storetest.New(t)
 	f.counting.cut = 5 << 20 // the first 4 MiB frame arrives whole, the second does not
-	ps, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v2, true)
+	ps, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), nil, f.v2, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +213,7 @@ func TestCorruptServer(t *testing.T) {
 	f := setup(t)
 	f.counting.flip = 5000 // inside the first frame of the stream
 	node := storetest.New(t)
-	_, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), f.v1, true)
+	_, err := simsync.FetchCommit(context.Background(), node, remote(t, f.url, ""), nil, f.v1, true)
 	if err == nil {
 		t.Fatalf("a corrupted stream was accepted (%d requests)", f.counting.reqs)
 	}
@@ -217,6 +226,32 @@ func TestCorruptServer(t *testing.T) {
 	}
 	if ok, _ := node.HasCommit(f.v1); ok {
 		t.Error("commit stored although its data was refused")
+	}
+}
+
+// TestPullFetchesEachCommitOnce: pulling a history asks for each commit
+// once (it used to fetch every commit twice: walking the history, then
+// again to fetch its objects), and the objects of each commit in one
+// stream.
+func TestPullFetchesEachCommitOnce(t *testing.T) {
+	f := setup(t)
+	snapshottest.RandomFiles(t, f.src, 3, map[string]int{"etc/motd": 320})
+	commit(t, f.srv, f.src, "img") // v3: a history of three
+	local := storetest.New(t)
+	f.counting.mu.Lock()
+	f.counting.paths = nil
+	f.counting.mu.Unlock()
+	ps, err := simsync.Pull(context.Background(), local, remote(t, f.url, ""), nil, []string{"img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.counting.mu.Lock()
+	defer f.counting.mu.Unlock()
+	if got := f.counting.paths["GET /v1/commits"]; got != 3 || ps.Commits != 3 {
+		t.Errorf("pulled %d commits with %d commit requests, want 3 and 3 (%v)", ps.Commits, got, f.counting.paths)
+	}
+	if got := f.counting.paths["GET /v1/fetch"]; got != 3 {
+		t.Errorf("%d fetch streams for 3 commits (%v)", got, f.counting.paths)
 	}
 }
 

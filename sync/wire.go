@@ -159,20 +159,6 @@ func BuildFrame(enc *zstd.Encoder, blobs []FrameEntry, data [][]byte) (comp byte
 	return compZstd, z, ents, len(raw)
 }
 
-// DecodeFrame decompresses a frame received from elsewhere and verifies
-// every blob in it against its id.
-func DecodeFrame(dec *zstd.Decoder, comp byte, ulen uint64, payload []byte, ents []FrameEntry) ([]byte, error) {
-	for _, x := range ents {
-		if uint64(x.Off)+uint64(x.Len) > ulen {
-			return nil, fmt.Errorf("frame entry %s outside its frame", x.ID.Short())
-		}
-		if err := checkType(x.Type); err != nil {
-			return nil, err
-		}
-	}
-	return decodeFrame(dec, comp, ulen, payload, ents)
-}
-
 // Commit writes an encoded commit.
 func (e *Encoder) Commit(id chunk.ID, b []byte) error {
 	h := []byte{recCommit}
@@ -194,26 +180,27 @@ func (e *Encoder) Close() error {
 // Bytes is how much has been written.
 func (e *Encoder) Bytes() int64 { return e.bytes }
 
-// Receiver takes what a Decoder reads. Blob gets verified bytes, valid
-// only during the call. Frame, if set, gets a whole frame whose blobs all
-// verified, with the frame's payload as sent, so a store can keep the
-// compressed bytes without compressing them again; otherwise its blobs
-// go to Blob one by one.
-type Receiver struct {
-	Blob   func(t store.Type, id chunk.ID, data []byte) error
-	Frame  func(comp byte, payload []byte, ents []FrameEntry, raw []byte) error
-	Commit func(id chunk.ID, b []byte) error
-	// Base returns the bytes of a delta's base blob (the receiver's).
-	Base func(id chunk.ID) ([]byte, error)
+// Receiver takes the records of a wire stream as Decode parses them. The
+// bytes are well formed (lengths, bounds and types checked) but NOT yet
+// checked against their ids: a Sink, the one way objects enter a store,
+// verifies them; any other Receiver must do so itself. Blob's data and
+// Frame's payload are valid only during the call.
+type Receiver interface {
+	// Blob gets one blob, decompressed.
+	Blob(t store.Type, id chunk.ID, data []byte) error
+	// Frame gets a frame as it was sent (comp 0 raw or 1 zstd, ulen
+	// bytes uncompressed), so a store can keep its compressed bytes.
+	Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) error
+	// Commit gets an encoded commit.
+	Commit(id chunk.ID, b []byte) error
+	// Base returns the receiver's bytes of a delta's base blob.
+	Base(id chunk.ID) ([]byte, error)
 }
 
 // DecodeStats counts what a Decoder read.
 type DecodeStats struct {
 	Records, Blobs int64
 	WireBytes      int64
-	// Stored counts new blobs a transport wrote into the store itself
-	// (BitTorrent), not through the Receiver.
-	Stored int64
 }
 
 type countReader struct {
@@ -292,9 +279,11 @@ func (r *wireReader) bytes(n uint64) []byte {
 	return b
 }
 
-// Decode reads a whole stream, verifying every blob against its id. It
-// returns ErrTruncated if the stream ends early; what was handed to rcv
-// before that stays valid.
+// Decode reads a whole stream into rcv. It checks the stream's structure
+// (and caps every length before allocating), decompresses blob and delta
+// records, and hands frames over as they came; it does not hash: rcv
+// verifies (a Sink does). It returns ErrTruncated if the stream ends
+// early; what was handed to rcv before that stays valid.
 func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 	cr := &countReader{r: in}
 	defer func() { st.WireBytes = cr.n }()
@@ -370,20 +359,13 @@ func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 			if r.err != nil {
 				return st, r.err
 			}
-			raw, err := decodeFrame(dec, comp, ulen, payload, ents)
-			if err != nil {
-				return st, err
+			if comp != compRaw && comp != compZstd {
+				return st, fmt.Errorf("wire: unknown compression %d", comp)
 			}
-			if rcv.Frame != nil {
-				err = rcv.Frame(comp, payload, ents, raw)
-			} else {
-				for _, x := range ents {
-					if err = rcv.Blob(x.Type, x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
-						break
-					}
-				}
+			if comp == compRaw && clen != ulen {
+				return st, fmt.Errorf("wire: raw frame of %d bytes says %d", clen, ulen)
 			}
-			if err != nil {
+			if err := rcv.Frame(comp, int(ulen), payload, ents); err != nil {
 				return st, err
 			}
 			st.Blobs += int64(len(ents))
@@ -393,13 +375,8 @@ func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 			if r.err != nil {
 				return st, r.err
 			}
-			if err := chunk.Verify(id, b); err != nil {
+			if err := rcv.Commit(id, b); err != nil {
 				return st, err
-			}
-			if rcv.Commit != nil {
-				if err := rcv.Commit(id, b); err != nil {
-					return st, err
-				}
 			}
 		default:
 			return st, fmt.Errorf("wire: unknown record kind %d", kind)
@@ -409,15 +386,12 @@ func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 	}
 }
 
-// decodeBlob turns a blob or delta record's payload into the verified blob.
+// decodeBlob turns a blob or delta record's payload into the blob's bytes.
 func decodeBlob(dec *zstd.Decoder, rcv Receiver, kind, comp byte, id, base chunk.ID, ulen uint64, payload []byte) ([]byte, error) {
 	var data []byte
 	var err error
 	switch {
 	case kind == recDelta:
-		if rcv.Base == nil {
-			return nil, errors.New("wire: delta record but no base source")
-		}
 		bb, err := rcv.Base(base)
 		if err != nil {
 			return nil, fmt.Errorf("wire: base %s of delta %s: %w", base.Short(), id.Short(), err)
@@ -444,31 +418,7 @@ func decodeBlob(dec *zstd.Decoder, rcv Receiver, kind, comp byte, id, base chunk
 	if uint64(len(data)) != ulen {
 		return nil, fmt.Errorf("wire: blob %s is %d bytes, record says %d", id.Short(), len(data), ulen)
 	}
-	return data, chunk.Verify(id, data)
-}
-
-// decodeFrame decompresses a frame record and verifies all its blobs.
-func decodeFrame(dec *zstd.Decoder, comp byte, ulen uint64, payload []byte, ents []FrameEntry) ([]byte, error) {
-	raw := payload
-	switch comp {
-	case compZstd:
-		var err error
-		if raw, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
-			return nil, fmt.Errorf("wire: frame: %w", err)
-		}
-	case compRaw:
-	default:
-		return nil, fmt.Errorf("wire: unknown compression %d", comp)
-	}
-	if uint64(len(raw)) != ulen {
-		return nil, fmt.Errorf("wire: frame is %d bytes, record says %d", len(raw), ulen)
-	}
-	for _, x := range ents {
-		if err := chunk.Verify(x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
-			return nil, err
-		}
-	}
-	return raw, nil
+	return data, nil
 }
 
 func checkType(t store.Type) error {

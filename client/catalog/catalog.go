@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
-	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/systemimager/sim/chunk"
-	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 )
@@ -44,49 +42,51 @@ func IsSpecial(image string) bool {
 }
 
 // CommitFiles makes files (slash-separated relative path → content) the
-// whole tree of a new commit on image. Files are 0644, directories 0755,
-// owned by root; the tree is written in a temporary directory and
-// committed like any other (so it is chunked, deduplicated and verified
-// the same way).
+// whole tree of the next commit on image. The tree is built in memory
+// (snapshot.FilesTree with snapshot.DocMeta: files 0644, directories
+// 0755, owned by root, time 0), so the same documents always give the
+// same tree; when it is the tree the image already has, no commit is
+// made and the head is returned.
 func CommitFiles(ctx context.Context, st *store.Store, image string, files map[string][]byte, msg string) (chunk.ID, error) {
 	if err := store.CheckName("image", image); err != nil {
 		return chunk.ID{}, err
 	}
-	dir, err := os.MkdirTemp(filepath.Join(st.Dir(), "tmp"), "catalog-")
+	if err := ctx.Err(); err != nil {
+		return chunk.ID{}, err
+	}
+	old, err := head(st, image)
 	if err != nil {
 		return chunk.ID{}, err
 	}
-	defer os.RemoveAll(dir)
-	for p, b := range files {
-		clean := path.Clean(p)
-		if clean != p || strings.HasPrefix(p, "/") || strings.HasPrefix(p, "../") || p == "." || p == ".." {
-			return chunk.ID{}, fmt.Errorf("catalog: bad path %q", p)
-		}
-		full := filepath.Join(dir, filepath.FromSlash(p))
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			return chunk.ID{}, err
-		}
-		if err := os.WriteFile(full, b, 0o644); err != nil {
-			return chunk.ID{}, err
+	w := st.NewWriter()
+	root, stats, err := snapshot.FilesTree(w, st.Config().Chunker, files, snapshot.DocMeta)
+	if err != nil {
+		w.Abort()
+		return chunk.ID{}, fmt.Errorf("catalog %s: %w", image, err)
+	}
+	ws, err := w.Flush()
+	if err != nil {
+		return chunk.ID{}, fmt.Errorf("commit %s: %w", image, err)
+	}
+	if !old.IsZero() {
+		if oc, err := st.Commit(old); err == nil && oc.Tree == root {
+			return old, nil
 		}
 	}
-	// Directories the temp dir created: fixed mode and time so that an
-	// unchanged document commits to the same tree.
-	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil {
-			if fi.IsDir() {
-				os.Chmod(p, 0o755)
-			}
-			os.Lchown(p, 0, 0)
-		}
-		return nil
-	})
-	id, _, err := client.Commit(ctx, st, dir, client.CommitOptions{Image: image, Message: msg})
+	c := &store.Commit{Tree: root, Time: time.Now().UTC(), Author: store.DefaultAuthor(), Message: msg, Image: image, Stats: stats}
+	c.Host, _ = os.Hostname()
+	c.Stats.NewBlobs, c.Stats.NewBytes, c.Stats.StoredBytes = ws.Blobs, ws.Bytes, ws.StoredBytes
+	op := "create"
+	if !old.IsZero() {
+		c.Parents, op = []chunk.ID{old}, "commit"
+	}
+	id, err := st.PutCommit(c)
 	if err != nil {
+		return id, err
+	}
+	if err := st.SetImage(image, old, id, op, msg); err != nil {
 		return id, fmt.Errorf("commit %s: %w", image, err)
 	}
-	// A temp dir's stat cache is useless next time (new inodes).
-	client.ForgetImage(st, image)
 	return id, nil
 }
 

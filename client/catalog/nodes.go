@@ -243,3 +243,27 @@ func (r *Registry) Resolve(n *Node) (*Resolved, error) {
 	}
 	return out, nil
 }
+
+// CheckRefs makes sure what a node or group names exists now in st (a
+// typo is caught at registration, not at install time).
+func CheckRefs(st *store.Store, image string, overrides, scripts []string) error {
+	if image != "" {
+		if IsSpecial(image) {
+			return fmt.Errorf("%s is a catalog document, not a system image", image)
+		}
+		if _, err := st.ImageHead(image); err != nil {
+			return fmt.Errorf("image %s: %w", image, err)
+		}
+	}
+	for _, ov := range overrides {
+		if _, err := st.ImageHead(OverrideImage(ov)); err != nil {
+			return fmt.Errorf("override %s: %w (sim override set %s DIR)", ov, err, ov)
+		}
+	}
+	for _, s := range scripts {
+		if _, err := st.ImageHead(ScriptImage(s)); err != nil {
+			return fmt.Errorf("script %s: %w (sim script set %s FILE)", s, err, s)
+		}
+	}
+	return nil
+}

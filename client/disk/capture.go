@@ -19,7 +19,7 @@ import (
 // filesystem recognised by its superblock, mount points and options from
 // /proc/self/mountinfo. Sizes are exact MiB; the last partition becomes
 // "rest" so the layout fits larger disks. MBR disks, RAID and LVM are not
-// read (later).
+// read.
 func Capture(d Info) (*layout.Layout, error) {
 	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {

@@ -190,7 +190,7 @@ func Parse(text string) (*Layout, error) {
 				return nil, fail("want: disk first|largest|/dev/PATH")
 			}
 			if seenDisk {
-				return nil, fail("second disk line (one disk per layout; several disks, RAID and LVM come later)")
+				return nil, fail("second disk line (one disk per layout; several disks, RAID and LVM are not supported yet)")
 			}
 			if err := CheckDisk(f[1]); err != nil {
 				return nil, fail("%v", err)

@@ -11,10 +11,11 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
-	"github.com/systemimager/sim/sync/bt"
+	"github.com/systemimager/sim/sync/units"
 )
 
 type checkoutOptions struct {
@@ -22,7 +23,7 @@ type checkoutOptions struct {
 	force, noSync        bool
 	from                 string
 	rf                   remoteFlags
-	tf                   transportFlags
+	tf                   simsync.TransportFlags
 }
 
 func newCheckoutCommand(e *env) *cobra.Command {
@@ -34,7 +35,8 @@ func newCheckoutCommand(e *env) *cobra.Command {
 checkout: then only entries that differ are rewritten (through a temporary
 file and rename), extraneous entries are removed and directory metadata is
 fixed last. A non-empty directory sim did not check out is refused unless
---force. Excluded paths are neither written nor removed.
+--force. Excluded paths are neither written nor removed; nor is the store
+itself when it lies inside DIR (a node's /var/lib/sim).
 
 With --from URL, REF is resolved on that server and the objects the node's
 store (--store) lacks are fetched first: a node install, update or rollback
@@ -46,65 +48,66 @@ how the objects travel (refs and commits always come over HTTP).`,
 			if err != nil {
 				return err
 			}
+			dir := e.path(args[1])
+			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync}
 			with := e.withStore
 			if o.from != "" {
 				with = e.withStoreInit
 			}
-			return with(func(st *store.Store) (err error) {
-				var id chunk.ID
-				var ps *simsync.PullStats
-				var status any
+			return with(func(st *store.Store) error {
+				p := &snapshot.Progress{}
+				copts.Progress = p
+				var res *node.Result
 				if o.from != "" {
 					r, err := o.rf.remote(e, o.from)
 					if err != nil {
 						return err
 					}
-					tr, finish, err := o.tf.open(c.Context(), e, st, r)
+					tr, err := o.tf.Open(c.Context(), e.transportEnv(st, r))
 					if err != nil {
 						return err
 					}
-					var s simsync.PullStats
-					id, s, err = fetchForCheckout(c.Context(), e, st, r, tr, args[0], e.path(args[1]))
-					ps = &s
-					if err != nil {
-						return err
-					}
-					if !e.json {
-						e.reportPull(s)
-					}
-					if sp, ok := tr.(interface{ Stats() []bt.Progress }); ok {
-						status = sp.Stats()
-					}
-					if finish != nil {
-						// After the checkout: a BitTorrent node seeds
-						// while it writes the tree, and --seed-time after.
-						defer func() {
-							if ferr := finish(c.Context()); err == nil {
-								err = ferr
+					var stop func()
+					res, err = node.Checkout(c.Context(), node.CheckoutOptions{Store: st, Remote: r, Transport: tr, Ref: args[0], Dir: dir, Checkout: copts,
+						Fetched: func(_ chunk.ID, ps simsync.PullStats) {
+							if !e.json {
+								e.reportPull(ps)
 							}
-						}()
+							stop = e.showProgress("checkout", p)
+						}})
+					if stop != nil {
+						stop()
 					}
-				} else if id, err = st.Resolve(args[0]); err != nil {
-					return err
-				}
-				p := &snapshot.Progress{}
-				stop := e.showProgress("checkout", p)
-				stats, err := client.Checkout(c.Context(), st, id, e.path(args[1]), client.CheckoutOptions{
-					Exclude: ex, Force: o.force, Progress: p, NoSync: o.noSync})
-				stop()
-				if err != nil {
-					return err
+					if err != nil {
+						return err
+					}
+				} else {
+					id, err := st.Resolve(args[0])
+					if err != nil {
+						return err
+					}
+					stop := e.showProgress("checkout", p)
+					stats, err := client.Checkout(c.Context(), st, id, dir, copts)
+					stop()
+					if err != nil {
+						return err
+					}
+					res = &node.Result{Commit: id, CheckoutStats: stats}
 				}
 				if e.json {
-					return e.printJSON(struct {
+					out := struct {
 						Commit chunk.ID `json:"commit"`
 						*snapshot.CheckoutStats
 						Transfer *simsync.PullStats `json:"transfer,omitempty"`
-						Swarm    any                `json:"bittorrent,omitempty"`
-					}{id, stats, ps, status})
+					}{Commit: res.Commit, CheckoutStats: res.CheckoutStats}
+					if o.from != "" {
+						out.Transfer = &res.Transfer
+					}
+					return e.printJSON(withReport(out, out.Transfer))
 				}
+				s := res.CheckoutStats
 				fmt.Fprintf(e.stderr, "checked out %s into %s: %d written (%s), %d removed, %d metadata fixed, %d unchanged\n",
-					id.Short(), args[1], stats.Written, fmtBytes(stats.BytesWritten), stats.Removed, stats.Metadata, stats.Unchanged)
+					res.Commit.Short(), args[1], s.Written, units.Bytes(s.BytesWritten), s.Removed, s.Metadata, s.Unchanged)
 				return nil
 			})
 		},
@@ -116,7 +119,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
 	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
 	o.rf.add(c)
-	o.tf.add(c)
+	o.tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c
 }
@@ -188,7 +191,7 @@ the bytes that would be transferred to turn the first into the second.`,
 				}
 				if s := d.Stat; s != nil {
 					fmt.Fprintf(e.stdout, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
-						s.Added, s.Removed, s.Modified, s.NewChunks, fmtBytes(s.NewChunkBytes), s.NewTrees, fmtBytes(s.NewTreeBytes))
+						s.Added, s.Removed, s.Modified, s.NewChunks, units.Bytes(s.NewChunkBytes), s.NewTrees, units.Bytes(s.NewTreeBytes))
 				}
 				return nil
 			})
@@ -242,7 +245,7 @@ func newFsckCommand(e *env) *cobra.Command {
 				if readData {
 					mode = "structure and data"
 				}
-				fmt.Fprintf(e.stdout, "checked %s: %d packs (%s), %d blobs, %d commits: ", mode, rep.Stats.Packs, fmtBytes(rep.Stats.Bytes), rep.Stats.Blobs, rep.Commits)
+				fmt.Fprintf(e.stdout, "checked %s: %d packs (%s), %d blobs, %d commits: ", mode, rep.Stats.Packs, units.Bytes(rep.Stats.Bytes), rep.Stats.Blobs, rep.Commits)
 				if err != nil {
 					fmt.Fprintf(e.stdout, "%d errors\n", len(rep.Problems))
 					return err
@@ -281,7 +284,7 @@ DURATION (e.g. 720h).`,
 					return err
 				}
 				fmt.Fprintf(e.stdout, "gc: removed %d blobs and %d commits; %d packs deleted, %d rewritten; %s freed\n",
-					gs.BlobsRemoved, gs.CommitsRemoved, gs.PacksRemoved, gs.PacksRewritten, fmtBytes(gs.BytesFreed))
+					gs.BlobsRemoved, gs.CommitsRemoved, gs.PacksRemoved, gs.PacksRewritten, units.Bytes(gs.BytesFreed))
 				return nil
 			})
 		},

@@ -14,6 +14,7 @@ import (
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/units"
 )
 
 func newInitCommand(e *env) *cobra.Command {
@@ -86,7 +87,7 @@ last line on e.stdout is the new commit id.`,
 				}
 				s := cm.Stats
 				fmt.Fprintf(e.stderr, "%s: %d files, %d dirs, %s; read %d files, added %d blobs (%s, %s stored)\n",
-					o.image, s.Files, s.Dirs, fmtBytes(s.Bytes), s.ReadFiles, s.NewBlobs, fmtBytes(s.NewBytes), fmtBytes(s.StoredBytes))
+					o.image, s.Files, s.Dirs, units.Bytes(s.Bytes), s.ReadFiles, s.NewBlobs, units.Bytes(s.NewBytes), units.Bytes(s.StoredBytes))
 				fmt.Fprintln(e.stdout, id)
 				return nil
 			})
@@ -143,7 +144,7 @@ func (e *env) commitRemote(ctx context.Context, o commitOptions, src string, ex 
 	}
 	cm := &store.Commit{Tree: res.Root, Time: start.UTC(), Author: o.author, Message: o.message, Stats: res.Stats}
 	if cm.Author == "" {
-		cm.Author = client.DefaultAuthor()
+		cm.Author = store.DefaultAuthor()
 	}
 	cm.Host, _ = os.Hostname()
 	cm.Stats.NewBlobs = cp.Uploaded
@@ -156,7 +157,7 @@ func (e *env) commitRemote(ctx context.Context, o commitOptions, src string, ex 
 	}
 	s := res.Stats
 	fmt.Fprintf(e.stderr, "%s on %s: %d files, %d dirs, %s; read %d files, offered %d blobs, uploaded %d (%s on the wire)\n",
-		o.image, o.remote, s.Files, s.Dirs, fmtBytes(s.Bytes), s.ReadFiles, cp.Offered, cp.Uploaded, fmtBytes(cp.WireBytes))
+		o.image, o.remote, s.Files, s.Dirs, units.Bytes(s.Bytes), s.ReadFiles, cp.Offered, cp.Uploaded, units.Bytes(cp.WireBytes))
 	fmt.Fprintln(e.stdout, id)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/sync/units"
 )
 
 type commitJSON struct {
@@ -77,7 +78,7 @@ func printCommit(w io.Writer, id chunk.ID, cm *store.Commit, full bool) {
 	}
 	s := cm.Stats
 	fmt.Fprintf(w, "Stats:  %d files, %d dirs, %s in %d chunks; added %d blobs, %s (%s stored)\n",
-		s.Files, s.Dirs, fmtBytes(s.Bytes), s.Chunks, s.NewBlobs, fmtBytes(s.NewBytes), fmtBytes(s.StoredBytes))
+		s.Files, s.Dirs, units.Bytes(s.Bytes), s.Chunks, s.NewBlobs, units.Bytes(s.NewBytes), units.Bytes(s.StoredBytes))
 	if cm.Message != "" {
 		fmt.Fprintln(w)
 		for _, l := range strings.Split(cm.Message, "\n") {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/systemimager/sim/initrd"
+	"github.com/systemimager/sim/sync/units"
 )
 
 func newInitrdCommand(e *env) *cobra.Command {
@@ -61,8 +62,8 @@ sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
 				return e.printJSON(res)
 			}
 			fmt.Fprintf(e.stdout, "%s: kernel %s, %s\n%s: %s (%s uncompressed: sim %s, tools and libraries %s, %d modules %s; %d entries)\n",
-				res.Kernel, res.Version, fmtBytes(res.KernelBytes), res.Initrd, fmtBytes(res.InitrdBytes), fmtBytes(res.CpioBytes),
-				fmtBytes(res.SimBytes), fmtBytes(res.LibToolBytes), len(res.Modules), fmtBytes(res.ModuleBytes), res.Files)
+				res.Kernel, res.Version, units.Bytes(res.KernelBytes), res.Initrd, units.Bytes(res.InitrdBytes), units.Bytes(res.CpioBytes),
+				units.Bytes(res.SimBytes), units.Bytes(res.LibToolBytes), len(res.Modules), units.Bytes(res.ModuleBytes), res.Files)
 			if len(res.Missing) > 0 {
 				fmt.Fprintf(e.stderr, "note: not in this kernel (neither module nor built in): %s\n", strings.Join(res.Missing, " "))
 			}
@@ -108,7 +109,7 @@ Needs grub-mkrescue, grub-pc-bin, grub-efi-amd64-bin, xorriso and mtools.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "%s: %s, boots: %s\n", out, fmtBytes(fi.Size()), cmdline)
+			fmt.Fprintf(e.stdout, "%s: %s, boots: %s\n", out, units.Bytes(fi.Size()), cmdline)
 			return nil
 		},
 	}

@@ -168,7 +168,7 @@ node and group), so every change is a commit. A node's name is its hostname.`,
 						return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
 					}
 				}
-				if err := checkRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
+				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
 					return fmt.Errorf("node %s: %w", n.Name, err)
 				}
 				if err := reg.AddNode(n); err != nil {
@@ -206,30 +206,6 @@ node and group), so every change is a commit. A node's name is its hostname.`,
 	return c
 }
 
-// checkRefs makes sure what a node or group names exists now (a typo is
-// caught at registration, not at install time).
-func checkRefs(st *store.Store, image string, overrides, scripts []string) error {
-	if image != "" {
-		if catalog.IsSpecial(image) {
-			return fmt.Errorf("%s is a catalog document, not a system image", image)
-		}
-		if _, err := st.ImageHead(image); err != nil {
-			return fmt.Errorf("image %s: %w", image, err)
-		}
-	}
-	for _, ov := range overrides {
-		if _, err := st.ImageHead(catalog.OverrideImage(ov)); err != nil {
-			return fmt.Errorf("override %s: %w (sim override set %s DIR)", ov, err, ov)
-		}
-	}
-	for _, s := range scripts {
-		if _, err := st.ImageHead(catalog.ScriptImage(s)); err != nil {
-			return fmt.Errorf("script %s: %w (sim script set %s FILE)", s, err, s)
-		}
-	}
-	return nil
-}
-
 func newGroupCommand(e *env) *cobra.Command {
 	c := &cobra.Command{Use: "group", Short: "Groups of nodes sharing an image, overrides and scripts"}
 	var o nodeOptions
@@ -243,7 +219,7 @@ func newGroupCommand(e *env) *cobra.Command {
 				return usageError{err}
 			}
 			return e.withStore(func(st *store.Store) error {
-				if err := checkRefs(st, g.Image, g.Overrides, g.Scripts); err != nil {
+				if err := catalog.CheckRefs(st, g.Image, g.Overrides, g.Scripts); err != nil {
 					return fmt.Errorf("group %s: %w", g.Name, err)
 				}
 				reg, err := catalog.LoadRegistry(st)
@@ -272,7 +248,7 @@ func newNodesCommand(e *env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				last := lastStatuses(e.storeDir)
+				last := install.LastStatuses(st.Dir())
 				type row struct {
 					*catalog.Node
 					Resolved *catalog.Resolved `json:"resolved,omitempty"`

@@ -9,8 +9,8 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
-	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/sync/units"
 )
 
 func newTagCommand(e *env) *cobra.Command {
@@ -93,7 +93,7 @@ func newImagesCommand(e *env) *cobra.Command {
 				tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(tw, "IMAGE\tHEAD\tDATE\tFILES\tSIZE\tMESSAGE")
 				for _, e := range out {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, fmtBytes(e.Bytes), e.Message)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, units.Bytes(e.Bytes), e.Message)
 				}
 				return tw.Flush()
 			})
@@ -110,25 +110,14 @@ func newImageCommand(e *env) *cobra.Command {
 		Short: "Create image DST at the head of SRC (history is shared)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return e.withStore(func(st *store.Store) error {
-				if err := st.CopyImage(args[0], args[1]); err != nil {
-					return err
-				}
-				return layoutFollows(st, args[0], args[1], st.CopyImage)
-			})
+			return e.withStore(func(st *store.Store) error { return client.CopyImage(st, args[0], args[1]) })
 		},
 	}, &cobra.Command{
 		Use:   "mv SRC DST",
 		Short: "Rename an image, with its reflog",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return e.withStore(func(st *store.Store) error {
-				if err := st.RenameImage(args[0], args[1]); err != nil {
-					return err
-				}
-				client.ForgetImage(st, args[0])
-				return layoutFollows(st, args[0], args[1], st.RenameImage)
-			})
+			return e.withStore(func(st *store.Store) error { return client.RenameImage(st, args[0], args[1]) })
 		},
 	}, &cobra.Command{
 		Use:   "rm NAME...",
@@ -137,11 +126,7 @@ func newImageCommand(e *env) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
 				for _, n := range args {
-					if err := st.DeleteImage(n); err != nil {
-						return err
-					}
-					client.ForgetImage(st, n)
-					if err := layoutFollows(st, n, "", func(src, _ string) error { return st.DeleteImage(src) }); err != nil {
+					if err := client.RemoveImage(st, n); err != nil {
 						return err
 					}
 				}
@@ -176,24 +161,4 @@ func newImageCommand(e *env) *cobra.Command {
 	e.addJSONFlag(reflog)
 	c.AddCommand(reflog)
 	return c
-}
-
-// layoutFollows applies an image operation to the image's layout too
-// (IMAGE@layout), when it has one and src is a system image: a layout
-// belongs to its image.
-func layoutFollows(st *store.Store, src, dst string, op func(src, dst string) error) error {
-	if catalog.IsSpecial(src) {
-		return nil
-	}
-	if _, err := st.ImageHead(catalog.LayoutImage(src)); err != nil {
-		return nil
-	}
-	d := ""
-	if dst != "" {
-		d = catalog.LayoutImage(dst)
-	}
-	if err := op(catalog.LayoutImage(src), d); err != nil {
-		return fmt.Errorf("layout of %s: %w", src, err)
-	}
-	return nil
 }

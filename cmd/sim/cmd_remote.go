@@ -9,19 +9,18 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/systemimager/sim/chunk"
-	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/units"
 )
 
 // readTokens reads one token per line (blank lines and # comments skipped).
@@ -64,28 +63,51 @@ func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
 	return simsync.NewRemote(url, tok)
 }
 
+// serving is what a running sim serve holds besides its store: the
+// services of the transports (multicast sessions, the seeder), for the
+// command lines it runs on behalf of other processes.
+type serving struct {
+	services map[string]simsync.Service
+}
+
+// service returns the running service of transport name, or nil.
+func (e *env) service(name string) simsync.Service {
+	if e.served == nil {
+		return nil
+	}
+	return e.served.services[name]
+}
+
 func newServeCommand(e *env) *cobra.Command {
-	var listen, cert, key, tokenFile string
+	var listen, cert, key, tokenFile, netboot string
 	var readToken bool
 	var maxStreams int
-	var exts []serveExtension
-	for _, f := range serveExtensions {
-		exts = append(exts, f())
+	type ext struct {
+		name string
+		cfg  simsync.ServeConfig
+	}
+	var exts []ext
+	for _, k := range simsync.Transports() {
+		if k.Serve != nil {
+			exts = append(exts, ext{k.Name, k.Serve()})
+		}
 	}
 	c := &cobra.Command{
 		Use:   "serve [--listen ADDR]",
 		Short: "Serve the store over HTTP(S) to nodes and other stores",
 		Long: `Serve the store over HTTP(S): nodes install and update from it (sim checkout
 --from), other stores pull from it and push to it, golden clients are captured
-into it (sim commit --remote). Reads are open unless --read-token; pushes
-always need a token from --token-file. While it runs, other sim commands on
-the same store are carried out by the server (over <store>/sim.sock).`,
+into it (sim commit --remote), netbooting nodes ask it what to install (sim
+install). Reads are open unless --read-token; pushes always need a token
+from --token-file. While it runs, other sim commands on the same store are
+carried out by the server (over <store>/sim.sock).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if (cert == "") != (key == "") {
 				return usageError{errors.New("serve: --tls-cert and --tls-key go together")}
 			}
-			srv := &simsync.Server{MaxStreams: maxStreams, Log: log.New(e.stderr, "sim serve: ", log.LstdFlags)}
+			logw := log.New(e.stderr, "sim serve: ", log.LstdFlags)
+			srv := &simsync.Server{MaxStreams: maxStreams, Log: logw}
 			if tokenFile != "" {
 				ts, err := readTokens(e.path(tokenFile))
 				if err != nil {
@@ -111,33 +133,20 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 			if os.Getenv("GOMEMLIMIT") == "" {
 				debug.SetMemoryLimit(128 << 20)
 			}
-			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-
-			sock := filepath.Join(e.storeDir, socketName)
-			os.Remove(sock) // stale: we hold the store lock, so no server owns it
-			ul, err := net.Listen("unix", sock)
-			if err != nil {
-				return fmt.Errorf("serve: %w", err)
-			}
-			os.Chmod(sock, 0o600)
-			defer os.Remove(sock)
-			local := &http.Server{Handler: runHandler(st, e.storeDir),
-				ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-					if uc, ok := c.(*net.UnixConn); ok {
-						return context.WithValue(ctx, connKey{}, uc)
-					}
-					return ctx
-				}}
-			go local.Serve(ul)
-
+			ctx := c.Context()
+			sv := &serving{services: map[string]simsync.Service{}}
+			defer func() {
+				for _, s := range sv.services {
+					s.Close()
+				}
+			}()
 			tl, err := net.Listen("tcp", listen)
 			if err != nil {
-				local.Close()
 				return fmt.Errorf("serve: %w", err)
 			}
+			defer tl.Close()
 			web := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-				ErrorLog: log.New(e.stderr, "sim serve: ", log.LstdFlags)}
+				ErrorLog: logw, BaseContext: func(net.Listener) context.Context { return ctx }}
 			scheme := "http"
 			if cert != "" {
 				pair, err := tls.LoadX509KeyPair(e.path(cert), e.path(key))
@@ -148,21 +157,27 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 				tl = tls.NewListener(tl, web.TLSConfig)
 				scheme = "https"
 			}
-			srv.Extra = map[string]http.Handler{}
 			base := ""
 			if ta, ok := tl.Addr().(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
 				base = scheme + "://" + ta.String()
 			}
+			nb := ""
+			if netboot != "" {
+				nb = e.path(netboot)
+			}
+			install.NewService(st, nb, logw).Mount(srv)
 			for _, x := range exts {
-				stopx, err := x.start(ctx, e, st, srv, base)
+				s, err := x.cfg.Start(ctx, simsync.ServeEnv{Server: srv, BaseURL: base, Log: e.stderr})
 				if err != nil {
-					tl.Close()
-					local.Close()
 					return fmt.Errorf("serve: %w", err)
 				}
-				if stopx != nil {
-					defer stopx()
+				if s != nil {
+					sv.services[x.name] = s
 				}
+			}
+			local, err := serveSocket(ctx, st, e.storeDir, sv)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
 			}
 			fmt.Fprintf(e.stderr, "sim serve: serving %s on %s://%s\n", e.storeDir, scheme, tl.Addr())
 			errc := make(chan error, 1)
@@ -173,14 +188,18 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 				local.Close()
 				return err
 			}
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			// Stop within the grace of a signal: in-flight streams are
+			// cut (nodes resume what they lack), nothing is half-written.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
 			web.Shutdown(sctx)
 			local.Shutdown(sctx)
+			web.Close()
+			local.Close()
 			s := srv.Stats()
 			fmt.Fprintf(e.stderr, "sim serve: stopped; %d fetches, %d pushes, %s sent, %s received\n",
-				s.Fetches, s.Pushes, fmtBytes(s.BytesOut), fmtBytes(s.BytesIn))
-			return nil
+				s.Fetches, s.Pushes, units.Bytes(s.BytesOut), units.Bytes(s.BytesIn))
+			return errInterrupted
 		},
 	}
 	f := c.Flags()
@@ -190,8 +209,9 @@ the same store are carried out by the server (over <store>/sim.sock).`,
 	f.StringVar(&tokenFile, "token-file", "", "bearer tokens allowed to push, one per line")
 	f.BoolVar(&readToken, "read-token", false, "require a token from --token-file for reads too")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
+	f.StringVar(&netboot, "netboot", "", "serve the kernel and initrd `DIR` (from sim initrd build) for netboot at /v1/install/")
 	for _, x := range exts {
-		x.flags(c)
+		x.cfg.Flags(f)
 	}
 	return c
 }
@@ -241,12 +261,12 @@ func (e *env) reportPull(ps simsync.PullStats) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "fetched %d commits, %d objects (%d new) in %d requests, %s on the wire\n",
-		ps.Commits, ps.Blobs, ps.NewBlobs, ps.Rounds, fmtBytes(ps.WireBytes))
+		ps.Commits, ps.Blobs, ps.NewBlobs, ps.Rounds, units.Bytes(ps.WireBytes))
 }
 
 func newPullCommand(e *env) *cobra.Command {
 	var rf remoteFlags
-	var tf transportFlags
+	var tf simsync.TransportFlags
 	c := &cobra.Command{
 		Use:   "pull [URL] [REF...]",
 		Short: "Fetch images and tags (all, or the REFs) with their history from a server",
@@ -270,21 +290,21 @@ every one is verified, and an interrupted pull keeps what arrived.`,
 				if err != nil {
 					return err
 				}
-				tr, finish, err := tf.open(c.Context(), e, st, r)
+				tr, err := tf.Open(c.Context(), e.transportEnv(st, r))
 				if err != nil {
 					return err
 				}
 				ps, err := simsync.Pull(c.Context(), st, r, tr, args)
 				e.reportPull(ps)
-				if err == nil && finish != nil {
-					err = finish(c.Context())
+				if ferr := tr.Finish(c.Context()); err == nil {
+					err = ferr
 				}
 				return err
 			})
 		},
 	}
 	rf.add(c)
-	tf.add(c)
+	tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c
 }
@@ -309,7 +329,7 @@ func newPushCommand(e *env) *cobra.Command {
 				if e.json {
 					return e.printJSON(ps)
 				}
-				fmt.Fprintf(e.stderr, "pushed %d commits, %d objects, %s on the wire\n", ps.Commits, ps.Objects, fmtBytes(ps.WireBytes))
+				fmt.Fprintf(e.stderr, "pushed %d commits, %d objects, %s on the wire\n", ps.Commits, ps.Objects, units.Bytes(ps.WireBytes))
 				return nil
 			})
 		},
@@ -318,34 +338,6 @@ func newPushCommand(e *env) *cobra.Command {
 	c.Flags().BoolVar(&force, "force", false, "move the server's image even if its head is not an ancestor")
 	e.addJSONFlag(c)
 	return c
-}
-
-// fetchForCheckout brings REF from the server into the node's store and
-// returns its commit id: shallow (no history), a delta on what the
-// directory has checked out and what the store holds.
-func fetchForCheckout(ctx context.Context, e *env, st *store.Store, r *simsync.Remote, tr simsync.Transport, ref, dir string) (chunk.ID, simsync.PullStats, error) {
-	id, kind, err := r.Resolve(ctx, ref)
-	if err != nil {
-		return id, simsync.PullStats{}, err
-	}
-	start := time.Now()
-	ps, err := simsync.FetchCommit(ctx, st, tr, id, true, checkoutBase(st, dir)...)
-	ps.Seconds = time.Since(start).Seconds()
-	if err != nil {
-		return id, ps, err
-	}
-	if kind != "commit" {
-		err = simsync.SetLocalRef(st, kind, ref, id, "fetch", "fetched from "+r.URL)
-	}
-	return id, ps, err
-}
-
-// checkoutBase is what dir has checked out, the best base for a delta.
-func checkoutBase(st *store.Store, dir string) []chunk.ID {
-	if rec, err := client.LastCheckout(st, dir); err == nil {
-		return []chunk.ID{rec.Commit}
-	}
-	return nil
 }
 
 func newFetchPlanCommand(e *env) *cobra.Command {
@@ -364,7 +356,7 @@ func newFetchPlanCommand(e *env) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				haves, err := simsync.LocalHaves(st, checkoutBase(st, e.path(args[2]))...)
+				haves, err := simsync.LocalHaves(st, node.Base(st, e.path(args[2]))...)
 				if err != nil {
 					return err
 				}
@@ -378,7 +370,7 @@ func newFetchPlanCommand(e *env) *cobra.Command {
 					return e.printJSON(p)
 				}
 				fmt.Fprintf(e.stdout, "%s: about %s to download: %d trees (%s) and %d chunks (%s) uncompressed; %d of %d local commits known to the server\n",
-					id.Short(), fmtBytes(p.WireBytes), p.Trees, fmtBytes(p.TreeBytes), p.Chunks, fmtBytes(p.ChunkBytes), p.Haves, len(haves))
+					id.Short(), units.Bytes(p.WireBytes), p.Trees, units.Bytes(p.TreeBytes), p.Chunks, units.Bytes(p.ChunkBytes), p.Haves, len(haves))
 				return nil
 			})
 		},

@@ -126,8 +126,34 @@ func (f frameWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// serveSocket listens on <storeDir>/sim.sock (mode 0600) and runs the
+// command lines other sim processes forward there on st, with the
+// server's services sv.
+func serveSocket(ctx context.Context, st *store.Store, storeDir string, sv *serving) (*http.Server, error) {
+	sock := filepath.Join(storeDir, socketName)
+	os.Remove(sock) // stale: we hold the store lock, so no server owns it
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	os.Chmod(sock, 0o600)
+	local := &http.Server{Handler: runHandler(st, storeDir, sv),
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if uc, ok := c.(*net.UnixConn); ok {
+				return context.WithValue(ctx, connKey{}, uc)
+			}
+			return ctx
+		}}
+	go func() {
+		local.Serve(ul)
+		os.Remove(sock)
+	}()
+	return local, nil
+}
+
 // runHandler serves forwarded command lines on the unix socket.
-func runHandler(st *store.Store, storeDir string) http.Handler {
+func runHandler(st *store.Store, storeDir string, sv *serving) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != "POST" || r.URL.Path != "/run" {
 			http.NotFound(w, r)
@@ -152,7 +178,7 @@ func runHandler(st *store.Store, storeDir string) http.Handler {
 		w.WriteHeader(http.StatusOK)
 		mu := &sync.Mutex{}
 		e := &env{stdout: frameWriter{mu, w, frameStdout}, stderr: frameWriter{mu, w, frameStderr},
-			cwd: req.Cwd, st: st}
+			cwd: req.Cwd, st: st, served: sv}
 		// The store flag must name the store this server holds.
 		args := append([]string{"--store", storeDir}, req.Args...)
 		code := run(r.Context(), args, e)

@@ -1,36 +1,77 @@
 // Command sim is the command-line interface of sim, a content-addressed,
 // versioned store for whole system images. Each command lives in its own
-// file as newXCommand() with an options struct; only this package chooses
-// messages and exit codes (0 ok, 1 error, 2 usage).
+// file as newXCommand() with an options struct and calls one library
+// function; only this package chooses messages and exit codes (0 ok,
+// 1 error, 2 usage, 130 interrupted).
 package main
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"syscall"
+	"time"
+
+	"github.com/systemimager/sim/client/boot"
+	simsync "github.com/systemimager/sim/sync"
+
+	// Every transport, registered with sync for --transport and sim serve.
+	_ "github.com/systemimager/sim/sync/transports"
 )
 
 func main() {
 	if os.Getpid() == 1 {
-		initMain() // the netboot initrd's /init; never returns
+		// The netboot initrd's /init; never returns.
+		boot.Main(func(args []string, stderr io.Writer) int {
+			return run(context.Background(), args, &env{stdout: os.Stdout, stderr: stderr})
+		})
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if p := os.Getenv("SIM_CPUPROFILE"); p != "" {
 		// For `make bench` investigations: go tool pprof bin/sim FILE.
 		if f, err := os.Create(p); err == nil {
 			pprof.StartCPUProfile(f)
-			defer pprof.StopCPUProfile()
 		}
 	}
-	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr})
-	stop()
+	code := runProcess(os.Args[1:])
 	pprof.StopCPUProfile()
 	os.Exit(code)
 }
+
+// runProcess runs a command line as the whole process: SIGINT or
+// SIGTERM cancels its context (it stops, keeping what it finished), and
+// if it has not returned stopGrace later, or at a second signal, the
+// process exits at once: the store is crash-safe, so that loses at most
+// what was in flight.
+func runProcess(args []string) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		<-sigs
+		cancel()
+		select {
+		case <-sigs:
+		case <-time.After(stopGrace):
+		}
+		fmt.Fprintln(os.Stderr, "sim: interrupted, and not stopped in time: exiting now (what was in flight is lost; the store is consistent)")
+		os.Exit(130)
+	}()
+	return run(ctx, args, &env{stdout: os.Stdout, stderr: os.Stderr})
+}
+
+// stopGrace is how long a command has, after SIGINT or SIGTERM, to stop
+// by itself.
+const stopGrace = 1800 * time.Millisecond
+
+// errInterrupted ends a command that stopped because it was asked to
+// (sim serve on SIGTERM): exit 130, nothing more to say.
+var errInterrupted = errors.New("interrupted")
 
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, e *env) int {
@@ -47,9 +88,17 @@ func run(ctx context.Context, args []string, e *env) int {
 	if errors.As(err, &f) {
 		return f.code
 	}
+	if errors.Is(err, errInterrupted) {
+		return 130
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintf(e.stderr, "sim: interrupted: %v\n", err)
+		return 130
+	}
 	fmt.Fprintf(e.stderr, "sim: %v\n", err)
 	var u usageError
-	if errors.As(err, &u) {
+	var fe *simsync.FlagError
+	if errors.As(err, &u) || errors.As(err, &fe) {
 		return 2
 	}
 	return 1

@@ -15,7 +15,7 @@ import (
 // separate process (kill -9, another user).
 func TestMain(m *testing.M) {
 	if os.Getenv("SIM_TEST_AS_SIM") == "1" {
-		os.Exit(run(context.Background(), os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr}))
+		os.Exit(runProcess(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

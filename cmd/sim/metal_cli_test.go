@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/store"
 )
 
@@ -45,9 +46,31 @@ func TestLayoutNodeCLI(t *testing.T) {
 	if r := sim(t, s, "layout", "show", "debian", "--disk-size", "100MiB"); r.code != 1 || !strings.Contains(r.stderr, "too small for the layout") {
 		t.Errorf("show on a small disk: %d %s", r.code, r.stderr)
 	}
-	// Versioned: the layout has a history like any image.
+	// Deterministic: the same layout again makes no new commit, and the
+	// same file as another image's layout is the very same tree.
+	head := func(ref string) (c struct {
+		ID   string `json:"id"`
+		Tree string `json:"tree"`
+	}) {
+		decodeJSON(t, ok(t, s, "show", ref, "--json"), &c)
+		return c
+	}
+	first := head("debian@layout")
 	ok(t, s, "layout", "set", "debian", filepath.Join(dir, "good"))
-	if log := ok(t, s, "log", "debian@layout"); strings.Count(log, "commit ") < 2 && strings.Count(log, "layout of debian") < 2 {
+	if again := head("debian@layout"); again != first {
+		t.Errorf("the same layout set twice: %+v then %+v", first, again)
+	}
+	ok(t, s, "image", "cp", "debian", "other")
+	ok(t, s, "image", "rm", "other@layout")
+	ok(t, s, "layout", "set", "other", filepath.Join(dir, "good"))
+	if o := head("other@layout"); o.Tree != first.Tree {
+		t.Errorf("one layout file, two trees: %s and %s", first.Tree, o.Tree)
+	}
+	ok(t, s, "image", "rm", "other")
+	// Versioned: the layout has a history like any image.
+	writeFiles(t, dir, map[string]string{"good2": "# with swap\n" + testLayout})
+	ok(t, s, "layout", "set", "debian", filepath.Join(dir, "good2"))
+	if log := ok(t, s, "log", "debian@layout"); strings.Count(log, "commit ") != 2 || strings.Count(log, "layout of debian") != 2 {
 		t.Errorf("layout history:\n%s", log)
 	}
 
@@ -114,26 +137,26 @@ func TestLayoutNodeCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := installConfig(st, "", "52-54-00-00-00-01", "")
+	cfg, err := install.ConfigFor(st, "", "52-54-00-00-00-01", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Node != "n1" || cfg.Hostname != "n1" || cfg.Image != "debian" || len(cfg.Overrides) != 1 || len(cfg.Scripts) != 1 || !strings.Contains(cfg.Layout, "bios_grub") {
 		t.Errorf("config by MAC: %+v", cfg)
 	}
-	if cfg, err := installConfig(st, "n2", "", ""); err != nil || cfg.IP != "198.18.0.12/15" {
+	if cfg, err := install.ConfigFor(st, "n2", "", ""); err != nil || cfg.IP != "198.18.0.12/15" {
 		t.Errorf("config by name: %+v %v", cfg, err)
 	}
-	if _, err := installConfig(st, "", "52:54:00:00:00:99", ""); !errors.Is(err, errUnknownNode) {
+	if _, err := install.ConfigFor(st, "", "52:54:00:00:00:99", ""); !errors.Is(err, install.ErrUnknownNode) {
 		t.Errorf("unknown MAC: %v", err)
 	}
-	if _, err := installConfig(st, "", "52:54:00:00:00:99", "nosuch"); err == nil || !strings.Contains(err.Error(), "unknown ref") {
+	if _, err := install.ConfigFor(st, "", "52:54:00:00:00:99", "nosuch"); err == nil || !strings.Contains(err.Error(), "unknown ref") {
 		t.Errorf("unknown image: %v", err)
 	}
-	if _, err := installConfig(st, "", "", "sim@nodes"); err == nil || !strings.Contains(err.Error(), "catalog document") {
+	if _, err := install.ConfigFor(st, "", "", "sim@nodes"); err == nil || !strings.Contains(err.Error(), "catalog document") {
 		t.Errorf("catalog image: %v", err)
 	}
-	if _, err := installConfig(st, "Bad!", "", ""); err == nil || !strings.Contains(err.Error(), "invalid node name") {
+	if _, err := install.ConfigFor(st, "Bad!", "", ""); err == nil || !strings.Contains(err.Error(), "invalid node name") {
 		t.Errorf("bad node name: %v", err)
 	}
 	st.Close()
@@ -159,27 +182,5 @@ func TestLayoutNodeCLI(t *testing.T) {
 	}
 	if !catalog.IsSpecial("debian@layout") || catalog.IsSpecial("debian") {
 		t.Error("IsSpecial")
-	}
-}
-
-func TestParseCmdline(t *testing.T) {
-	p, err := parseCmdline("BOOT_IMAGE=/vmlinuz console=ttyS0 sim.server=http://10.0.2.2:7480 sim.node=n1 sim.transport=auto sim.after=reboot")
-	if err != nil || p.server != "http://10.0.2.2:7480" || p.node != "n1" || p.transport != "http" || p.after != "reboot" || p.onError != "shell" {
-		t.Errorf("got %+v %v", p, err)
-	}
-	for _, bad := range []string{"console=ttyS0", "sim.server=x sim.after=explode", "sim.server=x sim.colour=red", "sim.server=x sim.onerror=none"} {
-		if _, err := parseCmdline(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
-func TestReasonWriter(t *testing.T) {
-	var out strings.Builder
-	l := &reasonWriter{w: &out, prefix: "sim: "}
-	l.Write([]byte("sim install: [ 0.0s] start\nsim: install failed at step \"lay"))
-	l.Write([]byte("out\": disk /dev/vda too small\nmore\n"))
-	if l.last != "sim: install failed at step \"layout\": disk /dev/vda too small" || !strings.HasSuffix(out.String(), "more\n") {
-		t.Errorf("last = %q", l.last)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
 )
 
 // env is what one command line runs with. Nothing is global, so that
@@ -27,8 +28,10 @@ type env struct {
 	// cwd resolves relative paths of a command line forwarded to
 	// `sim serve` from another directory; "" means the process's own.
 	cwd string
-	// st, when set, is the store a running server already holds open.
-	st *store.Store
+	// st, when set, is the store a running server already holds open,
+	// and served what runs in that server (its sessions, its seeder).
+	st     *store.Store
+	served *serving
 	// args and ctx are the command line being run, for forwarding.
 	args []string
 	ctx  context.Context
@@ -165,16 +168,28 @@ func (e *env) excludes(pats, files []string) ([]string, error) {
 	return out, nil
 }
 
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+// transportEnv is what a transport opened by this command line gets.
+func (e *env) transportEnv(st *store.Store, r *simsync.Remote) simsync.TransportEnv {
+	f, ok := e.stderr.(*os.File)
+	return simsync.TransportEnv{Remote: r, Store: st, Log: e.stderr, Terminal: ok && isTerminal(f), JSON: e.json}
+}
+
+// withReport adds a transport's own figures (Delivery.Report) under its
+// name to a JSON result v ("bittorrent": {...}).
+func withReport(v any, ps *simsync.PullStats) any {
+	if ps == nil || ps.Report == nil || ps.Transport == "" {
+		return v
 	}
-	return fmt.Sprintf("%d B", n)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return v
+	}
+	m := map[string]any{}
+	if json.Unmarshal(b, &m) != nil {
+		return v
+	}
+	m[ps.Transport] = ps.Report
+	return m
 }
 
 // quote shows a path with arbitrary bytes on one line.

@@ -55,7 +55,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.seeder.Close)
-	srv.Extra = map[string]http.Handler{bt.Prefix: w.seeder}
+	w.seeder.Mount(srv)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	w.url = hs.URL
@@ -146,7 +146,7 @@ func TestSwarm(t *testing.T) {
 	errc := make(chan error, len(nodes))
 	for _, nd := range nodes {
 		go func() {
-			_, err := simsync.FetchCommit(ctx, nd.st, nd.n, w.v1, true)
+			_, err := simsync.FetchCommit(ctx, nd.st, nd.n.Remote, nd.n, w.v1, true)
 			errc <- err
 		}()
 	}
@@ -161,7 +161,7 @@ func TestSwarm(t *testing.T) {
 	// The update: a torrent of the changed objects only.
 	for _, nd := range nodes {
 		go func() {
-			_, err := simsync.FetchCommit(ctx, nd.st, nd.n, w.v2, true, w.v1)
+			_, err := simsync.FetchCommit(ctx, nd.st, nd.n.Remote, nd.n, w.v2, true, w.v1)
 			errc <- err
 		}()
 	}
@@ -201,7 +201,7 @@ func TestPartialStore(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
 	n, st := w.node(t, bt.NodeConfig{})
-	if _, err := simsync.FetchCommit(ctx, st, n.Remote, w.v1, true); err != nil {
+	if _, err := simsync.FetchCommit(ctx, st, n.Remote, nil, w.v1, true); err != nil {
 		t.Fatal(err)
 	}
 	full, _, err := bt.Build(ctx, w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
@@ -209,7 +209,11 @@ func TestPartialStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No haves: the full torrent of v2.
-	if _, err := n.Fetch(ctx, w.v2, nil, simsync.Receiver{}); err != nil {
+	sink := simsync.NewSink(st)
+	if _, err := n.Deliver(ctx, w.v2, nil, sink); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sink.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if missing, err := simsync.MissingObjects(st, mustTree(t, w.srv, w.v2), 0); err != nil || len(missing) > 0 {
@@ -240,7 +244,7 @@ func mustTree(t *testing.T, st *store.Store, id chunk.ID) chunk.ID {
 func TestStallFallsBackToHTTP(t *testing.T) {
 	w := newWorld(t)
 	n, st := w.node(t, bt.NodeConfig{DownloadRate: 1, Stall: 2 * time.Second})
-	ps, err := simsync.FetchCommit(context.Background(), st, n, w.v1, true)
+	ps, err := simsync.FetchCommit(context.Background(), st, n.Remote, n, w.v1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,22 +338,5 @@ func TestSeederKeepsAFew(t *testing.T) {
 	st := w.seeder.Status()
 	if len(st) != 1 || st[0].Base != w.v1 {
 		t.Fatalf("seeded %+v, want only v1->v2", st)
-	}
-}
-
-func TestParseRate(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want int64
-		bad  bool
-	}{
-		{"0", 0, false}, {"", 0, false}, {"12M", 12e6, false}, {"12MB", 12e6, false},
-		{"100Mbit", 12.5e6, false}, {"100mb", 12.5e6, false}, {"1.5G", 1.5e9, false}, {"800k", 800e3, false},
-		{"fast", 0, true}, {"-1M", 0, true}, {"bit", 0, true}, {"M", 0, true},
-	} {
-		got, err := bt.ParseRate(c.in)
-		if (err != nil) != c.bad || got != c.want {
-			t.Errorf("ParseRate(%q) = %d, %v; want %d (error %v)", c.in, got, err, c.want, c.bad)
-		}
 	}
 }

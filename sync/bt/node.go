@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	gosync "sync"
 	"time"
 
@@ -30,6 +28,10 @@ type NodeConfig struct {
 	// Stall gives up on the swarm when no payload byte arrived for that
 	// long (the HTTP fallback then fetches the rest). 0: two minutes.
 	Stall time.Duration
+	// SeedTime is how long Finish keeps seeding to the other nodes after
+	// the fetched commit was checked out (it seeds during the checkout
+	// anyway).
+	SeedTime time.Duration
 	// Progress, if set, is called about once a second while a torrent
 	// downloads, and once at the end.
 	Progress func(Progress)
@@ -56,9 +58,9 @@ type Progress struct {
 	Done         bool    `json:"done"`
 }
 
-// Node is the BitTorrent transport of a node (sync.Transport): refs,
-// commits and any gap come from the HTTP server r; the objects of a
-// commit come from the swarm.
+// Node is the BitTorrent transport of a node (sync.Transport): the
+// objects of a commit come from the swarm (refs, commits and any gap come
+// from the server over HTTP, in FetchCommit).
 type Node struct {
 	Remote *simsync.Remote
 	Store  *store.Store
@@ -78,17 +80,7 @@ type activeTorrent struct {
 
 var _ simsync.Transport = (*Node)(nil)
 
-func (n *Node) String() string { return "bittorrent via " + n.Remote.URL }
-
-// Commit comes from the server.
-func (n *Node) Commit(ctx context.Context, id chunk.ID) ([]byte, error) {
-	return n.Remote.Commit(ctx, id)
-}
-
-// Objects (the gaps) come from the server.
-func (n *Node) Objects(ctx context.Context, ids []chunk.ID, rcv simsync.Receiver) (simsync.DecodeStats, error) {
-	return n.Remote.Objects(ctx, ids, rcv)
-}
+func (n *Node) String() string { return "bittorrent" }
 
 func (n *Node) client() (*torrent.Client, error) {
 	n.mu.Lock()
@@ -108,15 +100,15 @@ func (n *Node) client() (*torrent.Client, error) {
 	return cl, nil
 }
 
-// Fetch asks the server for the torrent that takes haves[0] (what the
+// Deliver asks the server for the torrent that takes haves[0] (what the
 // node has checked out) to want, downloads the pieces this store cannot
-// build itself, and writes every verified object into the store itself
-// (rcv is not used: the node's storage writes frames as they complete).
-// It returns when every needed frame is stored; frames that did not
-// decode, or a swarm that stalls, end it with sync.ErrTruncated so the
-// caller fetches the rest over HTTP.
-func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ simsync.Receiver) (simsync.DecodeStats, error) {
-	var ds simsync.DecodeStats
+// build itself, and puts every frame into sink as its pieces complete
+// (the sink verifies every object). It returns when every needed frame
+// is in; frames that did not verify, or a swarm that stalls, end it with
+// sync.ErrTruncated so the caller fetches the rest over HTTP. The
+// Delivery's Report is the torrent's Progress.
+func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sink *simsync.Sink) (simsync.Delivery, error) {
+	var ds simsync.Delivery
 	q := url.Values{"want": {want.String()}}
 	for i, h := range haves {
 		if i == 8 {
@@ -148,7 +140,7 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 	if err != nil {
 		return ds, err
 	}
-	ns, err := newNodeStorage(n.Store, t, n.Config.Corrupt)
+	ns, err := newNodeStorage(sink, t, n.Config.Corrupt)
 	if err != nil {
 		return ds, err
 	}
@@ -200,10 +192,9 @@ func (n *Node) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, _ sim
 	}
 	// tally adds the torrent's figures to ds.
 	tally := func(p Progress) (failed int, err error) {
-		_, _, stored, failed, err := ns.progress()
-		ds.Blobs = p.Objects
-		ds.Stored = stored
+		_, _, failed, err = ns.progress()
 		ds.WireBytes += p.FromPeers + p.FromWebSeed
+		ds.Report = p
 		return failed, err
 	}
 	for {
@@ -265,7 +256,7 @@ func spreadPieces(tt *torrent.Torrent, runs [][2]int) int {
 
 func (at *activeTorrent) progress() Progress {
 	st := at.tt.Stats()
-	blobs, bytes, _, _, _ := at.ns.progress()
+	blobs, bytes, _, _ := at.ns.progress()
 	at.ns.mu.Lock()
 	have := 0
 	for _, ok := range at.ns.pieces {
@@ -290,6 +281,10 @@ func (n *Node) Stats() []Progress {
 	}
 	return out
 }
+
+// Finish keeps serving what the node has to its peers for SeedTime (or
+// until ctx ends), then closes the client.
+func (n *Node) Finish(ctx context.Context) error { return n.Seed(ctx, n.Config.SeedTime) }
 
 // Seed keeps serving what the node has to its peers for d (or until ctx
 // ends), then closes the client.
@@ -335,43 +330,4 @@ func (n *Node) Close() error {
 		errs = append(errs, at.ns.close())
 	}
 	return errors.Join(errs...)
-}
-
-// ParseRate reads a rate: bytes/s as a number with an optional k, M, G
-// suffix (powers of 1000), then "bit" or "b" for bits/s or "B" for
-// bytes/s: 12M, 12MB, 100Mbit, 0 (no cap).
-func ParseRate(s string) (int64, error) {
-	orig := s
-	if s == "" || s == "0" {
-		return 0, nil
-	}
-	div := int64(1)
-	switch {
-	case strings.HasSuffix(s, "bit"):
-		s, div = strings.TrimSuffix(s, "bit"), 8
-	case strings.HasSuffix(s, "b"):
-		s, div = strings.TrimSuffix(s, "b"), 8
-	case strings.HasSuffix(s, "B"):
-		s = strings.TrimSuffix(s, "B")
-	}
-	if s == "" {
-		return 0, fmt.Errorf("rate %q: want bytes/s like 12M or bits/s like 100Mbit", orig)
-	}
-	mult := int64(1)
-	switch s[len(s)-1] {
-	case 'k', 'K':
-		mult = 1000
-	case 'm', 'M':
-		mult = 1000 * 1000
-	case 'g', 'G':
-		mult = 1000 * 1000 * 1000
-	}
-	if mult > 1 {
-		s = s[:len(s)-1]
-	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("rate %q: want bytes/s like 12M or bits/s like 100Mbit", orig)
-	}
-	return int64(v*float64(mult)) / div, nil
 }

@@ -207,21 +207,15 @@ func shortOr(id chunk.ID, none string) string {
 	return id.Short()
 }
 
-// ServeHTTP serves the endpoints under Prefix.
-func (s *Seeder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p := strings.TrimPrefix(r.URL.Path, Prefix)
-	switch {
-	case r.Method == "GET" && p == "torrent":
-		s.serveTorrent(w, r)
-	case r.Method == "GET" && p == "announce":
-		s.announce.ServeHTTP(w, r)
-	case (r.Method == "GET" || r.Method == "HEAD") && strings.HasPrefix(p, "seed/"):
-		s.serveSeed(w, r, strings.TrimPrefix(p, "seed/"))
-	case r.Method == "GET" && p == "status":
-		s.serveStatus(w)
-	default:
-		http.NotFound(w, r)
-	}
+// Mount serves the seeder's endpoints under Prefix on srv (GET patterns
+// also answer HEAD, which web seeds use).
+func (s *Seeder) Mount(srv *simsync.Server) {
+	srv.Handle("GET "+Prefix+"torrent", http.HandlerFunc(s.serveTorrent))
+	srv.Handle("GET "+Prefix+"announce", s.announce)
+	srv.Handle("GET "+Prefix+"seed/{hash}/{name...}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.serveSeed(w, r, r.PathValue("hash"))
+	}))
+	srv.Handle("GET "+Prefix+"status", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { s.serveStatus(w) }))
 }
 
 // serveTorrent answers GET /v1/bt/torrent?want=ID&have=ID...: the
@@ -277,8 +271,7 @@ func (s *Seeder) serveTorrent(w http.ResponseWriter, r *http.Request) {
 
 // serveSeed is the web seed (BEP 19): ranges of the payload, for a
 // node no peer can serve.
-func (s *Seeder) serveSeed(w http.ResponseWriter, r *http.Request, rest string) {
-	hexHash, _, _ := strings.Cut(rest, "/")
+func (s *Seeder) serveSeed(w http.ResponseWriter, r *http.Request, hexHash string) {
 	var ih metainfo.Hash
 	if err := ih.FromHexString(hexHash); err != nil {
 		http.Error(w, "bad info hash", http.StatusBadRequest)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/chunk"
@@ -73,10 +72,10 @@ const (
 // punched out and peers are served from the pack: the spool only ever
 // holds frames in flight, never a second copy of the image.
 type nodeStorage struct {
-	st      *store.Store
+	sink    *simsync.Sink
+	st      *store.Store // the sink's, read only: what is there, frames for peers
 	t       *Torrent
 	spool   *os.File
-	dec     *zstd.Decoder
 	corrupt bool // test hook: serve peers flipped bytes
 
 	// punch is held for reading while a piece is read from the spool
@@ -96,9 +95,7 @@ type nodeStorage struct {
 	err     error
 	blobs   int64
 	bytes   int64
-	stored  int64 // new blobs flushed into the store
 	failed  int
-	w       *store.Writer
 	closed  bool
 	wg      gosync.WaitGroup
 }
@@ -107,10 +104,12 @@ type nodeStorage struct {
 // spool keeps those frames until then.
 const flushEvery = 32 << 20
 
-// newNodeStorage opens the spool and works out, from what st already
-// holds, which records are needed and which pieces can be served.
-func newNodeStorage(st *store.Store, t *Torrent, corrupt bool) (*nodeStorage, error) {
-	n := &nodeStorage{st: st, t: t, corrupt: corrupt,
+// newNodeStorage opens the spool and works out, from what the sink's
+// store already holds, which records are needed and which pieces can be
+// served.
+func newNodeStorage(sink *simsync.Sink, t *Torrent, corrupt bool) (*nodeStorage, error) {
+	st := sink.Store()
+	n := &nodeStorage{sink: sink, st: st, t: t, corrupt: corrupt,
 		pieces: make([]bool, t.Info.NumPieces()),
 		state:  make([]uint8, len(t.Records)),
 		locs:   make([]store.Loc, len(t.Records)),
@@ -144,12 +143,8 @@ func newNodeStorage(st *store.Store, t *Torrent, corrupt bool) (*nodeStorage, er
 	for p := range n.pieces {
 		n.pieces[p] = n.servable(p)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxRecLen))
-	if err != nil {
-		return nil, err
-	}
-	n.dec = dec
 	name := filepath.Join(st.Dir(), "tmp", "bt-"+t.InfoHash.HexString()+".spool")
+	var err error
 	if n.spool, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
 		return nil, fmt.Errorf("bt: spool: %w", err)
 	}
@@ -159,7 +154,6 @@ func newNodeStorage(st *store.Store, t *Torrent, corrupt bool) (*nodeStorage, er
 		n.spool.Close()
 		return nil, fmt.Errorf("bt: spool: %w", err)
 	}
-	n.w = st.NewWriter()
 	if n.needed == 0 {
 		close(n.done)
 	}
@@ -341,7 +335,7 @@ func (n *nodeStorage) decoder() {
 		last := n.needed == 0
 		n.mu.Unlock()
 		if flush {
-			n.flush(false)
+			n.flush()
 		}
 		if last {
 			close(n.done)
@@ -349,24 +343,16 @@ func (n *nodeStorage) decoder() {
 	}
 }
 
-// decode reads record k from the spool, verifies every object in it
-// and puts it into the store.
+// decode reads record k from the spool and hands the frame to the sink,
+// which verifies every object in it and stores it.
 func (n *nodeStorage) decode(k int) error {
 	r := &n.t.Records[k]
 	payload := make([]byte, r.Len)
 	if _, err := n.spool.ReadAt(payload, r.Off); err != nil {
 		return fmt.Errorf("bt: spool: %w", err)
 	}
-	raw, err := simsync.DecodeFrame(n.dec, r.Comp, uint64(r.ULen), payload, r.Entries)
-	if err != nil {
+	if err := n.sink.Frame(r.Comp, int(r.ULen), payload, r.Entries); err != nil {
 		return fmt.Errorf("bt: frame at %d: %w", r.Off, err)
-	}
-	pe := make([]store.PackEntry, len(r.Entries))
-	for i, e := range r.Entries {
-		pe[i] = store.PackEntry{ID: e.ID, Loc: store.Loc{Type: e.Type, Off: e.Off, Len: e.Len}}
-	}
-	if err := n.w.PutFrame(r.Comp, payload, pe, raw); err != nil {
-		return err
 	}
 	n.mu.Lock()
 	n.blobs += int64(len(r.Entries))
@@ -377,14 +363,15 @@ func (n *nodeStorage) decode(k int) error {
 
 // flush makes the pending records durable and, for those the store now
 // holds as they came, serves them from the store and frees their spool.
-func (n *nodeStorage) flush(final bool) {
-	// A Writer is done after Flush: the next frames go to a new one.
-	// Only the decoder goroutine (or close, after it) puts and flushes.
-	w := n.w
-	if !final {
-		n.w = n.st.NewWriter()
+// Only the decoder goroutine (or close, after it) flushes.
+func (n *nodeStorage) flush() {
+	n.mu.Lock()
+	idle := len(n.pending) == 0
+	n.mu.Unlock()
+	if idle {
+		return // the sink may be closed by now: nothing to make durable
 	}
-	ws, err := w.Flush()
+	_, err := n.sink.Sync()
 	n.punch.Lock()
 	defer n.punch.Unlock()
 	n.mu.Lock()
@@ -395,7 +382,6 @@ func (n *nodeStorage) flush(final bool) {
 		}
 		return
 	}
-	n.stored += ws.Blobs
 	for _, k := range n.pending {
 		if !n.verbatim(k) {
 			n.state[k] = recKept
@@ -408,12 +394,12 @@ func (n *nodeStorage) flush(final bool) {
 	n.pending, n.pbytes = n.pending[:0], 0
 }
 
-// progress reports what was decoded (objects, payload bytes), flushed
-// into the store as new, and what failed.
-func (n *nodeStorage) progress() (blobs, bytes, stored int64, failed int, err error) {
+// progress reports what was decoded (objects, payload bytes) and what
+// failed.
+func (n *nodeStorage) progress() (blobs, bytes int64, failed int, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.blobs, n.bytes, n.stored, n.failed, n.err
+	return n.blobs, n.bytes, n.failed, n.err
 }
 
 // close stops the decoder and drops the spool. Called after the torrent
@@ -428,8 +414,7 @@ func (n *nodeStorage) close() error {
 	n.mu.Unlock()
 	close(n.queue)
 	n.wg.Wait()
-	n.flush(true)
-	n.dec.Close()
+	n.flush()
 	err := n.spool.Close()
 	n.mu.Lock()
 	defer n.mu.Unlock()

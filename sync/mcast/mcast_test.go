@@ -2,7 +2,6 @@ package mcast
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log"
 	"math/rand"
@@ -116,7 +115,7 @@ func (w *world) node(t *testing.T, name string, base chunk.ID) *node {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := simsync.FetchCommit(context.Background(), n.st, r, base, true); err != nil {
+		if _, err := simsync.FetchCommit(context.Background(), n.st, r, nil, base, true); err != nil {
 			t.Fatal(err)
 		}
 		n.haves = []chunk.ID{base}
@@ -136,7 +135,7 @@ func receive(t *testing.T, lo *net.Interface, grp *net.UDPAddr, want chunk.ID, n
 			}
 			sink := simsync.NewSink(n.st)
 			n.res, n.err = Receive(context.Background(), ReceiveConfig{Group: grp, Iface: lo, Want: want, Haves: n.haves,
-				Name: n.name, Has: n.st.HasMany, Timeout: 5 * time.Second, drop: n.drop}, sink.Receiver())
+				Name: n.name, Has: n.st.HasMany, Timeout: 5 * time.Second, drop: n.drop}, sink)
 			if _, err := sink.Close(); err != nil && n.err == nil {
 				n.err = err
 			}
@@ -269,7 +268,7 @@ func TestLateStragglerCorrupt(t *testing.T) {
 			t.Errorf("corrupt node incomplete but lacks nothing: %+v", c.res)
 		}
 		rm, _ := simsync.NewRemote(w.url, "")
-		ps, err := simsync.FetchCommit(context.Background(), c.st, rm, w.v2, true)
+		ps, err := simsync.FetchCommit(context.Background(), c.st, rm, nil, w.v2, true)
 		if err != nil || missing(t, c.st, w.srv, w.v2) != 0 {
 			t.Errorf("corrupt node: HTTP fill of %d objects: %v", k, err)
 		}
@@ -295,7 +294,7 @@ func TestNoSession(t *testing.T) {
 	lo := loopback(t)
 	st := storetest.New(t)
 	_, err := Receive(context.Background(), ReceiveConfig{Group: &net.UDPAddr{IP: net.IPv4(239, 77, 9, 9), Port: 7999}, Iface: lo,
-		Want: chunk.Sum([]byte("nothing")), Timeout: 300 * time.Millisecond}, simsync.NewSink(st).Receiver())
+		Want: chunk.Sum([]byte("nothing")), Timeout: 300 * time.Millisecond}, simsync.NewSink(st))
 	if err == nil {
 		t.Fatal("no error without a session")
 	}
@@ -314,7 +313,9 @@ func TestHandler(t *testing.T) {
 	lo := loopback(t)
 	w := newWorld(t)
 	m := newManager(t, w, lo, Config{Wait: 10 * time.Second, MinReceivers: 1})
-	hs := httptest.NewServer(m.Handler())
+	srv := &simsync.Server{Store: w.srv}
+	m.Mount(srv)
+	hs := httptest.NewServer(srv)
 	defer hs.Close()
 	for _, c := range []struct {
 		method, path string
@@ -322,7 +323,7 @@ func TestHandler(t *testing.T) {
 	}{
 		{"POST", "/v1/mcast/open?want=xyz", 400},
 		{"POST", "/v1/mcast/open?want=" + chunk.Sum([]byte("no such commit")).String(), 404},
-		{"GET", "/v1/mcast/open?want=" + w.v2.String(), 404},
+		{"GET", "/v1/mcast/open?want=" + w.v2.String(), 405},
 		{"GET", "/v1/mcast/nothing", 404},
 	} {
 		req, _ := http.NewRequest(c.method, hs.URL+c.path, nil)
@@ -335,11 +336,15 @@ func TestHandler(t *testing.T) {
 			t.Errorf("%s %s: %d, want %d", c.method, c.path, resp.StatusCode, c.code)
 		}
 	}
-	o, err := OpenRemote(context.Background(), http.DefaultClient, hs.URL, "", w.v2)
+	rm, err := simsync.NewRemote(hs.URL, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o2, err := OpenRemote(context.Background(), http.DefaultClient, hs.URL, "", w.v2)
+	o, err := OpenRemote(context.Background(), rm, w.v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2, err := OpenRemote(context.Background(), rm, w.v2)
 	if err != nil || o2.Session != o.Session {
 		t.Errorf("a second open of the same commit got %+v, %v; want session %s", o2, err, o.Session)
 	}
@@ -350,17 +355,12 @@ func TestHandler(t *testing.T) {
 	st := storetest.New(t)
 	g, _ := net.ResolveUDPAddr("udp4", o.Group)
 	res, err := Receive(context.Background(), ReceiveConfig{Group: g, Iface: lo, Session: id, Want: w.v2, Has: st.HasMany, Timeout: 5 * time.Second},
-		simsync.NewSink(st).Receiver())
+		simsync.NewSink(st))
 	if err != nil || !res.Complete {
 		t.Fatalf("receive: %v %+v", err, res)
 	}
-	resp, err := http.Get(hs.URL + "/v1/mcast/sessions")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var ss []SessionInfo
-	if err := json.NewDecoder(resp.Body).Decode(&ss); err != nil || len(ss) != 1 || ss[0].ID != o.Session || len(ss[0].Members) != 1 {
+	ss, err := Sessions(context.Background(), rm)
+	if err != nil || len(ss) != 1 || ss[0].ID != o.Session || len(ss[0].Members) != 1 {
 		t.Fatalf("sessions: %v %+v", err, ss)
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/chunk"
-	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
 )
 
@@ -569,22 +568,9 @@ func (r *receiver) decoder() {
 		j := q.jobs[0]
 		q.jobs = q.jobs[1:]
 		q.mu.Unlock()
-		var n int64
-		rcv := r.rcv
-		blob := rcv.Blob
-		rcv.Blob = func(t store.Type, id chunk.ID, data []byte) error {
-			n++
-			return blob(t, id, data)
-		}
-		if frame := rcv.Frame; frame != nil {
-			rcv.Frame = func(comp byte, payload []byte, ents []simsync.FrameEntry, raw []byte) error {
-				n += int64(len(ents))
-				return frame(comp, payload, ents, raw)
-			}
-		}
-		_, err := simsync.Decode(bytes.NewReader(j.buf), rcv)
+		ds, err := simsync.Decode(bytes.NewReader(j.buf), r.rcv)
 		q.mu.Lock()
-		q.results = append(q.results, decodeResult{j.obj, n, err})
+		q.results = append(q.results, decodeResult{j.obj, ds.Blobs, err})
 		q.mu.Unlock()
 	}
 }

@@ -1,8 +1,15 @@
-package main
+// Package boot is sim as the netboot initramfs's /init (PID 1): mount the
+// kernel filesystems, load the initrd's modules, bring the network up
+// with DHCP, run the install, then power off, reboot or give a shell, as
+// the kernel command line's sim.* words say (ARCHITECTURE.md "Netboot
+// initrd"). It never returns: PID 1 must not exit.
+//
+// The install itself is the caller's (cmd/sim runs `sim install`), so
+// this package knows nothing of transports or stores.
+package boot
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,15 +26,17 @@ import (
 	"github.com/systemimager/sim/initrd"
 )
 
-// bootParams are the sim.* words of the kernel command line.
-type bootParams struct {
-	server, image, node, disk, transport string
-	after                                string // poweroff (default), reboot, shell, none
-	onError                              string // shell (default), poweroff, reboot
+// Params are the sim.* words of the kernel command line.
+type Params struct {
+	Server, Image, Node, Disk, Transport string
+	After                                string // poweroff (default), reboot, shell, none
+	OnError                              string // shell (default), poweroff, reboot
 }
 
-func parseCmdline(s string) (bootParams, error) {
-	p := bootParams{after: "poweroff", onError: "shell", transport: "http"}
+// ParseCmdline reads the sim.* words of a kernel command line; other
+// words are the kernel's and ignored.
+func ParseCmdline(s string) (Params, error) {
+	p := Params{After: "poweroff", OnError: "shell", Transport: "http"}
 	for _, w := range strings.Fields(s) {
 		k, v, ok := strings.Cut(w, "=")
 		if !ok || !strings.HasPrefix(k, "sim.") {
@@ -35,42 +44,46 @@ func parseCmdline(s string) (bootParams, error) {
 		}
 		switch k {
 		case "sim.server":
-			p.server = v
+			p.Server = v
 		case "sim.image":
-			p.image = v
+			p.Image = v
 		case "sim.node":
-			p.node = v
+			p.Node = v
 		case "sim.disk":
-			p.disk = v
+			p.Disk = v
 		case "sim.transport":
+			// auto: until the server chooses per request, HTTP.
 			if v != "auto" {
-				p.transport = v
+				p.Transport = v
 			}
 		case "sim.after":
 			if v != "poweroff" && v != "reboot" && v != "shell" && v != "none" {
 				return p, fmt.Errorf("sim.after=%s: want poweroff, reboot, shell or none", v)
 			}
-			p.after = v
+			p.After = v
 		case "sim.onerror":
 			if v != "poweroff" && v != "reboot" && v != "shell" {
 				return p, fmt.Errorf("sim.onerror=%s: want shell, poweroff or reboot", v)
 			}
-			p.onError = v
+			p.OnError = v
 		default:
 			return p, fmt.Errorf("unknown boot parameter %s", k)
 		}
 	}
-	if p.server == "" {
+	if p.Server == "" {
 		return p, fmt.Errorf("no sim.server=URL on the kernel command line")
 	}
 	return p, nil
 }
 
-// initMain is sim as the initramfs's /init (PID 1): mount the kernel
-// filesystems, load the modules, bring the network up with DHCP, run the
-// install, then power off (or reboot, or give a shell). PID 1 must never
-// exit (the kernel panics), so every path ends in reboot(2) or a shell.
-func initMain() {
+// Main is sim as the initramfs's /init (PID 1): mount the kernel
+// filesystems, load the modules, bring the network up with DHCP, run
+// install with the arguments of `sim install` (it returns the exit code
+// and writes its messages to stderr, the last "sim: " line being the
+// reason of a failure), then power off (or reboot, or give a shell). PID 1
+// must never exit (the kernel panics), so every path ends in reboot(2) or
+// a shell.
+func Main(install func(args []string, stderr io.Writer) int) {
 	os.Setenv("PATH", "/bin:/sbin")
 	os.Setenv("HOME", "/root")
 	say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "sim init: "+format+"\n", a...) }
@@ -85,7 +98,7 @@ func initMain() {
 	teeConsoles()
 	start := time.Now()
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	p, perr := parseCmdline(string(cmdline))
+	p, perr := ParseCmdline(string(cmdline))
 	loadModules(say)
 	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
 		os.MkdirAll("/sys/firmware/efi/efivars", 0o755)
@@ -93,10 +106,10 @@ func initMain() {
 	}
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL FAILED: %v\n*** after %.1fs; the disk is not marked installed.\n", err, time.Since(start).Seconds())
-		finish(p.onError, say)
+		finish(p.OnError, say)
 	}
 	if perr != nil {
-		p.onError = "shell"
+		p.OnError = "shell"
 		fail(perr)
 	}
 	mac, err := dhcp(say)
@@ -104,30 +117,29 @@ func initMain() {
 		fail(err)
 	}
 	say("network up in %.1fs", time.Since(start).Seconds())
-	args := []string{"install", "--from", p.server, "--transport", p.transport}
-	if p.node != "" {
-		args = append(args, "--node", p.node)
+	args := []string{"--store", "/run/sim/store", "install", "--from", p.Server, "--transport", p.Transport}
+	if p.Node != "" {
+		args = append(args, "--node", p.Node)
 	} else {
 		args = append(args, "--mac", mac)
 	}
-	if p.image != "" {
-		args = append(args, "--image", p.image)
+	if p.Image != "" {
+		args = append(args, "--image", p.Image)
 	}
-	if p.disk != "" {
-		args = append(args, "--disk", p.disk)
+	if p.Disk != "" {
+		args = append(args, "--disk", p.Disk)
 	}
 	say("sim %s", strings.Join(args, " "))
-	why := &reasonWriter{w: os.Stderr, prefix: "sim: "}
-	e := &env{stdout: os.Stdout, stderr: why, storeDir: "/run/sim/store"}
-	if code := run(context.Background(), args, e); code != 0 {
-		reason := strings.TrimPrefix(why.last, "sim: ")
+	why := &ReasonWriter{W: os.Stderr, Prefix: "sim: "}
+	if code := install(args, why); code != 0 {
+		reason := strings.TrimPrefix(why.Last(), "sim: ")
 		if reason == "" {
 			reason = fmt.Sprintf("sim install exited with status %d (the reason is above)", code)
 		}
 		fail(errors.New(reason))
 	}
 	fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL DONE in %.1fs since the kernel started init\n", time.Since(start).Seconds())
-	finish(p.after, say)
+	finish(p.After, say)
 }
 
 // finish ends PID 1 the way asked: a shell first if wanted, then the
@@ -258,17 +270,19 @@ func teeConsoles() {
 	}()
 }
 
-// reasonWriter passes output through and remembers the last line that starts
-// with prefix (the error `run` prints), for the closing banner.
-type reasonWriter struct {
-	mu     gosync.Mutex // the install's heartbeat logs from another goroutine
-	w      io.Writer
-	prefix string
+// ReasonWriter passes output through to W and remembers the last line
+// that starts with Prefix (the error sim prints), for the closing banner.
+// It is safe for concurrent writes (the install's heartbeat logs from
+// another goroutine).
+type ReasonWriter struct {
+	W      io.Writer
+	Prefix string
+	mu     gosync.Mutex
 	buf    []byte
 	last   string
 }
 
-func (l *reasonWriter) Write(p []byte) (int, error) {
+func (l *ReasonWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.buf = append(l.buf, p...)
@@ -277,10 +291,17 @@ func (l *reasonWriter) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		if line := string(l.buf[:i]); strings.HasPrefix(line, l.prefix) {
+		if line := string(l.buf[:i]); strings.HasPrefix(line, l.Prefix) {
 			l.last = line
 		}
 		l.buf = l.buf[i+1:]
 	}
-	return l.w.Write(p)
+	return l.W.Write(p)
+}
+
+// Last is the last whole line that started with Prefix.
+func (l *ReasonWriter) Last() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
 }

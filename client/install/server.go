@@ -1,0 +1,275 @@
+package install
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	gosync "sync"
+	"time"
+
+	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/store"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+// The install protocol, server side (ARCHITECTURE.md "Install
+// protocol"): what a netbooting node asks sim serve.
+//
+//	GET  /v1/install/config?mac=M&node=N&image=REF  the node's Config
+//	POST /v1/install/status                          a Status (JSON)
+//	GET  /v1/install/status                          the last Status of every node
+//	GET  /v1/install/ipxe?mac=M                      an iPXE script booting the initrd
+//	GET  /v1/install/kernel, /v1/install/initrd      from the netboot directory
+
+// Service answers the install protocol for a store.
+type Service struct {
+	Store *store.Store
+	// Netboot is the directory holding vmlinuz and initrd.img (sim
+	// initrd build); "" serves none.
+	Netboot string
+	Log     *log.Logger
+
+	mu   gosync.Mutex
+	last map[string]Status
+}
+
+// NewService serves st's install protocol, picking up the last status
+// of every node from the store's status log.
+func NewService(st *store.Store, netboot string, lg *log.Logger) *Service {
+	if lg == nil {
+		lg = log.New(io.Discard, "", 0)
+	}
+	return &Service{Store: st, Netboot: netboot, Log: lg, last: LastStatuses(st.Dir())}
+}
+
+// StatusLog is where every install status is appended, one JSON a line,
+// so `sim nodes` shows the last outcome whether or not the server runs.
+func StatusLog(storeDir string) string { return filepath.Join(storeDir, "install-status.jsonl") }
+
+// maxStatus bounds a status report's body, maxMessage its message.
+const (
+	maxStatus  = 64 << 10
+	maxMessage = 16 << 10
+)
+
+// Mount serves the protocol on srv.
+func (x *Service) Mount(srv *simsync.Server) {
+	srv.Handle("GET /v1/install/config", http.HandlerFunc(x.serveConfig))
+	srv.Handle("POST /v1/install/status", http.HandlerFunc(x.postStatus))
+	srv.Handle("GET /v1/install/status", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		x.mu.Lock()
+		b, _ := json.Marshal(x.last)
+		x.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Write(b)
+	}))
+	srv.Handle("GET /v1/install/ipxe", http.HandlerFunc(x.serveIPXE))
+	for _, f := range []struct{ path, file string }{{"kernel", "vmlinuz"}, {"initrd", "initrd.img"}} {
+		srv.Handle("GET /v1/install/"+f.path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if x.Netboot == "" {
+				http.Error(w, "sim serve runs without --netboot DIR", http.StatusNotFound)
+				return
+			}
+			http.ServeFile(w, r, filepath.Join(x.Netboot, f.file))
+		}))
+	}
+}
+
+func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	cfg, err := ConfigFor(x.Store, q.Get("node"), q.Get("mac"), q.Get("image"))
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, catalog.ErrNoLayout) || errors.Is(err, ErrUnknownNode) {
+			code = http.StatusNotFound
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	json.NewEncoder(w).Encode(cfg)
+}
+
+// statusRecord is one line of the status log.
+type statusRecord struct {
+	Who  string `json:"who"`
+	From string `json:"from"`
+	Status
+}
+
+func (x *Service) postStatus(w http.ResponseWriter, r *http.Request) {
+	var s Status
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxStatus))
+	if err := dec.Decode(&s); err != nil || s.Step == "" || len(s.Message) > maxMessage {
+		http.Error(w, "bad status", http.StatusBadRequest)
+		return
+	}
+	s.Time = time.Now().UTC() // the server's clock, not the node's
+	who := s.Node
+	if who == "" {
+		who = s.MAC
+	}
+	if who == "" {
+		who = r.RemoteAddr
+	}
+	b, _ := json.Marshal(statusRecord{who, r.RemoteAddr, s})
+	x.mu.Lock()
+	x.last[who] = s
+	f, err := os.OpenFile(StatusLog(x.Store.Dir()), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		f.Write(append(b, '\n'))
+		f.Close()
+	}
+	x.mu.Unlock()
+	if s.State == Failed || s.State == Done {
+		x.Log.Printf("install %s: %s at %s: %s", who, s.State, s.Step, s.Message)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
+	// The address the node used to reach us is the one it can use again
+	// (--listen may name a loopback or wildcard address).
+	base := "http://" + r.Host
+	if r.TLS != nil {
+		base = "https://" + r.Host
+	}
+	args := "sim.server=" + base
+	if m := r.URL.Query().Get("mac"); m != "" {
+		mac, err := catalog.NormalizeMAC(m)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		reg, err := catalog.LoadRegistry(x.Store)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		n := reg.ByMAC(mac)
+		if n == nil {
+			http.Error(w, "no node has MAC "+mac, http.StatusNotFound)
+			return
+		}
+		args += " sim.node=" + n.Name
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprint(w, IPXEScript(base, args))
+}
+
+// IPXEScript boots the initrd from the server at base with the kernel
+// arguments args.
+func IPXEScript(base, args string) string {
+	return fmt.Sprintf("#!ipxe\n# sim netboot: install this node from %s\nkernel %s/v1/install/kernel console=ttyS0,115200 console=tty0 %s\ninitrd %s/v1/install/initrd\nboot\n", base, base, args, base)
+}
+
+// ErrUnknownNode says no registered node matches.
+var ErrUnknownNode = errors.New("unknown node")
+
+// ConfigFor answers a node: by name, else by MAC; a node nobody
+// registered may still install an image named explicitly (it then gets
+// no identity beyond the image's). Commits are resolved now, so a node
+// installs one consistent set.
+func ConfigFor(st *store.Store, node, mac, image string) (*Config, error) {
+	reg, err := catalog.LoadRegistry(st)
+	if err != nil {
+		return nil, err
+	}
+	var n *catalog.Node
+	switch {
+	case node != "":
+		if err := catalog.CheckNodeName(node); err != nil {
+			return nil, err
+		}
+		if n = reg.Nodes[node]; n == nil {
+			return nil, fmt.Errorf("%w %q (sim node add %s --mac … --image …)", ErrUnknownNode, node, node)
+		}
+	case mac != "":
+		m, err := catalog.NormalizeMAC(mac)
+		if err != nil {
+			return nil, err
+		}
+		mac = m
+		n = reg.ByMAC(m)
+	}
+	cfg := &Config{MAC: mac}
+	var res *catalog.Resolved
+	if n != nil {
+		if res, err = reg.Resolve(n); err != nil {
+			return nil, err
+		}
+		cfg.Node, cfg.Hostname, cfg.IP, cfg.Gateway, cfg.Disk = n.Name, n.Name, n.IP, n.Gateway, n.Disk
+		if n.MAC != "" {
+			cfg.MAC = n.MAC
+		}
+		cfg.Image = res.Image
+	}
+	if image != "" {
+		cfg.Image = image // the command line wins: reinstall with another image
+	}
+	if cfg.Image == "" {
+		if mac != "" && node == "" {
+			return nil, fmt.Errorf("%w: no node has MAC %s, and no sim.image= was given", ErrUnknownNode, mac)
+		}
+		return nil, errors.New("no image: give sim.image=REF or register the node")
+	}
+	if catalog.IsSpecial(cfg.Image) {
+		return nil, fmt.Errorf("%s is a catalog document, not a system image", cfg.Image)
+	}
+	if cfg.Commit, err = st.Resolve(cfg.Image); err != nil {
+		return nil, fmt.Errorf("image %s: %w", cfg.Image, err)
+	}
+	if cfg.LayoutID, err = catalog.LayoutFor(st, cfg.Image); err != nil {
+		return nil, err
+	}
+	lb, err := catalog.ReadFile(st, cfg.LayoutID, catalog.LayoutFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Layout = string(lb)
+	if res != nil {
+		for _, o := range res.Overrides {
+			id, err := st.ImageHead(catalog.OverrideImage(o))
+			if err != nil {
+				return nil, fmt.Errorf("node %s: override %s: %w", n.Name, o, err)
+			}
+			cfg.Overrides = append(cfg.Overrides, Doc{Name: o, Commit: id})
+		}
+		for _, s := range res.Scripts {
+			id, err := st.ImageHead(catalog.ScriptImage(s))
+			if err != nil {
+				return nil, fmt.Errorf("node %s: script %s: %w", n.Name, s, err)
+			}
+			cfg.Scripts = append(cfg.Scripts, Doc{Name: s, Commit: id})
+		}
+	}
+	return cfg, nil
+}
+
+// LastStatuses reads the status log of the store in storeDir: the last
+// report of each node.
+func LastStatuses(storeDir string) map[string]Status {
+	out := map[string]Status{}
+	f, err := os.Open(StatusLog(storeDir))
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var s statusRecord
+		if json.Unmarshal(sc.Bytes(), &s) == nil && s.Who != "" {
+			out[s.Who] = s.Status
+		}
+	}
+	return out
+}
