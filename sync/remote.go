@@ -79,7 +79,9 @@ func (e *HTTPError) Error() string {
 }
 
 // Is makes a 404 match ErrRemoteNotFound.
-func (e *HTTPError) Is(target error) bool { return target == ErrRemoteNotFound && e.Code == http.StatusNotFound }
+func (e *HTTPError) Is(target error) bool {
+	return target == ErrRemoteNotFound && e.Code == http.StatusNotFound
+}
 
 // Transient says whether the request may succeed if tried again.
 func (e *HTTPError) Transient() bool {
