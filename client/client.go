@@ -306,6 +306,16 @@ func envInt(name string) int {
 // then sees it as "/". The record is a cache, so a mismatch later only
 // costs re-hashing.
 func MoveRecord(st *store.Store, from, to string) error {
+	var err error
+	if from, err = filepath.Abs(from); err != nil {
+		return err
+	}
+	if to, err = filepath.Abs(to); err != nil {
+		return err
+	}
+	if from == to {
+		return nil
+	}
 	fj, fs := recordPaths(st, from)
 	tj, ts := recordPaths(st, to)
 	b, err := os.ReadFile(fj)

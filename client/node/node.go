@@ -39,16 +39,25 @@ func Fetch(ctx context.Context, st *store.Store, r *simsync.Remote, tr simsync.T
 	return id, ps, err
 }
 
-// Base is what dir has checked out from st: the best base for a delta
+// Base is what dir has checked out from st: the best bases for a delta
 // (none when dir is "" or was never checked out).
 func Base(st *store.Store, dir string) []chunk.ID {
 	if dir == "" {
 		return nil
 	}
-	if rec, err := client.LastCheckout(st, dir); err == nil {
-		return []chunk.ID{rec.Commit}
+	rec, err := client.LastCheckout(st, dir)
+	if err != nil {
+		return nil
 	}
-	return nil
+	// A checkout that did not finish left the directory partly Pending:
+	// both commits are whole in the store, both good bases.
+	var out []chunk.ID
+	for _, id := range []chunk.ID{rec.Commit, rec.Pending} {
+		if !id.IsZero() {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // CheckoutOptions drive Checkout.
