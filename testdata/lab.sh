@@ -11,6 +11,7 @@
 #   lab.sh addr  [--name NAME] HOST                     print HOST's IPv4 address
 #   lab.sh bytes [--name NAME] HOST                     print "rx_bytes tx_bytes" of HOST's eth0
 #   lab.sh loss  [--name NAME] HOST PCT                 random drop on HOST's ingress (0 removes)
+#   lab.sh rate  [--name NAME] HOST RATE                reshape HOST's link (both directions) to RATE
 #   lab.sh list                                         names of the labs that exist
 #
 #   HOST is srv or n1..nN. NAME defaults to simlab ([A-Za-z0-9_-], at most 24
@@ -37,6 +38,8 @@
 #   --node-rate    nI:eth0 egress   (node uplink)
 #                  sw:nI egress     (node downlink)
 #   --slow-node I --slow-rate R     node I gets R instead of --node-rate.
+#   rate HOST RATE later replaces both directions of HOST's link with RATE
+#   (the same tbf), so one lab can run steps at several link speeds.
 # tbf parameters (bytes; rate in bytes/s = RATE/8):
 #   burst = max(rate * LAB_BURST_MS/1000, 96 KiB)     LAB_BURST_MS default 2
 #   limit = burst + rate * LAB_QUEUE_MS/1000          LAB_QUEUE_MS default 20
@@ -382,6 +385,19 @@ cmd_loss() {
 	set_loss "$ns" "$2"
 }
 
+cmd_rate() {
+	[ $# -eq 2 ] || die "rate: expected HOST RATE"
+	need_root
+	local ns port
+	ns=$(host_ns "$1")
+	check_rate "$2"
+	port=$1
+	[ "$1" = srv ] && port=s0
+	lock_lab
+	shape "$ns" eth0 "$2"
+	shape "$NAME-sw" "$port" "$2"
+}
+
 cmd_list() {
 	[ $# -eq 0 ] || die "list: unexpected argument '$1'"
 	ip netns list 2>/dev/null | awk '{ n = $1 } n ~ /-(sw|srv)$/ { sub(/-(sw|srv)$/, "", n); print n }' | sort -u
@@ -408,7 +424,8 @@ exec) cmd_exec "${args[@]}" ;;
 addr) cmd_addr "${args[@]}" ;;
 bytes) cmd_bytes "${args[@]}" ;;
 loss) cmd_loss "${args[@]}" ;;
+rate) cmd_rate "${args[@]}" ;;
 list) cmd_list "${args[@]}" ;;
 -h | --help | help) usage ;;
-*) die "unknown command '$verb' (up, down, exec, addr, bytes, loss, list)" ;;
+*) die "unknown command '$verb' (up, down, exec, addr, bytes, loss, rate, list)" ;;
 esac

@@ -276,6 +276,7 @@ func (r *receiver) loop(ctx context.Context) error {
 	}()
 	lastHeard := time.Now()
 	lastStatus, lastJoin, lastProgress := time.Time{}, time.Time{}, time.Now()
+	var statusAt uint64 // datagrams received at the last status
 	var p Packet
 	for {
 		if err := ctx.Err(); err != nil {
@@ -293,10 +294,14 @@ func (r *receiver) loop(ctx context.Context) error {
 			r.ctrl.WriteToUDP(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}), r.sender)
 			lastJoin = now
 		}
-		if r.joined && now.Sub(lastStatus) > 500*time.Millisecond {
+		// While data flows the sender's rate control lives on these
+		// reports: every 50 ms, so that it finds the rate within a
+		// fraction of a second; otherwise every 500 ms, to stay listed.
+		if r.joined && (now.Sub(lastStatus) > 500*time.Millisecond ||
+			(now.Sub(lastStatus) >= statusEvery && r.res.Datagrams != statusAt)) {
 			st := r.status()
 			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
-			lastStatus = now
+			lastStatus, statusAt = now, r.res.Datagrams
 		}
 		if r.cfg.Progress != nil && now.Sub(lastProgress) >= time.Second {
 			r.fillResult()
@@ -640,6 +645,9 @@ func (r *receiver) status() Status {
 	return Status{Node: r.node, Done: r.complete(), Received: r.res.Datagrams, Lost: r.res.Lost,
 		NeedBytes: uint64(r.res.NeedBytes), GotBytes: uint64(r.res.GotBytes)}
 }
+
+// statusEvery is how often a receiver reports while data arrives.
+const statusEvery = 50 * time.Millisecond
 
 // maxNakDatagrams bounds one receiver's NAK datagrams per pass end.
 const maxNakDatagrams = 64

@@ -9,9 +9,13 @@ import (
 	"io"
 	"log"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"syscall"
@@ -30,8 +34,10 @@ type Config struct {
 	// Group is the first session's group; later sessions take the next
 	// addresses (last octet + 1, wrapping within the /24), same port.
 	Group *net.UDPAddr
-	// RateBits is the maximum send rate in bit/s, counted like a link
-	// shaper counts: each datagram plus its IP, UDP and Ethernet headers.
+	// RateBits caps the send rate in bit/s, counted like a link shaper
+	// counts: each datagram plus its IP, UDP and Ethernet headers. 0: no
+	// cap but the interface's speed (when /sys/class/net knows it). The
+	// rate itself is found from the receivers' loss reports (see pacer).
 	RateBits int64
 	// Wait is how long a session registers receivers before sending;
 	// MinReceivers (if > 0) starts it as soon as that many joined.
@@ -53,26 +59,34 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultGroup    = "239.192.83.1:7490"
-	DefaultRateBits = 500_000_000
+	DefaultGroup = "239.192.83.1:7490"
+	// DefaultRateBits is no cap: the sender finds the rate the path
+	// takes (a fixed default is too fast for some links and too slow
+	// for others).
+	DefaultRateBits = 0
 	DefaultPasses   = 8
-	// stragglerLoss: a receiver that lost more than this share of the
-	// datagrams is dropped from repairs (its link is slower than the
-	// rate) and fills over HTTP, so it never holds up the others.
+	// stragglerLoss, stragglerGap: at a pass end, a receiver that lost
+	// more than stragglerLoss of the datagrams and stragglerGap more than
+	// the median receiver is dropped from repairs (its link is slower
+	// than the others') and fills over HTTP, so it never holds up the
+	// others. When the median itself is high the rate is wrong, not the
+	// nodes: nobody is dropped for it, and never more than half.
 	stragglerLoss = 0.5
-	// congestedLoss: when the median receiver loses more than this over
-	// two reports in a row, the rate goes down by a quarter.
-	congestedLoss = 0.15
+	stragglerGap  = 0.25
 	announceEvery = 200 * time.Millisecond
 	memberTimeout = 10 * time.Second
+	// adaptEvery is how often the send loop looks at the loss reports.
+	adaptEvery = 20 * time.Millisecond
+	// noCapBits stands for "no cap" when the interface speed is unknown.
+	noCapBits = 100_000_000_000
 )
 
 func (c *Config) defaults() {
 	if c.Group == nil {
 		c.Group, _ = net.ResolveUDPAddr("udp4", DefaultGroup)
 	}
-	if c.RateBits <= 0 {
-		c.RateBits = DefaultRateBits
+	if c.RateBits < 0 {
+		c.RateBits = 0
 	}
 	if c.TTL <= 0 {
 		c.TTL = 1
@@ -108,7 +122,7 @@ type Manager struct {
 func NewManager(st *store.Store, pl *simsync.Planner, cfg Config) *Manager {
 	cfg.defaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{cfg: cfg, st: st, pl: pl, pacer: newPacer(cfg.RateBits), ctx: ctx, cancel: cancel}
+	return &Manager{cfg: cfg, st: st, pl: pl, pacer: newPacer(), ctx: ctx, cancel: cancel}
 }
 
 // Close ends every session and waits for them.
@@ -267,18 +281,25 @@ type Session struct {
 	Group *net.UDPAddr
 	Iface string
 
-	m       *Manager
-	opts    OpenOptions
-	conn    *net.UDPConn
-	pc      *ipv4.PacketConn
-	block   int
-	created time.Time
+	m        *Manager
+	speedCap int64 // the interface's speed, bit/s (0: unknown)
+	opts     OpenOptions
+	conn     *net.UDPConn
+	pc       *ipv4.PacketConn
+	block    int
+	created  time.Time
 
 	state   atomic.Uint32
 	seq     atomic.Uint32
 	sentB   atomic.Int64
 	pass    atomic.Uint32
 	content atomic.Pointer[Content]
+
+	// lossFloor is the lowest median loss seen (-1: none yet): the loss
+	// the receivers have whatever the rate (a bad cable, a busy host).
+	// Only loss above it says the rate is too high. Used by the send
+	// loop only.
+	lossFloor float64
 
 	mu       gosync.Mutex
 	members  map[uint64]*member
@@ -301,10 +322,13 @@ type member struct {
 	dropped  bool
 	answered uint8 // last pass it sent a NAK or "done" for
 	naks     int   // ranges reported, all passes
-	// loss over the last report interval, for the rate control
+	// loss over the last report interval, for the rate control: the
+	// interval ran from ivFrom to ivAt (when its first and last reports
+	// arrived here)
 	prevRecv, prevLost uint64
 	ivLoss             float64
-	ivSet              bool
+	ivFrom, ivAt       time.Time
+	ivMark             time.Time // the current interval's start
 }
 
 // nakSet is the blocks of one object someone lacks; whole: all of it.
@@ -339,12 +363,26 @@ func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface
 		mtu = min(max(mtu, 1500), 9000)
 	}
 	s := &Session{
-		ID: binary.BigEndian.Uint32(idb[:]), Want: want, Group: grp, Iface: ifi.Name,
+		ID: binary.BigEndian.Uint32(idb[:]), Want: want, Group: grp, Iface: ifi.Name, speedCap: ifaceSpeed(ifi.Name),
 		m: m, opts: o, conn: conn, pc: pc, block: PayloadFor(mtu), created: time.Now(),
-		members: map[uint64]*member{}, done: make(chan struct{}),
+		members: map[uint64]*member{}, done: make(chan struct{}), lossFloor: -1,
 	}
 	s.state.Store(StateWaiting)
 	return s, nil
+}
+
+// ifaceSpeed is the link speed of interface name in bit/s, 0 when the
+// kernel does not know it (virtual interfaces often report -1).
+func ifaceSpeed(name string) int64 {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", name, "speed"))
+	if err != nil {
+		return 0
+	}
+	mbit, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || mbit <= 0 {
+		return 0
+	}
+	return mbit * 1_000_000
 }
 
 // setBuf sets a socket buffer, past the sysctl limit when we may.
@@ -464,7 +502,8 @@ func (s *Session) send(ctx context.Context) error {
 		return err
 	}
 	s.content.Store(c)
-	s.m.pacer.limit(s.maxRate())
+	s.m.pacer.begin(s.maxRate())
+	defer s.m.pacer.end()
 	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte datagrams",
 		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, s.block+dataHead+trailerLen)
 	// pass 1: everything
@@ -501,13 +540,7 @@ func (s *Session) send(ctx context.Context) error {
 func (s *Session) collect(ctx context.Context, pass uint8) map[uint32]*nakSet {
 	s.mu.Lock()
 	s.naks = map[uint32]*nakSet{}
-	for _, mb := range s.members {
-		st := mb.status
-		if tot := st.Received + st.Lost; !mb.dropped && !st.Done && tot > 200 && float64(st.Lost)/float64(tot) > stragglerLoss {
-			mb.dropped = true
-			s.logf("member %s (%s) dropped: lost %.0f%% of the datagrams; it fills over HTTP", mb.name, mb.addr, 100*float64(st.Lost)/float64(tot))
-		}
-	}
+	s.dropStragglers()
 	s.mu.Unlock()
 	s.state.Store(StateCollecting)
 	deadline := time.Now().Add(s.m.cfg.Collect)
@@ -528,6 +561,57 @@ func (s *Session) collect(ctx context.Context, pass uint8) map[uint32]*nakSet {
 	out := s.naks
 	s.naks = nil
 	return out
+}
+
+// dropStragglers drops the members whose loss is far above the
+// median's: their links are slower than the others', and repairing for
+// them would hold everyone up. A high median loss means the rate is
+// wrong (the rate control lowers it), not the nodes: nobody is dropped
+// for it, and never more than half of the members. s.mu is held.
+func (s *Session) dropStragglers() {
+	type cand struct {
+		mb   *member
+		loss float64
+	}
+	var cs []cand
+	var losses []float64
+	members, dropped := 0, 0
+	for _, mb := range s.members {
+		members++
+		if mb.dropped {
+			dropped++
+			continue
+		}
+		st := mb.status
+		tot := st.Received + st.Lost
+		if st.Done || tot <= 200 || time.Since(mb.lastSeen) > memberTimeout {
+			continue
+		}
+		l := float64(st.Lost) / float64(tot)
+		cs = append(cs, cand{mb, l})
+		losses = append(losses, l)
+	}
+	if len(cs) == 0 {
+		return
+	}
+	med := lowerMedian(losses)
+	sort.Slice(cs, func(i, j int) bool { return cs[i].loss > cs[j].loss })
+	for _, c := range cs {
+		if c.loss <= stragglerLoss || c.loss <= med+stragglerGap || (dropped+1)*2 > members {
+			break
+		}
+		c.mb.dropped = true
+		dropped++
+		s.logf("member %s (%s) dropped: lost %.0f%% of the datagrams (median %.0f%%); it fills over HTTP", c.mb.name, c.mb.addr, 100*c.loss, 100*med)
+	}
+}
+
+// lowerMedian is the median of xs (the lower middle one of an even
+// count: with half the receivers behind a slow link, the fast half
+// sets the pace). xs is sorted in place.
+func lowerMedian(xs []float64) float64 {
+	sort.Float64s(xs)
+	return xs[(len(xs)-1)/2]
 }
 
 func (s *Session) allAnswered(pass uint8) bool {
@@ -578,7 +662,7 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 	msgs := make([]ipv4.Message, 0, batch)
 	bufs := make([][]byte, batch)
 	lastAnn := time.Now()
-	lastRate := time.Now()
+	lastAdapt := time.Now()
 	flush := func() error {
 		if len(msgs) == 0 {
 			return nil
@@ -607,9 +691,9 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 			s.announce()
 			lastAnn = time.Now()
 		}
-		if time.Since(lastRate) >= time.Second {
+		if time.Since(lastAdapt) >= adaptEvery {
 			s.adaptRate()
-			lastRate = time.Now()
+			lastAdapt = time.Now()
 		}
 		return nil
 	}
@@ -642,35 +726,73 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 	return flush()
 }
 
-// adaptRate lowers the shared rate when the median receiver reports
-// sustained loss (congestion somewhere on the way), and raises it back
-// towards the maximum when loss is low. One lossy receiver (a slow
-// link) does not count: it is dropped and fills over HTTP.
+// adaptRate hands the pacer the median receiver's loss since the
+// pacer's last decision. Only reports covering that time count (one
+// about the old rate says nothing of the new one), and only once half
+// of the receivers sent one, so that the median is not one lossy node's
+// figure; that node is a straggler, dropped at the pass end. Right after
+// a raise, a report that covers part of the new rate already counts if
+// it shows congestion: overshooting the link is what must stop soonest.
 func (s *Session) adaptRate() {
+	since, cut := s.m.pacer.lastDecision()
+	from := since.Add(drainTime)
+	now := time.Now()
+	var fresh, recent []float64
+	active := 0
 	s.mu.Lock()
-	var losses []float64
 	for _, mb := range s.members {
-		if mb.ivSet && !mb.dropped && !mb.status.Done && time.Since(mb.lastSeen) < 2*time.Second {
-			losses = append(losses, mb.ivLoss)
+		if mb.dropped || mb.status.Done || now.Sub(mb.lastSeen) > 2*time.Second {
+			continue
+		}
+		active++
+		switch {
+		case mb.ivAt.IsZero():
+		case !mb.ivFrom.Before(from):
+			fresh = append(fresh, mb.ivLoss)
+			recent = append(recent, mb.ivLoss)
+		case mb.ivAt.After(from):
+			recent = append(recent, mb.ivLoss)
 		}
 	}
 	s.mu.Unlock()
-	if len(losses) == 0 {
+	if active == 0 {
 		return
 	}
-	sort.Float64s(losses)
-	med := losses[len(losses)/2]
-	if r := s.m.pacer.adapt(med, s.maxRate()); r != 0 {
-		s.logf("median loss %.1f%%: rate now %.0f Mbit/s", med*100, float64(r)/1e6)
+	var r int64
+	var why string
+	switch {
+	case len(fresh)*2 >= active:
+		med := lowerMedian(fresh)
+		r, why = s.m.pacer.adapt(med, s.lossFloor, s.maxRate(), false)
+		if r != 0 {
+			why = fmt.Sprintf("median loss %.1f%% (floor %.1f%%): %s", med*100, max(s.lossFloor, 0)*100, why)
+		}
+		if s.lossFloor < 0 || med < s.lossFloor {
+			s.lossFloor = med
+		}
+	case !cut && len(recent)*2 >= active:
+		med := lowerMedian(recent)
+		r, why = s.m.pacer.adapt(med, s.lossFloor, s.maxRate(), true)
+		if r != 0 {
+			why = fmt.Sprintf("median loss %.1f%% right after a raise: %s", med*100, why)
+		}
+	}
+	if r != 0 {
+		s.logf("%s: rate now %.0f Mbit/s", why, float64(r)/1e6)
 	}
 }
 
-// maxRate is the session's rate cap in bit/s.
+// maxRate is the session's rate cap in bit/s: the lower of the
+// manager's and the session's caps and the interface speed, when any is
+// known.
 func (s *Session) maxRate() int64 {
-	if s.opts.RateBits > 0 && s.opts.RateBits < s.m.cfg.RateBits {
-		return s.opts.RateBits
+	top := int64(noCapBits)
+	for _, c := range []int64{s.m.cfg.RateBits, s.opts.RateBits, s.speedCap} {
+		if c > 0 {
+			top = min(top, c)
+		}
 	}
-	return s.m.cfg.RateBits
+	return top
 }
 
 func (s *Session) announce() {
@@ -741,10 +863,19 @@ func (s *Session) handle(p *Packet, from *net.UDPAddr) {
 		mb.lastSeen = now
 		st := p.Status
 		if st.Received >= mb.prevRecv && st.Lost >= mb.prevLost {
+			// An interval ends at a report once it holds enough datagrams
+			// for its loss to mean something (1 in 50 is already 2%).
 			dr, dl := st.Received-mb.prevRecv, st.Lost-mb.prevLost
-			if dr+dl >= 50 {
-				mb.ivLoss, mb.ivSet = float64(dl)/float64(dr+dl), true
+			if dr+dl >= minInterval {
+				mb.ivLoss = float64(dl) / float64(dr+dl)
+				mb.ivFrom, mb.ivAt = mb.ivMark, now
+				if mb.ivFrom.IsZero() {
+					mb.ivFrom = mb.joined
+				}
 				mb.prevRecv, mb.prevLost = st.Received, st.Lost
+			}
+			if dr+dl >= minInterval || mb.ivMark.IsZero() {
+				mb.ivMark = now
 			}
 		}
 		if st.Done && !mb.status.Done {
@@ -870,16 +1001,72 @@ func (s *Session) Info() SessionInfo {
 	return inf
 }
 
-// pacer is a token bucket in L2 bytes, shared by a manager's sessions.
+// Rate control (ARCHITECTURE.md, Multicast: Rate). A session starts at
+// startBits (or its cap, when lower) and raises the rate by half at each
+// clean decision until the receivers report loss (slow start); then the
+// rate goes a little below what the path delivered, rises by a step per
+// clean decision (additive increase) and falls to what the path
+// delivered whenever the median loss rises again (multiplicative
+// decrease). A decision takes the median of the receivers' reports
+// covering the time since the last one: with reports every 50 ms, about
+// one every 100 ms. udpcast, by contrast, waits for every receiver's
+// answer to each slice (a window); here nothing waits for the slowest.
+const (
+	startBits = 100_000_000
+	minBits   = 1_000_000
+	// drainTime: after a decision, datagrams still queued at the
+	// bottleneck went out at the old rate.
+	drainTime = 20 * time.Millisecond
+	// minInterval: a receiver's report interval holds at least this
+	// many datagrams.
+	minInterval = 200
+	// A median loss above the floor by more than congestMargin (plus
+	// half the floor: a noisy lossy path) is congestion; below
+	// cleanMargin the rate may rise.
+	congestMargin = 0.02
+	cleanMargin   = 0.01
+	// maxFloor bounds the loss taken as the receivers' own: beyond it,
+	// loss is congestion whatever was seen before.
+	maxFloor = 0.1
+	// headroom: the rate after a decrease, as a share of what the
+	// bottleneck passed; the rest drains its queue.
+	headroom = 0.95
+	// slowStartGrowth: the rate's growth per decision in slow start
+	// (at most that much above the link before the first cut).
+	slowStartGrowth = 1.5
+	// stepShare: the additive increase per decision, as a share of the
+	// rate a decrease (or the end of slow start) left.
+	stepShare = 0.04
+)
+
+// pacer is a token bucket in L2 bytes, shared by a manager's sessions,
+// with the rate control that sets its rate.
 type pacer struct {
 	mu     gosync.Mutex
 	rate   float64 // bytes/s now
 	tokens float64
 	last   time.Time
-	high   int // reports of high loss in a row
+
+	// What went out since the last decision: the rate achieved, lower
+	// than rate when the sender cannot keep up.
+	meterFrom, meterLast time.Time
+	meterBytes           float64
+
+	sessions  int       // sessions sending
+	slowStart bool      // no loss seen yet: the rate grows by half per decision
+	decided   time.Time // the last decision
+	cut       bool      // it lowered the rate
+	step      float64   // additive increase per decision, bytes/s
+	clean     int       // clean decisions since the last lossy one
+	// raisedFrom is the rate before the last raise: clean, as far as
+	// the reports went.
+	raisedFrom float64
 }
 
-func newPacer(bits int64) *pacer { return &pacer{rate: float64(bits) / 8, last: time.Now()} }
+func newPacer() *pacer {
+	now := time.Now()
+	return &pacer{rate: startBits / 8, last: now, decided: now}
+}
 
 func (p *pacer) rateBits() int64 {
 	p.mu.Lock()
@@ -887,7 +1074,42 @@ func (p *pacer) rateBits() int64 {
 	return int64(p.rate * 8)
 }
 
-// wait blocks until n bytes may go out. The bucket holds at most 5 ms
+// begin starts a session's sending. The first of the sessions sending
+// at once starts slow start again from startBits: what an earlier
+// session found may not hold any more (other traffic, other nodes behind
+// other links), and a rate it never saw congested (the sender was the
+// limit) says nothing of the link. Later ones share the rate found,
+// within their cap.
+func (p *pacer) begin(capBits int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	top := float64(capBits) / 8
+	if p.sessions == 0 {
+		p.rate = startBits / 8
+		p.slowStart, p.cut, p.step, p.clean, p.raisedFrom = true, false, 0, 0, 0
+		p.decided = time.Now()
+		p.meterBytes, p.meterFrom, p.meterLast = 0, p.decided, p.decided
+	}
+	p.rate = min(p.rate, top)
+	p.sessions++
+}
+
+// end ends a session's sending.
+func (p *pacer) end() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sessions--
+}
+
+// lastDecision is when the rate control last decided, and whether it
+// lowered the rate then.
+func (p *pacer) lastDecision() (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.decided, p.cut
+}
+
+// wait blocks until n bytes may go out. The bucket holds at most 20 ms
 // of traffic: bursts stay small enough for a switch port's buffer, and
 // large enough that the sleeps' granularity costs no rate.
 func (p *pacer) wait(ctx context.Context, n int) error {
@@ -899,6 +1121,12 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 		p.last = now
 		if p.tokens >= float64(n) {
 			p.tokens -= float64(n)
+			if now.Sub(p.meterLast) > 100*time.Millisecond {
+				// idle (a pass end): the achieved rate is that of sending
+				p.meterFrom, p.meterBytes = now, 0
+			}
+			p.meterBytes += float64(n)
+			p.meterLast = now
 			p.mu.Unlock()
 			return nil
 		}
@@ -911,35 +1139,93 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 	}
 }
 
-// adapt applies a median loss report; it returns the new rate in bit/s
-// when it changed.
-func (p *pacer) adapt(loss float64, maxBits int64) int64 {
+// achieved is the rate that went out since the last decision, bytes/s
+// (the set rate when too little was sent to tell). p.mu is held.
+func (p *pacer) achieved() float64 {
+	if d := p.meterLast.Sub(p.meterFrom).Seconds(); d >= 0.03 && p.meterBytes > 0 {
+		return min(p.meterBytes/d, p.rate)
+	}
+	return p.rate
+}
+
+// adapt decides on a median loss report: loss is the median receiver's
+// share of lost datagrams since the last decision, floor the lowest
+// median seen in the session before it (< 0: none yet). With onlyCut, a
+// report that covers the time before the last decision too, it may only
+// lower the rate. It returns the new rate in bit/s and why, or 0 when the
+// rate stays.
+func (p *pacer) adapt(loss, floor float64, capBits int64, onlyCut bool) (int64, string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	old := p.rate
-	top := float64(maxBits) / 8
-	switch {
-	case loss > congestedLoss:
-		if p.high++; p.high >= 2 {
-			p.rate = max(p.rate*0.75, top/16)
-			p.high = 0
+	top := float64(capBits) / 8
+	// The first median is the floor unless it is beyond what nodes
+	// lose by themselves: then it is congestion, and a cut takes the
+	// rate below the bottleneck, where the floor shows. A floor taken
+	// a little above the bottleneck goes down by itself at the first
+	// cut (it is the lowest median seen).
+	if floor < 0 {
+		floor = loss
+		if loss > maxFloor {
+			floor = 0
 		}
-	case loss < 0.02:
-		p.high = 0
-		p.rate = min(p.rate*1.1, top)
+	}
+	floor = min(floor, maxFloor)
+	clean := loss < floor+cleanMargin
+	why := ""
+	switch {
+	case loss > floor+congestMargin+floor/2:
+		// The bottleneck passed (1-loss)/(1-floor) of what went out:
+		// go a little below that, so its queue drains.
+		got := p.achieved()
+		target := got * (1 - loss) / (1 - floor) * headroom
+		if onlyCut && p.raisedFrom > 0 {
+			// The report also covers time before the raise: its loss
+			// understates the new rate's. The rate before the raise
+			// was clean: go back there at least.
+			target = min(target, p.raisedFrom)
+		}
+		p.rate = max(min(p.rate, target), minBits/8)
+		p.slowStart, p.cut, p.clean = false, true, 0
+		p.step = p.rate * stepShare
+		why = fmt.Sprintf("congestion at %.0f Mbit/s sent", got*8/1e6)
+	case onlyCut:
+		return 0, ""
+	case clean:
+		p.cut = false
+		// Raise only a rate the sender achieves: one it cannot keep
+		// up with (a busy CPU) would let it burst later.
+		if p.achieved() >= p.rate*0.7 {
+			p.raisedFrom = p.rate
+			if p.slowStart {
+				p.rate *= slowStartGrowth
+				p.step = p.rate * stepShare
+				why = "slow start"
+			} else {
+				// The step doubles every second clean decision (up to
+				// 8×): a cut too deep (loss that was not the link's)
+				// is made up for in a second or so, while near the
+				// link the first steps are small.
+				p.rate += p.step * float64(int(1)<<min(p.clean/2, 3))
+				p.clean++
+				why = "probing"
+			}
+		}
 	default:
-		p.high = 0
+		// Some loss, not yet congestion: the link is near; probe on
+		// from here in small steps.
+		p.cut, p.clean = false, 0
+		if p.slowStart {
+			p.slowStart = false
+			p.step = p.rate * stepShare
+		}
 	}
 	p.rate = min(p.rate, top)
-	if p.rate != old && (p.rate < old*0.99 || p.rate > old*1.01) {
-		return int64(p.rate * 8)
+	now := time.Now()
+	p.decided = now
+	p.meterFrom, p.meterLast, p.meterBytes = now, now, 0
+	if p.rate < old*0.99 || p.rate > old*1.01 {
+		return int64(p.rate * 8), why
 	}
-	return 0
-}
-
-// limit lowers the rate to at most bits.
-func (p *pacer) limit(bits int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.rate = min(p.rate, float64(bits)/8)
+	return 0, ""
 }
