@@ -24,6 +24,9 @@ type PullStats struct {
 	// rest (Blobs - Delivered) came over HTTP to fill the gaps.
 	Transport string `json:"transport,omitempty"`
 	Delivered int64  `json:"transport_blobs,omitempty"`
+	// TransportBytes is what the transport itself received (peers,
+	// datagrams), part of WireBytes: the rest came over HTTP.
+	TransportBytes int64 `json:"transport_bytes,omitempty"`
 	// Report is the transport's own figures (see Delivery.Report).
 	Report any `json:"-"`
 }
@@ -35,6 +38,7 @@ func (p *PullStats) add(o PullStats) {
 	p.Blobs += o.Blobs
 	p.NewBlobs += o.NewBlobs
 	p.Delivered += o.Delivered
+	p.TransportBytes += o.TransportBytes
 	if o.Transport != "" {
 		p.Transport = o.Transport
 	}
@@ -125,45 +129,57 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	var ps PullStats
 	sink := NewSink(local)
 	defer sink.Close()
-	var before int64
-	// tally adds what one round brought.
-	tally := func(wire int64) {
-		s := sink.Stats()
+	var before, newBefore int64
+	// round adds what one request (or delivery) brought and makes it
+	// durable; it reports whether the store gained anything.
+	round := func(wire int64) (bool, error) {
 		ps.Rounds++
 		ps.WireBytes += wire
+		s, err := sink.Sync()
 		ps.Blobs += s.Blobs - before
-		before = s.Blobs
+		gained := s.New > newBefore
+		before, newBefore = s.Blobs, s.New
+		return gained, err
+	}
+	haves, err := LocalHaves(local, base...)
+	if err != nil {
+		return ps, err
 	}
 	if has, err := local.Has(c.Tree); err != nil {
 		return ps, err
-	} else if !has {
-		haves, err := LocalHaves(local, base...)
-		if err != nil {
-			return ps, err
-		}
-		var d Delivery
-		if tr == nil {
-			var ds DecodeStats
-			ds, err = r.Fetch(ctx, id, haves, sink)
-			d.WireBytes = ds.WireBytes
-		} else {
-			d, err = tr.Deliver(ctx, id, haves, sink)
-			ps.Transport, ps.Report = tr.String(), d.Report
-		}
-		tally(d.WireBytes)
-		if tr != nil {
-			ps.Delivered = ps.Blobs
-		}
+	} else if !has && tr != nil {
+		d, err := tr.Deliver(ctx, id, haves, sink)
+		ps.Transport, ps.Report, ps.TransportBytes = tr.String(), d.Report, d.WireBytes
 		if err != nil && !errors.Is(err, ErrTruncated) {
 			return ps, err
 		}
 		// A partial delivery is no failure: what arrived is kept and
 		// the rest is asked for below.
-		if _, err := sink.Sync(); err != nil {
+		if _, err := round(d.WireBytes); err != nil {
+			return ps, err
+		}
+		ps.Delivered = ps.Blobs
+	}
+	// Without a transport, the server's own stream of what is missing (a
+	// delta on the haves). After a transport, even one that delivered
+	// nothing, only exact requests: the store may hold more than its
+	// haves say (objects of a partial delivery), and a stream would send
+	// those again.
+	if has, err := local.Has(c.Tree); err != nil {
+		return ps, err
+	} else if !has && tr == nil {
+		ds, err := r.Fetch(ctx, id, haves, sink)
+		if err != nil && !errors.Is(err, ErrTruncated) {
+			return ps, err
+		}
+		if _, err := round(ds.WireBytes); err != nil {
 			return ps, err
 		}
 	}
-	for last := -1; ; {
+	// Then exactly what is still missing (after an interrupted or partial
+	// delivery, only that), until nothing is. A round that brings nothing
+	// new twice in a row means the server cannot supply it.
+	for idle := 0; ; {
 		missing, err := MissingObjects(local, c.Tree, 0)
 		if err != nil {
 			return ps, err
@@ -171,17 +187,21 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 		if len(missing) == 0 {
 			break
 		}
-		if len(missing) == last && ps.Rounds > 2 {
+		if idle >= 2 {
 			return ps, fmt.Errorf("%s cannot supply %d objects of commit %s (e.g. %s)", r, len(missing), id.Short(), missing[0].Short())
 		}
-		last = len(missing)
 		ds, err := r.Objects(ctx, missing, sink)
-		tally(ds.WireBytes)
 		if err != nil && !errors.Is(err, ErrTruncated) {
 			return ps, err
 		}
-		if _, err := sink.Sync(); err != nil {
+		gained, err := round(ds.WireBytes)
+		if err != nil {
 			return ps, err
+		}
+		if gained {
+			idle = 0
+		} else {
+			idle++
 		}
 		if ps.Rounds > 1000 {
 			return ps, fmt.Errorf("fetch of %s does not converge", id.Short())

@@ -48,12 +48,14 @@ func textFiles(t *testing.T, dir string, seed int64, names []string, size int) {
 
 // httpFill is a transport whose session delivered nothing (a member the
 // sender dropped, a session that never came): FetchCommit fills
-// everything with Objects requests, a tree level at a time.
-type httpFill struct{ *simsync.Remote }
+// everything over HTTP.
+type httpFill struct{}
 
-func (httpFill) Fetch(context.Context, chunk.ID, []chunk.ID, simsync.Receiver) (simsync.DecodeStats, error) {
-	return simsync.DecodeStats{}, nil
+func (httpFill) Deliver(context.Context, chunk.ID, []chunk.ID, *simsync.Sink) (simsync.Delivery, error) {
+	return simsync.Delivery{}, nil
 }
+func (httpFill) Finish(context.Context) error { return nil }
+func (httpFill) String() string               { return "nothing" }
 
 // TestFallbackCostsWhatIsMissing (issue #11): what a node still lacks
 // after a multicast session comes over HTTP, and costs what is missing,
@@ -104,7 +106,7 @@ func TestFallbackCostsWhatIsMissing(t *testing.T) {
 	ctx := context.Background()
 	// What the whole tree costs in one stream to an empty node, and the
 	// share of its bytes the shallow files are.
-	full, err := simsync.FetchCommit(ctx, storetest.New(t), r, all, true)
+	full, err := simsync.FetchCommit(ctx, storetest.New(t), r, nil, all, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +132,11 @@ func TestFallbackCostsWhatIsMissing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			fill := storetest.New(t)
 			if !c.has.IsZero() {
-				if _, err := simsync.FetchCommit(ctx, fill, r, c.has, true); err != nil {
+				if _, err := simsync.FetchCommit(ctx, fill, r, nil, c.has, true); err != nil {
 					t.Fatal(err)
 				}
 			}
-			got, err := simsync.FetchCommit(ctx, fill, httpFill{r}, all, true)
+			got, err := simsync.FetchCommit(ctx, fill, r, httpFill{}, all, true)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -283,8 +283,11 @@ func TestLateStragglerCorrupt(t *testing.T) {
 	if nodes[1].res.Pass < 2 {
 		t.Errorf("late node finished in pass %d", nodes[1].res.Pass)
 	}
-	if nodes[0].res.Seconds > 4 {
-		t.Errorf("on-time node took %.1f s", nodes[0].res.Seconds)
+	// The slow node does not hold the others back: a node that lost
+	// nothing is done with the first pass, however loaded the machine
+	// (a time bound here would measure the machine, not the rule).
+	if o := nodes[0].res; o.Lost == 0 && o.Pass != 1 {
+		t.Errorf("on-time node lost nothing but finished in pass %d", o.Pass)
 	}
 }
 
