@@ -37,7 +37,7 @@ func newGenManCommand(e *env) *cobra.Command {
 			}
 			root := c.Root()
 			root.DisableAutoGenTag = true
-			return doc.GenManTree(root, &doc.GenManHeader{Title: "SIM", Section: "1", Date: &date,
+			return doc.GenManTree(root, &doc.GenManHeader{Section: "1", Date: &date,
 				Source: "sim " + v.Version, Manual: "sim manual"}, dir)
 		},
 	}
