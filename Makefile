@@ -51,8 +51,9 @@ BOOTABLE   ?= /var/cache/sim/bootable
 # Debian packages of the OCI and package tests: umoci and skopeo make and
 # convert the images client/oci imports (and unpack what it exports);
 # lintian checks the .deb; bash-completion, zsh and fish load its
-# completion scripts; man-db renders its man pages (cmd/sim/deb_test.go).
-PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db
+# completion scripts; man-db renders its man pages (cmd/sim/deb_test.go);
+# podman (with runc) runs an exported image (cmd/sim/oci_cli_test.go).
+PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
 TEST_DEBS  += $(PKG_DEBS)
 
 .PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb
