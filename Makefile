@@ -4,6 +4,8 @@
 #                commit the Debian corpus v1..v3, tag, log, diff, check out,
 #                roll back in place, fsck
 #   make test    everything the tests need, then vet, gofmt and go test
+#   make deb     build/sim_<version>_amd64.deb (static binary, units,
+#                /etc/default/sim, man pages, completion; lintian if there)
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh;
@@ -20,6 +22,13 @@ CORPUS     ?= $(or $(SIM_CORPUS),/var/cache/sim/corpus)
 DEMO_STORE ?= /var/tmp/sim-demo/store
 DEMO_NODE  ?= /var/tmp/sim-demo/node
 export CGO_ENABLED := 0
+
+# The version and commit sim --version prints, from git (dist/version.sh:
+# a Debian version, 0~gitYYYYMMDD.HASH before the first tag).
+VERSION    ?= $(shell sh dist/version.sh)
+COMMIT     ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS    := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+DEB_OUT    ?= build
 
 # Debian packages the tests and the demo use: debootstrap builds the corpus;
 # acl and attr give getfacl/getfattr for inspecting checkouts by hand;
@@ -39,12 +48,32 @@ METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e
               grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd
 BOOTABLE   ?= /var/cache/sim/bootable
 
-.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean
+# Debian packages of the OCI and package tests: umoci and skopeo make and
+# convert the images client/oci imports (and unpack what it exports);
+# lintian checks the .deb; bash-completion, zsh and fish load its
+# completion scripts; man-db renders its man pages (cmd/sim/deb_test.go);
+# podman (with runc) runs an exported image (cmd/sim/oci_cli_test.go).
+PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
+TEST_DEBS  += $(PKG_DEBS)
+
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags='-s -w' -o $(SIM) ./cmd/sim
+	$(GO) build -trimpath -ldflags='$(LDFLAGS)' -o $(SIM) ./cmd/sim
+
+# Man pages, one per command (cobra's doc generator), into build/man.
+man: build
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) $(SIM) gen-man build/man
+
+# The Debian package (dist/mkdeb.sh), then lintian when it is installed
+# (make deps installs it): errors fail the build, warnings are shown.
+deb: build
+	@deb=$$(SIM=$(SIM) VERSION=$(VERSION) COMMIT=$(COMMIT) OUT=$(DEB_OUT) bash dist/mkdeb.sh) && \
+	echo "$$deb: $$(du -k $$deb | cut -f1) KiB" && \
+	if command -v lintian >/dev/null; then lintian --fail-on error "$$deb"; \
+	else echo "lintian not installed (make deps): not checked"; fi
 
 # Install the Debian packages once (skipped when all are present).
 deps:
@@ -128,4 +157,4 @@ metal-bench: metal-deps bootable
 	bash bench/metalbench.sh bench/metalresults.md
 
 clean:
-	rm -rf bin
+	rm -rf bin build

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -131,7 +132,7 @@ func isDirArg(s string) bool {
 }
 
 func newDiffCommand(e *env) *cobra.Command {
-	var stat bool
+	var stat, exitCode, quiet bool
 	var exclude []string
 	c := &cobra.Command{
 		Use:   "diff REF REF | diff REF DIR",
@@ -140,10 +141,19 @@ func newDiffCommand(e *env) *cobra.Command {
 a commit and a directory (an operand with a slash is a directory: write
 ./name for one in the current directory), with what changed for each:
 content, type, mode, owner, xattrs, mtime, target, device, link. --stat adds
-the bytes that would be transferred to turn the first into the second.`,
+the bytes that would be transferred to turn the first into the second.
+
+With --exit-code the exit status is that of diff(1) and git diff
+--exit-code: 0 when there are no differences, 1 when there are, and 2
+when the diff could not be made (an unknown ref, an unreadable
+directory) or the command line is wrong. --quiet prints nothing and
+implies --exit-code.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
-			return e.withStore(func(st *store.Store) error {
+			if quiet {
+				exitCode = true
+			}
+			err := e.withStore(func(st *store.Store) error {
 				a, err := resolveTree(st, args[0])
 				if err != nil {
 					return err
@@ -172,35 +182,60 @@ the bytes that would be transferred to turn the first into the second.`,
 				if err != nil {
 					return err
 				}
+				if len(changes) > 0 && exitCode {
+					err = exitError{code: 1}
+				}
+				if quiet {
+					return err
+				}
 				if e.json {
 					if changes == nil {
 						changes = []snapshot.Change{}
 					}
-					return e.printJSON(struct {
+					if perr := e.printJSON(struct {
 						Changes []snapshot.Change  `json:"changes"`
 						Stat    *snapshot.DiffStat `json:"stat,omitempty"`
-					}{changes, d.Stat})
-				}
-				for _, ch := range changes {
-					mark := map[snapshot.Action]string{snapshot.Added: "+", snapshot.Removed: "-", snapshot.Modified: "M"}[ch.Action]
-					what := ""
-					if len(ch.What) > 0 {
-						what = " (" + strings.Join(ch.What, ", ") + ")"
+					}{changes, d.Stat}); perr != nil {
+						return perr
 					}
-					fmt.Fprintf(e.stdout, "%s %s%s\n", mark, quote(ch.Path), what)
+					return err
 				}
-				if s := d.Stat; s != nil {
-					fmt.Fprintf(e.stdout, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
-						s.Added, s.Removed, s.Modified, s.NewChunks, units.Bytes(s.NewChunkBytes), s.NewTrees, units.Bytes(s.NewTreeBytes))
-				}
-				return nil
+				printChanges(e.stdout, changes, d.Stat)
+				return err
 			})
+			var x exitError
+			if err != nil && exitCode && !errors.As(err, &x) {
+				var f forwarded
+				if errors.As(err, &f) { // the server ran it: its code stands
+					return err
+				}
+				return exitError{code: 2, err: err}
+			}
+			return err
 		},
 	}
 	c.Flags().BoolVar(&stat, "stat", false, "also print counts and the bytes that would be transferred")
+	c.Flags().BoolVar(&exitCode, "exit-code", false, "exit 1 when there are differences, 0 when none, 2 on trouble")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print nothing; implies --exit-code")
 	c.Flags().StringArrayVar(&exclude, "exclude", nil, "ignore paths matching `PATTERN`")
 	e.addJSONFlag(c)
 	return c
+}
+
+// printChanges prints a diff, one path a line, and its figures.
+func printChanges(w io.Writer, changes []snapshot.Change, s *snapshot.DiffStat) {
+	for _, ch := range changes {
+		mark := map[snapshot.Action]string{snapshot.Added: "+", snapshot.Removed: "-", snapshot.Modified: "M"}[ch.Action]
+		what := ""
+		if len(ch.What) > 0 {
+			what = " (" + strings.Join(ch.What, ", ") + ")"
+		}
+		fmt.Fprintf(w, "%s %s%s\n", mark, quote(ch.Path), what)
+	}
+	if s != nil {
+		fmt.Fprintf(w, "%d added, %d removed, %d modified; to transfer: %d chunks, %s + %d trees, %s\n",
+			s.Added, s.Removed, s.Modified, s.NewChunks, units.Bytes(s.NewChunkBytes), s.NewTrees, units.Bytes(s.NewTreeBytes))
+	}
 }
 
 func resolveTree(st *store.Store, ref string) (chunk.ID, error) {

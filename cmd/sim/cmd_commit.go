@@ -53,7 +53,7 @@ func newCommitCommand(e *env) *cobra.Command {
 		Short: "Snapshot directory SRC as the new head of an image",
 		Long: `Snapshot directory SRC as the new head of image NAME (created if new).
 Only files whose stat changed since the image's last commit are read. The
-last line on e.stdout is the new commit id.`,
+last line on stdout is the new commit id.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if o.image == "" {

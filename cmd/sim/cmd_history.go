@@ -22,6 +22,7 @@ type commitJSON struct {
 
 func newLogCommand(e *env) *cobra.Command {
 	var max int
+	var oneline bool
 	c := &cobra.Command{
 		Use:   "log REF",
 		Short: "Show the history of an image, tag or commit",
@@ -47,6 +48,12 @@ func newLogCommand(e *env) *cobra.Command {
 				if e.json {
 					return e.printJSON(out)
 				}
+				if oneline {
+					for _, c := range out {
+						fmt.Fprintf(e.stdout, "%s %s\n", c.ID.Short(), subject(c.Message))
+					}
+					return nil
+				}
 				for i, c := range out {
 					if i > 0 {
 						fmt.Fprintln(e.stdout)
@@ -58,8 +65,17 @@ func newLogCommand(e *env) *cobra.Command {
 		},
 	}
 	c.Flags().IntVarP(&max, "max-count", "n", 0, "show at most `N` commits")
+	c.Flags().BoolVar(&oneline, "oneline", false, "one line a commit: short id and the message's first line")
 	e.addJSONFlag(c)
 	return c
+}
+
+// subject is a message's first line.
+func subject(msg string) string {
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		return msg[:i]
+	}
+	return msg
 }
 
 func printCommit(w io.Writer, id chunk.ID, cm *store.Commit, full bool) {
@@ -88,26 +104,80 @@ func printCommit(w io.Writer, id chunk.ID, cm *store.Commit, full bool) {
 }
 
 func newShowCommand(e *env) *cobra.Command {
+	var stat bool
 	c := &cobra.Command{
 		Use:   "show REF",
 		Short: "Show one commit in full",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one commit in full. --stat adds what it changed from its first parent
+(from nothing for an image's first commit, or when the parent is not in
+this store), as sim diff --stat prints it.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
 				id, cm, err := resolveCommit(st, args[0])
 				if err != nil {
 					return err
 				}
+				var changes []snapshot.Change
+				var ds *snapshot.DiffStat
+				if stat {
+					if changes, ds, err = commitChanges(st, id, cm); err != nil {
+						return err
+					}
+				}
 				if e.json {
-					return e.printJSON(commitJSON{id, cm})
+					if !stat {
+						return e.printJSON(commitJSON{id, cm})
+					}
+					if changes == nil {
+						changes = []snapshot.Change{}
+					}
+					return e.printJSON(struct {
+						commitJSON
+						Changes []snapshot.Change  `json:"changes"`
+						Stat    *snapshot.DiffStat `json:"stat"`
+					}{commitJSON{id, cm}, changes, ds})
 				}
 				printCommit(e.stdout, id, cm, true)
+				if stat {
+					fmt.Fprintln(e.stdout)
+					printChanges(e.stdout, changes, ds)
+				}
 				return nil
 			})
 		},
 	}
+	c.Flags().BoolVar(&stat, "stat", false, "also list what the commit changed, with counts and bytes")
 	e.addJSONFlag(c)
 	return c
+}
+
+// commitChanges is what commit id changed from its first parent, or from
+// an empty tree when it has none in this store.
+func commitChanges(st *store.Store, id chunk.ID, cm *store.Commit) ([]snapshot.Change, *snapshot.DiffStat, error) {
+	d := &snapshot.Differ{Src: st, Stat: &snapshot.DiffStat{}}
+	var base chunk.ID
+	if len(cm.Parents) > 0 && !st.IsShallow(id) {
+		if pc, err := st.Commit(cm.Parents[0]); err == nil {
+			base = pc.Tree
+		}
+	}
+	if base.IsZero() {
+		// Nothing, under a root with the commit's own metadata (a
+		// first commit creates its files, not its root).
+		root, err := snapshot.LoadTree(st, cm.Tree)
+		if err != nil {
+			return nil, nil, err
+		}
+		empty := snapshot.Tree{Self: root.Self}
+		b := empty.Encode()
+		base = chunk.Sum(b)
+		ms := &snapshot.MemSaver{Next: st}
+		ms.Put(store.TypeTree, base, b)
+		d.Src = ms
+	}
+	changes, err := d.Diff(base, cm.Tree)
+	return changes, d.Stat, err
 }
 
 type lsEntry struct {

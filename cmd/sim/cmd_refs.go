@@ -9,6 +9,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/sync/units"
 )
@@ -69,10 +70,13 @@ type imageJSON struct {
 }
 
 func newImagesCommand(e *env) *cobra.Command {
+	var all bool
 	c := &cobra.Command{
 		Use:   "images",
 		Short: "List images with their heads",
-		Args:  cobra.NoArgs,
+		Long: `List images with their heads. The install catalog's images (IMAGE@layout,
+sim@nodes, NAME@override, NAME@script) are left out unless --all.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
 				ims, err := st.Images()
@@ -81,6 +85,9 @@ func newImagesCommand(e *env) *cobra.Command {
 				}
 				out := []imageJSON{}
 				for _, im := range ims {
+					if !all && catalog.IsSpecial(im.Name) {
+						continue
+					}
 					cm, err := st.Commit(im.Head)
 					if err != nil {
 						return fmt.Errorf("image %s: %w", im.Name, err)
@@ -93,12 +100,13 @@ func newImagesCommand(e *env) *cobra.Command {
 				tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(tw, "IMAGE\tHEAD\tDATE\tFILES\tSIZE\tMESSAGE")
 				for _, e := range out {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, units.Bytes(e.Bytes), e.Message)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Head.Short(), e.Time.Local().Format(time.DateTime), e.Files, units.Bytes(e.Bytes), subject(e.Message))
 				}
 				return tw.Flush()
 			})
 		},
 	}
+	c.Flags().BoolVarP(&all, "all", "a", false, "also list the catalog's images (@layout, @nodes, @override, @script)")
 	e.addJSONFlag(c)
 	return c
 }

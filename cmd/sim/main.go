@@ -95,6 +95,13 @@ func run(ctx context.Context, args []string, e *env) int {
 		fmt.Fprintf(e.stderr, "sim: interrupted: %v\n", err)
 		return 130
 	}
+	var x exitError
+	if errors.As(err, &x) {
+		if x.err != nil {
+			fmt.Fprintf(e.stderr, "sim: %v\n", x.err)
+		}
+		return x.code
+	}
 	fmt.Fprintf(e.stderr, "sim: %v\n", err)
 	var u usageError
 	var fe *simsync.FlagError
@@ -109,3 +116,19 @@ func run(ctx context.Context, args []string, e *env) int {
 type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
+
+// exitError ends a command with a chosen exit code (sim diff
+// --exit-code), printing err first when there is one.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (x exitError) Error() string {
+	if x.err != nil {
+		return x.err.Error()
+	}
+	return fmt.Sprintf("exit status %d", x.code)
+}
+
+func (x exitError) Unwrap() error { return x.err }

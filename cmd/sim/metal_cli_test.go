@@ -83,7 +83,7 @@ func TestLayoutNodeCLI(t *testing.T) {
 		t.Error("deb2@layout still there after image mv")
 	}
 	ok(t, s, "image", "rm", "deb3")
-	if out := ok(t, s, "images"); strings.Contains(out, "deb3") {
+	if out := ok(t, s, "images", "--all"); strings.Contains(out, "deb3") {
 		t.Errorf("deb3@layout left after image rm:\n%s", out)
 	}
 

@@ -46,6 +46,7 @@ func (e *env) path(p string) string {
 }
 
 func newRootCommand(e *env) *cobra.Command {
+	var showVersion bool
 	root := &cobra.Command{
 		Use:   "sim",
 		Short: "sim: git for system images",
@@ -54,7 +55,15 @@ content-defined chunks with commit history. Images are branches, releases
 are tags; nodes are installed, updated in place and rolled back from commits.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		RunE: func(c *cobra.Command, args []string) error {
+			if showVersion {
+				return e.printVersion()
+			}
+			return c.Help()
+		},
 	}
+	root.Flags().BoolVar(&showVersion, "version", false, "print the version, the commit it was built from and the Go version")
+	e.addJSONFlag(root)
 	def := os.Getenv("SIM_STORE")
 	if def == "" {
 		def = "/var/lib/sim"
@@ -71,7 +80,9 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newMulticastCommand(e),
 		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
 		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
+		newImportCommand(e), newExportCommand(e), newVersionCommand(e), newGenManCommand(e),
 	)
+	e.addCompletions(root)
 	wrapArgs(root)
 	return root
 }
