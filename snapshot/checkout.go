@@ -117,6 +117,11 @@ func Checkout(ctx context.Context, src Source, root chunk.ID, dir string, opts C
 		err = co.firstErr()
 	}
 	if err == nil {
+		// Workers skip what is queued once the context ends: the files
+		// they skipped are not there, so this is no finished checkout.
+		err = co.ctx.Err()
+	}
+	if err == nil {
 		err = co.links()
 	}
 	if err == nil {

@@ -107,6 +107,11 @@ func Commit(ctx context.Context, sv Saver, p chunk.Params, src string, opts Comm
 	if err == nil {
 		err = c.firstErr()
 	}
+	if err == nil {
+		// Readers drain what is queued once the context ends: a tree
+		// saved now would name files without their content.
+		err = c.ctx.Err()
+	}
 	if err != nil {
 		return nil, err
 	}

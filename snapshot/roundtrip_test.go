@@ -2,6 +2,7 @@ package snapshot_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -186,5 +187,80 @@ func TestExclude(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dst, "stray")); !os.IsNotExist(err) {
 		t.Errorf("extraneous file survived: %v", err)
+	}
+}
+
+// cancelAfter is a Source that cancels its context on the n-th read.
+type cancelAfter struct {
+	snapshot.Source
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) Get(id chunk.ID) ([]byte, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return c.Source.Get(id)
+}
+
+// TestCheckoutCancelled: a checkout whose context ends while it works
+// fails with the context's error, wherever it was; it used to report
+// success with the files its workers had skipped missing.
+func TestCheckoutCancelled(t *testing.T) {
+	st := storetest.New(t)
+	src := filepath.Join(t.TempDir(), "src")
+	files := map[string]int{}
+	for i := 0; i < 60; i++ {
+		files[filepath.Join("d", "f"+string(rune('a'+i%26))+string(rune('a'+i/26)))] = 20000
+	}
+	snapshottest.RandomFiles(t, src, 7, files)
+	res := commit(t, st, src, snapshot.CommitOptions{})
+	for _, n := range []int{1, 3, 10, 40} {
+		ctx, cancel := context.WithCancel(context.Background())
+		dst := filepath.Join(t.TempDir(), "dst")
+		_, _, err := snapshot.Checkout(ctx, &cancelAfter{Source: st, n: n, cancel: cancel}, res.Root, dst,
+			snapshot.CheckoutOptions{Params: st.Config().Chunker, NoSync: true})
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled at read %d: err = %v, want context.Canceled", n, err)
+		}
+	}
+}
+
+// cancelSaver is a Saver that cancels its context on the n-th write.
+type cancelSaver struct {
+	snapshot.Saver
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelSaver) Put(t store.Type, id chunk.ID, data []byte) (bool, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return c.Saver.Put(t, id, data)
+}
+
+// TestCommitCancelled: a commit whose context ends while it reads fails
+// with the context's error; it must never save a tree that names files
+// whose content its readers skipped.
+func TestCommitCancelled(t *testing.T) {
+	st := storetest.New(t)
+	src := filepath.Join(t.TempDir(), "src")
+	files := map[string]int{}
+	for i := 0; i < 60; i++ {
+		files[filepath.Join("d", "f"+string(rune('a'+i%26))+string(rune('a'+i/26)))] = 20000
+	}
+	snapshottest.RandomFiles(t, src, 8, files)
+	for _, n := range []int{1, 3, 10, 40} {
+		ctx, cancel := context.WithCancel(context.Background())
+		w := st.NewWriter()
+		res, err := snapshot.Commit(ctx, &cancelSaver{Saver: w, n: n, cancel: cancel}, st.Config().Chunker, src, snapshot.CommitOptions{})
+		cancel()
+		w.Abort()
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled at write %d: err = %v (result %v), want context.Canceled", n, err, res)
+		}
 	}
 }
