@@ -109,6 +109,9 @@ type CheckoutOptions struct {
 	Force    bool // overwrite a non-empty directory sim did not check out
 	Progress *snapshot.Progress
 	NoSync   bool
+	// Trace is snapshot.CheckoutOptions.Trace: called after each change
+	// to the directory.
+	Trace func(op, rel string)
 }
 
 // Record describes the last checkout into a directory.
@@ -196,7 +199,8 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 		return nil, err
 	}
 	stats, newRec, err := snapshot.Checkout(ctx, st, c.Tree, abs, snapshot.CheckoutOptions{
-		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync})
+		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync,
+		Trace: opts.Trace})
 	if err != nil {
 		return nil, err
 	}
