@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-
 	"github.com/systemimager/sim/client/disk"
 )
 
@@ -187,4 +186,3 @@ func writeFile(root, rel, content string, mode os.FileMode) (bool, error) {
 	}
 	return true, nil
 }
-
