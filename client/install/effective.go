@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
@@ -48,7 +49,7 @@ func Effective(st *store.Store, id chunk.ID, overrides []Doc, hostname string) (
 		names = append(names, o.Name)
 	}
 	if hostname != "" {
-		if tree, err = withHosts(src, st.Config().Chunker, tree, hostname); err != nil {
+		if tree, err = withHosts(src, st.Config().Chunker, tree, hostname, img.Time); err != nil {
 			w.Abort()
 			return chunk.ID{}, err
 		}
@@ -107,16 +108,25 @@ func (p *pending) Get(id chunk.ID) ([]byte, error) {
 }
 
 // withHosts lays /etc/hosts with hostname's line over tree, keeping the
-// image's file metadata; a tree without a regular /etc/hosts, or whose
-// file has the line already, is returned as it is.
-func withHosts(src *pending, p chunk.Params, tree chunk.ID, hostname string) (chunk.ID, error) {
-	n, err := snapshot.Lookup(src, tree, "/"+HostsFile)
-	if err != nil || n.Kind != snapshot.KindFile {
-		return tree, nil
-	}
+// image's file metadata; one the image lacks is made as the installer
+// makes it (HostsWith of nothing: localhost and the line), root's, 0644,
+// with the image's time. A tree whose file has the line already, or that
+// has something else than a file there, is returned as it is.
+func withHosts(src *pending, p chunk.Params, tree chunk.ID, hostname string, t time.Time) (chunk.ID, error) {
 	var old bytes.Buffer
-	if err := snapshot.WriteContent(src, n, &old); err != nil {
-		return tree, fmt.Errorf("/%s: %w", HostsFile, err)
+	n, err := snapshot.Lookup(src, tree, "/"+HostsFile)
+	switch {
+	case err != nil:
+		if _, derr := snapshot.Lookup(src, tree, "/etc"); derr != nil {
+			return tree, nil // no /etc: nothing to name the host in
+		}
+		n = &snapshot.Node{Kind: snapshot.KindFile, Mode: 0o644, MtimeSec: t.Unix(), MtimeNsec: uint32(t.Nanosecond())}
+	case n.Kind != snapshot.KindFile:
+		return tree, nil
+	default:
+		if err := snapshot.WriteContent(src, n, &old); err != nil {
+			return tree, fmt.Errorf("/%s: %w", HostsFile, err)
+		}
 	}
 	content := HostsWith(old.Bytes(), hostname)
 	if bytes.Equal(content, old.Bytes()) {

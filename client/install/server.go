@@ -210,6 +210,13 @@ func Assignment(st *store.Store, node, mac, image string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	return AssignmentIn(st, reg, node, mac, image)
+}
+
+// AssignmentIn is Assignment with the registry at hand (a rollout
+// resolving many nodes loads it once).
+func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image string) (*Config, error) {
+	var err error
 	var n *catalog.Node
 	switch {
 	case node != "":

@@ -71,6 +71,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newMulticastCommand(e),
 		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
 		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
+		newUpdateCommand(e), newRollbackCommand(e), newAgentCommand(e), newRolloutCommand(e), newDriftCommand(e),
 	)
 	wrapArgs(root)
 	return root
