@@ -151,4 +151,3 @@ func escapeGlob(p string) string {
 	}
 	return b.String()
 }
-

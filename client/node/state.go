@@ -31,7 +31,7 @@ type Version struct {
 	// Effective is what is checked out: the image with the node's
 	// overrides and hosts line (install.Effective); Commit itself when
 	// there are none.
-	Effective chunk.ID    `json:"effective"`
+	Effective chunk.ID      `json:"effective"`
 	Overrides []install.Doc `json:"overrides,omitempty"`
 }
 
@@ -67,7 +67,7 @@ type State struct {
 	// LastOrder and LastResult: the server's order the last operation
 	// carried out, and how it ended, so a redelivered order is answered
 	// without running it twice.
-	LastOrder  string  `json:"last_order,omitempty"`
+	LastOrder  string   `json:"last_order,omitempty"`
 	LastResult *Outcome `json:"last_result,omitempty"`
 	// Drift is the last drift scan's summary.
 	Drift *DriftSummary `json:"drift,omitempty"`
@@ -99,8 +99,8 @@ type Journal struct {
 	Reason       string `json:"reason,omitempty"`
 	HealthOutput string `json:"health_output,omitempty"`
 	// RebootRequired: the boot phase regenerated the bootloader.
-	RebootRequired bool `json:"reboot_required,omitempty"`
-	Started  time.Time       `json:"started"`
+	RebootRequired bool      `json:"reboot_required,omitempty"`
+	Started        time.Time `json:"started"`
 	// Bytes the update fetched (for the result of a completed journal).
 	Bytes int64 `json:"bytes,omitempty"`
 }

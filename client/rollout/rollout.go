@@ -50,13 +50,13 @@ const (
 type Spec struct {
 	Ref string `json:"ref"`
 	// Select says how the nodes were chosen (--group G, --nodes ..., --all).
-	Select string `json:"select"`
+	Select string   `json:"select"`
 	Nodes  []string `json:"nodes"`
 	// Canary nodes go first, alone; then waves of Wave nodes ("N") or
 	// of a share of all of them ("P%").
-	Canary      int    `json:"canary"`
-	Wave        string `json:"wave"`
-	MaxFailures int    `json:"max_failures"`
+	Canary      int      `json:"canary"`
+	Wave        string   `json:"wave"`
+	MaxFailures int      `json:"max_failures"`
 	Health      []string `json:"health,omitempty"`
 	// HealthTimeout bounds each check on a node, seconds (0: the node's
 	// default).
@@ -121,10 +121,10 @@ type Rollout struct {
 
 // Status is `sim rollout status ID --json`.
 type Status struct {
-	ID     string                 `json:"id"`
-	State  string                 `json:"state"`
-	Commit string                 `json:"commit"`
-	Nodes  map[string]*NodeBrief  `json:"nodes"`
+	ID     string                `json:"id"`
+	State  string                `json:"state"`
+	Commit string                `json:"commit"`
+	Nodes  map[string]*NodeBrief `json:"nodes"`
 }
 
 // NodeBrief is a node in Status.
