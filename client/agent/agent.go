@@ -257,8 +257,14 @@ func (a *agent) execute(ctx context.Context, o *fleet.Order) {
 	if s, err := node.LoadState(a.Store.Dir()); err == nil && s.LastOrder == o.ID && s.LastResult != nil {
 		if j, _ := node.LoadJournal(a.Store.Dir()); j == nil {
 			res.Outcome = s.LastResult
-			res.OK = s.LastResult.State != node.RolledBack || o.Kind == fleet.OrderRollback
-			res.Error = s.LastResult.Error
+			if o.Kind == fleet.OrderRollback {
+				res.OK = s.LastResult.State == node.RolledBack
+			} else {
+				res.OK = s.LastResult.State == node.Idle && s.LastResult.Error == ""
+			}
+			if !res.OK {
+				res.Error = fmt.Sprintf("%s: %s", a.m.Name, s.LastResult.Error)
+			}
 			a.send(ctx, res)
 			return
 		}

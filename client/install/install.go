@@ -554,7 +554,7 @@ func Chroot(ctx context.Context, root string, env []string, log io.Writer, args 
 		if len(tail) > 2000 {
 			tail = "…" + tail[len(tail)-2000:]
 		}
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, tail)
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, tail)
 	}
 	return nil
 }

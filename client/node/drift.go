@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/systemimager/sim/chunk"
@@ -82,6 +85,20 @@ func (m *Machine) Drift(ctx context.Context) (*Drift, error) {
 	if err != nil {
 		return nil, fmt.Errorf("drift: %w", err)
 	}
+	// A directory the image lacks that holds only preserved paths (the
+	// installer's /etc/systemd/network) is there for them, not drift.
+	changes = slices.DeleteFunc(changes, func(ch snapshot.Change) bool {
+		if ch.Action != snapshot.Added || ch.Kind != snapshot.KindDir {
+			return false
+		}
+		for _, o := range changes {
+			if strings.HasPrefix(o.Path, ch.Path+"/") {
+				return false
+			}
+		}
+		ents, err := os.ReadDir(filepath.Join(m.Root, ch.Path))
+		return err == nil && len(ents) > 0
+	})
 	d := classify(changes)
 	d.Commit = cur.Commit
 	if s, err := LoadState(m.Store.Dir()); err == nil {

@@ -3,7 +3,9 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os/exec"
 	"os"
 	"path"
 	"path/filepath"
@@ -74,8 +76,9 @@ func (m *Machine) health(ctx context.Context, j *Journal) (out string, err error
 // firstLine is an exit status and the last line of the check's output.
 func firstLine(err error, out string) string {
 	msg := err.Error()
-	if i := bytes.IndexByte([]byte(msg), ':'); i > 0 {
-		msg = msg[:i] // Chroot's error ends with the whole output
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		msg = ee.Error() // Chroot's error ends with the whole output
 	}
 	lines := bytes.Split(bytes.TrimSpace([]byte(out)), []byte("\n"))
 	if last := string(bytes.TrimSpace(lines[len(lines)-1])); last != "" {

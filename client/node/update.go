@@ -162,6 +162,10 @@ func (m *Machine) Resolve(ctx context.Context, ref string) (*Target, error) {
 	t := &Target{}
 	if asg != nil {
 		t.Image, t.Commit, t.Overrides, t.Identity = asg.Image, asg.Commit, asg.Overrides, asg
+	} else if in, err := install.ReadInstalled(m.Store.Dir()); err == nil {
+		// A node its server does not know (any more) keeps the
+		// identity it was installed with.
+		t.Identity = in.Config()
 	}
 	if ref != "" {
 		id, kind, err := m.Remote.Resolve(ctx, ref)
@@ -315,7 +319,8 @@ func (m *Machine) Rollback(ctx context.Context, order, reason string) (*Outcome,
 	start := time.Now()
 	if r, err := m.Recover(ctx); err != nil {
 		return nil, err
-	} else if r != nil && r.Order == order && order != "" {
+	} else if r != nil && r.Op == "rollback" && r.Order == order {
+		// The rollback asked for again is the one just completed.
 		return r, nil
 	}
 	s, err := LoadState(m.Store.Dir())
@@ -330,6 +335,24 @@ func (m *Machine) Rollback(ctx context.Context, order, reason string) (*Outcome,
 		return nil, errors.New("nothing to roll back to: this node has not been updated by sim since it was installed")
 	}
 	prev := *s.Previous
+	// The version before, with the identity the node has now (its hosts
+	// line): a rollback never takes a node's name away.
+	host := ""
+	in, inErr := install.ReadInstalled(m.Store.Dir())
+	if inErr == nil {
+		host = in.Hostname
+	}
+	if host == "" {
+		b, _ := os.ReadFile(filepath.Join(m.Root, install.HostsFile))
+		host = install.HostsLine(b)
+	}
+	if ok, _ := m.Store.HasCommit(prev.Commit); ok && host != "" {
+		eff, err := install.Effective(m.Store, prev.Commit, prev.Overrides, host)
+		if err != nil {
+			return nil, fmt.Errorf("roll back to %s: %w", prev.Commit.Short(), err)
+		}
+		prev.Effective = eff
+	}
 	for _, id := range []chunk.ID{prev.Effective, prev.Commit} {
 		if ok, err := m.Store.HasCommit(id); err != nil || !ok {
 			return nil, fmt.Errorf("cannot roll back to %s: commit %s is not in the node store %s", prev.Commit.Short(), id.Short(), m.Store.Dir())
@@ -338,6 +361,7 @@ func (m *Machine) Rollback(ctx context.Context, order, reason string) (*Outcome,
 	if reason == "" {
 		reason = "rolled back by hand"
 	}
+	// The identity files themselves are preserved: they stay as they are.
 	j := &Journal{Op: "rollback", From: cur, To: prev, Phase: "apply", Order: order, Reason: reason, Started: start.UTC()}
 	if err := saveJournal(m.Store.Dir(), j); err != nil {
 		return nil, err
@@ -475,8 +499,10 @@ func (m *Machine) finish(j *Journal, res *Outcome) (*Outcome, error) {
 		res.Op, res.From, res.To = "update", j.To, j.From
 		res.State, res.Error, res.Health = RolledBack, j.Reason, j.HealthOutput
 	} else {
+		// The version before is the rollback target; an update to the
+		// version the node was on already leaves it as it was.
 		prev := j.From
-		if !prev.IsZero() {
+		if !prev.IsZero() && prev.Effective != j.To.Effective {
 			s.Previous = &prev
 		}
 		res.State = Idle

@@ -241,7 +241,14 @@ func (e *Engine) step(r *Rollout) {
 		return busy
 	}
 	if r.overBudget() {
-		e.halt(r, fmt.Sprintf("%d nodes failed, more than --max-failures %d: %s", r.Failures-r.Accepted, r.Spec.MaxFailures, r.failureList()))
+		where := "while staging"
+		if r.Wave < len(r.Waves) && (r.Staged || !r.Spec.StageFirst) {
+			where = "in " + waveName(r, r.Wave)
+			if waveDone(r, r.Wave) {
+				where = "after " + waveName(r, r.Wave)
+			}
+		}
+		e.halt(r, fmt.Sprintf("%s: %s failed, more than --max-failures %d: %s", where, nodesN(r.Failures-r.Accepted), r.Spec.MaxFailures, r.failureList()))
 		return
 	}
 	if r.Spec.StageFirst && !r.Staged {
@@ -251,7 +258,7 @@ func (e *Engine) step(r *Rollout) {
 		r.Staged, changed = true, true
 		e.logf(r, "", "staged", "every node has the update; applying wave by wave")
 		if r.overBudget() {
-			e.halt(r, fmt.Sprintf("staging failed on %d nodes, more than --max-failures %d: %s", r.Failures-r.Accepted, r.Spec.MaxFailures, r.failureList()))
+			e.halt(r, fmt.Sprintf("staging failed on %s, more than --max-failures %d: %s", nodesN(r.Failures-r.Accepted), r.Spec.MaxFailures, r.failureList()))
 			return
 		}
 	}
@@ -260,7 +267,7 @@ func (e *Engine) step(r *Rollout) {
 			return
 		}
 		if r.overBudget() {
-			e.halt(r, fmt.Sprintf("after %s: %d nodes failed, more than --max-failures %d: %s", waveName(r, r.Wave), r.Failures-r.Accepted, r.Spec.MaxFailures, r.failureList()))
+			e.halt(r, fmt.Sprintf("after %s: %s failed, more than --max-failures %d: %s", waveName(r, r.Wave), nodesN(r.Failures-r.Accepted), r.Spec.MaxFailures, r.failureList()))
 			return
 		}
 		e.logf(r, "", "wave done", waveName(r, r.Wave))
@@ -276,6 +283,22 @@ func (e *Engine) step(r *Rollout) {
 	changed = true
 	e.logf(r, "", "done", r.Reason)
 	e.publish(r, "", "", r.Reason)
+}
+
+func waveDone(r *Rollout, w int) bool {
+	for _, n := range r.Waves[w] {
+		if !r.Nodes[n].terminal() {
+			return false
+		}
+	}
+	return true
+}
+
+func nodesN(n int) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
 }
 
 func waveName(r *Rollout, i int) string {

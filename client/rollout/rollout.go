@@ -167,6 +167,9 @@ func statePath(storeDir, id string) string { return filepath.Join(Dir(storeDir),
 func logPath(storeDir, id string) string   { return filepath.Join(Dir(storeDir), id+".log") }
 
 func save(storeDir string, r *Rollout) error {
+	if err := os.MkdirAll(Dir(storeDir), 0o755); err != nil {
+		return fmt.Errorf("rollout %s: save: %w", r.ID, err)
+	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
@@ -244,6 +247,9 @@ type Entry struct {
 
 func appendLog(storeDir, id string, e Entry) error {
 	b, _ := json.Marshal(e)
+	if err := os.MkdirAll(Dir(storeDir), 0o755); err != nil {
+		return err
+	}
 	f, err := os.OpenFile(logPath(storeDir, id), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
