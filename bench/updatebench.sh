@@ -171,7 +171,6 @@ for v in v1 v2 v3; do
 done
 S group add compute --image deb >>"$W/log/store.log" 2>&1
 for n in $(nodes $NMAX); do S node add "$n" --group compute >>"$W/log/store.log" 2>&1; done
-V2ID=$(S show v2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 
 "$LAB" down --name "$L" 2>/dev/null || true
 "$LAB" up --name "$L" --nodes $NMAX --server-rate 1gbit --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
@@ -182,31 +181,61 @@ PIDS+=($!)
 wait_port $SIM_PORT
 wait_port $RSYNC_PORT
 
-log "$NMAX sim nodes at v2 (root with its store inside, identity, installed.json) and $NMAX rsync nodes at v2"
-setup_node() { # n
-	local n=$1 R=$W/sim/$1
-	lx "$n" -- "$SIM" --store "$R/var/lib/sim" checkout --from "$URL" v2 "$R" --no-sync >>"$W/log/setup.log" 2>&1 || return 1
-	echo "$n" >"$R/etc/hostname"
+# A set of N sim nodes at FROM, fresh (their stores hold FROM only, as
+# after an install): roots with their stores inside, identity, installed.json.
+setup_node() { # set n from
+	local R=$W/sim/$1/$2 id
+	id=$(S show "$3" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+	"$LAB" exec --name "$L" "$2" -- "$SIM" --store "$R/var/lib/sim" checkout --from "$URL" "$3" "$R" --no-sync >>"$W/log/setup.log" 2>&1 || return 1
+	echo "$2" >"$R/etc/hostname"
 	head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
-	printf '{"node":"%s","image":"deb","commit":"%s","server":"%s","hostname":"%s"}\n' "$n" "$V2ID" "$URL" "$n" >"$R/var/lib/sim/installed.json"
-	lx "$n" -- rsync -aHAX --numeric-ids "rsync://$SRV_IP:$RSYNC_PORT/v2/" "$W/rs/$n/" >>"$W/log/setup.log" 2>&1 || return 1
+	printf '{"node":"%s","image":"deb","commit":"%s","server":"%s","hostname":"%s"}\n' "$2" "$id" "$URL" "$2" >"$R/var/lib/sim/installed.json"
 }
-for n in $(nodes $NMAX); do setup_node "$n" & done
-wait || true
-for n in $(nodes $NMAX); do [ -f "$W/sim/$n/var/lib/sim/installed.json" ] && [ -d "$W/rs/$n/etc" ] || die "setting up $n failed (see $W/log/setup.log)"; done
-
+make_set() { # set N from
+	local n p pids=()
+	log "set $1: $2 fresh sim nodes at $3"
+	for n in $(nodes "$2"); do
+		setup_node "$1" "$n" "$3" &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || die "setting up a node of set $1 failed (see $W/log/setup.log)"; done
+}
 AGENT=()
+start_agents() { # set N
+	local n i up
+	AGENT=()
+	for n in $(nodes "$2"); do
+		# "$LAB" exec execs ip netns exec, which execs sim: $! is the agent.
+		"$LAB" exec --name "$L" "$n" -- "$SIM" --store "$W/sim/$1/$n/var/lib/sim" agent --root "$W/sim/$1/$n" --drift-every 0 2>>"$W/log/agent-$1-$n.log" &
+		AGENT+=($!)
+		PIDS+=($!)
+	done
+	for ((i = 0; i < 300; i++)); do
+		up=$(S nodes --json | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["last_seen"] and n["state"] == "idle"))')
+		[ "$up" -ge "$2" ] && break
+		sleep 0.2
+	done
+	[ "$up" -ge "$2" ] || die "only $up of $2 agents report"
+}
+stop_agents() {
+	local p
+	for p in "${AGENT[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${AGENT[@]}"; do wait "$p" 2>/dev/null || true; forget "$p"; done
+	AGENT=()
+}
+forget() {
+	local p keep=()
+	for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+log "$NMAX rsync nodes at v2"
+RS=()
 for n in $(nodes $NMAX); do
-	lx "$n" -- "$SIM" --store "$W/sim/$n/var/lib/sim" agent --root "$W/sim/$n" --drift-every 0 2>>"$W/log/agent-$n.log" &
-	AGENT+=($!)
-	PIDS+=($!)
+	"$LAB" exec --name "$L" "$n" -- rsync -aHAX --numeric-ids "rsync://$SRV_IP:$RSYNC_PORT/v2/" "$W/rs/$n/" >>"$W/log/setup.log" 2>&1 &
+	RS+=($!)
 done
-for ((i = 0; i < 300; i++)); do
-	up=$(S nodes --json | python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["last_seen"] and n["state"] == "idle"))')
-	[ "$up" -eq $NMAX ] && break
-	sleep 0.2
-done
-[ "$up" -eq $NMAX ] || die "only $up of $NMAX agents report"
+for p in "${RS[@]}"; do wait "$p" || die "rsync setup failed (see $W/log/setup.log)"; done
 
 # ================================================================ measure ===
 # sim: a rollout of TO to n1..nN in one wave; echo "seconds server_bytes cpu plan_err_pct"
@@ -250,7 +279,7 @@ rsync_update() { # N TO
 	tx0=$(srv_tx)
 	t0=$(now)
 	for n in $(nodes "$N"); do
-		lx "$n" -- /usr/bin/time -f "%U %S" -o "$W/log/rs-time-$n" \
+		"$LAB" exec --name "$L" "$n" -- /usr/bin/time -f "%U %S" -o "$W/log/rs-time-$n" \
 			rsync -aHAX --numeric-ids --delete --exclude-from="$W/exclude" "rsync://$SRV_IP:$RSYNC_PORT/$to/" "$W/rs/$n/" >>"$W/log/rsync.log" 2>&1 &
 		pids+=($!)
 	done
@@ -258,12 +287,15 @@ rsync_update() { # N TO
 	t1=$(now)
 	sleep 0.3
 	tx1=$(srv_tx)
-	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $(cat "$W"/log/rs-time-n{1..$N} 2>/dev/null | awk '{ c += $1 + $2 } END { printf "%.2f", c }')"
+	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $(for n in $(nodes "$N"); do cat "$W/log/rs-time-$n"; done | awk '{ c += $1 + $2 } END { printf "%.2f", c }')"
 }
 rsync_to() { # N TO, untimed
-	local n
-	for n in $(nodes "$1"); do lx "$n" -- rsync -aHAX --numeric-ids --delete --exclude-from="$W/exclude" "rsync://$SRV_IP:$RSYNC_PORT/$2/" "$W/rs/$n/" >>"$W/log/rsync.log" 2>&1 & done
-	wait
+	local n p pids=()
+	for n in $(nodes "$1"); do
+		"$LAB" exec --name "$L" "$n" -- rsync -aHAX --numeric-ids --delete --exclude-from="$W/exclude" "rsync://$SRV_IP:$RSYNC_PORT/$2/" "$W/rs/$n/" >>"$W/log/rsync.log" 2>&1 &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || die "rsync to $2 failed (see $W/log/rsync.log)"; done
 }
 
 declare -A R
@@ -271,33 +303,38 @@ for upd in "v2 v3" "v1 v2"; do
 	set -- $upd
 	from=$1 to=$2
 	for N in 8 16; do
-		log "update $from -> $to on $N nodes: sim (bring them to $from first)"
-		sim_rollout $NMAX "$from" >/dev/null
+		set_=$from-$N
+		make_set "$set_" "$N" "$from"
+		if [ "$from" = v2 ] && [ "$N" = 8 ]; then
+			log "drift scan of a v2 node (warm), beside rsync -n -c"
+			R1=$W/sim/$set_/n1
+			"$SIM" --store "$R1/var/lib/sim" drift --root "$R1" >/dev/null 2>>"$W/log/drift.log" || die "drift failed (see $W/log/drift.log)"
+			DRIFT=$(for i in 1 2 3 4 5; do
+				t0=$(now)
+				"$SIM" --store "$R1/var/lib/sim" drift --root "$R1" --json >"$W/log/drift.json" 2>>"$W/log/drift.log"
+				secs "$t0" "$(now)"
+			done | sort -n | sed -n 3p)
+			DRIFTN=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(len(v[k]) for v in d.values() for k in ("added","modified","removed","metadata")))' "$W/log/drift.json")
+			rsync -nac --delete --exclude-from="$W/exclude" "$CORPUS/v2/" "$R1/" >/dev/null 2>&1 || true # warm
+			RSN=$(for i in 1 2 3; do
+				t0=$(now)
+				rsync -nac --delete --exclude-from="$W/exclude" "$CORPUS/v2/" "$R1/" >/dev/null 2>&1 || true
+				secs "$t0" "$(now)"
+			done | sort -n | sed -n 2p)
+			log "  drift: sim ${DRIFT} s ($DRIFTN paths), rsync -n -c ${RSN} s"
+		fi
+		start_agents "$set_" "$N"
+		log "update $from -> $to on $N nodes: sim"
 		R[sim,$from,$N]=$(sim_rollout "$N" "$to")
 		log "  sim: ${R[sim,$from,$N]}"
+		stop_agents
+		rm -rf --one-file-system "${W:?}/sim/$set_"
 		rsync_to $NMAX "$from"
+		log "update $from -> $to on $N nodes: rsync"
 		R[rs,$from,$N]=$(rsync_update "$N" "$to")
 		log "  rsync: ${R[rs,$from,$N]}"
 	done
 done
-
-log "drift scan of a v2 node (warm), beside rsync -n -c"
-sim_rollout $NMAX v2 >/dev/null
-kill -TERM "${AGENT[0]}" && wait "${AGENT[0]}" 2>/dev/null || true
-R1=$W/sim/n1
-"$SIM" --store "$R1/var/lib/sim" drift --root "$R1" >/dev/null 2>&1 # warm
-DRIFT=$(for i in 1 2 3 4 5; do
-	t0=$(now)
-	"$SIM" --store "$R1/var/lib/sim" drift --root "$R1" --json >"$W/log/drift.json" 2>>"$W/log/drift.log"
-	secs "$t0" "$(now)"
-done | sort -n | sed -n 3p)
-DRIFTN=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(len(v[k]) for v in d.values() for k in ("added","modified","removed","metadata")))' "$W/log/drift.json")
-rsync -nac --delete --exclude-from="$W/exclude" "$CORPUS/v2/" "$R1/" >/dev/null 2>&1 # warm
-RSN=$(for i in 1 2 3; do
-	t0=$(now)
-	rsync -nac --delete --exclude-from="$W/exclude" "$CORPUS/v2/" "$R1/" >/dev/null 2>&1
-	secs "$t0" "$(now)"
-done | sort -n | sed -n 2p)
 
 # ================================================================= report ===
 {

@@ -112,6 +112,9 @@ type CheckoutOptions struct {
 	// Trace is snapshot.CheckoutOptions.Trace: called after each change
 	// to the directory.
 	Trace func(op, rel string)
+	// Source, if set, is where the trees and chunks are read (the store
+	// through a snapshot.Cache); default the store.
+	Source snapshot.Source
 }
 
 // Record describes the last checkout into a directory.
@@ -214,7 +217,11 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 	if err := writeRecord(jpath, prev); err != nil {
 		return nil, err
 	}
-	stats, newRec, err := snapshot.Checkout(ctx, st, c.Tree, abs, snapshot.CheckoutOptions{
+	var src snapshot.Source = st
+	if opts.Source != nil {
+		src = opts.Source
+	}
+	stats, newRec, err := snapshot.Checkout(ctx, src, c.Tree, abs, snapshot.CheckoutOptions{
 		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync,
 		Trace: opts.Trace})
 	if err != nil {

@@ -75,7 +75,7 @@ func (m *Machine) Drift(ctx context.Context) (*Drift, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms := &snapshot.MemSaver{Next: m.Store}
+	ms := &snapshot.MemSaver{Next: m.source()}
 	res, err := snapshot.Commit(ctx, ms, m.Store.Config().Chunker, m.Root, snapshot.CommitOptions{
 		Exclude: ex, Cache: client.RecordCache(m.Store, m.Root), Warn: func(error) {}})
 	if err != nil {

@@ -40,6 +40,10 @@ type Machine struct {
 	// Phase, if set, is told what the machine is doing: "staging",
 	// "applying", "checking", "rolling-back", "" when done.
 	Phase func(phase string)
+
+	// cache holds the trees the last apply read: the next one (an agent
+	// lives on) reads from the store only what changed.
+	cache *snapshot.Cache
 }
 
 // Target is what an update brings a node to, as its server resolved it.
@@ -79,13 +83,22 @@ func Open(st *store.Store, root, name string, r *simsync.Remote) (*Machine, erro
 	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("root %s: not a directory", root)
 	}
-	m := &Machine{Store: st, Root: abs, Name: name, Remote: r, Log: io.Discard}
+	m := &Machine{Store: st, Root: abs, Name: name, Remote: r, Log: io.Discard,
+		cache: &snapshot.Cache{Src: st, Max: 64 << 20}}
 	if m.Name == "" {
 		if in, err := install.ReadInstalled(st.Dir()); err == nil {
 			m.Name = in.Node
 		}
 	}
 	return m, nil
+}
+
+// source reads the store through the machine's cache.
+func (m *Machine) source() snapshot.Source {
+	if m.cache == nil {
+		m.cache = &snapshot.Cache{Src: m.Store, Max: 64 << 20}
+	}
+	return m.cache
 }
 
 func (m *Machine) trace(op, path string) {
@@ -561,7 +574,8 @@ func (m *Machine) checkout(ctx context.Context, v Version) (*snapshot.CheckoutSt
 	if err != nil {
 		return nil, err
 	}
-	stats, err := client.Checkout(ctx, m.Store, v.Effective, m.Root, client.CheckoutOptions{Exclude: pats, Force: true, Trace: m.Trace})
+	stats, err := client.Checkout(ctx, m.Store, v.Effective, m.Root, client.CheckoutOptions{Exclude: pats, Force: true, Trace: m.Trace,
+		Source: m.source()})
 	if err != nil {
 		return nil, err
 	}

@@ -518,8 +518,13 @@ func (e *Engine) onResult(res *fleet.ResultMsg) {
 		return // an order withdrawn or timed out meanwhile
 	}
 	ns.Order = ""
-	if o := res.Outcome; o != nil {
-		ns.Bytes += o.Bytes
+	// What the node received for this rollout: its staging and its
+	// update (the live figure of its reports is replaced).
+	if o := res.Outcome; o != nil && res.Kind != fleet.OrderRollback {
+		ns.Bytes = ns.StagedBytes + o.Bytes
+		if res.Kind == fleet.OrderStage {
+			ns.StagedBytes = o.Bytes
+		}
 	}
 	event, reason := "", ""
 	switch res.Kind {

@@ -85,6 +85,8 @@ type NodeStatus struct {
 	Sent    time.Time `json:"sent,omitzero"`
 	Planned int64     `json:"planned,omitempty"`
 	Staged  bool      `json:"staged,omitempty"`
+	// StagedBytes is what its staging received.
+	StagedBytes int64 `json:"staged_bytes,omitempty"`
 	// Reverting / Reverted: abort --revert's rollback of this node.
 	Reverting bool `json:"reverting,omitempty"`
 	Reverted  bool `json:"reverted,omitempty"`

@@ -199,7 +199,8 @@ func TestLabFleet(t *testing.T) {
 	})
 
 	// Roll v3 out: canary n1, then n2-n5, then n6-n8.
-	id := lastLine(ok(t, srv, "rollout", "start", "v3", "--group", "compute", "--canary", "1", "--wave", "4"))
+	// Staged first: every node fetches, then the waves apply.
+	id := lastLine(ok(t, srv, "rollout", "start", "v3", "--group", "compute", "--canary", "1", "--wave", "4", "--stage-first"))
 	status := func(id string) rollout.Status {
 		var s rollout.Status
 		decodeJSON(t, ok(t, srv, "rollout", "status", id, "--json"), &s)
