@@ -143,7 +143,9 @@ func TestLabFleet(t *testing.T) {
 		server = l.start(t, "srv", "sim serve", nil, "--store", srv, "serve", "--listen", "198.18.0.1:7480")
 		probe := "exec 3<>/dev/tcp/198.18.0.1/7480"
 		waitFor(t, "sim serve up", 30*time.Second, func() (bool, string) {
-			return exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil, "no answer"
+			// Its port, and the socket admin commands are forwarded to.
+			_, err := os.Stat(filepath.Join(srv, "sim.sock"))
+			return err == nil && exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil, "no answer"
 		})
 		return "http://198.18.0.1:7480"
 	}
