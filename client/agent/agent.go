@@ -291,9 +291,9 @@ func (a *agent) execute(ctx context.Context, o *fleet.Order) {
 		res.Outcome, err = a.m.Update(ctx, o.Target, node.UpdateOptions{Transport: tr, Health: o.Health,
 			HealthTimeout: time.Duration(o.HealthTimeout * float64(time.Second)), Order: o.ID, StageOnly: o.Kind == fleet.OrderStage})
 		if tr != nil {
-			// A swarm's peers may still want what this node holds;
-			// its own linger time bounds this.
-			tr.Finish(ctx)
+			// After the result is sent: a swarm's peers may still
+			// want what this node holds (its --seed-time bounds it).
+			defer tr.Finish(ctx)
 		}
 		if err == nil && res.Outcome != nil && res.Outcome.State == node.RolledBack {
 			err = errors.New(res.Outcome.Error)
