@@ -10,6 +10,7 @@
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh;
 #                multicast vs udpcast: bench/mcastbench.sh;
+#                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
@@ -150,6 +151,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	$(MAKE) metal-bench
 
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).

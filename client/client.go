@@ -109,6 +109,12 @@ type CheckoutOptions struct {
 	Force    bool // overwrite a non-empty directory sim did not check out
 	Progress *snapshot.Progress
 	NoSync   bool
+	// Trace is snapshot.CheckoutOptions.Trace: called after each change
+	// to the directory.
+	Trace func(op, rel string)
+	// Source, if set, is where the trees and chunks are read (the store
+	// through a snapshot.Cache); default the store.
+	Source snapshot.Source
 }
 
 // Record describes the last checkout into a directory.
@@ -152,6 +158,22 @@ func LastCheckout(st *store.Store, dir string) (*Record, error) {
 	return &r, nil
 }
 
+// RecordCache is what the last checkout into dir wrote, as a stat cache
+// (path → stat → content): a drift scan's fast path. A missing or damaged
+// record is an empty cache (every file is then hashed).
+func RecordCache(st *store.Store, dir string) *snapshot.StatCache {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return snapshot.NewStatCache()
+	}
+	_, spath := recordPaths(st, abs)
+	c, err := snapshot.LoadStatCache(spath)
+	if err != nil || c == nil {
+		return snapshot.NewStatCache()
+	}
+	return c
+}
+
 // Checkout makes dir exactly the commit id's tree, in place.
 func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opts CheckoutOptions) (*snapshot.CheckoutStats, error) {
 	c, err := st.Commit(id)
@@ -180,7 +202,7 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 			rec = snapshot.NewStatCache()
 		}
 	} else if !opts.Force {
-		if empty, err := isEmptyOrMissing(abs); err != nil {
+		if empty, err := holdsOnly(abs, protect); err != nil {
 			return nil, err
 		} else if !empty {
 			return nil, fmt.Errorf("%s: %w (use --force to make it the image anyway)", abs, ErrNotOurs)
@@ -195,8 +217,13 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 	if err := writeRecord(jpath, prev); err != nil {
 		return nil, err
 	}
-	stats, newRec, err := snapshot.Checkout(ctx, st, c.Tree, abs, snapshot.CheckoutOptions{
-		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync})
+	var src snapshot.Source = st
+	if opts.Source != nil {
+		src = opts.Source
+	}
+	stats, newRec, err := snapshot.Checkout(ctx, src, c.Tree, abs, snapshot.CheckoutOptions{
+		Exclude: m, Protect: protect, Record: rec, Params: st.Config().Chunker, Progress: opts.Progress, NoSync: opts.NoSync,
+		Trace: opts.Trace})
 	if err != nil {
 		return nil, err
 	}
@@ -268,6 +295,34 @@ func realPath(p string) (string, error) {
 		rest = filepath.Join(filepath.Base(cur), rest)
 		cur = parent
 	}
+}
+
+// holdsOnly says whether dir is missing, empty, or holds nothing but the
+// directories leading to the protected paths (a new node's root, whose
+// store at var/lib/sim was created first).
+func holdsOnly(dir string, protect []string) (bool, error) {
+	for _, p := range protect {
+		first, rest, _ := strings.Cut(p, "/")
+		f, err := os.Open(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		names, err := f.Readdirnames(3)
+		f.Close()
+		if err != nil && err != io.EOF {
+			return false, err
+		}
+		if len(names) == 1 && names[0] == first {
+			if rest == "" {
+				return true, nil
+			}
+			return holdsOnly(filepath.Join(dir, first), []string{rest})
+		}
+	}
+	return isEmptyOrMissing(dir)
 }
 
 func isEmptyOrMissing(dir string) (bool, error) {

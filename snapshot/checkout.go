@@ -57,6 +57,12 @@ type CheckoutOptions struct {
 	Workers  int
 	Progress *Progress
 	NoSync   bool // skip the final syncfs
+	// Trace, if set, is called after each change Checkout makes to the
+	// directory, with what it did ("write", "remove", "mkdir", "meta",
+	// "link") and the entry's slash-separated path; from several
+	// goroutines at once. It is for progress and for the crash tests that
+	// stop a checkout after its Nth change.
+	Trace func(op, rel string)
 }
 
 // CheckoutStats counts what Checkout did. Directories whose metadata was
@@ -241,6 +247,12 @@ func metaHash(n *Node) uint64 {
 	return binary.LittleEndian.Uint64(id[:8]) | 1 // never 0: 0 means unknown
 }
 
+func (co *checkouter) trace(op, rel string) {
+	if co.opts.Trace != nil {
+		co.opts.Trace(op, rel)
+	}
+}
+
 func (co *checkouter) tmpName() string {
 	return ".sim-tmp-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(co.tmpSeq.Add(1), 10)
 }
@@ -275,6 +287,7 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			return fmt.Errorf("remove %q: %w", erel, err)
 		}
 		co.stats.add(&co.stats.Removed, 1)
+		co.trace("remove", erel)
 	}
 	for i := range t.Entries {
 		e := &t.Entries[i]
@@ -298,6 +311,7 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			if kept != "" {
 				return fmt.Errorf("cannot replace directory %q with a %s: it holds %q, which this checkout keeps", erel, e.Kind, kept)
 			}
+			co.trace("remove", erel)
 			exists = false
 		}
 		op := &fileOp{dirfd: fd, name: e.Name, rel: erel, node: e, st: st, exists: exists, fresh: !exists && d.clean}
@@ -311,6 +325,7 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 				if err := unix.Mkdirat(fd, e.Name, 0o700); err != nil {
 					return fmt.Errorf("mkdir %q: %w", erel, err)
 				}
+				co.trace("mkdir", erel)
 			}
 			sfd, err := unix.Openat(fd, e.Name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err != nil {
@@ -523,6 +538,7 @@ func (co *checkouter) writeFile(op *fileOp) error {
 	unix.Close(fd)
 	co.record(op.rel, &st, n)
 	co.stats.add(&co.stats.Written, 1)
+	co.trace("write", op.rel)
 	if co.opts.Progress != nil {
 		co.opts.Progress.Files.Add(1)
 		co.opts.Progress.Bytes.Add(int64(n.Size))
@@ -577,6 +593,7 @@ func (co *checkouter) special(op *fileOp) error {
 	}
 	co.record(op.rel, &st, n)
 	co.stats.add(&co.stats.Written, 1)
+	co.trace("write", op.rel)
 	return nil
 }
 
@@ -596,6 +613,7 @@ func (co *checkouter) fixMeta(op *fileOp) error {
 			return fmt.Errorf("%q: %w", op.rel, err)
 		}
 		co.stats.add(&co.stats.Metadata, 1)
+		co.trace("meta", op.rel)
 		if err := unix.Fstatat(op.dirfd, op.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return err
 		}
@@ -760,6 +778,7 @@ func (co *checkouter) links() error {
 				return fmt.Errorf("link %q to %q: %w", op.rel, op.node.Link, err)
 			}
 			co.stats.add(&co.stats.Written, 1)
+			co.trace("link", op.rel)
 		}
 		// Linking changed the inode's ctime: record it anew under
 		// both names.
@@ -815,6 +834,7 @@ func (co *checkouter) finishDir(d *odir) error {
 	if err := applyMeta(d.fd, -1, "", &d.self, false); err != nil {
 		return fmt.Errorf("directory %q: %w", d.rel, err)
 	}
+	co.trace("meta", d.rel)
 	return nil
 }
 

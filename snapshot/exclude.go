@@ -26,6 +26,9 @@ type pattern struct {
 	glob     string
 	anchored bool
 	dirOnly  bool
+	// slashes in glob: an anchored pattern matches only paths with as
+	// many (no wildcard crosses a slash), which Match checks first.
+	slashes int
 }
 
 // NewMatcher compiles patterns; empty ones and those starting with # are
@@ -50,6 +53,7 @@ func NewMatcher(patterns []string) (*Matcher, error) {
 			return nil, fmt.Errorf("bad exclude pattern %q", p)
 		}
 		pt.glob = p
+		pt.slashes = strings.Count(p, "/")
 		m.pats = append(m.pats, pt)
 	}
 	return m, nil
@@ -80,12 +84,19 @@ func (m *Matcher) Match(rel string, isDir bool) bool {
 		return false
 	}
 	base := rel[strings.LastIndexByte(rel, '/')+1:]
+	slashes := -1
 	for _, p := range m.pats {
 		if p.dirOnly && !isDir {
 			continue
 		}
 		s := base
 		if p.anchored {
+			if slashes < 0 {
+				slashes = strings.Count(rel, "/")
+			}
+			if p.slashes != slashes {
+				continue
+			}
 			s = rel
 		}
 		if ok, _ := path.Match(p.glob, s); ok {

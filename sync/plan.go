@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"fmt"
+	"io"
 	"sort"
 	gosync "sync"
 
@@ -440,6 +441,23 @@ func (p *Planner) Estimate(pl *Plan) (int64, error) {
 		}
 	}
 	return est, nil
+}
+
+// Measure is the exact size of the stream Send writes for pl: it encodes
+// the stream (compressing what Send regroups) and throws it away. A
+// rollout's plan uses it to say, to the byte, what each node will fetch.
+func (p *Planner) Measure(ctx context.Context, pl *Plan) (int64, error) {
+	enc, err := NewEncoder(io.Discard)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.Send(ctx, enc, pl); err != nil {
+		return 0, err
+	}
+	if err := enc.Close(); err != nil {
+		return 0, err
+	}
+	return enc.Bytes(), nil
 }
 
 func binaryKey(id chunk.ID) uint64 {

@@ -231,6 +231,29 @@ func (r *Remote) PostJSON(ctx context.Context, path string, in, out any) error {
 	return nil
 }
 
+// Poll is a long poll: a GET of path that the server holds open for up
+// to wait before answering 204 No Content (ok false: nothing yet) or a
+// JSON answer decoded into v (ok true). It is bounded by wait plus a
+// margin for a slow answer, and never retried: the caller polls again.
+func (r *Remote) Poll(ctx context.Context, path string, wait time.Duration, v any) (bool, error) {
+	resp, err := r.once(ctx, request{method: "GET", path: path, timeout: wait + 30*time.Second})
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNoContent {
+		return false, nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(v); err != nil {
+		return false, fmt.Errorf("GET %s%s: bad answer: %w", r.URL, path, err)
+	}
+	return true, nil
+}
+
+// Transient says whether err (from a Remote call) may go away if the
+// request is made again: no answer at all, or 502, 503, 504.
+func Transient(err error) bool { return transient(err) }
+
 // Refs lists the server's images and tags.
 func (r *Remote) Refs(ctx context.Context) (*RefsResponse, error) {
 	var out RefsResponse

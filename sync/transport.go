@@ -197,9 +197,18 @@ func (f *TransportFlags) Name() string { return f.name }
 
 // Open opens the chosen transport.
 func (f *TransportFlags) Open(ctx context.Context, env TransportEnv) (Transport, error) {
-	c, ok := f.cfgs[f.name]
+	return f.OpenNamed(ctx, f.name, env)
+}
+
+// OpenNamed opens transport name with its flags as given: for a daemon
+// whose orders name the transport of each fetch (sim agent).
+func (f *TransportFlags) OpenNamed(ctx context.Context, name string, env TransportEnv) (Transport, error) {
+	c, ok := f.cfgs[name]
 	if !ok {
-		return nil, &FlagError{Flag: "transport", Value: f.name, Err: fmt.Errorf("%w (have %s)", ErrUnknownTransport, strings.Join(f.names, ", "))}
+		return nil, &FlagError{Flag: "transport", Value: name, Err: fmt.Errorf("%w (have %s)", ErrUnknownTransport, strings.Join(f.names, ", "))}
 	}
 	return c.Open(ctx, env)
 }
+
+// Names lists the registered transports' names.
+func (f *TransportFlags) Names() []string { return append([]string(nil), f.names...) }

@@ -2,59 +2,114 @@ package install
 
 import (
 	"fmt"
-	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/systemimager/sim/client/disk"
 )
 
 // configure writes the node's identity into the new root: fstab by UUID
-// from the layout, /etc/hostname and its /etc/hosts line, and a
-// systemd-networkd configuration (DHCP, or the node's static address) when
-// the image has networkd.
+// from the layout, then Identity.
 func configure(root string, c *Config, parts []disk.Part) error {
-	if err := writeFile(root, "etc/fstab", disk.Fstab(parts), 0o644); err != nil {
+	if _, err := writeFile(root, FstabFile, disk.Fstab(parts), 0o644); err != nil {
+		return err
+	}
+	_, err := Identity(root, c)
+	return err
+}
+
+// Paths of the identity the installer writes (relative to the root), which
+// an update of a running node preserves.
+const (
+	FstabFile    = "etc/fstab"
+	HostnameFile = "etc/hostname"
+	HostsFile    = "etc/hosts"
+	NetworkFile  = "etc/systemd/network/10-sim.network"
+	networkdLink = "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+)
+
+// IdentityFiles are the files Identity (and the installer) write besides
+// /etc/hosts, whose one line is the node's: an update keeps them as they
+// are on the node.
+var IdentityFiles = []string{FstabFile, HostnameFile, NetworkFile, networkdLink}
+
+// Identity writes who the node is into root: /etc/hostname and its
+// 127.0.1.1 line in /etc/hosts, and, when the image has systemd-networkd,
+// /etc/systemd/network/10-sim.network (DHCP, or the node's static
+// address) with networkd enabled. A file that already says the same is
+// not touched, so re-applying an unchanged identity changes nothing. It
+// returns the paths it wrote.
+func Identity(root string, c *Config) ([]string, error) {
+	var wrote []string
+	add := func(rel string, changed bool, err error) error {
+		if changed {
+			wrote = append(wrote, "/"+rel)
+		}
 		return err
 	}
 	if c.Hostname != "" {
-		if err := writeFile(root, "etc/hostname", c.Hostname+"\n", 0o644); err != nil {
-			return err
+		ch, err := writeFile(root, HostnameFile, c.Hostname+"\n", 0o644)
+		if err := add(HostnameFile, ch, err); err != nil {
+			return wrote, err
 		}
-		hosts, _ := os.ReadFile(filepath.Join(root, "etc/hosts"))
-		var out []string
-		for _, l := range strings.Split(strings.TrimRight(string(hosts), "\n"), "\n") {
-			if f := strings.Fields(l); len(f) > 0 && f[0] == "127.0.1.1" {
-				continue
-			}
-			if l != "" || len(out) > 0 {
-				out = append(out, l)
-			}
-		}
-		if len(out) == 0 {
-			out = append(out, "127.0.0.1\tlocalhost")
-		}
-		out = append(out, "127.0.1.1\t"+c.Hostname)
-		if err := writeFile(root, "etc/hosts", strings.Join(out, "\n")+"\n", 0o644); err != nil {
-			return err
+		hosts, _ := os.ReadFile(filepath.Join(root, HostsFile))
+		ch, err = writeFile(root, HostsFile, string(HostsWith(hosts, c.Hostname)), 0o644)
+		if err := add(HostsFile, ch, err); err != nil {
+			return wrote, err
 		}
 	}
-	return network(root, c)
+	net, err := network(root, c)
+	wrote = append(wrote, net...)
+	return wrote, err
 }
 
-func network(root string, c *Config) error {
-	var unit string
-	for _, p := range []string{"lib/systemd/system/systemd-networkd.service", "usr/lib/systemd/system/systemd-networkd.service"} {
-		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
-			unit = "/" + p
+// HostsWith is the hosts file hosts with hostname as its 127.0.1.1 line
+// (Debian's convention), every other line kept; an empty one gets
+// localhost too.
+func HostsWith(hosts []byte, hostname string) []byte {
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(string(hosts), "\n"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "127.0.1.1" {
+			continue
+		}
+		if l != "" || len(out) > 0 {
+			out = append(out, l)
 		}
 	}
-	if unit == "" {
-		return nil // no networkd: the image's own network configuration stays
+	if len(out) == 0 {
+		out = append(out, "127.0.0.1\tlocalhost")
+	}
+	out = append(out, "127.0.1.1\t"+hostname)
+	return []byte(strings.Join(out, "\n") + "\n")
+}
+
+// HostsLine returns the hostname of hosts' 127.0.1.1 line, or "".
+func HostsLine(hosts []byte) string {
+	for _, l := range strings.Split(string(hosts), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "127.0.1.1" {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// HasNetworkd says whether the image in root has systemd-networkd, and
+// where its unit is.
+func HasNetworkd(root string) (string, bool) {
+	for _, p := range []string{"lib/systemd/system/systemd-networkd.service", "usr/lib/systemd/system/systemd-networkd.service"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+			return "/" + p, true
+		}
+	}
+	return "", false
+}
+
+func network(root string, c *Config) ([]string, error) {
+	unit, ok := HasNetworkd(root)
+	if !ok {
+		return nil, nil // no networkd: the image's own network configuration stays
 	}
 	var b strings.Builder
 	b.WriteString("# written by sim install\n[Match]\n")
@@ -66,7 +121,7 @@ func network(root string, c *Config) error {
 	b.WriteString("\n[Network]\n")
 	if c.IP != "" {
 		if _, err := netip.ParsePrefix(c.IP); err != nil {
-			return fmt.Errorf("node %s: bad IP %q", c.Node, c.IP)
+			return nil, fmt.Errorf("node %s: bad IP %q", c.Node, c.IP)
 		}
 		fmt.Fprintf(&b, "Address=%s\n", c.IP)
 		if c.Gateway != "" {
@@ -75,100 +130,61 @@ func network(root string, c *Config) error {
 	} else {
 		b.WriteString("DHCP=yes\n")
 	}
-	if err := writeFile(root, "etc/systemd/network/10-sim.network", b.String(), 0o644); err != nil {
-		return err
+	var wrote []string
+	ch, err := writeFile(root, NetworkFile, b.String(), 0o644)
+	if ch {
+		wrote = append(wrote, "/"+NetworkFile)
 	}
-	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
-	if err := os.MkdirAll(wants, 0o755); err != nil {
-		return err
+	if err != nil {
+		return wrote, err
 	}
-	l := filepath.Join(wants, "systemd-networkd.service")
-	os.Remove(l)
-	return os.Symlink(unit, l)
+	ch, err = enable(root, networkdLink, unit)
+	if ch {
+		wrote = append(wrote, "/"+networkdLink)
+	}
+	return wrote, err
 }
 
-// writeFile replaces root/rel (never following a symlink out of root: an
-// image's /etc/hostname may be one).
-func writeFile(root, rel, content string, mode os.FileMode) error {
+// enable makes root/rel a symlink to target (a systemd unit enabled in
+// a .wants directory), unless it is one already.
+func enable(root, rel, target string) (bool, error) {
+	l := filepath.Join(root, rel)
+	if t, err := os.Readlink(l); err == nil && t == target {
+		return false, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(l), 0o755); err != nil {
+		return false, err
+	}
+	os.Remove(l)
+	return true, os.Symlink(target, l)
+}
+
+// writeFile replaces root/rel with content, unless it holds exactly
+// that already (never following a symlink out of root: an image's
+// /etc/hostname may be one). It says whether it wrote.
+func writeFile(root, rel, content string, mode os.FileMode) (bool, error) {
 	p := filepath.Join(root, rel)
+	// The same words in a file of other permissions (an image's 0755
+	// /etc/hostname) say the same: left alone.
+	if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+		if b, err := os.ReadFile(p); err == nil && string(b) == content {
+			return false, nil
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
+		return false, err
 	}
 	tmp := p + ".sim-tmp"
 	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
-		return err
+		return false, err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return false, err
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		os.Remove(tmp)
-		return err
+		return false, err
 	}
-	return nil
-}
-
-// overlay copies the tree src over dst: files and symlinks replace what
-// is there, directories are created where missing (an existing directory
-// keeps its metadata), owners, modes and mtimes come from src. Nothing in
-// dst is removed (SystemImager's override semantics).
-func overlay(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if rel == "." {
-			return nil
-		}
-		to := filepath.Join(dst, rel)
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			if fi, err := os.Lstat(to); err == nil && fi.IsDir() {
-				return nil
-			}
-			os.Remove(to)
-			if err := os.Mkdir(to, os.FileMode(st.Mode&0o777)); err != nil {
-				return err
-			}
-		case unix.S_IFLNK:
-			t, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			os.RemoveAll(to)
-			if err := os.Symlink(t, to); err != nil {
-				return err
-			}
-			return os.Lchown(to, int(st.Uid), int(st.Gid))
-		case unix.S_IFREG:
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			if fi, err := os.Lstat(to); err == nil && fi.IsDir() {
-				if err := os.RemoveAll(to); err != nil {
-					return err
-				}
-			}
-			tmp := to + ".sim-tmp"
-			if err := os.WriteFile(tmp, b, 0o600); err != nil {
-				return err
-			}
-			if err := os.Rename(tmp, to); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%s: overrides hold files, directories and symlinks only", rel)
-		}
-		if err := os.Lchown(to, int(st.Uid), int(st.Gid)); err != nil {
-			return err
-		}
-		if err := os.Chmod(to, os.FileMode(st.Mode&0o7777)); err != nil {
-			return err
-		}
-		ts := []unix.Timespec{st.Atim, st.Mtim}
-		return unix.UtimesNanoAt(unix.AT_FDCWD, to, ts, unix.AT_SYMLINK_NOFOLLOW)
-	})
+	return true, nil
 }

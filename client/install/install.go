@@ -73,13 +73,58 @@ const (
 // completed. Later `sim checkout --from` updates use the node store beside
 // it, whose checkout record for "/" names this commit.
 type Installed struct {
-	Node   string    `json:"node,omitempty"`
-	Image  string    `json:"image"`
-	Commit chunk.ID  `json:"commit"`
-	Layout chunk.ID  `json:"layout_commit"`
-	Server string    `json:"server"`
-	Time   time.Time `json:"time"`
-	Disk   string    `json:"disk"`
+	Node   string   `json:"node,omitempty"`
+	Image  string   `json:"image"`
+	Commit chunk.ID `json:"commit"`
+	// Effective is what was checked out: the image with the overrides
+	// laid over it (Effective), the commit itself when there are none.
+	Effective chunk.ID  `json:"effective,omitzero"`
+	Layout    chunk.ID  `json:"layout_commit"`
+	Overrides []Doc     `json:"overrides,omitempty"`
+	Server    string    `json:"server"`
+	Time      time.Time `json:"time"`
+	Disk      string    `json:"disk"`
+	// The identity written (for an update offline, and sim agent).
+	Hostname string `json:"hostname,omitempty"`
+	MAC      string `json:"mac,omitempty"`
+	IP       string `json:"ip,omitempty"`
+	Gateway  string `json:"gateway,omitempty"`
+	// Agent: the sim agent's unit was installed and enabled.
+	Agent bool `json:"agent,omitempty"`
+}
+
+// InstalledPath is installed.json in the node store storeDir.
+func InstalledPath(storeDir string) string { return filepath.Join(storeDir, "installed.json") }
+
+// ReadInstalled reads the node store's installed.json (os.ErrNotExist
+// when sim did not install this node).
+func ReadInstalled(storeDir string) (*Installed, error) {
+	b, err := os.ReadFile(InstalledPath(storeDir))
+	if err != nil {
+		return nil, err
+	}
+	var in Installed
+	if err := json.Unmarshal(b, &in); err != nil {
+		return nil, fmt.Errorf("%s: %w", InstalledPath(storeDir), err)
+	}
+	return &in, nil
+}
+
+// WriteInstalled writes in as the node store's installed.json, atomically.
+func WriteInstalled(storeDir string, in *Installed) error {
+	b, _ := json.MarshalIndent(in, "", "  ")
+	p := InstalledPath(storeDir)
+	if err := store.WriteFileAtomic(p, 0o644, func(w io.Writer) error { _, err := w.Write(append(b, '\n')); return err }); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// Config is the identity the record holds, as the server would send it
+// (no layout): for re-applying identity offline.
+func (in *Installed) Config() *Config {
+	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway,
+		Image: in.Image, Commit: in.Commit, Overrides: in.Overrides}
 }
 
 // Options drive Run.
@@ -95,6 +140,9 @@ type Options struct {
 	// called from the heartbeat goroutine too (Log is written from both).
 	Report func(Status)
 	Log    io.Writer
+	// Agent is the sim binary installed on the node for its agent
+	// (default: this program itself).
+	Agent string
 }
 
 // StoreDir is the node's store inside the new root.
@@ -298,9 +346,26 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	r.report("fetch", Running, fmt.Sprintf("%s received", fmtMB(r.bytes)))
 
+	// The overrides are laid over the image's tree in the store, so one
+	// checkout writes both, and the node's record (what an update and a
+	// drift scan compare with) is exactly what is on its disk.
+	r.setStep("overrides")
+	for _, ov := range c.Overrides {
+		if err := fetch(ov.Commit); err != nil {
+			return nil, fmt.Errorf("override %s: fetch: %w", ov.Name, err)
+		}
+	}
+	effective, err := Effective(st, c.Commit, c.Overrides, c.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.Overrides) > 0 {
+		r.report("overrides", Running, fmt.Sprintf("%d laid over the image", len(c.Overrides)))
+	}
+
 	// A mount point the image lacks (a /data of the layout's own) would
 	// be removed by the checkout as extraneous: leave it alone.
-	if cm, err := st.Commit(c.Commit); err == nil {
+	if cm, err := st.Commit(effective); err == nil {
 		for _, p := range parts {
 			if p.FS.Mountable() && p.Mount != "/" {
 				if _, err := snapshot.Lookup(st, cm.Tree, p.Mount); err != nil {
@@ -310,7 +375,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	r.setStep("checkout")
-	cs, err := client.Checkout(ctx, st, c.Commit, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
+	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
 	if err != nil {
 		return nil, err
 	}
@@ -325,36 +390,24 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		mounts = append(mounts, dir)
 	}
 
-	r.setStep("overrides")
-	for _, ov := range c.Overrides {
-		if err := fetch(ov.Commit); err != nil {
-			return nil, fmt.Errorf("override %s: fetch: %w", ov.Name, err)
-		}
-		dir := filepath.Join(stDir, "overrides", ov.Name)
-		os.RemoveAll(dir)
-		if _, err := client.Checkout(ctx, st, ov.Commit, dir, client.CheckoutOptions{NoSync: true}); err != nil {
-			return nil, fmt.Errorf("override %s: %w", ov.Name, err)
-		}
-		if err := overlay(dir, r.Target); err != nil {
-			return nil, fmt.Errorf("override %s: %w", ov.Name, err)
-		}
-		// The staging copy served its purpose; the store keeps the commit.
-		os.RemoveAll(dir)
-	}
-	if len(c.Overrides) > 0 {
-		r.report("overrides", Running, fmt.Sprintf("%d applied", len(c.Overrides)))
-	}
-
 	r.setStep("configure")
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
-	r.report("configure", Running, "hostname, network, fstab")
+	agent, err := installAgent(r.Target, o.Agent)
+	if err != nil {
+		return nil, err
+	}
+	msg := "hostname, network, fstab"
+	if agent {
+		msg += ", sim agent"
+	}
+	r.report("configure", Running, msg)
 
 	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub"
 	var binds []string
 	if needChroot {
-		if binds, err = bindSystem(r.Target); err != nil {
+		if binds, err = BindSystem(r.Target); err != nil {
 			disk.Unmount(binds)
 			return nil, err
 		}
@@ -397,12 +450,12 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, fmt.Errorf("node store: %w", err)
 	}
 	stOpen = false
-	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Layout: c.LayoutID, Server: o.Server,
-		Time: time.Now().UTC(), Disk: d.Path}
-	marker := filepath.Join(stDir, "installed.json")
-	b, _ := json.MarshalIndent(inst, "", "  ")
-	if err := store.WriteFileAtomic(marker, 0o644, func(w io.Writer) error { _, err := w.Write(append(b, '\n')); return err }); err != nil {
-		return nil, fmt.Errorf("write %s: %w", marker, err)
+	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Effective: effective, Layout: c.LayoutID,
+		Overrides: c.Overrides, Server: o.Server, Time: time.Now().UTC(), Disk: d.Path,
+		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Agent: agent}
+	marker := InstalledPath(stDir)
+	if err := WriteInstalled(stDir, &inst); err != nil {
+		return nil, err
 	}
 	unix.Sync()
 	if err := disk.Unmount(mounts); err != nil {
@@ -434,9 +487,9 @@ func rootPart(parts []disk.Part) (disk.Part, bool) {
 
 func fmtMB(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
-// bindSystem makes /dev, /proc and /sys visible in the new root for GRUB
-// and the scripts.
-func bindSystem(target string) ([]string, error) {
+// BindSystem makes /dev, /proc and /sys visible in the new root target for
+// GRUB and the scripts; disk.Unmount undoes it.
+func BindSystem(target string) ([]string, error) {
 	var done []string
 	for _, m := range []struct{ src, dst, fstype string }{
 		{"/dev", "dev", ""}, {"proc", "proc", "proc"}, {"sysfs", "sys", "sysfs"},
@@ -476,16 +529,32 @@ func linkByUUID(parts []disk.Part) {
 
 // chroot runs a command in the new root with a clean environment.
 func (r *run) chroot(env []string, args ...string) error {
-	cmd := exec.CommandContext(r.ctx, "chroot", append([]string{r.Target}, args...)...)
+	return Chroot(r.ctx, r.Target, env, r.Log, args...)
+}
+
+// Chroot runs args chrooted into root (directly when root is "/") with a
+// clean environment plus env, its output to log (nil: nowhere). A failure
+// is an error ending with the last 2000 bytes of the output.
+func Chroot(ctx context.Context, root string, env []string, log io.Writer, args ...string) error {
+	if log == nil {
+		log = io.Discard
+	}
+	var cmd *exec.Cmd
+	if abs, _ := filepath.Abs(root); abs == "/" {
+		cmd = exec.CommandContext(ctx, args[0], args[1:]...)
+	} else {
+		cmd = exec.CommandContext(ctx, "chroot", append([]string{root}, args...)...)
+	}
 	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, env...)
+	cmd.WaitDelay = 5 * time.Second
 	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, r.Log), io.MultiWriter(&out, r.Log)
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, log), io.MultiWriter(&out, log)
 	if err := cmd.Run(); err != nil {
 		tail := strings.TrimSpace(out.String())
 		if len(tail) > 2000 {
 			tail = "…" + tail[len(tail)-2000:]
 		}
-		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, tail)
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, tail)
 	}
 	return nil
 }

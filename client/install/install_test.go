@@ -10,8 +10,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/store"
 )
 
 func write(t *testing.T, p, s string, mode os.FileMode) {
@@ -22,30 +24,69 @@ func write(t *testing.T, p, s string, mode os.FileMode) {
 	}
 }
 
-func TestOverlay(t *testing.T) {
-	src, dst := t.TempDir(), t.TempDir()
-	write(t, filepath.Join(dst, "etc/motd"), "image motd\n", 0o644)
-	write(t, filepath.Join(dst, "etc/keep"), "kept\n", 0o644)
-	write(t, filepath.Join(dst, "etc/link"), "was a file\n", 0o644)
-	os.MkdirAll(filepath.Join(dst, "opt/dir"), 0o700)
-	write(t, filepath.Join(dst, "was-dir/x"), "x", 0o644)
+// TestEffective: overrides laid over an image in the store (snapshot.
+// Overlay), checked out, give SystemImager's override semantics on disk;
+// the node's hosts line is in the tree; no overrides is the image itself.
+func TestEffective(t *testing.T) {
+	base := t.TempDir()
+	st := openStore(t, filepath.Join(base, "store"))
+	img, ov := filepath.Join(base, "img"), filepath.Join(base, "ov")
+	write(t, filepath.Join(img, "etc/motd"), "image motd\n", 0o644)
+	write(t, filepath.Join(img, "etc/keep"), "kept\n", 0o644)
+	write(t, filepath.Join(img, "etc/link"), "was a file\n", 0o644)
+	write(t, filepath.Join(img, "etc/hosts"), "127.0.0.1\tlocalhost\n127.0.1.1\tgolden\n", 0o644)
+	os.MkdirAll(filepath.Join(img, "opt/dir"), 0o700)
+	write(t, filepath.Join(img, "was-dir/x"), "x", 0o644)
+	// A hard link whose first name the override replaces stands alone.
+	write(t, filepath.Join(img, "a/first"), "linked\n", 0o644)
+	os.MkdirAll(filepath.Join(img, "b"), 0o755)
+	if err := os.Link(filepath.Join(img, "a/first"), filepath.Join(img, "b/second")); err != nil {
+		t.Fatal(err)
+	}
 
-	write(t, filepath.Join(src, "etc/motd"), "override motd\n", 0o600)
-	write(t, filepath.Join(src, "opt/dir/new"), "new\n", 0o755)
-	write(t, filepath.Join(src, "srv/deep/file"), "deep\n", 0o640)
-	write(t, filepath.Join(src, "was-dir"), "now a file\n", 0o644)
-	os.Symlink("motd", filepath.Join(src, "etc/link"))
-	os.Chmod(filepath.Join(src, "opt/dir"), 0o755)
+	write(t, filepath.Join(ov, "etc/motd"), "override motd\n", 0o600)
+	write(t, filepath.Join(ov, "opt/dir/new"), "new\n", 0o755)
+	write(t, filepath.Join(ov, "srv/deep/file"), "deep\n", 0o640)
+	write(t, filepath.Join(ov, "was-dir"), "now a file\n", 0o644)
+	write(t, filepath.Join(ov, "a/first"), "replaced\n", 0o644)
+	os.Symlink("motd", filepath.Join(ov, "etc/link"))
+	os.Chmod(filepath.Join(ov, "opt/dir"), 0o755)
+	unix.Mkfifo(filepath.Join(ov, "etc/fifo"), 0o640)
 	mt := time.Date(2020, 1, 2, 3, 4, 5, 6, time.UTC)
-	os.Chtimes(filepath.Join(src, "etc/motd"), mt, mt)
+	os.Chtimes(filepath.Join(ov, "etc/motd"), mt, mt)
 
-	if err := overlay(src, dst); err != nil {
+	imgID, _, err := client.Commit(t.Context(), st, img, client.CommitOptions{Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ovID, _, err := client.Commit(t.Context(), st, ov, client.CommitOptions{Image: "site@override"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := Effective(st, imgID, nil, ""); err != nil || id != imgID {
+		t.Errorf("no overrides: %s %v; want the image %s", id.Short(), err, imgID.Short())
+	}
+	eff, err := Effective(st, imgID, []Doc{{Name: "site", Commit: ovID}}, "n9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := Effective(st, imgID, []Doc{{Name: "site", Commit: ovID}}, "n9"); again != eff {
+		t.Errorf("not deterministic: %s then %s", eff.Short(), again.Short())
+	}
+	if head, _ := st.ImageHead(EffectiveRef); head != eff {
+		t.Errorf("%s = %s; want %s", EffectiveRef, head.Short(), eff.Short())
+	}
+	dst := filepath.Join(base, "root")
+	if _, err := client.Checkout(t.Context(), st, eff, dst, client.CheckoutOptions{NoSync: true}); err != nil {
 		t.Fatal(err)
 	}
 	read := func(p string) string { b, _ := os.ReadFile(filepath.Join(dst, p)); return string(b) }
-	if read("etc/motd") != "override motd\n" || read("etc/keep") != "kept\n" || read("opt/dir/new") != "new\n" ||
-		read("srv/deep/file") != "deep\n" || read("was-dir") != "now a file\n" {
-		t.Error("contents not overlaid as expected")
+	for p, want := range map[string]string{"etc/motd": "override motd\n", "etc/keep": "kept\n", "opt/dir/new": "new\n",
+		"srv/deep/file": "deep\n", "was-dir": "now a file\n", "a/first": "replaced\n", "b/second": "linked\n",
+		"etc/hosts": "127.0.0.1\tlocalhost\n127.0.1.1\tn9\n"} {
+		if got := read(p); got != want {
+			t.Errorf("%s = %q; want %q", p, got, want)
+		}
 	}
 	fi, _ := os.Stat(filepath.Join(dst, "etc/motd"))
 	if fi.Mode().Perm() != 0o600 || !fi.ModTime().Equal(mt) {
@@ -54,14 +95,29 @@ func TestOverlay(t *testing.T) {
 	if l, err := os.Readlink(filepath.Join(dst, "etc/link")); err != nil || l != "motd" {
 		t.Errorf("link = %q %v", l, err)
 	}
+	if fi, err := os.Lstat(filepath.Join(dst, "etc/fifo")); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Errorf("fifo of the override: %v %v", fi, err)
+	}
 	// An existing directory keeps its own metadata.
 	if fi, _ := os.Stat(filepath.Join(dst, "opt/dir")); fi.Mode().Perm() != 0o700 {
 		t.Errorf("existing dir mode changed to %v", fi.Mode().Perm())
 	}
-	unix.Mkfifo(filepath.Join(src, "fifo"), 0o644)
-	if err := overlay(src, dst); err == nil || !strings.Contains(err.Error(), "fifo") {
-		t.Errorf("fifo in an override: %v", err)
+	if _, err := os.Stat(filepath.Join(dst, "was-dir/x")); err == nil {
+		t.Error("a directory the override replaced by a file kept its contents")
 	}
+}
+
+func openStore(t *testing.T, dir string) *store.Store {
+	t.Helper()
+	if err := store.Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
 
 func TestConfigure(t *testing.T) {

@@ -34,6 +34,11 @@ type Service struct {
 	// initrd build); "" serves none.
 	Netboot string
 	Log     *log.Logger
+	// OnStatus, if set, is told of every status report (who: the node's
+	// name, else its MAC, else its address), after it is logged: the
+	// server's live view of its nodes (client/fleet) hooks in here. It
+	// must not block.
+	OnStatus func(who string, s Status)
 
 	mu   gosync.Mutex
 	last map[string]Status
@@ -132,6 +137,9 @@ func (x *Service) postStatus(w http.ResponseWriter, r *http.Request) {
 	if s.State == Failed || s.State == Done {
 		x.Log.Printf("install %s: %s at %s: %s", who, s.State, s.Step, s.Message)
 	}
+	if x.OnStatus != nil {
+		x.OnStatus(who, s)
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -179,10 +187,36 @@ var ErrUnknownNode = errors.New("unknown node")
 // no identity beyond the image's). Commits are resolved now, so a node
 // installs one consistent set.
 func ConfigFor(st *store.Store, node, mac, image string) (*Config, error) {
+	cfg, err := Assignment(st, node, mac, image)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.LayoutID, err = catalog.LayoutFor(st, cfg.Image); err != nil {
+		return nil, err
+	}
+	lb, err := catalog.ReadFile(st, cfg.LayoutID, catalog.LayoutFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Layout = string(lb)
+	return cfg, nil
+}
+
+// Assignment is ConfigFor without the layout: who the node is and what it
+// gets (image commit, overrides, scripts), resolved now. A running node's
+// update asks for it (an image needs no layout to be updated to).
+func Assignment(st *store.Store, node, mac, image string) (*Config, error) {
 	reg, err := catalog.LoadRegistry(st)
 	if err != nil {
 		return nil, err
 	}
+	return AssignmentIn(st, reg, node, mac, image)
+}
+
+// AssignmentIn is Assignment with the registry at hand (a rollout
+// resolving many nodes loads it once).
+func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image string) (*Config, error) {
+	var err error
 	var n *catalog.Node
 	switch {
 	case node != "":
@@ -227,14 +261,6 @@ func ConfigFor(st *store.Store, node, mac, image string) (*Config, error) {
 	if cfg.Commit, err = st.Resolve(cfg.Image); err != nil {
 		return nil, fmt.Errorf("image %s: %w", cfg.Image, err)
 	}
-	if cfg.LayoutID, err = catalog.LayoutFor(st, cfg.Image); err != nil {
-		return nil, err
-	}
-	lb, err := catalog.ReadFile(st, cfg.LayoutID, catalog.LayoutFile)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Layout = string(lb)
 	if res != nil {
 		for _, o := range res.Overrides {
 			id, err := st.ImageHead(catalog.OverrideImage(o))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -50,6 +51,12 @@ how the objects travel (refs and commits always come over HTTP).`,
 				return err
 			}
 			dir := e.path(args[1])
+			if abs, _ := filepath.Abs(dir); abs == "/" && !o.force {
+				// A checkout makes DIR exactly the image: on a running
+				// system that would undo its identity, its bootloader and
+				// its local state.
+				return usageError{errors.New("checkout: DIR is / (a running system): use sim update, which keeps the node's identity, store, mounts and local state (or --force to make / exactly the image)")}
+			}
 			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync}
 			with := e.withStore
 			if o.from != "" {

@@ -6,12 +6,14 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
+	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/layout"
 	"github.com/systemimager/sim/store"
@@ -240,8 +242,14 @@ func newGroupCommand(e *env) *cobra.Command {
 func newNodesCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "nodes",
-		Short: "List nodes, their groups, images and last install status",
-		Args:  cobra.NoArgs,
+		Short: "List nodes: groups, image, assigned and current commit, state, last seen, drift, last install",
+		Long: `List the nodes: the registered ones (sim node add) and those whose agent
+reports to this server, each with its groups, image, the commit it is
+assigned (its image's head) and the one it is on, its state (installing,
+updating, idle, failed, offline, rolled-back, partial), when it was last
+seen, how many paths drifted at its last scan, and its last install status.
+Without a running server, what the server last knew.`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
 				reg, err := catalog.LoadRegistry(st)
@@ -249,25 +257,60 @@ func newNodesCommand(e *env) *cobra.Command {
 					return err
 				}
 				last := install.LastStatuses(st.Dir())
+				live := map[string]fleet.NodeState{}
+				for _, s := range e.knownNodes(st) {
+					live[s.Name] = s
+				}
 				type row struct {
 					*catalog.Node
 					Resolved *catalog.Resolved `json:"resolved,omitempty"`
 					Status   *install.Status   `json:"status,omitempty"`
+					// From the fleet: the commit it is assigned and the
+					// one it reports, its state, when last heard of.
+					Assigned       string     `json:"assigned,omitempty"`
+					Current        string     `json:"current"`
+					State          string     `json:"state"`
+					LastSeen       *time.Time `json:"last_seen"`
+					Drift          int        `json:"drift"`
+					RebootRequired bool       `json:"reboot_required,omitempty"`
+					LastError      string     `json:"last_error,omitempty"`
 				}
 				names := make([]string, 0, len(reg.Nodes))
 				for n := range reg.Nodes {
 					names = append(names, n)
 				}
-				sort.Strings(names)
+				for n := range live {
+					if reg.Nodes[n] == nil {
+						names = append(names, n)
+					}
+				}
+				sort.Slice(names, func(i, j int) bool { return fleet.NodeLess(names[i], names[j]) })
 				rows := []row{}
 				for _, n := range names {
-					r := row{Node: reg.Nodes[n]}
-					r.Resolved, _ = reg.Resolve(r.Node)
-					if r.Resolved != nil {
-						r.Resolved.Node = nil
+					r := row{Node: reg.Nodes[n], State: fleet.Unknown, Drift: -1}
+					if r.Node == nil {
+						r.Node = &catalog.Node{Name: n} // joined by name, not registered
+					} else {
+						r.Resolved, _ = reg.Resolve(r.Node)
+						if r.Resolved != nil {
+							r.Resolved.Node = nil
+						}
 					}
 					if s, ok := last[n]; ok {
 						r.Status = &s
+					}
+					if s, ok := live[n]; ok {
+						r.Assigned, r.Current, r.State, r.Drift = s.Assigned, s.Current, s.State, s.Drift
+						r.RebootRequired, r.LastError = s.RebootRequired, s.LastError
+						if !s.LastSeen.IsZero() {
+							t := s.LastSeen
+							r.LastSeen = &t
+						}
+					}
+					if r.Assigned == "" && r.Resolved != nil && r.Resolved.Image != "" {
+						if id, err := st.Resolve(r.Resolved.Image); err == nil {
+							r.Assigned = id.String()
+						}
 					}
 					rows = append(rows, r)
 				}
@@ -280,17 +323,33 @@ func newNodesCommand(e *env) *cobra.Command {
 					}{idOrEmpty(reg), rows, groups})
 				}
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tMAC\tIP\tIMAGE\tGROUPS\tLAST STATUS")
+				fmt.Fprintln(tw, "NODE\tGROUPS\tIMAGE\tASSIGNED\tCURRENT\tSTATE\tLAST SEEN\tDRIFT\tLAST INSTALL")
 				for _, r := range rows {
 					img := ""
 					if r.Resolved != nil {
 						img = r.Resolved.Image
 					}
-					st := "-"
+					inst := "-"
 					if r.Status != nil {
-						st = fmt.Sprintf("%s %s %s", r.Status.State, r.Status.Step, r.Status.Time.Format("2006-01-02 15:04:05"))
+						inst = fmt.Sprintf("%s %s %s", r.Status.State, r.Status.Step, r.Status.Time.Local().Format("2006-01-02 15:04:05"))
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(r.MAC), dash(r.IP), dash(img), dash(strings.Join(r.Groups, ",")), st)
+					seen, drift := "-", "-"
+					if r.LastSeen != nil {
+						seen = ago(time.Since(*r.LastSeen))
+					}
+					if r.Drift >= 0 {
+						drift = fmt.Sprint(r.Drift)
+					}
+					state := r.State
+					if r.RebootRequired {
+						state += " (reboot)"
+					}
+					cur := short8(r.Current)
+					if r.Current != "" && r.Current == r.Assigned {
+						cur += " ="
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Groups, ",")), dash(img),
+						dash(short8(r.Assigned)), dash(cur), state, seen, drift, inst)
 				}
 				return tw.Flush()
 			})
@@ -298,6 +357,26 @@ func newNodesCommand(e *env) *cobra.Command {
 	}
 	e.addJSONFlag(c)
 	return c
+}
+
+func short8(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+// ago says how long ago, as an admin reads it.
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
 }
 
 func idOrEmpty(r *catalog.Registry) string {

@@ -16,8 +16,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/node"
+	"github.com/systemimager/sim/client/rollout"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
 	"github.com/systemimager/sim/sync/units"
@@ -136,8 +138,10 @@ carried out by the server (over <store>/sim.sock).`,
 			ctx := c.Context()
 			sv := &serving{services: map[string]simsync.Service{}}
 			defer func() {
-				for _, s := range sv.services {
-					s.Close()
+				for name, s := range sv.services {
+					if name != "fleet" && name != "rollout" {
+						s.Close()
+					}
 				}
 			}()
 			tl, err := net.Listen("tcp", listen)
@@ -165,7 +169,14 @@ carried out by the server (over <store>/sim.sock).`,
 			if netboot != "" {
 				nb = e.path(netboot)
 			}
-			install.NewService(st, nb, logw).Mount(srv)
+			// The fleet (the nodes' live view, the agent protocol) is fed
+			// by the installers' reports too; the rollout engine gives
+			// orders through it.
+			fl := fleet.New(st, logw)
+			isvc := install.NewService(st, nb, logw)
+			isvc.OnStatus = fl.InstallStatus
+			isvc.Mount(srv)
+			fl.Mount(srv)
 			for _, x := range exts {
 				s, err := x.cfg.Start(ctx, simsync.ServeEnv{Server: srv, BaseURL: base, Log: e.stderr})
 				if err != nil {
@@ -175,6 +186,18 @@ carried out by the server (over <store>/sim.sock).`,
 					sv.services[x.name] = s
 				}
 			}
+			var names []string
+			for _, k := range simsync.Transports() {
+				names = append(names, k.Name)
+			}
+			eng, err := rollout.New(st, fl, srv.Planner, names, logw)
+			if err != nil {
+				fl.Close()
+				return fmt.Errorf("serve: rollouts: %w", err)
+			}
+			defer fl.Close()
+			defer eng.Close() // before the fleet: it gives orders through it
+			sv.services["fleet"], sv.services["rollout"] = fl, eng
 			local, err := serveSocket(ctx, st, e.storeDir, sv)
 			if err != nil {
 				return fmt.Errorf("serve: %w", err)

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -126,6 +128,10 @@ func refNames(ctx context.Context, dir string, tags bool, prefix string) []strin
 // refNamesFromServer asks the sim serve holding the store for its
 // images and tags, through its socket.
 func refNamesFromServer(ctx context.Context, dir string, tags bool) (images, tagNames []string) {
+	// Completion does not wait for a server that may be starting.
+	if _, err := os.Stat(filepath.Join(dir, socketName)); err != nil {
+		return nil, nil
+	}
 	ask := func(v any, args ...string) {
 		var out bytes.Buffer
 		e := &env{stdout: &out, stderr: io.Discard, storeDir: dir, args: args, ctx: ctx}

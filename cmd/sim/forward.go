@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -58,17 +60,37 @@ func socketClient(storeDir string) *http.Client {
 // forwardToServer sends e's command line to the server holding the store.
 func forwardToServer(e *env) error {
 	sock := filepath.Join(e.storeDir, socketName)
-	if _, err := os.Stat(sock); err != nil {
-		return fmt.Errorf("%w: %s (and no `sim serve` socket at %s)", store.ErrLocked, e.storeDir, sock)
-	}
-	cwd, _ := os.Getwd()
-	body, _ := json.Marshal(runRequest{Args: e.args, Cwd: cwd})
 	ctx := e.ctx
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	req, _ := http.NewRequestWithContext(ctx, "POST", "http://sim/run", bytes.NewReader(body))
-	resp, err := socketClient(e.storeDir).Do(req)
+	// A server that is starting holds the store a moment before its
+	// socket is there.
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		} else if i == 30 || ctx.Err() != nil {
+			return fmt.Errorf("%w: %s (and no `sim serve` socket at %s)", store.ErrLocked, e.storeDir, sock)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	cwd, _ := os.Getwd()
+	body, _ := json.Marshal(runRequest{Args: e.args, Cwd: cwd})
+	var resp *http.Response
+	var err error
+	for i := 0; ; i++ {
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://sim/run", bytes.NewReader(body))
+		resp, err = socketClient(e.storeDir).Do(req)
+		// A socket a server left behind, which the one starting now
+		// replaces in a moment.
+		if err == nil || i == 30 || ctx.Err() != nil || !(errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %s, and its server did not answer on %s: %v", store.ErrLocked, e.storeDir, sock, err)
 	}

@@ -212,8 +212,21 @@ func TestInstallLoop(t *testing.T) {
 		}
 		rec, err := client.LastCheckout(nst, "/")
 		nst.Close()
-		if err != nil || rec.Commit != inst.Commit {
-			t.Errorf("checkout record of / in the node store: %+v %v; want commit %s", rec, err, inst.Commit.Short())
+		// What was checked out is the image with the override laid over it.
+		if inst.Effective.IsZero() || inst.Effective == inst.Commit || len(inst.Overrides) != 1 || inst.Overrides[0].Name != "site" {
+			t.Errorf("installed.json: effective %s, overrides %+v; want the image with override site", inst.Effective.Short(), inst.Overrides)
+		}
+		if err != nil || rec.Commit != inst.Effective {
+			t.Errorf("checkout record of / in the node store: %+v %v; want commit %s", rec, err, inst.Effective.Short())
+		}
+		// The agent is on the node, enabled, where updates leave it.
+		if !inst.Agent {
+			t.Error("installed.json: no agent")
+		}
+		for _, p := range []string{"var/lib/sim/bin/sim", "etc/systemd/system/sim-agent.service", "etc/systemd/system/multi-user.target.wants/sim-agent.service"} {
+			if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+				t.Errorf("agent: %v", err)
+			}
 		}
 		// The per-node iPXE script.
 		resp, err = http.Get(url + "/v1/install/ipxe?mac=52-54-00-5e-01-07")

@@ -7,7 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -15,7 +18,24 @@ import (
 // separate process (kill -9, another user).
 func TestMain(m *testing.M) {
 	if os.Getenv("SIM_TEST_AS_SIM") == "1" {
-		os.Exit(runProcess(os.Args[1:]))
+		// The crash tests' seams: kill this process with SIGKILL right
+		// after the Nth change an apply makes, or count the changes.
+		var ops atomic.Int64
+		killAt, _ := strconv.ParseInt(os.Getenv("SIM_TEST_KILL_AFTER"), 10, 64)
+		countTo := os.Getenv("SIM_TEST_COUNT_OPS")
+		if killAt > 0 || countTo != "" {
+			opTrace = func(op, path string) {
+				if ops.Add(1) == killAt {
+					syscall.Kill(os.Getpid(), syscall.SIGKILL)
+					select {}
+				}
+			}
+		}
+		code := runProcess(os.Args[1:])
+		if countTo != "" {
+			os.WriteFile(countTo, []byte(strconv.FormatInt(ops.Load(), 10)), 0o644)
+		}
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

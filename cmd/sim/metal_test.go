@@ -78,15 +78,17 @@ part root rest   ext4 /         label=root options=errors=remount-ro
 `
 
 // The override makes the installed system say who it is on the serial
-// console and power off: what the test checks after booting the disk.
+// console and power off: what the test checks after booting the disk. It
+// powers off on the first boot only: the fleet subtest boots a disk again
+// and keeps it running.
 const helloUnit = `[Unit]
-Description=sim test: report identity on the serial console, then power off
+Description=sim test: report identity on the serial console, then power off (first boot)
 After=multi-user.target
 
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'echo "SIM-HELLO host=$(hostname) post=$(cat /etc/sim-post-marker) override=$(cat /etc/sim-override-marker)" >/dev/ttyS0'
-ExecStartPost=/bin/systemctl poweroff --no-block
+ExecStartPost=/bin/sh -c 'test -e /var/lib/sim-hello-booted || { touch /var/lib/sim-hello-booted; /bin/systemctl poweroff --no-block; }'
 
 [Install]
 WantedBy=multi-user.target
@@ -103,6 +105,10 @@ func newMetalLab(t *testing.T) *metalLab {
 		"tiny-layout":                "part root 100MiB ext4 /\npart data 300MiB xfs /data\n",
 		"ov/etc/sim-override-marker": "override-ok\n",
 		"ov/etc/systemd/system/sim-hello.service": helloUnit,
+		// The journal (the agent's log too) on the serial console: its
+		// unit's "console" is the kernel's last console=, tty0, here, and
+		// a tty opened once is hung up when getty starts.
+		"ov/etc/systemd/journald.conf.d/serial.conf": "[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=info\n",
 		"post.sh": "#!/bin/sh\nset -e\necho \"post-ok $SIM_NODE\" > /etc/sim-post-marker\n",
 	})
 	os.MkdirAll(filepath.Join(dir, "ov/etc/systemd/system/multi-user.target.wants"), 0o755)
@@ -279,6 +285,7 @@ func (m *metalLab) installAndBoot(v *vm, node string) {
 
 func TestMetalVM(t *testing.T) {
 	m := newMetalLab(t)
+	bios := "" // the BIOS node's disk, once installed and booted
 	// One BIOS and one UEFI node side by side (a core each on a quiet
 	// 2-core machine), then 4 at once, then the ISO and the failures.
 	t.Run("single", func(t *testing.T) {
@@ -287,6 +294,7 @@ func TestMetalVM(t *testing.T) {
 			mm := *m
 			mm.t = t
 			mm.installAndBoot(mm.newVM("bios", 1, "3G", false), "n1")
+			bios = filepath.Join(mm.dir, "bios.raw")
 		})
 		t.Run("uefi", func(t *testing.T) {
 			t.Parallel()
@@ -294,6 +302,16 @@ func TestMetalVM(t *testing.T) {
 			mm.t = t
 			mm.installAndBoot(mm.newVM("uefi", 2, "3G", true), "n2")
 		})
+	})
+	// The BIOS node boots from its disk again, and stays up: its agent
+	// reports, takes a rollout and a rollback (fleet_metal_test.go).
+	t.Run("fleet", func(t *testing.T) {
+		if bios == "" {
+			t.Skip("fleet: the BIOS node was not installed")
+		}
+		mm := *m
+		mm.t = t
+		mm.fleet(&vm{name: "bios", disk: bios, mac: "52:54:00:5e:00:01"}, "n1")
 	})
 	t.Run("four-at-once", func(t *testing.T) {
 		mm := *m

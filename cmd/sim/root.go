@@ -81,6 +81,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
 		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
 		newImportCommand(e), newExportCommand(e), newVersionCommand(e), newGenManCommand(e),
+		newUpdateCommand(e), newRollbackCommand(e), newAgentCommand(e), newRolloutCommand(e), newDriftCommand(e),
 	)
 	e.addCompletions(root)
 	wrapArgs(root)

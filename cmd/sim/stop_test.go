@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/snapshot/snapshottest"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
@@ -164,6 +165,28 @@ func TestStopOnSignal(t *testing.T) {
 		snapshottest.RandomFiles(t, other, 2, map[string]int{"big": 20 << 20})
 		c := simProcess("--store", newStore(t), "commit", other, "--image", "cap", "--remote", url, "--token-file", tok)
 		checkStopped(t, "commit --remote", signalWhen(t, c, func() bool { return len(entered) > 0 }))
+	})
+	t.Run("update, server stalls while staging", func(t *testing.T) {
+		url, entered, _ := stallingServer(t, srv, "/v1/fetch")
+		root := t.TempDir()
+		writeFiles(t, root, map[string]string{"etc/motd": "the node's\n"})
+		store := filepath.Join(root, "var/lib/sim")
+		c := simProcess("--store", store, "update", "--from", url, "--root", root, "--node", "n1", "img")
+		checkStopped(t, "update", signalWhen(t, c, func() bool { return len(entered) > 0 }))
+		fsckClean(store)
+		// Nothing was applied: staging comes first.
+		if b, _ := os.ReadFile(filepath.Join(root, "etc/motd")); string(b) != "the node's\n" {
+			t.Errorf("the root changed while staging: motd %q", b)
+		}
+		if j, _ := node.LoadJournal(store); j != nil {
+			t.Errorf("a journal after an interrupted staging: %+v", j)
+		}
+	})
+	t.Run("agent waiting for an order", func(t *testing.T) {
+		url, entered, _ := stallingServer(t, srv, "/v1/agent/orders")
+		root := t.TempDir()
+		c := simProcess("--store", filepath.Join(root, "var/lib/sim"), "agent", "--server", url, "--root", root, "--node", "n1")
+		checkStopped(t, "agent", signalWhen(t, c, func() bool { return len(entered) > 0 }))
 	})
 	t.Run("serve with a client reading slowly", func(t *testing.T) {
 		st := newStore(t)

@@ -1,0 +1,157 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/systemimager/sim/store/storetest"
+	simsync "github.com/systemimager/sim/sync"
+)
+
+func TestExpandNodes(t *testing.T) {
+	for _, c := range []struct {
+		spec string
+		want []string
+		err  string
+	}{
+		{"n1", []string{"n1"}, ""},
+		{"n1,n3", []string{"n1", "n3"}, ""},
+		{"n1-n3", []string{"n1", "n2", "n3"}, ""},
+		{"n08-n11", []string{"n08", "n09", "n10", "n11"}, ""},
+		{"rack2-n[1-2,5]", []string{"rack2-n1", "rack2-n2", "rack2-n5"}, ""},
+		{"n[01-03]x", []string{"n01x", "n02x", "n03x"}, ""},
+		{"n2,n1-n3", []string{"n2", "n1", "n3"}, ""},
+		{"web-a", []string{"web-a"}, ""}, // a dash, no range
+		{"n3-n1", nil, "goes down"},
+		{"n[1-", nil, "unbalanced"},
+		{"N1", nil, "invalid node name"},
+		{"n1-n200000", nil, "too long"},
+	} {
+		got, err := ExpandNodes(c.spec)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), c.spec) && !strings.Contains(err.Error(), "node list") {
+				t.Errorf("%q: %v; want an error with %q", c.spec, err, c.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%q = %v %v; want %v", c.spec, got, err, c.want)
+		}
+	}
+	if !NodeLess("n2", "n10") || NodeLess("n10", "n2") || !NodeLess("a", "b") {
+		t.Error("NodeLess does not count")
+	}
+}
+
+// A subscriber that does not read never holds up the publisher; it
+// learns how many events it lost.
+func TestHubSlowSubscriber(t *testing.T) {
+	var h Hub
+	slow := h.Subscribe(1)
+	fast := h.Subscribe(1000)
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 500; i++ {
+			h.Publish(Event{Type: "node", Node: &NodeState{Name: "n1"}})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish blocked on a slow subscriber")
+	}
+	if n := len(fast.C); n != 500 {
+		t.Errorf("fast subscriber got %d events; want 500", n)
+	}
+	first := <-slow.C
+	h.Publish(Event{Type: "rollout"})
+	next := <-slow.C
+	if first.Seq != 1 || next.Missed != 499 || next.Seq != 501 {
+		t.Errorf("slow subscriber: first %d, then %d having missed %d; want 1, then 501 having missed 499", first.Seq, next.Seq, next.Missed)
+	}
+	slow.Close()
+	if _, open := <-slow.C; open {
+		t.Error("Close left C open")
+	}
+	h.Publish(Event{}) // no subscriber left behind to block on
+}
+
+// The agent protocol over a real server: a node polls and gets its
+// order, its result reaches the waiter; with a read token a node without
+// it is refused; Authorize has the last word per node.
+func TestAgentProtocol(t *testing.T) {
+	st := storetest.New(t)
+	x := New(st, nil)
+	defer x.Close()
+	srv := &simsync.Server{Store: st, WriteTokens: []string{"w"}, ReadTokens: []string{"r"}}
+	x.Mount(srv)
+	x.Authorize = func(r *http.Request, node string) error {
+		if node == "evil" {
+			return errors.New("not this one")
+		}
+		return nil
+	}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	anon, _ := simsync.NewRemote(hs.URL, "")
+	if err := anon.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "n1", State: "idle"}, nil); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("report without the read token: %v; want 401", err)
+	}
+	r, _ := simsync.NewRemote(hs.URL, "r")
+	if err := r.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "evil", State: "idle"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("report refused by Authorize: %v; want 403", err)
+	}
+	if err := r.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "n1", State: "idle", Current: strings.Repeat("a", 64)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := x.State("n1"); !ok || s.State != "idle" || s.LastSeen.IsZero() {
+		t.Errorf("state after a report: %+v", s)
+	}
+	// A poll waits; the order comes while it does.
+	got := make(chan Order, 1)
+	go func() {
+		var o Order
+		if ok, err := r.Poll(context.Background(), "/v1/agent/orders?node=n1&wait=20", 20*time.Second, &o); err != nil || !ok {
+			t.Errorf("poll: %v %v", ok, err)
+		}
+		got <- o
+	}()
+	time.Sleep(100 * time.Millisecond)
+	wait := make(chan *ResultMsg, 1)
+	go func() { res, _ := x.Await(context.Background(), "drift.n1.1"); wait <- res }()
+	time.Sleep(50 * time.Millisecond)
+	x.Send("n1", &Order{ID: "drift.n1.1", Kind: OrderDrift})
+	if o := <-got; o.ID != "drift.n1.1" || o.Kind != OrderDrift {
+		t.Errorf("polled %+v", o)
+	}
+	if err := r.PostJSON(t.Context(), "/v1/agent/result", ResultMsg{Node: "n1", Order: "drift.n1.1", Kind: OrderDrift, OK: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res := <-wait; res == nil || !res.OK {
+		t.Errorf("result: %+v", res)
+	}
+	if x.Pending("n1") != nil {
+		t.Error("an answered order is still outstanding")
+	}
+	// Nothing for a node: 204 after its wait.
+	var o Order
+	if ok, err := r.Poll(t.Context(), "/v1/agent/orders?node=n1&wait=0.1", time.Second, &o); ok || err != nil {
+		t.Errorf("empty poll: %v %v", ok, err)
+	}
+	if err := r.PostJSON(t.Context(), "/v1/agent/report", map[string]any{"node": "n1", "bogus": 1}, nil); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("a report with an unknown field: %v; want 400", err)
+	}
+	// The view survives the server.
+	x.Close()
+	saved, err := Load(st.Dir())
+	if err != nil || saved["n1"].State != "idle" {
+		t.Errorf("fleet.json: %+v %v", saved["n1"], err)
+	}
+}
