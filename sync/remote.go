@@ -32,6 +32,11 @@ type Remote struct {
 	// server unreachable, or answering 502, 503 or 504. Waits double from
 	// one second. 0: no retries.
 	Retries int
+	// RequireSignature makes every fetch from this server require a
+	// valid signature by a key the local store trusts, whatever the
+	// store's own policy (--require-signature; OSTree's per-remote
+	// sign-verify).
+	RequireSignature bool
 }
 
 // NewRemote returns a Remote for url. $SIM_CA_CERT names a PEM file of
@@ -44,21 +49,38 @@ func NewRemote(url, token string) (*Remote, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 8
 	tr.ResponseHeaderTimeout = 5 * time.Minute
+	r := &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}
 	if ca := os.Getenv("SIM_CA_CERT"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
+		if err := r.TrustCAFile(ca); err != nil {
 			return nil, fmt.Errorf("SIM_CA_CERT: %w", err)
 		}
-		pool, _ := x509.SystemCertPool()
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("SIM_CA_CERT %s: no certificate found", ca)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	}
-	return &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}, nil
+	return r, nil
+}
+
+// TrustCAFile adds the PEM certificates in file to the CAs an https
+// server's certificate may chain to (besides the system's): a private
+// CA, as sim.ca= gives the installer.
+func (r *Remote) TrustCAFile(file string) error {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	tr, ok := r.Client.Transport.(*http.Transport)
+	if !ok {
+		return errors.New("CA: not an HTTP transport")
+	}
+	var pool *x509.CertPool
+	if tr.TLSClientConfig != nil && tr.TLSClientConfig.RootCAs != nil {
+		pool = tr.TLSClientConfig.RootCAs
+	} else if pool, _ = x509.SystemCertPool(); pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("CA %s: no PEM certificate found", file)
+	}
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	return nil
 }
 
 // String is the server's URL.

@@ -49,7 +49,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 				return err
 			}
 			dir := e.path(args[1])
-			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync}
+			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync, RequireSignature: o.rf.requireSig}
 			with := e.withStore
 			if o.from != "" {
 				with = e.withStoreInit
@@ -119,6 +119,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
 	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
 	o.rf.add(c)
+	o.rf.addRequire(c)
 	o.tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c

@@ -72,6 +72,8 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
 		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
 	)
+	// Trust (#14): signing keys, signatures, the trust policy, API tokens.
+	root.AddCommand(newKeyCommand(e), newSignCommand(e), newVerifyCommand(e), newTrustCommand(e), newTokenCommand(e))
 	wrapArgs(root)
 	return root
 }
