@@ -102,6 +102,11 @@ func (e *AuthError) Error() string { return e.Msg }
 // privateReads says whether reads need a credential.
 func (s *Server) privateReads() bool { return s.PrivateReads || len(s.ReadTokens) > 0 }
 
+// ReadsClosed says whether every read needs a token: what the server
+// serves is then private, and transports that hand it to peers seal it
+// (sync/bt's sealed torrents).
+func (s *Server) ReadsClosed() bool { return s.privateReads() }
+
 // principal finds who r speaks for from its Authorization header: a
 // token of --token-file (admin), of ReadTokens (read), or one of the
 // store's (sim token add; looked up by its SHA-256). A token that is
