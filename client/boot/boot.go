@@ -48,7 +48,6 @@ type Params struct {
 	Trust []sign.PublicKey
 }
 
-
 // ParseCmdline reads the sim.* words of a kernel command line; other
 // words are the kernel's and ignored.
 func ParseCmdline(s string) (Params, error) {
