@@ -3,7 +3,8 @@
 #   make demo    build sim and run the main job on the embedded store:
 #                commit the Debian corpus v1..v3, tag, log, diff, check out,
 #                roll back in place, fsck
-#   make test    everything the tests need, then vet, gofmt and go test
+#   make test    everything the tests need, then vet, gofmt, go test and
+#                every fuzz target for a few seconds (make fuzz)
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh;
@@ -39,7 +40,7 @@ METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e
               grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd
 BOOTABLE   ?= /var/cache/sim/bootable
 
-.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet fuzz bench metal-bench clean
 
 all: build
 
@@ -111,6 +112,19 @@ vet:
 
 test: deps corpus metal-deps bootable vet
 	$(GO) test -count=1 -timeout 80m ./...
+	$(MAKE) fuzz
+
+# Every fuzz target (each decoder a peer reaches, every HTTP endpoint's
+# request parsing, the layout and node documents, trees at checkout),
+# each for FUZZTIME beyond its seeds: part of make test (~3 min).
+FUZZTIME ?= 5s
+FUZZ := ./sync:FuzzDecode ./sync:FuzzServer ./sync/bt:FuzzDecodeTorrent ./sync/bt:FuzzSeederServer \
+        ./sync/mcast:FuzzDecode ./sync/mcast:FuzzManifest ./store:FuzzPackHeader ./snapshot:FuzzDecodeTree \
+        ./snapshot:FuzzCheckoutTree ./client/layout:FuzzParse ./client/catalog:FuzzRegistry ./client/install:FuzzInstallServer
+fuzz:
+	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -count=1 -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg >$$log 2>&1 || { cat $$log; exit 1; }; done
 
 test-short: vet
 	$(GO) test -count=1 -short ./...

@@ -143,6 +143,7 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	var ps PullStats
 	sink := NewSink(local)
 	defer sink.Close()
+	sink.SetLimit(fetchLimit(r, id, c))
 	var before int64
 	// tally adds what one round brought.
 	tally := func(wire int64) {
@@ -377,4 +378,19 @@ func SetLocalRef(local *store.Store, kind, name string, id chunk.ID, op, msg str
 		return local.CreateTag(name, id)
 	}
 	return nil
+}
+
+// fetchLimit is the budget of one commit's fetch, whatever carries it:
+// twice what the commit says it holds (file bytes, and up to 4 KiB of
+// tree per entry: stored frames go out whole when half of them is
+// wanted), plus 256 MiB. A server that sends more (an endless stream) is
+// cut off with ErrTooMuch instead of filling the node's disk. The
+// commit's figures are the server's word unless it is signed.
+func fetchLimit(r *Remote, id chunk.ID, c *store.Commit) (int64, string) {
+	st := c.Stats
+	claim := max(st.Bytes, 0) + (max(st.Files, 0)+max(st.Dirs, 0)+1)*4096
+	if claim > 1<<50 {
+		claim = 1 << 50
+	}
+	return 2*claim + 256<<20, fmt.Sprintf("%s sent more than twice what commit %s holds (%d bytes in %d files)", r, id.Short(), st.Bytes, st.Files)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,7 +38,17 @@ type Remote struct {
 	// store's own policy (--require-signature; OSTree's per-remote
 	// sign-verify).
 	RequireSignature bool
+	// StallTimeout cuts a response whose body brings less than 64 KiB in
+	// that long (and is not over): a server that stops sending, or
+	// drips, cannot hold a node forever. 0: two minutes; < 0: never.
+	StallTimeout time.Duration
 }
+
+// stallBytes is the least a response body must bring per StallTimeout.
+const stallBytes = 64 << 10
+
+// ErrStalled is wrapped when a response was cut for bringing too little.
+var ErrStalled = errors.New("the server stalled")
 
 // NewRemote returns a Remote for url. $SIM_CA_CERT names a PEM file of
 // extra CAs to trust for https.
@@ -184,9 +195,67 @@ func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
 		return nil, &HTTPError{Method: q.method, URL: r.URL + q.path, Code: resp.StatusCode, Msg: string(bytes.TrimSpace(msg))}
 	}
 	// The context ends with the body: a stream can take as long as it
-	// takes, a control request no longer than its timeout.
-	resp.Body = cancelOnClose{resp.Body, cancel}
+	// takes (as long as it moves), a control request no longer than its
+	// timeout.
+	resp.Body = r.watch(resp.Body, cancel, q.method+" "+r.URL+q.path)
 	return resp, nil
+}
+
+// watch wraps a response body: closing it cancels the request, and a
+// body that brings less than stallBytes in a StallTimeout is cut
+// (ErrStalled).
+func (r *Remote) watch(body io.ReadCloser, cancel context.CancelFunc, what string) io.ReadCloser {
+	d := r.StallTimeout
+	if d == 0 {
+		d = 2 * time.Minute
+	}
+	w := &watched{ReadCloser: body, cancel: cancel, what: what, window: d}
+	if d > 0 {
+		w.timer = time.AfterFunc(d, w.check)
+	}
+	return w
+}
+
+type watched struct {
+	io.ReadCloser
+	cancel  context.CancelFunc
+	what    string
+	window  time.Duration
+	timer   *time.Timer
+	got     atomic.Int64 // bytes this window
+	stalled atomic.Bool
+	closed  atomic.Bool
+}
+
+func (w *watched) check() {
+	if w.closed.Load() {
+		return
+	}
+	if w.got.Swap(0) < stallBytes {
+		w.stalled.Store(true)
+		w.cancel()
+		return
+	}
+	w.timer.Reset(w.window)
+}
+
+func (w *watched) Read(p []byte) (int, error) {
+	n, err := w.ReadCloser.Read(p)
+	w.got.Add(int64(n))
+	if err != nil && err != io.EOF && w.stalled.Load() {
+		err = fmt.Errorf("%s: %w: under %d KiB in %s", w.what, ErrStalled, stallBytes>>10, w.window)
+	}
+	return n, err
+}
+
+func (w *watched) Close() error {
+	w.closed.Store(true)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	err := w.ReadCloser.Close()
+	w.cancel()
+	return err
 }
 
 // withTimeout bounds ctx (whose own cancel is parent) by d; the cancel it
@@ -196,12 +265,6 @@ func withTimeout(ctx context.Context, parent context.CancelFunc, d time.Duration
 	return ctx, func() { cancel(); parent() }
 }
 
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
 
 // Get is a GET of path (e.g. "/v1/bt/torrent?...") on the server, for
 // the transports that add endpoints of their own. A status other than

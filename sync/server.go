@@ -41,6 +41,11 @@ type Server struct {
 	// at once; more wait. Each holds at most a few frames in memory.
 	MaxStreams int
 	Log        *log.Logger
+	// IdleTimeout ends a request whose response makes no progress (the
+	// client stopped reading) or whose body brings nothing for that
+	// long: a stalled client cannot hold a stream slot or its memory
+	// forever. 0: one minute.
+	IdleTimeout time.Duration
 
 	once  gosync.Once
 	mux   *http.ServeMux
@@ -139,10 +144,63 @@ type RefsRequest struct {
 const maxRefsRequest = 64 << 20
 
 // ServeHTTP serves the API and the extensions mounted with Handle and
-// HandleRole, each behind the role its route needs.
+// HandleRole, each behind the role its route needs, and with every read
+// of the request body and write of the response bounded by IdleTimeout.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
-	s.mux.ServeHTTP(w, r)
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = time.Minute
+	}
+	rc := http.NewResponseController(w)
+	iw := &idleWriter{ResponseWriter: w, rc: rc, idle: idle}
+	if r.Body != nil {
+		r.Body = idleBody{r.Body, rc, idle}
+	}
+	s.mux.ServeHTTP(iw, r)
+	// The connection may serve another request: no deadline of this one
+	// may outlive it.
+	rc.SetWriteDeadline(time.Time{})
+	rc.SetReadDeadline(time.Time{})
+}
+
+// idleWriter moves the write deadline before every write: a response
+// must make progress, however long it is.
+type idleWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (w *idleWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	return w.ResponseWriter.Write(p)
+}
+
+// ReadFrom keeps sendfile for whole packs (one long call: no deadline;
+// a slow reader of a pack holds a goroutine and an open file, no slot).
+func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
+	w.rc.SetWriteDeadline(time.Time{})
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{w}, r)
+}
+
+func (w *idleWriter) Flush() { w.rc.Flush() }
+
+func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// idleBody moves the read deadline before every read of a request body.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
 }
 
 func (s *Server) refs(w http.ResponseWriter, _ *http.Request) {

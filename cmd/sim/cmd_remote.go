@@ -163,8 +163,11 @@ carried out by the server (over <store>/sim.sock).`,
 				return fmt.Errorf("serve: %w", err)
 			}
 			defer tl.Close()
-			web := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-				ErrorLog: logw, BaseContext: func(net.Listener) context.Context { return ctx }}
+			// Slow or hostile clients: headers within 10 s and 64 KiB,
+			// every body read and response write bounded by the
+			// server's IdleTimeout (a minute without progress).
+			web := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+				MaxHeaderBytes: 64 << 10, ErrorLog: logw, BaseContext: func(net.Listener) context.Context { return ctx }}
 			scheme := "http"
 			if cert != "" {
 				pair, err := tls.LoadX509KeyPair(e.path(cert), e.path(key))
