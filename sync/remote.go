@@ -265,7 +265,6 @@ func withTimeout(ctx context.Context, parent context.CancelFunc, d time.Duration
 	return ctx, func() { cancel(); parent() }
 }
 
-
 // Get is a GET of path (e.g. "/v1/bt/torrent?...") on the server, for
 // the transports that add endpoints of their own. A status other than
 // 2xx is an *HTTPError (matching ErrRemoteNotFound for 404).
