@@ -383,7 +383,7 @@ func SetLocalRef(local *store.Store, kind, name string, id chunk.ID, op, msg str
 // fetchLimit is the budget of one commit's fetch, whatever carries it:
 // twice what the commit says it holds (file bytes, and up to 4 KiB of
 // tree per entry: stored frames go out whole when half of them is
-// wanted), plus 256 MiB. A server that sends more (an endless stream) is
+// wanted), plus 64 MiB. A server that sends more (an endless stream) is
 // cut off with ErrTooMuch instead of filling the node's disk. The
 // commit's figures are the server's word unless it is signed.
 func fetchLimit(r *Remote, id chunk.ID, c *store.Commit) (int64, string) {
@@ -392,5 +392,5 @@ func fetchLimit(r *Remote, id chunk.ID, c *store.Commit) (int64, string) {
 	if claim > 1<<50 {
 		claim = 1 << 50
 	}
-	return 2*claim + 256<<20, fmt.Sprintf("%s sent more than twice what commit %s holds (%d bytes in %d files)", r, id.Short(), st.Bytes, st.Files)
+	return 2*claim + 64<<20, fmt.Sprintf("%s sent more than twice what commit %s holds (%d bytes in %d files)", r, id.Short(), st.Bytes, st.Files)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	gosync "sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -225,13 +226,26 @@ type watched struct {
 	got     atomic.Int64 // bytes this window
 	stalled atomic.Bool
 	closed  atomic.Bool
+	// Only the time spent waiting for the server counts: a node busy
+	// storing what it got (an fsync) is not a stalled server.
+	mu     gosync.Mutex
+	since  time.Time     // when the pending Read began (zero: none)
+	waited time.Duration // waiting this window, besides the pending Read
 }
 
 func (w *watched) check() {
 	if w.closed.Load() {
 		return
 	}
-	if w.got.Swap(0) < stallBytes {
+	w.mu.Lock()
+	waited := w.waited
+	if !w.since.IsZero() {
+		waited += time.Since(w.since)
+		w.since = time.Now()
+	}
+	w.waited = 0
+	w.mu.Unlock()
+	if got := w.got.Swap(0); got < stallBytes && waited >= w.window/2 {
 		w.stalled.Store(true)
 		w.cancel()
 		return
@@ -240,7 +254,14 @@ func (w *watched) check() {
 }
 
 func (w *watched) Read(p []byte) (int, error) {
+	w.mu.Lock()
+	w.since = time.Now()
+	w.mu.Unlock()
 	n, err := w.ReadCloser.Read(p)
+	w.mu.Lock()
+	w.waited += time.Since(w.since)
+	w.since = time.Time{}
+	w.mu.Unlock()
 	w.got.Add(int64(n))
 	if err != nil && err != io.EOF && w.stalled.Load() {
 		err = fmt.Errorf("%s: %w: under %d KiB in %s", w.what, ErrStalled, stallBytes>>10, w.window)

@@ -45,6 +45,7 @@ func readTokens(file string) ([]string, error) {
 // remoteFlags are the options of every command that talks to a server.
 type remoteFlags struct {
 	tokenFile, ca string
+	stall         time.Duration
 	// requireSig is --require-signature, on the commands that fetch
 	// (addRequire).
 	requireSig bool
@@ -53,6 +54,7 @@ type remoteFlags struct {
 func (f *remoteFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.tokenFile, "token-file", "", "read the bearer token from `FILE` (default $SIM_TOKEN)")
 	c.Flags().StringVar(&f.ca, "ca", "", "trust the CA certificates (PEM) in `FILE` for an https server (also $SIM_CA_CERT)")
+	c.Flags().DurationVar(&f.stall, "stall-timeout", 2*time.Minute, "give up on an answer that brings under 64 KiB in `DURATION` (a stalled or dripping server)")
 }
 
 // addRequire adds --require-signature to a command that fetches.
@@ -79,6 +81,9 @@ func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
 		}
 	}
 	r.RequireSignature = f.requireSig
+	if f.stall > 0 {
+		r.StallTimeout = f.stall
+	}
 	return r, nil
 }
 
