@@ -106,6 +106,7 @@ func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile, netboot string
 	var readToken, requireSig bool
 	var maxStreams int
+	var idle time.Duration
 	type ext struct {
 		name string
 		cfg  simsync.ServeConfig
@@ -135,7 +136,7 @@ carried out by the server (over <store>/sim.sock).`,
 				return usageError{errors.New("serve: --tls-cert and --tls-key go together")}
 			}
 			logw := log.New(e.stderr, "sim serve: ", log.LstdFlags)
-			srv := &simsync.Server{MaxStreams: maxStreams, Log: logw, PrivateReads: readToken, RequireSignature: requireSig}
+			srv := &simsync.Server{MaxStreams: maxStreams, Log: logw, PrivateReads: readToken, RequireSignature: requireSig, IdleTimeout: idle}
 			if tokenFile != "" {
 				ts, err := readTokens(e.path(tokenFile))
 				if err != nil {
@@ -236,6 +237,7 @@ carried out by the server (over <store>/sim.sock).`,
 	f.BoolVar(&readToken, "read-token", false, "close reads too: every request needs a token (any role; BitTorrent payloads are then encrypted)")
 	f.BoolVar(&requireSig, "require-signature", false, "refuse pushes moving a ref to a commit without a valid signature by a key the store trusts")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
+	f.DurationVar(&idle, "idle-timeout", time.Minute, "end a request whose client stops reading its answer, or sending its body, for `DURATION` (frees its stream slot)")
 	f.StringVar(&netboot, "netboot", "", "serve the kernel and initrd `DIR` (from sim initrd build) for netboot at /v1/install/")
 	for _, x := range exts {
 		x.cfg.Flags(f)
