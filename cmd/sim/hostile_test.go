@@ -130,7 +130,7 @@ func TestMaliciousServer(t *testing.T) {
 		want string
 	}{
 		{"wrong ids", &evilServer{raw: commitOf(okID, 1, int64(len(data))),
-			fetch: stream(store.TypeTree, okID, okTree, store.TypeData, cid, []byte("something else entirely")),
+			fetch:   stream(store.TypeTree, okID, okTree, store.TypeData, cid, []byte("something else entirely")),
 			objects: stream(store.TypeData, cid, []byte("something else entirely"))}, "is corrupt: its content hashes to"},
 		{"dotdot name", &evilServer{raw: commitOf(dotdotID, 1, 30), fetch: stream(store.TypeTree, dotdotID, dotdot), objects: stream(store.TypeTree, dotdotID, dotdot)}, `invalid file name ".."`},
 		{"absolute name", &evilServer{raw: commitOf(absID, 1, 30), fetch: stream(store.TypeTree, absID, abs)}, `invalid file name "/etc/passwd"`},
