@@ -32,8 +32,8 @@
 # and the server's time to derive the torrent.
 #
 # Environment: SIM (default ./bin/sim), SIM_CORPUS (/var/cache/sim/corpus),
-# BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_NODES (16),
-# BTBENCH_NS ("1 4 8 16").
+# BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_LAB (simbtbench: the
+# lab's name), BTBENCH_NODES (16), BTBENCH_NS ("1 4 8 16").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,7 +49,7 @@ NODES=${BTBENCH_NODES:-16}
 NS=${BTBENCH_NS:-1 4 8 16}
 PEER_RATE=${BTBENCH_PEER_RATE:-0}
 LAB=$ROOT/testdata/lab.sh
-L=simbtbench
+L=${BTBENCH_LAB:-simbtbench}
 SRV=198.18.0.1
 URL=http://$SRV:7480
 RATE=100mbit
@@ -61,15 +61,18 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 case $W in /?*) ;; *) die "BTBENCH_DIR must be an absolute path" ;; esac
 for v in v2 v3; do [ -f "$CORPUS/$v.stamp" ] || die "no corpus $CORPUS/$v (make corpus)"; done
-for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
+[ "$SEAL" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
 [ -x "$SIM" ] || die "no sim binary at $SIM (make build)"
 
 # Processes started in the lab (through lab.sh exec) are found by their
-# command line: killing the wrapper would leave them running.
-stop() { pkill -f "$1" 2>/dev/null || return 0; for _ in $(seq 50); do pgrep -f "$1" >/dev/null || return 0; sleep 0.1; done; pkill -9 -f "$1"; }
+# command line: killing the wrapper would leave them running. Every
+# pattern names this run's directory $W, so no other bench's processes
+# (another lab on the same addresses) match.
+stop() { pkill -f -- "$1" 2>/dev/null || return 0; for _ in $(seq 50); do pgrep -f -- "$1" >/dev/null || return 0; sleep 0.1; done; pkill -9 -f -- "$1"; }
+SERVE="--store $W/srv serve"
 cleanup() {
 	set +e
-	stop "serve --listen $SRV:7480"
+	stop "$SERVE"
 	stop "opentracker -f $W"
 	stop "aria2c .*--dir=$W"
 	bash "$LAB" down --name $L >/dev/null 2>&1
@@ -110,6 +113,7 @@ run_sim() {
 	if [ "$fresh" = 1 ]; then for i in $(seq "$n"); do rm -rf "$W/n$i"; done; fi
 	sync; cat "$W"/srv/packs/*/* >/dev/null
 	local tx0 t0 pids=() i
+	rm -f "$W"/n*."$tr.$ref".json "$W"/n*.cpu # a run with fewer nodes must not read a bigger one's
 	tx0=$(txsrv); t0=$(now)
 	for i in $(seq "$n"); do
 		X n$i -- /usr/bin/env time -f "%U %S" -o "$W/n$i.cpu" $SIM --store "$W/n$i/store" checkout --from $URL --transport "$tr" \
@@ -140,7 +144,7 @@ run_sim() {
 # srvcpu: CPU seconds (user+system) the lab's sim serve has used so far.
 srvcpu() {
 	local pid
-	pid=$(pgrep -f "serve --listen $SRV:7480" | head -1)
+	pid=$(pgrep -f -- "$SERVE" | head -1)
 	awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$pid/stat"
 }
 
@@ -163,7 +167,7 @@ if [ "$SEAL" = 1 ]; then
 			log "  $s s (slowest transfer $f s), nodes ${SC[$mode.$n]} CPU s, server ${SS[$mode.$n]} CPU s"
 		done
 		SD[$mode]=$(grep -o 'derived [a-z ]*torrent [0-9a-f]* for .* in [0-9.]*m\?s' "$W/serve.log" | tail -1 | sed 's/.* in //')
-		stop "serve --listen $SRV:7480"
+		stop "$SERVE"
 	done
 	{
 		echo "### Sealed BitTorrent (bench/btbench.sh --seal, $(date +%F), lab: server and nodes 100 Mbit, reads behind a token)"
@@ -196,7 +200,7 @@ done
 log "update v2 -> v3 on $NODES nodes over bittorrent"
 read -r upd_s upd_tx upd_wire _ _ < <(run_sim "$NODES" bittorrent v3 0)
 log "  $upd_s s, server sent $upd_tx B, n1 moved $upd_wire B"
-stop "serve --listen $SRV:7480"
+stop "$SERVE"
 
 # The same BitTorrent installs with the origin capped per peer (Kraken's
 # lesson): does making nodes share beat letting the origin send freely?
@@ -212,7 +216,7 @@ for n in 1 "$NODES"; do
 	T[cap.$n]=$s; TX[cap.$n]=$tx; F[cap.$n]=$f
 	log "  $s s, server sent $(mb "$tx")"
 done
-stop "serve --listen $SRV:7480"
+stop "$SERVE"
 
 # ------------------------------------------------ the SystemImager way ---
 log "SystemImager way: tarball + mktorrent + opentracker + aria2c"
