@@ -159,6 +159,22 @@ func admitLocal(ctx context.Context, local *store.Store, r *Remote, id chunk.ID)
 	return admit(local, r, id, raw, append(have, sigs...))
 }
 
+// CheckCommit applies local's trust policy (and r.RequireSignature) to
+// commit id on the server r without fetching a single object: the
+// commit and its signatures only. The installer checks everything it
+// will install this way before it touches the disk.
+func CheckCommit(ctx context.Context, local *store.Store, r *Remote, id chunk.ID) error {
+	raw, err := r.Commit(ctx, id)
+	if err != nil {
+		return err
+	}
+	sigs, err := remoteSignatures(ctx, local, r, id, raw)
+	if err != nil {
+		return err
+	}
+	return admit(local, r, id, raw, sigs)
+}
+
 // pushSignatures collects the signatures local holds of ids.
 func pushSignatures(local *store.Store, ids []chunk.ID) ([]CommitSignature, error) {
 	var out []CommitSignature

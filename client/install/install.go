@@ -109,6 +109,12 @@ type Options struct {
 	// 0600, ca.pem) for its later updates and its agent.
 	Token string
 	CA    []byte
+	// Check, when the node requires signatures, is asked about every
+	// commit of the install (image, overrides, scripts) before the disk
+	// is touched: it applies st's policy to commit id without fetching
+	// its objects (sync.CheckCommit). A signed layout with an unsigned
+	// image must not cost the node its disk.
+	Check func(ctx context.Context, st *store.Store, id chunk.ID) error
 }
 
 // StoreDir is the node's store inside the new root.
@@ -227,7 +233,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	r.setStep("layout")
 	text := c.Layout
 	if r.signed() {
-		if text, err = r.signedLayout(ctx); err != nil {
+		if text, err = r.beforeDisk(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -490,12 +496,13 @@ const (
 	CAName    = "ca.pem"
 )
 
-// signedLayout fetches the layout commit (Config.LayoutID) into a
-// scratch store with the node's policy, so its signature is checked
-// before the disk is touched, and returns the layout it holds. The
-// server's own copy in the config must be the same text: a server that
-// says otherwise is lying.
-func (r *run) signedLayout(ctx context.Context) (string, error) {
+// beforeDisk checks, in a scratch store with the node's policy and
+// before the disk is touched, that every commit of the install is
+// signed: it fetches the layout commit (Config.LayoutID) and returns
+// the layout it holds (the server's own copy in the config must be the
+// same text: a server that says otherwise is lying), and asks Check
+// about the image, the overrides and the scripts.
+func (r *run) beforeDisk(ctx context.Context) (string, error) {
 	c := r.Config
 	dir, err := os.MkdirTemp("", "sim-layout-")
 	if err != nil {
@@ -523,6 +530,16 @@ func (r *run) signedLayout(ctx context.Context) (string, error) {
 	}
 	if string(b) != c.Layout {
 		return "", fmt.Errorf("layout of %s: the server's layout is not the one of its signed commit %s", c.Image, c.LayoutID.Short())
+	}
+	if r.Check != nil {
+		if err := r.Check(ctx, st, c.Commit); err != nil {
+			return "", fmt.Errorf("image %s (%s): %w", c.Image, c.Commit.Short(), err)
+		}
+		for _, d := range append(append([]Doc(nil), c.Overrides...), c.Scripts...) {
+			if err := r.Check(ctx, st, d.Commit); err != nil {
+				return "", fmt.Errorf("%s (%s): %w", d.Name, d.Commit.Short(), err)
+			}
+		}
 	}
 	return string(b), nil
 }

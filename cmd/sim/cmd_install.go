@@ -87,7 +87,10 @@ certificates for its later updates.`,
 				return ps, err
 			}
 			res, err := install.FromServer(c.Context(), r, install.Who{Node: o.node, MAC: o.mac, Image: o.image},
-				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, Token: r.Token, CA: ca}, fetch)
+				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, Token: r.Token, CA: ca,
+					Check: func(ctx context.Context, st *store.Store, id chunk.ID) error {
+						return simsync.CheckCommit(ctx, st, r, id)
+					}}, fetch)
 			if err != nil {
 				return err
 			}

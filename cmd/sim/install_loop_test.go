@@ -78,6 +78,10 @@ func TestInstallLoop(t *testing.T) {
 		return f
 	}
 	n7tok, n8tok := tokenFile("n7"), tokenFile("n8")
+	// An image whose layout is signed but not the image itself.
+	ok(t, s, "commit", v1, "--image", "deb-unsigned", "-m", "unsigned")
+	ok(t, s, "layout", "set", "deb-unsigned", filepath.Join(dir, "layout"))
+	ok(t, s, "sign", "deb-unsigned@layout", "--key", filepath.Join(keys, "admin.key"))
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -283,6 +287,26 @@ func TestInstallLoop(t *testing.T) {
 		resp.Body.Close()
 		if st["n8"].State != install.Failed || st["n8"].Step != "layout" {
 			t.Errorf("server status of n8: %+v", st["n8"])
+		}
+	})
+
+	t.Run("unsigned-image", func(t *testing.T) {
+		// Its layout is signed, the image is not: refused before the
+		// disk is touched, not after it was partitioned.
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--image", "deb-unsigned", "--disk", dev, "--target", target,
+			"--token-file", n8tok, "--trust", filepath.Join(keys, "admin.pub"))
+		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "layout"`) || !strings.Contains(r.stderr, "image deb-unsigned") ||
+			!strings.Contains(r.stderr, "it is not signed") {
+			t.Fatalf("unsigned image: exit %d\n%s", r.code, r.stderr)
+		}
+		b := make([]byte, 8)
+		if f, err := os.Open(dev); err == nil {
+			f.ReadAt(b, 512)
+			f.Close()
+		}
+		if string(b) == "EFI PART" {
+			t.Error("the disk was partitioned for an unsigned image")
 		}
 	})
 
