@@ -7,7 +7,7 @@
 #                every fuzz target for a few seconds (make fuzz)
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
-#                BitTorrent: bench/btbench.sh;
+#                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
 #                multicast vs udpcast: bench/mcastbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
@@ -134,6 +134,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	$(MAKE) metal-bench
 
