@@ -3,12 +3,13 @@
 #   make demo    build sim and run the main job on the embedded store:
 #                commit the Debian corpus v1..v3, tag, log, diff, check out,
 #                roll back in place, fsck
-#   make test    everything the tests need, then vet, gofmt and go test
+#   make test    everything the tests need, then vet, gofmt, go test and
+#                every fuzz target for a few seconds (make fuzz)
 #   make deb     build/sim_<version>_amd64.deb (static binary, units,
 #                /etc/default/sim, man pages, completion; lintian if there)
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
-#                BitTorrent: bench/btbench.sh;
+#                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
 #                multicast vs udpcast: bench/mcastbench.sh;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
@@ -57,7 +58,7 @@ BOOTABLE   ?= /var/cache/sim/bootable
 PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
 TEST_DEBS  += $(PKG_DEBS)
 
-.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb
+.PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb fuzz
 
 all: build
 
@@ -141,6 +142,19 @@ vet:
 
 test: deps corpus metal-deps bootable vet
 	$(GO) test -count=1 -timeout 80m ./...
+	$(MAKE) fuzz
+
+# Every fuzz target (each decoder a peer reaches, every HTTP endpoint's
+# request parsing, the layout and node documents, trees at checkout),
+# each for FUZZTIME beyond its seeds: part of make test (~3 min).
+FUZZTIME ?= 5s
+FUZZ := ./sync:FuzzDecode ./sync:FuzzServer ./sync/bt:FuzzDecodeTorrent ./sync/bt:FuzzSeederServer \
+        ./sync/mcast:FuzzDecode ./sync/mcast:FuzzManifest ./store:FuzzPackHeader ./snapshot:FuzzDecodeTree \
+        ./snapshot:FuzzCheckoutTree ./client/layout:FuzzParse ./client/catalog:FuzzRegistry ./client/install:FuzzInstallServer
+fuzz:
+	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -count=1 -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) $$pkg >$$log 2>&1 || { cat $$log; exit 1; }; done
 
 test-short: vet
 	$(GO) test -count=1 -short ./...
@@ -150,6 +164,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/bench.sh
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	$(MAKE) metal-bench

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/btbench.sh [OUTFILE] — BitTorrent vs HTTP vs "the SystemImager way",
+# bench/btbench.sh [--seal] [OUTFILE] — BitTorrent vs HTTP vs "the SystemImager way",
 # in the network lab of testdata/lab.sh with every link shaped to 100 Mbit
 # (server uplink and each node). Prints one markdown table (stdout and
 # OUTFILE, default bench/btresults.md); progress on stderr.
@@ -23,14 +23,25 @@
 # with --bt-peer-rate $BTBENCH_PEER_RATE (default 0: no cap on what the
 # origin sends one peer).
 #
+# With --seal (OUTFILE default bench/btsealresults.md) it measures instead
+# what encrypting the swarm costs: the server behind --read-token (nodes
+# fetch with a read token), v2 installed on N = BTBENCH_SEAL_NS ("1 16")
+# nodes over BitTorrent with --bt-seal off (plain payloads) and on (every
+# frame sealed with AES-256-GCM), the same tracker-less swarm otherwise:
+# wall time, slowest transfer, CPU seconds of all nodes and of the server,
+# and the server's time to derive the torrent.
+#
 # Environment: SIM (default ./bin/sim), SIM_CORPUS (/var/cache/sim/corpus),
-# BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_NODES (16),
-# BTBENCH_NS ("1 4 8 16").
+# BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_LAB (simbtbench: the
+# lab's name), BTBENCH_NODES (16), BTBENCH_NS ("1 4 8 16").
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+SEAL=0
+if [ "${1:-}" = "--seal" ]; then SEAL=1; shift; fi
 OUT=${1:-$ROOT/bench/btresults.md}
+[ "$SEAL" = 0 ] || OUT=${1:-$ROOT/bench/btsealresults.md}
 SIM=$(readlink -f "${SIM:-./bin/sim}")
 CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${BTBENCH_DIR:-/var/tmp/sim-btbench}
@@ -38,7 +49,7 @@ NODES=${BTBENCH_NODES:-16}
 NS=${BTBENCH_NS:-1 4 8 16}
 PEER_RATE=${BTBENCH_PEER_RATE:-0}
 LAB=$ROOT/testdata/lab.sh
-L=simbtbench
+L=${BTBENCH_LAB:-simbtbench}
 SRV=198.18.0.1
 URL=http://$SRV:7480
 RATE=100mbit
@@ -50,15 +61,18 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 case $W in /?*) ;; *) die "BTBENCH_DIR must be an absolute path" ;; esac
 for v in v2 v3; do [ -f "$CORPUS/$v.stamp" ] || die "no corpus $CORPUS/$v (make corpus)"; done
-for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
+[ "$SEAL" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
 [ -x "$SIM" ] || die "no sim binary at $SIM (make build)"
 
 # Processes started in the lab (through lab.sh exec) are found by their
-# command line: killing the wrapper would leave them running.
-stop() { pkill -f "$1" 2>/dev/null || return 0; for _ in $(seq 50); do pgrep -f "$1" >/dev/null || return 0; sleep 0.1; done; pkill -9 -f "$1"; }
+# command line: killing the wrapper would leave them running. Every
+# pattern names this run's directory $W, so no other bench's processes
+# (another lab on the same addresses) match.
+stop() { pkill -f -- "$1" 2>/dev/null || return 0; for _ in $(seq 50); do pgrep -f -- "$1" >/dev/null || return 0; sleep 0.1; done; pkill -9 -f -- "$1"; }
+SERVE="--store $W/srv serve"
 cleanup() {
 	set +e
-	stop "serve --listen $SRV:7480"
+	stop "$SERVE"
 	stop "opentracker -f $W"
 	stop "aria2c .*--dir=$W"
 	bash "$LAB" down --name $L >/dev/null 2>&1
@@ -85,8 +99,12 @@ log "server store: commit v2, v3"
 S="$SIM --store $W/srv"
 $S init >/dev/null
 for v in v2 v3; do $S commit "$CORPUS/$v" --image deb -m $v >/dev/null; $S tag $v deb; done
-X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" 2>"$W/serve.log" &
-for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+# TOKEN: the nodes' --token-file (the --seal runs read behind a token).
+TOKEN=()
+if [ "$SEAL" = 0 ]; then
+	X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" 2>"$W/serve.log" &
+	for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+fi
 
 # run_sim N TRANSPORT REF FRESH: all N nodes check REF out at once; prints
 # "seconds server_tx_bytes node_wire_bytes_of_n1".
@@ -95,10 +113,11 @@ run_sim() {
 	if [ "$fresh" = 1 ]; then for i in $(seq "$n"); do rm -rf "$W/n$i"; done; fi
 	sync; cat "$W"/srv/packs/*/* >/dev/null
 	local tx0 t0 pids=() i
+	rm -f "$W"/n*."$tr.$ref".json "$W"/n*.cpu # a run with fewer nodes must not read a bigger one's
 	tx0=$(txsrv); t0=$(now)
 	for i in $(seq "$n"); do
-		X n$i -- $SIM --store "$W/n$i/store" checkout --from $URL --transport "$tr" --no-sync --seed-time 0 --json \
-			"$ref" "$W/n$i/root" >"$W/n$i.$tr.$ref.json" 2>"$W/n$i.$tr.$ref.err" &
+		X n$i -- /usr/bin/env time -f "%U %S" -o "$W/n$i.cpu" $SIM --store "$W/n$i/store" checkout --from $URL --transport "$tr" \
+			"${TOKEN[@]}" --no-sync --seed-time 0 --json "$ref" "$W/n$i/root" >"$W/n$i.$tr.$ref.json" 2>"$W/n$i.$tr.$ref.err" &
 		pids+=($!)
 	done
 	local fail=0
@@ -116,22 +135,72 @@ run_sim() {
 	wire=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("transfer",{}).get("wire_bytes",0))' "$W/n1.$tr.$ref.json")
 	# The slowest node's transfer alone (checkout excluded).
 	fetch=$(python3 -c 'import json,sys; print("%.1f" % max(json.load(open(f)).get("transfer",{}).get("seconds",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
-	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch"
+	local cpu
+	cpu=$(cat "$W"/n*.cpu | awk '{u+=$1; s+=$2} END {printf "%.1f", u+s}')
+	rm -f "$W"/n*.cpu
+	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch $cpu"
 }
+
+# srvcpu: CPU seconds (user+system) the lab's sim serve has used so far.
+srvcpu() {
+	local pid
+	pid=$(pgrep -f -- "$SERVE" | head -1)
+	awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$pid/stat"
+}
+
+# ------------------------------------------- --seal: what encryption costs ---
+if [ "$SEAL" = 1 ]; then
+	SNS=${BTBENCH_SEAL_NS:-1 16}
+	$S token add bench --role read 2>/dev/null | tail -1 >"$W/token"
+	TOKEN=(--token-file "$W/token")
+	declare -A ST SF SC SS SD
+	for mode in off on; do
+		X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --read-token --bt-seal $mode 2>>"$W/serve.log" &
+		for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+		for n in $SNS; do
+			log "install v2 on $n nodes over bittorrent behind a read token, --bt-seal $mode"
+			c0=$(srvcpu)
+			read -r s _ _ f cpu < <(run_sim "$n" bittorrent v2 1)
+			c1=$(srvcpu)
+			ST[$mode.$n]=$s; SF[$mode.$n]=$f; SC[$mode.$n]=$cpu
+			SS[$mode.$n]=$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.1f", b-a}')
+			log "  $s s (slowest transfer $f s), nodes ${SC[$mode.$n]} CPU s, server ${SS[$mode.$n]} CPU s"
+		done
+		SD[$mode]=$(grep -o 'derived [a-z ]*torrent [0-9a-f]* for .* in [0-9.]*m\?s' "$W/serve.log" | tail -1 | sed 's/.* in //')
+		stop "$SERVE"
+	done
+	{
+		echo "### Sealed BitTorrent (bench/btbench.sh --seal, $(date +%F), lab: server and nodes 100 Mbit, reads behind a token)"
+		echo
+		echo "| install v2 over BitTorrent | N | wall time | slowest transfer | CPU, all nodes | CPU, server | torrent derived in |"
+		echo "|---|---|---|---|---|---|---|"
+		for n in $SNS; do
+			for mode in off on; do
+				name=plain; [ $mode = on ] && name="sealed (AES-256-GCM per frame)"
+				echo "| $name | $n | ${ST[$mode.$n]} s | ${SF[$mode.$n]} s | ${SC[$mode.$n]} s | ${SS[$mode.$n]} s | ${SD[$mode]} |"
+			done
+		done
+		echo
+		for n in $SNS; do
+			echo "N=$n: sealed / plain wall time $(awk -v a="${ST[on.$n]}" -v b="${ST[off.$n]}" 'BEGIN{printf "%.2fx", a/b}'), node CPU $(awk -v a="${SC[on.$n]}" -v b="${SC[off.$n]}" 'BEGIN{printf "%.2fx", a/b}')."
+		done
+	} | tee "$OUT"
+	exit 0
+fi
 
 declare -A T TX F
 for n in $NS; do
 	for tr in http bittorrent; do
 		log "install v2 on $n nodes over $tr"
-		read -r s tx _ f < <(run_sim "$n" $tr v2 1)
+		read -r s tx _ f _ < <(run_sim "$n" $tr v2 1)
 		T[$tr.$n]=$s; TX[$tr.$n]=$tx; F[$tr.$n]=$f
 		log "  $s s (slowest transfer $f s), server sent $(mb "$tx")"
 	done
 done
 log "update v2 -> v3 on $NODES nodes over bittorrent"
-read -r upd_s upd_tx upd_wire _ < <(run_sim "$NODES" bittorrent v3 0)
+read -r upd_s upd_tx upd_wire _ _ < <(run_sim "$NODES" bittorrent v3 0)
 log "  $upd_s s, server sent $upd_tx B, n1 moved $upd_wire B"
-stop "serve --listen $SRV:7480"
+stop "$SERVE"
 
 # The same BitTorrent installs with the origin capped per peer (Kraken's
 # lesson): does making nodes share beat letting the origin send freely?
@@ -143,11 +212,11 @@ serve() {
 serve "$CAP"
 for n in 1 "$NODES"; do
 	log "install v2 on $n nodes over bittorrent, origin capped at $CAP per peer"
-	read -r s tx _ f < <(run_sim "$n" bittorrent v2 1)
+	read -r s tx _ f _ < <(run_sim "$n" bittorrent v2 1)
 	T[cap.$n]=$s; TX[cap.$n]=$tx; F[cap.$n]=$f
 	log "  $s s, server sent $(mb "$tx")"
 done
-stop "serve --listen $SRV:7480"
+stop "$SERVE"
 
 # ------------------------------------------------ the SystemImager way ---
 log "SystemImager way: tarball + mktorrent + opentracker + aria2c"

@@ -15,6 +15,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // CommitOptions tune Commit.
@@ -26,6 +27,8 @@ type CommitOptions struct {
 	OneFileSystem bool
 	Progress      *snapshot.Progress
 	Warn          func(error)
+	// Sign, if set, signs the commit before the image moves to it.
+	Sign *sign.PrivateKey
 }
 
 // Commit snapshots src as the new head of opts.Image (created if new).
@@ -76,6 +79,11 @@ func Commit(ctx context.Context, st *store.Store, src string, opts CommitOptions
 	if err != nil {
 		return id, nil, err
 	}
+	if opts.Sign != nil {
+		if err := SignCommit(st, id, *opts.Sign); err != nil {
+			return id, nil, err
+		}
+	}
 	op := "commit"
 	if head.IsZero() {
 		op = "create"
@@ -115,6 +123,10 @@ type CheckoutOptions struct {
 	// Source, if set, is where the trees and chunks are read (the store
 	// through a snapshot.Cache); default the store.
 	Source snapshot.Source
+	// RequireSignature refuses a commit without a valid signature by a
+	// key the store trusts, as the store's own policy does when set
+	// (sim trust require on; ARCHITECTURE.md "Signatures").
+	RequireSignature bool
 }
 
 // Record describes the last checkout into a directory.
@@ -179,6 +191,10 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 	c, err := st.Commit(id)
 	if err != nil {
 		return nil, err
+	}
+	// The trust policy first: nothing of an unsigned commit is written.
+	if _, err := st.CheckSigned(id, opts.RequireSignature); err != nil {
+		return nil, fmt.Errorf("refusing to check out: %w", err)
 	}
 	m, err := snapshot.NewMatcher(opts.Exclude)
 	if err != nil {
@@ -390,4 +406,13 @@ func MoveRecord(st *store.Store, from, to string) error {
 		return err
 	}
 	return os.Remove(fj)
+}
+
+// SignCommit signs commit id with k and stores the signature beside it.
+func SignCommit(st *store.Store, id chunk.ID, k sign.PrivateKey) error {
+	raw, err := st.CommitRaw(id)
+	if err != nil {
+		return err
+	}
+	return st.PutSignature(id, k.Sign(raw))
 }

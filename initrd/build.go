@@ -43,7 +43,28 @@ type Options struct {
 	ToolsFrom   string // root the tools and their libraries come from; default /
 	Out         string // directory: vmlinuz, initrd.img
 	Level       zstd.EncoderLevel
+	// Files are baked in as they are (a node's token, a CA, trusted
+	// keys: see TokenFile, CAFile, TrustDir). With a file of mode 0600
+	// among them (a token), initrd.img itself is written mode 0600.
+	Files []File
 }
+
+// File is one file baked into the initramfs.
+type File struct {
+	Name string // relative, e.g. TokenFile
+	Data []byte
+	Mode uint32 // permission bits
+}
+
+// Where the installer (client/boot) looks for what sim initrd build
+// --token-file, --ca and --trust bake in: a node's API token, the CA of
+// a private-CA https server, public keys every installed commit must be
+// signed by.
+const (
+	TokenFile = "etc/sim/token"
+	CAFile    = "etc/sim/ca.pem"
+	TrustDir  = "etc/sim/trust"
+)
 
 // Result reports what was written.
 type Result struct {
@@ -203,6 +224,15 @@ func Build(o Options) (*Result, error) {
 		fmt.Fprintf(&list, "/lib/modules/%s/%s\n", o.Version, name)
 	}
 	addFile(ModuleList, []byte(list.String()), 0o644)
+	private := false
+	for _, f := range o.Files {
+		name := filepath.Clean(f.Name)
+		if filepath.IsAbs(name) || name == "." || strings.HasPrefix(name, "../") || files[name] || dirs[name] {
+			return nil, fmt.Errorf("initrd: cannot bake in %q", f.Name)
+		}
+		addFile(name, f.Data, f.Mode&0o777)
+		private = private || f.Mode&0o077 == 0
+	}
 
 	var cpio bytes.Buffer
 	if err := WriteCpio(&cpio, ents); err != nil {
@@ -220,7 +250,12 @@ func Build(o Options) (*Result, error) {
 	z := enc.EncodeAll(cpio.Bytes(), nil)
 	res.Initrd = filepath.Join(o.Out, "initrd.img")
 	res.Kernel = filepath.Join(o.Out, "vmlinuz")
-	if err := writeAtomic(res.Initrd, z); err != nil {
+	mode := os.FileMode(0o644)
+	if private {
+		// It holds a secret (a node's token): as private as the token.
+		mode = 0o600
+	}
+	if err := writeAtomic(res.Initrd, z, mode); err != nil {
 		return nil, err
 	}
 	res.InitrdBytes = int64(len(z))
@@ -228,16 +263,20 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(res.Kernel, k); err != nil {
+	if err := writeAtomic(res.Kernel, k, 0o644); err != nil {
 		return nil, err
 	}
 	res.KernelBytes = int64(len(k))
 	return res, nil
 }
 
-func writeAtomic(p string, b []byte) error {
+func writeAtomic(p string, b []byte, mode os.FileMode) error {
 	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	os.Remove(tmp)
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
 		return err
 	}
 	return os.Rename(tmp, p)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // readCpio parses a newc archive back (a test-only reader).
@@ -150,5 +152,61 @@ func TestDeps(t *testing.T) {
 	}
 	if st, _ := IsStatic(p); st {
 		t.Error("mkfs.ext4 reported static")
+	}
+}
+
+// TestBuildBakesFiles: what sim initrd build --token-file, --ca, --trust
+// bake in lands at the paths the installer reads, with its modes, and an
+// initrd holding a private file is itself private.
+func TestBuildBakesFiles(t *testing.T) {
+	bb := "/bin/busybox"
+	if ok, err := IsStatic(bb); err != nil || !ok {
+		t.Skip("no static /bin/busybox (busybox-static) to stand in for sim")
+	}
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz-9.9")
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	mods := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(mods, "lib/modules/9.9"), 0o755)
+	os.WriteFile(filepath.Join(mods, "lib/modules/9.9/modules.dep"), nil, 0o644)
+	build := func(files ...File) (*Result, []Entry) {
+		res, err := Build(Options{Sim: bb, Busybox: bb, Kernel: kernel, ModulesFrom: mods, Tools: []string{}, Out: filepath.Join(dir, "out"), Files: files})
+		if err != nil {
+			t.Fatal(err)
+		}
+		z, _ := os.ReadFile(res.Initrd)
+		d, _ := zstd.NewReader(nil)
+		defer d.Close()
+		raw, err := d.DecodeAll(z, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, readCpio(t, raw)
+	}
+	res, ents := build(File{Name: TokenFile, Data: []byte("sim_tok\n"), Mode: 0o600}, File{Name: CAFile, Data: []byte("pem"), Mode: 0o644},
+		File{Name: TrustDir + "/00-admin.pub", Data: []byte("sim-ed25519 x admin\n"), Mode: 0o644})
+	got := map[string]Entry{}
+	for _, e := range ents {
+		got[e.Name] = e
+	}
+	for name, want := range map[string]uint32{TokenFile: ModeFile | 0o600, CAFile: ModeFile | 0o644, TrustDir + "/00-admin.pub": ModeFile | 0o644, "etc/sim": ModeDir | 0o755} {
+		if got[name].Mode != want {
+			t.Errorf("%s: mode %o, want %o", name, got[name].Mode, want)
+		}
+	}
+	if string(got[TokenFile].Data) != "sim_tok\n" {
+		t.Errorf("token: %q", got[TokenFile].Data)
+	}
+	if fi, _ := os.Stat(res.Initrd); fi.Mode().Perm() != 0o600 {
+		t.Errorf("initrd with a token is mode %04o, want 0600", fi.Mode().Perm())
+	}
+	res, _ = build(File{Name: CAFile, Data: []byte("pem"), Mode: 0o644})
+	if fi, _ := os.Stat(res.Initrd); fi.Mode().Perm() != 0o644 {
+		t.Errorf("initrd without secrets is mode %04o, want 0644", fi.Mode().Perm())
+	}
+	for _, bad := range []string{"/etc/x", "../x", "init", "etc"} {
+		if _, err := Build(Options{Sim: bb, Busybox: bb, Kernel: kernel, ModulesFrom: mods, Tools: []string{}, Out: filepath.Join(dir, "out"), Files: []File{{Name: bad, Mode: 0o644}}}); err == nil {
+			t.Errorf("baking %q accepted", bad)
+		}
 	}
 }

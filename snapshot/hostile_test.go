@@ -3,6 +3,7 @@ package snapshot_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,6 +133,80 @@ func FuzzDecodeTree(f *testing.F) {
 		}
 		if got := tr.Encode(); string(got) != string(b) {
 			t.Fatalf("re-encoding differs")
+		}
+	})
+}
+
+// memSource is a Source of blobs in memory.
+type memSource map[chunk.ID][]byte
+
+func (m memSource) Get(id chunk.ID) ([]byte, error) {
+	if b, ok := m[id]; ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("blob %s: %w", id.Short(), store.ErrNotFound)
+}
+
+// FuzzCheckoutTree: any tree that decodes, checked out over a target an
+// older image left symlinks in (to a directory outside, to a file
+// outside, absolute and relative), writes nothing outside the target:
+// the file and the directory beside it are untouched and nothing else
+// appears beside it. The tree may name a known chunk and a known empty
+// subtree.
+func FuzzCheckoutTree(f *testing.F) {
+	hello := []byte("hello, world\n")
+	hid := chunk.Sum(hello)
+	emptyTree := (&snapshot.Tree{Self: dirNode()}).Encode()
+	eid := chunk.Sum(emptyTree)
+	file := func(name string) snapshot.Node {
+		n := fileNode(name)
+		n.Size, n.Content = uint64(len(hello)), []snapshot.Extent{{Len: uint64(len(hello)), ID: hid}}
+		return n
+	}
+	sub := func(name string) snapshot.Node { d := dirNode(); d.Name, d.Subtree = name, eid; return d }
+	link := func(name, target string) snapshot.Node {
+		return snapshot.Node{Name: name, Kind: snapshot.KindSymlink, Mode: 0o777, Target: target}
+	}
+	hard := file("h")
+	hard.Link = "a"
+	for _, entries := range [][]snapshot.Node{
+		{sub("a"), sub("b"), file("c")},
+		{file("a"), file("b"), link("c", "/etc"), hard},
+		{link("a", "../victim"), link("b", "/"), sub("c")},
+		{{Name: "a", Kind: snapshot.KindFifo, Mode: 0o644}, {Name: "b", Kind: snapshot.KindChar, Mode: 0o600, Major: 1, Minor: 3}, file("c")},
+	} {
+		f.Add((&snapshot.Tree{Self: dirNode(), Entries: entries}).Encode())
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := snapshot.DecodeTree(b); err != nil {
+			return
+		}
+		src := memSource{hid: hello, eid: emptyTree, chunk.Sum(b): b}
+		dir := t.TempDir()
+		victim, vd, target := filepath.Join(dir, "victim"), filepath.Join(dir, "vd"), filepath.Join(dir, "root")
+		os.WriteFile(victim, []byte("keep"), 0o644)
+		os.Mkdir(vd, 0o755)
+		os.Mkdir(target, 0o755)
+		for name, to := range map[string]string{"a": "../vd", "b": vd, "c": "../victim", "h": victim} {
+			os.Symlink(to, filepath.Join(target, name))
+		}
+		snapshot.Checkout(context.Background(), src, chunk.Sum(b), target, snapshot.CheckoutOptions{NoSync: true, Workers: 1})
+		if got, err := os.ReadFile(victim); err != nil || string(got) != "keep" {
+			t.Fatalf("the file outside the target is %q (%v)", got, err)
+		}
+		if ents, err := os.ReadDir(vd); err != nil || len(ents) != 0 {
+			t.Fatalf("the directory outside the target holds %v (%v)", ents, err)
+		}
+		if fi, err := os.Lstat(victim); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o644 {
+			t.Fatalf("the file outside the target changed: %v %v", fi, err)
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != 3 {
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Fatalf("beside the target: %v", names)
 		}
 	})
 }

@@ -329,10 +329,14 @@ func (d *decoder) node(n *Node, self bool) error {
 	return d.err
 }
 
-// CheckName rejects directory entry names that could escape a directory.
+// CheckName rejects directory entry names that could escape a directory,
+// and names no Linux filesystem can hold (over NAME_MAX, 255 bytes).
 func CheckName(name string) error {
 	if name == "" || name == "." || name == ".." || strings.IndexByte(name, '/') >= 0 || strings.IndexByte(name, 0) >= 0 {
 		return fmt.Errorf("invalid file name %q", name)
+	}
+	if len(name) > 255 {
+		return fmt.Errorf("invalid file name %.40q…: %d bytes, over 255", name, len(name))
 	}
 	return nil
 }

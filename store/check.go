@@ -169,7 +169,42 @@ func (s *Store) Check(readData bool, report func(Problem)) (CheckStats, error) {
 		}
 		return nil
 	})
-	return cs, err
+	if err != nil {
+		return cs, err
+	}
+	return cs, s.checkSignatures(report)
+}
+
+// checkSignatures verifies every stored signature against its commit: a
+// signature whose commit is gone is harmless (an interrupted gc; the
+// next removes it), one that does not verify cannot have been stored by
+// PutSignature and is an error.
+func (s *Store) checkSignatures(report func(Problem)) error {
+	ids, err := s.Signed()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		raw, err := s.CommitRaw(id)
+		if errors.Is(err, ErrNotFound) {
+			report(Problem{Warning: true, Msg: fmt.Sprintf("signatures of commit %s, which the store lacks (gc removes them)", id.Short())})
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sigs, err := s.Signatures(id)
+		if err != nil {
+			report(Problem{Msg: err.Error()})
+			continue
+		}
+		for _, sig := range sigs {
+			if err := sig.Verify(id, raw); err != nil {
+				report(Problem{Msg: fmt.Sprintf("stored signature: %v", err)})
+			}
+		}
+	}
+	return nil
 }
 
 // ---- garbage collection ----
@@ -280,6 +315,11 @@ func (s *Store) Repack(live func(chunk.ID) bool, liveCommits func(chunk.ID) bool
 		}
 	}
 	gs.CommitsRemoved = len(deadCommits)
+	// Signatures go with their commits (and any left by a gc killed
+	// before it dropped them).
+	if _, err := s.dropSignatures(wb, liveCommits); err != nil {
+		return gs, err
+	}
 	if err := wb.Flush(); err != nil {
 		return gs, err
 	}

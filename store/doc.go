@@ -3,6 +3,11 @@
 // pack location, commits, and refs (images, tags, reflogs), the last three in
 // a badger database.
 //
+// Beside the commits it keeps their signatures (verified before they are
+// stored), the store's trust policy, a server's API token records
+// (hashed) and its secrets; package store/sign holds the signatures'
+// format and checks.
+//
 // The store never trusts bytes it reads back or receives: every blob is
 // re-hashed when it is read. It knows nothing of files, trees' contents or
 // transports; package snapshot builds trees on top of it.

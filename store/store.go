@@ -52,6 +52,10 @@ const (
 	kTag     = "t" // + name → tag record
 	kReflog  = "l" // + name + 0 + seq(8 BE) → reflog entry
 	kShallow = "s" // + commit id → nothing: stored without its parents
+	kSig     = "g" // + commit id + public key[32] → signature (JSON)
+	kTrust   = "k" // + name → trusted public key (JSON)
+	kSetting = "o" // + name → a setting or secret
+	kToken   = "a" // + SHA-256 of a token → token record (JSON)
 )
 
 // Init creates a new, empty store in dir (created if missing; it must be

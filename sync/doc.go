@@ -14,6 +14,14 @@
 // read (RegisterTransport, TransportFlags). The transports themselves are
 // its sub-packages: httppull, bt, mcast.
 //
+// It also holds trust on the wire (ARCHITECTURE.md "Signatures", "Roles
+// and tokens"): Server.Authorize, the one place requests are authorized
+// (routes mounted with their Role by HandleRole; AllowNode for a
+// handler that acts for a node), the signatures that travel beside
+// commits, and the trust policy applied where every fetch passes
+// (FetchCommit, FetchHistory, CheckCommit) and every push lands (POST
+// /v1/refs).
+//
 // It does not plan what to check out, know any transport by name, or
 // write to a store other than through a Sink or Writer.
 //

@@ -8,6 +8,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // PullStats counts a transfer.
@@ -107,11 +108,17 @@ func LocalHaves(st *store.Store, extra ...chunk.ID) ([]chunk.ID, error) {
 // missing (after an interrupted or partial delivery, only those). Shallow
 // stores the commit without its ancestors; otherwise the caller has
 // fetched them first.
+//
+// The trust policy is applied here, before any object moves: when local
+// requires signatures (sim trust require on) or r.RequireSignature, the
+// commit must carry a valid signature by a key local trusts, or the
+// fetch fails naming the commit and the keys. The commit's valid
+// signatures are stored beside it.
 func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
 	if ok, err := local.HasCommit(id); err != nil {
 		return PullStats{}, err
 	} else if ok && (shallow || !local.IsShallow(id)) {
-		return PullStats{}, nil
+		return PullStats{}, admitLocal(ctx, local, r, id)
 	}
 	cb, err := r.Commit(ctx, id)
 	if err != nil {
@@ -121,7 +128,18 @@ func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	if err != nil {
 		return PullStats{}, err
 	}
-	return fetchCommit(ctx, local, r, tr, id, c, shallow, base)
+	sigs, err := remoteSignatures(ctx, local, r, id, cb)
+	if err != nil {
+		return PullStats{}, err
+	}
+	if err := admit(local, r, id, cb, sigs); err != nil {
+		return PullStats{}, err
+	}
+	ps, err := fetchCommit(ctx, local, r, tr, id, c, shallow, base)
+	if err != nil {
+		return ps, err
+	}
+	return ps, keepSignatures(local, id, sigs)
 }
 
 // fetchCommit is FetchCommit with commit c (id) already at hand.
@@ -129,6 +147,7 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	var ps PullStats
 	sink := NewSink(local)
 	defer sink.Close()
+	sink.SetLimit(fetchLimit(r, id, c))
 	var before, newBefore int64
 	// round adds what one request (or delivery) brought and makes it
 	// durable; it reports whether the store gained anything.
@@ -223,12 +242,16 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 
 // FetchHistory fetches commit id with every ancestor local lacks, oldest
 // first, so each is a small delta on the one before. Each commit is
-// downloaded once.
+// downloaded once, with its signatures. The trust policy (see
+// FetchCommit) applies to id, the commit a ref will name, before any
+// object moves; its history comes as it is (a checkout of an older
+// commit is checked again then).
 func FetchHistory(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID) (PullStats, error) {
 	var ps PullStats
 	type link struct {
-		id chunk.ID
-		c  *store.Commit
+		id  chunk.ID
+		c   *store.Commit
+		raw []byte
 	}
 	var chain []link
 	for cur := id; !cur.IsZero(); {
@@ -247,10 +270,40 @@ func FetchHistory(ctx context.Context, local *store.Store, r *Remote, tr Transpo
 		if err != nil {
 			return ps, err
 		}
-		chain = append(chain, link{cur, c})
+		chain = append(chain, link{cur, c, cb})
 		cur = chunk.ID{}
 		if len(c.Parents) > 0 {
 			cur = c.Parents[0]
+		}
+	}
+	// The head's signatures (also when it is here already: an admin may
+	// have signed it since), then the policy.
+	if len(chain) == 0 || chain[0].id != id {
+		raw, err := local.CommitRaw(id)
+		if err != nil {
+			return ps, err
+		}
+		sigs, err := remoteSignatures(ctx, local, r, id, raw)
+		if err == nil {
+			err = keepSignatures(local, id, sigs)
+		}
+		if err == nil {
+			err = admitLocal(ctx, local, r, id)
+		}
+		if err != nil {
+			return ps, err
+		}
+	}
+	sigs := make([][]sign.Signature, len(chain))
+	for i, l := range chain {
+		var err error
+		if sigs[i], err = remoteSignatures(ctx, local, r, l.id, l.raw); err != nil {
+			return ps, err
+		}
+		if i == 0 {
+			if err := admit(local, r, l.id, l.raw, sigs[i]); err != nil {
+				return ps, err
+			}
 		}
 	}
 	var prev []chunk.ID
@@ -264,6 +317,9 @@ func FetchHistory(ctx context.Context, local *store.Store, r *Remote, tr Transpo
 		}
 		s, err := fetchCommit(ctx, local, r, tr, l.id, l.c, false, prev)
 		ps.add(s)
+		if err == nil {
+			err = keepSignatures(local, l.id, sigs[i])
+		}
 		if err != nil {
 			return ps, err
 		}
@@ -342,4 +398,19 @@ func SetLocalRef(local *store.Store, kind, name string, id chunk.ID, op, msg str
 		return local.CreateTag(name, id)
 	}
 	return nil
+}
+
+// fetchLimit is the budget of one commit's fetch, whatever carries it:
+// twice what the commit says it holds (file bytes, and up to 4 KiB of
+// tree per entry: stored frames go out whole when half of them is
+// wanted), plus 64 MiB. A server that sends more (an endless stream) is
+// cut off with ErrTooMuch instead of filling the node's disk. The
+// commit's figures are the server's word unless it is signed.
+func fetchLimit(r *Remote, id chunk.ID, c *store.Commit) (int64, string) {
+	st := c.Stats
+	claim := max(st.Bytes, 0) + (max(st.Files, 0)+max(st.Dirs, 0)+1)*4096
+	if claim > 1<<50 {
+		claim = 1 << 50
+	}
+	return 2*claim + 64<<20, fmt.Sprintf("%s sent more than twice what commit %s holds (%d bytes in %d files)", r, id.Short(), st.Bytes, st.Files)
 }

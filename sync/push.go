@@ -10,6 +10,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // PushStats counts a push.
@@ -81,6 +82,13 @@ func Push(ctx context.Context, local *store.Store, r *Remote, refs []string, for
 			ps.Commits++
 		}
 		req.Updates = append(req.Updates, RefUpdate{Kind: kind, Name: name, Old: old, New: id})
+		// The signatures travel with the commits, and with the head
+		// even when the server has it (it may have been signed since).
+		sigs, err := pushSignatures(local, append(chain, id))
+		if err != nil {
+			return ps, err
+		}
+		req.Signatures = append(req.Signatures, sigs...)
 	}
 	return ps, r.UpdateRefs(ctx, req)
 }
@@ -232,8 +240,9 @@ func (c *Capture) Flush() error {
 	return c.err
 }
 
-// CommitRemote records a captured tree as the new head of image on r.
-func CommitRemote(ctx context.Context, r *Remote, image string, c *store.Commit) (chunk.ID, error) {
+// CommitRemote records a captured tree as the new head of image on r,
+// signed with key when it is not nil.
+func CommitRemote(ctx context.Context, r *Remote, image string, c *store.Commit, key *sign.PrivateKey) (chunk.ID, error) {
 	rr, err := r.Refs(ctx)
 	if err != nil {
 		return chunk.ID{}, err
@@ -245,7 +254,11 @@ func CommitRemote(ctx context.Context, r *Remote, image string, c *store.Commit)
 	}
 	c.Image = image
 	b, id := c.Encode()
-	err = r.UpdateRefs(ctx, RefsRequest{Commits: []json.RawMessage{b}, Updates: []RefUpdate{{Kind: "image", Name: image, Old: old, New: id}}})
+	req := RefsRequest{Commits: []json.RawMessage{b}, Updates: []RefUpdate{{Kind: "image", Name: image, Old: old, New: id}}}
+	if key != nil {
+		req.Signatures = []CommitSignature{{Commit: id, Signature: key.Sign(b)}}
+	}
+	err = r.UpdateRefs(ctx, req)
 	if err != nil && errors.Is(err, ErrRemoteNotFound) {
 		return id, fmt.Errorf("server rejected the commit: %w", err)
 	}

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	gosync "sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,7 +34,22 @@ type Remote struct {
 	// server unreachable, or answering 502, 503 or 504. Waits double from
 	// one second. 0: no retries.
 	Retries int
+	// RequireSignature makes every fetch from this server require a
+	// valid signature by a key the local store trusts, whatever the
+	// store's own policy (--require-signature; OSTree's per-remote
+	// sign-verify).
+	RequireSignature bool
+	// StallTimeout cuts a response whose body brings less than 64 KiB in
+	// that long (and is not over): a server that stops sending, or
+	// drips, cannot hold a node forever. 0: two minutes; < 0: never.
+	StallTimeout time.Duration
 }
+
+// stallBytes is the least a response body must bring per StallTimeout.
+const stallBytes = 64 << 10
+
+// ErrStalled is wrapped when a response was cut for bringing too little.
+var ErrStalled = errors.New("the server stalled")
 
 // NewRemote returns a Remote for url. $SIM_CA_CERT names a PEM file of
 // extra CAs to trust for https.
@@ -44,21 +61,38 @@ func NewRemote(url, token string) (*Remote, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 8
 	tr.ResponseHeaderTimeout = 5 * time.Minute
+	r := &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}
 	if ca := os.Getenv("SIM_CA_CERT"); ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
+		if err := r.TrustCAFile(ca); err != nil {
 			return nil, fmt.Errorf("SIM_CA_CERT: %w", err)
 		}
-		pool, _ := x509.SystemCertPool()
-		if pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("SIM_CA_CERT %s: no certificate found", ca)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	}
-	return &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}, nil
+	return r, nil
+}
+
+// TrustCAFile adds the PEM certificates in file to the CAs an https
+// server's certificate may chain to (besides the system's): a private
+// CA, as sim.ca= gives the installer.
+func (r *Remote) TrustCAFile(file string) error {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	tr, ok := r.Client.Transport.(*http.Transport)
+	if !ok {
+		return errors.New("CA: not an HTTP transport")
+	}
+	var pool *x509.CertPool
+	if tr.TLSClientConfig != nil && tr.TLSClientConfig.RootCAs != nil {
+		pool = tr.TLSClientConfig.RootCAs
+	} else if pool, _ = x509.SystemCertPool(); pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("CA %s: no PEM certificate found", file)
+	}
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+	return nil
 }
 
 // String is the server's URL.
@@ -162,9 +196,87 @@ func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
 		return nil, &HTTPError{Method: q.method, URL: r.URL + q.path, Code: resp.StatusCode, Msg: string(bytes.TrimSpace(msg))}
 	}
 	// The context ends with the body: a stream can take as long as it
-	// takes, a control request no longer than its timeout.
-	resp.Body = cancelOnClose{resp.Body, cancel}
+	// takes (as long as it moves), a control request no longer than its
+	// timeout.
+	resp.Body = r.watch(resp.Body, cancel, q.method+" "+r.URL+q.path)
 	return resp, nil
+}
+
+// watch wraps a response body: closing it cancels the request, and a
+// body that brings less than stallBytes in a StallTimeout is cut
+// (ErrStalled).
+func (r *Remote) watch(body io.ReadCloser, cancel context.CancelFunc, what string) io.ReadCloser {
+	d := r.StallTimeout
+	if d == 0 {
+		d = 2 * time.Minute
+	}
+	w := &watched{ReadCloser: body, cancel: cancel, what: what, window: d}
+	if d > 0 {
+		w.timer = time.AfterFunc(d, w.check)
+	}
+	return w
+}
+
+type watched struct {
+	io.ReadCloser
+	cancel  context.CancelFunc
+	what    string
+	window  time.Duration
+	timer   *time.Timer
+	got     atomic.Int64 // bytes this window
+	stalled atomic.Bool
+	closed  atomic.Bool
+	// Only the time spent waiting for the server counts: a node busy
+	// storing what it got (an fsync) is not a stalled server.
+	mu     gosync.Mutex
+	since  time.Time     // when the pending Read began (zero: none)
+	waited time.Duration // waiting this window, besides the pending Read
+}
+
+func (w *watched) check() {
+	if w.closed.Load() {
+		return
+	}
+	w.mu.Lock()
+	waited := w.waited
+	if !w.since.IsZero() {
+		waited += time.Since(w.since)
+		w.since = time.Now()
+	}
+	w.waited = 0
+	w.mu.Unlock()
+	if got := w.got.Swap(0); got < stallBytes && waited >= w.window/2 {
+		w.stalled.Store(true)
+		w.cancel()
+		return
+	}
+	w.timer.Reset(w.window)
+}
+
+func (w *watched) Read(p []byte) (int, error) {
+	w.mu.Lock()
+	w.since = time.Now()
+	w.mu.Unlock()
+	n, err := w.ReadCloser.Read(p)
+	w.mu.Lock()
+	w.waited += time.Since(w.since)
+	w.since = time.Time{}
+	w.mu.Unlock()
+	w.got.Add(int64(n))
+	if err != nil && err != io.EOF && w.stalled.Load() {
+		err = fmt.Errorf("%s: %w: under %d KiB in %s", w.what, ErrStalled, stallBytes>>10, w.window)
+	}
+	return n, err
+}
+
+func (w *watched) Close() error {
+	w.closed.Store(true)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	err := w.ReadCloser.Close()
+	w.cancel()
+	return err
 }
 
 // withTimeout bounds ctx (whose own cancel is parent) by d; the cancel it
@@ -173,13 +285,6 @@ func withTimeout(ctx context.Context, parent context.CancelFunc, d time.Duration
 	ctx, cancel := context.WithTimeout(ctx, d)
 	return ctx, func() { cancel(); parent() }
 }
-
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c cancelOnClose) Close() error { err := c.ReadCloser.Close(); c.cancel(); return err }
 
 // Get is a GET of path (e.g. "/v1/bt/torrent?...") on the server, for
 // the transports that add endpoints of their own. A status other than

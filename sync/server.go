@@ -2,7 +2,6 @@ package sync
 
 import (
 	"bufio"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,20 +16,36 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // Server serves a store over HTTP (ARCHITECTURE.md "HTTP protocol").
-// Reads are open unless ReadTokens is set; writes (push, ref updates)
-// always need a token from WriteTokens.
+// Every route needs a role (see Authorize): reads are open unless
+// PrivateReads (or ReadTokens) is set; writes (push, ref updates) need an
+// admin token, from WriteTokens or the store's tokens (sim token add).
 type Server struct {
-	Store       *store.Store
-	Planner     *Planner
+	Store   *store.Store
+	Planner *Planner
+	// WriteTokens are admin tokens (sim serve --token-file); ReadTokens
+	// may only read, and close reads to anonymous requests.
 	WriteTokens []string
 	ReadTokens  []string
+	// PrivateReads closes every route to requests without a valid
+	// token (sim serve --read-token).
+	PrivateReads bool
+	// RequireSignature refuses a push that moves a ref to a commit
+	// without a valid signature by a key the store trusts, as the
+	// store's own policy does when set (sim serve --require-signature).
+	RequireSignature bool
 	// MaxStreams bounds the object streams (fetch, objects, push) served
 	// at once; more wait. Each holds at most a few frames in memory.
 	MaxStreams int
 	Log        *log.Logger
+	// IdleTimeout ends a request whose response makes no progress (the
+	// client stopped reading) or whose body brings nothing for that
+	// long: a stalled client cannot hold a stream slot or its memory
+	// forever. 0: one minute.
+	IdleTimeout time.Duration
 
 	once  gosync.Once
 	mux   *http.ServeMux
@@ -69,44 +84,35 @@ func (s *Server) init() {
 		s.mux = http.NewServeMux()
 		for _, r := range []struct {
 			pattern string
+			role    Role
 			h       http.HandlerFunc
 		}{
-			{"GET /v1/refs", s.refs},
-			{"GET /v1/commits/{id}", func(w http.ResponseWriter, r *http.Request) {
+			{"GET /v1/whoami", RoleNone, s.whoami},
+			{"GET /v1/refs", RoleRead, s.refs},
+			{"GET /v1/commits/{id}", RoleRead, func(w http.ResponseWriter, r *http.Request) {
 				s.immutable(w, r, r.PathValue("id"), func(id chunk.ID) ([]byte, error) { return s.Store.CommitRaw(id) })
 			}},
-			{"GET /v1/blobs/{id}", func(w http.ResponseWriter, r *http.Request) { s.immutable(w, r, r.PathValue("id"), s.Store.Get) }},
-			{"GET /v1/packs/{id}", s.pack},
-			{"GET /v1/fetch", func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, false) }},
-			{"GET /v1/plan", func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, true) }},
-			{"POST /v1/objects", s.objects},
-			{"POST /v1/have", s.have},
-			{"POST /v1/push", s.writer(s.push)},
-			{"POST /v1/refs", s.writer(s.updateRefs)},
+			{"GET /v1/commits/{id}/signatures", RoleRead, s.signatures},
+			{"GET /v1/blobs/{id}", RoleRead, func(w http.ResponseWriter, r *http.Request) { s.immutable(w, r, r.PathValue("id"), s.Store.Get) }},
+			{"GET /v1/packs/{id}", RoleRead, s.pack},
+			{"GET /v1/fetch", RoleRead, func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, false) }},
+			{"GET /v1/plan", RoleRead, func(w http.ResponseWriter, r *http.Request) { s.fetch(w, r, true) }},
+			{"POST /v1/objects", RoleRead, s.objects},
+			{"POST /v1/have", RoleRead, s.have},
+			{"POST /v1/push", RoleAdmin, s.push},
+			{"POST /v1/refs", RoleAdmin, s.updateRefs},
 		} {
-			s.mux.Handle(r.pattern, r.h)
+			s.mux.Handle(r.pattern, s.Require(r.role, r.h))
 		}
 	})
 }
 
 // Handle mounts an extension's handler (the BitTorrent seeder, multicast
 // sessions, the install protocol) on the server's mux, with a ServeMux
-// pattern ("GET /v1/bt/torrent", "/v1/install/"). It is a read: it gets
-// the read-token check. Call it before serving.
+// pattern ("GET /v1/bt/torrent", "/v1/install/"). It is a read
+// (HandleRole with RoleRead). Call it before serving.
 func (s *Server) Handle(pattern string, h http.Handler) {
-	s.init()
-	s.mux.Handle(pattern, h)
-}
-
-// writer guards a write endpoint: it needs a write token.
-func (s *Server) writer(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if len(s.WriteTokens) == 0 || !tokenOK(r, s.WriteTokens) {
-			http.Error(w, "push needs a valid token (sim serve --token-file)", http.StatusUnauthorized)
-			return
-		}
-		h(w, r)
-	}
+	s.HandleRole(pattern, RoleRead, h)
 }
 
 // RefsResponse is GET /v1/refs.
@@ -129,31 +135,72 @@ type RefUpdate struct {
 type RefsRequest struct {
 	Commits []json.RawMessage `json:"commits"`
 	Updates []RefUpdate       `json:"updates"`
+	// Signatures of the commits above or of commits the server holds,
+	// verified and stored beside them.
+	Signatures []CommitSignature `json:"signatures,omitempty"`
 }
 
-func tokenOK(r *http.Request, tokens []string) bool {
-	h := r.Header.Get("Authorization")
-	got, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok {
-		return false
-	}
-	for _, t := range tokens {
-		if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
-			return true
-		}
-	}
-	return false
-}
+// maxRefsRequest bounds POST /v1/refs.
+const maxRefsRequest = 64 << 20
 
-// ServeHTTP serves the API and the extensions mounted with Handle. Reads
-// are open unless ReadTokens is set; a write token also reads.
+// ServeHTTP serves the API and the extensions mounted with Handle and
+// HandleRole, each behind the role its route needs, and with every read
+// of the request body and write of the response bounded by IdleTimeout.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
-	if len(s.ReadTokens) > 0 && !tokenOK(r, s.ReadTokens) && !tokenOK(r, s.WriteTokens) {
-		http.Error(w, "this server needs a read token", http.StatusUnauthorized)
-		return
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = time.Minute
 	}
-	s.mux.ServeHTTP(w, r)
+	rc := http.NewResponseController(w)
+	iw := &idleWriter{ResponseWriter: w, rc: rc, idle: idle}
+	if r.Body != nil {
+		r.Body = idleBody{r.Body, rc, idle}
+	}
+	s.mux.ServeHTTP(iw, r)
+	// The connection may serve another request: no deadline of this one
+	// may outlive it.
+	rc.SetWriteDeadline(time.Time{})
+	rc.SetReadDeadline(time.Time{})
+}
+
+// idleWriter moves the write deadline before every write: a response
+// must make progress, however long it is.
+type idleWriter struct {
+	http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (w *idleWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
+	return w.ResponseWriter.Write(p)
+}
+
+// ReadFrom keeps sendfile for whole packs (one long call: no deadline;
+// a slow reader of a pack holds a goroutine and an open file, no slot).
+func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
+	w.rc.SetWriteDeadline(time.Time{})
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{w}, r)
+}
+
+func (w *idleWriter) Flush() { w.rc.Flush() }
+
+func (w *idleWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// idleBody moves the read deadline before every read of a request body.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
 }
 
 func (s *Server) refs(w http.ResponseWriter, _ *http.Request) {
@@ -428,16 +475,30 @@ func (s *Server) push(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(PushResult{Blobs: ds.Blobs, NewBlobs: ws.New, StoredBytes: ws.StoredBytes})
 }
 
-// updateRefs stores pushed commits and moves refs, after checking that
-// every tree and chunk the commits reach is in the store.
+// updateRefs stores pushed commits and their signatures and moves refs,
+// after checking that every tree and chunk the commits reach is in the
+// store, that every signature verifies, and that every ref moves to a
+// commit the trust policy admits. Nothing is stored unless all of it
+// passes.
 func (s *Server) updateRefs(w http.ResponseWriter, r *http.Request) {
 	var req RefsRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<20)).Decode(&req); err != nil {
+	if err := readJSON(r.Body, maxRefsRequest, &req); err != nil {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(req.Signatures) > maxSignatures*max(1, len(req.Commits)+len(req.Updates)) {
+		http.Error(w, "bad request: too many signatures", http.StatusBadRequest)
 		return
 	}
 	s.pushMu.Lock()
 	defer s.pushMu.Unlock()
+	type pushed struct {
+		id  chunk.ID
+		c   *store.Commit
+		raw []byte
+	}
+	var commits []pushed
+	raws := map[chunk.ID][]byte{}
 	for _, raw := range req.Commits {
 		id := chunk.Sum(raw)
 		c, err := store.DecodeCommit(id, raw)
@@ -453,9 +514,61 @@ func (s *Server) updateRefs(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, msg, http.StatusConflict)
 			return
 		}
-		if _, err := s.Store.PutCommit(c); err != nil {
+		commits = append(commits, pushed{id, c, raw})
+		raws[id] = raw
+	}
+	rawOf := func(id chunk.ID) ([]byte, error) {
+		if b, ok := raws[id]; ok {
+			return b, nil
+		}
+		return s.Store.CommitRaw(id)
+	}
+	sigs := map[chunk.ID][]sign.Signature{}
+	for _, cs := range req.Signatures {
+		raw, err := rawOf(cs.Commit)
+		if err == nil {
+			err = cs.Signature.Verify(cs.Commit, raw)
+		}
+		if err != nil {
+			http.Error(w, "signature of commit "+cs.Commit.Short()+": "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		sigs[cs.Commit] = append(sigs[cs.Commit], cs.Signature)
+	}
+	p, err := s.Store.Policy()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if p.Require || s.RequireSignature {
+		for _, u := range req.Updates {
+			raw, err := rawOf(u.New)
+			if err != nil {
+				httpError(w, fmt.Errorf("%s %s: %w", u.Kind, u.Name, err))
+				return
+			}
+			have, err := s.Store.Signatures(u.New)
+			if err == nil {
+				_, err = p.Check(u.New, raw, append(have, sigs[u.New]...))
+			}
+			if err != nil {
+				http.Error(w, fmt.Sprintf("refusing to move %s %s: %v", u.Kind, u.Name, err), http.StatusForbidden)
+				return
+			}
+		}
+	}
+	for _, pc := range commits {
+		if _, err := s.Store.PutCommit(pc.c); err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
+		}
+	}
+	for id, ss := range sigs {
+		for _, sig := range ss {
+			if err := s.Store.PutSignature(id, sig); err != nil {
+				httpError(w, err)
+				return
+			}
 		}
 	}
 	for _, u := range req.Updates {

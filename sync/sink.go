@@ -1,12 +1,14 @@
 package sync
 
 import (
+	"errors"
 	"fmt"
 	gosync "sync"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 )
 
@@ -18,7 +20,8 @@ const flushEvery = 64 << 20
 
 // Sink is the one way received objects enter a store, whatever carried
 // them (an HTTP stream, BitTorrent pieces, multicast datagrams, a push):
-// it checks every blob and commit against its id, stores blobs once
+// it checks every blob and commit against its id (and that every tree
+// decodes: a tree no checkout could use is refused), stores blobs once
 // (frames that arrive whole are kept as they came, without a second
 // compression), and makes what it took durable every 64 MiB, at Sync and
 // at Close. Nothing it was handed is trusted before that check, so a
@@ -35,6 +38,10 @@ type Sink struct {
 	commits map[chunk.ID][]byte
 	taken   SinkStats // blobs and bytes verified and handed to a writer
 	closed  bool
+	// limit, when > 0, bounds the bytes (uncompressed) the sink takes,
+	// counted as they arrive, duplicates included (SetLimit).
+	limit, got int64
+	limitWhy   string
 
 	// Earlier writers flush in the background while the transfer goes on
 	// into a fresh one: receiving never waits for an fsync.
@@ -62,6 +69,31 @@ func NewSink(st *store.Store) *Sink {
 	return &Sink{st: st, dec: dec, w: st.NewWriter(), commits: map[chunk.ID][]byte{}}
 }
 
+// ErrTooMuch is wrapped when a sink is handed more than its limit: a
+// peer sending far more than the commit it delivers holds.
+var ErrTooMuch = errors.New("more than the commit holds")
+
+// SetLimit bounds what the sink takes, in uncompressed bytes counted as
+// they arrive (0: no bound); beyond it every Blob and Frame fails with an
+// error wrapping ErrTooMuch that says why (FetchCommit sets it from the
+// commit's size, so an endless stream cannot fill a node's disk).
+func (s *Sink) SetLimit(n int64, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limit, s.got, s.limitWhy = n, 0, why
+}
+
+// charge counts n arriving bytes against the limit.
+func (s *Sink) charge(n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got += int64(n)
+	if s.limit > 0 && s.got > s.limit {
+		return fmt.Errorf("%s: %w", s.limitWhy, ErrTooMuch)
+	}
+	return nil
+}
+
 // Store is the store the sink writes to, for reading (what is there
 // already, frames to serve to peers); writing goes through the sink.
 func (s *Sink) Store() *store.Store { return s.st }
@@ -75,11 +107,19 @@ func (s *Sink) Base(id chunk.ID) ([]byte, error) { return s.st.Get(id) }
 // Blob verifies data against id and stores it (once). data may be reused
 // by the caller after Blob returns.
 func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
+	if err := s.charge(len(data)); err != nil {
+		return err
+	}
 	if err := checkType(t); err != nil {
 		return err
 	}
 	if err := chunk.Verify(id, data); err != nil {
 		return err
+	}
+	if t == store.TypeTree {
+		if err := checkTree(id, data); err != nil {
+			return err
+		}
 	}
 	w, err := s.writer()
 	if err != nil {
@@ -95,6 +135,9 @@ func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
 // uncompressed, holding ents), verifies every blob in it against its id,
 // and stores the frame as it is. payload may be reused after Frame returns.
 func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) error {
+	if err := s.charge(max(ulen, len(payload))); err != nil {
+		return err
+	}
 	raw, err := s.decodeFrame(comp, ulen, payload, ents)
 	if err != nil {
 		return err
@@ -133,7 +176,7 @@ func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntr
 	switch comp {
 	case compZstd:
 		var err error
-		if raw, err = s.dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
+		if raw, err = s.dec.DecodeAll(payload, make([]byte, 0, decodeCap(uint64(ulen), len(payload)))); err != nil {
 			return nil, fmt.Errorf("frame: %w", err)
 		}
 	case compRaw:
@@ -144,11 +187,28 @@ func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntr
 		return nil, fmt.Errorf("frame is %d bytes, its header says %d", len(raw), ulen)
 	}
 	for _, x := range ents {
-		if err := chunk.Verify(x.ID, raw[x.Off:x.Off+x.Len]); err != nil {
+		b := raw[x.Off : x.Off+x.Len]
+		if err := chunk.Verify(x.ID, b); err != nil {
 			return nil, err
+		}
+		if x.Type == store.TypeTree {
+			if err := checkTree(x.ID, b); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return raw, nil
+}
+
+// checkTree refuses a tree that does not decode (names with "/", ".",
+// "..", NUL or over 255 bytes, hard links out of the tree, bad
+// encodings): its bytes may match its id, but no checkout could use it,
+// so no store keeps it.
+func checkTree(id chunk.ID, b []byte) error {
+	if _, err := snapshot.DecodeTree(b); err != nil {
+		return fmt.Errorf("tree %s: %w", id.Short(), err)
+	}
+	return nil
 }
 
 // Commit verifies an encoded commit against its id and keeps it for the

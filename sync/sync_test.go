@@ -58,7 +58,11 @@ func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.paths = map[string]int{}
 	}
 	parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 3)
-	c.paths[r.Method+" /"+strings.Join(parts[:min(2, len(parts))], "/")]++
+	key := r.Method + " /" + strings.Join(parts[:min(2, len(parts))], "/")
+	if strings.HasSuffix(r.URL.Path, "/signatures") {
+		key += "/signatures"
+	}
+	c.paths[key]++
 	var cut, flip int64
 	if r.URL.Path == "/v1/fetch" || r.URL.Path == "/v1/objects" {
 		cut, flip = c.cut, c.flip
@@ -253,6 +257,9 @@ func TestPullFetchesEachCommitOnce(t *testing.T) {
 	if got := f.counting.paths["GET /v1/fetch"]; got != 3 {
 		t.Errorf("%d fetch streams for 3 commits (%v)", got, f.counting.paths)
 	}
+	if got := f.counting.paths["GET /v1/commits/signatures"]; got != 3 {
+		t.Errorf("%d signature requests for 3 commits, want 3 (%v)", got, f.counting.paths)
+	}
 }
 
 // TestPush: a push without the token is refused; with it only missing
@@ -298,7 +305,7 @@ func TestCapture(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id, err := simsync.CommitRemote(context.Background(), r, "golden", &store.Commit{Tree: res.Root, Message: "capture"})
+		id, err := simsync.CommitRemote(context.Background(), r, "golden", &store.Commit{Tree: res.Root, Message: "capture"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package sync
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -274,9 +275,27 @@ func (r *wireReader) bytes(n uint64) []byte {
 	if r.err != nil {
 		return nil
 	}
-	b := make([]byte, n)
-	r.full(b)
-	return b
+	if n <= 1<<20 {
+		b := make([]byte, n)
+		r.full(b)
+		return b
+	}
+	// A length is a claim: memory grows with the bytes that really
+	// come, so a peer that announces 64 MiB and stalls costs little.
+	var buf bytes.Buffer
+	buf.Grow(1 << 20)
+	if _, err := io.CopyN(&buf, r.br, int64(n)); err != nil {
+		r.fail(err)
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// decodeCap is the capacity to decompress a payload of n bytes claiming
+// ulen into: the claim, unless it is far beyond what the payload can
+// hold (zstd grows the buffer if it must).
+func decodeCap(ulen uint64, n int) int {
+	return int(min(ulen, 64*uint64(n)+64<<10))
 }
 
 // Decode reads a whole stream into rcv. It checks the stream's structure
@@ -341,9 +360,10 @@ func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 			comp := r.byte1()
 			ulen := r.uv(maxWireFrame, "frame length")
 			clen := r.uv(maxWireFrame, "compressed frame length")
-			ents := make([]FrameEntry, r.uv(maxFrameEnts, "frame entries"))
-			for i := range ents {
-				e := &ents[i]
+			n := r.uv(maxFrameEnts, "frame entries")
+			ents := make([]FrameEntry, 0, min(n, 4096)) // grows with the entries that really come
+			for i := uint64(0); i < n && r.err == nil; i++ {
+				var e FrameEntry
 				e.Type = store.Type(r.byte1())
 				e.ID = r.id()
 				off, l := r.uv(ulen, "offset"), r.uv(ulen, "length")
@@ -354,6 +374,7 @@ func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
 					r.fail(checkType(e.Type))
 				}
 				e.Off, e.Len = uint32(off), uint32(l)
+				ents = append(ents, e)
 			}
 			payload := r.bytes(clen)
 			if r.err != nil {
@@ -401,13 +422,13 @@ func decodeBlob(dec *zstd.Decoder, rcv Receiver, kind, comp byte, id, base chunk
 		if err != nil {
 			return nil, err
 		}
-		data, err = dd.DecodeAll(payload, make([]byte, 0, ulen))
+		data, err = dd.DecodeAll(payload, make([]byte, 0, decodeCap(ulen, len(payload))))
 		dd.Close()
 		if err != nil {
 			return nil, fmt.Errorf("wire: delta %s: %w", id.Short(), err)
 		}
 	case comp == compZstd:
-		if data, err = dec.DecodeAll(payload, make([]byte, 0, ulen)); err != nil {
+		if data, err = dec.DecodeAll(payload, make([]byte, 0, decodeCap(ulen, len(payload)))); err != nil {
 			return nil, fmt.Errorf("wire: blob %s: %w", id.Short(), err)
 		}
 	case comp == compRaw:

@@ -10,6 +10,9 @@ package boot
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/initrd"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // Params are the sim.* words of the kernel command line.
@@ -31,6 +35,17 @@ type Params struct {
 	Server, Image, Node, Disk, Transport string
 	After                                string // poweroff (default), reboot, shell, none
 	OnError                              string // shell (default), poweroff, reboot
+	// Token is sim.token=: the node's API token (sim token add NODE
+	// --role node), for a server whose reads are closed and for the
+	// status reports.
+	Token string
+	// CA is sim.ca=: a certificate (base64 of its DER or PEM) the https
+	// server's chain may end at, as PEM.
+	CA []byte
+	// Trust is sim.trust=KEY[,KEY...]: public keys (base64, 32 bytes) the
+	// node trusts; with any, it requires every commit it installs to be
+	// signed by one.
+	Trust []sign.PublicKey
 }
 
 // ParseCmdline reads the sim.* words of a kernel command line; other
@@ -66,6 +81,25 @@ func ParseCmdline(s string) (Params, error) {
 				return p, fmt.Errorf("sim.onerror=%s: want shell, poweroff or reboot", v)
 			}
 			p.OnError = v
+		case "sim.token":
+			if v == "" || len(v) > 4096 || strings.ContainsAny(v, "\x00\r\n") {
+				return p, errors.New("sim.token=: want the token (sim token add NODE --role node)")
+			}
+			p.Token = v
+		case "sim.ca":
+			ca, err := decodeCA(v)
+			if err != nil {
+				return p, fmt.Errorf("sim.ca=: %w", err)
+			}
+			p.CA = append(p.CA, ca...)
+		case "sim.trust":
+			for _, kv := range strings.Split(v, ",") {
+				k, err := sign.DecodeKey(kv)
+				if err != nil {
+					return p, fmt.Errorf("sim.trust=: %w", err)
+				}
+				p.Trust = append(p.Trust, sign.PublicKey{Name: fmt.Sprintf("boot-%d", len(p.Trust)+1), Key: k})
+			}
 		default:
 			return p, fmt.Errorf("unknown boot parameter %s", k)
 		}
@@ -74,6 +108,28 @@ func ParseCmdline(s string) (Params, error) {
 		return p, fmt.Errorf("no sim.server=URL on the kernel command line")
 	}
 	return p, nil
+}
+
+// decodeCA reads sim.ca=: base64 (standard or URL alphabet) of a
+// certificate in DER or PEM; it returns PEM.
+func decodeCA(v string) ([]byte, error) {
+	var b []byte
+	var err error
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err = enc.DecodeString(v); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, errors.New("not base64")
+	}
+	if blk, _ := pem.Decode(b); blk != nil {
+		b = blk.Bytes
+	}
+	if _, err := x509.ParseCertificate(b); err != nil {
+		return nil, fmt.Errorf("not a certificate: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b}), nil
 }
 
 // Main is sim as the initramfs's /init (PID 1): mount the kernel
@@ -129,6 +185,12 @@ func Main(install func(args []string, stderr io.Writer) int) {
 	if p.Disk != "" {
 		args = append(args, "--disk", p.Disk)
 	}
+	// The token goes by file, so the console shows its path only.
+	cred, err := Credentials(p, "/", "/run/sim")
+	if err != nil {
+		fail(err)
+	}
+	args = append(args, cred...)
 	say("sim %s", strings.Join(args, " "))
 	why := &ReasonWriter{W: os.Stderr, Prefix: "sim: "}
 	if code := install(args, why); code != 0 {
@@ -140,6 +202,52 @@ func Main(install func(args []string, stderr io.Writer) int) {
 	}
 	fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL DONE in %.1fs since the kernel started init\n", time.Since(start).Seconds())
 	finish(p.After, say)
+}
+
+// Credentials gathers what the install authenticates and verifies with:
+// the files baked into the initrd under root (initrd.TokenFile, CAFile,
+// TrustDir/*.pub) and the kernel command line's sim.token=, sim.ca=,
+// sim.trust=, the latter written under run (mode 0600 for the token).
+// It returns the `sim install` arguments that pass them on (--token-file,
+// --ca, --trust), by file.
+func Credentials(p Params, root, run string) ([]string, error) {
+	var c []string
+	add := func(a ...string) { c = append(c, a...) }
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return c, err
+	}
+	token := filepath.Join(root, initrd.TokenFile)
+	if p.Token != "" {
+		token = filepath.Join(run, "token")
+		if err := os.WriteFile(token, []byte(p.Token+"\n"), 0o600); err != nil {
+			return c, fmt.Errorf("sim.token=: %w", err)
+		}
+	}
+	if _, err := os.Stat(token); err == nil {
+		add("--token-file", token)
+	}
+	ca, _ := os.ReadFile(filepath.Join(root, initrd.CAFile))
+	ca = append(ca, p.CA...)
+	if len(ca) > 0 {
+		f := filepath.Join(run, "ca.pem")
+		if err := os.WriteFile(f, ca, 0o644); err != nil {
+			return c, fmt.Errorf("sim.ca=: %w", err)
+		}
+		add("--ca", f)
+	}
+	baked, _ := filepath.Glob(filepath.Join(root, initrd.TrustDir, "*.pub"))
+	sort.Strings(baked)
+	for _, f := range baked {
+		add("--trust", f)
+	}
+	for i, k := range p.Trust {
+		f := filepath.Join(run, fmt.Sprintf("trust-%d.pub", i+1))
+		if err := os.WriteFile(f, []byte(k.Line()+"\n"), 0o644); err != nil {
+			return c, fmt.Errorf("sim.trust=: %w", err)
+		}
+		add("--trust", f)
+	}
+	return c, nil
 }
 
 // finish ends PID 1 the way asked: a shell first if wanted, then the

@@ -9,7 +9,7 @@ import (
 	"github.com/systemimager/sim/store"
 )
 
-func openStore(t *testing.T) *store.Store {
+func openStore(t testing.TB) *store.Store {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "store")
 	if err := store.Init(dir); err != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client/layout"
 	"github.com/systemimager/sim/store"
 )
 
@@ -110,6 +111,11 @@ func (n *Node) Check() error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
+	if n.Disk != "" {
+		if err := layout.CheckDisk(n.Disk); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
 	return checkDocs(n.Name, n.Overrides, n.Scripts)
 }
 
@@ -134,11 +140,16 @@ func LoadRegistry(st *store.Store) (*Registry, error) {
 	if err != nil || id.IsZero() {
 		return r, err
 	}
-	r.Commit = id
 	files, err := ReadAll(st, id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", NodesImage, err)
 	}
+	return decodeRegistry(id, files)
+}
+
+// decodeRegistry reads the documents of sim@nodes commit id.
+func decodeRegistry(id chunk.ID, files map[string][]byte) (*Registry, error) {
+	r := &Registry{Commit: id, Nodes: map[string]*Node{}, Groups: map[string]*Group{}}
 	for p, b := range files {
 		dir, name, _ := strings.Cut(p, "/")
 		dec := json.NewDecoder(bytes.NewReader(b))
@@ -146,19 +157,51 @@ func LoadRegistry(st *store.Store) (*Registry, error) {
 		switch dir {
 		case "nodes":
 			n := &Node{}
-			if err := dec.Decode(n); err != nil || n.Name != name {
+			if err := decodeDoc(dec, n); err != nil || n.Name != name {
 				return nil, fmt.Errorf("%s %s: bad node document %s: %v", NodesImage, id.Short(), p, err)
+			}
+			// What an installer gets from it must be what sim node add
+			// would have accepted (a pushed document is not).
+			if err := n.Check(); err != nil {
+				return nil, fmt.Errorf("%s %s: node document %s: %w", NodesImage, id.Short(), p, err)
 			}
 			r.Nodes[name] = n
 		case "groups":
 			g := &Group{}
-			if err := dec.Decode(g); err != nil || g.Name != name {
+			if err := decodeDoc(dec, g); err != nil || g.Name != name {
 				return nil, fmt.Errorf("%s %s: bad group document %s: %v", NodesImage, id.Short(), p, err)
+			}
+			if err := g.check(); err != nil {
+				return nil, fmt.Errorf("%s %s: group document %s: %w", NodesImage, id.Short(), p, err)
 			}
 			r.Groups[name] = g
 		}
 	}
 	return r, nil
+}
+
+// decodeDoc decodes one JSON document into v: one value, nothing after.
+func decodeDoc(dec *json.Decoder, v any) error {
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("data after the document")
+	}
+	return nil
+}
+
+// check validates a group's fields.
+func (g *Group) check() error {
+	if err := CheckDocName("group", g.Name); err != nil {
+		return err
+	}
+	if g.Image != "" {
+		if err := store.CheckName("image", g.Image); err != nil {
+			return fmt.Errorf("group %s: %w", g.Name, err)
+		}
+	}
+	return checkDocs("group "+g.Name, g.Overrides, g.Scripts)
 }
 
 // Save commits r as the new head of sim@nodes.

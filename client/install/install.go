@@ -22,6 +22,7 @@ import (
 	"github.com/systemimager/sim/client/layout"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 	simsync "github.com/systemimager/sim/sync"
 )
 
@@ -143,6 +144,25 @@ type Options struct {
 	// Agent is the sim binary installed on the node for its agent
 	// (default: this program itself).
 	Agent string
+	// Trust are the public keys the node trusts (sim.trust=, baked into
+	// the initrd); with any, or RequireSignature, the node's store
+	// requires every commit it fetches (image, layout, overrides,
+	// scripts) to be signed by one of them, and the layout is read from
+	// its signed commit rather than taken from the server's answer: a
+	// compromised server cannot make the node install what no admin
+	// signed.
+	Trust            []sign.PublicKey
+	RequireSignature bool
+	// Token and CA, when set, are kept in the node's store (token mode
+	// 0600, ca.pem) for its later updates and its agent.
+	Token string
+	CA    []byte
+	// Check, when the node requires signatures, is asked about every
+	// commit of the install (image, overrides, scripts) before the disk
+	// is touched: it applies st's policy to commit id without fetching
+	// its objects (sync.CheckCommit). A signed layout with an unsigned
+	// image must not cost the node its disk.
+	Check func(ctx context.Context, st *store.Store, id chunk.ID) error
 }
 
 // StoreDir is the node's store inside the new root.
@@ -259,7 +279,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	// Layout and disk, checked before anything is written.
 	r.setStep("layout")
-	l, err := layout.Parse(c.Layout)
+	text := c.Layout
+	if r.signed() {
+		if text, err = r.beforeDisk(ctx); err != nil {
+			return nil, err
+		}
+	}
+	l, err := layout.Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("layout of %s: %w", c.Image, err)
 	}
@@ -336,6 +362,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			st.Close()
 		}
 	}()
+	if err := r.keep(st); err != nil {
+		return nil, fmt.Errorf("node store: %w", err)
+	}
 	fetch := func(id chunk.ID) error {
 		ps, err := r.Fetch(ctx, st, id)
 		r.addBytes(ps.WireBytes)
@@ -474,6 +503,98 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	stopHeartbeat()
 	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
 	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
+}
+
+// signed says whether the node requires signed commits.
+func (r *run) signed() bool { return r.RequireSignature || len(r.Trust) > 0 }
+
+// trust sets the node's trust policy on st.
+func (r *run) trust(st *store.Store) error {
+	for _, k := range r.Trust {
+		if err := st.TrustKey(k); err != nil {
+			return err
+		}
+	}
+	if !r.signed() {
+		return nil
+	}
+	return st.SetRequireSignature(true)
+}
+
+// keep sets up the node's store: its trust policy, and the token and CA
+// it will talk to its server with after the install.
+func (r *run) keep(st *store.Store) error {
+	if err := r.trust(st); err != nil {
+		return err
+	}
+	if r.Token != "" {
+		if err := store.WriteFileAtomic(filepath.Join(st.Dir(), TokenName), 0o600, func(w io.Writer) error {
+			_, err := io.WriteString(w, r.Token+"\n")
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	if len(r.CA) > 0 {
+		return store.WriteFileAtomic(filepath.Join(st.Dir(), CAName), 0o644, func(w io.Writer) error { _, err := w.Write(r.CA); return err })
+	}
+	return nil
+}
+
+// In the node's store directory (/var/lib/sim on the installed root),
+// beside installed.json: the node's token (mode 0600) and its server's
+// CA, for later updates and the node's agent.
+const (
+	TokenName = "token"
+	CAName    = "ca.pem"
+)
+
+// beforeDisk checks, in a scratch store with the node's policy and
+// before the disk is touched, that every commit of the install is
+// signed: it fetches the layout commit (Config.LayoutID) and returns
+// the layout it holds (the server's own copy in the config must be the
+// same text: a server that says otherwise is lying), and asks Check
+// about the image, the overrides and the scripts.
+func (r *run) beforeDisk(ctx context.Context) (string, error) {
+	c := r.Config
+	dir, err := os.MkdirTemp("", "sim-layout-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	sd := filepath.Join(dir, "store")
+	if err := store.Init(sd); err != nil {
+		return "", err
+	}
+	st, err := store.Open(sd)
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+	if err := r.trust(st); err != nil {
+		return "", err
+	}
+	if _, err := r.Fetch(ctx, st, c.LayoutID); err != nil {
+		return "", fmt.Errorf("layout of %s (%s): %w", c.Image, c.LayoutID.Short(), err)
+	}
+	b, err := catalog.ReadFile(st, c.LayoutID, catalog.LayoutFile)
+	if err != nil {
+		return "", fmt.Errorf("layout of %s (%s): %w", c.Image, c.LayoutID.Short(), err)
+	}
+	if string(b) != c.Layout {
+		return "", fmt.Errorf("layout of %s: the server's layout is not the one of its signed commit %s", c.Image, c.LayoutID.Short())
+	}
+	if r.Check != nil {
+		if err := r.Check(ctx, st, c.Commit); err != nil {
+			return "", fmt.Errorf("image %s (%s): %w", c.Image, c.Commit.Short(), err)
+		}
+		for _, d := range append(append([]Doc(nil), c.Overrides...), c.Scripts...) {
+			if err := r.Check(ctx, st, d.Commit); err != nil {
+				return "", fmt.Errorf("%s (%s): %w", d.Name, d.Commit.Short(), err)
+			}
+		}
+	}
+	return string(b), nil
 }
 
 func rootPart(parts []disk.Part) (disk.Part, bool) {

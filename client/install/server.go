@@ -66,7 +66,9 @@ const (
 // Mount serves the protocol on srv.
 func (x *Service) Mount(srv *simsync.Server) {
 	srv.Handle("GET /v1/install/config", http.HandlerFunc(x.serveConfig))
-	srv.Handle("POST /v1/install/status", http.HandlerFunc(x.postStatus))
+	// A status names its node, and only that node's token (or an admin
+	// token) may report for it.
+	srv.HandleRole("POST /v1/install/status", simsync.RoleNode, http.HandlerFunc(x.postStatus))
 	srv.Handle("GET /v1/install/status", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		x.mu.Lock()
 		b, _ := json.Marshal(x.last)
@@ -118,6 +120,16 @@ func (x *Service) postStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Time = time.Now().UTC() // the server's clock, not the node's
+	// A node token speaks for its node: a report naming another is
+	// refused, one naming none (the install failed before the node knew
+	// its name) is the token's node's.
+	p := simsync.PrincipalOf(r)
+	if p.Role == simsync.RoleNode && s.Node == "" {
+		s.Node = p.Node
+	}
+	if !simsync.AllowNode(w, r, s.Node) {
+		return
+	}
 	who := s.Node
 	if who == "" {
 		who = s.MAC

@@ -57,7 +57,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 				// its local state.
 				return usageError{errors.New("checkout: DIR is / (a running system): use sim update, which keeps the node's identity, store, mounts and local state (or --force to make / exactly the image)")}
 			}
-			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync}
+			copts := client.CheckoutOptions{Exclude: ex, Force: o.force, NoSync: o.noSync, RequireSignature: o.rf.requireSig}
 			with := e.withStore
 			if o.from != "" {
 				with = e.withStoreInit
@@ -127,6 +127,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
 	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
 	o.rf.add(c)
+	o.rf.addRequire(c)
 	o.tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c

@@ -13,6 +13,7 @@ import (
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 	simsync "github.com/systemimager/sim/sync"
 	"github.com/systemimager/sim/sync/units"
 )
@@ -38,6 +39,7 @@ type commitOptions struct {
 	oneFS, noDefaultEx     bool
 	remote                 string
 	rf                     remoteFlags
+	sign                   string
 }
 
 // liveExcludes are left out when the source is a running system's "/":
@@ -70,15 +72,19 @@ last line on stdout is the new commit id.`,
 				}
 				o.oneFS = true
 			}
+			key, err := e.readSigningKey(o.sign)
+			if err != nil {
+				return err
+			}
 			if o.remote != "" {
-				return e.commitRemote(c.Context(), o, src, ex)
+				return e.commitRemote(c.Context(), o, src, ex, key)
 			}
 			return e.withStore(func(st *store.Store) error {
 				p := &snapshot.Progress{}
 				stop := e.showProgress("commit", p)
 				id, cm, err := client.Commit(c.Context(), st, src, client.CommitOptions{
 					Image: o.image, Message: o.message, Author: o.author, Exclude: ex,
-					OneFileSystem: o.oneFS, Progress: p,
+					OneFileSystem: o.oneFS, Progress: p, Sign: key,
 					Warn: func(err error) { fmt.Fprintf(e.stderr, "sim: warning: %v\n", err) },
 				})
 				stop()
@@ -88,6 +94,11 @@ last line on stdout is the new commit id.`,
 				s := cm.Stats
 				fmt.Fprintf(e.stderr, "%s: %d files, %d dirs, %s; read %d files, added %d blobs (%s, %s stored)\n",
 					o.image, s.Files, s.Dirs, units.Bytes(s.Bytes), s.ReadFiles, s.NewBlobs, units.Bytes(s.NewBytes), units.Bytes(s.StoredBytes))
+				if key == nil {
+					if p, err := st.Policy(); err == nil && p.Require {
+						fmt.Fprintf(e.stderr, "sim: warning: %s is not signed, and this store requires signatures: nodes and checkouts will refuse it (sim sign %s --key KEY)\n", id.Short(), o.image)
+					}
+				}
 				fmt.Fprintln(e.stdout, id)
 				return nil
 			})
@@ -102,13 +113,14 @@ last line on stdout is the new commit id.`,
 	f.BoolVar(&o.oneFS, "one-file-system", false, "do not descend into other filesystems (mount points are kept empty; implied for /)")
 	f.BoolVar(&o.noDefaultEx, "no-default-excludes", false, "for /, do not leave out /proc, /sys, /dev, /run, /tmp, ...")
 	f.StringVar(&o.remote, "remote", "", "commit straight into the sim server at `URL` (capture a golden client): only blobs it lacks are sent")
+	f.StringVar(&o.sign, "sign", "", "sign the commit with the private key `FILE` (sim key gen)")
 	o.rf.add(c)
 	return c
 }
 
 // commitRemote captures src into a server's store without a local copy.
 // The stat cache lives in the local cache directory, per server and image.
-func (e *env) commitRemote(ctx context.Context, o commitOptions, src string, ex []string) error {
+func (e *env) commitRemote(ctx context.Context, o commitOptions, src string, ex []string, key *sign.PrivateKey) error {
 	r, err := o.rf.remote(e, o.remote)
 	if err != nil {
 		return err
@@ -148,7 +160,7 @@ func (e *env) commitRemote(ctx context.Context, o commitOptions, src string, ex 
 	}
 	cm.Host, _ = os.Hostname()
 	cm.Stats.NewBlobs = cp.Uploaded
-	id, err := simsync.CommitRemote(ctx, r, o.image, cm)
+	id, err := simsync.CommitRemote(ctx, r, o.image, cm, key)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -11,13 +12,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/systemimager/sim/initrd"
+	"github.com/systemimager/sim/store/sign"
 	"github.com/systemimager/sim/sync/units"
 )
 
 func newInitrdCommand(e *env) *cobra.Command {
 	c := &cobra.Command{Use: "initrd", Short: "The netboot initrd: a kernel and an initramfs whose /init is sim"}
 	var o initrd.Options
-	var modules, tools []string
+	var modules, tools, trust []string
+	var ca, tokenFile string
 	build := &cobra.Command{
 		Use:   "build -o DIR [--kernel VMLINUZ] [--modules-from ROOT]",
 		Short: "Write DIR/vmlinuz and DIR/initrd.img (cpio newc, zstd)",
@@ -27,7 +30,14 @@ chroot), mkfs.ext4, mkfs.vfat, mkfs.xfs and mkswap with their libraries,
 and the kernel modules for common NICs, disk controllers and filesystems
 (with their dependencies) from ROOT/lib/modules/VERSION. Boot it with
 sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
-(see sim netboot).`,
+(see sim netboot).
+
+--trust FILE bakes in public keys: the installer then refuses any image,
+layout, override or script not signed by one of them, whatever the server
+says. --ca FILE bakes in the CA of a private-CA https server. --token-file
+FILE bakes in a node's token (sim token add NODE --role node): a per-node
+initrd, written mode 0600. The kernel command line's sim.trust=, sim.ca=
+and sim.token= do the same without a rebuild.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if o.Out == "" {
@@ -54,6 +64,30 @@ sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
 			if len(tools) > 0 {
 				o.Tools = append(append([]string{}, initrd.DefaultTools...), tools...)
 			}
+			for i, f := range trust {
+				k, err := sign.ReadPublicKey(e.path(f))
+				if err != nil {
+					return err
+				}
+				o.Files = append(o.Files, initrd.File{Name: fmt.Sprintf("%s/%02d-%s.pub", initrd.TrustDir, i, k.Name), Data: []byte(k.Line() + "\n"), Mode: 0o644})
+			}
+			if ca != "" {
+				b, err := os.ReadFile(e.path(ca))
+				if err != nil {
+					return err
+				}
+				if _, err := certPool(b); err != nil {
+					return fmt.Errorf("--ca %s: %w", ca, err)
+				}
+				o.Files = append(o.Files, initrd.File{Name: initrd.CAFile, Data: b, Mode: 0o644})
+			}
+			if tokenFile != "" {
+				ts, err := readTokens(e.path(tokenFile))
+				if err != nil {
+					return err
+				}
+				o.Files = append(o.Files, initrd.File{Name: initrd.TokenFile, Data: []byte(ts[0] + "\n"), Mode: 0o600})
+			}
 			res, err := initrd.Build(o)
 			if err != nil {
 				return err
@@ -79,6 +113,9 @@ sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
 	f.StringVar(&o.Busybox, "busybox", "/bin/busybox", "a static busybox `BINARY`")
 	f.StringArrayVar(&modules, "module", nil, "also load kernel module `NAME` (repeatable)")
 	f.StringArrayVar(&tools, "tool", nil, "also copy host program `NAME` with its libraries (repeatable)")
+	f.StringArrayVar(&trust, "trust", nil, "bake in the public key `FILE`: installs refuse commits not signed by it (repeatable)")
+	f.StringVar(&ca, "ca", "", "bake in the CA certificates (PEM) `FILE` of a private-CA https server")
+	f.StringVar(&tokenFile, "token-file", "", "bake in a node's token from `FILE` (a per-node initrd, mode 0600)")
 	e.addJSONFlag(build)
 	var from, out, server, extra string
 	iso := &cobra.Command{
@@ -133,4 +170,13 @@ func newestKernel(root string) (string, error) {
 	}
 	sort.Strings(ks)
 	return ks[len(ks)-1], nil
+}
+
+// certPool checks that pem holds at least one certificate.
+func certPool(pem []byte) (*x509.CertPool, error) {
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pem) {
+		return nil, errors.New("no PEM certificate in it")
+	}
+	return p, nil
 }

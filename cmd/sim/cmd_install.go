@@ -5,18 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 	simsync "github.com/systemimager/sim/sync"
 	"github.com/systemimager/sim/sync/units"
 )
 
 type installOptions struct {
 	from, image, node, mac, disk, target string
+	trust                                []string
 	rf                                   remoteFlags
 	tf                                   simsync.TransportFlags
 }
@@ -34,9 +37,16 @@ mount them under --target, fetch and check the image out, lay the overrides
 over it, write hostname, network and fstab (by UUID), run the post-install
 scripts in a chroot, install GRUB for BIOS and UEFI from the image's own
 packages, and record the installed commit in /var/lib/sim on the new root.
-Each step is reported to the server (sim nodes shows the last one). Any
-failure stops the install with a message naming the step, and the disk is
-not marked installed. Usable from any rescue system as root.`,
+Each step is reported to the server (sim nodes shows the last one; reports
+need the node's token, --token-file). Any failure stops the install with a
+message naming the step, and the disk is not marked installed. Usable from
+any rescue system as root.
+
+--trust FILE (repeatable) makes the node trust that public key and require
+a valid signature by a trusted key on every commit it installs: image,
+layout (checked before the disk is touched), overrides, scripts. The
+node's store keeps the keys, the policy, the token (mode 0600) and --ca's
+certificates for its later updates.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if o.from == "" {
@@ -48,6 +58,20 @@ not marked installed. Usable from any rescue system as root.`,
 			r, err := o.rf.remote(e, o.from)
 			if err != nil {
 				return usageError{err}
+			}
+			var trust []sign.PublicKey
+			for _, f := range o.trust {
+				k, err := sign.ReadPublicKey(e.path(f))
+				if err != nil {
+					return err
+				}
+				trust = append(trust, k)
+			}
+			var ca []byte
+			if o.rf.ca != "" {
+				if ca, err = os.ReadFile(e.path(o.rf.ca)); err != nil {
+					return err
+				}
 			}
 			// Each commit of the install (image, overrides, scripts)
 			// comes through the chosen transport into the node's store.
@@ -63,7 +87,10 @@ not marked installed. Usable from any rescue system as root.`,
 				return ps, err
 			}
 			res, err := install.FromServer(c.Context(), r, install.Who{Node: o.node, MAC: o.mac, Image: o.image},
-				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr}, fetch)
+				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, Token: r.Token, CA: ca,
+					Check: func(ctx context.Context, st *store.Store, id chunk.ID) error {
+						return simsync.CheckCommit(ctx, st, r, id)
+					}}, fetch)
 			if err != nil {
 				return err
 			}
@@ -82,7 +109,9 @@ not marked installed. Usable from any rescue system as root.`,
 	f.StringVar(&o.mac, "mac", "", "identify this machine by `MAC` (default: the first NIC's)")
 	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides node and layout)")
 	f.StringVar(&o.target, "target", "/run/sim/target", "mount the new root at `DIR` while installing")
+	f.StringArrayVar(&o.trust, "trust", nil, "trust the public key `FILE` and require every installed commit to be signed by a trusted key (repeatable)")
 	o.rf.add(c)
+	o.rf.addRequire(c)
 	o.tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c

@@ -16,11 +16,19 @@ import (
 
 func newTagCommand(e *env) *cobra.Command {
 	var del bool
+	var signKey string
 	c := &cobra.Command{
-		Use:   "tag [NAME REF | -d NAME]",
-		Short: "List tags, create an immutable tag, or delete one",
+		Use:   "tag [NAME REF [--sign KEY] | -d NAME]",
+		Short: "List tags, create an immutable tag (signing its commit), or delete one",
 		Args:  cobra.RangeArgs(0, 2),
 		RunE: func(c *cobra.Command, args []string) error {
+			key, err := e.readSigningKey(signKey)
+			if err != nil {
+				return err
+			}
+			if key != nil && len(args) != 2 {
+				return usageError{fmt.Errorf("tag --sign goes with NAME REF")}
+			}
 			return e.withStore(func(st *store.Store) error {
 				switch {
 				case del:
@@ -32,6 +40,13 @@ func newTagCommand(e *env) *cobra.Command {
 					id, err := st.Resolve(args[1])
 					if err != nil {
 						return err
+					}
+					if key != nil {
+						// Signed first: the tag never names an unsigned
+						// commit on a store that requires signatures.
+						if err := client.SignCommit(st, id, *key); err != nil {
+							return err
+						}
 					}
 					return st.CreateTag(args[0], id)
 				case len(args) == 1:
@@ -56,6 +71,7 @@ func newTagCommand(e *env) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the tag NAME")
+	c.Flags().StringVar(&signKey, "sign", "", "sign the tagged commit with the private key `FILE` (sim key gen)")
 	e.addJSONFlag(c)
 	return c
 }

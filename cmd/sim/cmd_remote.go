@@ -46,11 +46,22 @@ func readTokens(file string) ([]string, error) {
 
 // remoteFlags are the options of every command that talks to a server.
 type remoteFlags struct {
-	tokenFile string
+	tokenFile, ca string
+	stall         time.Duration
+	// requireSig is --require-signature, on the commands that fetch
+	// (addRequire).
+	requireSig bool
 }
 
 func (f *remoteFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.tokenFile, "token-file", "", "read the bearer token from `FILE` (default $SIM_TOKEN)")
+	c.Flags().StringVar(&f.ca, "ca", "", "trust the CA certificates (PEM) in `FILE` for an https server (also $SIM_CA_CERT)")
+	c.Flags().DurationVar(&f.stall, "stall-timeout", 2*time.Minute, "give up on an answer that brings under 64 KiB in `DURATION` (a stalled or dripping server)")
+}
+
+// addRequire adds --require-signature to a command that fetches.
+func (f *remoteFlags) addRequire(c *cobra.Command) {
+	c.Flags().BoolVar(&f.requireSig, "require-signature", false, "refuse commits without a valid signature by a key this store trusts (sim trust add), whatever the store's own policy")
 }
 
 func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
@@ -62,7 +73,20 @@ func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
 		}
 		tok = ts[0]
 	}
-	return simsync.NewRemote(url, tok)
+	r, err := simsync.NewRemote(url, tok)
+	if err != nil {
+		return nil, err
+	}
+	if f.ca != "" {
+		if err := r.TrustCAFile(e.path(f.ca)); err != nil {
+			return nil, err
+		}
+	}
+	r.RequireSignature = f.requireSig
+	if f.stall > 0 {
+		r.StallTimeout = f.stall
+	}
+	return r, nil
 }
 
 // serving is what a running sim serve holds besides its store: the
@@ -82,8 +106,9 @@ func (e *env) service(name string) simsync.Service {
 
 func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile, netboot string
-	var readToken bool
+	var readToken, requireSig bool
 	var maxStreams int
+	var idle time.Duration
 	type ext struct {
 		name string
 		cfg  simsync.ServeConfig
@@ -100,8 +125,12 @@ func newServeCommand(e *env) *cobra.Command {
 		Long: `Serve the store over HTTP(S): nodes install and update from it (sim checkout
 --from), other stores pull from it and push to it, golden clients are captured
 into it (sim commit --remote), netbooting nodes ask it what to install (sim
-install). Reads are open unless --read-token; pushes always need a token
-from --token-file. While it runs, other sim commands on the same store are
+install). Reads are open unless --read-token; pushes need an admin token:
+one of --token-file, or of the store's (sim token add NAME --role admin).
+Install status reports need the node's own token (sim token add NODE
+--role node). With --require-signature (or sim trust require on), a push
+that moves a ref to a commit without a valid signature by a trusted key
+is refused. While it runs, other sim commands on the same store are
 carried out by the server (over <store>/sim.sock).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
@@ -109,18 +138,13 @@ carried out by the server (over <store>/sim.sock).`,
 				return usageError{errors.New("serve: --tls-cert and --tls-key go together")}
 			}
 			logw := log.New(e.stderr, "sim serve: ", log.LstdFlags)
-			srv := &simsync.Server{MaxStreams: maxStreams, Log: logw}
+			srv := &simsync.Server{MaxStreams: maxStreams, Log: logw, PrivateReads: readToken, RequireSignature: requireSig, IdleTimeout: idle}
 			if tokenFile != "" {
 				ts, err := readTokens(e.path(tokenFile))
 				if err != nil {
 					return err
 				}
 				srv.WriteTokens = ts
-				if readToken {
-					srv.ReadTokens = ts
-				}
-			} else if readToken {
-				return usageError{errors.New("serve: --read-token needs --token-file")}
 			}
 			st, err := store.Open(e.storeDir)
 			if err != nil {
@@ -149,8 +173,11 @@ carried out by the server (over <store>/sim.sock).`,
 				return fmt.Errorf("serve: %w", err)
 			}
 			defer tl.Close()
-			web := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-				ErrorLog: logw, BaseContext: func(net.Listener) context.Context { return ctx }}
+			// Slow or hostile clients: headers within 10 s and 64 KiB,
+			// every body read and response write bounded by the
+			// server's IdleTimeout (a minute without progress).
+			web := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+				MaxHeaderBytes: 64 << 10, ErrorLog: logw, BaseContext: func(net.Listener) context.Context { return ctx }}
 			scheme := "http"
 			if cert != "" {
 				pair, err := tls.LoadX509KeyPair(e.path(cert), e.path(key))
@@ -229,9 +256,11 @@ carried out by the server (over <store>/sim.sock).`,
 	f.StringVar(&listen, "listen", ":7480", "TCP `ADDR`ess to serve on")
 	f.StringVar(&cert, "tls-cert", "", "serve HTTPS with this certificate `FILE` (PEM)")
 	f.StringVar(&key, "tls-key", "", "and this key `FILE` (PEM)")
-	f.StringVar(&tokenFile, "token-file", "", "bearer tokens allowed to push, one per line")
-	f.BoolVar(&readToken, "read-token", false, "require a token from --token-file for reads too")
+	f.StringVar(&tokenFile, "token-file", "", "admin bearer tokens (push, refs, any node), one per line; see also sim token")
+	f.BoolVar(&readToken, "read-token", false, "close reads too: every request needs a token (any role; BitTorrent payloads are then encrypted)")
+	f.BoolVar(&requireSig, "require-signature", false, "refuse pushes moving a ref to a commit without a valid signature by a key the store trusts")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
+	f.DurationVar(&idle, "idle-timeout", time.Minute, "end a request whose client stops reading its answer, or sending its body, for `DURATION` (frees its stream slot)")
 	f.StringVar(&netboot, "netboot", "", "serve the kernel and initrd `DIR` (from sim initrd build) for netboot at /v1/install/")
 	for _, x := range exts {
 		x.cfg.Flags(f)
@@ -274,6 +303,7 @@ func newCloneCommand(e *env) *cobra.Command {
 		},
 	}
 	rf.add(c)
+	rf.addRequire(c)
 	e.addJSONFlag(c)
 	return c
 }
@@ -327,6 +357,7 @@ every one is verified, and an interrupted pull keeps what arrived.`,
 		},
 	}
 	rf.add(c)
+	rf.addRequire(c)
 	tf.Add(c.Flags())
 	e.addJSONFlag(c)
 	return c

@@ -66,6 +66,22 @@ func TestInstallLoop(t *testing.T) {
 	ok(t, s, "script", "set", "fail", filepath.Join(dir, "fail.sh"))
 	ok(t, s, "node", "add", "n7", "--mac", "52:54:00:5e:01:07", "--image", "deb", "--override", "site", "--script", "ok")
 	ok(t, s, "node", "add", "n8", "--mac", "52:54:00:5e:01:08", "--image", "deb", "--script", "fail")
+	// Trust: the admin signs the image and everything an install of n7
+	// fetches; each node reports with its own token.
+	keys := t.TempDir()
+	ok(t, s, "key", "gen", "admin", "--dir", keys)
+	ok(t, s, "key", "gen", "eve", "--dir", keys)
+	ok(t, s, "sign", "deb", "deb@layout", "site@override", "ok@script", "--key", filepath.Join(keys, "admin.key"))
+	tokenFile := func(node string) string {
+		f := filepath.Join(dir, node+".token")
+		os.WriteFile(f, []byte(lastLine(ok(t, s, "token", "add", node, "--role", "node"))+"\n"), 0o600)
+		return f
+	}
+	n7tok, n8tok := tokenFile("n7"), tokenFile("n8")
+	// An image whose layout is signed but not the image itself.
+	ok(t, s, "commit", v1, "--image", "deb-unsigned", "-m", "unsigned")
+	ok(t, s, "layout", "set", "deb-unsigned", filepath.Join(dir, "layout"))
+	ok(t, s, "sign", "deb-unsigned@layout", "--key", filepath.Join(keys, "admin.key"))
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -129,7 +145,8 @@ func TestInstallLoop(t *testing.T) {
 	t.Run("install", func(t *testing.T) {
 		dev := loop("1200M")
 		start := time.Now()
-		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target, "--json")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target, "--json",
+			"--token-file", n7tok, "--trust", filepath.Join(keys, "admin.pub"))
 		if r.code != 0 {
 			t.Fatalf("install: %d\n%s\n%s", r.code, r.stdout, r.stderr)
 		}
@@ -211,6 +228,7 @@ func TestInstallLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec, err := client.LastCheckout(nst, "/")
+		pol, perr := nst.Policy()
 		nst.Close()
 		// What was checked out is the image with the override laid over it.
 		if inst.Effective.IsZero() || inst.Effective == inst.Commit || len(inst.Overrides) != 1 || inst.Overrides[0].Name != "site" {
@@ -228,6 +246,17 @@ func TestInstallLoop(t *testing.T) {
 				t.Errorf("agent: %v", err)
 			}
 		}
+		// It keeps the trust policy and its token for later updates.
+		if perr != nil || !pol.Require || len(pol.Keys) != 1 || pol.Keys[0].Name != "admin" {
+			t.Errorf("node store policy: %+v %v", pol, perr)
+		}
+		tf := filepath.Join(root, "var/lib/sim", install.TokenName)
+		if b, err := os.ReadFile(tf); err != nil || strings.TrimSpace(string(b)) != strings.TrimSpace(readFile(t, n7tok)) {
+			t.Errorf("node token in its store: %q %v", b, err)
+		}
+		if fi, err := os.Stat(tf); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("node token file mode: %v %v", fi, err)
+		}
 		// The per-node iPXE script.
 		resp, err = http.Get(url + "/v1/install/ipxe?mac=52-54-00-5e-01-07")
 		if err != nil {
@@ -243,9 +272,60 @@ func TestInstallLoop(t *testing.T) {
 		}
 	})
 
+	t.Run("untrusted-signer", func(t *testing.T) {
+		// A node that trusts only eve refuses the admin's image: at the
+		// layout, before anything is written to the disk, and says so
+		// to the server with its token.
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--disk", dev, "--target", target,
+			"--token-file", n8tok, "--trust", filepath.Join(keys, "eve.pub"))
+		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "layout"`) || !strings.Contains(r.stderr, "refusing commit") ||
+			!strings.Contains(r.stderr, "trusted: eve") {
+			t.Fatalf("untrusted signer: exit %d\n%s", r.code, r.stderr)
+		}
+		b := make([]byte, 8)
+		if f, err := os.Open(dev); err == nil {
+			f.ReadAt(b, 512)
+			f.Close()
+		}
+		if string(b) == "EFI PART" {
+			t.Error("the disk was partitioned for an image the node does not trust")
+		}
+		var st map[string]install.Status
+		resp, err := http.Get(url + "/v1/install/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if st["n8"].State != install.Failed || st["n8"].Step != "layout" {
+			t.Errorf("server status of n8: %+v", st["n8"])
+		}
+	})
+
+	t.Run("unsigned-image", func(t *testing.T) {
+		// Its layout is signed, the image is not: refused before the
+		// disk is touched, not after it was partitioned.
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--image", "deb-unsigned", "--disk", dev, "--target", target,
+			"--token-file", n8tok, "--trust", filepath.Join(keys, "admin.pub"))
+		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "layout"`) || !strings.Contains(r.stderr, "image deb-unsigned") ||
+			!strings.Contains(r.stderr, "it is not signed") {
+			t.Fatalf("unsigned image: exit %d\n%s", r.code, r.stderr)
+		}
+		b := make([]byte, 8)
+		if f, err := os.Open(dev); err == nil {
+			f.ReadAt(b, 512)
+			f.Close()
+		}
+		if string(b) == "EFI PART" {
+			t.Error("the disk was partitioned for an unsigned image")
+		}
+	})
+
 	t.Run("script-fails", func(t *testing.T) {
 		dev := loop("1200M")
-		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--disk", dev, "--target", target)
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--disk", dev, "--target", target, "--token-file", n8tok)
 		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "scripts"`) || !strings.Contains(r.stderr, "failing on purpose") {
 			t.Fatalf("failing script: exit %d\n%s", r.code, r.stderr)
 		}
@@ -260,7 +340,7 @@ func TestInstallLoop(t *testing.T) {
 
 	t.Run("too-small", func(t *testing.T) {
 		dev := loop("300M")
-		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target)
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n7", "--disk", dev, "--target", target, "--token-file", n7tok)
 		if r.code != 1 || !strings.Contains(r.stderr, "disk "+dev+" too small for the layout") || !strings.Contains(r.stderr, `step "layout"`) {
 			t.Fatalf("too small: exit %d\n%s", r.code, r.stderr)
 		}
@@ -272,4 +352,13 @@ func TestInstallLoop(t *testing.T) {
 			t.Fatalf("unknown MAC: exit %d\n%s", r.code, r.stderr)
 		}
 	})
+}
+
+func readFile(t testing.TB, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -42,7 +42,14 @@ type metalLab struct {
 	netboot string
 	port    int
 	url     string // as the VMs reach it (qemu user networking: host loopback is 10.0.2.2)
+	// tokens are the nodes' own tokens (sim token add NODE --role
+	// node), given to each VM as sim.token=: the server takes status
+	// reports only with them.
+	tokens map[string]string
 }
+
+// token is the kernel command line word giving node its token.
+func (m *metalLab) token(node string) string { return "sim.token=" + m.tokens[node] }
 
 func needMetal(t *testing.T) {
 	t.Helper()
@@ -119,9 +126,18 @@ func newMetalLab(t *testing.T) *metalLab {
 	ok(t, m.store, "override", "set", "site", filepath.Join(dir, "ov"))
 	ok(t, m.store, "script", "set", "marker", filepath.Join(dir, "post.sh"))
 	ok(t, m.store, "group", "add", "compute", "--image", "debian", "--override", "site", "--script", "marker")
+	m.tokens = map[string]string{}
 	for i := 1; i <= 7; i++ {
-		ok(t, m.store, "node", "add", fmt.Sprintf("n%d", i), "--mac", fmt.Sprintf("52:54:00:5e:00:%02x", i), "--group", "compute")
+		n := fmt.Sprintf("n%d", i)
+		ok(t, m.store, "node", "add", n, "--mac", fmt.Sprintf("52:54:00:5e:00:%02x", i), "--group", "compute")
+		m.tokens[n] = lastLine(ok(t, m.store, "token", "add", n, "--role", "node"))
 	}
+	m.tokens["n11"] = lastLine(ok(t, m.store, "token", "add", "n11", "--role", "node")) // no such node registered
+	// Every VM's initrd trusts the admin's key: the image and what goes
+	// with it are signed.
+	keys := t.TempDir()
+	ok(t, m.store, "key", "gen", "admin", "--dir", keys)
+	ok(t, m.store, "sign", "debian", "debian@layout", "site@override", "marker@script", "--key", filepath.Join(keys, "admin.key"))
 
 	// /init must be a static sim: build one (the test binary is not sim).
 	bin := filepath.Join(dir, "sim")
@@ -130,7 +146,7 @@ func newMetalLab(t *testing.T) *metalLab {
 	if out, err := b.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	out := ok(t, m.store, "initrd", "build", "-o", m.netboot, "--sim", bin, "--json")
+	out := ok(t, m.store, "initrd", "build", "-o", m.netboot, "--sim", bin, "--json", "--trust", filepath.Join(keys, "admin.pub"))
 	var ir struct {
 		InitrdBytes int64 `json:"initrd_bytes"`
 		CpioBytes   int64 `json:"cpio_bytes"`
@@ -265,7 +281,7 @@ func (m *metalLab) statuses() map[string]install.Status {
 // checks the node's identity on the console.
 func (m *metalLab) installAndBoot(v *vm, node string) {
 	t := m.t
-	con := m.boot(v, "sim.server="+m.url+" sim.onerror=poweroff", 15*time.Minute)
+	con := m.boot(v, "sim.server="+m.url+" sim.onerror=poweroff "+m.token(node), 15*time.Minute)
 	if !strings.Contains(con, "SIM INSTALL DONE") {
 		t.Fatalf("%s: install did not finish; console tail:\n%s", v.name, tail(con, 4000))
 	}
@@ -322,10 +338,10 @@ func TestMetalVM(t *testing.T) {
 		for i := range vms {
 			vms[i] = mm.newVM(fmt.Sprintf("four%d", i), 3+i, "3G", false)
 			wg.Add(1)
-			go func(v *vm) {
+			go func(v *vm, node string) {
 				defer wg.Done()
-				mm.boot(v, "sim.server="+mm.url+" sim.onerror=poweroff", 20*time.Minute)
-			}(vms[i])
+				mm.boot(v, "sim.server="+mm.url+" sim.onerror=poweroff "+mm.token(node), 20*time.Minute)
+			}(vms[i], fmt.Sprintf("n%d", 3+i))
 		}
 		wg.Wait()
 		all := time.Since(start)
@@ -355,7 +371,7 @@ func TestMetalVM(t *testing.T) {
 			t.Skip("iso: no grub-mkrescue (make metal-deps)")
 		}
 		iso := filepath.Join(mm.dir, "sim.iso")
-		ok(t, mm.store, "initrd", "iso", "--from", mm.netboot, "--server", mm.url, "--append", "sim.node=n7 sim.onerror=poweroff", "-o", iso)
+		ok(t, mm.store, "initrd", "iso", "--from", mm.netboot, "--server", mm.url, "--append", "sim.node=n7 sim.onerror=poweroff "+mm.token("n7"), "-o", iso)
 		v := mm.newVM("iso", 7, "3G", false)
 		mm.bootISO(v, iso, 15*time.Minute)
 		if !strings.Contains(v.console, "SIM INSTALL DONE") || mm.statuses()["n7"].State != install.Done {
@@ -372,8 +388,10 @@ func TestMetalVM(t *testing.T) {
 			want             []string // on the console
 			node, step       string   // the server's status (node "" = not reachable)
 		}{
-			{"too-small", "150M", "sim.node=n1", []string{"disk /dev/vda too small for the layout", "SIM INSTALL FAILED"}, "n1", "layout"},
-			{"unknown-image", "3G", "sim.image=nosuchimage", []string{"image nosuchimage", "unknown ref", "SIM INSTALL FAILED"}, "52:54:00:5e:00:0b", "config"},
+			{"too-small", "150M", "sim.node=n1 " + mm.token("n1"), []string{"disk /dev/vda too small for the layout", "SIM INSTALL FAILED"}, "n1", "layout"},
+			// An unregistered machine with a node token: its failure is
+			// reported as that node's (the token names it).
+			{"unknown-image", "3G", "sim.image=nosuchimage " + mm.token("n11"), []string{"image nosuchimage", "unknown ref", "SIM INSTALL FAILED"}, "n11", "config"},
 			{"unreachable", "3G", "", []string{"connection refused", "SIM INSTALL FAILED"}, "", ""},
 		}
 		var wg gosync.WaitGroup

@@ -84,6 +84,8 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newUpdateCommand(e), newRollbackCommand(e), newAgentCommand(e), newRolloutCommand(e), newDriftCommand(e),
 	)
 	e.addCompletions(root)
+	// Trust (#14): signing keys, signatures, the trust policy, API tokens.
+	root.AddCommand(newKeyCommand(e), newSignCommand(e), newVerifyCommand(e), newTrustCommand(e), newTokenCommand(e))
 	wrapArgs(root)
 	return root
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +16,13 @@ import (
 // startServer runs `sim serve` on store in a child process and returns
 // its URL.
 func startServer(t *testing.T, store string, extra ...string) string {
+	t.Helper()
+	url, _ := startServerProcess(t, store, extra...)
+	return url
+}
+
+// startServerProcess is startServer, also returning the process.
+func startServerProcess(t *testing.T, store string, extra ...string) (string, *exec.Cmd) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,11 +46,11 @@ func startServer(t *testing.T, store string, extra ...string) string {
 				for sc.Scan() {
 				}
 			}()
-			return "http://" + addr
+			return "http://" + addr, c
 		}
 	}
 	t.Fatal("sim serve did not start")
-	return ""
+	return "", nil
 }
 
 // TestServeAndAdmin: while `sim serve` holds the store, admin commands on

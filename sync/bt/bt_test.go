@@ -5,12 +5,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	alog "github.com/anacrolix/log"
+	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/anacrolix/torrent/storage"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
@@ -123,6 +129,7 @@ func TestDocumentRoundTrip(t *testing.T) {
 
 func FuzzDecodeTorrent(f *testing.F) {
 	f.Add([]byte("SIMBTOR1"))
+	f.Add([]byte("SIMBTOR2"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		bt.DecodeTorrent(b)
 	})
@@ -339,4 +346,234 @@ func TestSeederKeepsAFew(t *testing.T) {
 	if len(st) != 1 || st[0].Base != w.v1 {
 		t.Fatalf("seeded %+v, want only v1->v2", st)
 	}
+}
+
+// sealedWorld is newWorld behind a read token, its seeder sealing.
+func sealedWorld(t *testing.T) *world {
+	w := &world{srv: storetest.New(t), src1: filepath.Join(t.TempDir(), "v1")}
+	files := map[string]int{"etc/motd": 300}
+	for i := 0; i < 30; i++ {
+		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 100000 + i*7000
+	}
+	files["usr/bin/big"] = 5 << 20
+	snapshottest.RandomFiles(t, w.src1, 1, files)
+	var err error
+	if w.v1, _, err = client.Commit(context.Background(), w.srv, w.src1, client.CommitOptions{Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &simsync.Server{Store: w.srv, Planner: simsync.NewPlanner(w.srv), ReadTokens: []string{"rt"}}
+	w.seeder = &bt.Seeder{Store: w.srv, Planner: srv.Planner, Listen: "127.0.0.1:0", Sealed: true}
+	if err := w.seeder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.seeder.Close)
+	w.seeder.Mount(srv)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	w.url = hs.URL
+	return w
+}
+
+func TestSealedDocument(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	plain, p, err := bt.Build(ctx, w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key [32]byte
+	key[0] = 1
+	a, _, err := bt.Seal(ctx, plain, p, key, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain2, p2, _ := bt.Build(ctx, w.srv, simsync.NewPlanner(w.srv), w.v2, chunk.ID{})
+	b, _, err := bt.Seal(ctx, plain2, p2, key, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Sealed || a.InfoHash != b.InfoHash || !bytes.Equal(a.Encode(), b.Encode()) {
+		t.Fatal("two sealings of one torrent differ: the info hash must be stable")
+	}
+	if a.Length() != plain.Length()+int64(16*len(plain.Records)) || a.InfoHash == plain.InfoHash || a.Info.Name != "sim-sealed" {
+		t.Fatalf("sealed %d bytes (plain %d, %d records), name %q", a.Length(), plain.Length(), len(plain.Records), a.Info.Name)
+	}
+	doc := a.Encode()
+	if !bytes.HasPrefix(doc, []byte("SIMBTOR2")) {
+		t.Fatalf("sealed document starts %q", doc[:8])
+	}
+	d, err := bt.DecodeTorrent(doc)
+	if err != nil || !d.Sealed || d.Key != a.Key || d.InfoHash != a.InfoHash || d.Records[3].Nonce != a.Records[3].Nonce {
+		t.Fatalf("decoded %+v %v", d, err)
+	}
+	for i := 0; i < len(doc); i += 1 + len(doc)/300 {
+		if _, err := bt.DecodeTorrent(doc[:i]); err == nil {
+			t.Fatalf("truncated at %d: accepted", i)
+		}
+	}
+}
+
+// TestSealedSwarm: behind a read token, torrents are sealed: two nodes
+// with the token install from the seeder and each other, while a
+// stranger who learned the info hash (BitTorrent handshakes are plain)
+// and joins the swarm downloads the whole payload and finds no byte
+// sequence of the image in it: no chunk, no tree, no stored frame. The
+// same search in the plain torrent of the same commit finds them all
+// (the test can fail).
+func TestSealedSwarm(t *testing.T) {
+	w := sealedWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stores []*store.Store
+	errc := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		st := storetest.New(t)
+		r, _ := simsync.NewRemote(w.url, "rt")
+		n := &bt.Node{Remote: r, Store: st, Config: bt.NodeConfig{Listen: "127.0.0.1:0"}}
+		t.Cleanup(func() { n.Close() })
+		stores = append(stores, st)
+		go func() {
+			_, err := simsync.FetchCommit(ctx, st, r, n, w.v1, true)
+			errc <- err
+		}()
+	}
+	for range stores {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, st := range stores {
+		checkout(t, st, w.v1, w.src1)
+	}
+	status := w.seeder.Status()
+	if len(status) != 1 {
+		t.Fatalf("seeded %+v", status)
+	}
+	// Without the token, no document (hence no key).
+	if resp, err := http.Get(w.url + bt.Prefix + "torrent?want=" + w.v1.String()); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("torrent document without a token: %v %v", resp.StatusCode, err)
+	}
+	sealed := stranger(t, status[0].InfoHash, w.seeder.Port())
+	plainT, pp, err := bt.Build(ctx, w.srv, simsync.NewPlanner(w.srv), w.v1, chunk.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := make([]byte, plainT.Length())
+	if _, err := pp.ReadAt(plain, 0); err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(sealed)) != plainT.Length()+int64(16*len(plainT.Records)) {
+		t.Fatalf("the stranger got %d bytes; the sealed payload is %d", len(sealed), plainT.Length()+int64(16*len(plainT.Records)))
+	}
+	probes := imageProbes(t, w.srv, w.v1)
+	found := func(payload []byte) (n int) {
+		for _, p := range probes {
+			if bytes.Contains(payload, p) {
+				n++
+			}
+		}
+		return n
+	}
+	inPlain, inSealed := found(plain), found(sealed)
+	t.Logf("%d probes (32-byte pieces of every chunk, tree and stored frame): %d in the plain payload, %d in the sealed one the stranger got", len(probes), inPlain, inSealed)
+	if inPlain < len(probes)*9/10 {
+		t.Fatalf("only %d of %d probes found in the plain payload: the search proves nothing", inPlain, len(probes))
+	}
+	if inSealed != 0 {
+		t.Fatalf("%d pieces of the image readable in the sealed payload", inSealed)
+	}
+}
+
+// imageProbes are 32-byte pieces (start, middle, end) of every chunk and
+// tree of commit id, and of every stored frame holding them.
+func imageProbes(t *testing.T, st *store.Store, id chunk.ID) [][]byte {
+	var out [][]byte
+	add := func(b []byte) {
+		if len(b) < 96 {
+			return
+		}
+		for _, at := range []int{0, len(b)/2 - 16, len(b) - 32} {
+			out = append(out, append([]byte(nil), b[at:at+32]...))
+		}
+	}
+	frames := map[store.Loc]bool{}
+	addBlob := func(bid chunk.ID) {
+		b, err := st.Get(bid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		add(b)
+		loc, _ := st.Lookup(bid)
+		loc.Off, loc.Len, loc.Type = 0, 0, 0
+		if !frames[loc] {
+			frames[loc] = true
+			raw, err := st.ReadRaw(loc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			add(raw)
+		}
+	}
+	tree := mustTree(t, st, id)
+	addBlob(tree)
+	if err := snapshot.Walk(st, tree, func(_ string, n *snapshot.Node) error {
+		if n.Kind == snapshot.KindDir {
+			addBlob(n.Subtree)
+		}
+		for _, x := range n.Content {
+			if !x.Hole() {
+				addBlob(x.ID)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// stranger joins the swarm of infohash at the seeder's port with a plain
+// BitTorrent client (no document, no key, no token), downloads the whole
+// payload and returns it.
+func stranger(t *testing.T, infohash string, port int) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := torrent.NewDefaultClientConfig()
+	cfg.DataDir = dir
+	cfg.DefaultStorage = storage.NewFile(dir)
+	cfg.NoDHT, cfg.DisableUTP, cfg.DisableIPv6, cfg.NoDefaultPortForwarding, cfg.DisableWebtorrent = true, true, true, true, true
+	cfg.ListenHost = func(string) string { return "127.0.0.1" }
+	cfg.ListenPort = 0
+	cfg.HeaderObfuscationPolicy = torrent.HeaderObfuscationPolicy{}
+	cfg.MaxAllocPeerRequestDataPerConn = 16 << 20
+	cfg.Logger = alog.Default.WithFilterLevel(alog.Disabled)
+	cl, err := torrent.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var ih metainfo.Hash
+	if err := ih.FromHexString(infohash); err != nil {
+		t.Fatal(err)
+	}
+	tt, _ := cl.AddTorrentInfoHash(ih)
+	tt.AddPeers([]torrent.PeerInfo{{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, Source: torrent.PeerSourceDirect}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	select {
+	case <-tt.GotInfo():
+	case <-ctx.Done():
+		t.Fatal("the stranger got no info dictionary from the swarm")
+	}
+	tt.DownloadAll()
+	select {
+	case <-tt.Complete().On():
+	case <-ctx.Done():
+		t.Fatalf("the stranger downloaded %d of %d bytes", tt.BytesCompleted(), tt.Length())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, tt.Info().Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

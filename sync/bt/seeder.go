@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	gosync "sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // Prefix is where the Seeder's endpoints live on a sim server.
@@ -41,6 +43,12 @@ type Seeder struct {
 	// for is dropped beyond it.
 	Keep int
 	Log  *log.Logger
+	// Sealed seals every torrent (ARCHITECTURE.md "BitTorrent: sealed
+	// torrents"): each frame under a key derived from the store's secret
+	// and (want, base), which only the torrent document carries, so the
+	// peers and anyone else who joins the swarm relay ciphertext. sim
+	// serve sets it when reads need a token.
+	Sealed bool
 
 	cl       *torrent.Client
 	tracker  *peerTracker
@@ -111,6 +119,13 @@ func (s *Seeder) Close() {
 			}
 		}
 		s.cl.Close()
+		s.mu.Lock()
+		for _, sv := range s.torrents {
+			if sv.p != nil {
+				sv.p.close()
+			}
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -139,6 +154,12 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 	sv.once.Do(func() {
 		start := time.Now()
 		t, p, err := Build(context.WithoutCancel(ctx), s.Store, s.Planner, want, base)
+		if err == nil && s.Sealed {
+			var key seal.Key
+			if key, err = s.swarmKey(want, base); err == nil {
+				t, p, err = Seal(context.WithoutCancel(ctx), t, p, key, filepath.Join(s.Store.Dir(), "tmp"))
+			}
+		}
 		if err != nil {
 			sv.err = err
 			return
@@ -157,11 +178,15 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 			s.byHash[t.InfoHash] = sv
 		} else {
 			// Pushed out by newer torrents while it was derived.
-			go tt.Drop()
+			go func() { tt.Drop(); p.close() }()
 		}
 		s.mu.Unlock()
-		s.Log.Printf("bittorrent: derived %s for %s (base %s): %d objects, %d bytes, %d pieces of %d KiB, in %s",
-			t.InfoHash.HexString()[:12], want.Short(), shortOr(base, "none"), t.Objects(), t.Length(), t.Info.NumPieces(), t.Info.PieceLength>>10, sv.built.Round(time.Millisecond))
+		kind := "torrent"
+		if t.Sealed {
+			kind = "sealed torrent"
+		}
+		s.Log.Printf("bittorrent: derived %s %s for %s (base %s): %d objects, %d bytes, %d pieces of %d KiB, in %s",
+			kind, t.InfoHash.HexString()[:12], want.Short(), shortOr(base, "none"), t.Objects(), t.Length(), t.Info.NumPieces(), t.Info.PieceLength>>10, sv.built.Round(time.Millisecond))
 	})
 	if sv.err != nil {
 		s.mu.Lock()
@@ -196,8 +221,19 @@ func (s *Seeder) forgetLocked(key [2]chunk.ID) {
 		delete(s.byHash, sv.t.InfoHash)
 	}
 	if sv.tt != nil {
-		go sv.tt.Drop() // not under anacrolix's read path that called us
+		// Not under anacrolix's read path that called us.
+		tt, p := sv.tt, sv.p
+		go func() { tt.Drop(); p.close() }()
 	}
+}
+
+// swarmKey is the key of the sealed torrent for (want, base).
+func (s *Seeder) swarmKey(want, base chunk.ID) (seal.Key, error) {
+	secret, err := s.Store.Secret("bt-swarm")
+	if err != nil {
+		return seal.Key{}, err
+	}
+	return seal.Derive(secret, "sim bt torrent v2", want[:], base[:])
 }
 
 func shortOr(id chunk.ID, none string) string {

@@ -15,6 +15,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // seedStorage is the server's side: the whole payload is there, read
@@ -77,6 +78,10 @@ type nodeStorage struct {
 	t       *Torrent
 	spool   *os.File
 	corrupt bool // test hook: serve peers flipped bytes
+	// sealer opens the frames of a sealed torrent. Peers are then served
+	// the sealed bytes from the spool, which keeps them (a node never
+	// serves frames from its store: it would have to seal them again).
+	sealer *seal.Sealer
 
 	// punch is held for reading while a piece is read from the spool
 	// and for writing while spool ranges are punched out, so a peer is
@@ -116,6 +121,12 @@ func newNodeStorage(sink *simsync.Sink, t *Torrent, corrupt bool) (*nodeStorage,
 		queue:  make(chan int, len(t.Records)),
 		done:   make(chan struct{}),
 	}
+	if t.Sealed {
+		var err error
+		if n.sealer, err = seal.New(t.Key); err != nil {
+			return nil, err
+		}
+	}
 	for i := range t.Records {
 		r := &t.Records[i]
 		ids := make([]chunk.ID, len(r.Entries))
@@ -134,7 +145,7 @@ func newNodeStorage(sink *simsync.Sink, t *Torrent, corrupt bool) (*nodeStorage,
 		case !all:
 			n.state[i] = recMissing
 			n.needed++
-		case n.verbatim(i):
+		case !t.Sealed && n.verbatim(i):
 			n.state[i] = recStored
 		default:
 			n.state[i] = recLocal
@@ -351,6 +362,13 @@ func (n *nodeStorage) decode(k int) error {
 	if _, err := n.spool.ReadAt(payload, r.Off); err != nil {
 		return fmt.Errorf("bt: spool: %w", err)
 	}
+	if n.sealer != nil {
+		frame, err := n.sealer.Open(nil, uint64(k), r.Nonce, payload)
+		if err != nil {
+			return fmt.Errorf("bt: frame at %d: %w", r.Off, err)
+		}
+		payload = frame
+	}
 	if err := n.sink.Frame(r.Comp, int(r.ULen), payload, r.Entries); err != nil {
 		return fmt.Errorf("bt: frame at %d: %w", r.Off, err)
 	}
@@ -383,7 +401,7 @@ func (n *nodeStorage) flush() {
 		return
 	}
 	for _, k := range n.pending {
-		if !n.verbatim(k) {
+		if n.sealer != nil || !n.verbatim(k) {
 			n.state[k] = recKept
 			continue
 		}

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	gosync "sync"
 
@@ -31,15 +32,27 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // Record is one frame of a torrent's payload.
 type Record struct {
 	Off     int64 // where it starts in the payload
-	Len     int64 // its bytes in the payload (compressed)
+	Len     int64 // its bytes in the payload (compressed; sealed: + seal.Overhead)
 	Comp    byte  // store.CompZstd or store.CompRaw
 	ULen    uint32
 	Entries []simsync.FrameEntry
+	// Nonce, in a sealed torrent, is the one the frame was sealed with.
+	Nonce seal.Nonce
+}
+
+// FrameLen is the length of the record's frame (its payload bytes less
+// the seal's).
+func (r *Record) FrameLen(sealed bool) int64 {
+	if sealed {
+		return r.Len - seal.Overhead
+	}
+	return r.Len
 }
 
 // Torrent is what the server publishes for a (want, base) pair.
@@ -50,6 +63,10 @@ type Torrent struct {
 	InfoHash   metainfo.Hash
 	Records    []Record
 	PeerPort   int // the server's BitTorrent port, 0 if it does not seed
+	// Sealed torrents carry every frame sealed (sync/seal) under Key,
+	// which only the document holds: peers relay ciphertext.
+	Sealed bool
+	Key    seal.Key
 }
 
 // Length is the payload size.
@@ -103,7 +120,8 @@ func (t *Torrent) piecesOf(r *Record) (int, int) {
 }
 
 const (
-	docMagic = "SIMBTOR1"
+	docMagic       = "SIMBTOR1"
+	sealedDocMagic = "SIMBTOR2"
 	// minPiece..maxPiece bound the piece length; it doubles from
 	// minPiece until the torrent has at most maxPieces pieces.
 	minPiece  = 256 << 10
@@ -132,13 +150,22 @@ func pieceLength(n int64) int64 {
 // dictionary, then the records.
 func (t *Torrent) Encode() []byte {
 	b := []byte(docMagic)
+	if t.Sealed {
+		b = []byte(sealedDocMagic)
+	}
 	b = append(b, t.Want[:]...)
 	b = append(b, t.Base[:]...)
 	b = binary.AppendUvarint(b, uint64(t.PeerPort))
 	b = binary.AppendUvarint(b, uint64(len(t.InfoBytes)))
 	b = append(b, t.InfoBytes...)
+	if t.Sealed {
+		b = append(b, t.Key[:]...)
+	}
 	b = binary.AppendUvarint(b, uint64(len(t.Records)))
 	for _, r := range t.Records {
+		if t.Sealed {
+			b = append(b, r.Nonce[:]...)
+		}
 		b = append(b, r.Comp)
 		b = binary.AppendUvarint(b, uint64(r.ULen))
 		b = binary.AppendUvarint(b, uint64(r.Len))
@@ -204,26 +231,37 @@ func (r *docReader) id() (id chunk.ID) {
 // describe exactly the records (total length, piece count), and every
 // entry must lie inside its frame.
 func DecodeTorrent(b []byte) (*Torrent, error) {
-	if !bytes.HasPrefix(b, []byte(docMagic)) {
+	t := &Torrent{}
+	switch {
+	case bytes.HasPrefix(b, []byte(docMagic)):
+	case bytes.HasPrefix(b, []byte(sealedDocMagic)):
+		t.Sealed = true
+	default:
 		return nil, errors.New("torrent document: bad magic (not a sim server?)")
 	}
 	r := &docReader{b: b[len(docMagic):]}
-	t := &Torrent{}
 	t.Want = r.id()
 	t.Base = r.id()
 	t.PeerPort = int(r.uv(65535, "peer port"))
 	t.InfoBytes = append([]byte(nil), r.take(r.uv(maxInfo, "info length"))...)
+	if t.Sealed {
+		copy(t.Key[:], r.take(seal.KeySize))
+	}
 	n := r.uv(maxRecords, "record count")
 	var off int64
 	entries := 0
 	for i := uint64(0); i < n && r.err == nil; i++ {
+		var nonce seal.Nonce
+		if t.Sealed {
+			copy(nonce[:], r.take(seal.NonceSize))
+		}
 		cb := r.take(1)
 		if r.err != nil {
 			break
 		}
-		rec := Record{Off: off, Comp: cb[0]}
+		rec := Record{Off: off, Comp: cb[0], Nonce: nonce}
 		rec.ULen = uint32(r.uv(maxRecLen, "frame length"))
-		rec.Len = int64(r.uv(maxRecLen, "record length"))
+		rec.Len = int64(r.uv(maxRecLen+seal.Overhead, "record length"))
 		ne := r.uv(maxEntries, "entry count")
 		entries += int(ne)
 		if entries > maxEntries {
@@ -233,8 +271,8 @@ func DecodeTorrent(b []byte) (*Torrent, error) {
 		if rec.Comp != store.CompZstd && rec.Comp != store.CompRaw {
 			r.fail("record %d: unknown compression %d", i, rec.Comp)
 		}
-		if rec.Len == 0 {
-			r.fail("record %d is empty", i)
+		if rec.FrameLen(t.Sealed) <= 0 || rec.FrameLen(t.Sealed) > maxRecLen {
+			r.fail("record %d: %d bytes", i, rec.Len)
 		}
 		rec.Entries = make([]simsync.FrameEntry, 0, min(ne, 1<<16))
 		for k := uint64(0); k < ne && r.err == nil; k++ {
@@ -294,13 +332,30 @@ type payload struct {
 	// read: a `sim gc` repacked the store under a seeded torrent.
 	broken     func()
 	brokenOnce gosync.Once
+	// spool, for a sealed torrent, holds the whole sealed payload (an
+	// unlinked file in the store's tmp directory).
+	spool *os.File
+}
+
+// close releases a sealed payload's spool.
+func (p *payload) close() {
+	if p.spool != nil {
+		p.spool.Close()
+	}
 }
 
 // ReadAt reads the payload at off: stored frames straight from their
-// packs, built ones from memory.
+// packs, built ones from memory; a sealed payload from its spool.
 func (p *payload) ReadAt(b []byte, off int64) (int, error) {
 	if off >= p.t.Length() {
 		return 0, io.EOF
+	}
+	if p.spool != nil {
+		n, err := p.spool.ReadAt(b, off)
+		if err == io.EOF && n == len(b) {
+			err = nil
+		}
+		return n, err
 	}
 	return p.t.readSpans(b, off, func(k int, part []byte, in int64) error {
 		if s := p.srcs[k]; s.data != nil {
@@ -381,13 +436,79 @@ func Build(ctx context.Context, st *store.Store, pl *simsync.Planner, want, base
 	if !base.IsZero() {
 		name += "-from-" + base.String()[:16]
 	}
-	t.Info = metainfo.Info{Name: name, PieceLength: pieceLength(off), Length: off}
-	if t.Info.Pieces, err = metainfo.GeneratePieces(io.NewSectionReader(p, 0, off), t.Info.PieceLength, nil); err != nil {
-		return nil, nil, fmt.Errorf("hash pieces: %w", err)
-	}
-	if t.InfoBytes, err = bencode.Marshal(t.Info); err != nil {
+	if err := t.finish(p, name); err != nil {
 		return nil, nil, err
 	}
-	t.InfoHash = metainfo.HashBytes(t.InfoBytes)
 	return t, p, nil
+}
+
+// finish makes the info dictionary of the payload p reads.
+func (t *Torrent) finish(p *payload, name string) error {
+	var off int64
+	for _, r := range t.Records {
+		off += r.Len
+	}
+	t.Info = metainfo.Info{Name: name, PieceLength: pieceLength(off), Length: off}
+	var err error
+	if t.Info.Pieces, err = metainfo.GeneratePieces(io.NewSectionReader(p, 0, off), t.Info.PieceLength, nil); err != nil {
+		return fmt.Errorf("hash pieces: %w", err)
+	}
+	if t.InfoBytes, err = bencode.Marshal(t.Info); err != nil {
+		return err
+	}
+	t.InfoHash = metainfo.HashBytes(t.InfoBytes)
+	return nil
+}
+
+// sealedName is every sealed torrent's name: a stranger who fetches the
+// info dictionary from a peer learns the payload's length and nothing
+// of what it holds.
+const sealedName = "sim-sealed"
+
+// Seal turns the plain torrent t (payload p, from Build) into a sealed
+// one: every frame sealed with key (sync/seal; record k is unit k), the
+// sealed payload written once into an unlinked spool file in dir, the
+// pieces hashed over it. The same store and key give the same info hash
+// every time.
+func Seal(ctx context.Context, t *Torrent, p *payload, key seal.Key, dir string) (*Torrent, *payload, error) {
+	sl, err := seal.New(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := os.CreateTemp(dir, "bt-sealed-*.spool")
+	if err != nil {
+		return nil, nil, fmt.Errorf("bt: sealed spool: %w", err)
+	}
+	os.Remove(f.Name()) // unlinked: nothing to clean up after a crash
+	st := &Torrent{Want: t.Want, Base: t.Base, Sealed: true, Key: key, Records: make([]Record, len(t.Records))}
+	sp := &payload{st: p.st, t: st, spool: f}
+	var off int64
+	var frame, sealed []byte
+	for k, r := range t.Records {
+		if err := ctx.Err(); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		if src := p.srcs[k]; src.data != nil {
+			frame = src.data
+		} else if frame, err = p.st.ReadRawInto(src.loc, frame); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		nonce, out := sl.Seal(sealed[:0], uint64(k), frame)
+		sealed = out
+		if _, err := f.WriteAt(out, off); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("bt: sealed spool: %w", err)
+		}
+		rec := r
+		rec.Off, rec.Len, rec.Nonce = off, int64(len(out)), nonce
+		st.Records[k] = rec
+		off += rec.Len
+	}
+	if err := st.finish(sp, sealedName); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return st, sp, nil
 }

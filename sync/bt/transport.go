@@ -127,9 +127,9 @@ func portFree(addr string) bool {
 // serveFlags is sim serve's BitTorrent side: the seeder, tracker and web
 // seed.
 type serveFlags struct {
-	fs               *pflag.FlagSet
-	listen, peerRate string
-	off              bool
+	fs                     *pflag.FlagSet
+	listen, peerRate, seal string
+	off                    bool
 }
 
 func (b *serveFlags) Flags(f *pflag.FlagSet) {
@@ -137,6 +137,7 @@ func (b *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&b.listen, "bt-listen", ":6881", "BitTorrent: seed on `ADDR`")
 	f.StringVar(&b.peerRate, "bt-peer-rate", "0", "BitTorrent: send one peer at most `RATE` (5M = 5 MB/s, 40Mbit), so nodes share among themselves; 0: no cap")
 	f.BoolVar(&b.off, "no-bittorrent", false, "do not seed, track or web-seed torrents")
+	f.StringVar(&b.seal, "bt-seal", "auto", "BitTorrent: encrypt payloads: `auto` (when reads need a token: --read-token), on, off")
 }
 
 func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Service, error) {
@@ -148,7 +149,17 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 		return nil, &simsync.FlagError{Flag: "bt-peer-rate", Err: err}
 	}
 	srv := env.Server
-	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: b.listen, PeerRate: int64(pr), Log: srv.Log}
+	var sealed bool
+	switch b.seal {
+	case "auto":
+		sealed = srv.ReadsClosed()
+	case "on":
+		sealed = true
+	case "off":
+	default:
+		return nil, &simsync.FlagError{Flag: "bt-seal", Value: b.seal, Err: fmt.Errorf("want auto, on or off")}
+	}
+	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: b.listen, PeerRate: int64(pr), Log: srv.Log, Sealed: sealed}
 	if err := s.Start(); err != nil {
 		if b.fs != nil && b.fs.Changed("bt-listen") {
 			return nil, err
@@ -158,7 +169,11 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 		return nil, nil
 	}
 	s.Mount(srv)
-	fmt.Fprintf(env.Log, "sim serve: seeding torrents on port %d (tracker and web seed at %s)\n", s.Port(), Prefix)
+	what := "torrents"
+	if sealed {
+		what = "sealed torrents (payloads encrypted; keys only in the documents)"
+	}
+	fmt.Fprintf(env.Log, "sim serve: seeding %s on port %d (tracker and web seed at %s)\n", what, s.Port(), Prefix)
 	return seederService{s}, nil
 }
 
