@@ -83,7 +83,8 @@ func (m *metalLab) fleet(v *vm, node string) {
 		t.Fatalf("cp -al: %v %s", err, out)
 	}
 	writeFiles(t, src, map[string]string{"etc/sim-fleet-marker": "rolled out live\n"})
-	ok(t, m.store, "commit", src, "--image", "debian", "-m", "debian + a marker")
+	// Signed, as an admin of nodes that trust only signed images does.
+	ok(t, m.store, "commit", src, "--image", "debian", "-m", "debian + a marker", "--sign", m.signKey)
 	os.RemoveAll(src)
 	newC := head(t, m.store, "debian")
 	oldC := head(t, m.store, "debian~1")

@@ -46,6 +46,9 @@ type metalLab struct {
 	// node), given to each VM as sim.token=: the server takes status
 	// reports only with them.
 	tokens map[string]string
+	// signKey is the admin's private key: every VM trusts its public
+	// half, so every commit a VM installs or updates to is signed.
+	signKey string
 }
 
 // token is the kernel command line word giving node its token.
@@ -137,7 +140,8 @@ func newMetalLab(t *testing.T) *metalLab {
 	// with it are signed.
 	keys := t.TempDir()
 	ok(t, m.store, "key", "gen", "admin", "--dir", keys)
-	ok(t, m.store, "sign", "debian", "debian@layout", "site@override", "marker@script", "--key", filepath.Join(keys, "admin.key"))
+	m.signKey = filepath.Join(keys, "admin.key")
+	ok(t, m.store, "sign", "debian", "debian@layout", "site@override", "marker@script", "--key", m.signKey)
 
 	// /init must be a static sim: build one (the test binary is not sim).
 	bin := filepath.Join(dir, "sim")
