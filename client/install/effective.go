@@ -11,6 +11,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 // EffectiveRef is the image a node store keeps its effective commit in
@@ -30,32 +31,14 @@ func Effective(st *store.Store, id chunk.ID, overrides []Doc, hostname string) (
 	if err != nil {
 		return chunk.ID{}, fmt.Errorf("effective tree: %w", err)
 	}
-	w := st.NewWriter()
-	src := &pending{w: w, st: st}
-	tree := img.Tree
-	parents := []chunk.ID{id}
-	var names []string
-	for _, o := range overrides {
-		oc, err := st.Commit(o.Commit)
-		if err != nil {
-			w.Abort()
-			return chunk.ID{}, fmt.Errorf("override %s: %w", o.Name, err)
-		}
-		if tree, err = snapshot.Overlay(src, src, tree, oc.Tree); err != nil {
-			w.Abort()
-			return chunk.ID{}, fmt.Errorf("override %s: %w", o.Name, err)
-		}
-		parents = append(parents, o.Commit)
-		names = append(names, o.Name)
+	ovs := make([]chunk.ID, len(overrides))
+	names := make([]string, len(overrides))
+	for i, o := range overrides {
+		ovs[i], names[i] = o.Commit, o.Name
 	}
-	if hostname != "" {
-		if tree, err = withHosts(src, st.Config().Chunker, tree, hostname, img.Time); err != nil {
-			w.Abort()
-			return chunk.ID{}, err
-		}
-	}
-	if _, err := w.Flush(); err != nil {
-		return chunk.ID{}, fmt.Errorf("effective tree: %w", err)
+	tree, err := effectiveTree(st, img, ovs, names, hostname)
+	if err != nil {
+		return chunk.ID{}, err
 	}
 	if tree == img.Tree {
 		return id, nil
@@ -67,7 +50,7 @@ func Effective(st *store.Store, id chunk.ID, overrides []Doc, hostname string) (
 	if hostname != "" {
 		msg += " for " + hostname
 	}
-	c := &store.Commit{Tree: tree, Parents: parents, Time: img.Time, Author: "sim", Host: hostname,
+	c := &store.Commit{Tree: tree, Parents: append([]chunk.ID{id}, ovs...), Time: img.Time, Author: effectiveAuthor, Host: hostname,
 		Message: msg, Image: img.Image, Stats: img.Stats}
 	eid, err := st.PutCommitShallow(c)
 	if err != nil {
@@ -83,6 +66,79 @@ func Effective(st *store.Store, id chunk.ID, overrides []Doc, hostname string) (
 		}
 	}
 	return eid, nil
+}
+
+// effectiveAuthor is the author of every effective commit.
+const effectiveAuthor = "sim"
+
+// effectiveTree lays the override commits (names for errors) over img's
+// tree in order and then the hostname's /etc/hosts line, storing what is
+// new in st.
+func effectiveTree(st *store.Store, img *store.Commit, overrides []chunk.ID, names []string, hostname string) (chunk.ID, error) {
+	w := st.NewWriter()
+	src := &pending{w: w, st: st}
+	tree := img.Tree
+	for i, o := range overrides {
+		oc, err := st.Commit(o)
+		if err != nil {
+			w.Abort()
+			return chunk.ID{}, fmt.Errorf("override %s: %w", names[i], err)
+		}
+		if tree, err = snapshot.Overlay(src, src, tree, oc.Tree); err != nil {
+			w.Abort()
+			return chunk.ID{}, fmt.Errorf("override %s: %w", names[i], err)
+		}
+	}
+	if hostname != "" {
+		var err error
+		if tree, err = withHosts(src, st.Config().Chunker, tree, hostname, img.Time); err != nil {
+			w.Abort()
+			return chunk.ID{}, err
+		}
+	}
+	if _, err := w.Flush(); err != nil {
+		return chunk.ID{}, fmt.Errorf("effective tree: %w", err)
+	}
+	return tree, nil
+}
+
+// CheckSigned is the trust check for what a node checks out (client.
+// CheckoutOptions.Verify): st.CheckSigned, except that an unsigned
+// effective commit passes when every commit it was made from (its
+// parents: the image, then the overrides) passes and laying them over
+// each other again gives its tree. The node makes that commit itself
+// from what it verified, so no one can sign it; recomputing the tree
+// means a commit merely dressed as one (pushed by a server) still fails.
+func CheckSigned(st *store.Store, id chunk.ID, require bool) error {
+	_, err := st.CheckSigned(id, require)
+	if err == nil || !errors.Is(err, sign.ErrUnsigned) {
+		return err
+	}
+	c, cerr := st.Commit(id)
+	if cerr != nil || c.Author != effectiveAuthor || len(c.Parents) == 0 {
+		return err
+	}
+	for _, p := range c.Parents {
+		if _, perr := st.CheckSigned(p, require); perr != nil {
+			return fmt.Errorf("effective commit %s: made from %s: %w", id.Short(), p.Short(), perr)
+		}
+	}
+	img, ierr := st.Commit(c.Parents[0])
+	if ierr != nil {
+		return fmt.Errorf("effective commit %s: %w", id.Short(), ierr)
+	}
+	names := make([]string, len(c.Parents)-1)
+	for i, p := range c.Parents[1:] {
+		names[i] = p.Short()
+	}
+	tree, terr := effectiveTree(st, img, c.Parents[1:], names, c.Host)
+	if terr != nil {
+		return fmt.Errorf("effective commit %s: %w", id.Short(), terr)
+	}
+	if tree != c.Tree {
+		return fmt.Errorf("%w (and its tree is not what its signed parents give)", err)
+	}
+	return nil
 }
 
 // pending stores through a writer and reads from its store, and the trees

@@ -404,7 +404,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	r.setStep("checkout")
-	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true})
+	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true,
+		Verify: func(id chunk.ID) error { return CheckSigned(st, id, false) }})
 	if err != nil {
 		return nil, err
 	}

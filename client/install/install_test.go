@@ -10,10 +10,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/sign"
 )
 
 func write(t *testing.T, p, s string, mode os.FileMode) {
@@ -211,5 +213,84 @@ func TestHeartbeat(t *testing.T) {
 	}
 	if last := got[len(got)-1]; last.State != Failed {
 		t.Errorf("last status %+v; want failed", last)
+	}
+}
+
+// TestCheckSignedEffective: under a policy that requires signatures, the
+// node's effective commit (unsigned, made on the node) passes when the
+// image and overrides it was made from are signed and its tree is theirs
+// laid over each other; an unsigned override, or a commit dressed as an
+// effective one with another tree, is refused, and the checkout with it.
+func TestCheckSignedEffective(t *testing.T) {
+	base := t.TempDir()
+	st := openStore(t, filepath.Join(base, "store"))
+	img, ov, evil := filepath.Join(base, "img"), filepath.Join(base, "ov"), filepath.Join(base, "evil")
+	write(t, filepath.Join(img, "etc/motd"), "image\n", 0o644)
+	write(t, filepath.Join(img, "etc/hosts"), "127.0.0.1\tlocalhost\n", 0o644)
+	write(t, filepath.Join(ov, "etc/motd"), "override\n", 0o644)
+	write(t, filepath.Join(evil, "etc/motd"), "evil\n", 0o644)
+	commit := func(dir, image string) chunk.ID {
+		id, _, err := client.Commit(t.Context(), st, dir, client.CommitOptions{Image: image})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	imgID, ovID, unsignedOv, evilID := commit(img, "img"), commit(ov, "site@override"), commit(evil, "x@override"), commit(evil, "evil")
+	admin, _ := sign.Generate("admin")
+	for _, id := range []chunk.ID{imgID, ovID} {
+		raw, _ := st.CommitRaw(id)
+		if err := st.PutSignature(id, admin.Sign(raw)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.TrustKey(admin.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetRequireSignature(true); err != nil {
+		t.Fatal(err)
+	}
+	good, err := Effective(st, imgID, []Doc{{Name: "site", Commit: ovID}}, "n1")
+	if err != nil || good == imgID {
+		t.Fatalf("effective: %s %v", good.Short(), err)
+	}
+	bad, err := Effective(st, imgID, []Doc{{Name: "x", Commit: unsignedOv}}, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Dressed as an effective commit of the signed image and override,
+	// with the evil image's tree.
+	ec, _ := st.Commit(evilID)
+	forged, err := st.PutCommitShallow(&store.Commit{Tree: ec.Tree, Parents: []chunk.ID{imgID, ovID}, Time: ec.Time, Author: effectiveAuthor,
+		Host: "n1", Message: "img + overrides site for n1", Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		id   chunk.ID
+		want string // "" passes
+	}{
+		{"signed image", imgID, ""},
+		{"effective of signed commits", good, ""},
+		{"unsigned image", evilID, "it is not signed"},
+		{"unsigned override", bad, "made from " + unsignedOv.Short()},
+		{"forged tree", forged, "not what its signed parents give"},
+	} {
+		err := CheckSigned(st, tc.id, false)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v; want %q", tc.name, err, tc.want)
+		}
+		dst := filepath.Join(base, "co", strings.ReplaceAll(tc.name, " ", "-"))
+		_, err = client.Checkout(t.Context(), st, tc.id, dst, client.CheckoutOptions{NoSync: true,
+			Verify: func(id chunk.ID) error { return CheckSigned(st, id, false) }})
+		if (err == nil) != (tc.want == "") {
+			t.Errorf("%s: checkout: %v", tc.name, err)
+		}
+	}
+	// Without Verify the store's own check applies: the effective commit
+	// itself is unsigned.
+	if _, err := client.Checkout(t.Context(), st, good, filepath.Join(base, "plain"), client.CheckoutOptions{NoSync: true}); err == nil {
+		t.Error("checkout without Verify accepted an unsigned commit")
 	}
 }

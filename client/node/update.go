@@ -575,7 +575,7 @@ func (m *Machine) checkout(ctx context.Context, v Version) (*snapshot.CheckoutSt
 		return nil, err
 	}
 	stats, err := client.Checkout(ctx, m.Store, v.Effective, m.Root, client.CheckoutOptions{Exclude: pats, Force: true, Trace: m.Trace,
-		Source: m.source()})
+		Source: m.source(), Verify: func(id chunk.ID) error { return install.CheckSigned(m.Store, id, false) }})
 	if err != nil {
 		return nil, err
 	}

