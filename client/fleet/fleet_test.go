@@ -155,3 +155,45 @@ func TestAgentProtocol(t *testing.T) {
 		t.Errorf("fleet.json: %+v %v", saved["n1"], err)
 	}
 }
+
+// SubscribeAfter gives the events after a sequence number while the ring
+// holds them all, and says so when it does not.
+func TestHubSubscribeAfter(t *testing.T) {
+	var h Hub
+	for i := 0; i < 5; i++ {
+		h.Publish(Event{Type: "node"})
+	}
+	s, missed, ok := h.SubscribeAfter(3, 10)
+	if !ok || len(missed) != 2 || missed[0].Seq != 4 || missed[1].Seq != 5 {
+		t.Errorf("after 3 of 5: %v %+v; want events 4 and 5", ok, missed)
+	}
+	h.Publish(Event{Type: "node"})
+	if e := <-s.C; e.Seq != 6 {
+		t.Errorf("live event after the replay: seq %d; want 6", e.Seq)
+	}
+	s.Close()
+	if s, _, ok := h.SubscribeAfter(99, 1); ok {
+		t.Error("after a sequence number the hub never gave: ok; want a snapshot")
+	} else {
+		s.Close()
+	}
+	for i := 0; i < HubHistory; i++ {
+		h.Publish(Event{Type: "node"})
+	}
+	last := h.Seq()
+	if s, _, ok := h.SubscribeAfter(last-HubHistory-1, 1); ok {
+		t.Errorf("after %d, beyond the ring: ok; want a snapshot", last-HubHistory-1)
+	} else {
+		s.Close()
+	}
+	s, missed, ok = h.SubscribeAfter(last-HubHistory, 1)
+	if !ok || len(missed) != HubHistory || missed[0].Seq != last-HubHistory+1 || missed[len(missed)-1].Seq != last {
+		t.Fatalf("the whole ring: ok %v, %d events; want %d ending at %d", ok, len(missed), HubHistory, last)
+	}
+	for i := 1; i < len(missed); i++ {
+		if missed[i].Seq != missed[i-1].Seq+1 {
+			t.Fatalf("ring out of order at %d: %d after %d", i, missed[i].Seq, missed[i-1].Seq)
+		}
+	}
+	s.Close()
+}

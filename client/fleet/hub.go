@@ -36,7 +36,16 @@ type Hub struct {
 	mu   gosync.Mutex
 	seq  uint64
 	subs map[*Subscription]struct{}
+	// recent holds the last HubHistory events (a ring, oldest at
+	// recent[next] once full): what a client reconnecting with the last
+	// sequence number it saw missed meanwhile.
+	recent []Event
+	next   int
 }
+
+// HubHistory is how many past events a Hub keeps for SubscribeAfter: a
+// minute of 1,000 nodes reporting every 10 s, with room to spare.
+const HubHistory = 8192
 
 // Subscription is one subscriber's stream of events.
 type Subscription struct {
@@ -50,18 +59,52 @@ type Subscription struct {
 // Subscribe starts a subscription buffering up to buffer events (at
 // least 1).
 func (h *Hub) Subscribe(buffer int) *Subscription {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.subscribe(buffer)
+}
+
+func (h *Hub) subscribe(buffer int) *Subscription {
 	if buffer < 1 {
 		buffer = 1
 	}
 	c := make(chan Event, buffer)
 	s := &Subscription{C: c, c: c, hub: h}
-	h.mu.Lock()
 	if h.subs == nil {
 		h.subs = map[*Subscription]struct{}{}
 	}
 	h.subs[s] = struct{}{}
-	h.mu.Unlock()
 	return s
+}
+
+// SubscribeAfter subscribes like Subscribe and, in the same step (no event
+// falls between), returns the kept events numbered after seq: what a
+// subscriber that saw seq last missed. ok is false when the hub no longer
+// holds all of them, or never numbered seq (another server's): take a
+// snapshot instead.
+func (h *Hub) SubscribeAfter(seq uint64, buffer int) (s *Subscription, missed []Event, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s = h.subscribe(buffer)
+	if seq > h.seq {
+		return s, nil, false
+	}
+	n := int(h.seq - seq)
+	if n > len(h.recent) {
+		return s, nil, false
+	}
+	missed = make([]Event, 0, n)
+	for i := len(h.recent) - n; i < len(h.recent); i++ {
+		missed = append(missed, h.recent[(h.next+i)%len(h.recent)])
+	}
+	return s, missed, true
+}
+
+// Seq is the number of the last event published (0: none yet).
+func (h *Hub) Seq() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq
 }
 
 // Close ends the subscription and closes C.
@@ -82,6 +125,12 @@ func (h *Hub) Publish(e Event) {
 	defer h.mu.Unlock()
 	h.seq++
 	e.Seq, e.Time = h.seq, time.Now().UTC()
+	if len(h.recent) < HubHistory {
+		h.recent = append(h.recent, e)
+	} else {
+		h.recent[h.next] = e
+		h.next = (h.next + 1) % HubHistory
+	}
 	for s := range h.subs {
 		ev := e
 		ev.Missed = s.missed

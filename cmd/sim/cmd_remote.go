@@ -18,6 +18,7 @@ import (
 
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/client/monitor"
 	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/client/rollout"
 	"github.com/systemimager/sim/store"
@@ -225,6 +226,9 @@ carried out by the server (over <store>/sim.sock).`,
 			defer fl.Close()
 			defer eng.Close() // before the fleet: it gives orders through it
 			sv.services["fleet"], sv.services["rollout"] = fl, eng
+			// The live view: GET /v1/events (server-sent events), GET
+			// /v1/monitor (a snapshot), as reads.
+			(&monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}).Mount(srv)
 			local, err := serveSocket(ctx, st, e.storeDir, sv)
 			if err != nil {
 				return fmt.Errorf("serve: %w", err)
