@@ -14,7 +14,9 @@ import (
 	"unsafe"
 
 	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/diskfs/go-diskfs/partition/mbr"
 	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/client/layout"
@@ -146,29 +148,86 @@ type Part struct {
 
 var typeGUID = map[layout.FS]gpt.Type{
 	layout.FSESP: gpt.EFISystemPartition, layout.FSBiosGrub: gpt.BIOSBoot, layout.FSSwap: gpt.LinuxSwap,
-	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem,
-	layout.FSNone: gpt.LinuxFilesystem,
+	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt2: gpt.LinuxFilesystem, layout.FSExt3: gpt.LinuxFilesystem,
+	layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem, layout.FSNone: gpt.LinuxFilesystem,
 }
 
-// Partition writes a fresh GPT with the extents on d and waits until the
-// kernel shows every partition's device node.
-func Partition(d Info, ext []layout.Extent) ([]Part, error) {
+var typeMBR = map[layout.FS]mbr.Type{
+	layout.FSESP: mbr.EFISystem, layout.FSSwap: mbr.LinuxSwap, layout.FSVfat: mbr.Fat32LBA,
+	layout.FSExt2: mbr.Linux, layout.FSExt3: mbr.Linux, layout.FSExt4: mbr.Linux, layout.FSXfs: mbr.Linux,
+	layout.FSNone: mbr.Linux,
+}
+
+// mbrBootable is the extent an msdos table marks active (some old BIOSes
+// boot only a disk with an active partition): the one mounted at /boot,
+// else the root; -1 when neither is planned.
+func mbrBootable(ext []layout.Extent) int {
+	at := -1
+	for i, e := range ext {
+		if e.Mount == "/boot" {
+			return i
+		}
+		if e.Mount == "/" {
+			at = i
+		}
+	}
+	return at
+}
+
+// Partition writes a fresh partition table of kind table (layout.TableGPT,
+// or "" for it, or layout.TableMsdos) with the extents on d and waits until
+// the kernel shows every partition's device node.
+func Partition(d Info, ext []layout.Extent, table string) ([]Part, error) {
+	var t partition.Table
+	switch table {
+	case layout.TableGPT, "":
+		g := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
+		for _, e := range ext {
+			g.Partitions = append(g.Partitions, &gpt.Partition{
+				Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
+				Type: typeGUID[e.FS], Name: e.Name,
+			})
+		}
+		t = g
+	case layout.TableMsdos:
+		if len(ext) > 4 {
+			return nil, fmt.Errorf("disk %s: an msdos table holds at most 4 partitions, the layout has %d", d.Path, len(ext))
+		}
+		m := &mbr.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector)}
+		boot := mbrBootable(ext)
+		for i, e := range ext {
+			start, n := e.StartSector(d.Sector), e.Bytes/d.Sector
+			if start+n > 1<<32-1 {
+				return nil, fmt.Errorf("disk %s: partition %q ends past the 2 TiB an msdos table can address (with %d-byte sectors); use gpt", d.Path, e.Name, d.Sector)
+			}
+			ty, ok := typeMBR[e.FS]
+			if !ok {
+				return nil, fmt.Errorf("disk %s: partition %q: %s has no msdos partition type", d.Path, e.Name, e.FS)
+			}
+			m.Partitions = append(m.Partitions, &mbr.Partition{
+				Index: e.Index, Bootable: i == boot, Type: ty, Start: uint32(start), Size: uint32(n),
+			})
+		}
+		// A GPT left from an earlier install would still be found by
+		// blkid and parted: clear its primary header and its backup.
+		if err := wipeGPT(d); err != nil {
+			return nil, err
+		}
+		t = m
+	default:
+		return nil, fmt.Errorf("disk %s: unknown partition table %q (want gpt or msdos)", d.Path, table)
+	}
 	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", d.Path, err)
 	}
 	defer dk.Close()
-	t := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
 	parts := make([]Part, len(ext))
 	for i, e := range ext {
-		t.Partitions = append(t.Partitions, &gpt.Partition{
-			Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
-			Type: typeGUID[e.FS], Name: e.Name,
-		})
 		parts[i] = Part{Extent: e, Dev: PartPath(d.Path, e.Index)}
 	}
 	if err := dk.Partition(t); err != nil {
-		return nil, fmt.Errorf("write partition table on %s: %w", d.Path, err)
+		return nil, fmt.Errorf("write %s partition table on %s: %w", t.Type(), d.Path, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	blkpgAt := time.Now().Add(time.Second)
@@ -196,6 +255,29 @@ func Partition(d Info, ext []layout.Extent) ([]Part, error) {
 		}
 	}
 	return parts, nil
+}
+
+// wipeGPT zeroes sectors 1 to 33 (a GPT header and entries) and the last
+// 33 sectors (its backup) of d, so an msdos table written after them is
+// the disk's only one (mbr.Table rewrites all four entries of sector 0).
+func wipeGPT(d Info) error {
+	f, err := os.OpenFile(d.Path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	defer f.Close()
+	n := int64(34 * d.Sector)
+	if int64(d.Size) < 2*n {
+		return nil
+	}
+	z := make([]byte, n)
+	if _, err := f.WriteAt(z[:n-int64(d.Sector)], int64(d.Sector)); err != nil {
+		return fmt.Errorf("clear the GPT of %s: %w", d.Path, err)
+	}
+	if _, err := f.WriteAt(z, int64(d.Size)-n); err != nil {
+		return fmt.Errorf("clear the backup GPT of %s: %w", d.Path, err)
+	}
+	return f.Sync()
 }
 
 // blkpgAdd adds partition p of disk to the kernel's view (BLKPG, what
@@ -255,9 +337,10 @@ func Mkfs(p *Part) error {
 		if p.Label != "" {
 			cmd = append(cmd, "-n", p.Label)
 		}
-	case layout.FSExt4:
+	case layout.FSExt2, layout.FSExt3, layout.FSExt4:
+		// mkfs.ext4 -t makes any of the three: the initrd needs one tool.
 		p.UUID = NewUUID()
-		cmd = []string{"mkfs.ext4", "-q", "-F", "-U", p.UUID}
+		cmd = []string{"mkfs.ext4", "-t", string(p.FS), "-q", "-F", "-U", p.UUID}
 		if p.Label != "" {
 			cmd = append(cmd, "-L", p.Label)
 		}
