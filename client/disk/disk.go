@@ -420,7 +420,51 @@ func Unmount(dirs []string) error {
 }
 
 // Fstab is the fstab for parts, every filesystem by UUID.
-func Fstab(parts []Part) string {
+func Fstab(parts []Part) string { return FstabWith(parts, nil) }
+
+// localSpec says whether an fstab device names a local block device (one
+// a layout makes): UUID=, LABEL=, PARTUUID=, PARTLABEL=, ID= or a /dev path.
+func localSpec(spec string) bool {
+	for _, p := range []string{"UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID=", "/dev/"} {
+		if strings.HasPrefix(spec, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// KeptFstabLines are the lines of an image's fstab that FstabWith keeps:
+// filesystems no layout makes (NFS, Lustre, tmpfs, proc, …: a device
+// that is not a local block device) and bind mounts, unless parts mount
+// something at the same mount point. Comments, blank lines, swap and local
+// devices are dropped: the layout says what is on the disks.
+func KeptFstabLines(image []byte, parts []Part) []string {
+	mounted := map[string]bool{}
+	for _, p := range parts {
+		if p.FS.Mountable() {
+			mounted[p.Mount] = true
+		}
+	}
+	var out []string
+	for _, line := range strings.Split(string(image), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || strings.HasPrefix(f[0], "#") || f[2] == "swap" || mounted[f[1]] {
+			continue
+		}
+		bind := len(f) >= 4 && (strings.Contains(","+f[3]+",", ",bind,") || strings.Contains(","+f[3]+",", ",rbind,"))
+		if localSpec(f[0]) && !bind {
+			continue
+		}
+		out = append(out, strings.TrimSpace(line))
+	}
+	return out
+}
+
+// FstabWith is the fstab for parts, every filesystem by UUID, then the
+// image's own lines KeptFstabLines keeps from image (its /etc/fstab), in
+// their order, after the layout's (a bind mount or NFS under /data comes
+// after /data).
+func FstabWith(parts []Part, image []byte) string {
 	var b strings.Builder
 	b.WriteString("# written by sim install from the image's layout; filesystems by UUID\n")
 	for _, p := range MountOrder(parts) {
@@ -452,6 +496,12 @@ func Fstab(parts []Part) string {
 				opts = "sw"
 			}
 			fmt.Fprintf(&b, "UUID=%s\tnone\tswap\t%s\t0\t0\n", p.UUID, opts)
+		}
+	}
+	if kept := KeptFstabLines(image, parts); len(kept) > 0 {
+		b.WriteString("# kept from the image's fstab: filesystems the layout does not make\n")
+		for _, l := range kept {
+			b.WriteString(l + "\n")
 		}
 	}
 	return b.String()

@@ -87,7 +87,12 @@ func TestInstallLoop(t *testing.T) {
 	ok(t, s, "commit", v1, "--image", "deb-mbr", "-m", "for msdos")
 	writeFiles(t, dir, map[string]string{"layout-mbr": "sim-layout 1\ndisk first msdos\nbootloader none\npart boot 64MiB ext2 /boot label=boot\npart root rest ext3 / label=root\npart swap 8MiB swap\n"})
 	ok(t, s, "layout", "set", "deb-mbr", filepath.Join(dir, "layout-mbr"))
-	ok(t, s, "node", "add", "n9", "--mac", "52:54:00:5e:01:09", "--image", "deb-mbr")
+	// Its fstab (from an override: what the image's own would be) has an
+	// NFS home and a bind mount, which the installed fstab keeps, and an
+	// old root, which it drops.
+	writeFiles(t, dir, map[string]string{"ov-mbr/etc/fstab": "UUID=0ld-root / ext4 defaults 0 1\nnfs1:/export/home /home nfs rw,hard 0 0\n/srv/apps /opt/apps none bind 0 0\n"})
+	ok(t, s, "override", "set", "mbr-fstab", filepath.Join(dir, "ov-mbr"))
+	ok(t, s, "node", "add", "n9", "--mac", "52:54:00:5e:01:09", "--image", "deb-mbr", "--override", "mbr-fstab")
 	n9tok := tokenFile("n9")
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -188,10 +193,14 @@ func TestInstallLoop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range []string{"UUID=" + probe(dev+"p2", "UUID") + "\t/\text3\t", "UUID=" + probe(dev+"p1", "UUID") + "\t/boot\text2\t", "\tnone\tswap\t"} {
+		for _, m := range []string{"UUID=" + probe(dev+"p2", "UUID") + "\t/\text3\t", "UUID=" + probe(dev+"p1", "UUID") + "\t/boot\text2\t", "\tnone\tswap\t",
+			"\nnfs1:/export/home /home nfs rw,hard 0 0\n", "\n/srv/apps /opt/apps none bind 0 0\n"} {
 			if !strings.Contains(string(fstab), m) {
 				t.Errorf("fstab lacks %q:\n%s", m, fstab)
 			}
+		}
+		if strings.Contains(string(fstab), "0ld-root") {
+			t.Errorf("fstab keeps the image's old root:\n%s", fstab)
 		}
 	})
 
