@@ -144,6 +144,7 @@ type Part struct {
 	layout.Extent
 	Dev  string
 	UUID string // filesystem UUID as fstab and blkid write it; "" for bios_grub and none
+	Kept bool   // a keep partition the disk already had: not formatted
 }
 
 var typeGUID = map[layout.FS]gpt.Type{
@@ -257,6 +258,112 @@ func Partition(d Info, ext []layout.Extent, table string) ([]Part, error) {
 	return parts, nil
 }
 
+// MarkKept sets Kept and UUID on the parts Kept found.
+func MarkKept(parts []Part, kept map[int]string) {
+	for i := range parts {
+		if u, ok := kept[parts[i].Index]; ok {
+			parts[i].Kept, parts[i].UUID = true, u
+		}
+	}
+}
+
+// Kept says which of ext's partitions marked keep d already has: on a
+// GPT disk one of the same name, first and last sector; on an msdos disk
+// the same number and sectors; in both with the same filesystem. Their
+// indices map to the filesystem UUID read from them. A disk without a
+// table, or of the other kind, keeps nothing.
+func Kept(d Info, ext []layout.Extent, table string) (map[int]string, error) {
+	want := false
+	for _, e := range ext {
+		want = want || e.Keep
+	}
+	if !want {
+		return nil, nil
+	}
+	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	pt, err := dk.GetPartitionTable()
+	dk.Close()
+	if err != nil {
+		return nil, nil // no table: a fresh disk
+	}
+	type span struct{ start, end uint64 }
+	have := map[string]span{} // GPT: by name; msdos: by "#N"
+	switch t := pt.(type) {
+	case *gpt.Table:
+		if table == layout.TableMsdos {
+			return nil, nil
+		}
+		for _, p := range t.Partitions {
+			if p.Type != gpt.Unused && p.Name != "" {
+				have[p.Name] = span{p.Start, p.End}
+			}
+		}
+	case *mbr.Table:
+		if table != layout.TableMsdos {
+			return nil, nil
+		}
+		for i, p := range t.Partitions {
+			if p.Type != mbr.Empty && p.Size > 0 {
+				have["#"+strconv.Itoa(i+1)] = span{uint64(p.Start), uint64(p.Start) + uint64(p.Size) - 1}
+			}
+		}
+	}
+	out := map[int]string{}
+	for _, e := range ext {
+		if !e.Keep {
+			continue
+		}
+		key := e.Name
+		if table == layout.TableMsdos {
+			key = "#" + strconv.Itoa(e.Index)
+		}
+		s, ok := have[key]
+		if !ok || s.start != e.StartSector(d.Sector) || s.end != e.EndSector(d.Sector) {
+			continue
+		}
+		dev := PartPath(d.Path, e.Index)
+		if sniff(dev) != e.FS {
+			continue
+		}
+		u, err := readUUID(dev, e.FS)
+		if err != nil {
+			return nil, fmt.Errorf("kept partition %q (%s): %w", e.Name, dev, err)
+		}
+		out[e.Index] = u
+	}
+	return out, nil
+}
+
+// readUUID reads the filesystem UUID of dev from its superblock, written
+// as blkid and fstab write it.
+func readUUID(dev string, fs layout.FS) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 2048)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return "", err
+	}
+	hexUUID := func(u []byte) string {
+		return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+	}
+	switch {
+	case fs.Ext():
+		return hexUUID(b[1024+0x68 : 1024+0x78]), nil
+	case fs == layout.FSXfs:
+		return hexUUID(b[32:48]), nil
+	case fs == layout.FSVfat:
+		v := b[0x43:0x47]
+		return fmt.Sprintf("%02X%02X-%02X%02X", v[3], v[2], v[1], v[0]), nil
+	}
+	return "", fmt.Errorf("cannot read the UUID of %s", fs)
+}
+
 // wipeGPT zeroes sectors 1 to 33 (a GPT header and entries) and the last
 // 33 sectors (its backup) of d, so an msdos table written after them is
 // the disk's only one (mbr.Table rewrites all four entries of sector 0).
@@ -323,9 +430,13 @@ func NewUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-// Mkfs makes p's filesystem and sets p.UUID. Output of the tool is in the
+// Mkfs makes p's filesystem and sets p.UUID (a kept partition, with
+// its UUID set, is left as it is). Output of the tool is in the
 // error when it fails.
 func Mkfs(p *Part) error {
+	if p.Kept {
+		return nil
+	}
 	var cmd []string
 	switch p.FS {
 	case layout.FSESP, layout.FSVfat:

@@ -188,3 +188,90 @@ func TestPartitionMsdosErrors(t *testing.T) {
 		t.Errorf("bsd table: %v", err)
 	}
 }
+
+// TestKeepLoop: a partition marked keep survives a second partitioning of
+// the same disk with the same layout (same UUID, its file still there)
+// while the others are reformatted; it is not kept when its place or
+// filesystem changes; on GPT and on msdos.
+func TestKeepLoop(t *testing.T) {
+	for _, table := range []string{layout.TableGPT, layout.TableMsdos} {
+		t.Run(table, func(t *testing.T) {
+			d := loopDisk(t, 256<<20)
+			run := func(text string) []Part {
+				t.Helper()
+				l, err := layout.Parse("disk /dev/x " + table + "\n" + text)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ext, err := l.Plan(d.Path, d.Size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				kept, err := Kept(d, ext, l.Table)
+				if err != nil {
+					t.Fatal(err)
+				}
+				parts, err := Partition(d, ext, l.Table)
+				if err != nil {
+					t.Fatal(err)
+				}
+				MarkKept(parts, kept)
+				for i := range parts {
+					if err := Mkfs(&parts[i]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return parts
+			}
+			probe := func(p Part) string {
+				target := t.TempDir()
+				dir, err := Mount(p, target)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer Unmount([]string{dir})
+				b, _ := os.ReadFile(filepath.Join(dir, "results"))
+				return string(b)
+			}
+			const keep = "part root 64MiB ext4 /\npart scratch rest ext3 /scratch keep\n"
+			first := run(keep)
+			if first[1].Kept {
+				t.Fatal("a fresh disk's scratch marked kept")
+			}
+			target := t.TempDir()
+			dir, err := Mount(first[1], target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+			if err := os.WriteFile(filepath.Join(dir, "results"), []byte("week 3"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := Unmount([]string{dir}); err != nil {
+				t.Fatal(err)
+			}
+
+			second := run(keep)
+			if !second[1].Kept || second[1].UUID != first[1].UUID || blkid(t, second[1].Dev, "UUID") != first[1].UUID {
+				t.Errorf("reinstall: scratch kept=%v UUID %s (blkid %s), first install's %s", second[1].Kept, second[1].UUID, blkid(t, second[1].Dev, "UUID"), first[1].UUID)
+			}
+			if second[0].Kept || second[0].UUID == first[0].UUID {
+				t.Errorf("reinstall: root not reformatted (UUID %s both times)", first[0].UUID)
+			}
+			if got := probe(second[1]); got != "week 3" {
+				t.Errorf("reinstall: scratch's file %q, want \"week 3\"", got)
+			}
+
+			// Another filesystem at the same place: made anew.
+			third := run("part root 64MiB ext4 /\npart scratch rest ext4 /scratch keep\n")
+			if third[1].Kept || probe(third[1]) != "" {
+				t.Errorf("ext3 scratch kept as ext4: kept=%v", third[1].Kept)
+			}
+			// Moved (a larger root): made anew.
+			fourth := run("part root 96MiB ext4 /\npart scratch rest ext4 /scratch keep\n")
+			if fourth[1].Kept {
+				t.Error("scratch kept though it moved")
+			}
+		})
+	}
+}

@@ -307,10 +307,17 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
 
 	r.setStep("partition")
+	// Partitions marked keep that the disk already has are placed where
+	// they are and not formatted: a reinstall keeps /scratch.
+	kept, err := disk.Kept(d, ext, l.Table)
+	if err != nil {
+		return nil, err
+	}
 	parts, err := disk.Partition(d, ext, l.Table)
 	if err != nil {
 		return nil, err
 	}
+	disk.MarkKept(parts, kept)
 	r.report("partition", Running, d.Path)
 	r.setStep("mkfs")
 	for i := range parts {
@@ -318,7 +325,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	r.report("mkfs", Running, "")
+	r.report("mkfs", Running, fmt.Sprintf("%d kept", len(kept)))
 
 	// Mount everything except FAT filesystems: the image's files there
 	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
@@ -339,6 +346,10 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, err
 		}
 		mounts = append(mounts, dir)
+		if p.Kept {
+			// The checkout leaves a kept filesystem's files alone.
+			excludes = append(excludes, p.Mount)
+		}
 		if p.FS.Ext() {
 			excludes = append(excludes, strings.TrimSuffix(p.Mount, "/")+"/lost+found")
 		}

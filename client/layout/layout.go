@@ -79,6 +79,10 @@ type Partition struct {
 	Mount   string // absolute path, "" for none
 	Label   string // filesystem label
 	Options string // mount options, "defaults" when empty
+	// Keep: when the disk already has this partition (same name on GPT,
+	// same number on msdos, same place, same filesystem), its contents
+	// are kept: not reformatted, its UUID read from it.
+	Keep bool
 }
 
 // Layout is a parsed layout file.
@@ -258,7 +262,7 @@ func CheckDisk(d string) error {
 
 func parsePart(f []string) (Partition, error) {
 	if len(f) < 3 {
-		return Partition{}, errors.New("want: part NAME SIZE FS [MOUNTPOINT] [label=L] [options=O]")
+		return Partition{}, errors.New("want: part NAME SIZE FS [MOUNTPOINT] [label=L] [options=O] [keep]")
 	}
 	p := Partition{Name: f[0]}
 	if !nameRe.MatchString(p.Name) {
@@ -280,6 +284,8 @@ func parsePart(f []string) (Partition, error) {
 			}
 			p.Mount = a
 		case a == "-":
+		case a == "keep":
+			p.Keep = true
 		case strings.HasPrefix(a, "label="):
 			p.Label = strings.TrimPrefix(a, "label=")
 			if !labelRe.MatchString(p.Label) {
@@ -291,7 +297,7 @@ func parsePart(f []string) (Partition, error) {
 				return p, fmt.Errorf("bad mount options %q", p.Options)
 			}
 		default:
-			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=)", a)
+			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=, keep)", a)
 		}
 	}
 	return p, nil
@@ -358,6 +364,14 @@ func (l *Layout) Validate() error {
 		} else if p.Label != "" && p.FS != FSSwap {
 			return fmt.Errorf("layout: partition %q (%s) cannot have a label", p.Name, p.FS)
 		}
+		if p.Keep {
+			switch {
+			case !p.FS.Mountable() || p.FS == FSESP:
+				return fmt.Errorf("layout: partition %q (%s) cannot be kept: keep is for data filesystems", p.Name, p.FS)
+			case p.Mount == "/":
+				return fmt.Errorf("layout: partition %q: the root filesystem cannot be kept (the image is installed onto it)", p.Name)
+			}
+		}
 		if p.Options != "" && !p.FS.Mountable() && p.FS != FSSwap {
 			return fmt.Errorf("layout: partition %q (%s) cannot have mount options", p.Name, p.FS)
 		}
@@ -415,6 +429,9 @@ func (l *Layout) Format() string {
 		}
 		if p.Options != "" {
 			fmt.Fprintf(&b, " options=%s", p.Options)
+		}
+		if p.Keep {
+			b.WriteString(" keep")
 		}
 		b.WriteByte('\n')
 	}

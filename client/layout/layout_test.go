@@ -98,6 +98,10 @@ func TestParseErrors(t *testing.T) {
 		{"disk /dev/sda msdos\npart a 1G ext4 /\npart b 1G ext3 /b\npart c 1G ext2 /c\npart d 1G swap\npart e rest xfs /e", "disk /dev/sda: an msdos table holds at most 4 (primary) partitions, the layout has 5"},
 		{"disk first msdos\npart bios 1MiB bios_grub\npart root rest ext4 /", "partition \"bios\": bios_grub is for GPT disks"},
 		{"part root rest ext3", "partition \"root\" (ext3) needs a mount point"},
+		{"part root rest ext4 / keep", "partition \"root\": the root filesystem cannot be kept"},
+		{"part root rest ext4 /\npart sw 1G swap keep", "partition \"sw\" (swap) cannot be kept"},
+		{"part root rest ext4 /\npart esp 100M esp /boot/efi keep", "partition \"esp\" (esp) cannot be kept"},
+		{"part root rest ext4 /\npart s 1G xfs /s keep=yes", "line 2 \"part s 1G xfs /s keep=yes\": unexpected \"keep=yes\""},
 	} {
 		_, err := Parse(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -138,6 +142,18 @@ func TestParseTablesAndExt(t *testing.T) {
 		if err != nil || l2.Table != l.Table || l2.Format() != f {
 			t.Errorf("Format of %q does not parse back: %v\n%s", c.in, err, f)
 		}
+	}
+	l, err := Parse("part root 20G ext4 /\npart scratch rest xfs /scratch label=scratch keep\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Partitions[0].Keep || !l.Partitions[1].Keep {
+		t.Errorf("keep: %+v", l.Partitions)
+	}
+	if f := l.Format(); !strings.Contains(f, "part scratch rest xfs /scratch label=scratch keep\n") {
+		t.Errorf("Format drops keep:\n%s", f)
+	} else if l2, err := Parse(f); err != nil || !l2.Partitions[1].Keep {
+		t.Errorf("Format of keep does not parse back: %v", err)
 	}
 	if !FSExt2.Ext() || !FSExt3.Ext() || !FSExt4.Ext() || FSXfs.Ext() {
 		t.Error("Ext() wrong")
