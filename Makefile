@@ -44,10 +44,11 @@ TEST_DEBS += udpcast nftables
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the
 # Debian kernel is the initrd's; busybox-static is its userland; the mkfs
 # tools go into it; grub-mkrescue (grub-*-bin, xorriso, mtools) makes the
-# install ISO; cpio and zstd for inspecting an initrd by hand.
+# install ISO; cpio and zstd for inspecting an initrd by hand; mdadm,
+# lvm2 and btrfs-progs for the RAID, LVM and btrfs layouts (issue 17).
 # Kept separate so branches touching TEST_DEBS merge cleanly.
 METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux \
-              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd
+              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd mdadm lvm2 btrfs-progs
 BOOTABLE   ?= /var/cache/sim/bootable
 
 # Debian packages of the OCI and package tests: umoci and skopeo make and

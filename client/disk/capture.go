@@ -3,6 +3,7 @@ package disk
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ func Capture(d Info) (*layout.Layout, error) {
 		return nil, fmt.Errorf("%s: not a GPT disk (sim layouts are GPT)", d.Path)
 	}
 	mounts := mountsByDev()
-	l := &layout.Layout{Disk: d.Path, Bootloader: "grub"}
+	l := &layout.Layout{Disk: d.Path, Table: layout.TableGPT, Bootloader: "grub"}
 	for i, p := range t.Partitions {
 		if p.Type == gpt.Unused {
 			continue
@@ -100,8 +101,8 @@ func sniff(dev string) layout.FS {
 	n, _ := f.ReadAt(b, 0)
 	b = b[:n]
 	switch {
-	case len(b) >= 1082 && b[1080] == 0x53 && b[1081] == 0xEF:
-		return layout.FSExt4
+	case len(b) >= 1122 && b[1080] == 0x53 && b[1081] == 0xEF:
+		return extKind(b[1024:])
 	case len(b) >= 4 && string(b[:4]) == "XFSB":
 		return layout.FSXfs
 	case len(b) >= 90 && string(b[82:87]) == "FAT32":
@@ -110,6 +111,27 @@ func sniff(dev string) layout.FS {
 		return layout.FSSwap
 	}
 	return layout.FSNone
+}
+
+// extKind tells ext2, ext3 and ext4 apart by the superblock sb's feature
+// flags, as blkid does: ext4-only incompatible features (extents, 64bit,
+// flex_bg, …) make ext4, a journal without them ext3, neither ext2.
+func extKind(sb []byte) layout.FS {
+	compat := binary.LittleEndian.Uint32(sb[0x5C:])
+	incompat := binary.LittleEndian.Uint32(sb[0x60:])
+	roCompat := binary.LittleEndian.Uint32(sb[0x64:])
+	const (
+		hasJournal   = 0x4
+		ext3Incompat = 0x2 | 0x4 // filetype, recover
+		ext2RoCompat = 0x1 | 0x2 | 0x4
+	)
+	switch {
+	case incompat&^ext3Incompat != 0 || roCompat&^ext2RoCompat != 0:
+		return layout.FSExt4
+	case compat&hasJournal != 0:
+		return layout.FSExt3
+	}
+	return layout.FSExt2
 }
 
 // mountsByDev maps a device path to its mount point and options.

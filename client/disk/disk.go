@@ -14,7 +14,9 @@ import (
 	"unsafe"
 
 	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/diskfs/go-diskfs/partition/mbr"
 	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/client/layout"
@@ -142,33 +144,91 @@ type Part struct {
 	layout.Extent
 	Dev  string
 	UUID string // filesystem UUID as fstab and blkid write it; "" for bios_grub and none
+	Kept bool   // a keep partition the disk already had: not formatted
 }
 
 var typeGUID = map[layout.FS]gpt.Type{
 	layout.FSESP: gpt.EFISystemPartition, layout.FSBiosGrub: gpt.BIOSBoot, layout.FSSwap: gpt.LinuxSwap,
-	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem,
-	layout.FSNone: gpt.LinuxFilesystem,
+	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt2: gpt.LinuxFilesystem, layout.FSExt3: gpt.LinuxFilesystem,
+	layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem, layout.FSNone: gpt.LinuxFilesystem,
 }
 
-// Partition writes a fresh GPT with the extents on d and waits until the
-// kernel shows every partition's device node.
-func Partition(d Info, ext []layout.Extent) ([]Part, error) {
+var typeMBR = map[layout.FS]mbr.Type{
+	layout.FSESP: mbr.EFISystem, layout.FSSwap: mbr.LinuxSwap, layout.FSVfat: mbr.Fat32LBA,
+	layout.FSExt2: mbr.Linux, layout.FSExt3: mbr.Linux, layout.FSExt4: mbr.Linux, layout.FSXfs: mbr.Linux,
+	layout.FSNone: mbr.Linux,
+}
+
+// mbrBootable is the extent an msdos table marks active (some old BIOSes
+// boot only a disk with an active partition): the one mounted at /boot,
+// else the root; -1 when neither is planned.
+func mbrBootable(ext []layout.Extent) int {
+	at := -1
+	for i, e := range ext {
+		if e.Mount == "/boot" {
+			return i
+		}
+		if e.Mount == "/" {
+			at = i
+		}
+	}
+	return at
+}
+
+// Partition writes a fresh partition table of kind table (layout.TableGPT,
+// or "" for it, or layout.TableMsdos) with the extents on d and waits until
+// the kernel shows every partition's device node.
+func Partition(d Info, ext []layout.Extent, table string) ([]Part, error) {
+	var t partition.Table
+	switch table {
+	case layout.TableGPT, "":
+		g := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
+		for _, e := range ext {
+			g.Partitions = append(g.Partitions, &gpt.Partition{
+				Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
+				Type: typeGUID[e.FS], Name: e.Name,
+			})
+		}
+		t = g
+	case layout.TableMsdos:
+		if len(ext) > 4 {
+			return nil, fmt.Errorf("disk %s: an msdos table holds at most 4 partitions, the layout has %d", d.Path, len(ext))
+		}
+		m := &mbr.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector)}
+		boot := mbrBootable(ext)
+		for i, e := range ext {
+			start, n := e.StartSector(d.Sector), e.Bytes/d.Sector
+			if start+n > 1<<32-1 {
+				return nil, fmt.Errorf("disk %s: partition %q ends past the 2 TiB an msdos table can address (with %d-byte sectors); use gpt", d.Path, e.Name, d.Sector)
+			}
+			ty, ok := typeMBR[e.FS]
+			if !ok {
+				return nil, fmt.Errorf("disk %s: partition %q: %s has no msdos partition type", d.Path, e.Name, e.FS)
+			}
+			m.Partitions = append(m.Partitions, &mbr.Partition{
+				Index: e.Index, Bootable: i == boot, Type: ty, Start: uint32(start), Size: uint32(n),
+			})
+		}
+		// A GPT left from an earlier install would still be found by
+		// blkid and parted: clear its primary header and its backup.
+		if err := wipeGPT(d); err != nil {
+			return nil, err
+		}
+		t = m
+	default:
+		return nil, fmt.Errorf("disk %s: unknown partition table %q (want gpt or msdos)", d.Path, table)
+	}
 	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", d.Path, err)
 	}
 	defer dk.Close()
-	t := &gpt.Table{LogicalSectorSize: int(d.Sector), PhysicalSectorSize: int(d.Sector), ProtectiveMBR: true}
 	parts := make([]Part, len(ext))
 	for i, e := range ext {
-		t.Partitions = append(t.Partitions, &gpt.Partition{
-			Index: e.Index, Start: e.StartSector(d.Sector), End: e.EndSector(d.Sector),
-			Type: typeGUID[e.FS], Name: e.Name,
-		})
 		parts[i] = Part{Extent: e, Dev: PartPath(d.Path, e.Index)}
 	}
 	if err := dk.Partition(t); err != nil {
-		return nil, fmt.Errorf("write partition table on %s: %w", d.Path, err)
+		return nil, fmt.Errorf("write %s partition table on %s: %w", t.Type(), d.Path, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	blkpgAt := time.Now().Add(time.Second)
@@ -196,6 +256,135 @@ func Partition(d Info, ext []layout.Extent) ([]Part, error) {
 		}
 	}
 	return parts, nil
+}
+
+// MarkKept sets Kept and UUID on the parts Kept found.
+func MarkKept(parts []Part, kept map[int]string) {
+	for i := range parts {
+		if u, ok := kept[parts[i].Index]; ok {
+			parts[i].Kept, parts[i].UUID = true, u
+		}
+	}
+}
+
+// Kept says which of ext's partitions marked keep d already has: on a
+// GPT disk one of the same name, first and last sector; on an msdos disk
+// the same number and sectors; in both with the same filesystem. Their
+// indices map to the filesystem UUID read from them. A disk without a
+// table, or of the other kind, keeps nothing.
+func Kept(d Info, ext []layout.Extent, table string) (map[int]string, error) {
+	want := false
+	for _, e := range ext {
+		want = want || e.Keep
+	}
+	if !want {
+		return nil, nil
+	}
+	dk, err := diskfs.Open(d.Path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	pt, err := dk.GetPartitionTable()
+	dk.Close()
+	if err != nil {
+		return nil, nil // no table: a fresh disk
+	}
+	type span struct{ start, end uint64 }
+	have := map[string]span{} // GPT: by name; msdos: by "#N"
+	switch t := pt.(type) {
+	case *gpt.Table:
+		if table == layout.TableMsdos {
+			return nil, nil
+		}
+		for _, p := range t.Partitions {
+			if p.Type != gpt.Unused && p.Name != "" {
+				have[p.Name] = span{p.Start, p.End}
+			}
+		}
+	case *mbr.Table:
+		if table != layout.TableMsdos {
+			return nil, nil
+		}
+		for i, p := range t.Partitions {
+			if p.Type != mbr.Empty && p.Size > 0 {
+				have["#"+strconv.Itoa(i+1)] = span{uint64(p.Start), uint64(p.Start) + uint64(p.Size) - 1}
+			}
+		}
+	}
+	out := map[int]string{}
+	for _, e := range ext {
+		if !e.Keep {
+			continue
+		}
+		key := e.Name
+		if table == layout.TableMsdos {
+			key = "#" + strconv.Itoa(e.Index)
+		}
+		s, ok := have[key]
+		if !ok || s.start != e.StartSector(d.Sector) || s.end != e.EndSector(d.Sector) {
+			continue
+		}
+		dev := PartPath(d.Path, e.Index)
+		if sniff(dev) != e.FS {
+			continue
+		}
+		u, err := readUUID(dev, e.FS)
+		if err != nil {
+			return nil, fmt.Errorf("kept partition %q (%s): %w", e.Name, dev, err)
+		}
+		out[e.Index] = u
+	}
+	return out, nil
+}
+
+// readUUID reads the filesystem UUID of dev from its superblock, written
+// as blkid and fstab write it.
+func readUUID(dev string, fs layout.FS) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b := make([]byte, 2048)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return "", err
+	}
+	hexUUID := func(u []byte) string {
+		return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+	}
+	switch {
+	case fs.Ext():
+		return hexUUID(b[1024+0x68 : 1024+0x78]), nil
+	case fs == layout.FSXfs:
+		return hexUUID(b[32:48]), nil
+	case fs == layout.FSVfat:
+		v := b[0x43:0x47]
+		return fmt.Sprintf("%02X%02X-%02X%02X", v[3], v[2], v[1], v[0]), nil
+	}
+	return "", fmt.Errorf("cannot read the UUID of %s", fs)
+}
+
+// wipeGPT zeroes sectors 1 to 33 (a GPT header and entries) and the last
+// 33 sectors (its backup) of d, so an msdos table written after them is
+// the disk's only one (mbr.Table rewrites all four entries of sector 0).
+func wipeGPT(d Info) error {
+	f, err := os.OpenFile(d.Path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", d.Path, err)
+	}
+	defer f.Close()
+	n := int64(34 * d.Sector)
+	if int64(d.Size) < 2*n {
+		return nil
+	}
+	z := make([]byte, n)
+	if _, err := f.WriteAt(z[:n-int64(d.Sector)], int64(d.Sector)); err != nil {
+		return fmt.Errorf("clear the GPT of %s: %w", d.Path, err)
+	}
+	if _, err := f.WriteAt(z, int64(d.Size)-n); err != nil {
+		return fmt.Errorf("clear the backup GPT of %s: %w", d.Path, err)
+	}
+	return f.Sync()
 }
 
 // blkpgAdd adds partition p of disk to the kernel's view (BLKPG, what
@@ -241,9 +430,13 @@ func NewUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-// Mkfs makes p's filesystem and sets p.UUID. Output of the tool is in the
+// Mkfs makes p's filesystem and sets p.UUID (a kept partition, with
+// its UUID set, is left as it is). Output of the tool is in the
 // error when it fails.
 func Mkfs(p *Part) error {
+	if p.Kept {
+		return nil
+	}
 	var cmd []string
 	switch p.FS {
 	case layout.FSESP, layout.FSVfat:
@@ -255,9 +448,10 @@ func Mkfs(p *Part) error {
 		if p.Label != "" {
 			cmd = append(cmd, "-n", p.Label)
 		}
-	case layout.FSExt4:
+	case layout.FSExt2, layout.FSExt3, layout.FSExt4:
+		// mkfs.ext4 -t makes any of the three: the initrd needs one tool.
 		p.UUID = NewUUID()
-		cmd = []string{"mkfs.ext4", "-q", "-F", "-U", p.UUID}
+		cmd = []string{"mkfs.ext4", "-t", string(p.FS), "-q", "-F", "-U", p.UUID}
 		if p.Label != "" {
 			cmd = append(cmd, "-L", p.Label)
 		}
@@ -337,7 +531,51 @@ func Unmount(dirs []string) error {
 }
 
 // Fstab is the fstab for parts, every filesystem by UUID.
-func Fstab(parts []Part) string {
+func Fstab(parts []Part) string { return FstabWith(parts, nil) }
+
+// localSpec says whether an fstab device names a local block device (one
+// a layout makes): UUID=, LABEL=, PARTUUID=, PARTLABEL=, ID= or a /dev path.
+func localSpec(spec string) bool {
+	for _, p := range []string{"UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID=", "/dev/"} {
+		if strings.HasPrefix(spec, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// KeptFstabLines are the lines of an image's fstab that FstabWith keeps:
+// filesystems no layout makes (NFS, Lustre, tmpfs, proc, …: a device
+// that is not a local block device) and bind mounts, unless parts mount
+// something at the same mount point. Comments, blank lines, swap and local
+// devices are dropped: the layout says what is on the disks.
+func KeptFstabLines(image []byte, parts []Part) []string {
+	mounted := map[string]bool{}
+	for _, p := range parts {
+		if p.FS.Mountable() {
+			mounted[p.Mount] = true
+		}
+	}
+	var out []string
+	for _, line := range strings.Split(string(image), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || strings.HasPrefix(f[0], "#") || f[2] == "swap" || mounted[f[1]] {
+			continue
+		}
+		bind := len(f) >= 4 && (strings.Contains(","+f[3]+",", ",bind,") || strings.Contains(","+f[3]+",", ",rbind,"))
+		if localSpec(f[0]) && !bind {
+			continue
+		}
+		out = append(out, strings.TrimSpace(line))
+	}
+	return out
+}
+
+// FstabWith is the fstab for parts, every filesystem by UUID, then the
+// image's own lines KeptFstabLines keeps from image (its /etc/fstab), in
+// their order, after the layout's (a bind mount or NFS under /data comes
+// after /data).
+func FstabWith(parts []Part, image []byte) string {
 	var b strings.Builder
 	b.WriteString("# written by sim install from the image's layout; filesystems by UUID\n")
 	for _, p := range MountOrder(parts) {
@@ -369,6 +607,12 @@ func Fstab(parts []Part) string {
 				opts = "sw"
 			}
 			fmt.Fprintf(&b, "UUID=%s\tnone\tswap\t%s\t0\t0\n", p.UUID, opts)
+		}
+	}
+	if kept := KeptFstabLines(image, parts); len(kept) > 0 {
+		b.WriteString("# kept from the image's fstab: filesystems the layout does not make\n")
+		for _, l := range kept {
+			b.WriteString(l + "\n")
 		}
 	}
 	return b.String()

@@ -91,3 +91,59 @@ func TestListAndFind(t *testing.T) {
 		t.Error("missing disk found")
 	}
 }
+
+func TestFstabKeepsImageLines(t *testing.T) {
+	l, err := layout.Parse("part root rest ext4 /\npart data 1GiB xfs /data\npart sw 1GiB swap\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := l.Plan("/dev/vda", 8<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts []Part
+	for _, e := range ext {
+		parts = append(parts, Part{Extent: e, Dev: PartPath("/dev/vda", e.Index), UUID: "U" + e.Name})
+	}
+	image := "# /etc/fstab of the golden client\n" +
+		"UUID=old-root / ext4 errors=remount-ro 0 1\n" +
+		"LABEL=oldswap none swap sw 0 0\n" +
+		"/dev/sda3 /scratch ext4 defaults 0 2\n" +
+		"nfs1:/export/home  /home  nfs  rw,hard,vers=4.2  0 0\n" +
+		"10.0.0.5@o2ib:/lustre /lustre lustre defaults,_netdev 0 0\n" +
+		"/data/apps /opt/apps none bind 0 0\n" +
+		"/dev/sdb1 /srv/x none rbind 0 0\n" +
+		"nfs2:/data /data nfs defaults 0 0\n" + // the layout mounts /data
+		"tmpfs /tmp tmpfs size=2G 0 0\n" +
+		"\n"
+	fs := FstabWith(parts, []byte(image))
+	for _, c := range []struct {
+		line string
+		kept bool
+	}{
+		{"nfs1:/export/home  /home  nfs  rw,hard,vers=4.2  0 0\n", true},
+		{"10.0.0.5@o2ib:/lustre /lustre lustre defaults,_netdev 0 0\n", true},
+		{"/data/apps /opt/apps none bind 0 0\n", true},
+		{"/dev/sdb1 /srv/x none rbind 0 0\n", true},
+		{"tmpfs /tmp tmpfs size=2G 0 0\n", true},
+		{"UUID=old-root", false},
+		{"LABEL=oldswap", false},
+		{"/dev/sda3 /scratch", false},
+		{"nfs2:/data", false},
+		{"golden client", false},
+	} {
+		if strings.Contains(fs, c.line) != c.kept {
+			t.Errorf("fstab kept=%v for %q:\n%s", !c.kept, c.line, fs)
+		}
+	}
+	// The layout's lines come first, the image's after them in order.
+	if i, j := strings.Index(fs, "UUID=Udata\t/data\t"), strings.Index(fs, "/data/apps /opt/apps"); i < 0 || j < i {
+		t.Errorf("order:\n%s", fs)
+	}
+	if strings.Index(fs, "nfs1:") > strings.Index(fs, "10.0.0.5@o2ib") {
+		t.Errorf("image order not kept:\n%s", fs)
+	}
+	if FstabWith(parts, nil) != Fstab(parts) || strings.Contains(Fstab(parts), "kept from") {
+		t.Error("no image fstab: FstabWith differs from Fstab")
+	}
+}

@@ -11,12 +11,17 @@ import (
 )
 
 // configure writes the node's identity into the new root: fstab by UUID
-// from the layout, then Identity.
+// from the layout (keeping the image's lines for what the layout does not
+// make: NFS, Lustre, bind mounts), then Identity.
 func configure(root string, c *Config, parts []disk.Part) error {
-	if _, err := writeFile(root, FstabFile, disk.Fstab(parts), 0o644); err != nil {
+	image, err := os.ReadFile(filepath.Join(root, FstabFile))
+	if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("the image's fstab: %w", err)
+	}
+	if _, err := writeFile(root, FstabFile, disk.FstabWith(parts, image), 0o644); err != nil {
 		return err
 	}
-	_, err := Identity(root, c)
+	_, err = Identity(root, c)
 	return err
 }
 

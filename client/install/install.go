@@ -307,10 +307,17 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
 
 	r.setStep("partition")
-	parts, err := disk.Partition(d, ext)
+	// Partitions marked keep that the disk already has are placed where
+	// they are and not formatted: a reinstall keeps /scratch.
+	kept, err := disk.Kept(d, ext, l.Table)
 	if err != nil {
 		return nil, err
 	}
+	parts, err := disk.Partition(d, ext, l.Table)
+	if err != nil {
+		return nil, err
+	}
+	disk.MarkKept(parts, kept)
 	r.report("partition", Running, d.Path)
 	r.setStep("mkfs")
 	for i := range parts {
@@ -318,7 +325,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	r.report("mkfs", Running, "")
+	r.report("mkfs", Running, fmt.Sprintf("%d kept", len(kept)))
 
 	// Mount everything except FAT filesystems: the image's files there
 	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
@@ -339,7 +346,11 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 			return nil, err
 		}
 		mounts = append(mounts, dir)
-		if p.FS == layout.FSExt4 {
+		if p.Kept {
+			// The checkout leaves a kept filesystem's files alone.
+			excludes = append(excludes, p.Mount)
+		}
+		if p.FS.Ext() {
 			excludes = append(excludes, strings.TrimSuffix(p.Mount, "/")+"/lost+found")
 		}
 	}
@@ -462,7 +473,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 
 	r.setStep("bootloader")
 	if l.Bootloader == "grub" {
-		if err := r.grub(d, parts); err != nil {
+		if err := r.grub(d, parts, l.Table); err != nil {
 			return nil, err
 		}
 		r.report("bootloader", Running, "GRUB installed")
@@ -703,11 +714,12 @@ func (r *run) runScript(name string, body []byte) error {
 }
 
 // grub installs GRUB from the image: for BIOS into the bios_grub
-// partition's disk, for UEFI onto the ESP at the removable-media path
+// partition's disk (on an msdos disk into the gap before its first
+// partition), for UEFI onto the ESP at the removable-media path
 // (EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed and the disk boots in
 // any UEFI machine), then writes grub.cfg with the image's grub-mkconfig.
-func (r *run) grub(d disk.Info, parts []disk.Part) error {
-	var bios bool
+func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
+	bios := table == layout.TableMsdos
 	esp := ""
 	for _, p := range parts {
 		if p.FS == layout.FSBiosGrub {
@@ -726,7 +738,7 @@ func (r *run) grub(d disk.Info, parts []disk.Part) error {
 	}
 	if bios {
 		if !has("usr/lib/grub/i386-pc") {
-			return errors.New("layout has a bios_grub partition but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
+			return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
 		}
 		if err := r.chroot(nil, "grub-install", "--target=i386-pc", d.Path); err != nil {
 			return err

@@ -19,6 +19,8 @@ type FS string
 const (
 	FSESP      FS = "esp"       // EFI system partition: vfat with the ESP type GUID
 	FSVfat     FS = "vfat"      // plain FAT32
+	FSExt2     FS = "ext2"      // ext2 (no journal)
+	FSExt3     FS = "ext3"      // ext3
 	FSExt4     FS = "ext4"      // ext4
 	FSXfs      FS = "xfs"       // XFS
 	FSSwap     FS = "swap"      // swap space
@@ -26,10 +28,22 @@ const (
 	FSNone     FS = "none"      // left unformatted
 )
 
-var knownFS = map[FS]bool{FSESP: true, FSVfat: true, FSExt4: true, FSXfs: true, FSSwap: true, FSBiosGrub: true, FSNone: true}
+var knownFS = map[FS]bool{FSESP: true, FSVfat: true, FSExt2: true, FSExt3: true, FSExt4: true, FSXfs: true, FSSwap: true, FSBiosGrub: true, FSNone: true}
 
 // Mountable says whether the filesystem gets a mount point and an fstab line.
-func (f FS) Mountable() bool { return f == FSESP || f == FSVfat || f == FSExt4 || f == FSXfs }
+func (f FS) Mountable() bool {
+	return f == FSESP || f == FSVfat || f.Ext() || f == FSXfs
+}
+
+// Ext says whether the filesystem is ext2, ext3 or ext4 (made by mke2fs,
+// with a lost+found).
+func (f FS) Ext() bool { return f == FSExt2 || f == FSExt3 || f == FSExt4 }
+
+// Partition table kinds a disk line may name.
+const (
+	TableGPT   = "gpt"   // GUID partition table (the default)
+	TableMsdos = "msdos" // MBR: four primary partitions, disks up to 2 TiB, for old BIOS machines
+)
 
 // SizeKind says how a partition's size is given.
 type SizeKind int
@@ -65,13 +79,19 @@ type Partition struct {
 	Mount   string // absolute path, "" for none
 	Label   string // filesystem label
 	Options string // mount options, "defaults" when empty
+	// Keep: when the disk already has this partition (same name on GPT,
+	// same number on msdos, same place, same filesystem), its contents
+	// are kept: not reformatted, its UUID read from it.
+	Keep bool
 }
 
 // Layout is a parsed layout file.
 type Layout struct {
 	// Disk is "first" (the first disk the kernel lists, by name), "largest",
 	// or a device path such as /dev/vda or /dev/disk/by-id/….
-	Disk       string
+	Disk string
+	// Table is the partition table: TableGPT (the default) or TableMsdos.
+	Table      string
 	Partitions []Partition
 	// Bootloader is "grub" (BIOS and UEFI, from the image's own packages)
 	// or "none".
@@ -152,7 +172,7 @@ func FormatBytes(n uint64) string {
 // Parse reads a layout file:
 //
 //	sim-layout 1
-//	disk first                      # first | largest | /dev/…
+//	disk first                      # first | largest | /dev/…, then gpt (default) | msdos
 //	bootloader grub                 # grub | none
 //	part bios 1MiB  bios_grub
 //	part esp  256MiB esp  /boot/efi label=ESP
@@ -161,7 +181,7 @@ func FormatBytes(n uint64) string {
 //
 // '#' starts a comment. Every error names its line.
 func Parse(text string) (*Layout, error) {
-	l := &Layout{Disk: "first", Bootloader: "grub"}
+	l := &Layout{Disk: "first", Table: TableGPT, Bootloader: "grub"}
 	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 4096), 1<<20)
 	n := 0
@@ -186,8 +206,8 @@ func Parse(text string) (*Layout, error) {
 				return nil, fail("unsupported layout version (this sim reads sim-layout %d)", Version)
 			}
 		case "disk":
-			if len(f) != 2 {
-				return nil, fail("want: disk first|largest|/dev/PATH")
+			if len(f) != 2 && len(f) != 3 {
+				return nil, fail("want: disk first|largest|/dev/PATH [gpt|msdos]")
 			}
 			if seenDisk {
 				return nil, fail("second disk line (one disk per layout; several disks, RAID and LVM are not supported yet)")
@@ -196,6 +216,12 @@ func Parse(text string) (*Layout, error) {
 				return nil, fail("%v", err)
 			}
 			l.Disk, seenDisk = f[1], true
+			if len(f) == 3 {
+				if f[2] != TableGPT && f[2] != TableMsdos {
+					return nil, fail("unknown partition table %q (want gpt or msdos)", f[2])
+				}
+				l.Table = f[2]
+			}
 		case "bootloader":
 			if len(f) != 2 || (f[1] != "grub" && f[1] != "none") {
 				return nil, fail("want: bootloader grub|none")
@@ -236,7 +262,7 @@ func CheckDisk(d string) error {
 
 func parsePart(f []string) (Partition, error) {
 	if len(f) < 3 {
-		return Partition{}, errors.New("want: part NAME SIZE FS [MOUNTPOINT] [label=L] [options=O]")
+		return Partition{}, errors.New("want: part NAME SIZE FS [MOUNTPOINT] [label=L] [options=O] [keep]")
 	}
 	p := Partition{Name: f[0]}
 	if !nameRe.MatchString(p.Name) {
@@ -248,7 +274,7 @@ func parsePart(f []string) (Partition, error) {
 	}
 	p.FS = FS(strings.ToLower(f[2]))
 	if !knownFS[p.FS] {
-		return p, fmt.Errorf("unknown filesystem %q (esp, vfat, ext4, xfs, swap, bios_grub, none)", f[2])
+		return p, fmt.Errorf("unknown filesystem %q (esp, vfat, ext2, ext3, ext4, xfs, swap, bios_grub, none)", f[2])
 	}
 	for _, a := range f[3:] {
 		switch {
@@ -258,6 +284,8 @@ func parsePart(f []string) (Partition, error) {
 			}
 			p.Mount = a
 		case a == "-":
+		case a == "keep":
+			p.Keep = true
 		case strings.HasPrefix(a, "label="):
 			p.Label = strings.TrimPrefix(a, "label=")
 			if !labelRe.MatchString(p.Label) {
@@ -269,7 +297,7 @@ func parsePart(f []string) (Partition, error) {
 				return p, fmt.Errorf("bad mount options %q", p.Options)
 			}
 		default:
-			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=)", a)
+			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=, keep)", a)
 		}
 	}
 	return p, nil
@@ -283,6 +311,22 @@ func (l *Layout) Validate() error {
 	}
 	if len(l.Partitions) > 128 {
 		return errors.New("layout: more than 128 partitions (GPT's limit)")
+	}
+	if l.Table == "" {
+		l.Table = TableGPT
+	}
+	if l.Table != TableGPT && l.Table != TableMsdos {
+		return fmt.Errorf("layout: disk %s: unknown partition table %q (want gpt or msdos)", l.Disk, l.Table)
+	}
+	if l.Table == TableMsdos {
+		if len(l.Partitions) > 4 {
+			return fmt.Errorf("layout: disk %s: an msdos table holds at most 4 (primary) partitions, the layout has %d", l.Disk, len(l.Partitions))
+		}
+		for _, p := range l.Partitions {
+			if p.FS == FSBiosGrub {
+				return fmt.Errorf("layout: partition %q: bios_grub is for GPT disks; on an msdos disk GRUB goes into the gap before the first partition", p.Name)
+			}
+		}
 	}
 	names, mounts := map[string]bool{}, map[string]bool{}
 	rest, root := 0, false
@@ -319,6 +363,14 @@ func (l *Layout) Validate() error {
 			return fmt.Errorf("layout: partition %q (%s) cannot have mount point %s", p.Name, p.FS, p.Mount)
 		} else if p.Label != "" && p.FS != FSSwap {
 			return fmt.Errorf("layout: partition %q (%s) cannot have a label", p.Name, p.FS)
+		}
+		if p.Keep {
+			switch {
+			case !p.FS.Mountable() || p.FS == FSESP:
+				return fmt.Errorf("layout: partition %q (%s) cannot be kept: keep is for data filesystems", p.Name, p.FS)
+			case p.Mount == "/":
+				return fmt.Errorf("layout: partition %q: the root filesystem cannot be kept (the image is installed onto it)", p.Name)
+			}
 		}
 		if p.Options != "" && !p.FS.Mountable() && p.FS != FSSwap {
 			return fmt.Errorf("layout: partition %q (%s) cannot have mount options", p.Name, p.FS)
@@ -362,7 +414,11 @@ func checkMount(m string) error {
 // Format writes l back in the file format (canonical spacing).
 func (l *Layout) Format() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "sim-layout %d\ndisk %s\nbootloader %s\n", Version, l.Disk, l.Bootloader)
+	fmt.Fprintf(&b, "sim-layout %d\ndisk %s", Version, l.Disk)
+	if l.Table == TableMsdos {
+		b.WriteString(" " + TableMsdos)
+	}
+	fmt.Fprintf(&b, "\nbootloader %s\n", l.Bootloader)
 	for _, p := range l.Partitions {
 		fmt.Fprintf(&b, "part %s %s %s", p.Name, p.Size, p.FS)
 		if p.Mount != "" {
@@ -373,6 +429,9 @@ func (l *Layout) Format() string {
 		}
 		if p.Options != "" {
 			fmt.Fprintf(&b, " options=%s", p.Options)
+		}
+		if p.Keep {
+			b.WriteString(" keep")
 		}
 		b.WriteByte('\n')
 	}

@@ -93,11 +93,70 @@ func TestParseErrors(t *testing.T) {
 		{"part a 60% ext4 /\npart b 50% ext4 /b", "add up to 110%"},
 		{"", "no partitions"},
 		{"part root rest ext4 / label=", "bad label"},
+		{"disk first bsd\npart root rest ext4 /", "line 1 \"disk first bsd\": unknown partition table \"bsd\""},
+		{"disk first msdos extra\npart root rest ext4 /", "line 1 \"disk first msdos extra\": want: disk"},
+		{"disk /dev/sda msdos\npart a 1G ext4 /\npart b 1G ext3 /b\npart c 1G ext2 /c\npart d 1G swap\npart e rest xfs /e", "disk /dev/sda: an msdos table holds at most 4 (primary) partitions, the layout has 5"},
+		{"disk first msdos\npart bios 1MiB bios_grub\npart root rest ext4 /", "partition \"bios\": bios_grub is for GPT disks"},
+		{"part root rest ext3", "partition \"root\" (ext3) needs a mount point"},
+		{"part root rest ext4 / keep", "partition \"root\": the root filesystem cannot be kept"},
+		{"part root rest ext4 /\npart sw 1G swap keep", "partition \"sw\" (swap) cannot be kept"},
+		{"part root rest ext4 /\npart esp 100M esp /boot/efi keep", "partition \"esp\" (esp) cannot be kept"},
+		{"part root rest ext4 /\npart s 1G xfs /s keep=yes", "line 2 \"part s 1G xfs /s keep=yes\": unexpected \"keep=yes\""},
 	} {
 		_, err := Parse(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Parse(%q) error = %v; want %q", c.in, err, c.want)
 		}
+	}
+}
+
+func TestParseTablesAndExt(t *testing.T) {
+	for _, c := range []struct {
+		in, table string
+		fs        []FS
+	}{
+		{"part root rest ext4 /", TableGPT, []FS{FSExt4}},
+		{"disk first gpt\npart root rest ext2 /", TableGPT, []FS{FSExt2}},
+		{"disk /dev/sda msdos\npart boot 256MiB ext2 /boot\npart root rest ext3 /\npart sw 1G swap", TableMsdos, []FS{FSExt2, FSExt3, FSSwap}},
+		{"disk largest msdos\npart esp 100MiB esp /boot/efi\npart root rest ext4 /", TableMsdos, []FS{FSESP, FSExt4}},
+	} {
+		l, err := Parse(c.in)
+		if err != nil {
+			t.Errorf("Parse(%q): %v", c.in, err)
+			continue
+		}
+		if l.Table != c.table {
+			t.Errorf("Parse(%q): table %q, want %q", c.in, l.Table, c.table)
+		}
+		for i, f := range c.fs {
+			if l.Partitions[i].FS != f || (f != FSSwap && !l.Partitions[i].FS.Mountable()) {
+				t.Errorf("Parse(%q): partition %d is %s, want mountable %s", c.in, i, l.Partitions[i].FS, f)
+			}
+		}
+		// Format keeps the table (and writes gpt, the default, as before).
+		f := l.Format()
+		if strings.Contains(f, " msdos\n") != (c.table == TableMsdos) || strings.Contains(f, " gpt") {
+			t.Errorf("Format of %q:\n%s", c.in, f)
+		}
+		l2, err := Parse(f)
+		if err != nil || l2.Table != l.Table || l2.Format() != f {
+			t.Errorf("Format of %q does not parse back: %v\n%s", c.in, err, f)
+		}
+	}
+	l, err := Parse("part root 20G ext4 /\npart scratch rest xfs /scratch label=scratch keep\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Partitions[0].Keep || !l.Partitions[1].Keep {
+		t.Errorf("keep: %+v", l.Partitions)
+	}
+	if f := l.Format(); !strings.Contains(f, "part scratch rest xfs /scratch label=scratch keep\n") {
+		t.Errorf("Format drops keep:\n%s", f)
+	} else if l2, err := Parse(f); err != nil || !l2.Partitions[1].Keep {
+		t.Errorf("Format of keep does not parse back: %v", err)
+	}
+	if !FSExt2.Ext() || !FSExt3.Ext() || !FSExt4.Ext() || FSXfs.Ext() {
+		t.Error("Ext() wrong")
 	}
 }
 

@@ -12,14 +12,14 @@ const Align = 1 << 20
 // minBytes is the smallest partition each filesystem's mkfs accepts
 // (rounded up): FAT32 needs 65525 clusters, mkfs.xfs refuses under 300 MB.
 var minBytes = map[FS]uint64{
-	FSESP: 36 << 20, FSVfat: 36 << 20, FSExt4: 8 << 20, FSXfs: 300 << 20,
+	FSESP: 36 << 20, FSVfat: 36 << 20, FSExt2: 8 << 20, FSExt3: 8 << 20, FSExt4: 8 << 20, FSXfs: 300 << 20,
 	FSSwap: 1 << 20, FSBiosGrub: 1 << 20, FSNone: 1 << 20,
 }
 
 // Extent is one partition placed on a disk.
 type Extent struct {
 	Partition
-	Index int    // GPT index, 1-based, in layout order
+	Index int    // partition number, 1-based, in layout order
 	Start uint64 // first byte
 	Bytes uint64 // length
 }

@@ -83,6 +83,18 @@ func TestInstallLoop(t *testing.T) {
 	ok(t, s, "layout", "set", "deb-unsigned", filepath.Join(dir, "layout"))
 	ok(t, s, "sign", "deb-unsigned@layout", "--key", filepath.Join(keys, "admin.key"))
 
+	// An old BIOS machine's layout: an msdos table, ext2 /boot, ext3 root.
+	ok(t, s, "commit", v1, "--image", "deb-mbr", "-m", "for msdos")
+	writeFiles(t, dir, map[string]string{"layout-mbr": "sim-layout 1\ndisk first msdos\nbootloader none\npart boot 64MiB ext2 /boot label=boot\npart root rest ext3 / label=root\npart swap 8MiB swap\n"})
+	ok(t, s, "layout", "set", "deb-mbr", filepath.Join(dir, "layout-mbr"))
+	// Its fstab (from an override: what the image's own would be) has an
+	// NFS home and a bind mount, which the installed fstab keeps, and an
+	// old root, which it drops.
+	writeFiles(t, dir, map[string]string{"ov-mbr/etc/fstab": "UUID=0ld-root / ext4 defaults 0 1\nnfs1:/export/home /home nfs rw,hard 0 0\n/srv/apps /opt/apps none bind 0 0\n"})
+	ok(t, s, "override", "set", "mbr-fstab", filepath.Join(dir, "ov-mbr"))
+	ok(t, s, "node", "add", "n9", "--mac", "52:54:00:5e:01:09", "--image", "deb-mbr", "--override", "mbr-fstab")
+	n9tok := tokenFile("n9")
+
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -141,6 +153,56 @@ func TestInstallLoop(t *testing.T) {
 		return mnt
 	}
 	target := filepath.Join(dir, "target")
+
+	t.Run("msdos", func(t *testing.T) {
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n9", "--disk", dev, "--target", filepath.Join(dir, "target-mbr"), "--json",
+			"--token-file", n9tok)
+		if r.code != 0 {
+			t.Fatalf("install: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		probe := func(d, tag string) string {
+			out, _ := exec.Command("blkid", "-p", "-o", "value", "-s", tag, d).Output()
+			return strings.TrimSpace(string(out))
+		}
+		if got := probe(dev, "PTTYPE"); got != "dos" {
+			t.Errorf("%s: partition table %q, want dos", dev, got)
+		}
+		for d, want := range map[string]string{dev + "p1": "ext2", dev + "p2": "ext3", dev + "p3": "swap"} {
+			if got := probe(d, "TYPE"); got != want {
+				t.Errorf("%s: TYPE %q, want %s", d, got, want)
+			}
+		}
+		mnt := filepath.Join(dir, "inspect-mbr")
+		os.MkdirAll(mnt, 0o755)
+		var err error
+		for i := 0; i < 40; i++ {
+			if err = unix.Mount(dev+"p2", mnt, "ext3", unix.MS_RDONLY, ""); err != unix.EBUSY {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("mount %sp2: %v", dev, err)
+		}
+		t.Cleanup(func() { unix.Unmount(mnt, 0) })
+		if b, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(b) != "n9\n" {
+			t.Errorf("hostname %q %v", b, err)
+		}
+		fstab, err := os.ReadFile(filepath.Join(mnt, "etc/fstab"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []string{"UUID=" + probe(dev+"p2", "UUID") + "\t/\text3\t", "UUID=" + probe(dev+"p1", "UUID") + "\t/boot\text2\t", "\tnone\tswap\t",
+			"\nnfs1:/export/home /home nfs rw,hard 0 0\n", "\n/srv/apps /opt/apps none bind 0 0\n"} {
+			if !strings.Contains(string(fstab), m) {
+				t.Errorf("fstab lacks %q:\n%s", m, fstab)
+			}
+		}
+		if strings.Contains(string(fstab), "0ld-root") {
+			t.Errorf("fstab keeps the image's old root:\n%s", fstab)
+		}
+	})
 
 	t.Run("install", func(t *testing.T) {
 		dev := loop("1200M")
