@@ -61,6 +61,9 @@ const (
 // Init creates a new, empty store in dir (created if missing; it must be
 // empty or hold no store yet).
 func Init(dir string) error {
+	if err := CheckLocation(dir); err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
 		return fmt.Errorf("a store already exists at %s", dir)
 	}
@@ -83,6 +86,9 @@ func Init(dir string) error {
 
 // Open opens the store in dir.
 func Open(dir string) (*Store, error) {
+	if err := CheckLocation(dir); err != nil {
+		return nil, err
+	}
 	cfg, err := readConfig(dir)
 	if err != nil {
 		return nil, err

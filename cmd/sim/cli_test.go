@@ -43,6 +43,10 @@ func TestErrors(t *testing.T) {
 		{"tag missing ref", st, []string{"tag", "t1", "nosuch"}, 1, `unknown ref "nosuch"`},
 		{"delete missing tag", st, []string{"tag", "-d", "nosuch"}, 1, "tag nosuch: not found"},
 		{"rm missing image", st, []string{"image", "rm", "nosuch"}, 1, "image nosuch: not found"},
+		{"unknown scheme: init", "s3://bucket/p?endpoint=http://127.0.0.1:1", []string{"init"}, 2, `store "s3://bucket/p?endpoint=http://127.0.0.1:1": unknown store scheme "s3"`},
+		{"unknown scheme: commit", "foo://x", []string{"commit", src, "--image", "img"}, 2, `unknown store scheme "foo"`},
+		{"unknown scheme: log", "foo://x", []string{"log", "img"}, 2, `unknown store scheme "foo"`},
+		{"unknown scheme: clone dir", st, []string{"clone", "http://127.0.0.1:1", "foo://x"}, 2, `unknown store scheme "foo"`},
 		{"bad exclude file", st, []string{"commit", src, "--image", "img", "--exclude-from", "/nonexistent"}, 1, "exclude file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,6 +58,20 @@ func TestErrors(t *testing.T) {
 				t.Errorf("stderr %q does not start with sim:", r.stderr)
 			}
 		})
+	}
+	// A refused scheme made no directory of its name (it used to make
+	// ./s3: and commit into it).
+	for _, d := range []string{"s3:", "foo:"} {
+		if _, err := os.Lstat(d); err == nil {
+			t.Errorf("a store location with a scheme made the directory %s", d)
+			os.RemoveAll(d)
+		}
+	}
+	// A directory that looks like one is still reachable as ./NAME.
+	t.Chdir(t.TempDir())
+	ok(t, "./foo://x", "init")
+	if fi, err := os.Stat(filepath.Join("foo:", "x", "config")); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("./foo://x: %v", err)
 	}
 }
 

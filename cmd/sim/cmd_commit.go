@@ -24,6 +24,11 @@ func newInitCommand(e *env) *cobra.Command {
 		Short: "Create an empty store at --store",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
+			// Checked before e.path, which would join a forwarded
+			// command's cwd in front of a scheme and hide it.
+			if err := store.CheckLocation(e.storeDir); err != nil {
+				return err
+			}
 			if err := store.Init(e.path(e.storeDir)); err != nil {
 				return err
 			}

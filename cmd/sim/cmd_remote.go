@@ -285,6 +285,9 @@ func newCloneCommand(e *env) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			dir := e.storeDir
 			if len(args) == 2 {
+				if err := store.CheckLocation(args[1]); err != nil {
+					return err
+				}
 				dir = e.path(args[1])
 			}
 			r, err := rf.remote(e, args[0])

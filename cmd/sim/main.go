@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/systemimager/sim/client/boot"
+	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
 
 	// Every transport, registered with sync for --transport and sim serve.
@@ -105,7 +106,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	fmt.Fprintf(e.stderr, "sim: %v\n", err)
 	var u usageError
 	var fe *simsync.FlagError
-	if errors.As(err, &u) || errors.As(err, &fe) {
+	if errors.As(err, &u) || errors.As(err, &fe) || errors.Is(err, store.ErrUnknownScheme) {
 		return 2
 	}
 	return 1

@@ -1,0 +1,33 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// ErrUnknownScheme is returned for a store location that names a scheme
+// (`s3://…`, `http://…`) this sim does not know. Without the check such a
+// location would be taken as a relative directory path (`s3:`), and a
+// commit would quietly land there.
+var ErrUnknownScheme = errors.New("unknown store scheme")
+
+// schemeRE matches an RFC 3986 scheme followed by "://".
+var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
+
+// CheckLocation validates a store location (--store, $SIM_STORE) before
+// anything uses it as a directory: a local path is fine, whatever it
+// holds; a location that starts with SCHEME:// is refused, naming the
+// scheme. A directory whose name looks like one is still reachable as
+// ./NAME.
+func CheckLocation(loc string) error {
+	if loc == "" {
+		return errors.New("empty store location")
+	}
+	m := schemeRE.FindStringSubmatch(loc)
+	if m == nil {
+		return nil
+	}
+	return fmt.Errorf("store %q: %w %q: sim stores are local directories (a directory of that name is ./%s)",
+		loc, ErrUnknownScheme, m[1], loc)
+}
