@@ -19,18 +19,7 @@ func TestPartPath(t *testing.T) {
 }
 
 func TestFstabAndOrder(t *testing.T) {
-	l, err := layout.Parse("part bios 1MiB bios_grub\npart esp 100MiB esp /boot/efi\npart home 1GiB xfs /home/users\npart sw 1GiB swap\npart root rest ext4 / options=noatime\npart var 1GiB ext4 /var\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ext, err := l.Plan("/dev/vda", 8<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var parts []Part
-	for _, e := range ext {
-		parts = append(parts, Part{Extent: e, Dev: PartPath("/dev/vda", e.Index), UUID: "U" + e.Name})
-	}
+	parts := planVda(t, "part bios 1MiB bios_grub\npart esp 100MiB esp /boot/efi\npart home 1GiB xfs /home/users\npart sw 1GiB swap\npart root rest ext4 / options=noatime\npart var 1GiB ext4 /var\n")
 	var order []string
 	for _, p := range MountOrder(parts) {
 		order = append(order, p.Mount)
@@ -93,18 +82,7 @@ func TestListAndFind(t *testing.T) {
 }
 
 func TestFstabKeepsImageLines(t *testing.T) {
-	l, err := layout.Parse("part root rest ext4 /\npart data 1GiB xfs /data\npart sw 1GiB swap\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ext, err := l.Plan("/dev/vda", 8<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var parts []Part
-	for _, e := range ext {
-		parts = append(parts, Part{Extent: e, Dev: PartPath("/dev/vda", e.Index), UUID: "U" + e.Name})
-	}
+	parts := planVda(t, "part root rest ext4 /\npart data 1GiB xfs /data\npart sw 1GiB swap\n")
 	image := "# /etc/fstab of the golden client\n" +
 		"UUID=old-root / ext4 errors=remount-ro 0 1\n" +
 		"LABEL=oldswap none swap sw 0 0\n" +
@@ -146,4 +124,23 @@ func TestFstabKeepsImageLines(t *testing.T) {
 	if FstabWith(parts, nil) != Fstab(parts) || strings.Contains(Fstab(parts), "kept from") {
 		t.Error("no image fstab: FstabWith differs from Fstab")
 	}
+}
+
+// planVda plans layout text on an 8 GiB /dev/vda: its parts, each with
+// the UUID "U" + its name.
+func planVda(t *testing.T, text string) []Part {
+	t.Helper()
+	l, err := layout.Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := l.Plan("/dev/vda", 8<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts []Part
+	for _, e := range ext {
+		parts = append(parts, Part{Extent: e, Dev: PartPath("/dev/vda", e.Index), UUID: "U" + e.Name})
+	}
+	return parts
 }

@@ -275,6 +275,19 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	if !c.flush() {
 		return
 	}
+	// send writes one hub event, or all of the state again when this
+	// client fell behind and lost events (what it has is wrong somewhere).
+	send := func(e fleet.Event) {
+		if e.Missed > 0 {
+			s := m.Snapshot()
+			c.event("snapshot", m.eventID(s.Seq), s)
+			sent = s.Seq
+		}
+		if e.Seq > sent {
+			c.event(e.Type, m.eventID(e.Seq), m.message(e))
+			sent = e.Seq
+		}
+	}
 	hb := time.NewTicker(m.Heartbeat)
 	defer hb.Stop()
 	for {
@@ -285,17 +298,7 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 			if !open {
 				return
 			}
-			if e.Missed > 0 {
-				// This client fell behind and lost events: the state it
-				// has is wrong somewhere, so it gets all of it again.
-				s := m.Snapshot()
-				c.event("snapshot", m.eventID(s.Seq), s)
-				sent = s.Seq
-			}
-			if e.Seq > sent {
-				c.event(e.Type, m.eventID(e.Seq), m.message(e))
-				sent = e.Seq
-			}
+			send(e)
 			// Send what is queued at once, then flush once: 1,000 nodes
 			// reporting make one write per burst, not one per event.
 		drain:
@@ -305,15 +308,7 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 					if !open {
 						break drain
 					}
-					if e.Missed > 0 {
-						s := m.Snapshot()
-						c.event("snapshot", m.eventID(s.Seq), s)
-						sent = s.Seq
-					}
-					if e.Seq > sent {
-						c.event(e.Type, m.eventID(e.Seq), m.message(e))
-						sent = e.Seq
-					}
+					send(e)
 				default:
 					break drain
 				}

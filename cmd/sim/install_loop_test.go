@@ -133,25 +133,27 @@ func TestInstallLoop(t *testing.T) {
 		t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
 		return dev
 	}
-	rootOf := func(dev string) string {
-		mnt := filepath.Join(dir, "inspect"+filepath.Base(dev))
+	// mountRO mounts partition part (p1, p2, ...) of dev read-only.
+	mountRO := func(dev, part, fs string) string {
+		mnt := filepath.Join(dir, "inspect"+filepath.Base(dev)+part)
 		os.MkdirAll(mnt, 0o755)
 		// The host's shared mounts may hold the just-unmounted filesystem
 		// a moment longer in another mount namespace (a lab of the other
 		// tests): retry briefly on EBUSY.
 		var err error
 		for i := 0; i < 40; i++ {
-			if err = unix.Mount(dev+"p1", mnt, "ext4", unix.MS_RDONLY, ""); err != unix.EBUSY {
+			if err = unix.Mount(dev+part, mnt, fs, unix.MS_RDONLY, ""); err != unix.EBUSY {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		if err != nil {
-			t.Fatalf("mount %sp1: %v", dev, err)
+			t.Fatalf("mount %s%s: %v", dev, part, err)
 		}
 		t.Cleanup(func() { unix.Unmount(mnt, 0) })
 		return mnt
 	}
+	rootOf := func(dev string) string { return mountRO(dev, "p1", "ext4") }
 	target := filepath.Join(dir, "target")
 
 	t.Run("msdos", func(t *testing.T) {
@@ -173,19 +175,7 @@ func TestInstallLoop(t *testing.T) {
 				t.Errorf("%s: TYPE %q, want %s", d, got, want)
 			}
 		}
-		mnt := filepath.Join(dir, "inspect-mbr")
-		os.MkdirAll(mnt, 0o755)
-		var err error
-		for i := 0; i < 40; i++ {
-			if err = unix.Mount(dev+"p2", mnt, "ext3", unix.MS_RDONLY, ""); err != unix.EBUSY {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatalf("mount %sp2: %v", dev, err)
-		}
-		t.Cleanup(func() { unix.Unmount(mnt, 0) })
+		mnt := mountRO(dev, "p2", "ext3")
 		if b, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(b) != "n9\n" {
 			t.Errorf("hostname %q %v", b, err)
 		}
