@@ -46,6 +46,13 @@ type Server struct {
 	// long: a stalled client cannot hold a stream slot or its memory
 	// forever. 0: one minute.
 	IdleTimeout time.Duration
+	// Observe, when set, is told of every request once it is answered:
+	// the ServeMux pattern that routed it ("" when none did: a 404 or
+	// 405), its status, the bytes of its response body and how long it
+	// took. sim serve's GET /metrics counts by it (client/metrics); the
+	// pattern, never the path, keeps its labels few. Set it before
+	// serving; it must not block.
+	Observe func(pattern string, status int, bytes int64, d time.Duration)
 
 	once  gosync.Once
 	mux   *http.ServeMux
@@ -148,6 +155,7 @@ const maxRefsRequest = 64 << 20
 // of the request body and write of the response bounded by IdleTimeout.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
+	start := time.Now()
 	idle := s.IdleTimeout
 	if idle <= 0 {
 		idle = time.Minute
@@ -162,19 +170,42 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// may outlive it.
 	rc.SetWriteDeadline(time.Time{})
 	rc.SetReadDeadline(time.Time{})
+	if s.Observe != nil {
+		// The mux set r.Pattern on this request before calling the route.
+		status := iw.status
+		if status == 0 {
+			status = http.StatusOK // a handler that wrote nothing
+		}
+		s.Observe(r.Pattern, status, iw.n, time.Since(start))
+	}
 }
 
 // idleWriter moves the write deadline before every write: a response
-// must make progress, however long it is.
+// must make progress, however long it is. It also notes the status and
+// the body's bytes, for Observe.
 type idleWriter struct {
 	http.ResponseWriter
-	rc   *http.ResponseController
-	idle time.Duration
+	rc     *http.ResponseController
+	idle   time.Duration
+	status int
+	n      int64
+}
+
+func (w *idleWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
 }
 
 func (w *idleWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
 	w.rc.SetWriteDeadline(time.Now().Add(w.idle))
-	return w.ResponseWriter.Write(p)
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
 }
 
 // ReadFrom keeps sendfile for whole packs (one long call: no deadline;
@@ -182,9 +213,14 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
 	w.rc.SetWriteDeadline(time.Time{})
 	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+		if w.status == 0 {
+			w.status = http.StatusOK
+		}
+		n, err := rf.ReadFrom(r)
+		w.n += n
+		return n, err
 	}
-	return io.Copy(struct{ io.Writer }{w}, r)
+	return io.Copy(struct{ io.Writer }{w}, r) // counted by Write
 }
 
 func (w *idleWriter) Flush() { w.rc.Flush() }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/client/metrics"
 	"github.com/systemimager/sim/client/monitor"
 	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/client/rollout"
@@ -229,6 +230,8 @@ carried out by the server (over <store>/sim.sock).`,
 			// The live view: GET /v1/events (server-sent events), GET
 			// /v1/monitor (a snapshot), as reads.
 			(&monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}).Mount(srv)
+			// GET /metrics (Prometheus), a read; README "Metrics".
+			(&metrics.Metrics{Fleet: fl, Rollouts: eng, Services: sv.services, Log: logw}).Mount(ctx, srv)
 			local, err := serveSocket(ctx, st, e.storeDir, sv)
 			if err != nil {
 				return fmt.Errorf("serve: %w", err)

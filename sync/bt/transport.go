@@ -180,3 +180,7 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 type seederService struct{ s *Seeder }
 
 func (x seederService) Close() { x.s.Close() }
+
+// Seeder is the running seeder (sim serve's GET /metrics reads its
+// torrents' peers and bytes).
+func (x seederService) Seeder() *Seeder { return x.s }
