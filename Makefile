@@ -39,6 +39,8 @@ TEST_DEBS := debootstrap acl attr time
 # Multicast: udpcast is the peer of bench/mcastbench.sh; nftables drops
 # packets in the lab's loss tests (testdata/lab.sh loss).
 TEST_DEBS += udpcast nftables
+# Metrics: promtool (package prometheus) lints GET /metrics in the tests.
+TEST_DEBS += prometheus
 
 # Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,9 +47,19 @@ var (
 	dScrapeErr   = desc("sim_metrics_errors", "Parts of this scrape that could not be read (see the server's log), by part.", "part")
 )
 
+// names are the sim_ metrics this package exports (Names).
+var names = []string{"sim_http_requests_total", "sim_http_request_duration_seconds", "sim_http_response_bytes_total",
+	"sim_install_duration_seconds", "sim_update_duration_seconds"}
+
 func desc(name, help string, labels ...string) *prometheus.Desc {
+	names = append(names, name)
 	return prometheus.NewDesc(name, help, labels, nil)
 }
+
+// Names are the names of every sim_ metric GET /metrics may carry;
+// some only while what they measure exists (a rollout running, a
+// multicast session with receivers, a node heard of).
+func Names() []string { return slices.Sorted(slices.Values(names)) }
 
 var allDescs = []*prometheus.Desc{dNodes, dLastSeen, dNodeInfo, dNodeBytes, dOutdated, dSent, dRecv, dFetches, dPushes,
 	dEvents, dRollouts, dRollNodes, dRollProg, dRollWave, dRollWaves, dRollFail, dTorrents, dPeers, dTracked, dBTUp,
