@@ -18,9 +18,9 @@ import (
 )
 
 // TestMetricsServe scrapes a real `sim serve` before and after a node
-// checks the corpus out over HTTP and after a real install onto a loop
-// device: the HTTP transport's byte counter moved by at least the bytes
-// each client reported receiving, the node gauges and the install
+// checks the corpus out over HTTP, after a real install onto a loop
+// device and after a checkout over BitTorrent: the transports' byte
+// counters moved by at least the bytes each client reported receiving, the node gauges and the install
 // duration followed; a rollout makes its series appear; promtool passes
 // the text; every metric the Grafana dashboard queries is in the scrape.
 func TestMetricsServe(t *testing.T) {
@@ -127,6 +127,32 @@ func TestMetricsServe(t *testing.T) {
 		last = m
 	}
 
+	// The same image over BitTorrent: the seeder's figures.
+	var btco struct {
+		Swarm struct {
+			FromPeers   int64 `json:"from_peers"`
+			FromWebSeed int64 `json:"from_web_seed"`
+		} `json:"bittorrent"`
+	}
+	beforeBT := scrape()
+	decodeJSON(t, ok(t, filepath.Join(dir, "bt-store"), "checkout", "--from", url, "--transport", "bittorrent", "--seed-time", "0",
+		"deb", filepath.Join(dir, "bt-root"), "--json"), &btco)
+	afterBT := scrape()
+	got := btco.Swarm.FromPeers + btco.Swarm.FromWebSeed
+	bt := func(m *metrics.Scrape) float64 {
+		return val(m, "sim_transport_sent_bytes_total", "transport", "bittorrent")
+	}
+	t.Logf("bittorrent: node received %d bytes from the swarm; sim_transport_sent_bytes_total{transport=bittorrent} +%.0f", got, bt(afterBT)-bt(beforeBT))
+	if got < 10<<20 {
+		t.Errorf("bittorrent checkout received %d bytes from the swarm; want the image's", got)
+	}
+	if d := bt(afterBT) - bt(beforeBT); d < float64(got) {
+		t.Errorf("sim_transport_sent_bytes_total{transport=bittorrent} moved by %.0f; want at least the %d bytes the node received from the swarm", d, got)
+	}
+	if v := val(afterBT, "sim_bittorrent_torrents"); v != 1 {
+		t.Errorf("sim_bittorrent_torrents = %v; want 1", v)
+	}
+
 	// A rollout n1 never answers (no agent runs): it stays running, so
 	// its series are there.
 	ok(t, s, "commit", filepath.Join(corpus(t), "v3"), "--image", "deb")
@@ -138,9 +164,6 @@ func TestMetricsServe(t *testing.T) {
 	})
 	if v := val(last, "sim_rollout_nodes", "rollout", "r1"); v != 1 {
 		t.Errorf(`sim_rollout_nodes{rollout="r1"} sums to %v; want its 1 node`, v)
-	}
-	if v := val(last, "sim_bittorrent_torrents"); v != 0 {
-		t.Errorf("sim_bittorrent_torrents = %v; want 0 (nothing asked for one)", v)
 	}
 
 	if err := metrics.Promtool(t.Context(), last.Text); errors.Is(err, metrics.ErrNoPromtool) {
