@@ -182,7 +182,8 @@ func valOr(m *metrics.Scrape, name string, labels ...string) float64 {
 }
 
 // onlyWhileLive are series a scrape has only while what they measure
-// exists, beyond what TestMetricsServe sets up.
+// exists, beyond what TestMetricsServe sets up (client/metrics'
+// TestMulticast scrapes this one from a real session with loss).
 var onlyWhileLive = map[string]string{
 	"sim_multicast_loss_ratio": "a multicast session with receivers",
 }
