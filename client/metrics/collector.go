@@ -8,6 +8,7 @@ import (
 
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/rollout"
+	"github.com/systemimager/sim/sync/bt"
 	"github.com/systemimager/sim/sync/mcast"
 )
 
@@ -101,13 +102,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		c.rollouts(ch, errs)
 	}
 	st := m.Server.Stats()
+	// The seeder and the manager are asked before the lock: Observe, on
+	// every request's way out, waits for it.
+	seeder, mg := m.seeder(), m.multicast()
+	var ts []bt.TorrentStatus
+	if seeder != nil {
+		ts = seeder.Status()
+	}
+	var ss []mcast.SessionInfo
+	if mg != nil {
+		ss = mg.Sessions()
+	}
+	var out []prometheus.Metric
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	httpB := float64(st.BytesOut + m.mu.packBytes)
 	btB := float64(m.mu.seedBytes)
 	var mcB float64
-	if s := m.seeder(); s != nil {
-		ts := s.Status()
+	if seeder != nil {
 		up := map[string]float64{}
 		peers, tracked := 0, 0
 		for _, t := range ts {
@@ -117,13 +128,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		u := m.mu.btUp.sum(up)
 		btB += u
-		ch <- gauge(dTorrents, float64(len(ts)))
-		ch <- gauge(dPeers, float64(peers))
-		ch <- gauge(dTracked, float64(tracked))
-		ch <- counter(dBTUp, u)
+		out = append(out, gauge(dTorrents, float64(len(ts))), gauge(dPeers, float64(peers)),
+			gauge(dTracked, float64(tracked)), counter(dBTUp, u))
 	}
-	if mg := m.multicast(); mg != nil {
-		mcB = c.multicast(ch, mg.Sessions())
+	if mg != nil {
+		var mo []prometheus.Metric
+		mo, mcB = c.multicast(ss)
+		out = append(out, mo...)
+	}
+	m.mu.Unlock()
+	for _, x := range out {
+		ch <- x
 	}
 	ch <- counter(dSent, httpB, "http")
 	ch <- counter(dSent, btB, "bittorrent")
@@ -198,9 +213,10 @@ func (c *collector) rollouts(ch chan<- prometheus.Metric, errs map[string]float6
 	}
 }
 
-// multicast exports the sessions' figures and returns their bytes sent
-// (the caller holds m.mu).
-func (c *collector) multicast(ch chan<- prometheus.Metric, ss []mcast.SessionInfo) float64 {
+// multicast is the sessions' figures and their bytes sent (the caller
+// holds m.mu: the sums are kept across scrapes).
+func (c *collector) multicast(ss []mcast.SessionInfo) ([]prometheus.Metric, float64) {
+	var out []prometheus.Metric
 	sent, dgrams, repairs := map[string]float64{}, map[string]float64{}, map[string]float64{}
 	states, recv := map[string]int{}, map[string]int{}
 	for _, s := range ss {
@@ -212,7 +228,7 @@ func (c *collector) multicast(ch chan<- prometheus.Metric, ss []mcast.SessionInf
 			for _, mb := range s.Members {
 				loss += mb.LossPct / 100
 			}
-			ch <- gauge(dMcLoss, loss/float64(len(s.Members)), s.ID)
+			out = append(out, gauge(dMcLoss, loss/float64(len(s.Members)), s.ID))
 		}
 		if s.State != "done" {
 			for _, mb := range s.Members {
@@ -221,16 +237,15 @@ func (c *collector) multicast(ch chan<- prometheus.Metric, ss []mcast.SessionInf
 		}
 	}
 	for _, s := range mcastStates {
-		ch <- gauge(dMcSessions, float64(states[s]), s)
+		out = append(out, gauge(dMcSessions, float64(states[s]), s))
 	}
 	for _, s := range []string{"registered", "receiving", "done", "dropped", "gone"} {
-		ch <- gauge(dMcRecv, float64(recv[s]), s)
+		out = append(out, gauge(dMcRecv, float64(recv[s]), s))
 	}
 	b := c.mu.mcSent.sum(sent)
-	ch <- counter(dMcSent, b)
-	ch <- counter(dMcDatagrams, c.mu.mcDatagrams.sum(dgrams))
-	ch <- counter(dMcRepairs, c.mu.mcRepairs.sum(repairs))
-	return b
+	out = append(out, counter(dMcSent, b), counter(dMcDatagrams, c.mu.mcDatagrams.sum(dgrams)),
+		counter(dMcRepairs, c.mu.mcRepairs.sum(repairs)))
+	return out, b
 }
 
 func (c *collector) store(ch chan<- prometheus.Metric, errs map[string]float64) {
