@@ -46,6 +46,12 @@ type Config struct {
 	Disk      string   `json:"disk,omitempty"`
 	Overrides []Doc    `json:"overrides,omitempty"`
 	Scripts   []Doc    `json:"scripts,omitempty"`
+	// Token is the node's own token, minted for it by the server when
+	// an enroll (or admin) token asked for a registered node's config
+	// (sync.MintNodeToken, named node-NAME; the one before is revoked).
+	// The installer keeps it in the node's store and reports with it;
+	// the response is Cache-Control: no-store. Empty otherwise.
+	Token string `json:"token,omitempty"`
 }
 
 // Status is one progress report, POSTed to /v1/install/status.
@@ -154,7 +160,9 @@ type Options struct {
 	Trust            []sign.PublicKey
 	RequireSignature bool
 	// Token and CA, when set, are kept in the node's store (token mode
-	// 0600, ca.pem) for its later updates and its agent.
+	// 0600, ca.pem) for its later updates and its agent. Token is the
+	// node's own (a node token naming it), never a boot token shared by
+	// a fleet: FromServer sets it from what the server minted.
 	Token string
 	CA    []byte
 	// Check, when the node requires signatures, is asked about every

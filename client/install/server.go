@@ -21,7 +21,8 @@ import (
 // The install protocol, server side (ARCHITECTURE.md "Install
 // protocol"): what a netbooting node asks sim serve.
 //
-//	GET  /v1/install/config?mac=M&node=N&image=REF  the node's Config
+//	GET  /v1/install/config?mac=M&node=N&image=REF  the node's Config (with an enroll
+//	                                                 or admin token: and a new node token)
 //	POST /v1/install/status                          a Status (JSON)
 //	GET  /v1/install/status                          the last Status of every node
 //	GET  /v1/install/ipxe?mac=M                      an iPXE script booting the initrd
@@ -100,8 +101,21 @@ func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), code)
 		return
 	}
+	cache := "no-cache"
+	// Enrolment: an enroll (or admin) token asking for a registered
+	// node's config gets that node a token of its own, so the shared
+	// boot token never stays on a node. A read or anonymous request
+	// mints nothing.
+	if p := simsync.PrincipalOf(r); p.Role.Enrolls() && cfg.Node != "" {
+		if cfg.Token, err = simsync.MintNodeToken(x.Store, cfg.Node); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		cache = "no-store" // a secret: no cache keeps it
+		x.Log.Printf("install %s: minted node token %s (asked with %s)", cfg.Node, simsync.NodeTokenName(cfg.Node), p)
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("Cache-Control", cache)
 	json.NewEncoder(w).Encode(cfg)
 }
 

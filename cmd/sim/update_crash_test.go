@@ -138,6 +138,9 @@ func TestUpdateCrash(t *testing.T) {
 			t.Fatalf("sim %s: exit %d", strings.Join(args, " "), code)
 		}
 	})
+	// Its own token, in its store: sim update asks the server what n1 is
+	// assigned, and sim agent reports, as n1.
+	nodeToken(t, srv, "n1", n.store)
 
 	cmd := func(env []string, args ...string) *exec.Cmd {
 		c := simProcess(append([]string{"--store", n.store}, args...)...)
