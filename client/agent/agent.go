@@ -108,7 +108,9 @@ func Run(ctx context.Context, o Options) error {
 
 	// An apply cut short (kill -9, power loss) is completed first.
 	if j, _ := node.LoadJournal(o.Store.Dir()); j != nil {
-		a.report(ctx)
+		if o.Remote.Token != "" { // without one the server would refuse it
+			a.report(ctx)
+		}
 		if _, err := m.Recover(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
