@@ -90,21 +90,23 @@ func tinyImage(t *testing.T, srv, name string) string {
 
 // TestNodeTokenFromStore: the node commands speak for their node with
 // the token in its store when no --token-file or $SIM_TOKEN says
-// otherwise, and the server wants exactly that node's token: without one
-// sim update is refused (401, naming the node and the fix) and sim agent
-// stops at once saying it needs a node token; with the store's token
-// both work (the agent's reports reach the server); another node's token
-// given explicitly wins over the store's and is refused (403).
+// otherwise, and trust the CA in its store (ca.pem) for an https server,
+// and the server wants exactly that node's token: without one sim update
+// is refused (401, naming the node and the fix) and sim agent stops at
+// once saying it needs a node token; with the store's token both work
+// (the agent's reports reach the server); another node's token given
+// explicitly wins over the store's and is refused (403).
 func TestNodeTokenFromStore(t *testing.T) {
 	srv := newStore(t)
 	commit := tinyImage(t, srv, "tiny")
 	ok(t, srv, "node", "add", "n1", "--image", "tiny")
 	ok(t, srv, "node", "add", "n2", "--image", "tiny")
-	url := startServer(t, srv)
+	cert, key := selfSigned(t, t.TempDir())
+	url := strings.Replace(startServer(t, srv, "--tls-cert", cert, "--tls-key", key), "http://", "https://", 1)
 
 	root := filepath.Join(t.TempDir(), "n1")
 	nodeStore := filepath.Join(root, install.StoreDir)
-	ok(t, nodeStore, "checkout", "--from", url, "tiny", root, "--no-sync")
+	ok(t, nodeStore, "checkout", "--from", url, "--ca", cert, "tiny", root, "--no-sync")
 	in := map[string]any{"node": "n1", "image": "tiny", "commit": commit, "server": url, "hostname": "n1",
 		"time": time.Now().UTC(), "disk": "/dev/null", "layout_commit": strings.Repeat("0", 64)}
 	b, _ := json.Marshal(in)
@@ -113,8 +115,17 @@ func TestNodeTokenFromStore(t *testing.T) {
 	}
 	update := []string{"--store", nodeStore, "update", "--root", root, "--dry-run"}
 
-	// No token anywhere.
+	// No CA: the server is not trusted; then the store's ca.pem.
 	out, err := runFor(t, simProcess(update...), time.Minute)
+	if err == nil || !strings.Contains(out, "certificate") {
+		t.Errorf("update without the server's CA: %v\n%s\nwant a certificate error", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(nodeStore, install.CAName), []byte(readFile(t, cert)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// No token anywhere.
+	out, err = runFor(t, simProcess(update...), time.Minute)
 	if err == nil || !strings.Contains(out, "401") || !strings.Contains(out, "needs the node token of n1") || !strings.Contains(out, "sim token add node-n1 --role node --node n1") {
 		t.Errorf("update without a token: %v\n%s\nwant a 401 naming n1 and the fix", err, out)
 	}
