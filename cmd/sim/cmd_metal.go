@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -240,123 +241,170 @@ func newGroupCommand(e *env) *cobra.Command {
 }
 
 func newNodesCommand(e *env) *cobra.Command {
+	var watch bool
 	c := &cobra.Command{
-		Use:   "nodes",
+		Use:   "nodes [--watch]",
 		Short: "List nodes: groups, image, assigned and current commit, state, last seen, drift, last install",
 		Long: `List the nodes: the registered ones (sim node add) and those whose agent
 reports to this server, each with its groups, image, the commit it is
 assigned (its image's head) and the one it is on, its state (installing,
 updating, idle, failed, offline, rolled-back, partial), when it was last
 seen, how many paths drifted at its last scan, and its last install status.
-Without a running server, what the server last knew.`,
+Without a running server, what the server last knew.
+
+--watch keeps the list live, like top: on a terminal it is redrawn in
+place at every change a node reports (phase, bytes done of total, rate,
+transport), with a summary line of how many nodes are in each state;
+otherwise it prints one line per change. Ctrl-C ends it.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
-				reg, err := catalog.LoadRegistry(st)
+				if watch {
+					if e.json {
+						return usageError{errors.New("--watch and --json: pick one (GET /v1/events streams JSON)")}
+					}
+					return e.watchNodes(c.Context(), st)
+				}
+				rows, reg, err := e.nodeRows(st)
 				if err != nil {
 					return err
-				}
-				last := install.LastStatuses(st.Dir())
-				live := map[string]fleet.NodeState{}
-				for _, s := range e.knownNodes(st) {
-					live[s.Name] = s
-				}
-				type row struct {
-					*catalog.Node
-					Resolved *catalog.Resolved `json:"resolved,omitempty"`
-					Status   *install.Status   `json:"status,omitempty"`
-					// From the fleet: the commit it is assigned and the
-					// one it reports, its state, when last heard of.
-					Assigned       string     `json:"assigned,omitempty"`
-					Current        string     `json:"current"`
-					State          string     `json:"state"`
-					LastSeen       *time.Time `json:"last_seen"`
-					Drift          int        `json:"drift"`
-					RebootRequired bool       `json:"reboot_required,omitempty"`
-					LastError      string     `json:"last_error,omitempty"`
-				}
-				names := make([]string, 0, len(reg.Nodes))
-				for n := range reg.Nodes {
-					names = append(names, n)
-				}
-				for n := range live {
-					if reg.Nodes[n] == nil {
-						names = append(names, n)
-					}
-				}
-				sort.Slice(names, func(i, j int) bool { return fleet.NodeLess(names[i], names[j]) })
-				rows := []row{}
-				for _, n := range names {
-					r := row{Node: reg.Nodes[n], State: fleet.Unknown, Drift: -1}
-					if r.Node == nil {
-						r.Node = &catalog.Node{Name: n} // joined by name, not registered
-					} else {
-						r.Resolved, _ = reg.Resolve(r.Node)
-						if r.Resolved != nil {
-							r.Resolved.Node = nil
-						}
-					}
-					if s, ok := last[n]; ok {
-						r.Status = &s
-					}
-					if s, ok := live[n]; ok {
-						r.Assigned, r.Current, r.State, r.Drift = s.Assigned, s.Current, s.State, s.Drift
-						r.RebootRequired, r.LastError = s.RebootRequired, s.LastError
-						if !s.LastSeen.IsZero() {
-							t := s.LastSeen
-							r.LastSeen = &t
-						}
-					}
-					if r.Assigned == "" && r.Resolved != nil && r.Resolved.Image != "" {
-						if id, err := st.Resolve(r.Resolved.Image); err == nil {
-							r.Assigned = id.String()
-						}
-					}
-					rows = append(rows, r)
 				}
 				if e.json {
 					groups := reg.Groups
 					return e.printJSON(struct {
 						Commit string                    `json:"registry_commit,omitempty"`
-						Nodes  []row                     `json:"nodes"`
+						Nodes  []nodeRow                 `json:"nodes"`
 						Groups map[string]*catalog.Group `json:"groups"`
 					}{idOrEmpty(reg), rows, groups})
 				}
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NODE\tGROUPS\tIMAGE\tASSIGNED\tCURRENT\tSTATE\tLAST SEEN\tDRIFT\tLAST INSTALL")
 				for _, r := range rows {
-					img := ""
-					if r.Resolved != nil {
-						img = r.Resolved.Image
-					}
 					inst := "-"
 					if r.Status != nil {
 						inst = fmt.Sprintf("%s %s %s", r.Status.State, r.Status.Step, r.Status.Time.Local().Format("2006-01-02 15:04:05"))
 					}
-					seen, drift := "-", "-"
-					if r.LastSeen != nil {
-						seen = ago(time.Since(*r.LastSeen))
-					}
-					if r.Drift >= 0 {
-						drift = fmt.Sprint(r.Drift)
-					}
-					state := r.State
-					if r.RebootRequired {
-						state += " (reboot)"
-					}
-					cur := short8(r.Current)
-					if r.Current != "" && r.Current == r.Assigned {
-						cur += " ="
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Groups, ",")), dash(img),
-						dash(short8(r.Assigned)), dash(cur), state, seen, drift, inst)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Groups, ",")), dash(r.image()),
+						dash(short8(r.Assigned)), dash(r.current()), r.state(), r.seen(time.Now()), r.drift(), inst)
 				}
 				return tw.Flush()
 			})
 		},
 	}
 	e.addJSONFlag(c)
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "stay, and show every change live (redrawn in place on a terminal)")
 	return c
+}
+
+// nodeRow is one node as sim nodes shows it: its registry entry, its
+// last install status, and what the fleet knows of it now.
+type nodeRow struct {
+	*catalog.Node
+	Resolved *catalog.Resolved `json:"resolved,omitempty"`
+	Status   *install.Status   `json:"status,omitempty"`
+	// From the fleet: the commit it is assigned and the one it reports,
+	// its state, when last heard of.
+	Assigned       string     `json:"assigned,omitempty"`
+	Current        string     `json:"current"`
+	State          string     `json:"state"`
+	LastSeen       *time.Time `json:"last_seen"`
+	Drift          int        `json:"drift"`
+	RebootRequired bool       `json:"reboot_required,omitempty"`
+	LastError      string     `json:"last_error,omitempty"`
+	// live is the fleet's whole state of the node (the live view shows
+	// its phase and progress); not in the JSON, which keeps its shape.
+	live fleet.NodeState
+}
+
+func (r nodeRow) image() string {
+	if r.Resolved != nil {
+		return r.Resolved.Image
+	}
+	return ""
+}
+
+func (r nodeRow) current() string {
+	cur := short8(r.Current)
+	if r.Current != "" && r.Current == r.Assigned {
+		cur += " ="
+	}
+	return cur
+}
+
+func (r nodeRow) state() string {
+	if r.RebootRequired {
+		return r.State + " (reboot)"
+	}
+	return r.State
+}
+
+func (r nodeRow) seen(now time.Time) string {
+	if r.LastSeen == nil {
+		return "-"
+	}
+	return ago(now.Sub(*r.LastSeen))
+}
+
+func (r nodeRow) drift() string {
+	if r.Drift < 0 {
+		return "-"
+	}
+	return fmt.Sprint(r.Drift)
+}
+
+// nodeRows lists every node the registry or the fleet knows, in name
+// order.
+func (e *env) nodeRows(st *store.Store) ([]nodeRow, *catalog.Registry, error) {
+	reg, err := catalog.LoadRegistry(st)
+	if err != nil {
+		return nil, nil, err
+	}
+	last := install.LastStatuses(st.Dir())
+	live := map[string]fleet.NodeState{}
+	for _, s := range e.knownNodes(st) {
+		live[s.Name] = s
+	}
+	names := make([]string, 0, len(reg.Nodes))
+	for n := range reg.Nodes {
+		names = append(names, n)
+	}
+	for n := range live {
+		if reg.Nodes[n] == nil {
+			names = append(names, n)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return fleet.NodeLess(names[i], names[j]) })
+	rows := []nodeRow{}
+	for _, n := range names {
+		r := nodeRow{Node: reg.Nodes[n], State: fleet.Unknown, Drift: -1}
+		if r.Node == nil {
+			r.Node = &catalog.Node{Name: n} // joined by name, not registered
+		} else {
+			r.Resolved, _ = reg.Resolve(r.Node)
+			if r.Resolved != nil {
+				r.Resolved.Node = nil
+			}
+		}
+		if s, ok := last[n]; ok {
+			r.Status = &s
+		}
+		if s, ok := live[n]; ok {
+			r.live = s
+			r.Assigned, r.Current, r.State, r.Drift = s.Assigned, s.Current, s.State, s.Drift
+			r.RebootRequired, r.LastError = s.RebootRequired, s.LastError
+			if !s.LastSeen.IsZero() {
+				t := s.LastSeen
+				r.LastSeen = &t
+			}
+		}
+		if r.Assigned == "" && r.Resolved != nil && r.Resolved.Image != "" {
+			if id, err := st.Resolve(r.Resolved.Image); err == nil {
+				r.Assigned = id.String()
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows, reg, nil
 }
 
 func short8(id string) string {
