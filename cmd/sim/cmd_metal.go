@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -143,70 +146,202 @@ func newNodeCommand(e *env) *cobra.Command {
 		Use:   "node",
 		Short: "Register nodes (name, MAC, IP, image, groups, overrides, scripts)",
 		Long: `Nodes and groups live in the store as image sim@nodes (one JSON document per
-node and group), so every change is a commit. A node's name is its hostname.`,
+node and group), so every change is a commit. A node's name is its hostname.
+Where a NAME goes, a range may: n[001-500], rack1-n[01-40], n1-n16,n20.`,
 	}
 	var o nodeOptions
 	add := &cobra.Command{
-		Use:   "add NAME",
-		Short: "Add or replace a node",
-		Args:  cobra.ExactArgs(1),
+		Use:   "add NAME|RANGE",
+		Short: "Add or replace nodes: a range gets consecutive MACs and IPs from --mac and --ip",
+		Long: `Add or replace a node, or every node of a range in one commit. With a range,
+--mac and --ip are the first node's: the next node gets the next MAC and
+the next address (n[001-500] --mac 52:54:00:00:01:00 --ip 198.18.1.1/22),
+which must stay inside the prefix.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			n := &catalog.Node{Name: args[0], MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-				Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
-			if err := n.Check(); err != nil {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
 				return usageError{err}
 			}
-			if n.Disk != "" {
-				if err := layout.CheckDisk(n.Disk); err != nil {
-					return usageError{fmt.Errorf("node %s: %w", n.Name, err)}
-				}
+			if len(names) == 0 {
+				return usageError{fmt.Errorf("node add: %q names no node", args[0])}
 			}
-			return e.withStore(func(st *store.Store) error {
-				reg, err := catalog.LoadRegistry(st)
-				if err != nil {
-					return err
-				}
-				for _, g := range n.Groups {
-					if reg.Groups[g] == nil {
-						return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
+			var nodes []*catalog.Node
+			for i, name := range names {
+				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
+					Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
+				if i > 0 && n.MAC != "" {
+					if n.MAC, err = catalog.MACPlus(o.mac, i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
-				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
-					return fmt.Errorf("node %s: %w", n.Name, err)
+				if i > 0 && n.IP != "" {
+					if n.IP, err = catalog.AddrPlus(o.ip, i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
+					}
 				}
-				if err := reg.AddNode(n); err != nil {
-					return err
+				if err := n.Check(); err != nil {
+					return usageError{err}
 				}
-				if _, err := reg.Resolve(n); err != nil {
-					return err
+				if n.Disk != "" {
+					if err := layout.CheckDisk(n.Disk); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", n.Name, err)}
+					}
 				}
-				_, err = reg.Save(c.Context(), st, "node add "+n.Name)
-				return err
-			})
+				nodes = append(nodes, n)
+			}
+			return e.addNodes(c.Context(), nodes, "node add "+args[0])
 		},
 	}
 	o.add(add, true)
+	var imp nodeOptions
+	var prefix int
+	importCmd := &cobra.Command{
+		Use:   "import FILE",
+		Short: "Add the nodes of a CSV (name,mac[,ip[,gateway]]) or a dnsmasq leases file, in one commit",
+		Long: `Add or replace the nodes a site already lists: a CSV with one
+name,mac[,ip[,gateway]] per line (a header line "name,..." and # comments
+are skipped), or the DHCP server's leases (dnsmasq's dnsmasq.leases:
+"EXPIRY MAC IP HOSTNAME CLIENT-ID"; what SystemImager's si_mkdhcpstatic
+read), which carry no prefix: --prefix gives it. --group, --image,
+--override and --script apply to every node. A bad line fails the whole
+import, naming the file and the line; "-" reads stdin.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var r io.Reader = os.Stdin
+			name := "stdin"
+			if args[0] != "-" {
+				f, err := os.Open(e.path(args[0]))
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				r, name = f, args[0]
+			}
+			nodes, err := catalog.ParseNodeList(r, name, prefix)
+			if err != nil {
+				return usageError{err}
+			}
+			if len(nodes) == 0 {
+				return usageError{fmt.Errorf("%s lists no node", name)}
+			}
+			for _, n := range nodes {
+				n.Image, n.Groups, n.Overrides, n.Scripts, n.Disk = imp.image, imp.groups, imp.overrides, imp.scripts, imp.disk
+			}
+			return e.addNodes(c.Context(), nodes, fmt.Sprintf("node import %s (%d nodes)", filepath.Base(name), len(nodes)))
+		},
+	}
+	imp.add(importCmd, true)
+	importCmd.Flags().IntVar(&prefix, "prefix", 0, "prefix `BITS` of addresses given without one (leases; default: none, such a line is refused)")
+	for _, f := range []string{"mac", "ip", "gateway"} {
+		importCmd.Flags().MarkHidden(f) // from the file
+	}
 	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a node",
+		Use:   "rm NAME|RANGE",
+		Short: "Remove nodes",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
+				return usageError{err}
+			}
 			return e.withStore(func(st *store.Store) error {
 				reg, err := catalog.LoadRegistry(st)
 				if err != nil {
 					return err
 				}
-				if reg.Nodes[args[0]] == nil {
-					return fmt.Errorf("no node %q", args[0])
+				var missing []string
+				for _, n := range names {
+					if reg.Nodes[n] == nil {
+						missing = append(missing, n)
+					}
 				}
-				delete(reg.Nodes, args[0])
+				if len(missing) > 0 {
+					return fmt.Errorf("no node %s", strings.Join(missing, ", "))
+				}
+				for _, n := range names {
+					delete(reg.Nodes, n)
+				}
 				_, err = reg.Save(c.Context(), st, "node rm "+args[0])
 				return err
 			})
 		},
 	}
-	c.AddCommand(add, rm)
+	reinstall := &cobra.Command{
+		Use:   "reinstall NAME|RANGE",
+		Short: "Install nodes again at their next netboot (an installed node otherwise boots its disk)",
+		Long: `After a successful install, a node's netboot (sim serve's iPXE script,
+and the per-node files of sim netboot pxe|grub --per-node) sends it to its
+own disk, so a node set to boot from the network first does not reinstall
+at every boot (SystemImager's si_netbootmond). reinstall makes the nodes'
+next netboot install again; once that install succeeds they boot their
+disk again.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				now := time.Now().UTC()
+				for _, n := range names {
+					nd := reg.Nodes[n]
+					if nd == nil {
+						return fmt.Errorf("no node %q", n)
+					}
+					nd.Reinstall = &now
+				}
+				if _, err := reg.Save(c.Context(), st, "node reinstall "+args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%d nodes install again at their next netboot\n", len(names))
+				return nil
+			})
+		},
+	}
+	c.AddCommand(add, importCmd, rm, reinstall)
 	return c
+}
+
+// addNodes adds (or replaces) nodes in one registry commit, checking
+// their groups and references first; an error names the node at fault.
+func (e *env) addNodes(ctx context.Context, nodes []*catalog.Node, msg string) error {
+	return e.withStore(func(st *store.Store) error {
+		reg, err := catalog.LoadRegistry(st)
+		if err != nil {
+			return err
+		}
+		checked := map[string]bool{}
+		for _, n := range nodes {
+			for _, g := range n.Groups {
+				if reg.Groups[g] == nil {
+					return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
+				}
+			}
+			key := n.Image + "\x00" + strings.Join(n.Overrides, ",") + "\x00" + strings.Join(n.Scripts, ",")
+			if !checked[key] {
+				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
+					return fmt.Errorf("node %s: %w", n.Name, err)
+				}
+				checked[key] = true
+			}
+			if err := reg.AddNode(n); err != nil {
+				return err
+			}
+			if _, err := reg.Resolve(n); err != nil {
+				return err
+			}
+		}
+		_, err = reg.Save(ctx, st, msg)
+		if err == nil && len(nodes) > 1 {
+			fmt.Fprintf(e.stdout, "%d nodes: %s .. %s\n", len(nodes), nodes[0].Name, nodes[len(nodes)-1].Name)
+		}
+		return err
+	})
 }
 
 func newGroupCommand(e *env) *cobra.Command {
@@ -236,7 +371,51 @@ func newGroupCommand(e *env) *cobra.Command {
 		},
 	}
 	o.add(add, false)
-	c.AddCommand(add)
+	var force bool
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a group (refused while nodes are in it, unless --force)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				if err := reg.RemoveGroup(args[0], force); err != nil {
+					return err
+				}
+				_, err = reg.Save(c.Context(), st, "group rm "+args[0])
+				return err
+			})
+		},
+	}
+	rm.Flags().BoolVar(&force, "force", false, "also take the group off the nodes in it")
+	c.AddCommand(add, rm)
+	return c
+}
+
+func newHostsCommand(e *env) *cobra.Command {
+	var domain string
+	c := &cobra.Command{
+		Use:   "hosts [--domain DOMAIN]",
+		Short: "Print /etc/hosts lines for the nodes with a static IP",
+		Long: `Print an /etc/hosts block for every node with a static IP, in address
+order ("198.18.1.1  n001.DOMAIN n001"): for the server, an override of
+the nodes' /etc/hosts, or a site's DNS.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "# sim nodes (registry %s)\n%s", short8(idOrEmpty(reg)), reg.Hosts(domain))
+				return nil
+			})
+		},
+	}
+	c.Flags().StringVar(&domain, "domain", "", "also name each node NAME.`DOMAIN`")
 	return c
 }
 
