@@ -132,8 +132,12 @@ func TestNetbootLocalBoot(t *testing.T) {
 			t.Fatalf("status: %s", resp.Status)
 		}
 	}
-	installs := func(s string) bool { return strings.Contains(s, "/v1/install/kernel") && strings.Contains(s, "sim.node=") }
-	local := func(s string) bool { return strings.Contains(s, "sanboot --no-describe --drive 0x80") && !strings.Contains(s, "kernel") }
+	installs := func(s string) bool {
+		return strings.Contains(s, "/v1/install/kernel") && strings.Contains(s, "sim.node=")
+	}
+	local := func(s string) bool {
+		return strings.Contains(s, "sanboot --no-describe --drive 0x80") && !strings.Contains(s, "kernel")
+	}
 	const n1, n2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
 	if s := ipxe(n1); !installs(s) {
 		t.Fatalf("a new node does not install:\n%s", s)
