@@ -171,6 +171,10 @@ type Options struct {
 	// its objects (sync.CheckCommit). A signed layout with an unsigned
 	// image must not cost the node its disk.
 	Check func(ctx context.Context, st *store.Store, id chunk.ID) error
+	// ShowCheckout, when set, is called as the checkout starts with
+	// what counts its files and bytes (for a terminal's progress bar);
+	// the checkout calls the func it returns when it ends.
+	ShowCheckout func(*snapshot.Progress) (stop func())
 }
 
 // StoreDir is the node's store inside the new root.
@@ -423,8 +427,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	r.setStep("checkout")
-	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true,
+	prog, stop := &snapshot.Progress{}, func() {}
+	if r.ShowCheckout != nil {
+		stop = r.ShowCheckout(prog)
+	}
+	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true, Progress: prog,
 		Verify: func(id chunk.ID) error { return CheckSigned(st, id, false) }})
+	stop()
 	if err != nil {
 		return nil, err
 	}

@@ -194,9 +194,32 @@ func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		args += " sim.node=" + n.Name
+		// Installed: boot the disk, until an admin asks for a
+		// reinstall (a node set to netboot first would otherwise
+		// reinstall at every boot).
+		var done time.Time
+		if last, ok := LastStatuses(x.Store.Dir())[n.Name]; ok && last.State == Done {
+			done = last.Time
+		}
+		if !n.NetbootsToInstall(done) {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Cache-Control", "no-store")
+			fmt.Fprint(w, LocalBootScript(n.Name, done))
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-store")
 	fmt.Fprint(w, IPXEScript(base, args))
+}
+
+// LocalBootScript sends an installed node to its own disk: UEFI
+// firmware boots its next entry when iPXE exits; a BIOS machine is
+// booted from its first disk (sanboot), or, failing that, by the BIOS's
+// next device.
+func LocalBootScript(node string, done time.Time) string {
+	return fmt.Sprintf("#!ipxe\n# sim netboot: %s was installed at %s and boots its own disk; `sim node reinstall %s` installs it again\n"+
+		"iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit\n", node, done.UTC().Format(time.RFC3339), node)
 }
 
 // IPXEScript boots the initrd from the server at base with the kernel

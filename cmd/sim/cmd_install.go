@@ -11,6 +11,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/sign"
 	simsync "github.com/systemimager/sim/sync"
@@ -88,7 +89,9 @@ hand (sim token add NAME --role node --node NAME).`,
 				if err != nil {
 					return simsync.PullStats{}, err
 				}
+				stop := e.showFetch("fetch "+id.Short(), r)
 				ps, err := simsync.FetchCommit(ctx, st, r, tr, id, true)
+				stop()
 				if ferr := tr.Finish(ctx); err == nil {
 					err = ferr
 				}
@@ -98,7 +101,8 @@ hand (sim token add NAME --role node --node NAME).`,
 				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, CA: ca,
 					Check: func(ctx context.Context, st *store.Store, id chunk.ID) error {
 						return simsync.CheckCommit(ctx, st, r, id)
-					}}, fetch)
+					},
+					ShowCheckout: func(p *snapshot.Progress) func() { return e.showProgress("checkout", p) }}, fetch)
 			if err != nil {
 				return err
 			}

@@ -327,7 +327,9 @@ func newCloneCommand(e *env) *cobra.Command {
 			os.WriteFile(originPath(dir), []byte(args[0]+"\n"), 0o644)
 			e.storeDir = dir
 			return e.withStore(func(st *store.Store) error {
+				stop := e.showFetch("clone", r)
 				ps, err := simsync.Pull(c.Context(), st, r, nil, nil)
+				stop()
 				e.reportPull(ps)
 				return err
 			})
@@ -378,7 +380,9 @@ every one is verified, and an interrupted pull keeps what arrived.`,
 				if err != nil {
 					return err
 				}
+				stop := e.showFetch("pull", r)
 				ps, err := simsync.Pull(c.Context(), st, r, tr, args)
+				stop()
 				e.reportPull(ps)
 				if ferr := tr.Finish(c.Context()); err == nil {
 					err = ferr
