@@ -191,6 +191,9 @@ setup_node() { # set n from
 	echo "$2" >"$R/etc/hostname"
 	head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
 	printf '{"node":"%s","image":"deb","commit":"%s","server":"%s","hostname":"%s"}\n' "$2" "$id" "$URL" "$2" >"$R/var/lib/sim/installed.json"
+	# The node's own token (agent requests need it), as an install leaves it.
+	(umask 077 && S token add "node-$1-$2" --role node --node "$2" 2>>"$W/log/setup.log" | tail -1 >"$R/var/lib/sim/token") || return 1
+	[ -s "$R/var/lib/sim/token" ] || return 1
 }
 make_set() { # set N from
 	local n p pids=()
