@@ -22,7 +22,8 @@
 # (sim's preserved paths; rsync gets them as its exclude file). The roots
 # and stores live in UPDATEBENCH_DIR (default /var/tmp/sim-updatebench, wiped
 # at start and end; UPDATEBENCH_KEEP=1 keeps it). SIM: the sim binary
-# (default ./bin/sim); SIM_CORPUS: the corpus.
+# (default ./bin/sim); SIM_CORPUS: the corpus. UPDATEBENCH_UPDATES picks
+# the updates (default "v2:v3 v1:v2"; "v2:v3" alone takes ~2 minutes).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -190,6 +191,9 @@ setup_node() { # set n from
 	echo "$2" >"$R/etc/hostname"
 	head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$R/etc/machine-id"
 	printf '{"node":"%s","image":"deb","commit":"%s","server":"%s","hostname":"%s"}\n' "$2" "$id" "$URL" "$2" >"$R/var/lib/sim/installed.json"
+	# The node's own token (agent requests need it), as an install leaves it.
+	(umask 077 && S token add "node-$1-$2" --role node --node "$2" 2>>"$W/log/setup.log" | tail -1 >"$R/var/lib/sim/token") || return 1
+	[ -s "$R/var/lib/sim/token" ] || return 1
 }
 make_set() { # set N from
 	local n p pids=()
@@ -298,8 +302,12 @@ rsync_to() { # N TO, untimed
 	for p in "${pids[@]}"; do wait "$p" || die "rsync to $2 failed (see $W/log/rsync.log)"; done
 }
 
+UPDATES=()
+for u in ${UPDATEBENCH_UPDATES:-v2:v3 v1:v2}; do
+	case $u in v[123]:v[123]) UPDATES+=("${u%:*} ${u#*:}") ;; *) die "UPDATEBENCH_UPDATES: $u: want FROM:TO of v1, v2, v3" ;; esac
+done
 declare -A R
-for upd in "v2 v3" "v1 v2"; do
+for upd in "${UPDATES[@]}"; do
 	set -- $upd
 	from=$1 to=$2
 	for N in 8 16; do
@@ -340,7 +348,7 @@ done
 {
 	echo "| update | nodes | sim: time to the last node | rsync | sim / rsync | sim: server bytes | rsync | sim / rsync | sim: node CPU | rsync | plan error (max per node) |"
 	echo "|---|---|---|---|---|---|---|---|---|---|---|"
-	for upd in "v2 v3" "v1 v2"; do
+	for upd in "${UPDATES[@]}"; do
 		set -- $upd
 		for N in 8 16; do
 			read -r st sb sc se <<<"${R[sim,$1,$N]}"
@@ -352,10 +360,12 @@ done
 			echo "| $1→$2 | $N | ${st} s | ${rt} s | $(ratio "$st" "$rt") | $(hb "$sb") | $(hb "$rb") | $(ratio "$sb" "$rb") | ${sc} s | ${rc} s | ${se}% $(mark lt "$se" 5)${tgt} |"
 		done
 	done
-	echo
-	echo "| drift scan of a v2 node, warm | sim drift --root | rsync -n -c | sim / rsync |"
-	echo "|---|---|---|---|"
-	echo "| time (median) | ${DRIFT} s ($DRIFTN paths differ) $(mark lt "$DRIFT" 0.3) | ${RSN} s | $(ratio "$DRIFT" "$RSN") |"
+	if [ -n "${DRIFT:-}" ]; then
+		echo
+		echo "| drift scan of a v2 node, warm | sim drift --root | rsync -n -c | sim / rsync |"
+		echo "|---|---|---|---|"
+		echo "| time (median) | ${DRIFT} s ($DRIFTN paths differ) $(mark lt "$DRIFT" 0.3) | ${RSN} s | $(ratio "$DRIFT" "$RSN") |"
+	fi
 	echo
 	echo "Load average during the run: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores."
 } | tee "$OUT"

@@ -65,6 +65,8 @@ type reach struct {
 	problems []string
 	walk     *snapshot.Reach
 	stack    []*treeCheck
+	// progress, when set, counts the trees walked (Files).
+	progress *snapshot.Progress
 }
 
 // treeCheck is a tree being walked: its state so far and its chunks.
@@ -122,6 +124,9 @@ func (r *reach) tree(id chunk.ID) bool {
 func (r *reach) enter(id chunk.ID, _ string, t *snapshot.Tree, err error) error {
 	tc := &treeCheck{id: id, ok: true}
 	r.stack = append(r.stack, tc)
+	if r.progress != nil {
+		r.progress.Files.Add(1)
+	}
 	if why, isBad := r.bad[id]; isBad {
 		r.problems = append(r.problems, fmt.Sprintf("tree %s: %s", id, why))
 		tc.ok = false
@@ -242,12 +247,17 @@ func Fsck(st *store.Store, readData bool) (*FsckReport, error) {
 }
 
 // GC removes every blob and commit no image, tag or reflog reaches.
-func GC(st *store.Store) (store.GCStats, error) {
+func GC(st *store.Store) (store.GCStats, error) { return GCProgress(st, nil) }
+
+// GCProgress is GC counting in p (when not nil) the trees it walks and
+// then the blobs it sorts into live and dead (Files).
+func GCProgress(st *store.Store, p *snapshot.Progress) (store.GCStats, error) {
 	rs, err := refRoots(st)
 	if err != nil {
 		return store.GCStats{}, err
 	}
 	r := newReach(st, map[chunk.ID]string{})
+	r.progress = p
 	for id := range rs {
 		r.commit(id)
 	}
@@ -257,7 +267,13 @@ func GC(st *store.Store) (store.GCStats, error) {
 		return store.GCStats{}, fmt.Errorf("gc: refusing to run on a damaged store (run `sim fsck`): %s", r.problems[0])
 	}
 	live := r.blobs()
-	gs, err := st.Repack(func(id chunk.ID) bool { _, ok := live[id]; return ok }, func(id chunk.ID) bool {
+	gs, err := st.Repack(func(id chunk.ID) bool {
+		if p != nil {
+			p.Files.Add(1)
+		}
+		_, ok := live[id]
+		return ok
+	}, func(id chunk.ID) bool {
 		_, ok := r.commits[id]
 		return ok
 	})

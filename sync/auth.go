@@ -7,9 +7,14 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/systemimager/sim/store"
 )
 
 // Roles and credentials (ARCHITECTURE.md "Roles and tokens"). Every
@@ -17,12 +22,28 @@ import (
 // routes are mounted with the role they need (HandleRole; Handle means
 // RoleRead), and a handler that acts for a node checks that the caller
 // may speak for it (AllowNode). An endpoint added later (a fleet agent's
-// orders, its drift reports) adopts the same rules with one line:
+// orders, its drift reports: client/fleet) adopts the same rules with one
+// line:
 //
 //	srv.HandleRole("POST /v1/agent/report", simsync.RoleNode, h) // and in h: simsync.AllowNode(w, r, node)
+//
+// Enrolment is the one thing a role does besides what its routes allow:
+// an install config asked with an enroll or admin token comes with a new
+// node token (MintNodeToken, client/install's config handler).
 
-// Role is what a credential may do on a server. Each role includes the
-// ones before it.
+// Role is what a credential may do on a server. The roles are not a
+// ladder: read is in every other role, admin has every right, but enroll
+// and node are siblings with one right each besides read (enroll: have
+// node tokens minted; node: speak for its own node). Authorize spells
+// each role's rights out, so no role gains a right from its number (the
+// numbers are never stored: records and JSON carry the names).
+//
+//	role    read  mint node tokens  act for a node  push, refs, commit
+//	none    -     -                 -               -
+//	read    yes   -                 -               -
+//	enroll  yes   yes (config)      -               -
+//	node    yes   -                 its own only    -
+//	admin   yes   yes (config)      any             yes
 type Role uint8
 
 const (
@@ -33,16 +54,25 @@ const (
 	// multicast sessions, install configs and statuses. Anonymous
 	// requests have it unless reads are closed.
 	RoleRead
+	// RoleEnroll is the boot token of a fleet (sim.token= on a kernel
+	// command line, or a shared initrd's): it reads, and a node's
+	// install config asked with it comes with a fresh node token for
+	// that node (MintNodeToken), which the installer keeps in the
+	// node's store. It reports nothing, takes no orders, pushes
+	// nothing: a token many machines share, and anyone with the
+	// command line can read, speaks for no node.
+	RoleEnroll
 	// RoleNode is a node's own token: read, and report its own install
-	// status (and, later, drift), take its own orders. Never another
-	// node's.
+	// status and its state and drift (the agent), take its own orders.
+	// Never another node's.
 	RoleNode
-	// RoleAdmin does everything: push, move refs, commit remotely, and
-	// act for any node. The tokens of --token-file are admin tokens.
+	// RoleAdmin does everything: push, move refs, commit remotely,
+	// enrol nodes, and act for any node. The tokens of --token-file are
+	// admin tokens.
 	RoleAdmin
 )
 
-var roleNames = []string{"none", "read", "node", "admin"}
+var roleNames = []string{"none", "read", "enroll", "node", "admin"}
 
 func (r Role) String() string {
 	if int(r) < len(roleNames) {
@@ -51,18 +81,45 @@ func (r Role) String() string {
 	return fmt.Sprintf("role(%d)", r)
 }
 
-// ParseRole reads read, node or admin.
+// ParseRole reads read, enroll, node or admin.
 func ParseRole(s string) (Role, error) {
 	for i, n := range roleNames {
 		if n == s && i > 0 {
 			return Role(i), nil
 		}
 	}
-	return RoleNone, fmt.Errorf("unknown role %q: want read, node or admin", s)
+	return RoleNone, fmt.Errorf("unknown role %q: want read, enroll, node or admin", s)
 }
+
+// Reads says whether r may fetch (every role but none).
+func (r Role) Reads() bool {
+	switch r {
+	case RoleRead, RoleEnroll, RoleNode, RoleAdmin:
+		return true
+	}
+	return false
+}
+
+// Enrolls says whether r has node tokens minted with the install
+// configs it asks for: an enroll or an admin token.
+func (r Role) Enrolls() bool { return r == RoleEnroll || r == RoleAdmin }
 
 // MarshalText writes the role's name.
 func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads a role's name (none too: an anonymous whoami).
+func (r *Role) UnmarshalText(b []byte) error {
+	if string(b) == "none" {
+		*r = RoleNone
+		return nil
+	}
+	v, err := ParseRole(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
 
 // Principal is who a request speaks for.
 type Principal struct {
@@ -163,7 +220,9 @@ func (s *Server) Authorize(r *http.Request, need Role, node string) (Principal, 
 	case RoleNone:
 		allowed = true
 	case RoleRead:
-		allowed = p.Role >= RoleRead
+		allowed = p.Role.Reads()
+	case RoleEnroll:
+		allowed = p.Role.Enrolls()
 	case RoleNode:
 		allowed = p.Role == RoleAdmin || (p.Role == RoleNode && (node == "" || p.Node == node))
 	case RoleAdmin:
@@ -183,10 +242,18 @@ func (s *Server) Authorize(r *http.Request, need Role, node string) (Principal, 
 			want = "the node token of " + node + " (or an admin token)"
 		}
 	}
+	if need == RoleEnroll {
+		want = "an enroll or admin token"
+	}
 	if p.Name == "" {
 		msg := what + " needs " + want
-		if need == RoleRead {
+		switch {
+		case need == RoleRead:
 			msg = "this server needs a read token (sim token add NAME --role read)"
+		case need == RoleNode && node != "":
+			// What the admin does about it, since a node without its
+			// token is a node installed without enrolment.
+			msg += fmt.Sprintf(": this node has none; on the server: sim token add node-%s --role node --node %s, into /var/lib/sim/token on the node", node, node)
 		}
 		return p, &AuthError{http.StatusUnauthorized, msg}
 	}
@@ -203,10 +270,18 @@ func PrincipalOf(r *http.Request) Principal {
 }
 
 // Require wraps h so that requests whose credentials do not grant need
-// are refused (401 or 403, with the reason) before h runs.
+// are refused (401 or 403, with the reason) before h runs. A node
+// endpoint (need RoleNode) whose request names its node in the query
+// (?node=N, as the agent's all do) is checked for that node, before any
+// body is read; one naming it only in its body checks it in h with
+// AllowNode.
 func (s *Server) Require(need Role, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.Authorize(r, need, "")
+		node := ""
+		if need == RoleNode {
+			node = r.URL.Query().Get("node")
+		}
+		p, err := s.Authorize(r, need, node)
 		if err != nil {
 			authFailed(w, err)
 			return
@@ -270,3 +345,32 @@ func NewToken() (string, error) {
 // random 256-bit strings, so a fast hash is enough: nobody can guess a
 // token from its hash.
 func TokenHash(tok string) [32]byte { return sha256.Sum256([]byte(tok)) }
+
+// NodeTokenName is the name of the token MintNodeToken makes for node.
+func NodeTokenName(node string) string { return "node-" + node }
+
+// mintMu makes the revoke and the add of one mint a unit within the
+// server (the one process that holds its store).
+var mintMu gosync.Mutex
+
+// MintNodeToken makes a new node token for node in st, named
+// NodeTokenName(node), and returns it: the token an enrolled node's
+// installer keeps. A token of that name made before (an earlier install
+// of the node) is revoked: a reinstalled node has one token, the new one.
+func MintNodeToken(st *store.Store, node string) (string, error) {
+	name := NodeTokenName(node)
+	tok, err := NewToken()
+	if err != nil {
+		return "", fmt.Errorf("node token %s: %w", name, err)
+	}
+	mintMu.Lock()
+	defer mintMu.Unlock()
+	if err := st.RevokeToken(name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return "", fmt.Errorf("node token %s: replace: %w", name, err)
+	}
+	rec := store.Token{Name: name, Role: RoleNode.String(), Node: node, Created: time.Now().UTC()}
+	if err := st.AddToken(rec, TokenHash(tok)); err != nil {
+		return "", fmt.Errorf("node token for %s: %w", node, err)
+	}
+	return tok, nil
+}

@@ -43,6 +43,9 @@ type Remote struct {
 	// that long (and is not over): a server that stops sending, or
 	// drips, cannot hold a node forever. 0: two minutes; < 0: never.
 	StallTimeout time.Duration
+	// Received, when set, counts every response body byte read from the
+	// server (a command's progress bar reads it).
+	Received *atomic.Int64
 }
 
 // stallBytes is the least a response body must bring per StallTimeout.
@@ -210,7 +213,7 @@ func (r *Remote) watch(body io.ReadCloser, cancel context.CancelFunc, what strin
 	if d == 0 {
 		d = 2 * time.Minute
 	}
-	w := &watched{ReadCloser: body, cancel: cancel, what: what, window: d}
+	w := &watched{ReadCloser: body, cancel: cancel, what: what, window: d, received: r.Received}
 	if d > 0 {
 		w.timer = time.AfterFunc(d, w.check)
 	}
@@ -226,6 +229,8 @@ type watched struct {
 	got     atomic.Int64 // bytes this window
 	stalled atomic.Bool
 	closed  atomic.Bool
+	// received is Remote.Received.
+	received *atomic.Int64
 	// Only the time spent waiting for the server counts: a node busy
 	// storing what it got (an fsync) is not a stalled server.
 	mu     gosync.Mutex
@@ -263,6 +268,9 @@ func (w *watched) Read(p []byte) (int, error) {
 	w.since = time.Time{}
 	w.mu.Unlock()
 	w.got.Add(int64(n))
+	if w.received != nil {
+		w.received.Add(int64(n))
+	}
 	if err != nil && err != io.EOF && w.stalled.Load() {
 		err = fmt.Errorf("%s: %w: under %d KiB in %s", w.what, ErrStalled, stallBytes>>10, w.window)
 	}

@@ -15,12 +15,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/systemimager/sim/client/fleet"
+	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
@@ -106,13 +108,23 @@ func Run(ctx context.Context, o Options) error {
 
 	// An apply cut short (kill -9, power loss) is completed first.
 	if j, _ := node.LoadJournal(o.Store.Dir()); j != nil {
-		a.report(ctx)
+		if o.Remote.Token != "" { // without one the server would refuse it
+			a.report(ctx)
+		}
 		if _, err := m.Recover(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			a.logf("%v", err)
 		}
+	}
+	// Only now, the journal done (that needs no server), the
+	// credentials: every agent request speaks for this node, so without
+	// its token there is nothing the agent may do.
+	if o.Remote.Token == "" {
+		tf := filepath.Join(o.Store.Dir(), install.TokenName)
+		return fmt.Errorf("sim agent: node %s has no node token, and needs one (no %s, no --token-file or $SIM_TOKEN): on the server, sim token add node-%s --role node --node %s, then put the token in %s (mode 0600); or install the node with an enroll token (sim token add boot --role enroll), which leaves it its own",
+			m.Name, tf, m.Name, m.Name, tf)
 	}
 	a.report(ctx)
 	lastReport := time.Now()
@@ -125,6 +137,12 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			// A token the server refuses stays refused: polling on would
+			// only hide it.
+			var he *simsync.HTTPError
+			if errors.As(err, &he) && (he.Code == http.StatusUnauthorized || he.Code == http.StatusForbidden) {
+				return fmt.Errorf("sim agent: node %s: the server refuses this node's token: %w", m.Name, err)
 			}
 			backoff = min(max(2*backoff, time.Second), maxBackoff)
 			if !down {
@@ -246,7 +264,7 @@ func (a *agent) report(ctx context.Context) {
 	rr.Retries = 0
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rr.PostJSON(cctx, "/v1/agent/report", rep, nil)
+	rr.PostJSON(cctx, "/v1/agent/report?node="+rep.Node, rep, nil)
 }
 
 // execute carries out one order and sends its result.
@@ -355,7 +373,7 @@ func (a *agent) progress(ctx context.Context) func() {
 func (a *agent) send(ctx context.Context, res *fleet.ResultMsg) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		err := a.remote.PostJSON(ctx, "/v1/agent/result", res, nil)
+		err := a.remote.PostJSON(ctx, "/v1/agent/result?node="+res.Node, res, nil)
 		if err == nil {
 			return
 		}

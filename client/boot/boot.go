@@ -35,9 +35,12 @@ type Params struct {
 	Server, Image, Node, Disk, Transport string
 	After                                string // poweroff (default), reboot, shell, none
 	OnError                              string // shell (default), poweroff, reboot
-	// Token is sim.token=: the node's API token (sim token add NODE
-	// --role node), for a server whose reads are closed and for the
-	// status reports.
+	// Token is sim.token=: the boot token. An enroll token (sim token
+	// add boot --role enroll), shared by the fleet: the server mints
+	// each node its own token with its config, and only that one stays
+	// on the node. Or a node's own token (sim token add NODE --role
+	// node), kept as it is. It reads a server whose reads are closed;
+	// the status reports go with the node's own.
 	Token string
 	// CA is sim.ca=: a certificate (base64 of its DER or PEM) the https
 	// server's chain may end at, as PEM.
@@ -83,7 +86,7 @@ func ParseCmdline(s string) (Params, error) {
 			p.OnError = v
 		case "sim.token":
 			if v == "" || len(v) > 4096 || strings.ContainsAny(v, "\x00\r\n") {
-				return p, errors.New("sim.token=: want the token (sim token add NODE --role node)")
+				return p, errors.New("sim.token=: want the token (sim token add boot --role enroll, or a node's own: sim token add NODE --role node)")
 			}
 			p.Token = v
 		case "sim.ca":

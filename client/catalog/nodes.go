@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client/layout"
@@ -31,6 +32,10 @@ type Node struct {
 	Overrides []string `json:"overrides,omitempty"`
 	Scripts   []string `json:"scripts,omitempty"`
 	Disk      string   `json:"disk,omitempty"` // overrides the layout's disk
+	// Reinstall is when an admin last asked for the node to be installed
+	// again (sim node reinstall): its netboot installs while no install
+	// has succeeded since (NetbootsToInstall).
+	Reinstall *time.Time `json:"reinstall,omitempty"`
 }
 
 // Group gives its members an image, overrides and scripts. Stored as

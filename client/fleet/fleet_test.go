@@ -2,14 +2,13 @@ package fleet
 
 import (
 	"context"
-	"errors"
-	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
 )
@@ -83,37 +82,136 @@ func TestHubSlowSubscriber(t *testing.T) {
 	h.Publish(Event{}) // no subscriber left behind to block on
 }
 
+// addToken makes a token of role (for node) in st, as sim token add does.
+func addToken(t *testing.T, st *store.Store, name, role, node string) string {
+	t.Helper()
+	tok, err := simsync.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddToken(store.Token{Name: name, Role: role, Node: node, Created: time.Now()}, simsync.TokenHash(tok)); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
 // The agent protocol over a real server: a node polls and gets its
-// order, its result reaches the waiter; with a read token a node without
-// it is refused; Authorize has the last word per node.
+// order, its result reaches the waiter. Every agent endpoint needs the
+// node's own token or an admin token: without a token 401, with another
+// node's, a read or an enroll token 403, each saying which node; the
+// live view stays a read.
 func TestAgentProtocol(t *testing.T) {
 	st := storetest.New(t)
 	x := New(st, nil)
 	defer x.Close()
-	srv := &simsync.Server{Store: st, WriteTokens: []string{"w"}, ReadTokens: []string{"r"}}
+	srv := &simsync.Server{Store: st, WriteTokens: []string{"w"}}
 	x.Mount(srv)
-	x.Authorize = func(r *http.Request, node string) error {
-		if node == "evil" {
-			return errors.New("not this one")
-		}
-		return nil
-	}
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
-	anon, _ := simsync.NewRemote(hs.URL, "")
-	if err := anon.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "n1", State: "idle"}, nil); err == nil || !strings.Contains(err.Error(), "401") {
-		t.Errorf("report without the read token: %v; want 401", err)
+	toks := map[string]string{
+		"":       "",
+		"n1":     addToken(t, st, "node-n1", "node", "n1"),
+		"n2":     addToken(t, st, "node-n2", "node", "n2"),
+		"admin":  addToken(t, st, "ops", "admin", ""),
+		"enroll": addToken(t, st, "boot", "enroll", ""),
+		"read":   addToken(t, st, "reader", "read", ""),
+		"legacy": "w", // --token-file's: admin
 	}
-	r, _ := simsync.NewRemote(hs.URL, "r")
-	if err := r.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "evil", State: "idle"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
-		t.Errorf("report refused by Authorize: %v; want 403", err)
+	remote := func(who string) *simsync.Remote {
+		r, _ := simsync.NewRemote(hs.URL, toks[who])
+		r.Retries = 0
+		return r
 	}
-	if err := r.PostJSON(t.Context(), "/v1/agent/report", Report{Node: "n1", State: "idle", Current: strings.Repeat("a", 64)}, nil); err != nil {
-		t.Fatal(err)
+	report := func(n string) Report { return Report{Node: n, State: "idle", Current: strings.Repeat("a", 64)} }
+	result := func(n string) ResultMsg { return ResultMsg{Node: n, Order: "none." + n, Kind: OrderDrift, OK: true} }
+	for _, c := range []struct {
+		who, what string
+		call      func(r *simsync.Remote) error
+		want      string // "" for success, else in the error
+	}{
+		{"", "report n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n1", report("n1"), nil)
+		}, "401 Unauthorized: POST /v1/agent/report needs the node token of n1 (or an admin token): this node has none; on the server: sim token add node-n1 --role node --node n1, into /var/lib/sim/token on the node"},
+		{"", "report n1, body only", func(r *simsync.Remote) error { return r.PostJSON(t.Context(), "/v1/agent/report", report("n1"), nil) }, "401"},
+		{"", "orders n1", func(r *simsync.Remote) error {
+			_, err := r.Poll(t.Context(), "/v1/agent/orders?node=n1&wait=0", time.Second, new(Order))
+			return err
+		}, "401 Unauthorized: GET /v1/agent/orders needs the node token of n1"},
+		{"", "assignment n1", func(r *simsync.Remote) error {
+			return r.GetJSON(t.Context(), "/v1/agent/assignment?node=n1", new(map[string]any))
+		}, "401"},
+		{"", "diff", func(r *simsync.Remote) error {
+			return r.GetJSON(t.Context(), "/v1/agent/diff?to="+strings.Repeat("0", 64), new(map[string]any))
+		}, "401 Unauthorized: GET /v1/agent/diff needs a node token"},
+		{"n2", "report n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n1", report("n1"), nil)
+		}, "403 Forbidden: POST /v1/agent/report needs the node token of n1 (or an admin token); token node-n2 (role node, node n2) may not"},
+		{"n2", "report n1 in the body, n2 in the query", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n2", report("n1"), nil)
+		}, "400"},
+		{"n2", "report n1, body only", func(r *simsync.Remote) error { return r.PostJSON(t.Context(), "/v1/agent/report", report("n1"), nil) },
+			"403 Forbidden: POST /v1/agent/report for n1 needs that node's token (or an admin token); token node-n2 (role node, node n2) may not"},
+		{"n2", "orders n1", func(r *simsync.Remote) error {
+			_, err := r.Poll(t.Context(), "/v1/agent/orders?node=n1&wait=0", time.Second, new(Order))
+			return err
+		}, "403 Forbidden: GET /v1/agent/orders needs the node token of n1"},
+		{"n2", "result n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/result?node=n1", result("n1"), nil)
+		}, "403"},
+		{"n2", "assignment n1", func(r *simsync.Remote) error {
+			return r.GetJSON(t.Context(), "/v1/agent/assignment?node=n1", new(map[string]any))
+		}, "403"},
+		{"enroll", "report n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n1", report("n1"), nil)
+		}, "403 Forbidden: POST /v1/agent/report needs the node token of n1 (or an admin token); token boot (role enroll) may not"},
+		{"enroll", "orders n1", func(r *simsync.Remote) error {
+			_, err := r.Poll(t.Context(), "/v1/agent/orders?node=n1&wait=0", time.Second, new(Order))
+			return err
+		}, "403"},
+		{"enroll", "diff", func(r *simsync.Remote) error {
+			return r.GetJSON(t.Context(), "/v1/agent/diff?to="+strings.Repeat("0", 64), new(map[string]any))
+		}, "403"},
+		{"read", "report n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n1", report("n1"), nil)
+		}, "403"},
+		{"n1", "report n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n1", report("n1"), nil)
+		}, ""},
+		{"n1", "orders n1", func(r *simsync.Remote) error {
+			_, err := r.Poll(t.Context(), "/v1/agent/orders?node=n1&wait=0", time.Second, new(Order))
+			return err
+		}, ""},
+		{"n1", "result n1", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/result?node=n1", result("n1"), nil)
+		}, ""},
+		{"admin", "report n2", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n2", report("n2"), nil)
+		}, ""},
+		{"admin", "orders n2", func(r *simsync.Remote) error {
+			_, err := r.Poll(t.Context(), "/v1/agent/orders?node=n2&wait=0", time.Second, new(Order))
+			return err
+		}, ""},
+		{"legacy", "report n3", func(r *simsync.Remote) error {
+			return r.PostJSON(t.Context(), "/v1/agent/report?node=n3", report("n3"), nil)
+		}, ""},
+		// The live view is a read: anyone, on a server with open reads.
+		{"", "fleet nodes", func(r *simsync.Remote) error { return r.GetJSON(t.Context(), "/v1/fleet/nodes", new([]NodeState)) }, ""},
+		{"enroll", "fleet nodes", func(r *simsync.Remote) error { return r.GetJSON(t.Context(), "/v1/fleet/nodes", new([]NodeState)) }, ""},
+	} {
+		err := c.call(remote(c.who))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s with token %q: %v; want it done", c.what, c.who, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s with token %q: %v; want an error with %q", c.what, c.who, err, c.want)
+		}
 	}
-	if s, ok := x.State("n1"); !ok || s.State != "idle" || s.LastSeen.IsZero() {
-		t.Errorf("state after a report: %+v", s)
+	for n, want := range map[string]bool{"n1": true, "n2": true, "n3": true} {
+		if s, ok := x.State(n); ok != want || s.State != "idle" || s.LastSeen.IsZero() {
+			t.Errorf("%s after its reports: %+v %v", n, s, ok)
+		}
 	}
+	r := remote("n1")
 	// A poll waits; the order comes while it does.
 	got := make(chan Order, 1)
 	go func() {

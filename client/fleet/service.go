@@ -28,10 +28,6 @@ import (
 type Service struct {
 	Store *store.Store
 	Log   *log.Logger
-	// Authorize decides whether a request may speak for node (a report,
-	// a poll, a result). Nil allows it: the server's read token, when it
-	// has one, was checked already. Per-node tokens go here.
-	Authorize func(r *http.Request, node string) error
 
 	hub Hub
 
@@ -336,13 +332,18 @@ func appendLog(log []string, lines ...string) []string {
 // maxBody bounds what a node may post.
 const maxBody = 1 << 20
 
-// Mount serves the agent protocol on srv.
+// Mount serves the agent protocol on srv. Every agent endpoint needs a
+// node token (or an admin token), and each that names a node (in its
+// query, or its body) that node's own: a node reports, polls and answers
+// only for itself (ARCHITECTURE.md "Roles and tokens"). The live view of
+// the fleet is a read.
 func (x *Service) Mount(srv *simsync.Server) {
-	srv.Handle("GET /v1/agent/orders", http.HandlerFunc(x.serveOrders))
-	srv.Handle("POST /v1/agent/report", http.HandlerFunc(x.serveReport))
-	srv.Handle("POST /v1/agent/result", http.HandlerFunc(x.serveResult))
-	srv.Handle("GET /v1/agent/assignment", http.HandlerFunc(x.serveAssignment))
-	srv.Handle("GET /v1/agent/diff", http.HandlerFunc(x.serveDiff))
+	srv.HandleRole("GET /v1/agent/orders", simsync.RoleNode, http.HandlerFunc(x.serveOrders))
+	srv.HandleRole("POST /v1/agent/report", simsync.RoleNode, http.HandlerFunc(x.serveReport))
+	srv.HandleRole("POST /v1/agent/result", simsync.RoleNode, http.HandlerFunc(x.serveResult))
+	srv.HandleRole("GET /v1/agent/assignment", simsync.RoleNode, http.HandlerFunc(x.serveAssignment))
+	// A diff names no node: any node's token (or an admin's) may ask.
+	srv.HandleRole("GET /v1/agent/diff", simsync.RoleNode, http.HandlerFunc(x.serveDiff))
 	srv.Handle("GET /v1/fleet/nodes", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, x.Nodes())
 	}))
@@ -355,19 +356,19 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // allowed is the one check of every node's request: a valid node name,
-// and Authorize's word.
+// one the query agrees with (a report's or result's body names its node,
+// and the agent names it in the query too, which Require checked), and
+// credentials that may speak for it.
 func (x *Service) allowed(w http.ResponseWriter, r *http.Request, name string) bool {
 	if err := catalog.CheckNodeName(name); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return false
 	}
-	if x.Authorize != nil {
-		if err := x.Authorize(r, name); err != nil {
-			http.Error(w, fmt.Sprintf("node %s: %v", name, err), http.StatusForbidden)
-			return false
-		}
+	if q := r.URL.Query().Get("node"); q != "" && q != name {
+		http.Error(w, fmt.Sprintf("node %s in the query, %s in the body", q, name), http.StatusBadRequest)
+		return false
 	}
-	return true
+	return simsync.AllowNode(w, r, name)
 }
 
 func host(r *http.Request) string {

@@ -46,6 +46,12 @@ type Config struct {
 	Disk      string   `json:"disk,omitempty"`
 	Overrides []Doc    `json:"overrides,omitempty"`
 	Scripts   []Doc    `json:"scripts,omitempty"`
+	// Token is the node's own token, minted for it by the server when
+	// an enroll (or admin) token asked for a registered node's config
+	// (sync.MintNodeToken, named node-NAME; the one before is revoked).
+	// The installer keeps it in the node's store and reports with it;
+	// the response is Cache-Control: no-store. Empty otherwise.
+	Token string `json:"token,omitempty"`
 }
 
 // Status is one progress report, POSTed to /v1/install/status.
@@ -154,7 +160,9 @@ type Options struct {
 	Trust            []sign.PublicKey
 	RequireSignature bool
 	// Token and CA, when set, are kept in the node's store (token mode
-	// 0600, ca.pem) for its later updates and its agent.
+	// 0600, ca.pem) for its later updates and its agent. Token is the
+	// node's own (a node token naming it), never a boot token shared by
+	// a fleet: FromServer sets it from what the server minted.
 	Token string
 	CA    []byte
 	// Check, when the node requires signatures, is asked about every
@@ -163,6 +171,10 @@ type Options struct {
 	// its objects (sync.CheckCommit). A signed layout with an unsigned
 	// image must not cost the node its disk.
 	Check func(ctx context.Context, st *store.Store, id chunk.ID) error
+	// ShowCheckout, when set, is called as the checkout starts with
+	// what counts its files and bytes (for a terminal's progress bar);
+	// the checkout calls the func it returns when it ends.
+	ShowCheckout func(*snapshot.Progress) (stop func())
 }
 
 // StoreDir is the node's store inside the new root.
@@ -415,8 +427,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	r.setStep("checkout")
-	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true,
+	prog, stop := &snapshot.Progress{}, func() {}
+	if r.ShowCheckout != nil {
+		stop = r.ShowCheckout(prog)
+	}
+	cs, err := client.Checkout(ctx, st, effective, r.Target, client.CheckoutOptions{Exclude: excludes, Force: true, NoSync: true, Progress: prog,
 		Verify: func(id chunk.ID) error { return CheckSigned(st, id, false) }})
+	stop()
 	if err != nil {
 		return nil, err
 	}

@@ -69,6 +69,23 @@ func FromServer(ctx context.Context, r *simsync.Remote, who Who, o Options, fetc
 		report(Status{Node: who.Node, MAC: who.MAC, Image: who.Image, Step: "config", State: Failed, Message: err.Error(), Time: time.Now().UTC()})
 		return nil, err
 	}
+	// The node's own token: the one the server minted for it, else the
+	// boot token if it is this node's own already (a per-node initrd's,
+	// or sim.token= of a node token naming it). Never a shared one: a
+	// boot token left on every node would let each speak for all.
+	o.Token = cfg.Token
+	if o.Token == "" && r.Token != "" && cfg.Node != "" {
+		var p simsync.Principal
+		if err := r.GetJSON(ctx, "/v1/whoami", &p); err == nil && p.Role == simsync.RoleNode && p.Node == cfg.Node {
+			o.Token = r.Token
+		}
+	}
+	if o.Token != "" && o.Token != r.Token {
+		// The rest of the install reports as the node it now is.
+		rr := *r
+		rr.Token = o.Token
+		report = func(s Status) { PostStatus(ctx, &rr, s) }
+	}
 	o.Config, o.Server, o.Fetch, o.Report = cfg, r.URL, fetch, report
 	if o.Log == nil {
 		o.Log = io.Discard

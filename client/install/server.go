@@ -21,7 +21,8 @@ import (
 // The install protocol, server side (ARCHITECTURE.md "Install
 // protocol"): what a netbooting node asks sim serve.
 //
-//	GET  /v1/install/config?mac=M&node=N&image=REF  the node's Config
+//	GET  /v1/install/config?mac=M&node=N&image=REF  the node's Config (with an enroll
+//	                                                 or admin token: and a new node token)
 //	POST /v1/install/status                          a Status (JSON)
 //	GET  /v1/install/status                          the last Status of every node
 //	GET  /v1/install/ipxe?mac=M                      an iPXE script booting the initrd
@@ -100,8 +101,21 @@ func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), code)
 		return
 	}
+	cache := "no-cache"
+	// Enrolment: an enroll (or admin) token asking for a registered
+	// node's config gets that node a token of its own, so the shared
+	// boot token never stays on a node. A read or anonymous request
+	// mints nothing.
+	if p := simsync.PrincipalOf(r); p.Role.Enrolls() && cfg.Node != "" {
+		if cfg.Token, err = simsync.MintNodeToken(x.Store, cfg.Node); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		cache = "no-store" // a secret: no cache keeps it
+		x.Log.Printf("install %s: minted node token %s (asked with %s)", cfg.Node, simsync.NodeTokenName(cfg.Node), p)
+	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("Cache-Control", cache)
 	json.NewEncoder(w).Encode(cfg)
 }
 
@@ -180,9 +194,32 @@ func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		args += " sim.node=" + n.Name
+		// Installed: boot the disk, until an admin asks for a
+		// reinstall (a node set to netboot first would otherwise
+		// reinstall at every boot).
+		var done time.Time
+		if last, ok := LastStatuses(x.Store.Dir())[n.Name]; ok && last.State == Done {
+			done = last.Time
+		}
+		if !n.NetbootsToInstall(done) {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Cache-Control", "no-store")
+			fmt.Fprint(w, LocalBootScript(n.Name, done))
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Cache-Control", "no-store")
 	fmt.Fprint(w, IPXEScript(base, args))
+}
+
+// LocalBootScript sends an installed node to its own disk: UEFI
+// firmware boots its next entry when iPXE exits; a BIOS machine is
+// booted from its first disk (sanboot), or, failing that, by the BIOS's
+// next device.
+func LocalBootScript(node string, done time.Time) string {
+	return fmt.Sprintf("#!ipxe\n# sim netboot: %s was installed at %s and boots its own disk; `sim node reinstall %s` installs it again\n"+
+		"iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit\n", node, done.UTC().Format(time.RFC3339), node)
 }
 
 // IPXEScript boots the initrd from the server at base with the kernel

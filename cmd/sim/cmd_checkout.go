@@ -78,17 +78,16 @@ how the objects travel (refs and commits always come over HTTP).`,
 					if err != nil {
 						return err
 					}
-					var stop func()
+					stop := e.showFetch("fetch", r)
 					res, err = node.Checkout(c.Context(), node.CheckoutOptions{Store: st, Remote: r, Transport: tr, Ref: args[0], Dir: dir, Checkout: copts,
 						Fetched: func(_ chunk.ID, ps simsync.PullStats) {
+							stop()
 							if !e.json {
 								e.reportPull(ps)
 							}
 							stop = e.showProgress("checkout", p)
 						}})
-					if stop != nil {
-						stop()
-					}
+					stop()
 					if err != nil {
 						return err
 					}
@@ -325,7 +324,10 @@ DURATION (e.g. 720h).`,
 					}
 					fmt.Fprintf(e.stdout, "gc: dropped %d reflog entries older than %s\n", n, expire)
 				}
-				gs, err := client.GC(st)
+				p := &snapshot.Progress{}
+				stop := e.showCount("gc", "objects", p)
+				gs, err := client.GCProgress(st, p)
+				stop()
 				if err != nil {
 					return err
 				}

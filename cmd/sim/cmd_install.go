@@ -11,6 +11,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/sign"
 	simsync "github.com/systemimager/sim/sync"
@@ -38,15 +39,23 @@ over it, write hostname, network and fstab (by UUID), run the post-install
 scripts in a chroot, install GRUB for BIOS and UEFI from the image's own
 packages, and record the installed commit in /var/lib/sim on the new root.
 Each step is reported to the server (sim nodes shows the last one; reports
-need the node's token, --token-file). Any failure stops the install with a
+need the node's token). Any failure stops the install with a
 message naming the step, and the disk is not marked installed. Usable from
 any rescue system as root.
 
 --trust FILE (repeatable) makes the node trust that public key and require
 a valid signature by a trusted key on every commit it installs: image,
 layout (checked before the disk is touched), overrides, scripts. The
-node's store keeps the keys, the policy, the token (mode 0600) and --ca's
-certificates for its later updates.`,
+node's store keeps the keys, the policy, --ca's certificates and the node's
+own token (mode 0600) for its later updates and its agent.
+
+Tokens (--token-file or $SIM_TOKEN): with an enroll token (sim token add
+boot --role enroll; the one to share on kernel command lines) or an admin
+token, the server mints this node a token of its own (node-NAME) with its
+config, and the installer keeps that one, never the token it was given. A
+node token naming this node is kept as it is (a per-node initrd's). With a
+read token or none, the node gets no token: its agent then needs one by
+hand (sim token add NAME --role node --node NAME).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if o.from == "" {
@@ -80,17 +89,20 @@ certificates for its later updates.`,
 				if err != nil {
 					return simsync.PullStats{}, err
 				}
+				stop := e.showFetch("fetch "+id.Short(), r)
 				ps, err := simsync.FetchCommit(ctx, st, r, tr, id, true)
+				stop()
 				if ferr := tr.Finish(ctx); err == nil {
 					err = ferr
 				}
 				return ps, err
 			}
 			res, err := install.FromServer(c.Context(), r, install.Who{Node: o.node, MAC: o.mac, Image: o.image},
-				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, Token: r.Token, CA: ca,
+				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, CA: ca,
 					Check: func(ctx context.Context, st *store.Store, id chunk.ID) error {
 						return simsync.CheckCommit(ctx, st, r, id)
-					}}, fetch)
+					},
+					ShowCheckout: func(p *snapshot.Progress) func() { return e.showProgress("checkout", p) }}, fetch)
 			if err != nil {
 				return err
 			}

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -142,70 +146,202 @@ func newNodeCommand(e *env) *cobra.Command {
 		Use:   "node",
 		Short: "Register nodes (name, MAC, IP, image, groups, overrides, scripts)",
 		Long: `Nodes and groups live in the store as image sim@nodes (one JSON document per
-node and group), so every change is a commit. A node's name is its hostname.`,
+node and group), so every change is a commit. A node's name is its hostname.
+Where a NAME goes, a range may: n[001-500], rack1-n[01-40], n1-n16,n20.`,
 	}
 	var o nodeOptions
 	add := &cobra.Command{
-		Use:   "add NAME",
-		Short: "Add or replace a node",
-		Args:  cobra.ExactArgs(1),
+		Use:   "add NAME|RANGE",
+		Short: "Add or replace nodes: a range gets consecutive MACs and IPs from --mac and --ip",
+		Long: `Add or replace a node, or every node of a range in one commit. With a range,
+--mac and --ip are the first node's: the next node gets the next MAC and
+the next address (n[001-500] --mac 52:54:00:00:01:00 --ip 198.18.1.1/22),
+which must stay inside the prefix.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			n := &catalog.Node{Name: args[0], MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-				Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
-			if err := n.Check(); err != nil {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
 				return usageError{err}
 			}
-			if n.Disk != "" {
-				if err := layout.CheckDisk(n.Disk); err != nil {
-					return usageError{fmt.Errorf("node %s: %w", n.Name, err)}
-				}
+			if len(names) == 0 {
+				return usageError{fmt.Errorf("node add: %q names no node", args[0])}
 			}
-			return e.withStore(func(st *store.Store) error {
-				reg, err := catalog.LoadRegistry(st)
-				if err != nil {
-					return err
-				}
-				for _, g := range n.Groups {
-					if reg.Groups[g] == nil {
-						return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
+			var nodes []*catalog.Node
+			for i, name := range names {
+				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
+					Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
+				if i > 0 && n.MAC != "" {
+					if n.MAC, err = catalog.MACPlus(o.mac, i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
-				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
-					return fmt.Errorf("node %s: %w", n.Name, err)
+				if i > 0 && n.IP != "" {
+					if n.IP, err = catalog.AddrPlus(o.ip, i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
+					}
 				}
-				if err := reg.AddNode(n); err != nil {
-					return err
+				if err := n.Check(); err != nil {
+					return usageError{err}
 				}
-				if _, err := reg.Resolve(n); err != nil {
-					return err
+				if n.Disk != "" {
+					if err := layout.CheckDisk(n.Disk); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", n.Name, err)}
+					}
 				}
-				_, err = reg.Save(c.Context(), st, "node add "+n.Name)
-				return err
-			})
+				nodes = append(nodes, n)
+			}
+			return e.addNodes(c.Context(), nodes, "node add "+args[0])
 		},
 	}
 	o.add(add, true)
+	var imp nodeOptions
+	var prefix int
+	importCmd := &cobra.Command{
+		Use:   "import FILE",
+		Short: "Add the nodes of a CSV (name,mac[,ip[,gateway]]) or a dnsmasq leases file, in one commit",
+		Long: `Add or replace the nodes a site already lists: a CSV with one
+name,mac[,ip[,gateway]] per line (a header line "name,..." and # comments
+are skipped), or the DHCP server's leases (dnsmasq's dnsmasq.leases:
+"EXPIRY MAC IP HOSTNAME CLIENT-ID"; what SystemImager's si_mkdhcpstatic
+read), which carry no prefix: --prefix gives it. --group, --image,
+--override and --script apply to every node. A bad line fails the whole
+import, naming the file and the line; "-" reads stdin.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			var r io.Reader = os.Stdin
+			name := "stdin"
+			if args[0] != "-" {
+				f, err := os.Open(e.path(args[0]))
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				r, name = f, args[0]
+			}
+			nodes, err := catalog.ParseNodeList(r, name, prefix)
+			if err != nil {
+				return usageError{err}
+			}
+			if len(nodes) == 0 {
+				return usageError{fmt.Errorf("%s lists no node", name)}
+			}
+			for _, n := range nodes {
+				n.Image, n.Groups, n.Overrides, n.Scripts, n.Disk = imp.image, imp.groups, imp.overrides, imp.scripts, imp.disk
+			}
+			return e.addNodes(c.Context(), nodes, fmt.Sprintf("node import %s (%d nodes)", filepath.Base(name), len(nodes)))
+		},
+	}
+	imp.add(importCmd, true)
+	importCmd.Flags().IntVar(&prefix, "prefix", 0, "prefix `BITS` of addresses given without one (leases; default: none, such a line is refused)")
+	for _, f := range []string{"mac", "ip", "gateway"} {
+		importCmd.Flags().MarkHidden(f) // from the file
+	}
 	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a node",
+		Use:   "rm NAME|RANGE",
+		Short: "Remove nodes",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
+				return usageError{err}
+			}
 			return e.withStore(func(st *store.Store) error {
 				reg, err := catalog.LoadRegistry(st)
 				if err != nil {
 					return err
 				}
-				if reg.Nodes[args[0]] == nil {
-					return fmt.Errorf("no node %q", args[0])
+				var missing []string
+				for _, n := range names {
+					if reg.Nodes[n] == nil {
+						missing = append(missing, n)
+					}
 				}
-				delete(reg.Nodes, args[0])
+				if len(missing) > 0 {
+					return fmt.Errorf("no node %s", strings.Join(missing, ", "))
+				}
+				for _, n := range names {
+					delete(reg.Nodes, n)
+				}
 				_, err = reg.Save(c.Context(), st, "node rm "+args[0])
 				return err
 			})
 		},
 	}
-	c.AddCommand(add, rm)
+	reinstall := &cobra.Command{
+		Use:   "reinstall NAME|RANGE",
+		Short: "Install nodes again at their next netboot (an installed node otherwise boots its disk)",
+		Long: `After a successful install, a node's netboot (sim serve's iPXE script,
+and the per-node files of sim netboot pxe|grub --per-node) sends it to its
+own disk, so a node set to boot from the network first does not reinstall
+at every boot (SystemImager's si_netbootmond). reinstall makes the nodes'
+next netboot install again; once that install succeeds they boot their
+disk again.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			names, err := fleet.ExpandNodes(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				now := time.Now().UTC()
+				for _, n := range names {
+					nd := reg.Nodes[n]
+					if nd == nil {
+						return fmt.Errorf("no node %q", n)
+					}
+					nd.Reinstall = &now
+				}
+				if _, err := reg.Save(c.Context(), st, "node reinstall "+args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%d nodes install again at their next netboot\n", len(names))
+				return nil
+			})
+		},
+	}
+	c.AddCommand(add, importCmd, rm, reinstall)
 	return c
+}
+
+// addNodes adds (or replaces) nodes in one registry commit, checking
+// their groups and references first; an error names the node at fault.
+func (e *env) addNodes(ctx context.Context, nodes []*catalog.Node, msg string) error {
+	return e.withStore(func(st *store.Store) error {
+		reg, err := catalog.LoadRegistry(st)
+		if err != nil {
+			return err
+		}
+		checked := map[string]bool{}
+		for _, n := range nodes {
+			for _, g := range n.Groups {
+				if reg.Groups[g] == nil {
+					return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
+				}
+			}
+			key := n.Image + "\x00" + strings.Join(n.Overrides, ",") + "\x00" + strings.Join(n.Scripts, ",")
+			if !checked[key] {
+				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
+					return fmt.Errorf("node %s: %w", n.Name, err)
+				}
+				checked[key] = true
+			}
+			if err := reg.AddNode(n); err != nil {
+				return err
+			}
+			if _, err := reg.Resolve(n); err != nil {
+				return err
+			}
+		}
+		_, err = reg.Save(ctx, st, msg)
+		if err == nil && len(nodes) > 1 {
+			fmt.Fprintf(e.stdout, "%d nodes: %s .. %s\n", len(nodes), nodes[0].Name, nodes[len(nodes)-1].Name)
+		}
+		return err
+	})
 }
 
 func newGroupCommand(e *env) *cobra.Command {
@@ -235,20 +371,38 @@ func newGroupCommand(e *env) *cobra.Command {
 		},
 	}
 	o.add(add, false)
-	c.AddCommand(add)
+	var force bool
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a group (refused while nodes are in it, unless --force)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				if err := reg.RemoveGroup(args[0], force); err != nil {
+					return err
+				}
+				_, err = reg.Save(c.Context(), st, "group rm "+args[0])
+				return err
+			})
+		},
+	}
+	rm.Flags().BoolVar(&force, "force", false, "also take the group off the nodes in it")
+	c.AddCommand(add, rm)
 	return c
 }
 
-func newNodesCommand(e *env) *cobra.Command {
+func newHostsCommand(e *env) *cobra.Command {
+	var domain string
 	c := &cobra.Command{
-		Use:   "nodes",
-		Short: "List nodes: groups, image, assigned and current commit, state, last seen, drift, last install",
-		Long: `List the nodes: the registered ones (sim node add) and those whose agent
-reports to this server, each with its groups, image, the commit it is
-assigned (its image's head) and the one it is on, its state (installing,
-updating, idle, failed, offline, rolled-back, partial), when it was last
-seen, how many paths drifted at its last scan, and its last install status.
-Without a running server, what the server last knew.`,
+		Use:   "hosts [--domain DOMAIN]",
+		Short: "Print /etc/hosts lines for the nodes with a static IP",
+		Long: `Print an /etc/hosts block for every node with a static IP, in address
+order ("198.18.1.1  n001.DOMAIN n001"): for the server, an override of
+the nodes' /etc/hosts, or a site's DNS.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
@@ -256,107 +410,180 @@ Without a running server, what the server last knew.`,
 				if err != nil {
 					return err
 				}
-				last := install.LastStatuses(st.Dir())
-				live := map[string]fleet.NodeState{}
-				for _, s := range e.knownNodes(st) {
-					live[s.Name] = s
+				fmt.Fprintf(e.stdout, "# sim nodes (registry %s)\n%s", short8(idOrEmpty(reg)), reg.Hosts(domain))
+				return nil
+			})
+		},
+	}
+	c.Flags().StringVar(&domain, "domain", "", "also name each node NAME.`DOMAIN`")
+	return c
+}
+
+func newNodesCommand(e *env) *cobra.Command {
+	var watch bool
+	c := &cobra.Command{
+		Use:   "nodes [--watch]",
+		Short: "List nodes: groups, image, assigned and current commit, state, last seen, drift, last install",
+		Long: `List the nodes: the registered ones (sim node add) and those whose agent
+reports to this server, each with its groups, image, the commit it is
+assigned (its image's head) and the one it is on, its state (installing,
+updating, idle, failed, offline, rolled-back, partial), when it was last
+seen, how many paths drifted at its last scan, and its last install status.
+Without a running server, what the server last knew.
+
+--watch keeps the list live, like top: on a terminal it is redrawn in
+place at every change a node reports (phase, bytes done of total, rate,
+transport), with a summary line of how many nodes are in each state;
+otherwise it prints one line per change. Ctrl-C ends it.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				if watch {
+					if e.json {
+						return usageError{errors.New("--watch and --json: pick one (GET /v1/events streams JSON)")}
+					}
+					return e.watchNodes(c.Context(), st)
 				}
-				type row struct {
-					*catalog.Node
-					Resolved *catalog.Resolved `json:"resolved,omitempty"`
-					Status   *install.Status   `json:"status,omitempty"`
-					// From the fleet: the commit it is assigned and the
-					// one it reports, its state, when last heard of.
-					Assigned       string     `json:"assigned,omitempty"`
-					Current        string     `json:"current"`
-					State          string     `json:"state"`
-					LastSeen       *time.Time `json:"last_seen"`
-					Drift          int        `json:"drift"`
-					RebootRequired bool       `json:"reboot_required,omitempty"`
-					LastError      string     `json:"last_error,omitempty"`
-				}
-				names := make([]string, 0, len(reg.Nodes))
-				for n := range reg.Nodes {
-					names = append(names, n)
-				}
-				for n := range live {
-					if reg.Nodes[n] == nil {
-						names = append(names, n)
-					}
-				}
-				sort.Slice(names, func(i, j int) bool { return fleet.NodeLess(names[i], names[j]) })
-				rows := []row{}
-				for _, n := range names {
-					r := row{Node: reg.Nodes[n], State: fleet.Unknown, Drift: -1}
-					if r.Node == nil {
-						r.Node = &catalog.Node{Name: n} // joined by name, not registered
-					} else {
-						r.Resolved, _ = reg.Resolve(r.Node)
-						if r.Resolved != nil {
-							r.Resolved.Node = nil
-						}
-					}
-					if s, ok := last[n]; ok {
-						r.Status = &s
-					}
-					if s, ok := live[n]; ok {
-						r.Assigned, r.Current, r.State, r.Drift = s.Assigned, s.Current, s.State, s.Drift
-						r.RebootRequired, r.LastError = s.RebootRequired, s.LastError
-						if !s.LastSeen.IsZero() {
-							t := s.LastSeen
-							r.LastSeen = &t
-						}
-					}
-					if r.Assigned == "" && r.Resolved != nil && r.Resolved.Image != "" {
-						if id, err := st.Resolve(r.Resolved.Image); err == nil {
-							r.Assigned = id.String()
-						}
-					}
-					rows = append(rows, r)
+				rows, reg, err := e.nodeRows(st)
+				if err != nil {
+					return err
 				}
 				if e.json {
 					groups := reg.Groups
 					return e.printJSON(struct {
 						Commit string                    `json:"registry_commit,omitempty"`
-						Nodes  []row                     `json:"nodes"`
+						Nodes  []nodeRow                 `json:"nodes"`
 						Groups map[string]*catalog.Group `json:"groups"`
 					}{idOrEmpty(reg), rows, groups})
 				}
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NODE\tGROUPS\tIMAGE\tASSIGNED\tCURRENT\tSTATE\tLAST SEEN\tDRIFT\tLAST INSTALL")
 				for _, r := range rows {
-					img := ""
-					if r.Resolved != nil {
-						img = r.Resolved.Image
-					}
 					inst := "-"
 					if r.Status != nil {
 						inst = fmt.Sprintf("%s %s %s", r.Status.State, r.Status.Step, r.Status.Time.Local().Format("2006-01-02 15:04:05"))
 					}
-					seen, drift := "-", "-"
-					if r.LastSeen != nil {
-						seen = ago(time.Since(*r.LastSeen))
-					}
-					if r.Drift >= 0 {
-						drift = fmt.Sprint(r.Drift)
-					}
-					state := r.State
-					if r.RebootRequired {
-						state += " (reboot)"
-					}
-					cur := short8(r.Current)
-					if r.Current != "" && r.Current == r.Assigned {
-						cur += " ="
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Groups, ",")), dash(img),
-						dash(short8(r.Assigned)), dash(cur), state, seen, drift, inst)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(strings.Join(r.Groups, ",")), dash(r.image()),
+						dash(short8(r.Assigned)), dash(r.current()), r.state(), r.seen(time.Now()), r.drift(), inst)
 				}
 				return tw.Flush()
 			})
 		},
 	}
 	e.addJSONFlag(c)
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "stay, and show every change live (redrawn in place on a terminal)")
 	return c
+}
+
+// nodeRow is one node as sim nodes shows it: its registry entry, its
+// last install status, and what the fleet knows of it now.
+type nodeRow struct {
+	*catalog.Node
+	Resolved *catalog.Resolved `json:"resolved,omitempty"`
+	Status   *install.Status   `json:"status,omitempty"`
+	// From the fleet: the commit it is assigned and the one it reports,
+	// its state, when last heard of.
+	Assigned       string     `json:"assigned,omitempty"`
+	Current        string     `json:"current"`
+	State          string     `json:"state"`
+	LastSeen       *time.Time `json:"last_seen"`
+	Drift          int        `json:"drift"`
+	RebootRequired bool       `json:"reboot_required,omitempty"`
+	LastError      string     `json:"last_error,omitempty"`
+	// live is the fleet's whole state of the node (the live view shows
+	// its phase and progress); not in the JSON, which keeps its shape.
+	live fleet.NodeState
+}
+
+func (r nodeRow) image() string {
+	if r.Resolved != nil {
+		return r.Resolved.Image
+	}
+	return ""
+}
+
+func (r nodeRow) current() string {
+	cur := short8(r.Current)
+	if r.Current != "" && r.Current == r.Assigned {
+		cur += " ="
+	}
+	return cur
+}
+
+func (r nodeRow) state() string {
+	if r.RebootRequired {
+		return r.State + " (reboot)"
+	}
+	return r.State
+}
+
+func (r nodeRow) seen(now time.Time) string {
+	if r.LastSeen == nil {
+		return "-"
+	}
+	return ago(now.Sub(*r.LastSeen))
+}
+
+func (r nodeRow) drift() string {
+	if r.Drift < 0 {
+		return "-"
+	}
+	return fmt.Sprint(r.Drift)
+}
+
+// nodeRows lists every node the registry or the fleet knows, in name
+// order.
+func (e *env) nodeRows(st *store.Store) ([]nodeRow, *catalog.Registry, error) {
+	reg, err := catalog.LoadRegistry(st)
+	if err != nil {
+		return nil, nil, err
+	}
+	last := install.LastStatuses(st.Dir())
+	live := map[string]fleet.NodeState{}
+	for _, s := range e.knownNodes(st) {
+		live[s.Name] = s
+	}
+	names := make([]string, 0, len(reg.Nodes))
+	for n := range reg.Nodes {
+		names = append(names, n)
+	}
+	for n := range live {
+		if reg.Nodes[n] == nil {
+			names = append(names, n)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return fleet.NodeLess(names[i], names[j]) })
+	rows := []nodeRow{}
+	for _, n := range names {
+		r := nodeRow{Node: reg.Nodes[n], State: fleet.Unknown, Drift: -1}
+		if r.Node == nil {
+			r.Node = &catalog.Node{Name: n} // joined by name, not registered
+		} else {
+			r.Resolved, _ = reg.Resolve(r.Node)
+			if r.Resolved != nil {
+				r.Resolved.Node = nil
+			}
+		}
+		if s, ok := last[n]; ok {
+			r.Status = &s
+		}
+		if s, ok := live[n]; ok {
+			r.live = s
+			r.Assigned, r.Current, r.State, r.Drift = s.Assigned, s.Current, s.State, s.Drift
+			r.RebootRequired, r.LastError = s.RebootRequired, s.LastError
+			if !s.LastSeen.IsZero() {
+				t := s.LastSeen
+				r.LastSeen = &t
+			}
+		}
+		if r.Assigned == "" && r.Resolved != nil && r.Resolved.Image != "" {
+			if id, err := st.Resolve(r.Resolved.Image); err == nil {
+				r.Assigned = id.String()
+			}
+		}
+		rows = append(rows, r)
+	}
+	return rows, reg, nil
 }
 
 func short8(id string) string {

@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/systemimager/sim/client/catalog"
+	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/store"
 )
 
@@ -27,6 +29,10 @@ installer (copy vmlinuz and initrd.img from sim initrd build next to them):
            pxelinux.cfg/01-<mac> per registered node with a MAC)
   grub     DIR/grub/grub.cfg (UEFI network boot with grubnetx64.efi; with
            --per-node, grub/grub.cfg-01-<mac> per node)
+           Per-node files of nodes whose last install succeeded boot the
+           local disk (LOCALBOOT 0, GRUB's exit) until sim node
+           reinstall: write them again after installs. sim serve's iPXE
+           script does this by itself.
   dnsmasq  DIR/dnsmasq.conf: proxy-less DHCP+TFTP for a lab network, BIOS
            and UEFI clients told which loader to fetch, one dhcp-host line
            per node with a MAC and IP
@@ -48,14 +54,23 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 			}
 			dir := e.path(out)
 			var nodes []*catalog.Node
+			// Installed nodes boot their disk (until sim node reinstall).
+			installed := map[string]bool{}
 			if perNode || kind == "dnsmasq" {
 				err := e.withStore(func(st *store.Store) error {
 					reg, err := catalog.LoadRegistry(st)
 					if err != nil {
 						return err
 					}
+					last := install.LastStatuses(st.Dir())
 					for _, k := range sortedNames(reg) {
-						nodes = append(nodes, reg.Nodes[k])
+						n := reg.Nodes[k]
+						nodes = append(nodes, n)
+						var done time.Time
+						if s, ok := last[k]; ok && s.State == install.Done {
+							done = s.Time
+						}
+						installed[k] = !n.NetbootsToInstall(done)
 					}
 					return nil
 				})
@@ -72,14 +87,20 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 			case "pxe":
 				files["pxelinux.cfg/default"] = pxeEntry(args0)
 				for _, n := range nodes {
-					if n.MAC != "" {
+					switch {
+					case n.MAC != "" && installed[n.Name]:
+						files["pxelinux.cfg/01-"+strings.ReplaceAll(n.MAC, ":", "-")] = pxeLocal(n.Name)
+					case n.MAC != "":
 						files["pxelinux.cfg/01-"+strings.ReplaceAll(n.MAC, ":", "-")] = pxeEntry(args0 + " sim.node=" + n.Name)
 					}
 				}
 			case "grub":
 				files["grub/grub.cfg"] = grubEntry(args0)
 				for _, n := range nodes {
-					if n.MAC != "" {
+					switch {
+					case n.MAC != "" && installed[n.Name]:
+						files["grub/grub.cfg-01-"+strings.ReplaceAll(n.MAC, ":", "-")] = grubLocal(n.Name)
+					case n.MAC != "":
 						files["grub/grub.cfg-01-"+strings.ReplaceAll(n.MAC, ":", "-")] = grubEntry(args0 + " sim.node=" + n.Name)
 					}
 				}
@@ -130,6 +151,17 @@ dhcp-boot=tag:efi64,grubnetx64.efi
 
 func pxeEntry(args string) string {
 	return "# sim netboot (pxelinux, BIOS)\nDEFAULT sim\nLABEL sim\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND " + args + "\n"
+}
+
+// pxeLocal and grubLocal boot an installed node from its disk: pxelinux
+// hands back to the BIOS's next device; GRUB's exit, to the firmware's
+// next boot entry.
+func pxeLocal(node string) string {
+	return "# sim netboot: " + node + " is installed and boots its disk (sim node reinstall " + node + ", then sim netboot pxe --per-node again, installs it again)\nDEFAULT local\nLABEL local\n  LOCALBOOT 0\n"
+}
+
+func grubLocal(node string) string {
+	return "# sim netboot: " + node + " is installed and boots its disk (sim node reinstall " + node + ", then sim netboot grub --per-node again, installs it again)\nset timeout=0\nmenuentry 'local disk' {\n  exit\n}\n"
 }
 
 func grubEntry(args string) string {

@@ -53,6 +53,10 @@ type remoteFlags struct {
 	// requireSig is --require-signature, on the commands that fetch
 	// (addRequire).
 	requireSig bool
+	// storeToken and storeCA are the files a node command falls back
+	// to when neither the flag nor the environment names one: the
+	// node store's token and ca.pem (withNode sets them).
+	storeToken, storeCA string
 }
 
 func (f *remoteFlags) add(c *cobra.Command) {
@@ -68,19 +72,37 @@ func (f *remoteFlags) addRequire(c *cobra.Command) {
 
 func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
 	tok := os.Getenv("SIM_TOKEN")
-	if f.tokenFile != "" {
+	switch {
+	case f.tokenFile != "":
 		ts, err := readTokens(e.path(f.tokenFile))
 		if err != nil {
 			return nil, err
 		}
 		tok = ts[0]
+	case tok == "" && f.storeToken != "":
+		if _, err := os.Stat(f.storeToken); err == nil {
+			ts, err := readTokens(f.storeToken)
+			if err != nil {
+				return nil, fmt.Errorf("the node's token: %w", err)
+			}
+			tok = ts[0]
+		}
 	}
 	r, err := simsync.NewRemote(url, tok)
 	if err != nil {
 		return nil, err
 	}
-	if f.ca != "" {
-		if err := r.TrustCAFile(e.path(f.ca)); err != nil {
+	ca := ""
+	switch {
+	case f.ca != "":
+		ca = e.path(f.ca)
+	case os.Getenv("SIM_CA_CERT") == "" && f.storeCA != "":
+		if _, err := os.Stat(f.storeCA); err == nil {
+			ca = f.storeCA
+		}
+	}
+	if ca != "" {
+		if err := r.TrustCAFile(ca); err != nil {
 			return nil, err
 		}
 	}
@@ -129,8 +151,10 @@ func newServeCommand(e *env) *cobra.Command {
 into it (sim commit --remote), netbooting nodes ask it what to install (sim
 install). Reads are open unless --read-token; pushes need an admin token:
 one of --token-file, or of the store's (sim token add NAME --role admin).
-Install status reports need the node's own token (sim token add NODE
---role node). With --require-signature (or sim trust require on), a push
+Install status reports and every agent request need the node's own token
+(or an admin token); a node installing with an enroll token (sim token add
+boot --role enroll: the one for kernel command lines) is given its own with
+its install config. With --require-signature (or sim trust require on), a push
 that moves a ref to a commit without a valid signature by a trusted key
 is refused. While it runs, other sim commands on the same store are
 carried out by the server (over <store>/sim.sock).`,
@@ -306,7 +330,9 @@ func newCloneCommand(e *env) *cobra.Command {
 			os.WriteFile(originPath(dir), []byte(args[0]+"\n"), 0o644)
 			e.storeDir = dir
 			return e.withStore(func(st *store.Store) error {
+				stop := e.showFetch("clone", r)
 				ps, err := simsync.Pull(c.Context(), st, r, nil, nil)
+				stop()
 				e.reportPull(ps)
 				return err
 			})
@@ -357,7 +383,9 @@ every one is verified, and an interrupted pull keeps what arrived.`,
 				if err != nil {
 					return err
 				}
+				stop := e.showFetch("pull", r)
 				ps, err := simsync.Pull(c.Context(), st, r, tr, args)
+				stop()
 				e.reportPull(ps)
 				if ferr := tr.Finish(c.Context()); err == nil {
 					err = ferr

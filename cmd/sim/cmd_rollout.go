@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -247,8 +248,12 @@ func newRolloutStatusCommand(e *env) *cobra.Command {
 					return err
 				}
 				if watch {
-					if r, err = e.watchRollout(c.Context(), st, r); err != nil {
+					drawn := false
+					if r, drawn, err = e.watchRollout(c.Context(), st, r); err != nil {
 						return err
+					}
+					if drawn && !e.json {
+						return nil // the live view's last frame is the status
 					}
 				}
 				if e.json {
@@ -259,7 +264,7 @@ func newRolloutStatusCommand(e *env) *cobra.Command {
 			})
 		},
 	}
-	c.Flags().BoolVar(&watch, "watch", false, "follow it until it is done, halted or aborted (one line per change)")
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "follow it until it is done, halted or aborted: redrawn in place on a terminal, else one line per change")
 	e.addJSONFlag(c)
 	return c
 }
@@ -276,13 +281,28 @@ func summary(r *rollout.Rollout) string {
 	return fmt.Sprintf("%s %s, %s: %s", r.ID, r.State, wave, strings.Join(parts, ", "))
 }
 
-// watchRollout prints a line each time r changes until it ends.
-func (e *env) watchRollout(ctx context.Context, st *store.Store, r *rollout.Rollout) (*rollout.Rollout, error) {
+// watchRollout follows r until it ends (Ctrl-C stops following): on a
+// terminal (stdout) the whole status is redrawn in place at each change,
+// and drawn says so; otherwise a summary line per change on stderr.
+func (e *env) watchRollout(ctx context.Context, st *store.Store, r *rollout.Rollout) (_ *rollout.Rollout, drawn bool, err error) {
 	ended := func(r *rollout.Rollout) bool {
 		return (r.State == rollout.Done || r.State == rollout.Halted || r.State == rollout.Aborted) && !r.Revert
 	}
+	t := e.terminalOf()
+	var scr *screen
+	if t.Stdout && !e.json {
+		scr = newScreen(e.stdout, t)
+		defer scr.close()
+	}
 	last := ""
 	show := func(r *rollout.Rollout) {
+		if scr != nil {
+			var b strings.Builder
+			writeRollout(&b, r)
+			scr.draw(append([]string{time.Now().Format("15:04:05") + "  sim rollout status --watch (Ctrl-C stops following)", ""},
+				strings.Split(strings.TrimRight(b.String(), "\n"), "\n")...))
+			return
+		}
 		if s := summary(r); s != last {
 			fmt.Fprintf(e.stderr, "%s %s\n", time.Now().Format("15:04:05"), s)
 			last = s
@@ -300,28 +320,33 @@ func (e *env) watchRollout(ctx context.Context, st *store.Store, r *rollout.Roll
 	for !ended(r) {
 		select {
 		case <-ctx.Done():
-			return r, ctx.Err()
+			if scr != nil {
+				return r, true, nil // stopped following: the view stays
+			}
+			return r, false, ctx.Err()
 		case <-events:
 		case <-tick.C:
 		}
 		nr, err := e.loadRollout(st, r.ID)
 		if err != nil {
-			return r, err
+			return r, scr != nil, err
 		}
 		r = nr
 		show(r)
 	}
-	return r, nil
+	return r, scr != nil, nil
 }
 
-func (e *env) printRollout(r *rollout.Rollout) {
-	fmt.Fprintf(e.stdout, "rollout %s: %s\n", r.ID, r.State)
-	fmt.Fprintf(e.stdout, "  %s (%s, %s) to %d nodes (%s), created %s\n", r.Spec.Ref, shortID(r.Commit), r.Image, len(r.Nodes), r.Spec.Select, r.Created.Local().Format("2006-01-02 15:04:05"))
+func (e *env) printRollout(r *rollout.Rollout) { writeRollout(e.stdout, r) }
+
+func writeRollout(out io.Writer, r *rollout.Rollout) {
+	fmt.Fprintf(out, "rollout %s: %s\n", r.ID, r.State)
+	fmt.Fprintf(out, "  %s (%s, %s) to %d nodes (%s), created %s\n", r.Spec.Ref, shortID(r.Commit), r.Image, len(r.Nodes), r.Spec.Select, r.Created.Local().Format("2006-01-02 15:04:05"))
 	if r.Reason != "" {
-		fmt.Fprintf(e.stdout, "  %s\n", r.Reason)
+		fmt.Fprintf(out, "  %s\n", r.Reason)
 	}
-	fmt.Fprintf(e.stdout, "  %s\n", summary(r))
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(out, "  %s\n", summary(r))
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tWAVE\tSTATE\tCOMMIT\tBYTES\tERROR")
 	for wi, w := range r.Waves {
 		for _, n := range w {

@@ -17,22 +17,34 @@ import (
 func newTokenCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "token",
-		Short: "API tokens with roles: read, node (one node's own), admin",
+		Short: "API tokens with roles: read, enroll (a fleet's boot token), node (one node's own), admin",
 		Long: `The tokens sim serve accepts besides --token-file's, each with a role:
-read (fetch anything), node (read, and report its own install status; a node
-token names its node and can speak only for it), admin (push, move refs,
-commit remotely, act for any node). Only the SHA-256 of a token is stored:
-sim token add prints the token once. Revoking works at once, also while sim
-serve runs.`,
+read (fetch anything); enroll (read, and have nodes enrolled: the boot token
+of a fleet, for kernel command lines and shared initrds; a registered node's
+install config asked with it comes with a new token of the node's own,
+node-NAME, which the installer keeps; it reports nothing, takes no orders,
+pushes nothing); node (read, report its own install status, state and
+drift, take its own orders; a node token names its node and can speak only
+for it); admin (push, move refs, commit remotely, enrol nodes, act for any
+node). Read is in every role and admin has every right; enroll and node are
+not above one another. Only the SHA-256 of a token is stored: sim token add
+prints the token once. Revoking works at once, also while sim serve runs.`,
 	}
 	var role, node string
 	add := &cobra.Command{
-		Use:   "add NAME --role read|node|admin [--node NODE]",
+		Use:   "add NAME --role read|enroll|node|admin [--node NODE]",
 		Short: "Make a token; the last line on stdout is the token",
-		Long: `Make a token named NAME with a role. A node token speaks for --node NODE
-(default: NAME): give it to that node's installer (sim.token= on its kernel
-command line, or sim initrd build --token-file for a per-node initrd); the
-installed node keeps it in its store (/var/lib/sim/token, mode 0600).`,
+		Long: `Make a token named NAME with a role.
+
+An enroll token (sim token add boot --role enroll) is the one to put on a
+kernel command line (sim.token=) or in a shared initrd (sim initrd build
+--token-file): each node installing with it gets a node token of its own,
+minted by the server (node-NAME; a reinstall replaces it), in its store
+(/var/lib/sim/token, mode 0600), and never keeps the boot token.
+
+A node token speaks for --node NODE (default: NAME). Give one by hand to a
+node sim did not install (into its /var/lib/sim/token), or to a per-node
+initrd or command line: a node installing with its own token keeps it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			r, err := simsync.ParseRole(role)
@@ -69,7 +81,7 @@ installed node keeps it in its store (/var/lib/sim/token, mode 0600).`,
 			})
 		},
 	}
-	add.Flags().StringVar(&role, "role", "", "`ROLE`: read, node or admin")
+	add.Flags().StringVar(&role, "role", "", "`ROLE`: read, enroll, node or admin")
 	add.Flags().StringVar(&node, "node", "", "the `NODE` a node token speaks for (default: NAME)")
 	list := &cobra.Command{
 		Use:   "list",

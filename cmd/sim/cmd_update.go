@@ -65,6 +65,10 @@ func (e *env) withNode(c *cobra.Command, f *nodeFlags, server string, fn func(m 
 		}
 	}
 	if server != "" {
+		// The node's own credentials, kept by its installer, unless
+		// --token-file/$SIM_TOKEN and --ca/$SIM_CA_CERT say otherwise.
+		f.rf.storeToken = filepath.Join(st.Dir(), install.TokenName)
+		f.rf.storeCA = filepath.Join(st.Dir(), install.CAName)
 		if r, err = f.rf.remote(e, server); err != nil {
 			return usageError{err}
 		}
@@ -107,7 +111,12 @@ completed by the next sim update, sim rollback or sim agent. Then the health
 checks run (--health CMD, and the image's /etc/sim/health.d/* executables,
 chrooted into --root when it is not /, with SIM_NODE, SIM_COMMIT and
 SIM_PREVIOUS set); a failure rolls the node back from its own store and
-exits 1. --dry-run says what would change and what it would fetch.`,
+exits 1. --dry-run says what would change and what it would fetch.
+
+The server answers a node only with that node's own token (or an admin
+token): by default the one in the node store (/var/lib/sim/token, which sim
+install leaves), and its ca.pem for an https server; --token-file or
+$SIM_TOKEN, --ca or $SIM_CA_CERT win.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			ref := ""
@@ -273,7 +282,13 @@ func newAgentCommand(e *env) *cobra.Command {
 install). It completes an interrupted update first, then reports to the
 server (default: the one in installed.json) and carries out its orders:
 stage, update, roll back, scan for drift. It opens every connection itself
-(nodes need no open port) and keeps going when the server restarts.`,
+(nodes need no open port) and keeps going when the server restarts.
+
+It speaks for its node with the node's own token: by default the one in the
+node store (/var/lib/sim/token, left by sim install; --token-file or
+$SIM_TOKEN win), and stops at once, saying so, without one or when the
+server refuses it (on the server: sim token add node-NAME --role node --node
+NAME, into /var/lib/sim/token).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withNode(c, &f, server, func(m *node.Machine) error {

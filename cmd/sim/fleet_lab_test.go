@@ -171,6 +171,11 @@ func TestLabFleet(t *testing.T) {
 		t.FailNow()
 	}
 	t.Logf("%d nodes checked out from v2 in %.1fs", nn, time.Since(start).Seconds())
+	// Each node's own token in its store, as its installer leaves it:
+	// the agents speak for their node with it, and for no other.
+	for _, n := range names {
+		nodeToken(t, srv, n, nodes[n].store)
+	}
 	agents := map[string]*labProc{}
 	agent := func(n string, env ...string) {
 		agents[n] = l.start(t, n, "agent "+n, env, "--store", nodes[n].store, "agent", "--root", nodes[n].root, "--poll", "5s")

@@ -73,7 +73,11 @@ func (m *metalLab) fleetNode(name string) fleet.NodeState {
 
 // fleet boots the installed node again from its disk: its agent, under
 // systemd, reports to the server; a rollout of a new commit reaches it
-// live (its console says so), then abort --revert rolls it back.
+// live (its console says so), then abort --revert rolls it back. Every
+// agent request needs the node's own token: the agent speaks with the
+// one in its store, /var/lib/sim/token, which the server minted for it
+// when it installed with the enroll token (TestMetalVM's bios subtest
+// checks node-NAME was made); without it, it would never report.
 func (m *metalLab) fleet(v *vm, node string) {
 	t := m.t
 	start := time.Now()

@@ -38,6 +38,10 @@ func (f forwarded) Error() string { return fmt.Sprintf("exit status %d", f.code)
 type runRequest struct {
 	Args []string `json:"args"`
 	Cwd  string   `json:"cwd"`
+	// Terminal is what the forwarding process's outputs are, so that the
+	// server draws progress and live views for them as it would for its
+	// own terminal.
+	Terminal terminal `json:"terminal"`
 }
 
 // Stream frames: kind u8, length u32be, data.
@@ -78,7 +82,7 @@ func forwardToServer(e *env) error {
 		}
 	}
 	cwd, _ := os.Getwd()
-	body, _ := json.Marshal(runRequest{Args: e.args, Cwd: cwd})
+	body, _ := json.Marshal(runRequest{Args: e.args, Cwd: cwd, Terminal: e.terminalOf()})
 	var resp *http.Response
 	var err error
 	for i := 0; ; i++ {
@@ -102,6 +106,11 @@ func forwardToServer(e *env) error {
 	var hdr [5]byte
 	for {
 		if _, err := io.ReadFull(resp.Body, hdr[:]); err != nil {
+			if ctx.Err() != nil {
+				// Interrupted here: the server saw the connection end and
+				// stopped the command, keeping what it finished.
+				return errInterrupted
+			}
 			return fmt.Errorf("sim serve: connection lost: %w", err)
 		}
 		n := binary.BigEndian.Uint32(hdr[1:])
@@ -200,7 +209,7 @@ func runHandler(st *store.Store, storeDir string, sv *serving) http.Handler {
 		w.WriteHeader(http.StatusOK)
 		mu := &sync.Mutex{}
 		e := &env{stdout: frameWriter{mu, w, frameStdout}, stderr: frameWriter{mu, w, frameStderr},
-			cwd: req.Cwd, st: st, served: sv}
+			cwd: req.Cwd, st: st, served: sv, term: &req.Terminal}
 		// The store flag must name the store this server holds.
 		args := append([]string{"--store", storeDir}, req.Args...)
 		code := run(r.Context(), args, e)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/store"
 )
 
 // The bare-metal tests boot real VMs (qemu under TCG: KVM is unusable on
@@ -46,6 +47,11 @@ type metalLab struct {
 	// node), given to each VM as sim.token=: the server takes status
 	// reports only with them.
 	tokens map[string]string
+	// enroll is the fleet's boot token (sim token add boot --role
+	// enroll), the one a shared kernel command line carries: the server
+	// mints each node that installs with it a token of its own
+	// (node-NAME), which is what the node keeps.
+	enroll string
 	// signKey is the admin's private key: every VM trusts its public
 	// half, so every commit a VM installs or updates to is signed.
 	signKey string
@@ -53,6 +59,27 @@ type metalLab struct {
 
 // token is the kernel command line word giving node its token.
 func (m *metalLab) token(node string) string { return "sim.token=" + m.tokens[node] }
+
+// enrollToken is the kernel command line word giving a node the fleet's
+// enroll token.
+func (m *metalLab) enrollToken() string { return "sim.token=" + m.enroll }
+
+// enrolled checks that the server minted node its own token (node-NAME,
+// role node, for node).
+func (m *metalLab) enrolled(node string) {
+	m.t.Helper()
+	var toks []store.Token
+	decodeJSON(m.t, ok(m.t, m.store, "token", "list", "--json"), &toks)
+	for _, tk := range toks {
+		if tk.Name == "node-"+node {
+			if tk.Role != "node" || tk.Node != node {
+				m.t.Errorf("%s's minted token: %+v; want role node for %s", node, tk, node)
+			}
+			return
+		}
+	}
+	m.t.Errorf("no token node-%s after %s installed with the enroll token: %+v", node, node, toks)
+}
 
 func needMetal(t *testing.T) {
 	t.Helper()
@@ -136,6 +163,7 @@ func newMetalLab(t *testing.T) *metalLab {
 		m.tokens[n] = lastLine(ok(t, m.store, "token", "add", n, "--role", "node"))
 	}
 	m.tokens["n11"] = lastLine(ok(t, m.store, "token", "add", "n11", "--role", "node")) // no such node registered
+	m.enroll = lastLine(ok(t, m.store, "token", "add", "boot", "--role", "enroll"))
 	// Every VM's initrd trusts the admin's key: the image and what goes
 	// with it are signed.
 	keys := t.TempDir()
@@ -281,11 +309,12 @@ func (m *metalLab) statuses() map[string]install.Status {
 	return st
 }
 
-// installAndBoot installs node n on v, then boots the disk alone and
-// checks the node's identity on the console.
-func (m *metalLab) installAndBoot(v *vm, node string) {
+// installAndBoot installs node n on v with the kernel command line's
+// token word cred (m.token(n) or m.enrollToken()), then boots the disk
+// alone and checks the node's identity on the console.
+func (m *metalLab) installAndBoot(v *vm, node, cred string) {
 	t := m.t
-	con := m.boot(v, "sim.server="+m.url+" sim.onerror=poweroff "+m.token(node), 15*time.Minute)
+	con := m.boot(v, "sim.server="+m.url+" sim.onerror=poweroff "+cred, 15*time.Minute)
 	if !strings.Contains(con, "SIM INSTALL DONE") {
 		t.Fatalf("%s: install did not finish; console tail:\n%s", v.name, tail(con, 4000))
 	}
@@ -313,14 +342,19 @@ func TestMetalVM(t *testing.T) {
 			t.Parallel()
 			mm := *m
 			mm.t = t
-			mm.installAndBoot(mm.newVM("bios", 1, "3G", false), "n1")
+			// n1 enrolls with the fleet's boot token: what its agent
+			// speaks with in the fleet subtest is the token the server
+			// minted for it.
+			mm.installAndBoot(mm.newVM("bios", 1, "3G", false), "n1", mm.enrollToken())
+			mm.enrolled("n1")
 			bios = filepath.Join(mm.dir, "bios.raw")
 		})
 		t.Run("uefi", func(t *testing.T) {
 			t.Parallel()
 			mm := *m
 			mm.t = t
-			mm.installAndBoot(mm.newVM("uefi", 2, "3G", true), "n2")
+			// n2 has a token of its own on its command line: kept as it is.
+			mm.installAndBoot(mm.newVM("uefi", 2, "3G", true), "n2", mm.token("n2"))
 		})
 	})
 	// The BIOS node boots from its disk again, and stays up: its agent
@@ -342,9 +376,11 @@ func TestMetalVM(t *testing.T) {
 		for i := range vms {
 			vms[i] = mm.newVM(fmt.Sprintf("four%d", i), 3+i, "3G", false)
 			wg.Add(1)
+			// One kernel command line for all four, with the fleet's
+			// enroll token: each gets a token of its own minted.
 			go func(v *vm, node string) {
 				defer wg.Done()
-				mm.boot(v, "sim.server="+mm.url+" sim.onerror=poweroff "+mm.token(node), 20*time.Minute)
+				mm.boot(v, "sim.server="+mm.url+" sim.onerror=poweroff "+mm.enrollToken(), 20*time.Minute)
 			}(vms[i], fmt.Sprintf("n%d", 3+i))
 		}
 		wg.Wait()
@@ -357,6 +393,7 @@ func TestMetalVM(t *testing.T) {
 				t.Errorf("%s (%s): not installed: status %+v; console tail:\n%s", v.name, node, st[node], tail(v.console, 2000))
 			}
 			bytes += st[node].Bytes
+			mm.enrolled(node)
 		}
 		t.Logf("FIGURE 4 VMs at once: %.1f s until all installed and powered off; server sent %.1f MB per node", all.Seconds(), float64(bytes)/4e6)
 		// One of them boots, to show the parallel installs are whole.

@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/systemimager/sim/client/progress"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -35,6 +36,58 @@ type env struct {
 	// args and ctx are the command line being run, for forwarding.
 	args []string
 	ctx  context.Context
+	// term, when set, is what the terminal of a forwarded command line
+	// is (the server's own stdout is not it).
+	term *terminal
+}
+
+// terminal says which of a command line's outputs are terminals, and
+// the size of the one stdout is on.
+type terminal struct {
+	Stdout bool `json:"stdout,omitempty"`
+	Stderr bool `json:"stderr,omitempty"`
+	Cols   int  `json:"cols,omitempty"`
+	Rows   int  `json:"rows,omitempty"`
+}
+
+// terminalOf is what this process's stdout and stderr are (the size is
+// stdout's, else stderr's).
+func (e *env) terminalOf() terminal {
+	if e.term != nil {
+		return *e.term
+	}
+	var t terminal
+	size := func(f *os.File) {
+		if t.Cols > 0 {
+			return
+		}
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
+			t.Cols, t.Rows = int(ws.Col), int(ws.Row)
+		}
+	}
+	if f, ok := e.stdout.(*os.File); ok && isTerminal(f) {
+		t.Stdout = true
+		size(f)
+	}
+	if f, ok := e.stderr.(*os.File); ok && isTerminal(f) {
+		t.Stderr = true
+		size(f)
+	}
+	return t
+}
+
+// progressTerminal is where a progress bar goes: stderr, when it is a
+// terminal (here, or at the far end of a forwarded command line).
+func (e *env) progressTerminal() (progress.Terminal, bool) {
+	t := e.terminalOf()
+	if !t.Stderr {
+		return progress.Terminal{}, false
+	}
+	pt := progress.Terminal{Out: e.stderr}
+	if e.term != nil {
+		pt.Cols = max(t.Cols, 40) // the server's stderr is a stream, not the terminal
+	}
+	return pt, true
 }
 
 // path makes p absolute against the command line's working directory.
@@ -78,7 +131,7 @@ are tags; nodes are installed, updated in place and rolled back from commits.`,
 		newCheckoutCommand(e), newDiffCommand(e), newFsckCommand(e), newGCCommand(e),
 		newServeCommand(e), newCloneCommand(e), newPullCommand(e), newPushCommand(e), newFetchPlanCommand(e),
 		newMulticastCommand(e),
-		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newOverrideCommand(e),
+		newLayoutCommand(e), newNodeCommand(e), newNodesCommand(e), newGroupCommand(e), newHostsCommand(e), newOverrideCommand(e),
 		newScriptCommand(e), newInstallCommand(e), newInitrdCommand(e), newNetbootCommand(e),
 		newImportCommand(e), newExportCommand(e), newVersionCommand(e), newGenManCommand(e),
 		newUpdateCommand(e), newRollbackCommand(e), newAgentCommand(e), newRolloutCommand(e), newDriftCommand(e),
@@ -142,31 +195,36 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-// showProgress prints p on e.stderr every 200 ms while it runs, when e.stderr
-// is a terminal. The returned func stops it.
+// showProgress shows p's files and bytes on a terminal's stderr while
+// the work runs (package progress). The returned func stops it.
 func (e *env) showProgress(what string, p *snapshot.Progress) func() {
-	if f, ok := e.stderr.(*os.File); !ok || !isTerminal(f) {
+	return e.showCount(what, "files", p)
+}
+
+// showCount is showProgress counting p.Files as unit.
+func (e *env) showCount(what, unit string, p *snapshot.Progress) func() {
+	t, ok := e.progressTerminal()
+	if !ok {
 		return func() {}
 	}
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		start := time.Now()
-		for {
-			select {
-			case <-done:
-				fmt.Fprintf(e.stderr, "\r\033[K")
-				return
-			case <-t.C:
-				mb := float64(p.Bytes.Load()) / 1e6
-				fmt.Fprintf(e.stderr, "\r\033[K%s: %d files, %.1f MB, %.1f MB/s", what, p.Files.Load(), mb, mb/time.Since(start).Seconds())
-			}
-		}
-	}()
-	return func() { close(done); <-stopped }
+	return progress.Show(t, what, unit, func() progress.Figures {
+		return progress.Figures{Bytes: p.Bytes.Load(), Items: p.Files.Load()}
+	})
+}
+
+// showFetch shows what r has received while a fetch runs.
+func (e *env) showFetch(what string, r *simsync.Remote) func() {
+	t, ok := e.progressTerminal()
+	if !ok || r == nil {
+		return func() {}
+	}
+	if r.Received == nil {
+		r.Received = new(atomic.Int64)
+	}
+	got, from := r.Received, r.Received.Load()
+	return progress.Show(t, what, "", func() progress.Figures {
+		return progress.Figures{Bytes: got.Load() - from}
+	})
 }
 
 // excludes gathers --exclude and --exclude-from patterns.
@@ -184,8 +242,7 @@ func (e *env) excludes(pats, files []string) ([]string, error) {
 
 // transportEnv is what a transport opened by this command line gets.
 func (e *env) transportEnv(st *store.Store, r *simsync.Remote) simsync.TransportEnv {
-	f, ok := e.stderr.(*os.File)
-	return simsync.TransportEnv{Remote: r, Store: st, Log: e.stderr, Terminal: ok && isTerminal(f), JSON: e.json}
+	return simsync.TransportEnv{Remote: r, Store: st, Log: e.stderr, Terminal: e.terminalOf().Stderr, JSON: e.json}
 }
 
 // withReport adds a transport's own figures (Delivery.Report) under its

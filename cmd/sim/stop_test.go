@@ -185,7 +185,11 @@ func TestStopOnSignal(t *testing.T) {
 	t.Run("agent waiting for an order", func(t *testing.T) {
 		url, entered, _ := stallingServer(t, srv, "/v1/agent/orders")
 		root := t.TempDir()
-		c := simProcess("--store", filepath.Join(root, "var/lib/sim"), "agent", "--server", url, "--root", root, "--node", "n1")
+		// An agent needs a token to speak for its node (this server's
+		// admin token: it may speak for any).
+		tok := filepath.Join(t.TempDir(), "tok")
+		os.WriteFile(tok, []byte("tok\n"), 0o600)
+		c := simProcess("--store", filepath.Join(root, "var/lib/sim"), "agent", "--server", url, "--root", root, "--node", "n1", "--token-file", tok)
 		checkStopped(t, "agent", signalWhen(t, c, func() bool { return len(entered) > 0 }))
 	})
 	t.Run("serve with a client reading slowly", func(t *testing.T) {

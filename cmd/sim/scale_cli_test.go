@@ -1,0 +1,179 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestNodesAtScale: 50 nodes registered by one range command with
+// consecutive MACs and addresses, a CSV and a dnsmasq leases file
+// imported, ranges removed, a group removed only when empty (or with
+// --force), /etc/hosts written, and the errors name what is at fault.
+func TestNodesAtScale(t *testing.T) {
+	st := newStore(t)
+	img := t.TempDir()
+	writeFiles(t, img, map[string]string{"etc/motd": "hpc\n"})
+	ok(t, st, "commit", img, "--image", "hpc", "-m", "one")
+	ok(t, st, "group", "add", "compute", "--image", "hpc")
+	out := ok(t, st, "node", "add", "n[001-050]", "--group", "compute", "--mac", "52:54:00:00:01:f0", "--ip", "198.18.4.1/22", "--gateway", "198.18.4.254")
+	if !strings.Contains(out, "50 nodes: n001 .. n050") {
+		t.Errorf("node add of a range: %q", out)
+	}
+	var nodes struct {
+		Nodes []struct {
+			Name, MAC, IP, Gateway string
+			Groups                 []string
+		}
+	}
+	decodeJSON(t, ok(t, st, "nodes", "--json"), &nodes)
+	if len(nodes.Nodes) != 50 {
+		t.Fatalf("%d nodes registered, want 50", len(nodes.Nodes))
+	}
+	for i, want := range [][3]string{{"n001", "52:54:00:00:01:f0", "198.18.4.1/22"}, {"n017", "52:54:00:00:02:00", "198.18.4.17/22"}, {"n050", "52:54:00:00:02:21", "198.18.4.50/22"}} {
+		idx := map[int]int{0: 0, 1: 16, 2: 49}[i]
+		n := nodes.Nodes[idx]
+		if n.Name != want[0] || n.MAC != want[1] || n.IP != want[2] || n.Gateway != "198.18.4.254" || len(n.Groups) != 1 {
+			t.Errorf("node %d: %+v, want %v", idx, n, want)
+		}
+	}
+	// One commit for the whole range.
+	if log := ok(t, st, "log", "sim@nodes"); strings.Count(log, "node add") != 1 {
+		t.Errorf("the range took more than one commit:\n%s", log)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "add", "m[1-3]", "--image", "hpc", "--ip", "198.18.0.253/24"}, "node m3: 198.18.0.253/24 plus 2 (198.18.0.255) is the broadcast address"},
+		{[]string{"node", "add", "m[1-3]", "--image", "hpc", "--mac", "52:54:00:00:01:f1"}, "MAC 52:54:00:00:01:f1 is already node n002's"},
+		{[]string{"node", "add", "m[3-1]", "--image", "hpc"}, "m[3-1]"},
+		{[]string{"node", "rm", "n[049-052]"}, "no node n051, n052"},
+		{[]string{"group", "rm", "compute"}, "group compute still has 50 nodes (n001, n002"},
+	} {
+		if r := sim(t, st, c.args...); r.code == 0 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sim %s: exit %d, %q; want an error with %q", strings.Join(c.args, " "), r.code, r.stderr, c.want)
+		}
+	}
+
+	dir := t.TempDir()
+	csv := filepath.Join(dir, "rack7.csv")
+	os.WriteFile(csv, []byte("name,mac,ip\n# the GPU nodes\ng01,52:54:00:07:00:01,198.18.7.1/24\ng02,52:54:00:07:00:02,198.18.7.2/24\n"), 0o644)
+	leases := filepath.Join(dir, "dnsmasq.leases")
+	os.WriteFile(leases, []byte("1764670000 52:54:00:08:00:01 198.18.8.1 login1 01:52:54:00:08:00:01\n1764670000 52:54:00:08:00:02 198.18.8.2 login2 *\n"), 0o644)
+	ok(t, st, "node", "import", csv, "--image", "hpc")
+	ok(t, st, "node", "import", leases, "--image", "hpc", "--prefix", "24")
+	bad := filepath.Join(dir, "bad.csv")
+	os.WriteFile(bad, []byte("g03,52:54:00:07:00:03\ng04,52:54:00:07:00\n"), 0o644)
+	if r := sim(t, st, "node", "import", bad, "--image", "hpc"); r.code != 2 || !strings.Contains(r.stderr, "bad.csv:2: node g04: invalid MAC address") {
+		t.Errorf("a bad import: exit %d, %q", r.code, r.stderr)
+	}
+	hosts := ok(t, st, "hosts", "--domain", "cluster")
+	for _, want := range []string{"198.18.4.1\tn001.cluster n001\n", "198.18.4.50\tn050.cluster n050\n", "198.18.7.2\tg02.cluster g02\n", "198.18.8.1\tlogin1.cluster login1\n"} {
+		if !strings.Contains(hosts, want) {
+			t.Errorf("hosts lacks %q:\n%s", want, hosts)
+		}
+	}
+	if strings.Contains(hosts, "g03") {
+		t.Errorf("a failed import left a node:\n%s", hosts)
+	}
+	ok(t, st, "node", "rm", "n[011-050]")
+	ok(t, st, "group", "rm", "compute", "--force")
+	nodes.Nodes = nil // (decoding into the old slice would keep old groups)
+	decodeJSON(t, ok(t, st, "nodes", "--json"), &nodes)
+	if len(nodes.Nodes) != 14 { // n001-n010, g01, g02, login1, login2
+		t.Errorf("%d nodes after rm, want 14", len(nodes.Nodes))
+	}
+	for _, n := range nodes.Nodes {
+		if len(n.Groups) != 0 {
+			t.Errorf("%s is still in %v after group rm --force", n.Name, n.Groups)
+		}
+	}
+}
+
+// TestNetbootLocalBoot: once a node's install succeeded, its netboot
+// (sim serve's iPXE script; sim netboot pxe|grub --per-node) boots its
+// disk, until sim node reinstall; then it installs, once.
+func TestNetbootLocalBoot(t *testing.T) {
+	st := newStore(t)
+	img := t.TempDir()
+	writeFiles(t, img, map[string]string{"etc/motd": "hpc\n"})
+	ok(t, st, "commit", img, "--image", "hpc", "-m", "one")
+	ok(t, st, "node", "add", "n[1-2]", "--image", "hpc", "--mac", "52:54:00:00:00:01")
+	tok := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tok, []byte("pxe-admin\n"), 0o600)
+	url := startServer(t, st, "--token-file", tok, "--no-bittorrent")
+	ipxe := func(mac string) string {
+		t.Helper()
+		resp, err := http.Get(url + "/v1/install/ipxe?mac=" + mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("ipxe: %s %s", resp.Status, b)
+		}
+		return string(b)
+	}
+	status := func(node, step, state string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", url+"/v1/install/status", strings.NewReader(`{"node":"`+node+`","step":"`+step+`","state":"`+state+`"}`))
+		req.Header.Set("Authorization", "Bearer pxe-admin")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			t.Fatalf("status: %s", resp.Status)
+		}
+	}
+	installs := func(s string) bool {
+		return strings.Contains(s, "/v1/install/kernel") && strings.Contains(s, "sim.node=")
+	}
+	local := func(s string) bool {
+		return strings.Contains(s, "sanboot --no-describe --drive 0x80") && !strings.Contains(s, "kernel")
+	}
+	const n1, n2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
+	if s := ipxe(n1); !installs(s) {
+		t.Fatalf("a new node does not install:\n%s", s)
+	}
+	status("n1", "checkout", "running")
+	status("n2", "partition", "failed")
+	if s := ipxe(n1); !installs(s) {
+		t.Errorf("a node whose install is under way boots its disk:\n%s", s)
+	}
+	status("n1", "done", "done")
+	if s := ipxe(n1); !local(s) || !strings.Contains(s, "n1 was installed") {
+		t.Errorf("an installed node installs again:\n%s", s)
+	}
+	if s := ipxe(n2); !installs(s) {
+		t.Errorf("a node whose install failed boots its disk:\n%s", s)
+	}
+	nb := t.TempDir()
+	ok(t, st, "netboot", "pxe", "--server", url, "--out", nb, "--per-node")
+	ok(t, st, "netboot", "grub", "--server", url, "--out", nb, "--per-node")
+	for f, want := range map[string]string{
+		"pxelinux.cfg/01-52-54-00-00-00-01": "LOCALBOOT 0", "pxelinux.cfg/01-52-54-00-00-00-02": "sim.node=n2",
+		"grub/grub.cfg-01-52-54-00-00-00-01": "exit", "grub/grub.cfg-01-52-54-00-00-00-02": "sim.node=n2",
+	} {
+		if b, err := os.ReadFile(filepath.Join(nb, f)); err != nil || !strings.Contains(string(b), want) {
+			t.Errorf("%s: %q, %v; want %q", f, b, err, want)
+		}
+	}
+	ok(t, st, "node", "reinstall", "n1")
+	if s := ipxe(n1); !installs(s) {
+		t.Errorf("after sim node reinstall, n1 boots its disk:\n%s", s)
+	}
+	status("n1", "done", "done")
+	if s := ipxe(n1); !local(s) {
+		t.Errorf("after its reinstall, n1 installs again:\n%s", s)
+	}
+	if r := sim(t, st, "node", "reinstall", "n[1-3]"); r.code == 0 || !strings.Contains(r.stderr, `no node "n3"`) {
+		t.Errorf("reinstall of an unknown node: %d %q", r.code, r.stderr)
+	}
+}
