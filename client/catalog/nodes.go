@@ -31,7 +31,10 @@ type Node struct {
 	Groups    []string `json:"groups,omitempty"`
 	Overrides []string `json:"overrides,omitempty"`
 	Scripts   []string `json:"scripts,omitempty"`
-	Disk      string   `json:"disk,omitempty"` // overrides the layout's disk
+	// PreScripts run in the installer before the disk is touched (to
+	// check or wipe hardware); Scripts run after, in the new root.
+	PreScripts []string `json:"pre_scripts,omitempty"`
+	Disk       string   `json:"disk,omitempty"` // overrides the layout's disk
 	// Reinstall is when an admin last asked for the node to be installed
 	// again (sim node reinstall): its netboot installs while no install
 	// has succeeded since (NetbootsToInstall).
@@ -41,10 +44,11 @@ type Node struct {
 // Group gives its members an image, overrides and scripts. Stored as
 // groups/NAME: {"name":"compute","image":"debian","overrides":["site"],"scripts":["motd"]}
 type Group struct {
-	Name      string   `json:"name"`
-	Image     string   `json:"image,omitempty"`
-	Overrides []string `json:"overrides,omitempty"`
-	Scripts   []string `json:"scripts,omitempty"`
+	Name       string   `json:"name"`
+	Image      string   `json:"image,omitempty"`
+	Overrides  []string `json:"overrides,omitempty"`
+	Scripts    []string `json:"scripts,omitempty"`
+	PreScripts []string `json:"pre_scripts,omitempty"`
 }
 
 // Registry is the whole of sim@nodes at one commit.
@@ -121,7 +125,7 @@ func (n *Node) Check() error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
-	return checkDocs(n.Name, n.Overrides, n.Scripts)
+	return checkDocs(n.Name, n.Overrides, append(append([]string(nil), n.Scripts...), n.PreScripts...))
 }
 
 func checkDocs(owner string, overrides, scripts []string) error {
@@ -206,7 +210,7 @@ func (g *Group) check() error {
 			return fmt.Errorf("group %s: %w", g.Name, err)
 		}
 	}
-	return checkDocs("group "+g.Name, g.Overrides, g.Scripts)
+	return checkDocs("group "+g.Name, g.Overrides, append(append([]string(nil), g.Scripts...), g.PreScripts...))
 }
 
 // Save commits r as the new head of sim@nodes.
@@ -267,6 +271,8 @@ type Resolved struct {
 	Image     string   `json:"image"`
 	Overrides []string `json:"overrides,omitempty"` // in application order: groups' (in group order), then the node's
 	Scripts   []string `json:"scripts,omitempty"`   // in run order, the same way
+	// PreScripts, in run order the same way, run before partitioning.
+	PreScripts []string `json:"pre_scripts,omitempty"`
 }
 
 // Resolve folds n's groups in. The image is the node's, else the first
@@ -283,9 +289,11 @@ func (r *Registry) Resolve(n *Node) (*Resolved, error) {
 		}
 		out.Overrides = append(out.Overrides, g.Overrides...)
 		out.Scripts = append(out.Scripts, g.Scripts...)
+		out.PreScripts = append(out.PreScripts, g.PreScripts...)
 	}
 	out.Overrides = append(out.Overrides, n.Overrides...)
 	out.Scripts = append(out.Scripts, n.Scripts...)
+	out.PreScripts = append(out.PreScripts, n.PreScripts...)
 	if out.Image == "" {
 		return nil, fmt.Errorf("node %s: no image (give it --image or a group with one)", n.Name)
 	}

@@ -46,6 +46,8 @@ type Config struct {
 	Disk      string   `json:"disk,omitempty"`
 	Overrides []Doc    `json:"overrides,omitempty"`
 	Scripts   []Doc    `json:"scripts,omitempty"`
+	// PreScripts run in the installer before the disk is partitioned.
+	PreScripts []Doc `json:"pre_scripts,omitempty"`
 	// Token is the node's own token, minted for it by the server when
 	// an enroll (or admin) token asked for a registered node's config
 	// (sync.MintNodeToken, named node-NAME; the one before is revoked).
@@ -317,6 +319,15 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
+
+	// Pre-install scripts (check or wipe hardware) run before anything
+	// is written: one failing leaves the disk as it was.
+	if len(c.PreScripts) > 0 {
+		r.setStep("pre-scripts")
+		if err := r.preScripts(ctx, d.Path); err != nil {
+			return nil, err
+		}
+	}
 
 	r.setStep("partition")
 	// Partitions marked keep that the disk already has are placed where
@@ -617,7 +628,7 @@ func (r *run) beforeDisk(ctx context.Context) (string, error) {
 		if err := r.Check(ctx, st, c.Commit); err != nil {
 			return "", fmt.Errorf("image %s (%s): %w", c.Image, c.Commit.Short(), err)
 		}
-		for _, d := range append(append([]Doc(nil), c.Overrides...), c.Scripts...) {
+		for _, d := range append(append(append([]Doc(nil), c.Overrides...), c.Scripts...), c.PreScripts...) {
 			if err := r.Check(ctx, st, d.Commit); err != nil {
 				return "", fmt.Errorf("%s (%s): %w", d.Name, d.Commit.Short(), err)
 			}
@@ -726,6 +737,64 @@ func (r *run) runScript(name string, body []byte) error {
 		"SIM_COMMIT=" + c.Commit.String(), "SIM_MAC=" + c.MAC, "SIM_IP=" + c.IP}
 	if err := r.chroot(env, rel); err != nil {
 		return fmt.Errorf("post-install script %s: %w", name, err)
+	}
+	return nil
+}
+
+// preScripts fetches the pre-install scripts into a scratch store (the
+// node store does not exist yet: its filesystem is not made) and runs
+// each in the installer's own system, with the node's SIM_ variables and
+// SIM_DISK, the disk about to be partitioned. A non-zero exit aborts the
+// install before the disk is touched.
+func (r *run) preScripts(ctx context.Context, diskPath string) error {
+	dir, err := os.MkdirTemp("", "sim-pre-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sd := filepath.Join(dir, "store")
+	if err := store.Init(sd); err != nil {
+		return err
+	}
+	st, err := store.Open(sd)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := r.trust(st); err != nil {
+		return err
+	}
+	c := r.Config
+	for _, s := range c.PreScripts {
+		ps, err := r.Fetch(ctx, st, s.Commit)
+		r.addBytes(ps.WireBytes)
+		if err != nil {
+			return fmt.Errorf("pre-install script %s: fetch: %w", s.Name, err)
+		}
+		body, err := catalog.ReadFile(st, s.Commit, catalog.ScriptFile)
+		if err != nil {
+			return fmt.Errorf("pre-install script %s: %w", s.Name, err)
+		}
+		p := filepath.Join(dir, "pre-install-"+s.Name)
+		if err := os.WriteFile(p, body, 0o755); err != nil {
+			return err
+		}
+		cmd := exec.CommandContext(ctx, p)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "SIM_NODE="+c.Node, "SIM_HOSTNAME="+c.Hostname, "SIM_IMAGE="+c.Image,
+			"SIM_COMMIT="+c.Commit.String(), "SIM_MAC="+c.MAC, "SIM_IP="+c.IP, "SIM_DISK="+diskPath)
+		out, err := cmd.CombinedOutput()
+		if len(out) > 0 && r.Log != nil {
+			fmt.Fprintf(r.Log, "%s", out)
+		}
+		if err != nil {
+			tail := strings.TrimSpace(string(out))
+			if len(tail) > 2000 {
+				tail = "…" + tail[len(tail)-2000:]
+			}
+			return fmt.Errorf("pre-install script %s: %w: %s", s.Name, err, tail)
+		}
+		r.report("pre-scripts", Running, s.Name+" ok")
 	}
 	return nil
 }

@@ -325,6 +325,13 @@ func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image strin
 			}
 			cfg.Scripts = append(cfg.Scripts, Doc{Name: s, Commit: id})
 		}
+		for _, s := range res.PreScripts {
+			id, err := st.ImageHead(catalog.ScriptImage(s))
+			if err != nil {
+				return nil, fmt.Errorf("node %s: pre-install script %s: %w", n.Name, s, err)
+			}
+			cfg.PreScripts = append(cfg.PreScripts, Doc{Name: s, Commit: id})
+		}
 	}
 	return cfg, nil
 }

@@ -123,8 +123,8 @@ image's current layout), or a commit of IMAGE@layout (that version).
 }
 
 type nodeOptions struct {
-	mac, ip, gw, image, disk   string
-	groups, overrides, scripts []string
+	mac, ip, gw, image, disk               string
+	groups, overrides, scripts, preScripts []string
 }
 
 func (o *nodeOptions) add(c *cobra.Command, node bool) {
@@ -139,6 +139,7 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
 	f.StringArrayVar(&o.scripts, "script", nil, "run post-install script `NAME` (repeatable, in order)")
+	f.StringArrayVar(&o.preScripts, "pre-script", nil, "run script `NAME` in the installer before the disk is partitioned (repeatable, in order; SIM_DISK names the disk)")
 }
 
 func newNodeCommand(e *env) *cobra.Command {
@@ -169,7 +170,7 @@ which must stay inside the prefix.`,
 			var nodes []*catalog.Node
 			for i, name := range names {
 				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-					Overrides: o.overrides, Scripts: o.scripts, Disk: o.disk}
+					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk}
 				if i > 0 && n.MAC != "" {
 					if n.MAC, err = catalog.MACPlus(o.mac, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
@@ -226,7 +227,7 @@ import, naming the file and the line; "-" reads stdin.`,
 				return usageError{fmt.Errorf("%s lists no node", name)}
 			}
 			for _, n := range nodes {
-				n.Image, n.Groups, n.Overrides, n.Scripts, n.Disk = imp.image, imp.groups, imp.overrides, imp.scripts, imp.disk
+				n.Image, n.Groups, n.Overrides, n.Scripts, n.PreScripts, n.Disk = imp.image, imp.groups, imp.overrides, imp.scripts, imp.preScripts, imp.disk
 			}
 			return e.addNodes(c.Context(), nodes, fmt.Sprintf("node import %s (%d nodes)", filepath.Base(name), len(nodes)))
 		},
@@ -322,9 +323,10 @@ func (e *env) addNodes(ctx context.Context, nodes []*catalog.Node, msg string) e
 					return fmt.Errorf("node %s: no group %q (sim group add %s)", n.Name, g, g)
 				}
 			}
-			key := n.Image + "\x00" + strings.Join(n.Overrides, ",") + "\x00" + strings.Join(n.Scripts, ",")
+			scripts := append(append([]string(nil), n.Scripts...), n.PreScripts...)
+			key := n.Image + "\x00" + strings.Join(n.Overrides, ",") + "\x00" + strings.Join(scripts, ",")
 			if !checked[key] {
-				if err := catalog.CheckRefs(st, n.Image, n.Overrides, n.Scripts); err != nil {
+				if err := catalog.CheckRefs(st, n.Image, n.Overrides, scripts); err != nil {
 					return fmt.Errorf("node %s: %w", n.Name, err)
 				}
 				checked[key] = true
@@ -352,12 +354,12 @@ func newGroupCommand(e *env) *cobra.Command {
 		Short: "Add or replace a group",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts}
+			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts}
 			if err := catalog.CheckDocName("group", g.Name); err != nil {
 				return usageError{err}
 			}
 			return e.withStore(func(st *store.Store) error {
-				if err := catalog.CheckRefs(st, g.Image, g.Overrides, g.Scripts); err != nil {
+				if err := catalog.CheckRefs(st, g.Image, g.Overrides, append(append([]string(nil), g.Scripts...), g.PreScripts...)); err != nil {
 					return fmt.Errorf("group %s: %w", g.Name, err)
 				}
 				reg, err := catalog.LoadRegistry(st)

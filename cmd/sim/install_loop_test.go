@@ -59,25 +59,32 @@ func TestInstallLoop(t *testing.T) {
 		"ov/opt/site/new": "new file\n",
 		"ok.sh":           "#!/bin/sh\nset -e\necho \"post $SIM_NODE $SIM_IMAGE\" > /etc/sim-post-marker\ntest -f /opt/site/new\n",
 		"fail.sh":         "#!/bin/sh\necho failing on purpose >&2\nexit 3\n",
+		// Pre-install scripts run in the installer (here: this machine)
+		// before the disk is partitioned.
+		"pre.sh":     "#!/bin/sh\nset -e\necho \"pre $SIM_NODE $SIM_DISK\" > " + filepath.Join(dir, "pre-marker") + "\n",
+		"prefail.sh": "#!/bin/sh\necho disk check failed on purpose >&2\nexit 4\n",
 	})
 	ok(t, s, "layout", "set", "deb", filepath.Join(dir, "layout"))
 	ok(t, s, "override", "set", "site", filepath.Join(dir, "ov"))
 	ok(t, s, "script", "set", "ok", filepath.Join(dir, "ok.sh"))
 	ok(t, s, "script", "set", "fail", filepath.Join(dir, "fail.sh"))
-	ok(t, s, "node", "add", "n7", "--mac", "52:54:00:5e:01:07", "--image", "deb", "--override", "site", "--script", "ok")
+	ok(t, s, "script", "set", "pre", filepath.Join(dir, "pre.sh"))
+	ok(t, s, "script", "set", "prefail", filepath.Join(dir, "prefail.sh"))
+	ok(t, s, "node", "add", "n7", "--mac", "52:54:00:5e:01:07", "--image", "deb", "--override", "site", "--script", "ok", "--pre-script", "pre")
+	ok(t, s, "node", "add", "n10", "--mac", "52:54:00:5e:01:10", "--image", "deb", "--pre-script", "prefail")
 	ok(t, s, "node", "add", "n8", "--mac", "52:54:00:5e:01:08", "--image", "deb", "--script", "fail")
 	// Trust: the admin signs the image and everything an install of n7
 	// fetches; each node reports with its own token.
 	keys := t.TempDir()
 	ok(t, s, "key", "gen", "admin", "--dir", keys)
 	ok(t, s, "key", "gen", "eve", "--dir", keys)
-	ok(t, s, "sign", "deb", "deb@layout", "site@override", "ok@script", "--key", filepath.Join(keys, "admin.key"))
+	ok(t, s, "sign", "deb", "deb@layout", "site@override", "ok@script", "pre@script", "--key", filepath.Join(keys, "admin.key"))
 	tokenFile := func(node string) string {
 		f := filepath.Join(dir, node+".token")
 		os.WriteFile(f, []byte(lastLine(ok(t, s, "token", "add", node, "--role", "node"))+"\n"), 0o600)
 		return f
 	}
-	n7tok, n8tok := tokenFile("n7"), tokenFile("n8")
+	n7tok, n8tok, n10tok := tokenFile("n7"), tokenFile("n8"), tokenFile("n10")
 	// An image whose layout is signed but not the image itself.
 	ok(t, s, "commit", v1, "--image", "deb-unsigned", "-m", "unsigned")
 	ok(t, s, "layout", "set", "deb-unsigned", filepath.Join(dir, "layout"))
@@ -134,7 +141,7 @@ func TestInstallLoop(t *testing.T) {
 		return dev
 	}
 	// mountRO mounts partition part (p1, p2, ...) of dev read-only.
-	mountRO := func(dev, part, fs string) string {
+	mountRO := func(t *testing.T, dev, part, fs string) string {
 		mnt := filepath.Join(dir, "inspect"+filepath.Base(dev)+part)
 		os.MkdirAll(mnt, 0o755)
 		// The host's shared mounts may hold the just-unmounted filesystem
@@ -153,7 +160,7 @@ func TestInstallLoop(t *testing.T) {
 		t.Cleanup(func() { unix.Unmount(mnt, 0) })
 		return mnt
 	}
-	rootOf := func(dev string) string { return mountRO(dev, "p1", "ext4") }
+	rootOf := func(t *testing.T, dev string) string { return mountRO(t, dev, "p1", "ext4") }
 	target := filepath.Join(dir, "target")
 
 	t.Run("msdos", func(t *testing.T) {
@@ -175,7 +182,7 @@ func TestInstallLoop(t *testing.T) {
 				t.Errorf("%s: TYPE %q, want %s", d, got, want)
 			}
 		}
-		mnt := mountRO(dev, "p2", "ext3")
+		mnt := mountRO(t, dev, "p2", "ext3")
 		if b, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(b) != "n9\n" {
 			t.Errorf("hostname %q %v", b, err)
 		}
@@ -205,6 +212,9 @@ func TestInstallLoop(t *testing.T) {
 		var res install.Result
 		decodeJSON(t, r.stdout, &res)
 		t.Logf("installed corpus v1 on %s in %.1fs, %.1f MB received", dev, time.Since(start).Seconds(), float64(res.Bytes)/1e6)
+		if got := readFile(t, filepath.Join(dir, "pre-marker")); got != "pre n7 "+dev+"\n" {
+			t.Errorf("the pre-install script wrote %q, want %q", got, "pre n7 "+dev+"\n")
+		}
 		// The disk read back as a layout (nothing mounted: the partition
 		// named root becomes /).
 		capt := ok(t, s, "layout", "capture", dev)
@@ -213,7 +223,7 @@ func TestInstallLoop(t *testing.T) {
 				t.Errorf("layout capture lacks %q:\n%s", want, capt)
 			}
 		}
-		root := rootOf(dev)
+		root := rootOf(t, dev)
 		read := func(p string) string {
 			b, err := os.ReadFile(filepath.Join(root, p))
 			if err != nil {
@@ -375,13 +385,32 @@ func TestInstallLoop(t *testing.T) {
 		}
 	})
 
+	t.Run("pre-script-fails", func(t *testing.T) {
+		// A failing pre-install script stops the install before the disk
+		// is touched.
+		dev := loop("1200M")
+		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n10", "--disk", dev, "--target", target, "--token-file", n10tok)
+		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "pre-scripts"`) || !strings.Contains(r.stderr, "pre-install script prefail: exit status 4") ||
+			!strings.Contains(r.stderr, "disk check failed on purpose") {
+			t.Fatalf("failing pre-install script: exit %d\n%s", r.code, r.stderr)
+		}
+		b := make([]byte, 8)
+		if f, err := os.Open(dev); err == nil {
+			f.ReadAt(b, 512)
+			f.Close()
+		}
+		if string(b) == "EFI PART" {
+			t.Error("the disk was partitioned although the pre-install script failed")
+		}
+	})
+
 	t.Run("script-fails", func(t *testing.T) {
 		dev := loop("1200M")
 		r := sim(t, filepath.Join(dir, "unused"), "install", "--from", url, "--node", "n8", "--disk", dev, "--target", target, "--token-file", n8tok)
 		if r.code != 1 || !strings.Contains(r.stderr, `install failed at step "scripts"`) || !strings.Contains(r.stderr, "failing on purpose") {
 			t.Fatalf("failing script: exit %d\n%s", r.code, r.stderr)
 		}
-		root := rootOf(dev)
+		root := rootOf(t, dev)
 		if _, err := os.Stat(filepath.Join(root, "var/lib/sim/installed.json")); err == nil {
 			t.Error("a failed install left installed.json")
 		}
