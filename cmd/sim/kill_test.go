@@ -159,10 +159,10 @@ func TestKillCampaign(t *testing.T) {
 	// land inside the apply whatever the machine's speed.
 	opsEst := map[string]int{}
 	// counted runs sim as a child process, killed by itself right after
-	// change k of its apply (k 0: never), stopped with SIGTERM when
-	// stop (if not nil) closes first; it says whether the kill came, and
-	// learns how many changes a run that was not killed made.
-	counted := func(key string, k int, logTo string, stop <-chan struct{}, args ...string) (bool, error) {
+	// change k of its apply (k 0: never), or sent the signal that comes
+	// on sig (if not nil) first; it says whether a SIGKILL ended it, and
+	// learns (under key) how many changes a run that was not killed made.
+	counted := func(key string, k int, logTo string, sig <-chan syscall.Signal, args ...string) (bool, error) {
 		cf := logTo + ".count"
 		os.Remove(cf)
 		c := simProcess(args...)
@@ -184,15 +184,15 @@ func TestKillCampaign(t *testing.T) {
 		var werr error
 		select {
 		case werr = <-done:
-		case <-stop:
-			c.Process.Signal(syscall.SIGTERM)
+		case sg := <-sig:
+			c.Process.Signal(sg)
 			werr = <-done
 		}
 		var ee *exec.ExitError
 		if errors.As(werr, &ee) && ee.Sys().(syscall.WaitStatus).Signaled() {
 			return true, nil
 		}
-		if werr != nil && stop == nil {
+		if werr != nil && sig == nil {
 			b, _ := os.ReadFile(logTo)
 			return false, fmt.Errorf("sim %s: %v\n%s", strings.Join(args, " "), werr, lastLines(string(b), 20))
 		}
@@ -254,7 +254,10 @@ func TestKillCampaign(t *testing.T) {
 	}
 	// op is the operation of the point under way.
 	op := ""
-	type tally struct{ tried, killed, failed int }
+	type tally struct {
+		tried, killed, failed int
+		took                  time.Duration
+	}
 	counts := map[string]*tally{}
 	failures := 0
 	fail := func(format string, a ...any) {
@@ -355,13 +358,135 @@ func TestKillCampaign(t *testing.T) {
 		return "mid-way"
 	}
 	other := map[string]string{"v1": "v2", "v2": "v1"}
+	// agentRollout runs na's agent (killed by itself after change
+	// changes of its apply, or, timed, by the test delay after the
+	// rollout began) and the rollout start; a killed agent is restarted,
+	// and the rollout must end done on na.
+	agentRollout := func(p int, from, to, key string, timed bool, start []string, changes int, delay time.Duration) (killed bool) {
+		type agentRun struct {
+			killed bool
+			err    error
+		}
+		// An agent process: how it ended comes on res; sig is for the
+		// signals the test sends it (its own, so that a signal meant
+		// for one cannot reach the next).
+		type agentProc struct {
+			res chan agentRun
+			sig chan syscall.Signal
+			log string
+		}
+		agent := func(key string, k int, log string) *agentProc {
+			a := &agentProc{make(chan agentRun, 1), make(chan syscall.Signal, 1), filepath.Join(dir, log)}
+			args := []string{"--store", na.store, "agent", "--server", url, "--root", na.root, "--token-file", tokens, "--poll", "1s", "--drift-every", "0"}
+			go func() {
+				k, err := counted(key, k, a.log, a.sig, args...)
+				a.res <- agentRun{k, err}
+			}()
+			return a
+		}
+		agentLog := func(a *agentProc) string {
+			b, _ := os.ReadFile(a.log)
+			return lastLines(string(b), 20)
+		}
+		a := agent(key, max(changes, 0), "agent.log")
+		id := lastLine(ok(t, srvStore, start...))
+		began := time.Now()
+		var st rollout.Status
+		// wait polls the rollout until it ends (nil) or the agent
+		// exits, killing the agent once killAt has passed (a
+		// condition, not a timer: the deadline only bounds a hang).
+		wait := func(a *agentProc, killAt time.Duration) *agentRun {
+			deadline := time.Now().Add(3 * time.Minute)
+			for {
+				select {
+				case r := <-a.res:
+					return &r
+				default:
+				}
+				decodeJSON(t, ok(t, srvStore, "rollout", "status", id, "--json"), &st)
+				if st.State != rollout.Running && st.State != rollout.Paused || time.Now().After(deadline) {
+					return nil
+				}
+				if time.Since(began) >= killAt {
+					a.sig <- syscall.SIGKILL
+					r := <-a.res
+					return &r
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		stopped := func(r *agentRun, a *agentProc) {
+			if r == nil {
+				a.sig <- syscall.SIGTERM
+				x := <-a.res
+				r = &x
+			}
+			if r.err != nil {
+				fail("point %d (%s): %v", p, op, r.err)
+			}
+		}
+		killAt := time.Duration(1<<63 - 1) // the count kills it
+		if timed {
+			killAt = delay
+		}
+		if r := wait(a, killAt); r != nil {
+			killed = r.killed
+			if !killed {
+				fail("point %d (%s): sim agent exited during the rollout: %v\n%s", p, op, r.err, agentLog(a))
+			}
+			fsck(p, op, na.store)
+			tree := treeOf(na, from, to)
+			j, _ := nodestate.LoadJournal(na.store)
+			if j == nil && (tree == "mid-way" || !timed && tree != "new") {
+				fail("point %d (%s): killed after change %d, the root %s and no journal to finish it", p, op, changes, tree)
+			}
+			nodeTrees["agent: "+tree+", finished by the restarted agent"]++
+			// Restarted, it finishes the apply and the rollout.
+			// (Its count of changes is only the rest: not learnt.)
+			a = agent("", 0, "agent-restarted.log")
+			r := wait(a, 1<<63-1)
+			if r != nil {
+				fail("point %d (%s): the restarted sim agent exited before the rollout ended: %v\n%s", p, op, r.err, agentLog(a))
+			}
+			stopped(r, a)
+		} else {
+			// Any whole run teaches how long a rollout on this
+			// node takes.
+			est["agent (timed)"] = time.Since(began)
+			stopped(nil, a)
+		}
+		if nb := st.Nodes["na"]; st.State != rollout.Done || nb == nil || nb.State != rollout.NodeDone || nb.Commit != heads[to] {
+			fail("point %d (%s): rollout %s to %s: %+v, na %+v; want done on %.12s\n%s", p, op, id, to, st, nb, heads[to], agentLog(a))
+		}
+		return killed
+	}
+	if haveCorpus {
+		// na's first rollout runs whole: it teaches how long one takes
+		// (the timed points) and how many changes its apply makes.
+		agentRollout(0, "v2", "v1", "agent v1", false, []string{"rollout", "start", "v1", "--nodes", "na"}, 0, 0)
+		installedAfter(0, na, "v1")
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
 	const points = 50
+	// Every operation gets its share of the points (the remainder goes
+	// to operations drawn at random), in a seeded random order.
+	var sched []string
+	for len(sched)+len(ops) <= points {
+		sched = append(sched, ops...)
+	}
+	for _, i := range rng.Perm(len(ops))[:points-len(sched)] {
+		sched = append(sched, ops[i])
+	}
+	rng.Shuffle(len(sched), func(i, j int) { sched[i], sched[j] = sched[j], sched[i] })
 	for p := 1; p <= points; p++ {
-		op = ops[rng.Intn(len(ops))]
+		op = sched[p-1]
 		if counts[op] == nil {
 			counts[op] = &tally{}
 		}
 		counts[op].tried++
+		pointStart := time.Now()
 		var killed bool
 		var delay time.Duration
 		changes := -1 // for update and agent: the change it was killed after
@@ -460,6 +585,10 @@ func TestKillCampaign(t *testing.T) {
 			}
 			installedAfter(p, nu, to)
 		case "agent":
+			// Killed after a random count of its apply's changes, or
+			// (one in three) at a random moment of the rollout on this
+			// node: receiving the order, staging (the rollout stages
+			// first), applying, reporting.
 			from, to := at[na], other[at[na]]
 			key := "agent " + to
 			if opsEst[key] == 0 {
@@ -467,82 +596,21 @@ func TestKillCampaign(t *testing.T) {
 				// same update's count.
 				opsEst[key] = opsEst["update "+to]
 			}
-			changes = pickOps(key)
-			agentLog := filepath.Join(dir, "agent.log")
-			type agentRun struct {
-				killed bool
-				err    error
-			}
-			stop := make(chan struct{})
-			agent := func(key string, k int) chan agentRun {
-				res := make(chan agentRun, 1)
-				args := []string{"--store", na.store, "agent", "--server", url, "--root", na.root, "--token-file", tokens, "--poll", "1s", "--drift-every", "0"}
-				go func() {
-					k, err := counted(key, k, agentLog, stop, args...)
-					res <- agentRun{k, err}
-				}()
-				return res
-			}
-			res := agent(key, changes)
-			id := lastLine(ok(t, srvStore, "rollout", "start", to, "--nodes", "na"))
-			var st rollout.Status
-			// wait polls the rollout until it ends or the agent exits
-			// (a condition, not a timer: the deadline only bounds a
-			// hang).
-			wait := func(res chan agentRun) *agentRun {
-				deadline := time.Now().Add(3 * time.Minute)
-				for {
-					select {
-					case r := <-res:
-						return &r
-					default:
-					}
-					decodeJSON(t, ok(t, srvStore, "rollout", "status", id, "--json"), &st)
-					if st.State != rollout.Running && st.State != rollout.Paused || time.Now().After(deadline) {
-						return nil
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
-			}
-			stopped := func(r *agentRun, res chan agentRun) {
-				if r == nil {
-					close(stop)
-					x := <-res
-					r = &x
-				}
-				if r.err != nil {
-					fail("point %d (%s): %v", p, op, r.err)
-				}
-			}
-			if r := wait(res); r != nil {
-				killed = r.killed
-				if !killed {
-					b, _ := os.ReadFile(agentLog)
-					fail("point %d (%s): sim agent exited during the rollout: %v\n%s", p, op, r.err, lastLines(string(b), 20))
-				}
-				fsck(p, op, na.store)
-				tree := treeOf(na, from, to)
-				if j, _ := nodestate.LoadJournal(na.store); j == nil && tree != "new" {
-					fail("point %d (%s): killed after change %d, the root %s and no journal to finish it", p, op, changes, tree)
-				}
-				nodeTrees["agent: "+tree+", finished by the restarted agent"]++
-				// Restarted, it finishes the apply and the rollout.
-				// (Its count of changes is only the rest: not learnt.)
-				res = agent("", 0)
-				r = wait(res)
-				stopped(r, res)
+			timed := rng.Intn(3) == 0
+			start := []string{"rollout", "start", to, "--nodes", "na"}
+			if timed {
+				delay = pick("agent (timed)")
+				start = append(start, "--stage-first")
 			} else {
-				stopped(nil, res)
+				changes = pickOps(key)
 			}
-			if nb := st.Nodes["na"]; st.State != rollout.Done || nb == nil || nb.State != rollout.NodeDone || nb.Commit != heads[to] {
-				b, _ := os.ReadFile(agentLog)
-				fail("point %d (%s): rollout %s to %s: %+v, na %+v; want done on %.12s\n%s", p, op, id, to, st, nb, heads[to], lastLines(string(b), 20))
-			}
+			killed = agentRollout(p, from, to, key, timed, start, changes, delay)
 			installedAfter(p, na, to)
 		}
 		if killed {
 			counts[op].killed++
 		}
+		counts[op].took += time.Since(pointStart)
 		if delay == time.Hour {
 			delay = 0
 		}
@@ -557,12 +625,12 @@ func TestKillCampaign(t *testing.T) {
 	var lines []string
 	tried, killedN := 0, 0
 	for op, c := range counts {
-		lines = append(lines, fmt.Sprintf("%s %d/%d/%d", op, c.killed, c.tried, c.failed))
+		lines = append(lines, fmt.Sprintf("%s %d/%d/%d (%.1fs)", op, c.killed, c.tried, c.failed, c.took.Seconds()))
 		tried += c.tried
 		killedN += c.killed
 	}
 	sort.Strings(lines)
-	t.Logf("FIGURE kill -9 campaign (seed %d): %d points tried, %d killed mid-way (the rest finished first), %d failures; killed/tried/failed by operation: %s; node trees after a kill: %v",
+	t.Logf("FIGURE kill -9 campaign (seed %d): %d points tried, %d killed mid-way (the rest finished first), %d failures; landed inside/tried/failed (time taken) by operation: %s; node trees after a kill: %v",
 		seed, tried, killedN, failures, strings.Join(lines, ", "), nodeTrees)
 	if killedN < points/3 {
 		t.Errorf("only %d of %d points were killed mid-way: the campaign proves little", killedN, points)
