@@ -392,6 +392,7 @@ func TestKillCampaign(t *testing.T) {
 		id := lastLine(ok(t, srvStore, start...))
 		began := time.Now()
 		var st rollout.Status
+		phase := "" // na's state in the rollout when a timed kill came
 		// wait polls the rollout until it ends (nil) or the agent
 		// exits, killing the agent once killAt has passed (a
 		// condition, not a timer: the deadline only bounds a hang).
@@ -408,6 +409,9 @@ func TestKillCampaign(t *testing.T) {
 					return nil
 				}
 				if time.Since(began) >= killAt {
+					if nb := st.Nodes["na"]; nb != nil {
+						phase = nb.State
+					}
 					a.sig <- syscall.SIGKILL
 					r := <-a.res
 					return &r
@@ -439,6 +443,9 @@ func TestKillCampaign(t *testing.T) {
 			j, _ := nodestate.LoadJournal(na.store)
 			if j == nil && (tree == "mid-way" || !timed && tree != "new") {
 				fail("point %d (%s): killed after change %d, the root %s and no journal to finish it", p, op, changes, tree)
+			}
+			if timed {
+				tree += " (timed, na " + phase + ")"
 			}
 			nodeTrees["agent: "+tree+", finished by the restarted agent"]++
 			// Restarted, it finishes the apply and the rollout.
@@ -489,7 +496,9 @@ func TestKillCampaign(t *testing.T) {
 		pointStart := time.Now()
 		var killed bool
 		var delay time.Duration
-		changes := -1 // for update and agent: the change it was killed after
+		// update and agent: the change the process kills itself
+		// after (0: it runs whole; -1: a timed agent point).
+		changes := -1
 		switch op {
 		case "commit":
 			mutate()
