@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,6 +74,22 @@ func newTestNode(t *testing.T, base, name, url, ref, commit string, run func(arg
 // it).
 func (n *testNode) check(t *testing.T, want string) {
 	t.Helper()
+	for _, p := range n.differences(t, want) {
+		t.Errorf("%s", p)
+	}
+	if r := sim(t, n.store, "fsck"); strings.Contains(r.stderr, "in use by another sim process") {
+		// Its agent runs: the store is checked where it stops.
+	} else if r.code != 0 || strings.Contains(r.stdout, "error:") {
+		t.Errorf("%s: fsck of the node store: %d %s%s", n.name, r.code, r.stdout, r.stderr)
+	}
+}
+
+// differences are the ways the node is not exactly the tree want (as
+// check has it, without the fsck), one sentence each; none when it is.
+// The kill campaign counts them rather than failing at once.
+func (n *testNode) differences(t *testing.T, want string) []string {
+	t.Helper()
+	var out []string
 	ignore := preservedPaths
 	if _, err := os.Stat(filepath.Join(want, "etc/ssh")); err != nil {
 		ignore = append(ignore, "etc/ssh") // it keeps the node's host key
@@ -82,24 +99,20 @@ func (n *testNode) check(t *testing.T, want string) {
 		t.Fatal(err)
 	}
 	if len(d) > 0 {
-		t.Errorf("%s differs from %s outside the preserved paths: %v", n.name, filepath.Base(want), d[:min(len(d), 8)])
+		out = append(out, fmt.Sprintf("%s differs from %s outside the preserved paths: %v", n.name, filepath.Base(want), d[:min(len(d), 8)]))
 	}
 	for p, c := range n.preserved {
 		if got, err := os.ReadFile(filepath.Join(n.root, p)); err != nil || !bytes.Equal(got, c) {
-			t.Errorf("%s: preserved %s changed: %q %v", n.name, p, got, err)
+			out = append(out, fmt.Sprintf("%s: preserved %s changed: %q %v", n.name, p, got, err))
 		}
 	}
 	if h, _ := os.ReadFile(filepath.Join(n.root, "etc/hosts")); !strings.Contains(string(h), "127.0.1.1\t"+n.name+"\n") {
-		t.Errorf("%s: /etc/hosts lacks its line: %q", n.name, h)
+		out = append(out, fmt.Sprintf("%s: /etc/hosts lacks its line: %q", n.name, h))
 	}
 	if j, err := node.LoadJournal(n.store); err != nil || j != nil {
-		t.Errorf("%s: journal left: %+v %v", n.name, j, err)
+		out = append(out, fmt.Sprintf("%s: journal left: %+v %v", n.name, j, err))
 	}
-	if r := sim(t, n.store, "fsck"); strings.Contains(r.stderr, "in use by another sim process") {
-		// Its agent runs: the store is checked where it stops.
-	} else if r.code != 0 || strings.Contains(r.stdout, "error:") {
-		t.Errorf("%s: fsck of the node store: %d %s%s", n.name, r.code, r.stdout, r.stderr)
-	}
+	return out
 }
 
 func (n *testNode) state(t *testing.T) *node.State {
