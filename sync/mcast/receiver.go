@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	mrand "math/rand/v2"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // ReceiveConfig says which session to receive and how.
@@ -41,10 +43,18 @@ type ReceiveConfig struct {
 	MemLimit int64
 	// Progress, if set, is called about once a second.
 	Progress func(Result)
+	// Key is a sealed session's key, from its document (nil: a plain
+	// session). With it, only sealed data that opens under it is taken:
+	// plain data and data that does not open (altered, or sealed under
+	// another key) are dropped and count as lost, so they are repaired.
+	Key *seal.Key
 
 	// drop, in tests, loses (true) or alters a data datagram after its
-	// checksum was checked.
+	// checksum was checked (and, sealed, after it opened).
 	drop func(*Data) bool
+	// tamper, in tests, may alter a datagram as it comes off the socket
+	// (an attacker on the segment: it can recompute the checksum).
+	tamper func(b []byte)
 }
 
 // Result is what a receiver got.
@@ -58,11 +68,12 @@ type Result struct {
 	Datagrams uint64  `json:"datagrams"` // data datagrams received
 	Lost      uint64  `json:"lost"`      // data datagrams missed
 	LossPct   float64 `json:"loss_pct"`
-	WireBytes int64   `json:"wire_bytes"` // data payload bytes received, duplicates included
-	NeedBytes int64   `json:"need_bytes"` // bytes of the objects this node needs
-	GotBytes  int64   `json:"got_bytes"`  // of which arrived and verified
-	Objects   int     `json:"objects"`    // objects delivered
-	Rejected  int     `json:"rejected"`   // objects that failed verification (received again)
+	WireBytes int64   `json:"wire_bytes"`         // data payload bytes received, duplicates included
+	NeedBytes int64   `json:"need_bytes"`         // bytes of the objects this node needs
+	GotBytes  int64   `json:"got_bytes"`          // of which arrived and verified
+	Objects   int     `json:"objects"`            // objects delivered
+	Rejected  int     `json:"rejected"`           // objects that failed verification (received again)
+	Unopened  int     `json:"unopened,omitempty"` // sealed datagrams that did not open (altered, forged): dropped as lost
 	Blobs     int64   `json:"blobs"`
 	Seconds   float64 `json:"seconds"`
 }
@@ -91,6 +102,9 @@ type receiver struct {
 	objs   []rxObject
 	mem    int64
 	man    *Manifest
+	sealer *seal.Sealer // a sealed session's data key (nil: plain)
+	ctlKey *seal.Sealer // and its control key
+	ctr    uint32       // control datagrams sent (their nonces)
 
 	firstSeq, maxSeq uint32
 	seqSet           bool
@@ -175,6 +189,25 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		cfg.MemLimit = 1 << 30
 	}
 	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session}
+	if cfg.Key != nil {
+		if cfg.Session == 0 {
+			// a sealed session does not announce its commit: it can only
+			// be received by id, from its document
+			return r.res, errors.New("multicast: a sealed session is received by its id (from the server's session document)")
+		}
+		sl, err := seal.New(*cfg.Key)
+		var ck seal.Key
+		if err == nil {
+			ck, err = ControlKey(*cfg.Key)
+		}
+		if err == nil {
+			r.ctlKey, err = seal.New(ck)
+		}
+		if err != nil {
+			return r.res, fmt.Errorf("multicast: session key: %w", err)
+		}
+		r.sealer = sl
+	}
 	r.dq.wake, r.dq.done = make(chan struct{}, 1), make(chan struct{})
 	var nb [8]byte
 	rand.Read(nb[:])
@@ -199,7 +232,7 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		// Tell the sender how it ended, so its member list is right.
 		st := r.status()
 		for i := 0; i < 2; i++ {
-			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			r.sendCtrl(AppendStatus(nil, r.id, &st))
 		}
 	}
 	return r.res, err
@@ -291,7 +324,7 @@ func (r *receiver) loop(ctx context.Context) error {
 			return nil
 		}
 		if r.sender != nil && !r.joined && now.Sub(lastJoin) > 250*time.Millisecond {
-			r.ctrl.WriteToUDP(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}), r.sender)
+			r.sendCtrl(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}))
 			lastJoin = now
 		}
 		// While data flows the sender's rate control lives on these
@@ -300,7 +333,7 @@ func (r *receiver) loop(ctx context.Context) error {
 		if r.joined && (now.Sub(lastStatus) > 500*time.Millisecond ||
 			(now.Sub(lastStatus) >= statusEvery && r.res.Datagrams != statusAt)) {
 			st := r.status()
-			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			r.sendCtrl(AppendStatus(nil, r.id, &st))
 			lastStatus, statusAt = now, r.res.Datagrams
 		}
 		if r.cfg.Progress != nil && now.Sub(lastProgress) >= time.Second {
@@ -335,7 +368,7 @@ func (r *receiver) loop(ctx context.Context) error {
 			// status says so and a later pass (or HTTP) brings it.
 			if r.joined {
 				st := r.status()
-				r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+				r.sendCtrl(AppendStatus(nil, r.id, &st))
 			}
 			r.verifyAll()
 			if r.complete() {
@@ -358,6 +391,9 @@ func (r *receiver) loop(ctx context.Context) error {
 		}
 		for i := 0; i < n; i++ {
 			b := msgs[i].Buffers[0][:msgs[i].N]
+			if r.cfg.tamper != nil {
+				r.cfg.tamper(b)
+			}
 			if Decode(b, &p) != nil {
 				continue // foreign or damaged: the checksum or bounds failed
 			}
@@ -384,9 +420,23 @@ func (r *receiver) loop(ctx context.Context) error {
 					r.res.Ended = true
 					return nil
 				}
-			case KindData:
+			case KindData, KindSealedData:
 				if r.objs == nil {
 					continue // before the first announcement with the plan
+				}
+				if (p.Kind == KindSealedData) != (r.sealer != nil) {
+					// plain data in a sealed session can only be a
+					// stranger's; sealed data in a plain one is not ours
+					continue
+				}
+				if r.sealer != nil {
+					if OpenData(b, &p, r.sealer) != nil {
+						// not what the sender sealed: not counted as
+						// received, so its seq is a gap (loss) and the
+						// block is reported missing and repaired
+						r.res.Unopened++
+						continue
+					}
 				}
 				lastHeard = time.Now()
 				r.data1(&p.Data)
@@ -473,6 +523,17 @@ func (r *receiver) data1(d *Data) {
 	}
 }
 
+// sendCtrl sends control datagram b to the sender: in a sealed session
+// sealed under the control key, so that the sender knows it comes from
+// a holder of the session's key.
+func (r *receiver) sendCtrl(b []byte) {
+	if r.ctlKey != nil {
+		r.ctr++
+		b = AppendSealedControl(nil, r.id, r.node, r.ctr, b, r.ctlKey)
+	}
+	r.ctrl.WriteToUDP(b, r.sender)
+}
+
 // countSeq counts datagrams and gaps in the sender's counter: the loss.
 func (r *receiver) countSeq(seq uint32) {
 	r.res.Datagrams++
@@ -491,7 +552,9 @@ func (r *receiver) manifest(o *rxObject) {
 		r.mem -= int64(o.size)
 		*o = rxObject{}
 	}
-	if chunk.Sum(o.buf) != r.ann.Manifest {
+	// A sealed session announces no manifest id (it would let a stranger
+	// confirm a guess); each of its datagrams was authenticated instead.
+	if r.sealer == nil && chunk.Sum(o.buf) != r.ann.Manifest {
 		reset()
 		return
 	}
@@ -697,12 +760,12 @@ func (r *receiver) sendNaks(pass uint8) {
 	time.Sleep(time.Duration(mrand.IntN(20)) * time.Millisecond)
 	if len(rs) == 0 {
 		st := r.status()
-		r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+		r.sendCtrl(AppendStatus(nil, r.id, &st))
 		return
 	}
 	for len(rs) > 0 {
 		n := min(len(rs), maxRanges)
-		r.ctrl.WriteToUDP(AppendNak(nil, r.id, &Nak{Node: r.node, Pass: pass, Ranges: rs[:n]}), r.sender)
+		r.sendCtrl(AppendNak(nil, r.id, &Nak{Node: r.node, Pass: pass, Ranges: rs[:n]}))
 		rs = rs[n:]
 	}
 }
