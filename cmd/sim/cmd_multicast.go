@@ -139,8 +139,12 @@ func printSessions(w io.Writer, ss []mcast.SessionInfo) {
 		return
 	}
 	for _, s := range ss {
+		state := s.State
+		if s.Sealed {
+			state += " (sealed)"
+		}
 		fmt.Fprintf(w, "session %s  %s  %s on %s  %s, pass %d, %d objects %s, sent %s at up to %.0f Mbit/s, %.1f s\n",
-			s.ID, s.Want.Short(), s.Group, s.Iface, s.State, s.Pass, s.Objects, units.Bytes(s.Bytes), units.Bytes(s.SentBytes), float64(s.RateBits)/1e6, s.Seconds)
+			s.ID, s.Want.Short(), s.Group, s.Iface, state, s.Pass, s.Objects, units.Bytes(s.Bytes), units.Bytes(s.SentBytes), float64(s.RateBits)/1e6, s.Seconds)
 		if s.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", s.Error)
 		}
