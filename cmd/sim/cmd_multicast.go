@@ -41,7 +41,10 @@ lack, repairs what they report missing for up to --passes passes, and ends;
 what a node still lacks it fetches over HTTP. While sim serve holds the
 store, this runs inside it and nodes find the session through the server;
 otherwise nodes listen with --mcast-group and need an HTTP server (e.g. a
-mirror) for commits and what multicast did not deliver.`,
+mirror) for commits and what multicast did not deliver. Inside a sim serve
+whose reads need a token the session is sealed (encrypted; nodes get its key
+from the server); without a server it is plain: anyone on the segment can
+read it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg, err := o.Config(e.stderr, "sim: ")

@@ -108,6 +108,7 @@ type receiver struct {
 
 	firstSeq, maxSeq uint32
 	seqSet           bool
+	sawSealed        bool // looking for Want, heard a session that names no commit
 	res              Result
 	answered         uint8
 	lastNak          time.Time
@@ -319,7 +320,11 @@ func (r *receiver) loop(ctx context.Context) error {
 		if now.Sub(lastHeard) > r.cfg.Timeout {
 			r.res.TimedOut = true
 			if r.sender == nil {
-				return fmt.Errorf("multicast: no session for %s announced on %s within %v", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout)
+				hint := ""
+				if r.sawSealed {
+					hint = " (a sealed session was: it is received through the server that serves it, with a read token, not with --mcast-group)"
+				}
+				return fmt.Errorf("multicast: no session for %s announced on %s within %v%s", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout, hint)
 			}
 			return nil
 		}
@@ -403,6 +408,9 @@ func (r *receiver) loop(ctx context.Context) error {
 			switch p.Kind {
 			case KindAnnounce:
 				if r.id == 0 {
+					if p.Announce.Want.IsZero() {
+						r.sawSealed = true // sealed sessions do not name their commit
+					}
 					if p.Announce.Want != r.cfg.Want || p.Announce.State == StateDone {
 						continue
 					}

@@ -92,8 +92,8 @@ func newPrivateWorld(t *testing.T) *privateWorld {
 
 // serve mounts a manager (sealed or not) on a server whose reads need
 // testToken, and returns its URL.
-func (w *privateWorld) serve(t *testing.T, lo *net.Interface, sealed bool, receivers int) (*Manager, string) {
-	cfg := Config{Wait: 10 * time.Second, MinReceivers: receivers, RateBits: 400e6, Sealed: sealed}
+func (w *privateWorld) serve(t *testing.T, lo *net.Interface, sealed bool, receivers, passes int) (*Manager, string) {
+	cfg := Config{Wait: 10 * time.Second, MinReceivers: receivers, RateBits: 400e6, Sealed: sealed, MaxPasses: passes}
 	m := newManager(t, &world{srv: w.srv}, lo, cfg)
 	srv := &simsync.Server{Store: w.srv, ReadTokens: []string{testToken}}
 	if !srv.ReadsClosed() {
@@ -145,6 +145,19 @@ func (w *privateWorld) fetch(t *testing.T, lo *net.Interface, url string, tamper
 	return res, ps, dir
 }
 
+// tamperOnce alters the first sealed data datagram of an object (not
+// the manifest) that it sees: one payload byte flipped, the checksum made
+// right again, as an attacker on the segment would.
+func tamperOnce() func([]byte) {
+	var n atomic.Int32
+	return func(b []byte) {
+		if len(b) > dataHead+trailerLen && b[3] == KindSealedData && binary.BigEndian.Uint32(b[12:]) > 0 && n.Add(1) == 1 {
+			b[dataHead+5] ^= 0x40
+			binary.BigEndian.PutUint32(b[len(b)-trailerLen:], crc32.Checksum(b[:len(b)-trailerLen], crcTable))
+		}
+	}
+}
+
 // TestSealedSession: a server whose reads need a token seals its
 // session. Two nodes with the token get the key in the session document
 // and the image byte for byte; one of them receives a datagram that an
@@ -153,12 +166,14 @@ func (w *privateWorld) fetch(t *testing.T, lo *net.Interface, url string, tamper
 // (no object fails verification). A stranger who captured every
 // datagram of the session holds no piece of the marker file, nor the
 // commit id; the same capture of a plain session of the same image does
-// (so the search would have found it).
+// (so the search would have found it). With a single pass, the altered
+// datagram's block is not repaired by multicast: the HTTP fill, behind
+// the same token, brings what it lacks.
 func TestSealedSession(t *testing.T) {
 	lo := loopback(t)
 	w := newPrivateWorld(t)
 
-	m, url := w.serve(t, lo, true, 2)
+	m, url := w.serve(t, lo, true, 2, 0)
 	s, err := m.Open(w.want, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -167,18 +182,10 @@ func TestSealedSession(t *testing.T) {
 		t.Fatal("session of a private server not sealed")
 	}
 	k := startCapture(t, lo, s.Group)
-	var tampered atomic.Int32
 	var res [2]Result
 	var ps [2]simsync.PullStats
 	var wg gosync.WaitGroup
-	for i, tamper := range []func([]byte){nil, func(b []byte) {
-		// the first data datagram of an object (not the manifest): one
-		// payload byte flipped, the checksum made right again
-		if len(b) > dataHead+trailerLen && b[3] == KindSealedData && binary.BigEndian.Uint32(b[12:]) > 0 && tampered.Add(1) == 1 {
-			b[dataHead+5] ^= 0x40
-			binary.BigEndian.PutUint32(b[len(b)-trailerLen:], crc32.Checksum(b[:len(b)-trailerLen], crcTable))
-		}
-	}} {
+	for i, tamper := range []func([]byte){nil, tamperOnce()} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -221,7 +228,7 @@ func TestSealedSession(t *testing.T) {
 		t.Errorf("members %+v: want the two nodes holding the key", inf.Members)
 	}
 	for i, r := range res {
-		t.Logf("node %d: %+v, %d bytes over HTTP after multicast", i, r, ps[i].WireBytes-ps[i].TransportBytes)
+		t.Logf("node %d: %+v, %d object bytes over HTTP after multicast", i, r, ps[i].WireBytes-ps[i].TransportBytes)
 		if !r.Complete || r.Rejected != 0 {
 			t.Errorf("node %d: complete %v, %d objects failed verification: %+v", i, r.Complete, r.Rejected, r)
 		}
@@ -253,7 +260,7 @@ func TestSealedSession(t *testing.T) {
 	t.Logf("sealed: a stranger captured %d datagrams (%d bytes; kinds %v): %d of %d marker pieces", len(sealedDgs), len(all), kinds, hits, windows)
 
 	// control: the same capture of a plain session finds the marker
-	m2, url2 := w.serve(t, lo, false, 1)
+	m2, url2 := w.serve(t, lo, false, 1, 0)
 	s2, err := m2.Open(w.want, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -269,6 +276,19 @@ func TestSealedSession(t *testing.T) {
 	if hits < windows/2 || !bytes.Contains(bytes.Join(plainDgs, nil), w.want[:]) {
 		t.Errorf("the plain session's capture holds %d of %d marker pieces (or no commit id): the search cannot see content", hits, windows)
 	}
+
+	// one pass only: the object of the altered datagram comes over HTTP
+	m3, url3 := w.serve(t, lo, true, 1, 1)
+	s3, err := m3.Open(w.want, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r3, ps3, _ := w.fetch(t, lo, url3, tamperOnce())
+	<-s3.Done()
+	t.Logf("one pass: %+v; %d object bytes over HTTP", r3, ps3.WireBytes-ps3.TransportBytes)
+	if r3.Complete || r3.Unopened != 1 || r3.Rejected != 0 || ps3.WireBytes <= ps3.TransportBytes {
+		t.Errorf("one pass with an altered datagram: %+v, %d of %d bytes by multicast; want incomplete, 1 unopened, the rest over HTTP", r3, ps3.TransportBytes, ps3.WireBytes)
+	}
 }
 
 // TestSealedSessionDocument: the key of a sealed session is in its
@@ -278,7 +298,7 @@ func TestSealedSession(t *testing.T) {
 func TestSealedSessionDocument(t *testing.T) {
 	lo := loopback(t)
 	w := newPrivateWorld(t)
-	m, url := w.serve(t, lo, true, 5)
+	m, url := w.serve(t, lo, true, 5, 0)
 	do := func(method, path, token string) (int, string) {
 		req, _ := http.NewRequest(method, url+path, nil)
 		if token != "" {
@@ -332,8 +352,13 @@ func TestSealedSessionDocument(t *testing.T) {
 		t.Errorf("listing: %d %s; want sealed, without the key", code, body)
 	}
 	// a receiver cannot look for a sealed session by commit: it does
-	// not announce it
+	// not announce it; one listening for it (--mcast-group) is told why
+	// it finds none
 	if _, err := Receive(context.Background(), ReceiveConfig{Group: s.Group, Iface: lo, Want: w.want, Key: key, Timeout: time.Second}, simsync.NewSink(storetest.New(t))); err == nil {
 		t.Error("a sealed receive without a session id started")
+	}
+	_, err = Receive(context.Background(), ReceiveConfig{Group: s.Group, Iface: lo, Want: w.want, Timeout: time.Second}, simsync.NewSink(storetest.New(t)))
+	if err == nil || !strings.Contains(err.Error(), "a sealed session was") {
+		t.Errorf("listening for the commit of a sealed session: %v; want an error saying a sealed session was announced", err)
 	}
 }
