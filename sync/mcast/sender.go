@@ -300,8 +300,11 @@ type Session struct {
 	sealer *seal.Sealer
 	ctlKey *seal.Sealer
 	// ctrSeen is the last control counter of each node that sent a
-	// sealed control datagram (replays are dropped). Control goroutine.
+	// sealed control datagram (replays are dropped); badCtl counts those
+	// that did not open (only the first few are logged: a stranger
+	// could fill the log). Control goroutine.
 	ctrSeen map[uint64]uint32
+	badCtl  int
 
 	state   atomic.Uint32
 	seq     atomic.Uint32
@@ -900,7 +903,9 @@ func (s *Session) control(ctx context.Context) {
 		}
 		if s.ctlKey != nil {
 			if err := OpenControl(buf[:n], &p, s.ctlKey, &inner); err != nil {
-				s.logf("from %s: %v", from, err)
+				if s.badCtl++; s.badCtl <= 3 {
+					s.logf("from %s: %v (dropped%s)", from, err, map[bool]string{true: "; further ones are not logged", false: ""}[s.badCtl == 3])
+				}
 				continue
 			}
 			c := p.Control
