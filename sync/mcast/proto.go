@@ -62,6 +62,11 @@ const (
 	// receiver holding the key registers, reports loss or asks for
 	// repairs, and its host name and have commits stay private.
 	KindSealedControl = 8 // receiver → sender
+	// KindSealedSender carries the sender's ANNOUNCE or MEMBER in a
+	// sealed session, sealed under the session's sender key: nodes obey
+	// only the sender's (a forged "done" or "dropped" is not), and the
+	// session's commit and shape stay private.
+	KindSealedSender = 9 // sender → group (ANNOUNCE), sender → receiver (MEMBER)
 )
 
 // Session states, as announced.
@@ -360,6 +365,66 @@ type Packet struct {
 	Status   Status
 	Nak      Nak
 	Control  Control
+	Sender   SenderBox
+}
+
+// SenderBox is a sealed sender datagram (KindSealedSender): Box is the
+// plain ANNOUNCE or MEMBER datagram, sealed; Ctr, the sender's count of
+// them (from 1), makes its nonce.
+type SenderBox struct {
+	Ctr uint64
+	Box []byte
+}
+
+// senderHead is a sealed sender datagram's bytes before its box.
+const senderHead = headerLen + 8
+
+// SenderKey is the key a sealed session's sender datagrams are sealed
+// under, derived from the session's key (one counter, one key: no
+// nonce is shared with data or control datagrams).
+func SenderKey(k seal.Key) (seal.Key, error) {
+	return seal.Derive(k[:], "sim mcast sender v1")
+}
+
+func senderNonce(ctr uint64) seal.Nonce {
+	var n seal.Nonce
+	binary.BigEndian.PutUint64(n[0:], ctr)
+	return n
+}
+
+// AppendSealedSender wraps inner (a whole ANNOUNCE or MEMBER datagram
+// of session) sealed by sl (the session's sender key) with counter ctr.
+func AppendSealedSender(b []byte, session uint32, ctr uint64, inner []byte, sl *seal.Sealer) []byte {
+	start := len(b)
+	b = appendHeader(b, KindSealedSender, session)
+	b = binary.BigEndian.AppendUint64(b, ctr)
+	b = sl.SealNonce(b, senderNonce(ctr), b[start:], inner)
+	return appendCRC(b)
+}
+
+// OpenSender opens the sealed sender datagram that Decode took into p
+// from raw (in place) and decodes what it holds into q: an ANNOUNCE or
+// MEMBER of the same session. An error means the session's sender did
+// not send it (ignore it).
+func OpenSender(raw []byte, p *Packet, sl *seal.Sealer, q *Packet) error {
+	if p.Kind != KindSealedSender || len(raw) < senderHead+seal.Overhead+trailerLen {
+		return fmt.Errorf("mcast: not a sealed sender datagram (kind %d)", p.Kind)
+	}
+	x := &p.Sender
+	inner, err := sl.OpenNonce(x.Box[:0], senderNonce(x.Ctr), raw[:senderHead], x.Box)
+	if err != nil {
+		return fmt.Errorf("mcast: sender datagram %d: %w", x.Ctr, err)
+	}
+	if err := Decode(inner, q); err != nil {
+		return fmt.Errorf("mcast: sealed sender datagram: %w", err)
+	}
+	if q.Kind != KindAnnounce && q.Kind != KindMember {
+		return fmt.Errorf("mcast: sealed sender datagram holds a kind %d", q.Kind)
+	}
+	if q.Session != p.Session {
+		return fmt.Errorf("mcast: sealed sender datagram of session %08x holds one of session %08x", p.Session, q.Session)
+	}
+	return nil
 }
 
 // Control is a sealed control datagram (KindSealedControl): Box is the
@@ -584,6 +649,16 @@ func Decode(b []byte, p *Packet) error {
 				r.err = fmt.Errorf("mcast: nak for object %d", rg.Object)
 			}
 			n.Ranges = append(n.Ranges, rg)
+		}
+	case KindSealedSender:
+		x := &p.Sender
+		x.Ctr = r.u64()
+		if r.err == nil {
+			x.Box = r.b
+			r.b = nil
+			if len(x.Box) < seal.Overhead+headerLen+trailerLen {
+				r.err = fmt.Errorf("mcast: sealed sender datagram of %d bytes", len(x.Box))
+			}
 		}
 	case KindSealedControl:
 		c := &p.Control

@@ -178,6 +178,54 @@ func TestSealedControl(t *testing.T) {
 	}
 }
 
+// TestSealedSender: the sender's ANNOUNCE or MEMBER sealed under the
+// sender key opens to itself and hides what it says; one sealed under
+// another key, altered, with another counter, or holding another
+// session's or kind's datagram does not.
+func TestSealedSender(t *testing.T) {
+	k, _ := seal.NewKey()
+	sk, err := SenderKey(k)
+	ck, _ := ControlKey(k)
+	if err != nil || sk == k || sk == ck {
+		t.Fatalf("sender key not its own: %v", err)
+	}
+	sl, _ := seal.New(sk)
+	want := chunk.Sum([]byte("private commit"))
+	ann := AppendAnnounce(nil, 5, &Announce{State: StateDone, Block: 1428, Want: want, Objects: 3})
+	b := AppendSealedSender(nil, 5, 7, ann, sl)
+	if bytes.Contains(b, want[:8]) {
+		t.Fatal("sealed announcement shows its commit")
+	}
+	open := func(b []byte, sl *seal.Sealer) (Packet, error) {
+		var p, q Packet
+		if err := Decode(b, &p); err != nil {
+			return q, err
+		}
+		return q, OpenSender(b, &p, sl, &q)
+	}
+	q, err := open(bytes.Clone(b), sl)
+	if err != nil || q.Kind != KindAnnounce || q.Announce.Want != want || q.Announce.State != StateDone {
+		t.Fatalf("open: %+v, %v", q, err)
+	}
+	osl := testSealer(t)
+	reseal := func(b []byte) []byte { return appendCRC(b[:len(b)-trailerLen]) }
+	for _, c := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"stranger's key", AppendSealedSender(nil, 5, 7, ann, osl), "does not open"},
+		{"altered", reseal(func() []byte { x := bytes.Clone(b); x[senderHead+1] ^= 1; return x }()), "does not open"},
+		{"other counter", reseal(func() []byte { x := bytes.Clone(b); x[senderHead-1] ^= 1; return x }()), "does not open"},
+		{"another session's", AppendSealedSender(nil, 6, 7, ann, sl), "holds one of"},
+		{"a status", AppendSealedSender(nil, 5, 7, AppendStatus(nil, 5, &Status{Node: 1}), sl), "holds a kind 5"},
+	} {
+		if _, err := open(c.b, sl); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
+	}
+}
+
 func TestDatagramRejects(t *testing.T) {
 	good := AppendData(nil, 7, &Data{Seq: 1, Object: 1, ObjLen: 10, Offset: 0, Payload: []byte("0123456789")})
 	flip := func(i int) []byte { b := bytes.Clone(good); b[i] ^= 1; return b }
@@ -262,6 +310,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(AppendMember(nil, 1, &Member{Node: 1, State: 1}))
 	f.Add(appendData(nil, KindSealedData, 1, &Data{Seq: 1, Object: 1, ObjLen: 4, Payload: make([]byte, 4+seal.Overhead)}))
 	f.Add(AppendSealedControl(nil, 1, 2, 3, AppendStatus(nil, 1, &Status{Node: 2}), testSealer(f)))
+	f.Add(AppendSealedSender(nil, 1, 2, AppendMember(nil, 1, &Member{Node: 2, State: 1}), testSealer(f)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Packet
 		if Decode(b, &p) != nil {
@@ -271,6 +320,9 @@ func FuzzDecode(f *testing.F) {
 		switch p.Kind {
 		case KindData, KindSealedData:
 			re = appendData(nil, p.Kind, p.Session, &p.Data)
+		case KindSealedSender:
+			re = binary.BigEndian.AppendUint64(appendHeader(nil, p.Kind, p.Session), p.Sender.Ctr)
+			re = appendCRC(append(re, p.Sender.Box...))
 		case KindSealedControl:
 			re = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(appendHeader(nil, p.Kind, p.Session), p.Control.Node), p.Control.Ctr)
 			re = appendCRC(append(re, p.Control.Box...))

@@ -104,11 +104,13 @@ type receiver struct {
 	man    *Manifest
 	sealer *seal.Sealer // a sealed session's data key (nil: plain)
 	ctlKey *seal.Sealer // and its control key
+	sndKey *seal.Sealer // and its sender key
 	ctr    uint32       // control datagrams sent (their nonces)
+	annCtr uint64       // counter of the last sealed announcement taken
 
 	firstSeq, maxSeq uint32
 	seqSet           bool
-	sawSealed        bool // looking for Want, heard a session that names no commit
+	sawSealed        bool // looking for Want, heard a sealed session
 	res              Result
 	answered         uint8
 	lastNak          time.Time
@@ -204,6 +206,12 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		if err == nil {
 			r.ctlKey, err = seal.New(ck)
 		}
+		if err == nil {
+			ck, err = SenderKey(*cfg.Key)
+		}
+		if err == nil {
+			r.sndKey, err = seal.New(ck)
+		}
 		if err != nil {
 			return r.res, fmt.Errorf("multicast: session key: %w", err)
 		}
@@ -294,13 +302,25 @@ func (r *receiver) loop(ctx context.Context) error {
 	ctrlC := make(chan Packet, 16)
 	go func() {
 		buf := make([]byte, 2048)
+		var last uint64 // sealed: the counter of the last MEMBER taken
 		for {
 			n, _, err := r.ctrl.ReadFromUDP(buf)
 			if err != nil {
 				return
 			}
-			var p Packet
-			if Decode(buf[:n], &p) == nil && p.Kind == KindMember {
+			var p, q Packet
+			if Decode(buf[:n], &p) != nil {
+				continue
+			}
+			if r.sndKey != nil {
+				// sealed: only the sender's own MEMBER answers count (a
+				// stranger's "dropped" would send us to HTTP)
+				if p.Kind != KindSealedSender || OpenSender(buf[:n], &p, r.sndKey, &q) != nil || p.Sender.Ctr <= last {
+					continue
+				}
+				last, p = p.Sender.Ctr, q
+			}
+			if p.Kind == KindMember {
 				select {
 				case ctrlC <- p:
 				default:
@@ -311,7 +331,7 @@ func (r *receiver) loop(ctx context.Context) error {
 	lastHeard := time.Now()
 	lastStatus, lastJoin, lastProgress := time.Time{}, time.Time{}, time.Now()
 	var statusAt uint64 // datagrams received at the last status
-	var p Packet
+	var p, q Packet
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -405,26 +425,38 @@ func (r *receiver) loop(ctx context.Context) error {
 			if r.id != 0 && p.Session != r.id {
 				continue
 			}
-			switch p.Kind {
+			pk := &p
+			switch {
+			case p.Kind == KindSealedSender && r.sndKey == nil:
+				r.sawSealed = true // a sealed session: not ours to read
+				continue
+			case p.Kind == KindSealedSender:
+				// the sender's announcement; a replayed (older) one is
+				// not taken
+				if OpenSender(b, &p, r.sndKey, &q) != nil || q.Kind != KindAnnounce || p.Sender.Ctr <= r.annCtr {
+					continue
+				}
+				r.annCtr, pk = p.Sender.Ctr, &q
+			case p.Kind == KindAnnounce && r.sndKey != nil:
+				continue // a plain announcement in a sealed session: a stranger's
+			}
+			switch pk.Kind {
 			case KindAnnounce:
 				if r.id == 0 {
-					if p.Announce.Want.IsZero() {
-						r.sawSealed = true // sealed sessions do not name their commit
-					}
-					if p.Announce.Want != r.cfg.Want || p.Announce.State == StateDone {
+					if pk.Announce.Want != r.cfg.Want || pk.Announce.State == StateDone {
 						continue
 					}
-					r.id = p.Session
+					r.id = pk.Session
 				}
 				lastHeard = time.Now()
 				src, _ := msgs[i].Addr.(*net.UDPAddr)
 				if r.sender == nil {
 					r.sender = src
 				}
-				if err := r.announced(&p.Announce); err != nil {
+				if err := r.announced(&pk.Announce); err != nil {
 					return err
 				}
-				if p.Announce.State == StateDone {
+				if pk.Announce.State == StateDone {
 					r.res.Ended = true
 					return nil
 				}
@@ -560,9 +592,7 @@ func (r *receiver) manifest(o *rxObject) {
 		r.mem -= int64(o.size)
 		*o = rxObject{}
 	}
-	// A sealed session announces no manifest id (it would let a stranger
-	// confirm a guess); each of its datagrams was authenticated instead.
-	if r.sealer == nil && chunk.Sum(o.buf) != r.ann.Manifest {
+	if chunk.Sum(o.buf) != r.ann.Manifest {
 		reset()
 		return
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
 	"github.com/systemimager/sim/sync/seal"
+	"golang.org/x/net/ipv4"
 )
 
 // capture is a stranger on the segment: it joins group and keeps every
@@ -33,6 +34,7 @@ type capture struct {
 	c    *net.UDPConn
 	mu   gosync.Mutex
 	got  [][]byte
+	from []string // each datagram's source
 	done chan struct{}
 }
 
@@ -48,12 +50,13 @@ func startCapture(t *testing.T, lo *net.Interface, grp *net.UDPAddr) *capture {
 		defer close(k.done)
 		buf := make([]byte, 9216)
 		for {
-			n, _, err := c.ReadFromUDP(buf)
+			n, src, err := c.ReadFromUDP(buf)
 			if err != nil {
 				return
 			}
 			k.mu.Lock()
 			k.got = append(k.got, bytes.Clone(buf[:n]))
+			k.from = append(k.from, src.String())
 			k.mu.Unlock()
 		}
 	}()
@@ -145,6 +148,43 @@ func (w *privateWorld) fetch(t *testing.T, lo *net.Interface, url string, tamper
 	return res, ps, dir
 }
 
+// forge multicasts, every 5 ms until stop closes, announcements that
+// session s is done and MEMBER answers that drop every node: in plain,
+// and sealed under a key that is not the session's.
+func forge(t *testing.T, lo *net.Interface, s *Session, stop chan struct{}) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer c.Close()
+	pc := ipv4.NewPacketConn(c)
+	pc.SetMulticastInterface(lo)
+	pc.SetMulticastLoopback(true)
+	other := testSealer(t)
+	done := AppendAnnounce(nil, s.ID, &Announce{State: StateDone, Block: uint16(s.block)})
+	var p Packet
+	if err := Decode(done, &p); err != nil {
+		t.Errorf("the forged announcement would not even decode: %v", err)
+	}
+	for ctr := uint64(1); ; ctr++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		c.WriteToUDP(done, s.Group)
+		c.WriteToUDP(AppendSealedSender(nil, s.ID, ctr<<32, done, other), s.Group)
+		s.mu.Lock()
+		for _, mb := range s.members {
+			drop := AppendMember(nil, s.ID, &Member{Node: mb.node, State: MemberDropped})
+			c.WriteToUDP(drop, mb.addr)
+			c.WriteToUDP(AppendSealedSender(nil, s.ID, ctr<<32, drop, other), mb.addr)
+		}
+		s.mu.Unlock()
+	}
+}
+
 // tamperOnce alters the first sealed data datagram of an object (not
 // the manifest) that it sees: one payload byte flipped, the checksum made
 // right again, as an attacker on the segment would.
@@ -194,34 +234,48 @@ func TestSealedSession(t *testing.T) {
 	}
 	// Two strangers who know the session's id (it is in every
 	// datagram's header): one without a key, one with a key of its own.
-	// Neither may register (the session would plan for them and repeat
-	// everything for them each pass), and neither gets a byte.
+	// Neither can read the announcements (so neither finds the session),
+	// may register (the session would plan for them and repeat
+	// everything for them each pass), or gets a byte.
 	strangers := make([]Result, 2)
 	for i := range strangers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cfg := ReceiveConfig{Group: s.Group, Iface: lo, Session: s.ID, Want: w.want, Name: "stranger", Timeout: 5 * time.Second}
+			cfg := ReceiveConfig{Group: s.Group, Iface: lo, Session: s.ID, Want: w.want, Name: "stranger", Timeout: 2 * time.Second}
 			if i == 1 {
 				k, _ := seal.NewKey()
 				cfg.Key = &k
 			}
 			st := storetest.New(t)
 			var err error
-			if strangers[i], err = Receive(context.Background(), cfg, simsync.NewSink(st)); err != nil {
-				t.Errorf("stranger %d: %v", i, err)
+			// (the keyless one may take the forger's plain "done" below
+			// for the session's end: it ends without error, with nothing)
+			if strangers[i], err = Receive(context.Background(), cfg, simsync.NewSink(st)); err != nil && !strings.Contains(err.Error(), "no session") {
+				t.Errorf("stranger %d: %v; want no session found", i, err)
 			}
 			if cs, err := st.Check(false, func(store.Problem) {}); err != nil || cs.Blobs != 0 {
 				t.Errorf("stranger %d stored %d blobs (%v)", i, cs.Blobs, err)
 			}
 		}()
 	}
+	// A third one forges the session's end on the group all along, in
+	// plain and sealed under a key of its own: the nodes obey only the
+	// sender (else they would stop and fetch everything over HTTP).
+	forged := make(chan struct{})
+	go forge(t, lo, s, forged)
 	wg.Wait()
 	<-s.Done()
+	close(forged)
 	sealedDgs := k.stop()
 	for i, r := range strangers {
 		if r.Complete || r.GotBytes != 0 || r.Objects != 0 {
 			t.Errorf("stranger %d received: %+v", i, r)
+		}
+	}
+	for i, r := range res {
+		if r.Ended || r.Dropped {
+			t.Errorf("node %d obeyed a forged end: %+v", i, r)
 		}
 	}
 	if inf := s.Info(); len(inf.Members) != 2 {
@@ -248,13 +302,14 @@ func TestSealedSession(t *testing.T) {
 	if bytes.Contains(all, w.want[:]) {
 		t.Error("the sealed session names its commit on the group")
 	}
+	// what the sender multicast (the forger's are in the capture too)
 	kinds := map[uint8]int{}
-	for _, d := range sealedDgs {
-		if len(d) > 3 {
+	for i, d := range sealedDgs {
+		if len(d) > 3 && k.from[i] == s.conn.LocalAddr().String() {
 			kinds[d[3]]++
 		}
 	}
-	if kinds[KindData] != 0 || kinds[KindSealedData] == 0 {
+	if kinds[KindData] != 0 || kinds[KindAnnounce] != 0 || kinds[KindSealedSender] == 0 || kinds[KindSealedData] == 0 {
 		t.Errorf("sealed session's datagrams by kind: %v", kinds)
 	}
 	t.Logf("sealed: a stranger captured %d datagrams (%d bytes; kinds %v): %d of %d marker pieces", len(sealedDgs), len(all), kinds, hits, windows)

@@ -299,6 +299,8 @@ type Session struct {
 	key    seal.Key
 	sealer *seal.Sealer
 	ctlKey *seal.Sealer
+	sndKey *seal.Sealer
+	sndCtr atomic.Uint64 // sender datagrams sealed (their nonces)
 	// ctrSeen is the last control counter of each node that sent a
 	// sealed control datagram (replays are dropped); badCtl counts those
 	// that did not open (only the first few are logged: a stranger
@@ -397,6 +399,12 @@ func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface
 		}
 		if err == nil {
 			s.ctlKey, err = seal.New(ck)
+		}
+		if err == nil {
+			ck, err = SenderKey(s.key)
+		}
+		if err == nil {
+			s.sndKey, err = seal.New(ck)
 		}
 		s.ctrSeen = map[uint64]uint32{}
 		if err != nil {
@@ -689,7 +697,7 @@ func (s *Session) sendDrops() {
 	}
 	s.mu.Unlock()
 	for i, a := range addrs {
-		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: nodes[i], State: MemberDropped}), a)
+		s.sendTo(AppendMember(nil, s.ID, &Member{Node: nodes[i], State: MemberDropped}), a)
 	}
 }
 
@@ -859,17 +867,21 @@ func (s *Session) announce() {
 		a.Bytes = uint64(c.Bytes)
 		a.Manifest = c.ManifestID
 	}
-	if s.sealer != nil {
-		// A sealed session does not name its commit or its manifest on
-		// the group: a stranger could confirm a guess with them. Its
-		// receivers know the session by id (from its document), and
-		// every datagram of the manifest is authenticated.
-		a.Want, a.Manifest = chunk.ID{}, chunk.ID{}
-	}
 	s.mu.Lock()
 	a.Receivers = uint16(min(len(s.members), 65535))
 	s.mu.Unlock()
-	s.conn.WriteToUDP(AppendAnnounce(nil, s.ID, &a), s.Group)
+	s.sendTo(AppendAnnounce(nil, s.ID, &a), s.Group)
+}
+
+// sendTo sends the sender's datagram b (an ANNOUNCE or MEMBER) to addr:
+// in a sealed session sealed under the sender key, so that receivers
+// obey only the sender (a stranger's "done" or "dropped" does not end
+// them) and the announcement's commit and shape stay private.
+func (s *Session) sendTo(b []byte, addr *net.UDPAddr) {
+	if s.sndKey != nil {
+		b = AppendSealedSender(nil, s.ID, s.sndCtr.Add(1), b, s.sndKey)
+	}
+	s.conn.WriteToUDP(b, addr)
 }
 
 // control reads what receivers send to the session's unicast address.
@@ -938,7 +950,7 @@ func (s *Session) handle(p *Packet, from *net.UDPAddr) {
 		if mb.dropped {
 			st = MemberDropped
 		}
-		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: mb.node, State: st}), from)
+		s.sendTo(AppendMember(nil, s.ID, &Member{Node: mb.node, State: st}), from)
 	case KindStatus:
 		mb := s.members[p.Status.Node]
 		if mb == nil {
