@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/mcastbench.sh [OUTFILE] — measure sim's multicast transport (sim serve
+# bench/mcastbench.sh [--seal] [OUTFILE] — measure sim's multicast transport (sim serve
 # + sim checkout --transport multicast) against udpcast (udp-sender /
 # udp-receiver of a tar+zstd of the image), in the network lab of
 # testdata/lab.sh, and print ONE markdown table (stdout and OUTFILE, default
@@ -32,6 +32,19 @@
 # + manifest), udpcast's tarball size. Server tx: the server's eth0 counter
 # over the step (every datagram: data, repairs, announcements).
 #
+# With --seal (OUTFILE default bench/mcastsealresults.md) it measures instead
+# what sealing costs (issue #14): one sim serve --read-token per mode,
+# --mcast-seal off (plain datagrams) and on (every data and control datagram
+# AES-256-GCM sealed; the key only in the session document), the same lab,
+# image (v2) and receivers otherwise; N = MCASTBENCH_SEAL_NS ("1 16") nodes
+# with a read token, MCASTBENCH_SEAL_RUNS (2) runs of each mode, alternating
+# (plain, sealed, plain, sealed) so that the machine's load drifts over both.
+# Per run: the session's time (as above), the nodes' wall time (launch to the
+# last exit: registration, session, verification, checkout), the CPU seconds
+# (user + system) of all node processes and of sim serve over the run, the
+# passes, the loss, and the sealed datagrams that did not open (0 expected);
+# then sealed / plain of the medians. The load average at start and end.
+#
 # Environment:
 #   SIM            sim binary (default ./bin/sim; `make build` runs if missing)
 #   SIM_CORPUS     corpus dir (default /var/cache/sim/corpus)
@@ -42,11 +55,15 @@
 #   MCASTBENCH_MTU  MTU of every lab link (default 1500; 9000: jumbo frames,
 #                  which sim's datagrams then fill; udpcast's blocks stay at
 #                  its default 1456 bytes)
+#   MCASTBENCH_SEAL_NS, MCASTBENCH_SEAL_RUNS: --seal's node counts and runs
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+SEAL=0
+if [ "${1:-}" = "--seal" ]; then SEAL=1; shift; fi
 OUT=${1:-$ROOT/bench/mcastresults.md}
+[ "$SEAL" = 0 ] || OUT=${1:-$ROOT/bench/mcastsealresults.md}
 SIM=${SIM:-./bin/sim}
 CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${MCASTBENCH_DIR:-/var/tmp/sim-mcastbench}
@@ -70,7 +87,9 @@ W=${W%/}
 [[ $MTU =~ ^[0-9]+$ ]] && [ "$MTU" -ge 1280 ] && [ "$MTU" -le 9000 ] || die "MCASTBENCH_MTU must be 1280..9000"
 
 need=()
-for t in udp-sender:udpcast zstd:zstd python3:python3 ip:iproute2 nft:nftables tar:tar bc:bc; do
+tools="udp-sender:udpcast zstd:zstd python3:python3 ip:iproute2 nft:nftables tar:tar bc:bc"
+[ "$SEAL" = 0 ] || tools="python3:python3 ip:iproute2 nft:nftables"
+for t in $tools; do
 	command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -139,10 +158,12 @@ wait_port() {
 }
 
 SIM_PID=""
-start_serve() { # min-receivers
+start_serve() { # min-receivers [serve flags...]
+	local minr=$1
+	shift
 	"$LAB" exec --name "$L" srv -- "$SIM" --store "$W/srv" serve --listen "$SRV_IP:$PORT" \
-		--mcast-rate "$RATE" --mcast-min-receivers "$1" --mcast-wait 60s 2>>"$W/log/serve.log" &
-	SIM_PID=$!
+		--mcast-rate "$RATE" --mcast-min-receivers "$minr" --mcast-wait 60s "$@" 2>>"$W/log/serve.log" &
+	SIM_PID=$! # lab.sh exec execs ip netns exec, which execs sim: this is sim serve's pid
 	PIDS+=("$SIM_PID")
 	wait_port "$PORT"
 }
@@ -151,27 +172,46 @@ stop_serve() {
 	wait "$SIM_PID" || true
 	forget "$SIM_PID"
 }
+# srvcpu: CPU seconds (user + system) sim serve has used so far.
+srvcpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$SIM_PID/stat"; }
+# TOKEN: the nodes' read token (--seal: reads are closed)
+TOKEN=()
 last_session() { # field of the newest session
-	"$LAB" exec --name "$L" n1 -- "$SIM" multicast sessions "$URL" --json |
+	"$LAB" exec --name "$L" n1 -- "$SIM" multicast sessions "$URL" --json "${TOKEN[@]}" |
 		python3 -c "import json,sys; s=json.load(sys.stdin)[-1]; print(s[sys.argv[1]])" "$1"
 }
 
 # sim_step NAME REF NODES TAG: N nodes check out REF over multicast into
 # stores/roots $W/s/<node>-TAG; sets T (session seconds), CB (content bytes),
-# TX (server tx bytes), WALL (node wall seconds), PASSES.
+# TX (server tx bytes), WALL (node wall seconds), PASSES, NCPU (CPU seconds of
+# all node processes), SCPU (sim serve's over the step).
 sim_step() {
-	local name=$1 ref=$2 n=$3 tag=$4 t0 t1 tx0 tx1 pids=() h
+	local name=$1 ref=$2 n=$3 tag=$4 t0 t1 tx0 tx1 c0 pids=() h
 	log "sim: $name"
 	sync
+	rm -f "$W"/log/"$name"-n*.cpu
+	if [ "$SEAL" = 1 ]; then
+		for h in $(nodes "$n"); do "$SIM" --store "$W/s/$h-$tag-store" init >/dev/null 2>&1 || die "init $h's store"; done
+	fi
 	tx0=$(tx srv)
+	c0=$(srvcpu)
 	t0=$(now)
 	for h in $(nodes "$n"); do
-		"$LAB" exec --name "$L" "$h" -- "$SIM" --store "$W/s/$h-$tag-store" checkout --from "$URL" --transport multicast \
-			--mcast-timeout 30s --no-sync "$ref" "$W/s/$h-$tag-root" --json >"$W/log/$name-$h.json" 2>"$W/log/$name-$h.err" &
+		# --seal pulls into the node's store (transfer, verification,
+		# storing) without writing a tree: writing 16 Debian trees on the
+		# shared machine costs more CPU than the transfer, and varies more
+		# than what is measured
+		local what=(checkout --from "$URL" --no-sync "$ref" "$W/s/$h-$tag-root")
+		[ "$SEAL" = 0 ] || what=(pull "$URL" "$ref")
+		"$LAB" exec --name "$L" "$h" -- /usr/bin/env time -f "%U %S" -o "$W/log/$name-$h.cpu" \
+			"$SIM" --store "$W/s/$h-$tag-store" "${what[@]}" --transport multicast "${TOKEN[@]}" \
+			--mcast-timeout 30s --json >"$W/log/$name-$h.json" 2>"$W/log/$name-$h.err" &
 		pids+=($!)
 	done
 	for h in "${pids[@]}"; do wait "$h" || die "sim $name: a node failed (see $W/log/$name-*.err)"; done
 	t1=$(now)
+	SCPU=$(awk -v a="$c0" -v b="$(srvcpu)" 'BEGIN { printf "%.2f\n", b - a }')
+	NCPU=$(cat "$W"/log/"$name"-n*.cpu | awk '{ u += $1; s += $2 } END { printf "%.2f\n", u + s }')
 	sleep 0.3
 	tx1=$(tx srv)
 	WALL=$(secs "$t0" "$t1")
@@ -235,26 +275,107 @@ udp_step() {
 	log "  $(hb "$CB") in $T s to $UOK of $n receivers; server tx $(hb "$TX")"
 }
 
+# set_mtu N: every lab link of N nodes at MTU (lab.sh leaves them at 1500).
+set_mtu() {
+	[ "$MTU" != 1500 ] || return 0
+	local h p
+	# every veth end and the bridge
+	for h in srv $(nodes "$1"); do ip -n "$L-$h" link set dev eth0 mtu "$MTU"; done
+	for p in s0 $(nodes "$1") br0; do ip -n "$L-sw" link set dev "$p" mtu "$MTU"; done
+	log "lab links at MTU $MTU"
+}
+
 loss_all() { local h; for h in $(nodes "$N"); do "$LAB" loss --name "$L" "$h" "$1"; done; }
 
 # ================================================================== setup ===
 "$ROOT/testdata/mkcorpus.sh" "$CORPUS" >/dev/null || die "mkcorpus.sh failed"
 wipe
 mkdir -p "$W"/{log,s,u}
-log "scratch $W, sim $SIM, $N nodes, server link $RATE"
+if [ "$SEAL" = 0 ]; then log "scratch $W, sim $SIM, $N nodes, server link $RATE"; else log "scratch $W, sim $SIM, --seal, server link $RATE"; fi
 "$SIM" --store "$W/srv" init >"$W/log/store.log" 2>&1
+if [ "$SEAL" = 1 ]; then
+	# ============================================ --seal: what sealing costs ===
+	SNS=${MCASTBENCH_SEAL_NS:-1 16}
+	RUNS=${MCASTBENCH_SEAL_RUNS:-2}
+	[[ $RUNS =~ ^[0-9]+$ ]] && [ "$RUNS" -ge 1 ] || die "MCASTBENCH_SEAL_RUNS must be 1 or more"
+	maxn=1
+	for n in $SNS; do
+		[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 64 ] || die "MCASTBENCH_SEAL_NS: node counts 1..64"
+		[ "$n" -gt "$maxn" ] && maxn=$n
+	done
+	"$SIM" --store "$W/srv" commit "$CORPUS/v2" --image deb -m v2 >>"$W/log/store.log" 2>&1 || die "commit v2 failed"
+	"$SIM" --store "$W/srv" tag v2 deb >>"$W/log/store.log" 2>&1
+	"$SIM" --store "$W/srv" token add reader --role read 2>>"$W/log/store.log" | tail -1 >"$W/reader.token"
+	chmod 600 "$W/reader.token"
+	TOKEN=(--token-file "$W/reader.token")
+	"$LAB" up --name "$L" --nodes "$maxn" --server-rate "$RATE" --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
+	set_mtu "$maxn"
+	LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+	declare -A R
+	rows=()
+	for n in $SNS; do
+		for ((run = 1; run <= RUNS; run++)); do
+			for mode in off on; do
+				start_serve "$n" --read-token --mcast-seal "$mode"
+				rm -rf "$W"/s/*
+				sim_step "seal-$mode-$n-$run" v2 "$n" "$mode$run"
+				sealed=$(last_session sealed 2>/dev/null || echo False)
+				[ "$mode" = on ] && [ "$sealed" != True ] && die "--mcast-seal on: the session is not sealed"
+				[ "$mode" = off ] && [ "$sealed" = True ] && die "--mcast-seal off: the session is sealed"
+				stop_serve
+				read -r unopened loss < <(cat "$W"/log/"seal-$mode-$n-$run"-n*.err | python3 -c '
+import json, sys
+u, l = 0, 0.0
+for line in sys.stdin:
+    try:
+        m = json.loads(line).get("multicast")
+    except ValueError:
+        continue
+    if m:
+        u += m.get("unopened", 0); l = max(l, m.get("loss_pct", 0))
+print(u, "%.1f" % l)')
+				R[$mode.$n.$run]="$T $WALL $NCPU $SCPU"
+				rows+=("| $([ "$mode" = on ] && echo "sealed (AES-256-GCM per datagram)" || echo plain) | $n | $run | $T s | $WALL s | $NCPU s | $SCPU s | $PASSES | $loss% | $unopened |")
+				log "  $mode: session $T s, nodes $WALL s, CPU nodes $NCPU s, server $SCPU s, $PASSES passes, max loss $loss%, $unopened unopened"
+			done
+		done
+	done
+	LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+	# med MODE N FIELD: the median over the runs of field FIELD (1 session
+	# time, 2 node wall, 3 node CPU, 4 server CPU)
+	med() {
+		local run
+		for ((run = 1; run <= RUNS; run++)); do echo "${R[$1.$2.$run]}" | awk -v f="$3" '{ print $f }'; done |
+			sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+	}
+	{
+		echo "### Sealed multicast (bench/mcastbench.sh --seal, $(date -u +%F), server link $RATE, nodes 1gbit, MTU $MTU, reads behind a token)"
+		echo
+		echo "| v2 over multicast | N | run | session | node wall | CPU, all nodes | CPU, server | passes | max node loss | unopened |"
+		echo "|---|---|---|---|---|---|---|---|---|---|"
+		printf '%s\n' "${rows[@]}"
+		echo
+		for n in $SNS; do
+			echo "N=$n, sealed / plain (medians of $RUNS runs): session time $(ratio "$(med on "$n" 1)" "$(med off "$n" 1)")x," \
+				"node wall $(ratio "$(med on "$n" 2)" "$(med off "$n" 2)")x, node CPU $(ratio "$(med on "$n" 3)" "$(med off "$n" 3)")x," \
+				"server CPU $(ratio "$(med on "$n" 4)" "$(med off "$n" 4)")x."
+			echo
+		done
+		echo "Load average (1, 5, 15 min) at the start: $LOAD0; at the end: $LOAD1 ($(nproc) CPUs)."
+		echo "Session: from the end of registration to the last node having every block; node wall: the N \`sim pull"
+		echo "--transport multicast\` from launch to the last exit (registration wait, verification and storing included, no"
+		echo "tree written); CPU: user + system seconds of the N node processes, and of sim serve over the step (HTTP"
+		echo "resolution and fill included)."
+	} | tee "$OUT"
+	exit 0
+fi
 for v in v1 v2 v3; do
 	"$SIM" --store "$W/srv" commit "$CORPUS/$v" --image deb -m "$v" >>"$W/log/store.log" 2>&1 || die "commit $v failed"
 	"$SIM" --store "$W/srv" tag "$v" deb >>"$W/log/store.log" 2>&1
 done
 for v in v2 v3; do tar -C "$CORPUS/$v" -cf - . | zstd -3 -q -c >"$W/$v.tar.zst"; done
 "$LAB" up --name "$L" --nodes "$N" --server-rate "$RATE" --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
-if [ "$MTU" != 1500 ]; then
-	# every veth end and the bridge (lab.sh leaves them at 1500)
-	for h in srv $(nodes "$N"); do ip -n "$L-$h" link set dev eth0 mtu "$MTU"; done
-	for p in s0 $(nodes "$N") br0; do ip -n "$L-sw" link set dev "$p" mtu "$MTU"; done
-	log "lab links at MTU $MTU"
-fi
+set_mtu "$N"
 
 # =================================================================== sim ===
 start_serve 1

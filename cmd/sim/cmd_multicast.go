@@ -41,7 +41,10 @@ lack, repairs what they report missing for up to --passes passes, and ends;
 what a node still lacks it fetches over HTTP. While sim serve holds the
 store, this runs inside it and nodes find the session through the server;
 otherwise nodes listen with --mcast-group and need an HTTP server (e.g. a
-mirror) for commits and what multicast did not deliver.`,
+mirror) for commits and what multicast did not deliver. Inside a sim serve
+whose reads need a token the session is sealed (encrypted; nodes get its key
+from the server); without a server it is plain: anyone on the segment can
+read it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg, err := o.Config(e.stderr, "sim: ")
@@ -139,8 +142,12 @@ func printSessions(w io.Writer, ss []mcast.SessionInfo) {
 		return
 	}
 	for _, s := range ss {
+		state := s.State
+		if s.Sealed {
+			state += " (sealed)"
+		}
 		fmt.Fprintf(w, "session %s  %s  %s on %s  %s, pass %d, %d objects %s, sent %s at up to %.0f Mbit/s, %.1f s\n",
-			s.ID, s.Want.Short(), s.Group, s.Iface, s.State, s.Pass, s.Objects, units.Bytes(s.Bytes), units.Bytes(s.SentBytes), float64(s.RateBits)/1e6, s.Seconds)
+			s.ID, s.Want.Short(), s.Group, s.Iface, state, s.Pass, s.Objects, units.Bytes(s.Bytes), units.Bytes(s.SentBytes), float64(s.RateBits)/1e6, s.Seconds)
 		if s.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", s.Error)
 		}

@@ -32,10 +32,16 @@ type mcastRun struct {
 // mcastCheckout runs checkout --transport multicast on node into its own
 // store and root under base.
 func (l *lab) mcastCheckout(base, node, url, ref, tag string) *mcastRun {
+	return l.mcastCheckoutEnv(base, node, url, ref, tag, nil)
+}
+
+// mcastCheckoutEnv is mcastCheckout with env added (SIM_TOKEN).
+func (l *lab) mcastCheckoutEnv(base, node, url, ref, tag string, env []string) *mcastRun {
 	r := &mcastRun{node: node}
 	var o, e bytes.Buffer
 	c := l.sim(node, "--store", filepath.Join(base, node+"-"+tag+"-store"), "checkout", "--from", url, "--transport", "multicast",
 		"--mcast-timeout", "20s", "--no-sync", ref, filepath.Join(base, node+"-"+tag+"-root"), "--json")
+	c.Env = append(c.Env, env...)
 	c.Stdout, c.Stderr = &o, &e
 	t0 := time.Now()
 	r.err = c.Run()
@@ -464,5 +470,61 @@ func TestLabMulticastSlowLink(t *testing.T) {
 		if s.SentBytes > img*3/2 || tx1-tx0 > img*3/2 {
 			t.Errorf("%s: the sender sent %d bytes, the link carried %d, for %d bytes of content", tag, s.SentBytes, tx1-tx0, img)
 		}
+	}
+}
+
+// TestLabMulticastSealed (issue #14): sim serve --read-token seals its
+// multicast sessions, from the command line: two nodes holding a read
+// token (SIM_TOKEN) install the image over a sealed session, every tree
+// exact and everything by multicast; the session list says sealed; a
+// node without the token cannot open the session (the server refuses
+// it, naming the token) and gets nothing.
+func TestLabMulticastSealed(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	snapshottest.RandomFiles(t, src, 21, map[string]int{"etc/secret": 64 << 10, "usr/lib/a.so": 3 << 20, "usr/lib/b.so": 1 << 20})
+	srvStore := filepath.Join(base, "server")
+	ok(t, srvStore, "init")
+	ok(t, srvStore, "commit", src, "--image", "sys", "-m", "sys")
+	tok := strings.TrimSpace(ok(t, srvStore, "token", "add", "reader", "--role", "read"))
+	nodes := []string{"n1", "n2"}
+	l := newNamedLab(t, "simse", len(nodes)+1, "--server-rate", "1gbit", "--node-rate", "1gbit")
+	url := l.serve(srvStore, 7492, "--read-token", "--mcast-min-receivers", fmt.Sprint(len(nodes)), "--mcast-wait", "60s")
+
+	stranger := l.mcastCheckoutEnv(base, "n3", url, "sys", "stranger", nil)
+	if stranger.err == nil || !strings.Contains(stranger.stderr, "read token") {
+		t.Errorf("a node without the token: %v\n%s", stranger.err, stranger.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(base, "n3-stranger-root", "etc", "secret")); err == nil {
+		t.Error("the node without the token checked the image out")
+	}
+
+	runs := make([]*mcastRun, len(nodes))
+	var wg gosync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i] = l.mcastCheckoutEnv(base, n, url, "sys", "sealed", []string{"SIM_TOKEN=" + tok})
+		}()
+	}
+	wg.Wait()
+	for _, r := range runs {
+		if r.err != nil {
+			t.Errorf("%s: %v\n%s", r.node, r.err, r.stderr)
+			continue
+		}
+		if d, err := snapshottest.Diff(src, filepath.Join(base, r.node+"-sealed-root")); err != nil || len(d) > 0 {
+			t.Errorf("%s: tree differs: %v %v", r.node, err, d[:min(len(d), 5)])
+		}
+		if !r.mc.Complete || r.mc.Rejected != 0 || r.mc.Unopened != 0 {
+			t.Errorf("%s: multicast %+v; want complete, nothing rejected", r.node, r.mc)
+		}
+	}
+	c := l.sim("n1", "multicast", "sessions", url)
+	c.Env = append(c.Env, "SIM_TOKEN="+tok)
+	out, err := c.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "done (sealed)") {
+		t.Errorf("multicast sessions: %v\n%s", err, out)
 	}
 }

@@ -10,6 +10,11 @@
 // the union of what was reported in a later pass, a bounded number of
 // times. A receiver that loses most datagrams (a slow link) is dropped
 // from repairs and fills over HTTP, so it never slows the others.
+//
+// A sealed session (Config.Sealed: the server's reads need a token)
+// encrypts its data datagrams and its receivers' control datagrams
+// under a random key that travels only in the session's document
+// (ARCHITECTURE.md "Multicast: sealed sessions").
 package mcast
 
 import (
@@ -19,6 +24,7 @@ import (
 	"hash/crc32"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // Datagram layout (all integers big-endian; ARCHITECTURE.md "Multicast
@@ -27,6 +33,10 @@ import (
 //	header  = magic:"SM" version:u8 kind:u8 session:u32      8 bytes
 //	body    = kind-specific
 //	trailer = crc32c:u32 of header and body
+//
+// Sealed sessions' kinds 7 (data: the payload sealed, the 24 bytes
+// before it authenticated) and 8 (a JOIN, STATUS or NAK sealed whole)
+// carry a 16-byte GCM tag at the end of the body.
 const (
 	magic0, magic1 = 'S', 'M'
 	version        = 1
@@ -42,6 +52,21 @@ const (
 	KindMember   = 4 // sender → receiver: registration answer, or "dropped"
 	KindStatus   = 5 // receiver → sender: progress and loss
 	KindNak      = 6 // receiver → sender: what is missing after a pass
+	// KindSealedData is KindData with the payload sealed (AES-256-GCM
+	// under the session's key, the 24 bytes before the payload as
+	// associated data): the data of every session of a server whose
+	// reads need a token (ARCHITECTURE.md "Multicast: sealed sessions").
+	KindSealedData = 7 // sender → group: a sealed piece of an object
+	// KindSealedControl carries a receiver's JOIN, STATUS or NAK in a
+	// sealed session, sealed under the session's control key: only a
+	// receiver holding the key registers, reports loss or asks for
+	// repairs, and its host name and have commits stay private.
+	KindSealedControl = 8 // receiver → sender
+	// KindSealedSender carries the sender's ANNOUNCE or MEMBER in a
+	// sealed session, sealed under the session's sender key: nodes obey
+	// only the sender's (a forged "done" or "dropped" is not), and the
+	// session's commit and shape stay private.
+	KindSealedSender = 9 // sender → group (ANNOUNCE), sender → receiver (MEMBER)
 )
 
 // Session states, as announced.
@@ -79,7 +104,8 @@ const (
 	IPUDPOverhead = 28
 	// dataHead is a data datagram's bytes before its payload.
 	dataHead = headerLen + 16
-	// MinPayload and MaxPayload bound a data datagram's payload.
+	// MinPayload and MaxPayload bound a data datagram's payload (the
+	// plaintext of a sealed one).
 	MinPayload = 512
 	MaxPayload = 9000 - IPUDPOverhead - dataHead - trailerLen
 	// maxObject bounds an object (a wire stream of a few frames).
@@ -93,9 +119,13 @@ const (
 	maxRanges = 100
 )
 
-// PayloadFor is the data payload that fills a datagram on a link of mtu.
-func PayloadFor(mtu int) int {
+// PayloadFor is the data payload that fills a datagram on a link of mtu;
+// sealed, the payload that fills it once the GCM tag is added.
+func PayloadFor(mtu int, sealed bool) int {
 	p := mtu - IPUDPOverhead - dataHead - trailerLen
+	if sealed {
+		p -= seal.Overhead
+	}
 	return min(max(p, MinPayload), MaxPayload)
 }
 
@@ -113,6 +143,8 @@ type Header struct {
 
 // Data is a piece of an object: Payload is bytes [Offset, Offset+len) of
 // object Object, which is ObjLen bytes long. Object 0 is the manifest.
+// Decoded from a KindSealedData datagram, Payload is the sealed bytes
+// until OpenData opens them.
 type Data struct {
 	Seq     uint32 // the sender's datagram counter: receivers count gaps as loss
 	Object  uint32
@@ -177,19 +209,71 @@ func appendHeader(b []byte, kind uint8, session uint32) []byte {
 	return binary.BigEndian.AppendUint32(b, session)
 }
 
-func seal(b []byte) []byte {
+func appendCRC(b []byte) []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
 // AppendData encodes a data datagram onto b.
 func AppendData(b []byte, session uint32, d *Data) []byte {
-	b = appendHeader(b, KindData, session)
+	return appendData(b, KindData, session, d)
+}
+
+// appendData encodes d as a datagram of kind with d.Payload as it is
+// (for KindSealedData: the sealed bytes).
+func appendData(b []byte, kind uint8, session uint32, d *Data) []byte {
+	b = appendHeader(b, kind, session)
 	b = binary.BigEndian.AppendUint32(b, d.Seq)
 	b = binary.BigEndian.AppendUint32(b, d.Object)
 	b = binary.BigEndian.AppendUint32(b, d.ObjLen)
 	b = binary.BigEndian.AppendUint32(b, d.Offset)
 	b = append(b, d.Payload...)
-	return seal(b)
+	return appendCRC(b)
+}
+
+// dataNonce is the nonce of a sealed data datagram: seq, object and
+// offset. Under one session's key it never seals two plaintexts: seq
+// counts every data datagram of the session, and should it ever wrap
+// (2^32 datagrams), (object, offset) alone names the same bytes, since a
+// session's objects and block size are fixed once it plans.
+func dataNonce(d *Data) seal.Nonce {
+	var n seal.Nonce
+	binary.BigEndian.PutUint32(n[0:], d.Seq)
+	binary.BigEndian.PutUint32(n[4:], d.Object)
+	binary.BigEndian.PutUint32(n[8:], d.Offset)
+	return n
+}
+
+// AppendSealedData encodes a sealed data datagram onto b: d.Payload
+// sealed by sl, the header and the four fields before it authenticated
+// with it (a datagram moved to another session, object or offset does
+// not open). It is seal.Overhead bytes longer than AppendData's.
+func AppendSealedData(b []byte, session uint32, d *Data, sl *seal.Sealer) []byte {
+	start := len(b)
+	b = appendHeader(b, KindSealedData, session)
+	b = binary.BigEndian.AppendUint32(b, d.Seq)
+	b = binary.BigEndian.AppendUint32(b, d.Object)
+	b = binary.BigEndian.AppendUint32(b, d.ObjLen)
+	b = binary.BigEndian.AppendUint32(b, d.Offset)
+	b = sl.SealNonce(b, dataNonce(d), b[start:], d.Payload)
+	return appendCRC(b)
+}
+
+// OpenData opens a sealed data datagram that Decode took into p from
+// raw (p.Data.Payload aliases raw): in place, so that p.Data.Payload is
+// then the plaintext. An error (wrapping seal.ErrOpen) means the
+// datagram is not what the session's sender sealed (another key, or
+// altered): drop it.
+func OpenData(raw []byte, p *Packet, sl *seal.Sealer) error {
+	if p.Kind != KindSealedData || len(raw) < dataHead+seal.Overhead+trailerLen {
+		return fmt.Errorf("mcast: not a sealed data datagram (kind %d)", p.Kind)
+	}
+	d := &p.Data
+	plain, err := sl.OpenNonce(d.Payload[:0], dataNonce(d), raw[:dataHead], d.Payload)
+	if err != nil {
+		return fmt.Errorf("mcast: object %d offset %d: %w", d.Object, d.Offset, err)
+	}
+	d.Payload = plain
+	return nil
 }
 
 // AppendAnnounce encodes an announcement.
@@ -204,7 +288,7 @@ func AppendAnnounce(b []byte, session uint32, a *Announce) []byte {
 	b = binary.BigEndian.AppendUint64(b, a.RateBits)
 	b = binary.BigEndian.AppendUint32(b, a.Seq)
 	b = binary.BigEndian.AppendUint16(b, a.Receivers)
-	return seal(b)
+	return appendCRC(b)
 }
 
 // AppendJoin encodes a registration; names longer than 64 bytes and
@@ -226,7 +310,7 @@ func AppendJoin(b []byte, session uint32, j *Join) []byte {
 	for _, h := range haves {
 		b = append(b, h[:]...)
 	}
-	return seal(b)
+	return appendCRC(b)
 }
 
 // AppendMember encodes a member answer.
@@ -234,7 +318,7 @@ func AppendMember(b []byte, session uint32, m *Member) []byte {
 	b = appendHeader(b, KindMember, session)
 	b = binary.BigEndian.AppendUint64(b, m.Node)
 	b = append(b, m.State)
-	return seal(b)
+	return appendCRC(b)
 }
 
 // AppendStatus encodes a status report.
@@ -249,7 +333,7 @@ func AppendStatus(b []byte, session uint32, s *Status) []byte {
 	for _, v := range []uint64{s.Received, s.Lost, s.NeedBytes, s.GotBytes} {
 		b = binary.BigEndian.AppendUint64(b, v)
 	}
-	return seal(b)
+	return appendCRC(b)
 }
 
 // AppendNak encodes a NAK; at most maxRanges ranges fit one datagram,
@@ -268,7 +352,7 @@ func AppendNak(b []byte, session uint32, n *Nak) []byte {
 		b = binary.BigEndian.AppendUint32(b, r.First)
 		b = binary.BigEndian.AppendUint32(b, r.Count)
 	}
-	return seal(b)
+	return appendCRC(b)
 }
 
 // Packet is one decoded datagram: Header plus the body of its kind.
@@ -280,6 +364,141 @@ type Packet struct {
 	Member   Member
 	Status   Status
 	Nak      Nak
+	Control  Control
+	Sender   SenderBox
+}
+
+// SenderBox is a sealed sender datagram (KindSealedSender): Box is the
+// plain ANNOUNCE or MEMBER datagram, sealed; Ctr, the sender's count of
+// them (from 1), makes its nonce.
+type SenderBox struct {
+	Ctr uint64
+	Box []byte
+}
+
+// senderHead is a sealed sender datagram's bytes before its box.
+const senderHead = headerLen + 8
+
+// SenderKey is the key a sealed session's sender datagrams are sealed
+// under, derived from the session's key (one counter, one key: no
+// nonce is shared with data or control datagrams).
+func SenderKey(k seal.Key) (seal.Key, error) {
+	return seal.Derive(k[:], "sim mcast sender v1")
+}
+
+func senderNonce(ctr uint64) seal.Nonce {
+	var n seal.Nonce
+	binary.BigEndian.PutUint64(n[0:], ctr)
+	return n
+}
+
+// AppendSealedSender wraps inner (a whole ANNOUNCE or MEMBER datagram
+// of session) sealed by sl (the session's sender key) with counter ctr.
+func AppendSealedSender(b []byte, session uint32, ctr uint64, inner []byte, sl *seal.Sealer) []byte {
+	start := len(b)
+	b = appendHeader(b, KindSealedSender, session)
+	b = binary.BigEndian.AppendUint64(b, ctr)
+	b = sl.SealNonce(b, senderNonce(ctr), b[start:], inner)
+	return appendCRC(b)
+}
+
+// OpenSender opens the sealed sender datagram that Decode took into p
+// from raw (in place) and decodes what it holds into q: an ANNOUNCE or
+// MEMBER of the same session. An error means the session's sender did
+// not send it (ignore it).
+func OpenSender(raw []byte, p *Packet, sl *seal.Sealer, q *Packet) error {
+	if p.Kind != KindSealedSender || len(raw) < senderHead+seal.Overhead+trailerLen {
+		return fmt.Errorf("mcast: not a sealed sender datagram (kind %d)", p.Kind)
+	}
+	x := &p.Sender
+	inner, err := sl.OpenNonce(x.Box[:0], senderNonce(x.Ctr), raw[:senderHead], x.Box)
+	if err != nil {
+		return fmt.Errorf("mcast: sender datagram %d: %w", x.Ctr, err)
+	}
+	if err := Decode(inner, q); err != nil {
+		return fmt.Errorf("mcast: sealed sender datagram: %w", err)
+	}
+	if q.Kind != KindAnnounce && q.Kind != KindMember {
+		return fmt.Errorf("mcast: sealed sender datagram holds a kind %d", q.Kind)
+	}
+	if q.Session != p.Session {
+		return fmt.Errorf("mcast: sealed sender datagram of session %08x holds one of session %08x", p.Session, q.Session)
+	}
+	return nil
+}
+
+// Control is a sealed control datagram (KindSealedControl): Box is the
+// plain JOIN, STATUS or NAK datagram, sealed; Node and Ctr make its
+// nonce (a receiver counts its control datagrams from 1).
+type Control struct {
+	Node uint64
+	Ctr  uint32
+	Box  []byte
+}
+
+// controlHead is a sealed control datagram's bytes before its box.
+const controlHead = headerLen + 12
+
+// controlNonce is the nonce of a sealed control datagram: node, ctr.
+// Node ids are random (64 bits) per receiver and each receiver counts,
+// so no two control datagrams of a session share one; the control key
+// is not the data key, so they never meet a data nonce either.
+func controlNonce(node uint64, ctr uint32) seal.Nonce {
+	var n seal.Nonce
+	binary.BigEndian.PutUint64(n[0:], node)
+	binary.BigEndian.PutUint32(n[8:], ctr)
+	return n
+}
+
+// ControlKey is the key a sealed session's control datagrams are sealed
+// under, derived from the session's key.
+func ControlKey(k seal.Key) (seal.Key, error) {
+	return seal.Derive(k[:], "sim mcast control v1")
+}
+
+// AppendSealedControl wraps inner (a whole JOIN, STATUS or NAK datagram
+// of session, from node) sealed by sl (the session's control key) with
+// counter ctr.
+func AppendSealedControl(b []byte, session uint32, node uint64, ctr uint32, inner []byte, sl *seal.Sealer) []byte {
+	start := len(b)
+	b = appendHeader(b, KindSealedControl, session)
+	b = binary.BigEndian.AppendUint64(b, node)
+	b = binary.BigEndian.AppendUint32(b, ctr)
+	b = sl.SealNonce(b, controlNonce(node, ctr), b[start:], inner)
+	return appendCRC(b)
+}
+
+// OpenControl opens the sealed control datagram that Decode took into p
+// from raw (in place), and decodes what it holds into q: a JOIN, STATUS
+// or NAK of the same session and node. An error means it is not what a
+// holder of the key sent (drop it).
+func OpenControl(raw []byte, p *Packet, sl *seal.Sealer, q *Packet) error {
+	if p.Kind != KindSealedControl || len(raw) < controlHead+seal.Overhead+trailerLen {
+		return fmt.Errorf("mcast: not a sealed control datagram (kind %d)", p.Kind)
+	}
+	c := &p.Control
+	inner, err := sl.OpenNonce(c.Box[:0], controlNonce(c.Node, c.Ctr), raw[:controlHead], c.Box)
+	if err != nil {
+		return fmt.Errorf("mcast: control datagram of node %016x: %w", c.Node, err)
+	}
+	if err := Decode(inner, q); err != nil {
+		return fmt.Errorf("mcast: sealed control datagram: %w", err)
+	}
+	var node uint64
+	switch q.Kind {
+	case KindJoin:
+		node = q.Join.Node
+	case KindStatus:
+		node = q.Status.Node
+	case KindNak:
+		node = q.Nak.Node
+	default:
+		return fmt.Errorf("mcast: sealed control datagram holds a kind %d", q.Kind)
+	}
+	if q.Session != p.Session || node != c.Node {
+		return fmt.Errorf("mcast: sealed control datagram of session %08x node %016x holds one of session %08x node %016x", p.Session, c.Node, q.Session, node)
+	}
+	return nil
 }
 
 // reader takes fields off a datagram body with a sticky error.
@@ -352,19 +571,25 @@ func Decode(b []byte, p *Packet) error {
 	p.Session = binary.BigEndian.Uint32(b[4:8])
 	r := &reader{b: body[headerLen:]}
 	switch p.Kind {
-	case KindData:
+	case KindData, KindSealedData:
 		d := &p.Data
 		d.Seq, d.Object, d.ObjLen, d.Offset = r.u32(), r.u32(), r.u32(), r.u32()
 		if r.err == nil {
 			d.Payload = r.b
 			r.b = nil
+			// a sealed payload carries the GCM tag: its plaintext is
+			// seal.Overhead bytes shorter, and at least one byte
+			plain := len(d.Payload)
+			if p.Kind == KindSealedData {
+				plain -= seal.Overhead
+			}
 			switch {
 			case d.ObjLen > maxObject:
 				r.err = fmt.Errorf("mcast: object %d of %d bytes exceeds %d", d.Object, d.ObjLen, maxObject)
 			case d.Object >= maxObjects:
 				r.err = fmt.Errorf("mcast: object index %d exceeds %d", d.Object, maxObjects)
-			case len(d.Payload) == 0 || uint64(d.Offset)+uint64(len(d.Payload)) > uint64(d.ObjLen):
-				r.err = fmt.Errorf("mcast: data [%d,+%d) outside object %d of %d bytes", d.Offset, len(d.Payload), d.Object, d.ObjLen)
+			case plain <= 0 || uint64(d.Offset)+uint64(plain) > uint64(d.ObjLen):
+				r.err = fmt.Errorf("mcast: data [%d,+%d) outside object %d of %d bytes", d.Offset, plain, d.Object, d.ObjLen)
 			}
 		}
 	case KindAnnounce:
@@ -424,6 +649,26 @@ func Decode(b []byte, p *Packet) error {
 				r.err = fmt.Errorf("mcast: nak for object %d", rg.Object)
 			}
 			n.Ranges = append(n.Ranges, rg)
+		}
+	case KindSealedSender:
+		x := &p.Sender
+		x.Ctr = r.u64()
+		if r.err == nil {
+			x.Box = r.b
+			r.b = nil
+			if len(x.Box) < seal.Overhead+headerLen+trailerLen {
+				r.err = fmt.Errorf("mcast: sealed sender datagram of %d bytes", len(x.Box))
+			}
+		}
+	case KindSealedControl:
+		c := &p.Control
+		c.Node, c.Ctr = r.u64(), r.u32()
+		if r.err == nil {
+			c.Box = r.b
+			r.b = nil
+			if len(c.Box) < seal.Overhead+headerLen+trailerLen {
+				r.err = fmt.Errorf("mcast: sealed control datagram of %d bytes", len(c.Box))
+			}
 		}
 	default:
 		return fmt.Errorf("mcast: unknown datagram kind %d", p.Kind)

@@ -2,6 +2,7 @@ package mcast
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 func TestDatagramRoundTrip(t *testing.T) {
@@ -47,10 +49,187 @@ func TestDatagramRoundTrip(t *testing.T) {
 	}
 }
 
+func testSealer(t testing.TB) *seal.Sealer {
+	t.Helper()
+	k, err := seal.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl, err := seal.New(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sl
+}
+
+// TestSealedData: a sealed data datagram hides its payload, is the tag
+// longer than a plain one, and opens only with the session's key and
+// with its header as sent: another key, an altered byte anywhere, or a
+// header moved to another object, offset or session does not open
+// (the checksum recomputed, as an attacker would).
+func TestSealedData(t *testing.T) {
+	sl := testSealer(t)
+	secret := []byte("the image's content, which nobody else may read")
+	d := &Data{Seq: 9, Object: 3, ObjLen: 5000, Offset: 1444, Payload: secret}
+	b := AppendSealedData(nil, 7, d, sl)
+	if len(b) != len(AppendData(nil, 7, d))+seal.Overhead || bytes.Contains(b, secret[:8]) {
+		t.Fatalf("sealed datagram of %d bytes, or plaintext visible: %q", len(b), b)
+	}
+	open := func(b []byte, sl *seal.Sealer) ([]byte, error) {
+		var p Packet
+		if err := Decode(b, &p); err != nil {
+			return nil, err
+		}
+		if p.Kind != KindSealedData || p.Session != 7 || p.Data.Seq != 9 || p.Data.Object != 3 || p.Data.Offset != 1444 {
+			t.Fatalf("decoded %+v", p)
+		}
+		err := OpenData(b, &p, sl)
+		return p.Data.Payload, err
+	}
+	got, err := open(bytes.Clone(b), sl)
+	if err != nil || !bytes.Equal(got, secret) {
+		t.Fatalf("open: %q, %v", got, err)
+	}
+	reseal := func(b []byte) []byte { return appendCRC(b[:len(b)-trailerLen]) }
+	for _, c := range []struct {
+		name string
+		b    []byte
+		sl   *seal.Sealer
+	}{
+		{"other key", bytes.Clone(b), testSealer(t)},
+		{"altered payload", reseal(func() []byte { x := bytes.Clone(b); x[dataHead+2] ^= 1; return x }()), sl},
+		{"altered tag", reseal(func() []byte { x := bytes.Clone(b); x[len(x)-trailerLen-1] ^= 1; return x }()), sl},
+		{"other objlen", reseal(func() []byte { x := bytes.Clone(b); x[17] ^= 1; return x }()), sl},
+	} {
+		if _, err := open(c.b, c.sl); !errors.Is(err, seal.ErrOpen) {
+			t.Errorf("%s: opened (%v)", c.name, err)
+		}
+	}
+	// a header naming another session, object or offset: nonce and
+	// associated data differ
+	for name, moved := range map[string][]byte{
+		"other session": reseal(func() []byte { x := bytes.Clone(b); x[7] ^= 1; return x }()),
+		"other object":  reseal(func() []byte { x := bytes.Clone(b); x[15] ^= 1; return x }()),
+		"other offset":  reseal(func() []byte { x := bytes.Clone(b); x[22] ^= 1; return x }()),
+	} {
+		var p Packet
+		if err := Decode(moved, &p); err != nil {
+			continue // out of bounds: rejected before opening
+		}
+		if err := OpenData(moved, &p, sl); !errors.Is(err, seal.ErrOpen) {
+			t.Errorf("%s: opened (%v)", name, err)
+		}
+	}
+	// a sealed payload shorter than the tag is rejected by Decode
+	short := appendData(nil, KindSealedData, 7, &Data{Seq: 1, Object: 1, ObjLen: 100, Payload: make([]byte, seal.Overhead)})
+	var p Packet
+	if err := Decode(short, &p); err == nil || !strings.Contains(err.Error(), "outside object") {
+		t.Errorf("sealed datagram without plaintext: %v", err)
+	}
+}
+
+// TestSealedControl: a receiver's JOIN, STATUS or NAK sealed under the
+// control key opens to itself; a stranger's (another key), an altered
+// one, or one whose box holds another node's or session's datagram does
+// not.
+func TestSealedControl(t *testing.T) {
+	k, _ := seal.NewKey()
+	ck, err := ControlKey(k)
+	if err != nil || ck == k {
+		t.Fatalf("control key %v: %v", ck == k, err)
+	}
+	sl, _ := seal.New(ck)
+	id := chunk.Sum([]byte("have"))
+	join := AppendJoin(nil, 5, &Join{Node: 42, Name: "secret-host", Haves: []chunk.ID{id}})
+	b := AppendSealedControl(nil, 5, 42, 1, join, sl)
+	if bytes.Contains(b, []byte("secret-host")) || bytes.Contains(b, id[:8]) {
+		t.Fatal("sealed join shows its name or haves")
+	}
+	open := func(b []byte, sl *seal.Sealer) (Packet, error) {
+		var p, q Packet
+		if err := Decode(b, &p); err != nil {
+			return q, err
+		}
+		return q, OpenControl(b, &p, sl, &q)
+	}
+	q, err := open(bytes.Clone(b), sl)
+	if err != nil || q.Kind != KindJoin || q.Join.Name != "secret-host" || q.Join.Node != 42 {
+		t.Fatalf("open: %+v, %v", q, err)
+	}
+	other, _ := seal.NewKey()
+	osl, _ := seal.New(other)
+	reseal := func(b []byte) []byte { return appendCRC(b[:len(b)-trailerLen]) }
+	for _, c := range []struct {
+		name string
+		b    []byte
+		sl   *seal.Sealer
+		want string
+	}{
+		{"stranger's key", AppendSealedControl(nil, 5, 42, 1, join, osl), sl, "does not open"},
+		{"altered", reseal(func() []byte { x := bytes.Clone(b); x[controlHead+3] ^= 1; return x }()), sl, "does not open"},
+		{"other counter", reseal(func() []byte { x := bytes.Clone(b); x[controlHead-1] ^= 1; return x }()), sl, "does not open"},
+		{"another node's join", AppendSealedControl(nil, 5, 43, 1, join, sl), sl, "holds one of"},
+		{"another session's join", AppendSealedControl(nil, 6, 42, 1, join, sl), sl, "holds one of"},
+		{"a data datagram", AppendSealedControl(nil, 5, 42, 1, AppendData(nil, 5, &Data{Object: 1, ObjLen: 1, Payload: []byte("x")}), sl), sl, "holds a kind 1"},
+	} {
+		if _, err := open(c.b, c.sl); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestSealedSender: the sender's ANNOUNCE or MEMBER sealed under the
+// sender key opens to itself and hides what it says; one sealed under
+// another key, altered, with another counter, or holding another
+// session's or kind's datagram does not.
+func TestSealedSender(t *testing.T) {
+	k, _ := seal.NewKey()
+	sk, err := SenderKey(k)
+	ck, _ := ControlKey(k)
+	if err != nil || sk == k || sk == ck {
+		t.Fatalf("sender key not its own: %v", err)
+	}
+	sl, _ := seal.New(sk)
+	want := chunk.Sum([]byte("private commit"))
+	ann := AppendAnnounce(nil, 5, &Announce{State: StateDone, Block: 1428, Want: want, Objects: 3})
+	b := AppendSealedSender(nil, 5, 7, ann, sl)
+	if bytes.Contains(b, want[:8]) {
+		t.Fatal("sealed announcement shows its commit")
+	}
+	open := func(b []byte, sl *seal.Sealer) (Packet, error) {
+		var p, q Packet
+		if err := Decode(b, &p); err != nil {
+			return q, err
+		}
+		return q, OpenSender(b, &p, sl, &q)
+	}
+	q, err := open(bytes.Clone(b), sl)
+	if err != nil || q.Kind != KindAnnounce || q.Announce.Want != want || q.Announce.State != StateDone {
+		t.Fatalf("open: %+v, %v", q, err)
+	}
+	osl := testSealer(t)
+	reseal := func(b []byte) []byte { return appendCRC(b[:len(b)-trailerLen]) }
+	for _, c := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"stranger's key", AppendSealedSender(nil, 5, 7, ann, osl), "does not open"},
+		{"altered", reseal(func() []byte { x := bytes.Clone(b); x[senderHead+1] ^= 1; return x }()), "does not open"},
+		{"other counter", reseal(func() []byte { x := bytes.Clone(b); x[senderHead-1] ^= 1; return x }()), "does not open"},
+		{"another session's", AppendSealedSender(nil, 6, 7, ann, sl), "holds one of"},
+		{"a status", AppendSealedSender(nil, 5, 7, AppendStatus(nil, 5, &Status{Node: 1}), sl), "holds a kind 5"},
+	} {
+		if _, err := open(c.b, sl); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", c.name, err, c.want)
+		}
+	}
+}
+
 func TestDatagramRejects(t *testing.T) {
 	good := AppendData(nil, 7, &Data{Seq: 1, Object: 1, ObjLen: 10, Offset: 0, Payload: []byte("0123456789")})
 	flip := func(i int) []byte { b := bytes.Clone(good); b[i] ^= 1; return b }
-	reseal := func(b []byte) []byte { return seal(b[:len(b)-trailerLen]) }
+	reseal := func(b []byte) []byte { return appendCRC(b[:len(b)-trailerLen]) }
 	cases := []struct {
 		name string
 		b    []byte
@@ -63,7 +242,7 @@ func TestDatagramRejects(t *testing.T) {
 		{"kind", reseal(func() []byte { b := bytes.Clone(good); b[3] = 99; return b }()), "unknown datagram kind 99"},
 		{"outside", AppendData(nil, 7, &Data{Object: 1, ObjLen: 5, Offset: 0, Payload: []byte("0123456789")}), "outside object"},
 		{"huge object", AppendData(nil, 7, &Data{Object: 1, ObjLen: 1 << 30, Payload: []byte("x")}), "exceeds"},
-		{"truncated announce", seal(appendHeader(nil, KindAnnounce, 1)), "truncated"},
+		{"truncated announce", appendCRC(appendHeader(nil, KindAnnounce, 1)), "truncated"},
 		{"bad state", AppendAnnounce(nil, 1, &Announce{State: 9}), "unknown state"},
 		{"bad block", AppendAnnounce(nil, 1, &Announce{State: StateSending, Block: 3}), "block size"},
 		{"trailing", reseal(append(bytes.Clone(AppendMember(nil, 1, &Member{Node: 1, State: 1})), 0, 0, 0, 0)), "trailing"},
@@ -106,11 +285,15 @@ func TestManifestRoundTrip(t *testing.T) {
 
 func TestPayloadFor(t *testing.T) {
 	for _, c := range []struct{ mtu, want int }{{1500, 1444}, {9000, 8944}, {100, MinPayload}, {65536, MaxPayload}} {
-		if got := PayloadFor(c.mtu); got != c.want {
+		if got := PayloadFor(c.mtu, false); got != c.want {
 			t.Errorf("PayloadFor(%d) = %d, want %d", c.mtu, got, c.want)
 		}
-		if c.mtu >= 1500 && c.mtu <= 9000 && PayloadFor(c.mtu)+dataHead+trailerLen+IPUDPOverhead != c.mtu {
+		if c.mtu >= 1500 && c.mtu <= 9000 && PayloadFor(c.mtu, false)+dataHead+trailerLen+IPUDPOverhead != c.mtu {
 			t.Errorf("datagrams for MTU %d do not fill it", c.mtu)
+		}
+		// sealed: the tag takes 16 bytes of the payload, not more of the link
+		if c.mtu >= 1500 && c.mtu <= 9000 && PayloadFor(c.mtu, true)+seal.Overhead+dataHead+trailerLen+IPUDPOverhead != c.mtu {
+			t.Errorf("sealed datagrams for MTU %d do not fill it", c.mtu)
 		}
 	}
 }
@@ -125,6 +308,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add(AppendNak(nil, 1, &Nak{Node: 1, Pass: 1, Ranges: []Range{{1, 0, 2}}}))
 	f.Add(AppendStatus(nil, 1, &Status{Node: 1, Done: true}))
 	f.Add(AppendMember(nil, 1, &Member{Node: 1, State: 1}))
+	f.Add(appendData(nil, KindSealedData, 1, &Data{Seq: 1, Object: 1, ObjLen: 4, Payload: make([]byte, 4+seal.Overhead)}))
+	f.Add(AppendSealedControl(nil, 1, 2, 3, AppendStatus(nil, 1, &Status{Node: 2}), testSealer(f)))
+	f.Add(AppendSealedSender(nil, 1, 2, AppendMember(nil, 1, &Member{Node: 2, State: 1}), testSealer(f)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Packet
 		if Decode(b, &p) != nil {
@@ -132,8 +318,14 @@ func FuzzDecode(f *testing.F) {
 		}
 		var re []byte
 		switch p.Kind {
-		case KindData:
-			re = AppendData(nil, p.Session, &p.Data)
+		case KindData, KindSealedData:
+			re = appendData(nil, p.Kind, p.Session, &p.Data)
+		case KindSealedSender:
+			re = binary.BigEndian.AppendUint64(appendHeader(nil, p.Kind, p.Session), p.Sender.Ctr)
+			re = appendCRC(append(re, p.Sender.Box...))
+		case KindSealedControl:
+			re = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(appendHeader(nil, p.Kind, p.Session), p.Control.Node), p.Control.Ctr)
+			re = appendCRC(append(re, p.Control.Box...))
 		case KindAnnounce:
 			re = AppendAnnounce(nil, p.Session, &p.Announce)
 		case KindJoin:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	mrand "math/rand/v2"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // ReceiveConfig says which session to receive and how.
@@ -41,10 +43,18 @@ type ReceiveConfig struct {
 	MemLimit int64
 	// Progress, if set, is called about once a second.
 	Progress func(Result)
+	// Key is a sealed session's key, from its document (nil: a plain
+	// session). With it, only sealed data that opens under it is taken:
+	// plain data and data that does not open (altered, or sealed under
+	// another key) are dropped and count as lost, so they are repaired.
+	Key *seal.Key
 
 	// drop, in tests, loses (true) or alters a data datagram after its
-	// checksum was checked.
+	// checksum was checked (and, sealed, after it opened).
 	drop func(*Data) bool
+	// tamper, in tests, may alter a datagram as it comes off the socket
+	// (an attacker on the segment: it can recompute the checksum).
+	tamper func(b []byte)
 }
 
 // Result is what a receiver got.
@@ -58,11 +68,12 @@ type Result struct {
 	Datagrams uint64  `json:"datagrams"` // data datagrams received
 	Lost      uint64  `json:"lost"`      // data datagrams missed
 	LossPct   float64 `json:"loss_pct"`
-	WireBytes int64   `json:"wire_bytes"` // data payload bytes received, duplicates included
-	NeedBytes int64   `json:"need_bytes"` // bytes of the objects this node needs
-	GotBytes  int64   `json:"got_bytes"`  // of which arrived and verified
-	Objects   int     `json:"objects"`    // objects delivered
-	Rejected  int     `json:"rejected"`   // objects that failed verification (received again)
+	WireBytes int64   `json:"wire_bytes"`         // data payload bytes received, duplicates included
+	NeedBytes int64   `json:"need_bytes"`         // bytes of the objects this node needs
+	GotBytes  int64   `json:"got_bytes"`          // of which arrived and verified
+	Objects   int     `json:"objects"`            // objects delivered
+	Rejected  int     `json:"rejected"`           // objects that failed verification (received again)
+	Unopened  int     `json:"unopened,omitempty"` // sealed datagrams that did not open (altered, forged): dropped as lost
 	Blobs     int64   `json:"blobs"`
 	Seconds   float64 `json:"seconds"`
 }
@@ -91,9 +102,15 @@ type receiver struct {
 	objs   []rxObject
 	mem    int64
 	man    *Manifest
+	sealer *seal.Sealer // a sealed session's data key (nil: plain)
+	ctlKey *seal.Sealer // and its control key
+	sndKey *seal.Sealer // and its sender key
+	ctr    uint32       // control datagrams sent (their nonces)
+	annCtr uint64       // counter of the last sealed announcement taken
 
 	firstSeq, maxSeq uint32
 	seqSet           bool
+	sawSealed        bool // looking for Want, heard a sealed session
 	res              Result
 	answered         uint8
 	lastNak          time.Time
@@ -175,6 +192,31 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		cfg.MemLimit = 1 << 30
 	}
 	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session}
+	if cfg.Key != nil {
+		if cfg.Session == 0 {
+			// a sealed session does not announce its commit: it can only
+			// be received by id, from its document
+			return r.res, errors.New("multicast: a sealed session is received by its id (from the server's session document)")
+		}
+		sl, err := seal.New(*cfg.Key)
+		var ck seal.Key
+		if err == nil {
+			ck, err = ControlKey(*cfg.Key)
+		}
+		if err == nil {
+			r.ctlKey, err = seal.New(ck)
+		}
+		if err == nil {
+			ck, err = SenderKey(*cfg.Key)
+		}
+		if err == nil {
+			r.sndKey, err = seal.New(ck)
+		}
+		if err != nil {
+			return r.res, fmt.Errorf("multicast: session key: %w", err)
+		}
+		r.sealer = sl
+	}
 	r.dq.wake, r.dq.done = make(chan struct{}, 1), make(chan struct{})
 	var nb [8]byte
 	rand.Read(nb[:])
@@ -199,7 +241,7 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		// Tell the sender how it ended, so its member list is right.
 		st := r.status()
 		for i := 0; i < 2; i++ {
-			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			r.sendCtrl(AppendStatus(nil, r.id, &st))
 		}
 	}
 	return r.res, err
@@ -260,13 +302,25 @@ func (r *receiver) loop(ctx context.Context) error {
 	ctrlC := make(chan Packet, 16)
 	go func() {
 		buf := make([]byte, 2048)
+		var last uint64 // sealed: the counter of the last MEMBER taken
 		for {
 			n, _, err := r.ctrl.ReadFromUDP(buf)
 			if err != nil {
 				return
 			}
-			var p Packet
-			if Decode(buf[:n], &p) == nil && p.Kind == KindMember {
+			var p, q Packet
+			if Decode(buf[:n], &p) != nil {
+				continue
+			}
+			if r.sndKey != nil {
+				// sealed: only the sender's own MEMBER answers count (a
+				// stranger's "dropped" would send us to HTTP)
+				if p.Kind != KindSealedSender || OpenSender(buf[:n], &p, r.sndKey, &q) != nil || p.Sender.Ctr <= last {
+					continue
+				}
+				last, p = p.Sender.Ctr, q
+			}
+			if p.Kind == KindMember {
 				select {
 				case ctrlC <- p:
 				default:
@@ -277,7 +331,7 @@ func (r *receiver) loop(ctx context.Context) error {
 	lastHeard := time.Now()
 	lastStatus, lastJoin, lastProgress := time.Time{}, time.Time{}, time.Now()
 	var statusAt uint64 // datagrams received at the last status
-	var p Packet
+	var p, q Packet
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -286,12 +340,16 @@ func (r *receiver) loop(ctx context.Context) error {
 		if now.Sub(lastHeard) > r.cfg.Timeout {
 			r.res.TimedOut = true
 			if r.sender == nil {
-				return fmt.Errorf("multicast: no session for %s announced on %s within %v", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout)
+				hint := ""
+				if r.sawSealed {
+					hint = " (a sealed session was: it is received through the server that serves it, with a read token, not with --mcast-group)"
+				}
+				return fmt.Errorf("multicast: no session for %s announced on %s within %v%s", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout, hint)
 			}
 			return nil
 		}
 		if r.sender != nil && !r.joined && now.Sub(lastJoin) > 250*time.Millisecond {
-			r.ctrl.WriteToUDP(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}), r.sender)
+			r.sendCtrl(AppendJoin(nil, r.id, &Join{Node: r.node, Name: r.cfg.Name, Haves: r.cfg.Haves}))
 			lastJoin = now
 		}
 		// While data flows the sender's rate control lives on these
@@ -300,7 +358,7 @@ func (r *receiver) loop(ctx context.Context) error {
 		if r.joined && (now.Sub(lastStatus) > 500*time.Millisecond ||
 			(now.Sub(lastStatus) >= statusEvery && r.res.Datagrams != statusAt)) {
 			st := r.status()
-			r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+			r.sendCtrl(AppendStatus(nil, r.id, &st))
 			lastStatus, statusAt = now, r.res.Datagrams
 		}
 		if r.cfg.Progress != nil && now.Sub(lastProgress) >= time.Second {
@@ -335,7 +393,7 @@ func (r *receiver) loop(ctx context.Context) error {
 			// status says so and a later pass (or HTTP) brings it.
 			if r.joined {
 				st := r.status()
-				r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+				r.sendCtrl(AppendStatus(nil, r.id, &st))
 			}
 			r.verifyAll()
 			if r.complete() {
@@ -358,35 +416,67 @@ func (r *receiver) loop(ctx context.Context) error {
 		}
 		for i := 0; i < n; i++ {
 			b := msgs[i].Buffers[0][:msgs[i].N]
+			if r.cfg.tamper != nil {
+				r.cfg.tamper(b)
+			}
 			if Decode(b, &p) != nil {
 				continue // foreign or damaged: the checksum or bounds failed
 			}
 			if r.id != 0 && p.Session != r.id {
 				continue
 			}
-			switch p.Kind {
+			pk := &p
+			switch {
+			case p.Kind == KindSealedSender && r.sndKey == nil:
+				r.sawSealed = true // a sealed session: not ours to read
+				continue
+			case p.Kind == KindSealedSender:
+				// the sender's announcement; a replayed (older) one is
+				// not taken
+				if OpenSender(b, &p, r.sndKey, &q) != nil || q.Kind != KindAnnounce || p.Sender.Ctr <= r.annCtr {
+					continue
+				}
+				r.annCtr, pk = p.Sender.Ctr, &q
+			case p.Kind == KindAnnounce && r.sndKey != nil:
+				continue // a plain announcement in a sealed session: a stranger's
+			}
+			switch pk.Kind {
 			case KindAnnounce:
 				if r.id == 0 {
-					if p.Announce.Want != r.cfg.Want || p.Announce.State == StateDone {
+					if pk.Announce.Want != r.cfg.Want || pk.Announce.State == StateDone {
 						continue
 					}
-					r.id = p.Session
+					r.id = pk.Session
 				}
 				lastHeard = time.Now()
 				src, _ := msgs[i].Addr.(*net.UDPAddr)
 				if r.sender == nil {
 					r.sender = src
 				}
-				if err := r.announced(&p.Announce); err != nil {
+				if err := r.announced(&pk.Announce); err != nil {
 					return err
 				}
-				if p.Announce.State == StateDone {
+				if pk.Announce.State == StateDone {
 					r.res.Ended = true
 					return nil
 				}
-			case KindData:
+			case KindData, KindSealedData:
 				if r.objs == nil {
 					continue // before the first announcement with the plan
+				}
+				if (p.Kind == KindSealedData) != (r.sealer != nil) {
+					// plain data in a sealed session can only be a
+					// stranger's; sealed data in a plain one is not ours
+					continue
+				}
+				if r.sealer != nil {
+					if OpenData(b, &p, r.sealer) != nil {
+						// not what the sender sealed: not counted as
+						// received, so its seq is a gap (loss) and the
+						// block is reported missing and repaired
+						r.res.Unopened++
+						continue
+					}
 				}
 				lastHeard = time.Now()
 				r.data1(&p.Data)
@@ -471,6 +561,17 @@ func (r *receiver) data1(d *Data) {
 		r.ready = append(r.ready, decodeJob{d.Object, o.buf})
 		r.readyBytes += int64(len(o.buf))
 	}
+}
+
+// sendCtrl sends control datagram b to the sender: in a sealed session
+// sealed under the control key, so that the sender knows it comes from
+// a holder of the session's key.
+func (r *receiver) sendCtrl(b []byte) {
+	if r.ctlKey != nil {
+		r.ctr++
+		b = AppendSealedControl(nil, r.id, r.node, r.ctr, b, r.ctlKey)
+	}
+	r.ctrl.WriteToUDP(b, r.sender)
 }
 
 // countSeq counts datagrams and gaps in the sender's counter: the loss.
@@ -697,12 +798,12 @@ func (r *receiver) sendNaks(pass uint8) {
 	time.Sleep(time.Duration(mrand.IntN(20)) * time.Millisecond)
 	if len(rs) == 0 {
 		st := r.status()
-		r.ctrl.WriteToUDP(AppendStatus(nil, r.id, &st), r.sender)
+		r.sendCtrl(AppendStatus(nil, r.id, &st))
 		return
 	}
 	for len(rs) > 0 {
 		n := min(len(rs), maxRanges)
-		r.ctrl.WriteToUDP(AppendNak(nil, r.id, &Nak{Node: r.node, Pass: pass, Ranges: rs[:n]}), r.sender)
+		r.sendCtrl(AppendNak(nil, r.id, &Nak{Node: r.node, Pass: pass, Ranges: rs[:n]}))
 		rs = rs[n:]
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/seal"
 )
 
 // Config configures a Manager: how sessions send.
@@ -54,7 +55,13 @@ type Config struct {
 	MaxPasses int
 	// Collect is how long the end of a pass waits for NAKs at most.
 	Collect time.Duration
-	Log     *log.Logger
+	// Sealed seals every session (ARCHITECTURE.md "Multicast: sealed
+	// sessions"): a random key per session, handed out only with the
+	// session's document (POST /v1/mcast/open, behind the server's read
+	// token), every data datagram's payload encrypted under it. sim serve
+	// sets it when reads need a token.
+	Sealed bool
+	Log    *log.Logger
 }
 
 // Defaults.
@@ -288,6 +295,18 @@ type Session struct {
 	pc       *ipv4.PacketConn
 	block    int
 	created  time.Time
+	// key and sealer: a sealed session's (sealer nil: plain)
+	key    seal.Key
+	sealer *seal.Sealer
+	ctlKey *seal.Sealer
+	sndKey *seal.Sealer
+	sndCtr atomic.Uint64 // sender datagrams sealed (their nonces)
+	// ctrSeen is the last control counter of each node that sent a
+	// sealed control datagram (replays are dropped); badCtl counts those
+	// that did not open (only the first few are logged: a stranger
+	// could fill the log). Control goroutine.
+	ctrSeen map[uint64]uint32
+	badCtl  int
 
 	state   atomic.Uint32
 	seq     atomic.Uint32
@@ -364,8 +383,34 @@ func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface
 	}
 	s := &Session{
 		ID: binary.BigEndian.Uint32(idb[:]), Want: want, Group: grp, Iface: ifi.Name, speedCap: ifaceSpeed(ifi.Name),
-		m: m, opts: o, conn: conn, pc: pc, block: PayloadFor(mtu), created: time.Now(),
+		m: m, opts: o, conn: conn, pc: pc, block: PayloadFor(mtu, m.cfg.Sealed), created: time.Now(),
 		members: map[uint64]*member{}, done: make(chan struct{}), lossFloor: -1,
+	}
+	if m.cfg.Sealed {
+		// A fresh key per session, from no secret: nothing that outlives
+		// the session (a store secret, a previous session's key) opens
+		// its datagrams.
+		var ck seal.Key
+		if s.key, err = seal.NewKey(); err == nil {
+			s.sealer, err = seal.New(s.key)
+		}
+		if err == nil {
+			ck, err = ControlKey(s.key)
+		}
+		if err == nil {
+			s.ctlKey, err = seal.New(ck)
+		}
+		if err == nil {
+			ck, err = SenderKey(s.key)
+		}
+		if err == nil {
+			s.sndKey, err = seal.New(ck)
+		}
+		s.ctrSeen = map[uint64]uint32{}
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("multicast: session key: %w", err)
+		}
 	}
 	s.state.Store(StateWaiting)
 	return s, nil
@@ -397,6 +442,14 @@ func setBuf(c *net.UDPConn, force, plain, n int) {
 		}
 	})
 }
+
+// Sealed says whether the session seals its data.
+func (s *Session) Sealed() bool { return s.sealer != nil }
+
+// Key is a sealed session's key (false: a plain session). It is for the
+// session's document only (served behind the read token), never for a
+// listing or a log.
+func (s *Session) Key() (seal.Key, bool) { return s.key, s.sealer != nil }
 
 // Done is closed when the session is over.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -504,8 +557,12 @@ func (s *Session) send(ctx context.Context) error {
 	s.content.Store(c)
 	s.m.pacer.begin(s.maxRate())
 	defer s.m.pacer.end()
-	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte datagrams",
-		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, s.block+dataHead+trailerLen)
+	dgram, how := s.block+dataHead+trailerLen, ""
+	if s.sealer != nil {
+		dgram, how = dgram+seal.Overhead, " sealed"
+	}
+	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte%s datagrams",
+		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, dgram, how)
 	// pass 1: everything
 	all := map[uint32]*nakSet{}
 	for i := 0; i < c.NumObjects(); i++ {
@@ -640,7 +697,7 @@ func (s *Session) sendDrops() {
 	}
 	s.mu.Unlock()
 	for i, a := range addrs {
-		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: nodes[i], State: MemberDropped}), a)
+		s.sendTo(AppendMember(nil, s.ID, &Member{Node: nodes[i], State: MemberDropped}), a)
 	}
 }
 
@@ -714,7 +771,13 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 			off := b * s.block
 			end := min(off+s.block, len(data))
 			i := len(msgs)
-			bufs[i] = AppendData(bufs[i][:0], s.ID, &Data{Seq: s.seq.Add(1), Object: o, ObjLen: uint32(len(data)), Offset: uint32(off), Payload: data[off:end]})
+			d := &Data{Seq: s.seq.Add(1), Object: o, ObjLen: uint32(len(data)), Offset: uint32(off), Payload: data[off:end]}
+			if s.sealer != nil {
+				// repairs too: every data datagram of a sealed session
+				bufs[i] = AppendSealedData(bufs[i][:0], s.ID, d, s.sealer)
+			} else {
+				bufs[i] = AppendData(bufs[i][:0], s.ID, d)
+			}
 			msgs = append(msgs, ipv4.Message{Buffers: [][]byte{bufs[i]}, Addr: s.Group})
 			if len(msgs) == batch {
 				if err := flush(); err != nil {
@@ -807,13 +870,24 @@ func (s *Session) announce() {
 	s.mu.Lock()
 	a.Receivers = uint16(min(len(s.members), 65535))
 	s.mu.Unlock()
-	s.conn.WriteToUDP(AppendAnnounce(nil, s.ID, &a), s.Group)
+	s.sendTo(AppendAnnounce(nil, s.ID, &a), s.Group)
+}
+
+// sendTo sends the sender's datagram b (an ANNOUNCE or MEMBER) to addr:
+// in a sealed session sealed under the sender key, so that receivers
+// obey only the sender (a stranger's "done" or "dropped" does not end
+// them) and the announcement's commit and shape stay private.
+func (s *Session) sendTo(b []byte, addr *net.UDPAddr) {
+	if s.sndKey != nil {
+		b = AppendSealedSender(nil, s.ID, s.sndCtr.Add(1), b, s.sndKey)
+	}
+	s.conn.WriteToUDP(b, addr)
 }
 
 // control reads what receivers send to the session's unicast address.
 func (s *Session) control(ctx context.Context) {
 	buf := make([]byte, 9216)
-	var p Packet
+	var p, inner Packet
 	for ctx.Err() == nil {
 		s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		n, from, err := s.conn.ReadFromUDP(buf)
@@ -830,6 +904,28 @@ func (s *Session) control(ctx context.Context) {
 			continue
 		}
 		if p.Session != s.ID {
+			continue
+		}
+		if (p.Kind == KindSealedControl) != (s.ctlKey != nil) {
+			// a sealed session hears only holders of its key (a
+			// stranger's JOIN would add a member that receives nothing
+			// and asks for everything again each pass); a plain one
+			// knows no key
+			continue
+		}
+		if s.ctlKey != nil {
+			if err := OpenControl(buf[:n], &p, s.ctlKey, &inner); err != nil {
+				if s.badCtl++; s.badCtl <= 3 {
+					s.logf("from %s: %v (dropped%s)", from, err, map[bool]string{true: "; further ones are not logged", false: ""}[s.badCtl == 3])
+				}
+				continue
+			}
+			c := p.Control
+			if c.Ctr <= s.ctrSeen[c.Node] {
+				continue // a replay (or reordered): the node sends again
+			}
+			s.ctrSeen[c.Node] = c.Ctr
+			s.handle(&inner, from)
 			continue
 		}
 		s.handle(&p, from)
@@ -854,7 +950,7 @@ func (s *Session) handle(p *Packet, from *net.UDPAddr) {
 		if mb.dropped {
 			st = MemberDropped
 		}
-		s.conn.WriteToUDP(AppendMember(nil, s.ID, &Member{Node: mb.node, State: st}), from)
+		s.sendTo(AppendMember(nil, s.ID, &Member{Node: mb.node, State: st}), from)
 	case KindStatus:
 		mb := s.members[p.Status.Node]
 		if mb == nil {
@@ -928,6 +1024,7 @@ type SessionInfo struct {
 	Want      chunk.ID     `json:"want"`
 	Group     string       `json:"group"`
 	Iface     string       `json:"iface"`
+	Sealed    bool         `json:"sealed,omitempty"` // data encrypted; the key is not listed
 	State     string       `json:"state"`
 	Pass      int          `json:"pass"`
 	RateBits  int64        `json:"rate_bits"`
@@ -957,7 +1054,7 @@ type MemberInfo struct {
 
 // Info describes the session now.
 func (s *Session) Info() SessionInfo {
-	inf := SessionInfo{ID: fmt.Sprintf("%08x", s.ID), Want: s.Want, Group: s.Group.String(), Iface: s.Iface,
+	inf := SessionInfo{ID: fmt.Sprintf("%08x", s.ID), Want: s.Want, Group: s.Group.String(), Iface: s.Iface, Sealed: s.Sealed(),
 		State: StateName(uint8(s.state.Load())), Pass: int(s.pass.Load()), RateBits: s.m.pacer.rateBits(),
 		SentBytes: s.sentB.Load(), Datagrams: s.seq.Load(), Created: s.created}
 	if c := s.content.Load(); c != nil {

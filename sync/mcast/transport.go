@@ -96,9 +96,15 @@ func (o *SenderFlags) Config(logw io.Writer, logPrefix string) (Config, error) {
 }
 
 // serveFlags is sim serve's multicast side: the session manager.
-type serveFlags struct{ o SenderFlags }
+type serveFlags struct {
+	o    SenderFlags
+	seal string
+}
 
-func (x *serveFlags) Flags(f *pflag.FlagSet) { x.o.Add(f, "mcast-") }
+func (x *serveFlags) Flags(f *pflag.FlagSet) {
+	x.o.Add(f, "mcast-")
+	f.StringVar(&x.seal, "mcast-seal", "auto", "multicast: encrypt sessions: `auto` (when reads need a token: --read-token), on, off")
+}
 
 // Start runs the Manager; its handler answers /v1/mcast/. The Service is
 // the *Manager (sim multicast send run inside the server opens sessions
@@ -107,6 +113,20 @@ func (x *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	cfg, err := x.o.Config(env.Log, "sim serve: ")
 	if err != nil {
 		return nil, err
+	}
+	switch x.seal {
+	case "auto":
+		// private reads: what is multicast is private too, and anyone
+		// on the segment receives the group
+		cfg.Sealed = env.Server.ReadsClosed()
+	case "on":
+		cfg.Sealed = true
+	case "off":
+	default:
+		return nil, &simsync.FlagError{Flag: "mcast-seal", Value: x.seal, Err: errors.New("want auto, on or off")}
+	}
+	if cfg.Sealed {
+		cfg.Log.Printf("multicast: sessions sealed (data encrypted; each session's key only in its document, behind the read token)")
 	}
 	m := NewManager(env.Server.Store, env.Server.Planner, cfg)
 	m.Mount(env.Server)
@@ -160,6 +180,8 @@ type Node struct {
 	// Log gets progress lines (JSON lines with JSON); nil: none.
 	Log  io.Writer
 	JSON bool
+
+	tamper func([]byte) // tests: ReceiveConfig.tamper
 }
 
 var _ simsync.Transport = (*Node)(nil)
@@ -204,7 +226,7 @@ func (t *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 }
 
 func (t *Node) receive(ctx context.Context, want chunk.ID, haves []chunk.ID, sink *simsync.Sink) (Result, error) {
-	cfg := ReceiveConfig{Want: want, Haves: haves, Has: sink.Has, Timeout: t.Timeout, Name: t.Name}
+	cfg := ReceiveConfig{Want: want, Haves: haves, Has: sink.Has, Timeout: t.Timeout, Name: t.Name, tamper: t.tamper}
 	if t.Group != nil {
 		cfg.Group = t.Group
 	} else {
@@ -216,6 +238,9 @@ func (t *Node) receive(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 			return Result{}, fmt.Errorf("server's group %q: %w", o.Group, err)
 		}
 		if cfg.Session, err = ParseSession(o.Session); err != nil {
+			return Result{}, err
+		}
+		if cfg.Key, err = o.SealKey(); err != nil {
 			return Result{}, err
 		}
 	}

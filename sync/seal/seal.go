@@ -22,6 +22,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -129,6 +130,42 @@ func (s *Sealer) Open(dst []byte, index uint64, n Nonce, sealed []byte) ([]byte,
 	out, err := s.aead.Open(dst, n[:], sealed, ad(index))
 	if err != nil {
 		return nil, fmt.Errorf("%w: unit %d", ErrOpen, index)
+	}
+	return out, nil
+}
+
+// NewKey returns a fresh random key: the key of a multicast session,
+// which no secret derives (it lives as long as the session, and travels
+// only in the session's document).
+func NewKey() (Key, error) {
+	var k Key
+	if _, err := rand.Read(k[:]); err != nil {
+		return k, fmt.Errorf("seal: random key: %w", err)
+	}
+	return k, nil
+}
+
+// SealNonce seals plain under the caller's nonce n, authenticating ad
+// with it, and appends the sealed bytes (SealedSize(len(plain))) to dst.
+// It is for units whose place already makes a nonce unique (a multicast
+// datagram: session, sequence, object, offset), where a synthetic nonce
+// would cost a hash and 12 bytes per unit. The caller must guarantee
+// that n never seals two different plaintexts under this key; dst may
+// be plain[:0] (sealing in place).
+func (s *Sealer) SealNonce(dst []byte, n Nonce, ad, plain []byte) []byte {
+	return s.aead.Seal(dst, n[:], plain, ad)
+}
+
+// OpenNonce checks and decrypts what SealNonce sealed with n and ad,
+// appending the plaintext to dst (sealed[:0] opens in place). An error
+// wraps ErrOpen.
+func (s *Sealer) OpenNonce(dst []byte, n Nonce, ad, sealed []byte) ([]byte, error) {
+	if len(sealed) < Overhead {
+		return nil, fmt.Errorf("%w: %d bytes", ErrOpen, len(sealed))
+	}
+	out, err := s.aead.Open(dst, n[:], sealed, ad)
+	if err != nil {
+		return nil, ErrOpen
 	}
 	return out, nil
 }

@@ -83,3 +83,79 @@ func BenchmarkOpen(b *testing.B) {
 		}
 	}
 }
+
+// TestSealNonce: the caller's nonce and associated data seal in place
+// and open only with both unchanged.
+func TestSealNonce(t *testing.T) {
+	k, err := seal.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k2, _ := seal.NewKey(); k2 == k {
+		t.Fatal("two random keys are equal")
+	}
+	s, err := seal.New(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := bytes.Repeat([]byte("datagram "), 160)
+	buf := make([]byte, len(plain), len(plain)+seal.Overhead)
+	copy(buf, plain)
+	n := seal.Nonce{1, 2, 3}
+	ad := []byte("header")
+	sealed := s.SealNonce(buf[:0], n, ad, buf)
+	if len(sealed) != seal.SealedSize(len(plain)) || bytes.Contains(sealed, plain[:20]) {
+		t.Fatalf("sealed %d bytes, or plaintext visible", len(sealed))
+	}
+	for _, c := range []struct {
+		name string
+		n    seal.Nonce
+		ad   []byte
+		flip int
+	}{
+		{"other nonce", seal.Nonce{1, 2, 4}, ad, -1},
+		{"other header", n, []byte("headex"), -1},
+		{"altered byte", n, ad, 100},
+		{"altered tag", n, ad, len(sealed) - 1},
+	} {
+		x := bytes.Clone(sealed)
+		if c.flip >= 0 {
+			x[c.flip] ^= 1
+		}
+		if _, err := s.OpenNonce(nil, c.n, c.ad, x); !errors.Is(err, seal.ErrOpen) {
+			t.Errorf("%s: opened (%v)", c.name, err)
+		}
+	}
+	got, err := s.OpenNonce(sealed[:0], n, ad, sealed)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("open in place: %v", err)
+	}
+}
+
+// BenchmarkSealNonce1444 is the cost of sealing one multicast datagram
+// at MTU 1500.
+func BenchmarkSealNonce1444(b *testing.B) {
+	k, _ := seal.NewKey()
+	s, _ := seal.New(k)
+	plain := make([]byte, 1428)
+	out := make([]byte, 0, 1444)
+	b.SetBytes(int64(len(plain)))
+	for i := 0; i < b.N; i++ {
+		s.SealNonce(out[:0], seal.Nonce{byte(i), byte(i >> 8), byte(i >> 16)}, plain[:24], plain)
+	}
+}
+
+// BenchmarkOpenNonce1444 opens one.
+func BenchmarkOpenNonce1444(b *testing.B) {
+	k, _ := seal.NewKey()
+	s, _ := seal.New(k)
+	plain := make([]byte, 1428)
+	sealed := s.SealNonce(nil, seal.Nonce{}, plain[:24], plain)
+	out := make([]byte, 0, 1444)
+	b.SetBytes(int64(len(plain)))
+	for i := 0; i < b.N; i++ {
+		if _, err := s.OpenNonce(out[:0], seal.Nonce{}, plain[:24], sealed); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
