@@ -23,6 +23,8 @@ import (
 	"github.com/systemimager/sim/client/rollout"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/bt"
+	"github.com/systemimager/sim/sync/mcast"
 	"github.com/systemimager/sim/sync/units"
 )
 
@@ -107,7 +109,7 @@ func (e *env) service(name string) simsync.Service {
 
 func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile, netboot string
-	var readToken, requireSig bool
+	var readToken, requireSig, noUI bool
 	var maxStreams int
 	var idle time.Duration
 	type ext struct {
@@ -227,8 +229,20 @@ carried out by the server (over <store>/sim.sock).`,
 			defer eng.Close() // before the fleet: it gives orders through it
 			sv.services["fleet"], sv.services["rollout"] = fl, eng
 			// The live view: GET /v1/events (server-sent events), GET
-			// /v1/monitor (a snapshot), as reads.
-			(&monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}).Mount(srv)
+			// /v1/monitor (a snapshot), as reads; the page at / unless
+			// --no-ui; the rollout actions for admins.
+			mon := &monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}
+			if s, ok := sv.services["bittorrent"].(interface{ Status() []bt.TorrentStatus }); ok {
+				mon.Torrents = s.Status
+			}
+			if s, ok := sv.services["multicast"].(interface{ Sessions() []mcast.SessionInfo }); ok {
+				mon.Sessions = s.Sessions
+			}
+			mon.Mount(srv)
+			if !noUI {
+				monitor.MountPage(srv)
+			}
+			eng.Mount(srv)
 			local, err := serveSocket(ctx, st, e.storeDir, sv)
 			if err != nil {
 				return fmt.Errorf("serve: %w", err)
@@ -262,6 +276,7 @@ carried out by the server (over <store>/sim.sock).`,
 	f.StringVar(&key, "tls-key", "", "and this key `FILE` (PEM)")
 	f.StringVar(&tokenFile, "token-file", "", "admin bearer tokens (push, refs, any node), one per line; see also sim token")
 	f.BoolVar(&readToken, "read-token", false, "close reads too: every request needs a token (any role; BitTorrent payloads are then encrypted)")
+	f.BoolVar(&noUI, "no-ui", false, "do not serve the fleet page at / (the API it reads stays)")
 	f.BoolVar(&requireSig, "require-signature", false, "refuse pushes moving a ref to a commit without a valid signature by a key the store trusts")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
 	f.DurationVar(&idle, "idle-timeout", time.Minute, "end a request whose client stops reading its answer, or sending its body, for `DURATION` (frees its stream slot)")

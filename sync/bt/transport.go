@@ -180,3 +180,6 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 type seederService struct{ s *Seeder }
 
 func (x seederService) Close() { x.s.Close() }
+
+// Status lists the seeded torrents (the fleet page's swarms).
+func (x seederService) Status() []TorrentStatus { return x.s.Status() }
