@@ -134,7 +134,8 @@ Install status reports need the node's own token (sim token add NODE
 --role node). With --require-signature (or sim trust require on), a push
 that moves a ref to a commit without a valid signature by a trusted key
 is refused. While it runs, other sim commands on the same store are
-carried out by the server (over <store>/sim.sock).`,
+carried out by the server (over <store>/sim.sock). A browser pointed at
+the server shows the fleet live (the page at /; --no-ui leaves it out).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if (cert == "") != (key == "") {
