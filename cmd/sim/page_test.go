@@ -203,6 +203,8 @@ type pageView struct {
 	Conn     string
 	Server   string
 	Marker   int // set once after loading: a reload would lose it
+	DrawMs   float64
+	Armed    string // the text of an armed (pressed once) button
 }
 
 const readPage = `(() => ({
@@ -216,6 +218,8 @@ const readPage = `(() => ({
   Conn: document.getElementById('conn').dataset.conn,
   Server: document.getElementById('server').textContent,
   Marker: window.simTestMarker || 0,
+  DrawMs: Number(document.documentElement.dataset.drawMs || 0),
+  Armed: (document.querySelector('button.armed') || {textContent: ''}).textContent,
 }))()`
 
 // TestFleetPage: headless Chromium opens the fleet page of a real sim
@@ -441,6 +445,7 @@ func TestFleetPage(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.Click(abort)); err != nil {
 		t.Fatal(err)
 	}
+	wait("the abort button armed", func(v pageView) bool { return v.Armed == "abort "+rid+"?" && v.Rollouts[rid] == "running" })
 	if err := chromedp.Do(bctx, chromedp.Click(abort)); err != nil {
 		t.Fatal(err)
 	}
@@ -463,6 +468,39 @@ func TestFleetPage(t *testing.T) {
 	if view.Marker != 7 {
 		t.Fatal("the page was reloaded")
 	}
+
+	// 500 more nodes report at once (one event each): the page keeps up
+	// (it draws at most once a frame) and its filters still work.
+	const many = 500
+	t0 := time.Now()
+	var rw gosync.WaitGroup
+	for w := range 10 {
+		rw.Add(1)
+		go func() {
+			defer rw.Done()
+			for i := w; i < many; i += 10 {
+				a := &pageAgent{name: fmt.Sprintf("s%03d", i), url: url, token: adminTok, image: "deb", current: v1}
+				state := node.Idle
+				if i%50 == 0 {
+					state = node.Failed
+				}
+				a.report(ctx, fleet.Report{State: state})
+			}
+		}()
+	}
+	rw.Wait()
+	posted := time.Since(t0)
+	wait("508 rows", func(v pageView) bool { return len(v.Rows) == len(names)+2+many })
+	shown, drawMs := time.Since(t0), view.DrawMs
+	// One node changing among 508: only its row is rebuilt.
+	(&pageAgent{name: "s007", url: url, token: adminTok, image: "deb", current: v1}).report(ctx,
+		fleet.Report{State: node.Updating, Phase: "staging", Bytes: 1000, Total: 2000})
+	wait("s007 updating", func(v pageView) bool { return row(v, "s007").State == node.Updating })
+	oneMs := view.DrawMs
+	eval(`(s => { s.value = 'failed'; s.dispatchEvent(new Event('change')); })(document.getElementById('f-state'))`)
+	wait("the 11 failed nodes", func(v pageView) bool { return len(v.Rows) == 1+many/50 })
+	t.Logf("%d nodes reported in %.2fs; the page showed all %d rows %.2fs after the first report (that draw: %.1f ms; one node changing: %.1f ms)",
+		many, posted.Seconds(), len(names)+2+many, shown.Seconds(), drawMs, oneMs)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, u := range requests {
