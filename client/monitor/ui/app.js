@@ -338,7 +338,7 @@
       const text = bytes(n.bytes) + (n.total > 0 ? ' / ' + bytes(n.total) : '') + (n.rate > 0 ? ' · ' + bytes(n.rate) + '/s' : '');
       const tip = (n.bytes || 0).toLocaleString() + ' bytes' + (n.total > 0 ? ' of ' + n.total.toLocaleString() + ' (' + pct.toFixed(1) + '%)' : '') +
         (n.rate > 0 ? ', ' + Math.round(n.rate).toLocaleString() + ' bytes/s' : '');
-      prog = '<div class="progress" title="' + esc(tip) + '" data-bytes="' + (n.bytes || 0) + '"><span data-w="' + pct.toFixed(1) + '"></span><em>' + esc(text) + '</em></div>';
+      prog = '<div class="progress" title="' + esc(tip) + '" data-bytes="' + (n.bytes || 0) + '"><i><span data-w="' + pct.toFixed(1) + '"></span></i><em>' + esc(text) + '</em></div>';
     }
     const mismatch = n.assigned && n.current && n.assigned !== n.current;
     const commits = '<span class="' + (mismatch ? 'mismatch' : '') + '" title="assigned ' + esc(n.assigned || '–') + '\ncurrent ' + esc(n.current || '–') +
