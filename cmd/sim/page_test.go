@@ -539,3 +539,40 @@ func TestServeNoUI(t *testing.T) {
 		srv.Wait()
 	}
 }
+
+// TestServeSwarmFigures: sim serve hands its seeder's swarms to the live
+// view: once a node asks for a commit's torrent, GET /v1/monitor lists
+// it (and the multicast sessions, none yet, as an empty list).
+func TestServeSwarmFigures(t *testing.T) {
+	st := newStore(t)
+	src := filepath.Join(t.TempDir(), "src")
+	writeFiles(t, src, map[string]string{"etc/motd": "v1\n", "usr/bin/tool": strings.Repeat("y", 300000)})
+	id := lastLine(ok(t, st, "commit", src, "--image", "deb"))
+	url, _ := startServerProcess(t, st, "--bt-listen", "127.0.0.1:0")
+	resp, err := http.Get(url + "/v1/bt/torrent?want=" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/bt/torrent: %s", resp.Status)
+	}
+	var snap struct {
+		Torrents []struct {
+			Want  string
+			Bytes int64
+		}
+		Sessions []any
+	}
+	resp, err = http.Get(url + "/v1/monitor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Torrents) != 1 || snap.Torrents[0].Want != id || snap.Torrents[0].Bytes == 0 || snap.Sessions == nil {
+		t.Errorf("monitor's swarms: %+v; want one torrent of %s and an empty list of sessions", snap, id)
+	}
+}
