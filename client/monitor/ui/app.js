@@ -110,12 +110,14 @@
       if (!resp.ok || !resp.body) throw new Error('GET /v1/events: ' + resp.status + ' ' + resp.statusText);
       setConn('live');
       problem('');
+      if (failures > 0) whoami(); // a restarted server may know other tokens
       failures = 0;
       kick();
       await readStream(resp.body, my);
     } catch (e) {
       if (my.signal.aborted) return; // reconnect() took over
       failures++;
+      setConn('reconnecting', 'reconnecting…');
       wait = Math.min(S.retry * Math.pow(2, Math.min(failures - 1, 3)), 30000);
       problem('lost the server (' + e.message + '); trying again in ' + Math.round(wait / 1000) + ' s');
     } finally {
@@ -123,7 +125,7 @@
       if (ctl === my) {
         ctl = null;
         clearTimeout(watchdog);
-        if ($('conn').dataset.conn !== 'offline') setConn('reconnecting', 'reconnecting…');
+        if ($('conn').dataset.conn === 'live') setConn('reconnecting', 'reconnecting…'); // the stream ended
         clearTimeout(timer);
         timer = setTimeout(connect, wait);
       }
