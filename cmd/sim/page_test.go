@@ -205,6 +205,7 @@ type pageView struct {
 	Marker   int // set once after loading: a reload would lose it
 	DrawMs   float64
 	Armed    string // the text of an armed (pressed once) button
+	Problem  string
 }
 
 const readPage = `(() => ({
@@ -220,6 +221,7 @@ const readPage = `(() => ({
   Marker: window.simTestMarker || 0,
   DrawMs: Number(document.documentElement.dataset.drawMs || 0),
   Armed: (document.querySelector('button.armed') || {textContent: ''}).textContent,
+  Problem: document.getElementById('problem').hidden ? '' : document.getElementById('problem').textContent,
 }))()`
 
 // TestFleetPage: headless Chromium opens the fleet page of a real sim
@@ -227,8 +229,10 @@ const readPage = `(() => ({
 // protocol over loopback): the rows appear, states and progress change
 // without a reload, there are no action buttons without the admin token
 // (anonymous or a read token), there are with it, pressing abort aborts
-// the rollout, and the page reconnects by itself to a restarted server.
-// Everything the page loads comes from the server. A screenshot goes to
+// the rollout, and the page reconnects by itself to a restarted server;
+// 500 more nodes show; on a server with closed reads the page asks for a
+// token and works with a read token. Everything the page loads comes
+// from the server. A screenshot goes to
 // bench/monitor-page.png.
 func TestFleetPage(t *testing.T) {
 	chrome := chromium(t)
@@ -501,17 +505,45 @@ func TestFleetPage(t *testing.T) {
 	wait("the 11 failed nodes", func(v pageView) bool { return len(v.Rows) == 1+many/50 })
 	t.Logf("%d nodes reported in %.2fs; the page showed all %d rows %.2fs after the first report (that draw: %.1f ms; one node changing: %.1f ms)",
 		many, posted.Seconds(), len(names)+2+many, shown.Seconds(), drawMs, oneMs)
+
+	// A server whose reads are closed: the page, served without a token,
+	// says what it needs; with a read token it shows the fleet.
+	st2 := newStore(t)
+	read2 := lastLine(ok(t, st2, "token", "add", "viewer", "--role", "read"))
+	l, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr2 := l.Addr().String()
+	l.Close()
+	url2 := "http://" + addr2
+	servePage(t, st2, addr2, "--token-file", tokens, "--read-token")
+	c1 := &pageAgent{name: "c1", url: url2, token: adminTok, image: "deb"}
+	if _, err := c1.do(ctx, "POST", "/v1/agent/report", fleet.Report{Node: "c1", State: node.Idle}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(url2+"/")); err != nil {
+		t.Fatalf("open the closed server's page: %v", err)
+	}
+	wait("the page asking for a token", func(v pageView) bool {
+		return v.Conn == "offline" && strings.Contains(v.Problem, "needs a read token") && len(v.Rows) == 0
+	})
+	setToken(read2)
+	wait("c1 with the read token", func(v pageView) bool {
+		return v.Conn == "live" && len(v.Rows) == 1 && v.Rows[0].Name == "c1" && strings.Contains(v.Role, "viewer: read") && len(v.Buttons) == 0
+	})
+
 	mu.Lock()
 	defer mu.Unlock()
 	for _, u := range requests {
-		if !strings.HasPrefix(u, url+"/") && !strings.HasPrefix(u, "data:") {
+		if !strings.HasPrefix(u, url+"/") && !strings.HasPrefix(u, url2+"/") && !strings.HasPrefix(u, "data:") {
 			t.Errorf("the page fetched %s: not from its server", u)
 		}
 	}
 	if len(jsErrors) > 0 {
 		t.Errorf("JavaScript errors: %v", jsErrors)
 	}
-	t.Logf("%d requests, all to %s; whole test %.1fs", len(requests), url, time.Since(start).Seconds())
+	t.Logf("%d requests, all to %s or %s; whole test %.1fs", len(requests), url, url2, time.Since(start).Seconds())
 }
 
 func isDir(p string) bool { fi, err := os.Stat(p); return err == nil && fi.IsDir() }
