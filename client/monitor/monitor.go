@@ -341,9 +341,6 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	} else {
 		snapshot()
 	}
-	if !c.flush() {
-		return
-	}
 	// figures sends what changed of the server's figures, swarms and refs.
 	figures := func() {
 		if m.Server != nil {
@@ -365,6 +362,9 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	if replay {
 		figures()
+	}
+	if !c.flush() {
+		return
 	}
 	// send writes one hub event, or all of the state again when this
 	// client fell behind and lost events (what it has is wrong somewhere).

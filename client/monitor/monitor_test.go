@@ -225,11 +225,19 @@ func TestPageAndFigures(t *testing.T) {
 	if json.Unmarshal([]byte(e.data), &rf) != nil || rf.Images["img"] != id.String() {
 		t.Fatalf("refs event %s: want img at %s", e.data, id)
 	}
-	// A node event gives an id to resume from; the resumed stream has
-	// the figures at once, without waiting for a change.
+	// A stream resumed from a node event's id has the figures at once,
+	// before their next look (an hour away on this monitor).
+	srv2 := &simsync.Server{Store: st, ReadTokens: []string{"r"}}
+	m2 := &Monitor{Fleet: fl, Server: srv2, Heartbeat: time.Hour, FiguresEvery: time.Hour, Sessions: m.Sessions}
+	m2.Mount(srv2)
+	hs2 := httptest.NewServer(srv2)
+	t.Cleanup(hs2.Close)
+	s2 := open(t, hs2.URL, "r", "")
+	s2.next("snapshot")
 	fl.InstallStatus("n1", install.Status{Node: "n1", Step: "fetch", State: install.Running})
-	ne := s.next("node")
-	r := open(t, hs.URL, "r", ne.id)
+	ne := s2.next("node")
+	s2.resp.Body.Close()
+	r := open(t, hs2.URL, "r", ne.id)
 	if e := r.next("swarms"); !strings.Contains(e.data, "0000abcd") {
 		t.Errorf("resumed stream's swarms %s: want the session", e.data)
 	}
