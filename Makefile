@@ -61,6 +61,8 @@ BOOTABLE   ?= /var/cache/sim/bootable
 # podman (with runc) runs an exported image (cmd/sim/oci_cli_test.go).
 PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
 TEST_DEBS  += $(PKG_DEBS)
+# chromium runs the fleet page's browser test headless (client/monitor, via chromedp).
+TEST_DEBS  += chromium
 
 .PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb fuzz
 

@@ -1,6 +1,7 @@
 // Package monitor is the live view of sim serve: GET /v1/events (the
-// fleet hub's events as server-sent events) and GET /v1/monitor (one JSON
-// snapshot of everything the view shows).
+// fleet hub's events as server-sent events), GET /v1/monitor (one JSON
+// snapshot of everything the view shows), and the fleet page at / that
+// shows them in a browser (page.go; its files are embedded in ui/).
 package monitor
 
 import (
@@ -20,6 +21,8 @@ import (
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/rollout"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/bt"
+	"github.com/systemimager/sim/sync/mcast"
 )
 
 // Defaults of a Monitor's knobs.
@@ -34,6 +37,10 @@ const (
 	// DefaultWriteTimeout: a client that takes no bytes for this long is
 	// dropped (its connection would otherwise hold a goroutine forever).
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultFiguresEvery: how often a stream looks whether the server's
+	// figures, its swarms and sessions, or its refs changed (they have no
+	// hub events: a multicast session's bytes change with every datagram).
+	DefaultFiguresEvery = 2 * time.Second
 )
 
 // Monitor serves the live view of one server.
@@ -44,11 +51,16 @@ type Monitor struct {
 	Rollouts *rollout.Engine
 	// Server, when set, gives the server's own figures.
 	Server *simsync.Server
-	Log    *log.Logger
+	// Torrents and Sessions, when set, list the BitTorrent swarms the
+	// server seeds and its multicast sessions.
+	Torrents func() []bt.TorrentStatus
+	Sessions func() []mcast.SessionInfo
+	Log      *log.Logger
 
 	Heartbeat    time.Duration
 	Buffer       int
 	WriteTimeout time.Duration
+	FiguresEvery time.Duration
 
 	// epoch names this server's run: event ids are EPOCH.SEQ, so a client
 	// reconnecting to a restarted server (whose hub counts from 1 again)
@@ -81,6 +93,9 @@ func (m *Monitor) init() {
 		if m.WriteTimeout <= 0 {
 			m.WriteTimeout = DefaultWriteTimeout
 		}
+		if m.FiguresEvery <= 0 {
+			m.FiguresEvery = DefaultFiguresEvery
+		}
 		if m.Log == nil {
 			m.Log = log.New(io.Discard, "", 0)
 		}
@@ -110,6 +125,59 @@ type Snapshot struct {
 	Images map[string]string    `json:"images"`
 	Tags   map[string]string    `json:"tags"`
 	Stats  *simsync.ServerStats `json:"stats,omitempty"`
+	Swarms
+}
+
+// Swarms are the server's BitTorrent swarms and multicast sessions: a
+// snapshot's, and the data of a "swarms" event.
+type Swarms struct {
+	Torrents []bt.TorrentStatus  `json:"torrents"`
+	Sessions []mcast.SessionInfo `json:"sessions"`
+}
+
+// Refs is the data of a "refs" event: images (name → head) and tags
+// (name → commit), when one moved.
+type Refs struct {
+	Images map[string]string `json:"images"`
+	Tags   map[string]string `json:"tags"`
+}
+
+// swarms is the server's swarms and sessions now (empty lists, never
+// null, so a page need not tell "none" from "not told").
+func (m *Monitor) swarms() Swarms {
+	s := Swarms{Torrents: []bt.TorrentStatus{}, Sessions: []mcast.SessionInfo{}}
+	if m.Torrents != nil {
+		if t := m.Torrents(); t != nil {
+			s.Torrents = t
+		}
+	}
+	if m.Sessions != nil {
+		if ss := m.Sessions(); ss != nil {
+			s.Sessions = ss
+		}
+	}
+	return s
+}
+
+// refs is the store's images and tags now.
+func (m *Monitor) refs() Refs {
+	r := Refs{Images: map[string]string{}, Tags: map[string]string{}}
+	st := m.Fleet.Store
+	if ims, err := st.Images(); err == nil {
+		for _, im := range ims {
+			r.Images[im.Name] = im.Head.String()
+		}
+	} else {
+		m.Log.Printf("monitor: images: %v", err)
+	}
+	if tags, err := st.Tags(); err == nil {
+		for _, t := range tags {
+			r.Tags[t.Name] = t.Commit.String()
+		}
+	} else {
+		m.Log.Printf("monitor: tags: %v", err)
+	}
+	return r
 }
 
 // RecentRollouts is how many ended rollouts a snapshot carries besides
@@ -121,26 +189,13 @@ func (m *Monitor) Snapshot() Snapshot {
 	m.init()
 	// Seq first: the state taken after it covers at least the events up to
 	// it (a later event sent again is harmless: every event is a state).
-	s := Snapshot{Server: m.epoch, Seq: m.Fleet.Hub().Seq(), Time: time.Now().UTC(),
-		Images: map[string]string{}, Tags: map[string]string{}, Rollouts: []*rollout.Rollout{}}
+	s := Snapshot{Server: m.epoch, Seq: m.Fleet.Hub().Seq(), Time: time.Now().UTC(), Rollouts: []*rollout.Rollout{}}
 	s.Nodes = m.Fleet.Nodes()
 	m.remember(s.Nodes)
-	st := m.Fleet.Store
-	if ims, err := st.Images(); err == nil {
-		for _, im := range ims {
-			s.Images[im.Name] = im.Head.String()
-		}
-	} else {
-		m.Log.Printf("monitor: images: %v", err)
-	}
-	if tags, err := st.Tags(); err == nil {
-		for _, t := range tags {
-			s.Tags[t.Name] = t.Commit.String()
-		}
-	} else {
-		m.Log.Printf("monitor: tags: %v", err)
-	}
-	all, err := rollout.List(st.Dir())
+	refs := m.refs()
+	s.Images, s.Tags = refs.Images, refs.Tags
+	s.Swarms = m.swarms()
+	all, err := rollout.List(m.Fleet.Store.Dir())
 	if err != nil {
 		m.Log.Printf("monitor: rollouts: %v", err)
 	}
@@ -227,8 +282,10 @@ func (m *Monitor) lastSeq(id string) (uint64, bool) {
 
 // serveEvents is GET /v1/events: a "snapshot" event first (or, for a
 // client reconnecting with Last-Event-ID, the events it missed), then a
-// "node" or "rollout" event per change, a "stats" event when the
-// server's figures changed, and a comment line every Heartbeat.
+// "node" or "rollout" event per change; a "stats", "swarms" or "refs"
+// event when the server's figures, its swarms and sessions or its refs
+// changed (looked at every FiguresEvery); and a comment line every
+// Heartbeat.
 func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	last := r.Header.Get("Last-Event-ID")
@@ -258,19 +315,53 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	// The client's retry delay after a lost connection (a restart).
 	c.raw("retry: 2000\n\n")
 	var sent uint64 // the last hub event this client has (by Seq)
+	// What this client was told of the figures without hub events. A
+	// client resuming a stream may have missed their changes too, so it
+	// is told them all at once (stats: -1 fetches differs from any).
+	var (
+		stats                simsync.ServerStats
+		swarmsSeen, refsSeen []byte
+	)
+	snapshot := func() {
+		s := m.Snapshot()
+		c.event("snapshot", m.eventID(s.Seq), s)
+		sent = s.Seq
+		if s.Stats != nil {
+			stats = *s.Stats
+		}
+		swarmsSeen, _ = json.Marshal(s.Swarms)
+		refsSeen, _ = json.Marshal(Refs{s.Images, s.Tags})
+	}
 	if replay {
 		for _, e := range missed {
 			c.event(e.Type, m.eventID(e.Seq), m.message(e))
 			sent = e.Seq
 		}
+		stats.Fetches = -1
 	} else {
-		s := m.Snapshot()
-		c.event("snapshot", m.eventID(s.Seq), s)
-		sent = s.Seq
+		snapshot()
 	}
-	var stats simsync.ServerStats
-	if m.Server != nil {
-		stats = m.Server.Stats()
+	// figures sends what changed of the server's figures, swarms and refs.
+	figures := func() {
+		if m.Server != nil {
+			if now := m.Server.Stats(); now != stats {
+				stats = now
+				c.event("stats", m.eventID(sent), now)
+			}
+		}
+		sw := m.swarms()
+		if b, _ := json.Marshal(sw); string(b) != string(swarmsSeen) {
+			swarmsSeen = b
+			c.event("swarms", m.eventID(sent), sw)
+		}
+		rf := m.refs()
+		if b, _ := json.Marshal(rf); string(b) != string(refsSeen) {
+			refsSeen = b
+			c.event("refs", m.eventID(sent), rf)
+		}
+	}
+	if replay {
+		figures()
 	}
 	if !c.flush() {
 		return
@@ -279,9 +370,7 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	// client fell behind and lost events (what it has is wrong somewhere).
 	send := func(e fleet.Event) {
 		if e.Missed > 0 {
-			s := m.Snapshot()
-			c.event("snapshot", m.eventID(s.Seq), s)
-			sent = s.Seq
+			snapshot()
 		}
 		if e.Seq > sent {
 			c.event(e.Type, m.eventID(e.Seq), m.message(e))
@@ -290,6 +379,8 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	hb := time.NewTicker(m.Heartbeat)
 	defer hb.Stop()
+	fig := time.NewTicker(m.FiguresEvery)
+	defer fig.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
@@ -313,13 +404,9 @@ func (m *Monitor) serveEvents(w http.ResponseWriter, r *http.Request) {
 					break drain
 				}
 			}
+		case <-fig.C:
+			figures()
 		case <-hb.C:
-			if m.Server != nil {
-				if now := m.Server.Stats(); now != stats {
-					stats = now
-					c.event("stats", m.eventID(sent), now)
-				}
-			}
 			c.raw(": " + time.Now().UTC().Format(time.RFC3339) + "\n\n")
 		}
 		if !c.flush() {

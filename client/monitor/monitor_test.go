@@ -3,16 +3,23 @@ package monitor
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	gosync "sync"
 	"testing"
 	"time"
 
+	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/mcast"
 )
 
 // sse is one event read off a stream.
@@ -150,5 +157,91 @@ func TestEvents(t *testing.T) {
 	var fs Snapshot
 	if e := f.next("snapshot"); json.Unmarshal([]byte(e.data), &fs) != nil || len(fs.Nodes) != 2 {
 		t.Errorf("snapshot after a foreign id: %q; want 2 nodes", e.data)
+	}
+}
+
+// TestPageAndFigures: the page and its assets are served without a token
+// even when reads are closed (they carry no data; the data stays behind
+// the token), with a Content-Security-Policy that allows nothing but the
+// server; a stream sends "swarms" when a multicast session changes and
+// "refs" when an image moves, and a resumed stream is told both at once.
+func TestPageAndFigures(t *testing.T) {
+	st := storetest.New(t)
+	fl := fleet.New(st, nil)
+	t.Cleanup(fl.Close)
+	srv := &simsync.Server{Store: st, ReadTokens: []string{"r"}}
+	var mu gosync.Mutex
+	sessions := []mcast.SessionInfo{}
+	m := &Monitor{Fleet: fl, Server: srv, Heartbeat: time.Hour, FiguresEvery: 20 * time.Millisecond,
+		Sessions: func() []mcast.SessionInfo { mu.Lock(); defer mu.Unlock(); return slices.Clone(sessions) }}
+	m.Mount(srv)
+	MountPage(srv)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+
+	for path, want := range map[string][2]string{
+		"/":             {"text/html", "<title>sim fleet</title>"},
+		"/ui/app.js":    {"text/javascript", "/v1/events"},
+		"/ui/style.css": {"text/css", "--failed"},
+	} {
+		resp, err := http.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), want[0]) || !strings.Contains(string(b), want[1]) {
+			t.Errorf("GET %s without a token: %s, %s, %d bytes; want 200, %s holding %q", path, resp.Status, resp.Header.Get("Content-Type"), len(b), want[0], want[1])
+		}
+		if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") || !strings.Contains(csp, "connect-src 'self'") {
+			t.Errorf("GET %s: Content-Security-Policy %q", path, csp)
+		}
+	}
+	for path, code := range map[string]int{"/ui/nosuch.js": 404, "/v1/monitor": 401, "/nosuch": 404} {
+		if resp, err := http.Get(hs.URL + path); err != nil || resp.StatusCode != code {
+			t.Errorf("GET %s without a token: %v %v; want %d", path, resp.Status, err, code)
+		}
+	}
+
+	s := open(t, hs.URL, "r", "")
+	if e := s.next("snapshot"); !strings.Contains(e.data, `"sessions":[]`) || !strings.Contains(e.data, `"torrents":[]`) {
+		t.Errorf("snapshot %s: want empty torrents and sessions", e.data)
+	}
+	mu.Lock()
+	sessions = append(sessions, mcast.SessionInfo{ID: "0000abcd", State: "sending", SentBytes: 1000, Members: []mcast.MemberInfo{{Name: "n1", LossPct: 1.5}}})
+	mu.Unlock()
+	var sw Swarms
+	if e := s.next("swarms"); json.Unmarshal([]byte(e.data), &sw) != nil || len(sw.Sessions) != 1 || sw.Sessions[0].ID != "0000abcd" || sw.Sessions[0].Members[0].LossPct != 1.5 {
+		t.Fatalf("swarms event %s: want session 0000abcd with n1 at 1.5%% loss", e.data)
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "motd"), []byte("hi\n"), 0o644)
+	id, _, err := client.Commit(t.Context(), st, src, client.CommitOptions{Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rf Refs
+	e := s.next("refs")
+	if json.Unmarshal([]byte(e.data), &rf) != nil || rf.Images["img"] != id.String() {
+		t.Fatalf("refs event %s: want img at %s", e.data, id)
+	}
+	// A stream resumed from a node event's id has the figures at once,
+	// before their next look (an hour away on this monitor).
+	srv2 := &simsync.Server{Store: st, ReadTokens: []string{"r"}}
+	m2 := &Monitor{Fleet: fl, Server: srv2, Heartbeat: time.Hour, FiguresEvery: time.Hour, Sessions: m.Sessions}
+	m2.Mount(srv2)
+	hs2 := httptest.NewServer(srv2)
+	t.Cleanup(hs2.Close)
+	s2 := open(t, hs2.URL, "r", "")
+	s2.next("snapshot")
+	fl.InstallStatus("n1", install.Status{Node: "n1", Step: "fetch", State: install.Running})
+	ne := s2.next("node")
+	s2.resp.Body.Close()
+	r := open(t, hs2.URL, "r", ne.id)
+	if e := r.next("swarms"); !strings.Contains(e.data, "0000abcd") {
+		t.Errorf("resumed stream's swarms %s: want the session", e.data)
+	}
+	if e := r.next("refs"); !strings.Contains(e.data, id.String()) {
+		t.Errorf("resumed stream's refs %s: want img", e.data)
 	}
 }

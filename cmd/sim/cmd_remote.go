@@ -24,6 +24,8 @@ import (
 	"github.com/systemimager/sim/client/rollout"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/bt"
+	"github.com/systemimager/sim/sync/mcast"
 	"github.com/systemimager/sim/sync/units"
 )
 
@@ -130,7 +132,7 @@ func (e *env) service(name string) simsync.Service {
 
 func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile, netboot string
-	var readToken, requireSig bool
+	var readToken, requireSig, noUI bool
 	var maxStreams int
 	var idle time.Duration
 	type ext struct {
@@ -157,7 +159,8 @@ boot --role enroll: the one for kernel command lines) is given its own with
 its install config. With --require-signature (or sim trust require on), a push
 that moves a ref to a commit without a valid signature by a trusted key
 is refused. While it runs, other sim commands on the same store are
-carried out by the server (over <store>/sim.sock).`,
+carried out by the server (over <store>/sim.sock). A browser pointed at
+the server shows the fleet live (the page at /; --no-ui leaves it out).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			if (cert == "") != (key == "") {
@@ -252,8 +255,20 @@ carried out by the server (over <store>/sim.sock).`,
 			defer eng.Close() // before the fleet: it gives orders through it
 			sv.services["fleet"], sv.services["rollout"] = fl, eng
 			// The live view: GET /v1/events (server-sent events), GET
-			// /v1/monitor (a snapshot), as reads.
-			(&monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}).Mount(srv)
+			// /v1/monitor (a snapshot), as reads; the page at / unless
+			// --no-ui; the rollout actions for admins.
+			mon := &monitor.Monitor{Fleet: fl, Rollouts: eng, Server: srv, Log: logw}
+			if s, ok := sv.services["bittorrent"].(interface{ Status() []bt.TorrentStatus }); ok {
+				mon.Torrents = s.Status
+			}
+			if s, ok := sv.services["multicast"].(interface{ Sessions() []mcast.SessionInfo }); ok {
+				mon.Sessions = s.Sessions
+			}
+			mon.Mount(srv)
+			if !noUI {
+				monitor.MountPage(srv)
+			}
+			eng.Mount(srv)
 			// GET /metrics (Prometheus), a read; README "Metrics".
 			(&metrics.Metrics{Fleet: fl, Rollouts: eng, Services: sv.services, Log: logw}).Mount(ctx, srv)
 			local, err := serveSocket(ctx, st, e.storeDir, sv)
@@ -289,6 +304,7 @@ carried out by the server (over <store>/sim.sock).`,
 	f.StringVar(&key, "tls-key", "", "and this key `FILE` (PEM)")
 	f.StringVar(&tokenFile, "token-file", "", "admin bearer tokens (push, refs, any node), one per line; see also sim token")
 	f.BoolVar(&readToken, "read-token", false, "close reads too: every request needs a token (any role; BitTorrent payloads are then encrypted)")
+	f.BoolVar(&noUI, "no-ui", false, "do not serve the fleet page at / (the API it reads stays)")
 	f.BoolVar(&requireSig, "require-signature", false, "refuse pushes moving a ref to a commit without a valid signature by a key the store trusts")
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
 	f.DurationVar(&idle, "idle-timeout", time.Minute, "end a request whose client stops reading its answer, or sending its body, for `DURATION` (frees its stream slot)")

@@ -184,3 +184,6 @@ func (x seederService) Close() { x.s.Close() }
 // Seeder is the running seeder (sim serve's GET /metrics reads its
 // torrents' peers and bytes).
 func (x seederService) Seeder() *Seeder { return x.s }
+
+// Status lists the seeded torrents (the fleet page's swarms).
+func (x seederService) Status() []TorrentStatus { return x.s.Status() }
