@@ -46,6 +46,9 @@ type Server struct {
 	// long: a stalled client cannot hold a stream slot or its memory
 	// forever. 0: one minute.
 	IdleTimeout time.Duration
+	// Cache, when set, makes the server a pull-through site cache of
+	// an upstream (sync/cache.go): set it before serving.
+	Cache *Cache
 
 	once  gosync.Once
 	mux   *http.ServeMux
@@ -102,7 +105,11 @@ func (s *Server) init() {
 			{"POST /v1/push", RoleAdmin, s.push},
 			{"POST /v1/refs", RoleAdmin, s.updateRefs},
 		} {
-			s.mux.Handle(r.pattern, s.Require(r.role, r.h))
+			h, role := r.h, r.role
+			if s.Cache != nil {
+				h, role = s.Cache.route(r.pattern, role, h)
+			}
+			s.mux.Handle(r.pattern, s.Require(role, h))
 		}
 	})
 }
