@@ -53,6 +53,9 @@ type Server struct {
 	// pattern, never the path, keeps its labels few. Set it before
 	// serving; it must not block.
 	Observe func(pattern string, status int, bytes int64, d time.Duration)
+	// Cache, when set, makes the server a pull-through site cache of
+	// an upstream (sync/cache.go): set it before serving.
+	Cache *Cache
 
 	once  gosync.Once
 	mux   *http.ServeMux
@@ -109,7 +112,11 @@ func (s *Server) init() {
 			{"POST /v1/push", RoleAdmin, s.push},
 			{"POST /v1/refs", RoleAdmin, s.updateRefs},
 		} {
-			s.mux.Handle(r.pattern, s.Require(r.role, r.h))
+			h, role := r.h, r.role
+			if s.Cache != nil {
+				h, role = s.Cache.route(r.pattern, role, h)
+			}
+			s.mux.Handle(r.pattern, s.Require(role, h))
 		}
 	})
 }

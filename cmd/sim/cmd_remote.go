@@ -132,6 +132,7 @@ func (e *env) service(name string) simsync.Service {
 
 func newServeCommand(e *env) *cobra.Command {
 	var listen, cert, key, tokenFile, netboot string
+	var upstream, upTokenFile, upCA string
 	var readToken, requireSig, noUI bool
 	var maxStreams int
 	var idle time.Duration
@@ -182,6 +183,15 @@ the server shows the fleet live (the page at /; --no-ui leaves it out).`,
 			defer st.Close()
 			srv.Store = st
 			srv.Planner = simsync.NewPlanner(st)
+			if upstream != "" {
+				if srv.Cache, err = newSiteCache(c.Context(), e, st, logw, upstream, upTokenFile, upCA); err != nil {
+					return err
+				}
+				// BitTorrent and multicast would serve only what the
+				// cache holds already: off on a cache (README "Site
+				// caches").
+				exts = nil
+			}
 			// A long-lived daemon next to other services: make the GC keep
 			// the heap near what the streams really hold (frames, caches)
 			// instead of letting it double. $GOMEMLIMIT overrides.
@@ -309,10 +319,38 @@ the server shows the fleet live (the page at /; --no-ui leaves it out).`,
 	f.IntVar(&maxStreams, "max-streams", 64, "object streams served at once (more wait)")
 	f.DurationVar(&idle, "idle-timeout", time.Minute, "end a request whose client stops reading its answer, or sending its body, for `DURATION` (frees its stream slot)")
 	f.StringVar(&netboot, "netboot", "", "serve the kernel and initrd `DIR` (from sim initrd build) for netboot at /v1/install/")
+	f.StringVar(&upstream, "upstream", "", "be a pull-through site cache of the server at `URL`: its refs, and whatever nodes ask for, fetched once and kept in this store; pushes are refused")
+	f.StringVar(&upTokenFile, "upstream-token-file", "", "the bearer token for --upstream, from `FILE`")
+	f.StringVar(&upCA, "upstream-ca", "", "trust this CA `FILE` (PEM) for an https --upstream")
 	for _, x := range exts {
 		x.cfg.Flags(f)
 	}
 	return c
+}
+
+// newSiteCache is sim serve --upstream: the cache in front of st.
+func newSiteCache(ctx context.Context, e *env, st *store.Store, logw *log.Logger, upstream, tokenFile, ca string) (*simsync.Cache, error) {
+	r, err := simsync.NewRemote(upstream, "")
+	if err != nil {
+		return nil, usageError{fmt.Errorf("serve --upstream: %w", err)}
+	}
+	// One retry: nodes retry on their own, and an unreachable upstream
+	// must not hold them long before the cache serves what it has.
+	r.Retries = 1
+	if tokenFile != "" {
+		ts, err := readTokens(e.path(tokenFile))
+		if err != nil {
+			return nil, fmt.Errorf("serve --upstream-token-file: %w", err)
+		}
+		r.Token = ts[0]
+	}
+	if ca != "" {
+		if err := r.TrustCAFile(e.path(ca)); err != nil {
+			return nil, fmt.Errorf("serve --upstream-ca: %w", err)
+		}
+	}
+	logw.Printf("site cache of %s (refs refreshed at most every %s)", r.URL, simsync.DefaultRefsTTL)
+	return &simsync.Cache{Up: r, Store: st, Ctx: ctx, Log: logw}, nil
 }
 
 func isURL(s string) bool { return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") }
