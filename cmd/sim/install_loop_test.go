@@ -319,15 +319,22 @@ func TestInstallLoop(t *testing.T) {
 		if fi, err := os.Stat(tf); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("node token file mode: %v %v", fi, err)
 		}
-		// The per-node iPXE script.
-		resp, err = http.Get(url + "/v1/install/ipxe?mac=52-54-00-5e-01-07")
-		if err != nil {
-			t.Fatal(err)
+		// The per-node iPXE script: n7 is installed, so its disk; n8
+		// (never installed) the installer.
+		ipxe := func(mac string) string {
+			resp, err := http.Get(url + "/v1/install/ipxe?mac=" + mac)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return string(b)
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if !strings.Contains(string(b), "sim.server="+url+" sim.node=n7") || !strings.Contains(string(b), "initrd "+url+"/v1/install/initrd") {
-			t.Errorf("ipxe script:\n%s", b)
+		if b := ipxe("52-54-00-5e-01-07"); !strings.Contains(b, "sanboot --no-describe --drive 0x80") || strings.Contains(b, "kernel ") {
+			t.Errorf("ipxe script of the installed n7:\n%s", b)
+		}
+		if b := ipxe("52-54-00-5e-01-08"); !strings.Contains(b, "sim.server="+url+" sim.node=n8") || !strings.Contains(b, "initrd "+url+"/v1/install/initrd") {
+			t.Errorf("ipxe script of n8:\n%s", b)
 		}
 		if resp, err := http.Get(url + "/v1/install/kernel"); err != nil || resp.StatusCode != 404 {
 			t.Errorf("kernel without --netboot: %v %v", resp.StatusCode, err)
