@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"github.com/systemimager/sim/sync/synctest"
 	"math/rand"
 	"net"
 	"net/http/httptest"
@@ -12,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/fleet"
@@ -25,33 +24,7 @@ import (
 // TestMain runs the package's tests in a private network namespace when
 // it can (root), as sync/mcast's do: multicast on its own loopback, never
 // on a real LAN.
-func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 && os.Getenv("SIM_MCAST_NETNS") == "" {
-		if path, err := exec.LookPath("unshare"); err == nil {
-			c := exec.Command(path, append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
-			c.Env = append(os.Environ(), "SIM_MCAST_NETNS=1")
-			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
-			if err := c.Run(); err != nil {
-				if ee, ok := err.(*exec.ExitError); ok {
-					os.Exit(ee.ExitCode())
-				}
-				fmt.Fprintln(os.Stderr, "unshare:", err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		}
-	}
-	if os.Getenv("SIM_MCAST_NETNS") == "1" {
-		// A fresh namespace's lo is down and not multicast.
-		if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0); err == nil {
-			ifr, _ := unix.NewIfreq("lo")
-			ifr.SetUint16(unix.IFF_UP | unix.IFF_LOOPBACK | unix.IFF_RUNNING | unix.IFF_MULTICAST)
-			unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-			unix.Close(fd)
-		}
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { synctest.RunInNetns(m) }
 
 // TestMulticast: a real session on the namespace's loopback, with 3% of
 // the datagrams dropped by nftables on the way in: the multicast
