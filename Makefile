@@ -13,6 +13,7 @@
 #                multicast vs udpcast: bench/mcastbench.sh;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
+#                a site cache behind a 50 Mbit link: bench/cachebench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
@@ -174,6 +175,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
 	$(MAKE) metal-bench
 
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).

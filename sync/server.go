@@ -129,6 +129,19 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 	s.HandleRole(pattern, RoleRead, h)
 }
 
+// Serves reports whether a request METHOD PATH would reach a handler: an
+// extension asks it at request time which others are mounted (sync/auto
+// offers multicast only where sim serve runs multicast sessions).
+func (s *Server) Serves(method, path string) bool {
+	s.init()
+	r, err := http.NewRequest(method, path, nil)
+	if err != nil {
+		return false
+	}
+	_, pattern := s.mux.Handler(r)
+	return pattern != ""
+}
+
 // RefsResponse is GET /v1/refs.
 type RefsResponse struct {
 	Images map[string]chunk.ID `json:"images"`

@@ -85,7 +85,11 @@ hand (sim token add NAME --role node --node NAME).`,
 			// Each commit of the install (image, overrides, scripts)
 			// comes through the chosen transport into the node's store.
 			fetch := func(ctx context.Context, st *store.Store, id chunk.ID) (simsync.PullStats, error) {
-				tr, err := o.tf.Open(ctx, e.transportEnv(st, r))
+				tenv := e.transportEnv(st, r)
+				if o.node != "" {
+					tenv.Name = o.node
+				}
+				tr, err := o.tf.Open(ctx, tenv)
 				if err != nil {
 					return simsync.PullStats{}, err
 				}

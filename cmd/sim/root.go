@@ -259,6 +259,13 @@ func withReport(v any, ps *simsync.PullStats) any {
 	if json.Unmarshal(b, &m) != nil {
 		return v
 	}
+	if cr, ok := ps.Report.(simsync.ChosenReport); ok {
+		m["auto"] = cr.Choice
+		if cr.Inner != nil {
+			m[ps.Transport] = cr.Inner
+		}
+		return m
+	}
 	m[ps.Transport] = ps.Report
 	return m
 }
