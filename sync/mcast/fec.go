@@ -42,11 +42,12 @@ type FEC struct {
 
 // Defaults and bounds of FEC.
 const (
-	// DefaultFECK: 64 data blocks per FEC block, 92 KB at MTU 1500. A
-	// larger K costs less redundancy for the same protection, but a
+	// DefaultFECK: 128 data blocks per FEC block, 184 KB at MTU 1500. A
+	// larger K costs less redundancy for the same protection (16 nodes
+	// at 1% loss: 6 shards per 128, 4.7%, against 4 per 64, 6.3%), but a
 	// receiver's reconstruction inverts a k×k matrix per damaged group
-	// (O(k³)): at 64 it is a fraction of a millisecond.
-	DefaultFECK = 64
+	// (O(k³)): 0.5 ms at 128, 0.14 ms at 64 on the bench machine.
+	DefaultFECK = 128
 	maxFECK     = 128
 	// fecTarget is the expected share of FEC blocks that some receiver
 	// cannot reconstruct (each costs a repair pass a few datagrams):
@@ -54,7 +55,7 @@ const (
 	// more than R of the k+R shards) at or below it.
 	fecTarget = 0.01
 	// fecMinLoss is the loss auto assumes before receivers report, and
-	// its floor: one repair shard per group (1.6% at K=64) on a clean
+	// its floor: one repair shard per group (0.8% at K=128) on a clean
 	// path is cheap insurance against the rate control's probing losses.
 	fecMinLoss = 0.0002
 )
@@ -175,6 +176,7 @@ func fecCoder(k int) (reedsolomon.Encoder, error) {
 type fecEncoder struct {
 	block  int
 	shards [][]byte
+	parity [][]byte
 	pad    []byte
 }
 
@@ -209,11 +211,12 @@ func (e *fecEncoder) encode(data []byte, first, k int) ([][]byte, error) {
 		}
 		sh[i] = data[off:end]
 	}
-	for i := k; i < k+m; i++ {
-		if len(sh[i]) != e.block {
-			sh[i] = make([]byte, e.block)
-		}
+	// parity goes into buffers of its own (never into slots that held
+	// data slices in an earlier call: Encode would write into the object)
+	for len(e.parity) < m {
+		e.parity = append(e.parity, make([]byte, e.block))
 	}
+	copy(sh[k:], e.parity[:m])
 	if err := c.Encode(sh); err != nil {
 		return nil, fmt.Errorf("mcast: FEC encode: %w", err)
 	}
