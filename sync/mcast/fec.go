@@ -58,6 +58,9 @@ const (
 	// its floor: one repair shard per group (0.8% at K=128) on a clean
 	// path is cheap insurance against the rate control's probing losses.
 	fecMinLoss = 0.0002
+	// fecPriorLost of fecPriorTotal: the prior of a member's loss
+	// estimate (1%; see Session.fecLoss).
+	fecPriorLost, fecPriorTotal = 1, 100
 )
 
 // ParseFEC parses a --fec value: auto, off, or R/K (e.g. 4/64).

@@ -891,12 +891,14 @@ func (s *Session) repairs(k int) (int, float64, int) {
 	return fecRepairs(k, p, n), max(p, fecMinLoss), n
 }
 
-// fecLoss takes the loss FEC is sized for: the highest share of lost
-// datagrams among the members still receiving (not dropped, not done),
-// each over all it received so far once that is at least minInterval
-// datagrams (below, a figure is noise). A straggler is dropped at the
-// pass end; until then its loss counts (what it cannot rebuild is
-// repaired). Send loop.
+// fecLoss takes the loss FEC is sized for: the highest loss among the
+// members still receiving (not dropped, not done), each member's
+// estimated over all it reported so far with a prior of 1%, as if it
+// had lost 1 of 100 more datagrams: before the first reports (the
+// first groups of a session) R is sized for 1%, and a few hundred
+// datagrams later the member's own figure dominates (0 lost of 10,000:
+// 0.01%). A straggler is dropped at the pass end; until then its loss
+// counts (what it cannot rebuild is repaired). Send loop.
 func (s *Session) fecLoss() {
 	if s.fec.Off {
 		return
@@ -910,9 +912,7 @@ func (s *Session) fecLoss() {
 		}
 		n++
 		st := mb.status
-		if tot := st.Received + st.Lost; tot >= minInterval {
-			p = max(p, float64(st.Lost)/float64(tot))
-		}
+		p = max(p, float64(st.Lost+fecPriorLost)/float64(st.Received+st.Lost+fecPriorTotal))
 	}
 	s.mu.Unlock()
 	s.fecP, s.fecN = min(p, 0.5), n
