@@ -162,3 +162,41 @@ func TestFECForgedShard(t *testing.T) {
 		t.Errorf("the forged shard's rebuild was not caught: %d rejected, %d rebuilt", n.res.Rejected, n.res.Recovered)
 	}
 }
+
+// TestSealedSessionFEC: a sealed session with FEC, its node losing 5%
+// of what the group carries (datagrams of every kind, before they are
+// opened): the node rebuilds blocks from sealed repair shards (none
+// fails to open) and completes by multicast; the tree is exact.
+func TestSealedSessionFEC(t *testing.T) {
+	lo := loopback(t)
+	w := newPrivateWorld(t)
+	m, url := w.serve(t, lo, true, 1, 0)
+	s, err := m.Open(w.want, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Sealed() {
+		t.Fatal("session of a private server not sealed")
+	}
+	var mu gosync.Mutex
+	r := rand.New(rand.NewSource(7))
+	lose := func(b []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Float64() < 0.05 {
+			b[0] = 'X' // no longer a sim datagram: lost
+		}
+	}
+	res, _, _ := w.fetch(t, lo, url, lose)
+	<-s.Done()
+	inf := s.Info()
+	t.Logf("node: %+v", res)
+	t.Logf("session: %d passes, FEC %s: %d shards over %d blocks, %d blocks repaired (%.2f predicted)",
+		inf.Pass, inf.FEC, inf.FECShards, inf.FECGroups, inf.RepairGroups, inf.FECPredicted)
+	if !res.Complete || res.Unopened != 0 {
+		t.Errorf("sealed FEC session: complete %v, %d datagrams did not open", res.Complete, res.Unopened)
+	}
+	if res.Lost == 0 || res.Shards == 0 || res.Recovered == 0 || inf.FECShards == 0 {
+		t.Errorf("lost %d, %d shards received, %d blocks rebuilt, %d shards sent", res.Lost, res.Shards, res.Recovered, inf.FECShards)
+	}
+}
