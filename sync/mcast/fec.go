@@ -25,7 +25,12 @@ import (
 // M, the code's parity count, depends on k only (fecCodeParity), so a
 // parity shard (object, first block, k, index) is one fixed function of
 // the data whatever R the sender picks at the moment: R follows the
-// receivers' loss, and shards sent at different R mix.
+// receivers' loss, and shards sent at different R mix. The code is
+// systematic with a Cauchy parity matrix (row r, column c: 1/(r ⊕ c) in
+// GF(2^8)), whose rows depend on r and c alone: the first R parity
+// shards of the (k, M) code are those of the (k, R) code, so the sender
+// computes only the R it sends, and any square submatrix of a Cauchy
+// matrix being invertible, any k of the k+M shards rebuild the data.
 
 // FEC configures a session's forward error correction.
 type FEC struct {
@@ -155,22 +160,29 @@ func binomTail(n int, p float64, r int) float64 {
 	return max(0, 1-cdf)
 }
 
-// fecCoders caches a Reed–Solomon coder per group size k (the code has
-// fecCodeParity(k) parity shards). Coders are safe for concurrent use.
-var fecCoders gosync.Map // int → reedsolomon.Encoder
+// fecCoders caches a Reed–Solomon coder per (k, parity shards).
+// Coders are safe for concurrent use.
+var fecCoders gosync.Map // k<<8 | parity → reedsolomon.Encoder
 
-func fecCoder(k int) (reedsolomon.Encoder, error) {
-	if c, ok := fecCoders.Load(k); ok {
+// fecCoder is the code of a group of k data blocks (fecCodeParity(k)
+// parity shards): what receivers rebuild with.
+func fecCoder(k int) (reedsolomon.Encoder, error) { return fecCoderR(k, fecCodeParity(k)) }
+
+// fecCoderR is the code with the first r parity shards of k's: what
+// the sender computes the r shards it sends with.
+func fecCoderR(k, r int) (reedsolomon.Encoder, error) {
+	key := k<<8 | r
+	if c, ok := fecCoders.Load(key); ok {
 		return c.(reedsolomon.Encoder), nil
 	}
-	if k < 1 || k > maxFECK {
-		return nil, fmt.Errorf("mcast: FEC block of %d data blocks (want 1..%d)", k, maxFECK)
+	if k < 1 || k > maxFECK || r < 1 || r > fecCodeParity(k) {
+		return nil, fmt.Errorf("mcast: FEC block of %d data blocks and %d parity (want 1..%d, 1..%d)", k, r, maxFECK, fecCodeParity(max(k, 1)))
 	}
-	c, err := reedsolomon.New(k, fecCodeParity(k))
+	c, err := reedsolomon.New(k, r, reedsolomon.WithCauchyMatrix())
 	if err != nil {
 		return nil, fmt.Errorf("mcast: FEC coder k=%d: %w", k, err)
 	}
-	c2, _ := fecCoders.LoadOrStore(k, c)
+	c2, _ := fecCoders.LoadOrStore(key, c)
 	return c2.(reedsolomon.Encoder), nil
 }
 
@@ -183,16 +195,15 @@ type fecEncoder struct {
 	pad    []byte
 }
 
-// encode returns the fecCodeParity(k) parity shards of the k data
-// blocks of data starting at block first (each block bytes, the last
-// one of the object zero-padded). The result is valid until the next
-// call.
-func (e *fecEncoder) encode(data []byte, first, k int) ([][]byte, error) {
-	c, err := fecCoder(k)
+// encode returns the first r parity shards of the k data blocks of
+// data starting at block first (each block bytes, the last one of the
+// object zero-padded). The result is valid until the next call.
+func (e *fecEncoder) encode(data []byte, first, k, r int) ([][]byte, error) {
+	c, err := fecCoderR(k, r)
 	if err != nil {
 		return nil, err
 	}
-	m := fecCodeParity(k)
+	m := r
 	if cap(e.shards) < k+m {
 		e.shards = make([][]byte, k+m)
 	}

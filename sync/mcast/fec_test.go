@@ -22,7 +22,7 @@ func fecObject(t *testing.T, rng *rand.Rand, size, blk, k int) ([]byte, [][][]by
 	var groups [][][]byte
 	for first := 0; first < nb; first += k {
 		kk := min(k, nb-first)
-		par, err := enc.encode(data, first, kk)
+		par, err := enc.encode(data, first, kk, fecCodeParity(kk))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,6 +153,32 @@ func TestFECReconstruct(t *testing.T) {
 				t.Fatal("a corrupted repair shard rebuilt the object with its id: the content check would not catch it")
 			}
 		})
+	}
+}
+
+// TestFECPrefix: the first r parity shards of a group are the same
+// whatever r the sender computed (the sender computes only those it
+// sends; receivers rebuild with the full code).
+func TestFECPrefix(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	for _, k := range []int{1, 7, 64, 128} {
+		data := make([]byte, k*600-3)
+		rng.Read(data)
+		full, err := (&fecEncoder{block: 600}).encode(data, 0, k, fecCodeParity(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []int{1, 2, fecCodeParity(k) / 2, fecCodeParity(k)} {
+			part, err := (&fecEncoder{block: 600}).encode(data, 0, k, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range part {
+				if !bytes.Equal(part[i], full[i]) {
+					t.Fatalf("k=%d: parity shard %d of the (k, %d) code differs from the (k, %d) code's", k, i, r, fecCodeParity(k))
+				}
+			}
+		}
 	}
 }
 

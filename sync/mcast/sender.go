@@ -851,14 +851,14 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 			if r == 0 {
 				continue
 			}
-			par, err := s.fecEnc.encode(data, first, k)
+			par, err := s.fecEnc.encode(data, first, k, r)
 			if err != nil {
 				return err
 			}
 			for j := 0; j < r; j++ {
 				i := len(msgs)
 				x := &Repair{Seq: s.seq.Add(1), Object: o, ObjLen: uint32(len(data)), First: uint32(first),
-					K: uint8(k), M: uint8(len(par)), Index: uint8(j), Shard: par[j]}
+					K: uint8(k), M: uint8(fecCodeParity(k)), Index: uint8(j), Shard: par[j]}
 				if s.fecKey != nil {
 					bufs[i] = AppendSealedRepair(bufs[i][:0], s.ID, x, s.fecKey)
 				} else {
