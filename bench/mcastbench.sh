@@ -264,12 +264,24 @@ udp_step() {
 		--max-bitrate "${RATE%bit}" --min-receivers "$n" --max-wait 20 "${UDP_EXTRA[@]}" >"$W/log/$name-sender.out" 2>&1 &
 	spid=$!
 	PIDS+=("$spid")
+	UDPSTUCK=0
+	i=0
 	while kill -0 "$spid" 2>/dev/null; do
 		if [ -z "$t0" ] && grep -q "Starting transfer" "$W/log/$name-sender.out" 2>/dev/null; then t0=$(now); fi
+		# UDP_LIMIT (--fec: 120 s): a transfer stuck that long is stopped
+		# and reported so (udp-sender waits for a receiver that stopped
+		# answering, dropping it only after --retries-until-drop timeouts)
+		if [ "${UDP_LIMIT:-0}" -gt 0 ] && [ -n "$t0" ] && [ $((++i % 50)) -eq 0 ] &&
+			awk -v a="$t0" -v b="$(now)" -v l="$UDP_LIMIT" 'BEGIN { exit !(b - a > l) }'; then
+			UDPSTUCK=1
+			log "  udp-sender $name: no end after $UDP_LIMIT s; stopped"
+			kill -TERM "$spid" 2>/dev/null || true
+			break
+		fi
 		sleep 0.02
 	done
 	t1=$(now)
-	wait "$spid" || die "udp-sender $name failed (see $W/log/$name-sender.out)"
+	if [ "$UDPSTUCK" = 1 ]; then wait "$spid" 2>/dev/null || true; else wait "$spid" || die "udp-sender $name failed (see $W/log/$name-sender.out)"; fi
 	forget "$spid"
 	[ -n "$t0" ] || t0=$t1
 	# receivers that never connected wait forever: 15 s, then they are stopped
@@ -315,6 +327,7 @@ if [ "$SEAL" = 0 ]; then log "scratch $W, sim $SIM, $N nodes, server link $RATE"
 if [ "$FEC" = 1 ]; then
 	# ================================== --fec: forward error correction ===
 	LOSSES=${MCASTBENCH_FEC_LOSSES:-1 5}
+	UDP_LIMIT=120
 	MODES=${MCASTBENCH_FEC_MODES:-auto off}
 	"$SIM" --store "$W/srv" commit "$CORPUS/v2" --image deb -m v2 >>"$W/log/store.log" 2>&1 || die "commit v2 failed"
 	"$SIM" --store "$W/srv" tag v2 deb >>"$W/log/store.log" 2>&1
@@ -340,7 +353,11 @@ if [ "$FEC" = 1 ]; then
 			UDP_EXTRA=()
 			[ -z "$uf" ] || UDP_EXTRA=(--fec "$uf")
 			udp_step "udp-fec${uf//\//_}-loss$loss" "$W/v2.tar.zst" "$N"
-			rows+=("| udpcast$([ -n "$uf" ] && echo ", --fec $uf" || echo ", no FEC") | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | | | $((N - UOK)) of $N |")
+			if [ "$UDPSTUCK" = 1 ]; then
+				rows+=("| udpcast$([ -n "$uf" ] && echo ", --fec $uf" || echo ", no FEC") | $loss% | stuck: stopped after $T s | – | $(hb "$TX") sent | | | $((N - UOK)) of $N |")
+			else
+				rows+=("| udpcast$([ -n "$uf" ] && echo ", --fec $uf" || echo ", no FEC") | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | | | $((N - UOK)) of $N |")
+			fi
 		done
 		UDP_EXTRA=()
 	done
