@@ -68,7 +68,8 @@
 #                  which sim's datagrams then fill; udpcast's blocks stay at
 #                  its default 1456 bytes)
 #   MCASTBENCH_SEAL_NS, MCASTBENCH_SEAL_RUNS: --seal's node counts and runs
-#   MCASTBENCH_FEC_LOSSES, MCASTBENCH_FEC_MODES, MCASTBENCH_UDP_FEC: --fec's
+#   MCASTBENCH_FEC_LOSSES, MCASTBENCH_FEC_MODES, MCASTBENCH_UDP_FEC, MCASTBENCH_FEC_RUNS
+#                  (sim runs per mode and loss, alternating modes): --fec's
 #   MCASTBENCH_LAB  the lab's name (default simmcbench)
 set -euo pipefail
 
@@ -276,6 +277,9 @@ udp_step() {
 			UDPSTUCK=1
 			log "  udp-sender $name: no end after $UDP_LIMIT s; stopped"
 			kill -TERM "$spid" 2>/dev/null || true
+			# udp-sender stuck in its retransmit loop ignores TERM
+			for ((i = 0; i < 20; i++)); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+			kill -KILL "$spid" 2>/dev/null || true
 			break
 		fi
 		sleep 0.02
@@ -291,7 +295,15 @@ udp_step() {
 		[ "$alive" -eq 0 ] && break
 		sleep 0.1
 	done
-	for h in "${pids[@]}"; do kill -TERM "$h" 2>/dev/null || true; wait "$h" 2>/dev/null || true; forget "$h"; done
+	for h in "${pids[@]}"; do kill -TERM "$h" 2>/dev/null || true; done
+	# a udp-receiver stuck waiting for a sender that is gone ignores TERM
+	for ((i = 0; i < 20; i++)); do
+		local alive=0
+		for h in "${pids[@]}"; do kill -0 "$h" 2>/dev/null && alive=1; done
+		[ "$alive" -eq 0 ] && break
+		sleep 0.1
+	done
+	for h in "${pids[@]}"; do kill -KILL "$h" 2>/dev/null || true; wait "$h" 2>/dev/null || true; forget "$h"; done
 	sleep 0.3
 	tx1=$(tx srv)
 	T=$(secs "$t0" "$t1")
@@ -328,6 +340,8 @@ if [ "$FEC" = 1 ]; then
 	# ================================== --fec: forward error correction ===
 	LOSSES=${MCASTBENCH_FEC_LOSSES:-1 5}
 	UDP_LIMIT=120
+	FRUNS=${MCASTBENCH_FEC_RUNS:-1}
+	[[ $FRUNS =~ ^[0-9]+$ ]] && [ "$FRUNS" -ge 1 ] || die "MCASTBENCH_FEC_RUNS must be 1 or more"
 	MODES=${MCASTBENCH_FEC_MODES:-auto off}
 	"$SIM" --store "$W/srv" commit "$CORPUS/v2" --image deb -m v2 >>"$W/log/store.log" 2>&1 || die "commit v2 failed"
 	"$SIM" --store "$W/srv" tag v2 deb >>"$W/log/store.log" 2>&1
@@ -339,15 +353,17 @@ if [ "$FEC" = 1 ]; then
 	rows=()
 	for loss in $LOSSES; do
 		loss_all "$loss"
+		for ((run = 1; run <= FRUNS; run++)); do
 		for mode in $MODES; do
 			start_serve "$N" --mcast-fec "$mode"
 			rm -rf "$W"/s/*
-			sim_step "fec-$mode-loss$loss" v2 "$N" "$mode$loss"
+			sim_step "fec-$mode-loss$loss-$run" v2 "$N" "$mode$loss"
 			read -r rg pred shards < <("$LAB" exec --name "$L" n1 -- "$SIM" multicast sessions "$URL" --json |
 				python3 -c 'import json,sys; s=json.load(sys.stdin)[-1]; print(s.get("repair_groups",0), "%.1f" % s.get("fec_predicted",0), s.get("fec_shards",0))')
 			stop_serve
-			rows+=("| sim, FEC $mode | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | $PASSES | $([ "$mode" = off ] && echo "–" || echo "$rg ($pred predicted), $shards shards") | $INC of $N |")
+			rows+=("| sim, FEC $mode (run $run) | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | $PASSES | $([ "$mode" = off ] && echo "–" || echo "$rg ($pred predicted), $shards shards") | $INC of $N |")
 			log "  FEC $mode at $loss%: $T s, $(gp "$CB" "$T")% of link, tx/content $(ratio "$TX" "$CB"), $PASSES passes, $rg blocks repaired ($pred predicted), $INC incomplete"
+		done
 		done
 		for uf in "" "${MCASTBENCH_UDP_FEC:-$([ "$loss" -le 1 ] && echo 8x8/128 || echo 8x16/128)}"; do
 			UDP_EXTRA=()

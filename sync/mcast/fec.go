@@ -56,7 +56,7 @@ const (
 	maxFECK     = 128
 	// fecTarget is the expected share of FEC blocks that some receiver
 	// cannot reconstruct (each costs a repair pass a few datagrams):
-	// auto picks the smallest R that keeps members × P(a receiver loses
+	// auto picks the smallest R that keeps Σ over members P(it loses
 	// more than R of the k+R shards) at or below it.
 	fecTarget = 0.01
 	// fecMinLoss is the loss auto assumes before receivers report, and
@@ -121,18 +121,53 @@ func fecCodeParity(k int) int {
 
 // fecRepairs is how many repair shards a group of k data blocks gets
 // when each of members receivers loses a share p of the datagrams
-// (independently): the smallest R ≤ M with members × P(Bin(k+R, p) > R)
-// ≤ fecTarget.
+// (independently).
 func fecRepairs(k int, p float64, members int) int {
+	ps := make([]float64, max(members, 1))
+	for i := range ps {
+		ps[i] = p
+	}
+	r, _ := fecRepairsFor(k, ps)
+	return r
+}
+
+// fecRepairsFor is how many repair shards a group of k data blocks gets
+// when member i loses a share ps[i] of the datagrams (each at least
+// fecMinLoss; none: one member at fecMinLoss): the smallest R ≤ M with
+// Σ P(Bin(k+R, ps[i]) > R) ≤ fecTarget, and that sum (capped at 1): the
+// expected chance that some member cannot rebuild the group.
+func fecRepairsFor(k int, ps []float64) (int, float64) {
+	if len(ps) == 0 {
+		ps = []float64{fecMinLoss}
+	}
 	m := fecCodeParity(k)
-	p = max(p, fecMinLoss)
-	members = max(members, 1)
+	fail := func(r int) float64 {
+		f := 0.0
+		for _, p := range ps {
+			f += binomTail(k+r, max(p, fecMinLoss), r)
+		}
+		return min(f, 1)
+	}
 	for r := 0; r < m; r++ {
-		if float64(members)*binomTail(k+r, p, r) <= fecTarget {
-			return r
+		if f := fail(r); f <= fecTarget {
+			return r, f
 		}
 	}
-	return m
+	return m, fail(m)
+}
+
+// fecFailureFor is the chance that some member (losing ps[i]) cannot
+// rebuild a group of k data blocks sent with r repair shards (union
+// bound, capped at 1).
+func fecFailureFor(k, r int, ps []float64) float64 {
+	if len(ps) == 0 {
+		ps = []float64{fecMinLoss}
+	}
+	f := 0.0
+	for _, p := range ps {
+		f += fecFailure(k, r, max(p, fecMinLoss))
+	}
+	return min(f, 1)
 }
 
 // fecFailure is the probability that a receiver losing share p of the

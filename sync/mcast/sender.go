@@ -308,15 +308,14 @@ type Session struct {
 	sndKey *seal.Sealer
 	sndCtr atomic.Uint64 // sender datagrams sealed (their nonces)
 	fecKey *seal.Sealer  // a sealed session's repair key
-	// fec: the session's FEC (fec.Off: none); fecEnc and fecP (the loss
+	// fec: the session's FEC (fec.Off: none); fecEnc and fecPs (the loss
 	// auto sizes R for) belong to the send loop
 	fec    FEC
 	fecEnc fecEncoder
-	fecP   float64
-	fecN   int // active members fecP was taken over
+	fecPs  []float64 // the active members' loss estimates
 	// FEC counters: groups sent with repair shards, repair datagrams,
 	// the expected number of groups some member cannot rebuild (the
-	// sum over groups of min(1, members × P(failure))), and the
+	// sum over groups of min(1, Σ members' P(failure))), and the
 	// distinct groups members asked repairs for after all (NAKs of
 	// blocks, not of whole objects). fecStat under mu.
 	fecStat fecStats
@@ -847,7 +846,7 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 			}
 			first := b - b%s.fec.K
 			k := b + 1 - first
-			r, p, members := s.repairs(k)
+			r, fail := s.repairs(k)
 			if r == 0 {
 				continue
 			}
@@ -872,28 +871,27 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 			s.mu.Lock()
 			s.fecStat.groups++
 			s.fecStat.shards += int64(r)
-			s.fecStat.predicted += min(1, float64(members)*fecFailure(k, r, p))
+			s.fecStat.predicted += fail
 			s.mu.Unlock()
 		}
 	}
 	return flush()
 }
 
-// repairs is how many repair shards a group of k data blocks gets now,
-// the loss that is for and over how many members (auto: sized to the
-// members' reported loss; fixed R/K: R scaled to k, at least 1).
-func (s *Session) repairs(k int) (int, float64, int) {
-	p, n := s.fecP, s.fecN
+// repairs is how many repair shards a group of k data blocks gets now
+// (auto: sized to the members' reported loss; fixed R/K: R scaled to k,
+// at least 1), and the chance that some member cannot rebuild it.
+func (s *Session) repairs(k int) (int, float64) {
 	if s.fec.R > 0 {
 		r := min(max((s.fec.R*k+s.fec.K-1)/s.fec.K, 1), fecCodeParity(k))
-		return r, max(p, fecMinLoss), n
+		return r, fecFailureFor(k, r, s.fecPs)
 	}
-	return fecRepairs(k, p, n), max(p, fecMinLoss), n
+	return fecRepairsFor(k, s.fecPs)
 }
 
-// fecLoss takes the loss FEC is sized for: the highest loss among the
-// members still receiving (not dropped, not done), each member's
-// estimated over all it reported so far with a prior of 1%, as if it
+// fecLoss takes the losses FEC is sized for: those of the members still
+// receiving (not dropped, not done), each member's estimated over all
+// it reported so far with a prior of 1%, as if it
 // had lost 1 of 100 more datagrams: before the first reports (the
 // first groups of a session) R is sized for 1%, and a few hundred
 // datagrams later the member's own figure dominates (0 lost of 10,000:
@@ -904,18 +902,17 @@ func (s *Session) fecLoss() {
 		return
 	}
 	now := time.Now()
-	p, n := 0.0, 0
+	ps := s.fecPs[:0]
 	s.mu.Lock()
 	for _, mb := range s.members {
 		if mb.dropped || mb.status.Done || now.Sub(mb.lastSeen) > 2*time.Second {
 			continue
 		}
-		n++
 		st := mb.status
-		p = max(p, float64(st.Lost+fecPriorLost)/float64(st.Received+st.Lost+fecPriorTotal))
+		ps = append(ps, min(float64(st.Lost+fecPriorLost)/float64(st.Received+st.Lost+fecPriorTotal), 0.5))
 	}
 	s.mu.Unlock()
-	s.fecP, s.fecN = min(p, 0.5), n
+	s.fecPs = ps
 }
 
 // adaptRate hands the pacer the median receiver's loss since the
