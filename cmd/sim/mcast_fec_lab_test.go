@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	gosync "sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/systemimager/sim/snapshot/snapshottest"
 )
@@ -35,7 +39,7 @@ func TestLabMulticastFEC(t *testing.T) {
 	}
 	var repairsAuto int64
 	for i, mode := range []string{"auto", "off"} {
-		url := l.serve(srvStore, 7500+i, "--mcast-min-receivers", "4", "--mcast-wait", "20s", "--mcast-rate", "300mbit", "--mcast-fec", mode)
+		url, stop := serveStoppable(t, l, srvStore, 7500+i, "--mcast-min-receivers", "4", "--mcast-wait", "20s", "--mcast-rate", "300mbit", "--mcast-fec", mode)
 		runs := make([]*mcastRun, len(nodes))
 		var wg gosync.WaitGroup
 		for j, n := range nodes {
@@ -51,6 +55,7 @@ func TestLabMulticastFEC(t *testing.T) {
 			t.Fatalf("%s: no session listed", mode)
 		}
 		s := ss[len(ss)-1]
+		stop() // the next mode's server takes the store
 		t.Logf("FEC %s: session %s: %d passes, %.1f s, sent %s for %s; FEC %s: %d shards over %d blocks, %d blocks repaired (%.1f predicted), %d repair datagrams",
 			mode, s.ID, s.Pass, s.Seconds, fmtBytes(s.SentBytes), fmtBytes(s.Bytes), s.FEC, s.FECShards, s.FECGroups, s.RepairGroups, s.FECPredicted, s.RepairBlocks)
 		if s.FEC != mode {
@@ -88,4 +93,37 @@ func TestLabMulticastFEC(t *testing.T) {
 			t.Errorf("FEC off repaired %d blocks by passes, auto %d: FEC saved nothing", s.RepairBlocks, repairsAuto)
 		}
 	}
+}
+
+// serveStoppable is lab.serve whose server can be stopped before the
+// test ends (sim serve holds its store: the next one needs it).
+func serveStoppable(t *testing.T, l *lab, store string, port int, extra ...string) (string, func()) {
+	t.Helper()
+	addr := fmt.Sprintf("198.18.0.1:%d", port)
+	var log bytes.Buffer
+	c := l.sim("srv", append([]string{"--store", store, "serve", "--listen", addr}, extra...)...)
+	c.Stderr = &log
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once gosync.Once
+	stop := func() {
+		once.Do(func() {
+			c.Process.Signal(syscall.SIGTERM)
+			c.Wait()
+			if t.Failed() || testing.Verbose() {
+				t.Logf("sim serve log (%s):\n%s", addr, log.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/198.18.0.1/%d", port)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if exec.Command("bash", l.sh, "exec", "--name", l.name, "n1", "--", "bash", "-c", probe).Run() == nil {
+			return "http://" + addr, stop
+		}
+	}
+	stop()
+	t.Fatal("sim serve did not come up in the lab")
+	return "", nil
 }
