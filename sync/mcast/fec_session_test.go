@@ -5,12 +5,15 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"math/rand"
+	"net"
+	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store/storetest"
 	simsync "github.com/systemimager/sim/sync"
 )
 
@@ -199,4 +202,38 @@ func TestSealedSessionFEC(t *testing.T) {
 	if res.Lost == 0 || res.Shards == 0 || res.Recovered == 0 || inf.FECShards == 0 {
 		t.Errorf("lost %d, %d shards received, %d blocks rebuilt, %d shards sent", res.Lost, res.Shards, res.Recovered, inf.FECShards)
 	}
+}
+
+// TestOtherVersion: a node hearing only datagrams of another protocol
+// version (a sender of another sim) takes none of them, and its error
+// says why it found no session.
+func TestOtherVersion(t *testing.T) {
+	lo := loopback(t)
+	grp := &net.UDPAddr{IP: net.IPv4(239, 77, 0, 9), Port: 7990 + rand.Intn(9)}
+	want := chunk.Sum([]byte("v2"))
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	old := AppendAnnounce(nil, 5, &Announce{State: StateSending, Block: 1444, Want: want, Objects: 3})
+	old[2] = 1 // version 1: before FEC
+	old = appendCRC(old[:len(old)-trailerLen])
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				c.WriteToUDP(old, grp)
+			}
+		}
+	}()
+	_, err = Receive(context.Background(), ReceiveConfig{Group: grp, Iface: lo, Want: want, Timeout: time.Second}, simsync.NewSink(storetest.New(t)))
+	if err == nil || !strings.Contains(err.Error(), "protocol version 1") {
+		t.Fatalf("receiving among version 1 datagrams: %v; want an error naming version 1", err)
+	}
+	t.Log(err)
 }
