@@ -10,7 +10,7 @@
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
-#                multicast vs udpcast: bench/mcastbench.sh;
+#                multicast vs udpcast: bench/mcastbench.sh, with FEC: mcastbench.sh --fec;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
 #                a site cache behind a 50 Mbit link: bench/cachebench.sh;
@@ -173,6 +173,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh --fec bench/mcastfecresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
