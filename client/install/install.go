@@ -20,6 +20,7 @@ import (
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/sign"
@@ -34,18 +35,21 @@ type Doc struct {
 
 // Config is what the server answers a node on GET /v1/install/config.
 type Config struct {
-	Node      string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
-	Hostname  string   `json:"hostname,omitempty"`
-	MAC       string   `json:"mac,omitempty"`
-	IP        string   `json:"ip,omitempty"`
-	Gateway   string   `json:"gateway,omitempty"`
-	Image     string   `json:"image"`
-	Commit    chunk.ID `json:"commit"`
-	Layout    string   `json:"layout"`
-	LayoutID  chunk.ID `json:"layout_commit"`
-	Disk      string   `json:"disk,omitempty"`
-	Overrides []Doc    `json:"overrides,omitempty"`
-	Scripts   []Doc    `json:"scripts,omitempty"`
+	Node     string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
+	Hostname string   `json:"hostname,omitempty"`
+	MAC      string   `json:"mac,omitempty"`
+	IP       string   `json:"ip,omitempty"`
+	Gateway  string   `json:"gateway,omitempty"`
+	Image    string   `json:"image"`
+	Commit   chunk.ID `json:"commit"`
+	Layout   string   `json:"layout"`
+	LayoutID chunk.ID `json:"layout_commit"`
+	Disk     string   `json:"disk,omitempty"`
+	// Network is the node's network spec (nil: one NIC from MAC, IP and
+	// Gateway; see NetSpec).
+	Network   *netcfg.Spec `json:"network,omitempty"`
+	Overrides []Doc        `json:"overrides,omitempty"`
+	Scripts   []Doc        `json:"scripts,omitempty"`
 	// PreScripts run in the installer before the disk is partitioned.
 	PreScripts []Doc `json:"pre_scripts,omitempty"`
 	// Token is the node's own token, minted for it by the server when
@@ -94,10 +98,11 @@ type Installed struct {
 	Time      time.Time `json:"time"`
 	Disk      string    `json:"disk"`
 	// The identity written (for an update offline, and sim agent).
-	Hostname string `json:"hostname,omitempty"`
-	MAC      string `json:"mac,omitempty"`
-	IP       string `json:"ip,omitempty"`
-	Gateway  string `json:"gateway,omitempty"`
+	Hostname string       `json:"hostname,omitempty"`
+	MAC      string       `json:"mac,omitempty"`
+	IP       string       `json:"ip,omitempty"`
+	Gateway  string       `json:"gateway,omitempty"`
+	Network  *netcfg.Spec `json:"network,omitempty"`
 	// Agent: the sim agent's unit was installed and enabled.
 	Agent bool `json:"agent,omitempty"`
 }
@@ -132,7 +137,7 @@ func WriteInstalled(storeDir string, in *Installed) error {
 // Config is the identity the record holds, as the server would send it
 // (no layout): for re-applying identity offline.
 func (in *Installed) Config() *Config {
-	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway,
+	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway, Network: in.Network,
 		Image: in.Image, Commit: in.Commit, Overrides: in.Overrides}
 }
 
@@ -521,7 +526,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	stOpen = false
 	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Effective: effective, Layout: c.LayoutID,
 		Overrides: c.Overrides, Server: o.Server, Time: time.Now().UTC(), Disk: d.Path,
-		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Agent: agent}
+		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Network: c.Network, Agent: agent}
 	marker := InstalledPath(stDir)
 	if err := WriteInstalled(stDir, &inst); err != nil {
 		return nil, err
