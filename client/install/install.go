@@ -468,11 +468,21 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
+	boot, err := bootConfig(r.Target, parts)
+	if err != nil {
+		return nil, err
+	}
 	agent, err := installAgent(r.Target, o.Agent)
 	if err != nil {
 		return nil, err
 	}
 	msg := "hostname, network, fstab"
+	if stack, _ := netcfg.Detect(r.Target); stack != "" && c.NetSpec().Managed() {
+		msg = "hostname, network (" + stack + "), fstab"
+	}
+	if boot != "" {
+		msg += ", " + boot
+	}
 	if agent {
 		msg += ", sim agent"
 	}
@@ -821,8 +831,10 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		}
 	}
 	has := func(p string) bool { _, err := os.Stat(filepath.Join(r.Target, p)); return err == nil }
-	if !has("usr/sbin/grub-install") && !has("usr/bin/grub-install") {
-		return errors.New("the image has no grub-install (install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it, or use 'bootloader none')")
+	// grub2-install, grub2-mkconfig and /boot/grub2 on RHEL-family images.
+	grubInstall, grubMkconfig, grubCfg := GrubTools(r.Target)
+	if grubInstall == "" {
+		return errors.New("the image has neither grub-install nor grub2-install (Debian: install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it; RHEL: grub2-tools and grub2-pc-modules / grub2-efi-x64-modules; or use 'bootloader none')")
 	}
 	if !bios && esp == "" {
 		return errors.New("layout has neither a bios_grub nor an esp partition: GRUB has nowhere to go")
@@ -831,7 +843,7 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		if !has("usr/lib/grub/i386-pc") {
 			return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
 		}
-		if err := r.chroot(nil, "grub-install", "--target=i386-pc", d.Path); err != nil {
+		if err := r.chroot(nil, grubInstall, "--target=i386-pc", d.Path); err != nil {
 			return err
 		}
 	}
@@ -839,9 +851,9 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		if !has("usr/lib/grub/x86_64-efi") {
 			return errors.New("layout has an esp partition but the image lacks grub-efi-amd64-bin (/usr/lib/grub/x86_64-efi)")
 		}
-		if err := r.chroot(nil, "grub-install", "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
+		if err := r.chroot(nil, grubInstall, "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
 			return err
 		}
 	}
-	return r.chroot(nil, "grub-mkconfig", "-o", "/boot/grub/grub.cfg")
+	return r.chroot(nil, grubMkconfig, "-o", grubCfg)
 }
