@@ -395,6 +395,11 @@ func (s *Spec) Shift(i int) (*Spec, error) {
 			if !ad.IsValid() || !p.Masked().Contains(ad) {
 				return nil, fmt.Errorf("network: link %q: %s plus %d is outside %s", l.Name, a, i, p.Masked())
 			}
+			if ad.Is4() && p.Bits() <= 30 && i > 0 {
+				if b := ad.As4(); (uint32(b[0])<<24|uint32(b[1])<<16|uint32(b[2])<<8|uint32(b[3]))|^(^uint32(0)>>p.Bits()) == ^uint32(0) {
+					return nil, fmt.Errorf("network: link %q: %s plus %d (%s) is the broadcast address of %s", l.Name, a, i, ad, p.Masked())
+				}
+			}
 			l.Addrs[k] = netip.PrefixFrom(ad, p.Bits()).String()
 		}
 		if l.MAC != "" {
