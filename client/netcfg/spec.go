@@ -73,6 +73,20 @@ func (s *Spec) Static() bool {
 	return false
 }
 
+// Primary is the first IPv4 address of the spec (CIDR) and its link's
+// gateway: what /etc/hosts, dnsmasq's dhcp-host and the duplicate check
+// of a node record take as the node's IP. "" when it has none.
+func (s *Spec) Primary() (ip, gw string) {
+	for _, l := range s.Links {
+		for _, a := range l.Addrs {
+			if p, err := netip.ParsePrefix(a); err == nil && p.Addr().Is4() {
+				return a, l.Gateway
+			}
+		}
+	}
+	return "", ""
+}
+
 // Managed says whether sim writes the node's network config at all.
 func (s *Spec) Managed() bool { return s != nil && !s.Replicant && len(s.Links) > 0 }
 

@@ -210,6 +210,11 @@ which must stay inside the prefix.`,
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
+				if n.Network != nil {
+					// The spec's first IPv4 address is the node's IP
+					// (hosts, dnsmasq, the duplicate check).
+					n.IP, n.Gateway = n.Network.Primary()
+				}
 				if n.MAC == "" && n.Network != nil {
 					// Recognised by its spec's first NIC with a MAC.
 					for _, l := range n.Network.Links {
@@ -223,7 +228,7 @@ which must stay inside the prefix.`,
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
-				if i > 0 && n.IP != "" {
+				if i > 0 && n.IP != "" && n.Network == nil {
 					if n.IP, err = catalog.AddrPlus(o.ip, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}

@@ -45,6 +45,12 @@ func TestNodeAddNetSpec(t *testing.T) {
 	if r3.MAC != "52:54:00:aa:00:03" {
 		t.Errorf("r03 recognised by %q, want its first NIC's MAC", r3.MAC)
 	}
+	if r3.IP != "198.18.5.3/24" || r3.Gateway != "198.18.5.254" {
+		t.Errorf("r03's IP %q gateway %q: want the spec's first IPv4 address", r3.IP, r3.Gateway)
+	}
+	if out := ok(t, s, "hosts"); !strings.Contains(out, "198.18.5.3\tr03") && !strings.Contains(out, "198.18.5.3 ") {
+		t.Errorf("sim hosts:\n%s", out)
+	}
 	if g := reg.Nodes["gold"]; g == nil || g.Network == nil || !g.Network.Replicant {
 		t.Errorf("gold: %+v", g)
 	}
