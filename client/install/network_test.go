@@ -17,6 +17,7 @@ nic eth1 mac=52:54:00:12:34:57
 nic eth2 mac=52:54:00:12:34:58
 bond bond0 slaves=eth1,eth2 mode=802.3ad mtu=9000
 vlan bond0.100 link=bond0 id=100 ip=198.19.0.11/24
+nic ib0 ip=198.20.0.11/16 mtu=65520
 dns 198.18.0.1 2001:db8::53
 search cluster.example
 `
@@ -46,6 +47,7 @@ func TestNetworkStacks(t *testing.T) {
 				"etc/systemd/network/10-sim-bond0.network":     {"Name=bond0", "VLAN=bond0.100"},
 				"etc/systemd/network/10-sim-bond0.100.netdev":  {"Name=bond0.100", "Kind=vlan", "Id=100"},
 				"etc/systemd/network/10-sim-bond0.100.network": {"Name=bond0.100", "Address=198.19.0.11/24"},
+				"etc/systemd/network/10-sim-ib0.network":       {"Name=ib0", "MTUBytes=65520", "Address=198.20.0.11/16"},
 			},
 		},
 		{
@@ -60,6 +62,7 @@ func TestNetworkStacks(t *testing.T) {
 				"etc/NetworkManager/system-connections/sim-eth1.nmconnection":      {"master=bond0", "slave-type=bond", "mac-address=52:54:00:12:34:57"},
 				"etc/NetworkManager/system-connections/sim-bond0.nmconnection":     {"type=bond", "interface-name=bond0", "mode=802.3ad", "mtu=9000", "method=disabled"},
 				"etc/NetworkManager/system-connections/sim-bond0.100.nmconnection": {"type=vlan", "id=100", "parent=bond0", "address1=198.19.0.11/24"},
+				"etc/NetworkManager/system-connections/sim-ib0.nmconnection":       {"type=infiniband", "interface-name=ib0", "transport-mode=datagram", "mtu=65520", "address1=198.20.0.11/16"},
 			},
 			mode:   map[string]os.FileMode{"etc/NetworkManager/system-connections/sim-eth0.nmconnection": 0o600},
 			absent: []string{"etc/systemd/network/10-sim-eth0.network"},

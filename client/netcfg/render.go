@@ -247,9 +247,13 @@ func renderNM(s *Spec) []File {
 			id = "sim-net"
 		}
 		typ := map[string]string{KindNIC: "ethernet", KindBond: "bond", KindVLAN: "vlan"}[l.Kind()]
+		ib := l.IPoIB()
+		if ib {
+			typ = "infiniband"
+		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "# written by sim install\n[connection]\nid=%s\nuuid=%s\ntype=%s\n", id, nmUUID(id), typ)
-		if l.Name != "" && (l.Kind() != KindNIC || l.MAC == "") {
+		if l.Name != "" && (l.Kind() != KindNIC || l.MAC == "" || ib) {
 			fmt.Fprintf(&b, "interface-name=%s\n", l.Name)
 		}
 		b.WriteString("autoconnect=true\nautoconnect-priority=100\n")
@@ -257,7 +261,12 @@ func renderNM(s *Spec) []File {
 		if master != "" {
 			fmt.Fprintf(&b, "master=%s\nslave-type=bond\n", master)
 		}
-		if l.MAC != "" || l.MTU != 0 {
+		if ib {
+			b.WriteString("\n[infiniband]\ntransport-mode=datagram\n")
+			if l.MTU != 0 {
+				fmt.Fprintf(&b, "mtu=%d\n", l.MTU)
+			}
+		} else if l.MAC != "" || l.MTU != 0 {
 			b.WriteString("\n[ethernet]\n")
 			if l.MAC != "" {
 				fmt.Fprintf(&b, "mac-address=%s\n", strings.ToUpper(l.MAC))

@@ -62,6 +62,17 @@ func (l *Link) Kind() string {
 	return KindNIC
 }
 
+// IPoIB says whether the link is an InfiniBand NIC (ib0, ib1, …): named,
+// not matched by MAC (an IPoIB hardware address is 20 bytes), and an
+// infiniband connection for NetworkManager.
+func (l *Link) IPoIB() bool {
+	if l.Kind() != KindNIC || !strings.HasPrefix(l.Name, "ib") || len(l.Name) < 3 {
+		return false
+	}
+	_, err := strconv.Atoi(l.Name[2:])
+	return err == nil
+}
+
 // Static says whether the spec gives any link a static address: what an
 // image whose network stack sim does not know cannot be given.
 func (s *Spec) Static() bool {
@@ -151,6 +162,9 @@ func (s *Spec) Check() error {
 			return fmt.Errorf("network: %s given twice", at)
 		}
 		names[l.Name] = l
+		if l.MAC != "" && l.IPoIB() {
+			return fmt.Errorf("network: %s: IPoIB links are matched by name, not mac=", at)
+		}
 		if l.MAC != "" {
 			hw, err := net.ParseMAC(l.MAC)
 			if err != nil || len(hw) != 6 {

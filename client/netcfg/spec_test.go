@@ -58,6 +58,7 @@ func TestParseErrors(t *testing.T) {
 		{"nic a gw=198.18.0.1 ip=198.18.0.2/24\nnic b gw=198.18.0.1 ip=198.18.0.3/24", "a second default gateway"},
 		{"dns 1.2.3", `invalid DNS server "1.2.3"`},
 		{"nic averyveryverylongname", "invalid interface name"},
+		{"nic ib0 mac=52:54:00:12:34:56", "IPoIB links are matched by name"},
 	} {
 		_, err := Parse(c.spec)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
