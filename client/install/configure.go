@@ -121,9 +121,9 @@ func (c *Config) NetSpec() *netcfg.Spec {
 }
 
 // network writes the node's network spec in the stack the image uses
-// (netcfg.Detect), removing the files an earlier identity wrote that this
-// one does not. Replicant writes nothing: the image's configuration
-// stays. A static address for an image of no known stack fails the
+// (netcfg.Detect), removing the files an earlier identity wrote there
+// that this one does not. Replicant writes and removes nothing: the
+// image's configuration stays. A static address for an image of no known stack fails the
 // install (netcfg.ErrUnknownStack): never dropped silently.
 func network(root string, c *Config) ([]string, error) {
 	spec := c.NetSpec()
@@ -156,9 +156,12 @@ func network(root string, c *Config) ([]string, error) {
 			return wrote, err
 		}
 	}
-	// What sim wrote before and writes no more (a NIC taken out of the
-	// spec, another stack, replicant).
-	for _, pat := range []string{netcfg.NetworkdDir + "/10-sim*", netcfg.NMDir + "/sim-*"} {
+	// What sim wrote before in this stack's directory and writes no
+	// more (a NIC taken out of the spec). Nothing is removed when sim
+	// writes nothing (replicant, DHCP on an unknown stack): the node's
+	// files stay as they are.
+	pat := map[string]string{netcfg.Networkd: netcfg.NetworkdDir + "/10-sim*", netcfg.NetworkManager: netcfg.NMDir + "/sim-*"}[stack]
+	if len(files) > 0 && pat != "" {
 		old, _ := filepath.Glob(filepath.Join(root, pat))
 		for _, p := range old {
 			rel, _ := filepath.Rel(root, p)
