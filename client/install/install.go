@@ -20,6 +20,7 @@ import (
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/sign"
@@ -34,18 +35,21 @@ type Doc struct {
 
 // Config is what the server answers a node on GET /v1/install/config.
 type Config struct {
-	Node      string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
-	Hostname  string   `json:"hostname,omitempty"`
-	MAC       string   `json:"mac,omitempty"`
-	IP        string   `json:"ip,omitempty"`
-	Gateway   string   `json:"gateway,omitempty"`
-	Image     string   `json:"image"`
-	Commit    chunk.ID `json:"commit"`
-	Layout    string   `json:"layout"`
-	LayoutID  chunk.ID `json:"layout_commit"`
-	Disk      string   `json:"disk,omitempty"`
-	Overrides []Doc    `json:"overrides,omitempty"`
-	Scripts   []Doc    `json:"scripts,omitempty"`
+	Node     string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
+	Hostname string   `json:"hostname,omitempty"`
+	MAC      string   `json:"mac,omitempty"`
+	IP       string   `json:"ip,omitempty"`
+	Gateway  string   `json:"gateway,omitempty"`
+	Image    string   `json:"image"`
+	Commit   chunk.ID `json:"commit"`
+	Layout   string   `json:"layout"`
+	LayoutID chunk.ID `json:"layout_commit"`
+	Disk     string   `json:"disk,omitempty"`
+	// Network is the node's network spec (nil: one NIC from MAC, IP and
+	// Gateway; see NetSpec).
+	Network   *netcfg.Spec `json:"network,omitempty"`
+	Overrides []Doc        `json:"overrides,omitempty"`
+	Scripts   []Doc        `json:"scripts,omitempty"`
 	// PreScripts run in the installer before the disk is partitioned.
 	PreScripts []Doc `json:"pre_scripts,omitempty"`
 	// Token is the node's own token, minted for it by the server when
@@ -94,10 +98,11 @@ type Installed struct {
 	Time      time.Time `json:"time"`
 	Disk      string    `json:"disk"`
 	// The identity written (for an update offline, and sim agent).
-	Hostname string `json:"hostname,omitempty"`
-	MAC      string `json:"mac,omitempty"`
-	IP       string `json:"ip,omitempty"`
-	Gateway  string `json:"gateway,omitempty"`
+	Hostname string       `json:"hostname,omitempty"`
+	MAC      string       `json:"mac,omitempty"`
+	IP       string       `json:"ip,omitempty"`
+	Gateway  string       `json:"gateway,omitempty"`
+	Network  *netcfg.Spec `json:"network,omitempty"`
 	// Agent: the sim agent's unit was installed and enabled.
 	Agent bool `json:"agent,omitempty"`
 }
@@ -132,7 +137,7 @@ func WriteInstalled(storeDir string, in *Installed) error {
 // Config is the identity the record holds, as the server would send it
 // (no layout): for re-applying identity offline.
 func (in *Installed) Config() *Config {
-	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway,
+	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway, Network: in.Network,
 		Image: in.Image, Commit: in.Commit, Overrides: in.Overrides}
 }
 
@@ -463,11 +468,21 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
+	boot, err := bootConfig(r.Target, parts)
+	if err != nil {
+		return nil, err
+	}
 	agent, err := installAgent(r.Target, o.Agent)
 	if err != nil {
 		return nil, err
 	}
 	msg := "hostname, network, fstab"
+	if stack, _ := netcfg.Detect(r.Target); stack != "" && c.NetSpec().Managed() {
+		msg = "hostname, network (" + stack + "), fstab"
+	}
+	if boot != "" {
+		msg += ", " + boot
+	}
 	if agent {
 		msg += ", sim agent"
 	}
@@ -521,7 +536,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	stOpen = false
 	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Effective: effective, Layout: c.LayoutID,
 		Overrides: c.Overrides, Server: o.Server, Time: time.Now().UTC(), Disk: d.Path,
-		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Agent: agent}
+		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Network: c.Network, Agent: agent}
 	marker := InstalledPath(stDir)
 	if err := WriteInstalled(stDir, &inst); err != nil {
 		return nil, err
@@ -816,8 +831,10 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		}
 	}
 	has := func(p string) bool { _, err := os.Stat(filepath.Join(r.Target, p)); return err == nil }
-	if !has("usr/sbin/grub-install") && !has("usr/bin/grub-install") {
-		return errors.New("the image has no grub-install (install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it, or use 'bootloader none')")
+	// grub2-install, grub2-mkconfig and /boot/grub2 on RHEL-family images.
+	grubInstall, grubMkconfig, grubCfg := GrubTools(r.Target)
+	if grubInstall == "" {
+		return errors.New("the image has neither grub-install nor grub2-install (Debian: install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it; RHEL: grub2-tools and grub2-pc-modules / grub2-efi-x64-modules; or use 'bootloader none')")
 	}
 	if !bios && esp == "" {
 		return errors.New("layout has neither a bios_grub nor an esp partition: GRUB has nowhere to go")
@@ -826,7 +843,7 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		if !has("usr/lib/grub/i386-pc") {
 			return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
 		}
-		if err := r.chroot(nil, "grub-install", "--target=i386-pc", d.Path); err != nil {
+		if err := r.chroot(nil, grubInstall, "--target=i386-pc", d.Path); err != nil {
 			return err
 		}
 	}
@@ -834,9 +851,9 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		if !has("usr/lib/grub/x86_64-efi") {
 			return errors.New("layout has an esp partition but the image lacks grub-efi-amd64-bin (/usr/lib/grub/x86_64-efi)")
 		}
-		if err := r.chroot(nil, "grub-install", "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
+		if err := r.chroot(nil, grubInstall, "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
 			return err
 		}
 	}
-	return r.chroot(nil, "grub-mkconfig", "-o", "/boot/grub/grub.cfg")
+	return r.chroot(nil, grubMkconfig, "-o", grubCfg)
 }

@@ -289,7 +289,7 @@ func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image strin
 		if res, err = reg.Resolve(n); err != nil {
 			return nil, err
 		}
-		cfg.Node, cfg.Hostname, cfg.IP, cfg.Gateway, cfg.Disk = n.Name, n.Name, n.IP, n.Gateway, n.Disk
+		cfg.Node, cfg.Hostname, cfg.IP, cfg.Gateway, cfg.Disk, cfg.Network = n.Name, n.Name, n.IP, n.Gateway, n.Disk, n.Network
 		if n.MAC != "" {
 			cfg.MAC = n.MAC
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/store"
 )
 
@@ -125,6 +126,32 @@ image's current layout), or a commit of IMAGE@layout (that version).
 type nodeOptions struct {
 	mac, ip, gw, image, disk               string
 	groups, overrides, scripts, preScripts []string
+	net                                    []string
+	netFile                                string
+	replicant                              bool
+}
+
+// netSpec is the node's network spec from --net, --net-file and
+// --replicant (nil: none given, MAC/IP/gateway say it all).
+func (o *nodeOptions) netSpec(readFile func(string) ([]byte, error)) (*netcfg.Spec, error) {
+	if len(o.net) == 0 && o.netFile == "" && !o.replicant {
+		return nil, nil
+	}
+	text := strings.Join(o.net, "\n")
+	if o.netFile != "" {
+		b, err := readFile(o.netFile)
+		if err != nil {
+			return nil, fmt.Errorf("--net-file: %w", err)
+		}
+		text = string(b) + "\n" + text
+	}
+	if o.replicant {
+		text += "\nreplicant"
+	}
+	if o.ip != "" {
+		return nil, errors.New("--ip and a network spec (--net, --net-file): give the address in the spec (nic NAME ip=…)")
+	}
+	return netcfg.Parse(text)
 }
 
 func (o *nodeOptions) add(c *cobra.Command, node bool) {
@@ -135,6 +162,9 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 		f.StringVar(&o.gw, "gateway", "", "default gateway `IP` with --ip")
 		f.StringArrayVar(&o.groups, "group", nil, "member of `GROUP` (repeatable, in order)")
 		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's)")
+		f.StringArrayVar(&o.net, "net", nil, "a network spec `LINE`: 'nic eth0 mac=M ip=CIDR gw=IP mtu=N', 'bond bond0 slaves=eth1,eth2 mode=802.3ad', 'vlan bond0.100 link=bond0 id=100 ip=CIDR', 'dns IP…', 'search DOMAIN…' (repeatable; README \"Network specs\")")
+		f.StringVar(&o.netFile, "net-file", "", "read the node's network spec from `FILE` (the --net lines, one a line)")
+		f.BoolVar(&o.replicant, "replicant", false, "leave the image's network configuration as it is (SystemImager's replicant)")
 	}
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
@@ -167,16 +197,38 @@ which must stay inside the prefix.`,
 			if len(names) == 0 {
 				return usageError{fmt.Errorf("node add: %q names no node", args[0])}
 			}
+			spec, err := o.netSpec(func(p string) ([]byte, error) { return os.ReadFile(e.path(p)) })
+			if err != nil {
+				return usageError{err}
+			}
 			var nodes []*catalog.Node
 			for i, name := range names {
 				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk}
-				if i > 0 && n.MAC != "" {
+					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec}
+				if spec != nil && i > 0 {
+					if n.Network, err = spec.Shift(i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
+					}
+				}
+				if n.Network != nil {
+					// The spec's first IPv4 address is the node's IP
+					// (hosts, dnsmasq, the duplicate check).
+					n.IP, n.Gateway = n.Network.Primary()
+				}
+				if n.MAC == "" && n.Network != nil {
+					// Recognised by its spec's first NIC with a MAC.
+					for _, l := range n.Network.Links {
+						if l.MAC != "" {
+							n.MAC = l.MAC
+							break
+						}
+					}
+				} else if i > 0 && n.MAC != "" {
 					if n.MAC, err = catalog.MACPlus(o.mac, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
-				if i > 0 && n.IP != "" {
+				if i > 0 && n.IP != "" && n.Network == nil {
 					if n.IP, err = catalog.AddrPlus(o.ip, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
