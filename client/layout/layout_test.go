@@ -76,7 +76,7 @@ func TestParseErrors(t *testing.T) {
 		{"part root rest ext4 /\nfoo bar", "line 2 \"foo bar\": unknown keyword"},
 		{"sim-layout 2\npart root rest ext4 /", "line 1 \"sim-layout 2\": unsupported layout version"},
 		{"disk sda\npart root rest ext4 /", "bad disk \"sda\""},
-		{"disk /dev/vda\ndisk /dev/vdb\npart root rest ext4 /", "second disk line"},
+		{"disk /dev/vda\ndisk /dev/vdb\npart root rest ext4 /", "layout line 1 (disk /dev/vda): disk /dev/vda has no partitions"},
 		{"part root rest ext5 /", "unknown filesystem \"ext5\""},
 		{"part root huge ext4 /", "bad size \"huge\""},
 		{"part r/oot rest ext4 /", "bad partition name"},
