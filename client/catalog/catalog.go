@@ -28,6 +28,13 @@ const (
 // LayoutImage is where IMAGE's layout lives.
 func LayoutImage(image string) string { return image + layoutSuffix }
 
+// GroupLayoutImage and NodeLayoutImage are where the layout of group G
+// and of node N live (sim layout set --group G / --node N): a node's own
+// layout wins over its groups' (the first of its groups that has one),
+// which win over its image's.
+func GroupLayoutImage(g string) string { return "sim@group+" + g + layoutSuffix }
+func NodeLayoutImage(n string) string  { return "sim@node+" + n + layoutSuffix }
+
 // OverrideImage is where override NAME lives.
 func OverrideImage(name string) string { return name + overrideSuffix }
 
@@ -167,6 +174,25 @@ func LayoutFor(st *store.Store, ref string) (chunk.ID, error) {
 		return lid, fmt.Errorf("image %s: %w", image, ErrNoLayout)
 	}
 	return lid, nil
+}
+
+// LayoutForNode is the layout commit node n installs image ref with:
+// the head of n's own layout image, else of the first of its groups'
+// that exists, else LayoutFor(ref). from says which it was ("node N",
+// "group G" or "image I").
+func LayoutForNode(st *store.Store, n *Node, ref string) (id chunk.ID, from string, err error) {
+	if n != nil {
+		if id, err = head(st, NodeLayoutImage(n.Name)); err != nil || !id.IsZero() {
+			return id, "node " + n.Name, err
+		}
+		for _, g := range n.Groups {
+			if id, err = head(st, GroupLayoutImage(g)); err != nil || !id.IsZero() {
+				return id, "group " + g, err
+			}
+		}
+	}
+	id, err = LayoutFor(st, ref)
+	return id, "image " + ref, err
 }
 
 // sortedKeys is used for stable listings.
