@@ -76,7 +76,15 @@ func (m *metalLab) raid() {
 			if err != nil || fi.IsDir() || strings.HasPrefix(f, "/usr/share/doc") || strings.HasPrefix(f, "/usr/share/man") {
 				continue
 			}
-			if out, err := exec.Command("cp", "-a", "--parents", f, ov).CombinedOutput(); err != nil {
+			// At its real directory: /lib and /sbin are symlinks into
+			// /usr here and in the image, and must stay so.
+			real, err := filepath.EvalSymlinks(filepath.Dir(f))
+			if err != nil {
+				continue
+			}
+			dst := filepath.Join(ov, real, filepath.Base(f))
+			os.MkdirAll(filepath.Dir(dst), 0o755)
+			if out, err := exec.Command("cp", "-a", f, dst).CombinedOutput(); err != nil {
 				t.Fatalf("cp %s: %v %s", f, err, out)
 			}
 		}
