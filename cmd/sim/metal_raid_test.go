@@ -136,6 +136,13 @@ func (m *metalLab) raid() {
 		dev := strings.TrimSpace(string(out))
 		mnt := filepath.Join(m.dir, "inspect-"+filepath.Base(d))
 		os.MkdirAll(mnt, 0o755)
+		// The partition's node appears a moment after losetup returns.
+		for i := 0; i < 200; i++ {
+			if _, err := os.Stat(dev + "p2"); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		if err := unix.Mount(dev+"p2", mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
 			exec.Command("losetup", "-d", dev).Run()
 			t.Fatalf("mount %sp2 (root on md0's member of %s): %v", dev, d, err)
