@@ -129,23 +129,19 @@ func (m *metalLab) raid() {
 
 	// From the host: either member's partition 2 is the root filesystem.
 	for _, d := range []string{v.disk, second} {
-		out, err := exec.Command("losetup", "-f", "--show", "-P", "-r", d).Output()
+		// sys0/sys1 is partition 2, at 2 MiB (after 1 MiB of GPT and the
+		// 1 MiB bios_grub): the filesystem itself, md0's superblock being
+		// at its end.
+		out, err := exec.Command("losetup", "-f", "--show", "-r", "-o", "2097152", "--sizelimit", "1258291200", d).Output()
 		if err != nil {
 			t.Fatalf("losetup %s: %v", d, err)
 		}
 		dev := strings.TrimSpace(string(out))
 		mnt := filepath.Join(m.dir, "inspect-"+filepath.Base(d))
 		os.MkdirAll(mnt, 0o755)
-		// The partition's node appears a moment after losetup returns.
-		for i := 0; i < 200; i++ {
-			if _, err := os.Stat(dev + "p2"); err == nil {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err := unix.Mount(dev+"p2", mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		if err := unix.Mount(dev, mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
 			exec.Command("losetup", "-d", dev).Run()
-			t.Fatalf("mount %sp2 (root on md0's member of %s): %v", dev, d, err)
+			t.Fatalf("mount %s (partition 2 of %s: md0's member, the root): %v", dev, d, err)
 		}
 		fstab, _ := os.ReadFile(filepath.Join(mnt, "etc/fstab"))
 		conf, _ := os.ReadFile(filepath.Join(mnt, "etc/mdadm/mdadm.conf"))
