@@ -202,7 +202,7 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 		f.StringVar(&o.ip, "ip", "", "static `IP/PREFIX` for the installed system (default DHCP)")
 		f.StringVar(&o.gw, "gateway", "", "default gateway `IP` with --ip")
 		f.StringArrayVar(&o.groups, "group", nil, "member of `GROUP` (repeatable, in order)")
-		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's)")
+		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's first disk)")
 	}
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
