@@ -28,9 +28,11 @@ func newLayoutCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "layout",
 		Short: "Disk layouts stored with images (set, show, capture)",
-		Long: `A layout says how a node's disk is partitioned and formatted when it installs
-an image: GPT partitions by size, percent or rest; esp, vfat, ext4, xfs,
-swap, bios_grub; mount points, labels, mount options; which disk. It is
+		Long: `A layout says how a node's disks are partitioned and formatted when it installs
+an image: one or more disks (GPT or msdos), partitions by size, percent or
+rest; esp, vfat, ext2/3/4, xfs, btrfs (and its subvolumes), swap,
+bios_grub; md arrays (raid 0, 1, 5, 6, 10, spares), LVM volume groups and
+logical volumes; mount points, labels, mount options, keep. It is
 stored in the store as image IMAGE@layout, so every change is a commit
 (sim log IMAGE@layout shows its history).`,
 	}
