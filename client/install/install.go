@@ -258,6 +258,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.Log = io.Discard
 	}
 	var mounts []string
+	release := func() {}
 	beat := time.NewTicker(Heartbeat)
 	stopBeat := make(chan struct{})
 	beatDone := make(chan struct{})
@@ -285,6 +286,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		stopHeartbeat()
 		if err != nil {
 			disk.Unmount(mounts)
+			release()
 			err = fmt.Errorf("install failed at step %q: %w", r.step, err)
 			r.report(r.step, Failed, err.Error())
 		}
@@ -308,52 +310,113 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("layout of %s: %w", c.Image, err)
 	}
-	spec := l.Disk
-	if c.Disk != "" {
-		spec = c.Disk
+	// Every disk the layout names, found and planned before any is
+	// touched; c.Disk and o.Disk name the first.
+	var targets []target
+	for i, ds := range l.AllDisks() {
+		spec := ds.Spec
+		if i == 0 && c.Disk != "" {
+			spec = c.Disk
+		}
+		if i == 0 && o.Disk != "" {
+			spec = o.Disk
+		}
+		where := "layout"
+		if ds.Line > 0 {
+			where = fmt.Sprintf("layout line %d", ds.Line)
+		}
+		d, err := disk.Find(spec)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		for _, t := range targets {
+			if t.info.Path == d.Path {
+				return nil, fmt.Errorf("%s: disk %s is %s, the disk of line %d too", where, spec, d.Path, t.stanza.Line)
+			}
+		}
+		ext, err := ds.Plan(d.Path, d.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		targets = append(targets, target{stanza: ds, info: d, ext: ext})
 	}
-	if o.Disk != "" {
-		spec = o.Disk
+	d := targets[0].info
+	nparts := 0
+	var paths []string
+	for _, t := range targets {
+		nparts += len(t.ext)
+		paths = append(paths, fmt.Sprintf("%s (%d MiB)", t.info.Path, t.info.Size>>20))
 	}
-	d, err := disk.Find(spec)
-	if err != nil {
-		return nil, err
-	}
-	ext, err := l.Plan(d.Path, d.Size)
-	if err != nil {
-		return nil, err
-	}
-	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
+	r.report("layout", Running, fmt.Sprintf("disk %s, %d partitions", strings.Join(paths, ", disk "), nparts))
 
 	// Pre-install scripts (check or wipe hardware) run before anything
 	// is written: one failing leaves the disk as it was.
 	if len(c.PreScripts) > 0 {
 		r.setStep("pre-scripts")
-		if err := r.preScripts(ctx, d.Path); err != nil {
+		if err := r.preScripts(ctx, targets); err != nil {
 			return nil, err
 		}
 	}
 
 	r.setStep("partition")
-	// Partitions marked keep that the disk already has are placed where
-	// they are and not formatted: a reinstall keeps /scratch.
-	kept, err := disk.Kept(d, ext, l.Table)
-	if err != nil {
-		return nil, err
+	// Arrays and VGs of an earlier install a rescue system assembled
+	// would hold the partitions busy.
+	disk.Release(ctx, l, r.Log)
+	var parts []disk.Part
+	nkept := 0
+	for _, t := range targets {
+		// Partitions marked keep that the disk already has are placed
+		// where they are and not formatted: a reinstall keeps /scratch.
+		kept, err := disk.Kept(t.info, t.ext, t.stanza.Table)
+		if err != nil {
+			return nil, err
+		}
+		ps, err := disk.Partition(t.info, t.ext, t.stanza.Table)
+		if err != nil {
+			return nil, err
+		}
+		disk.MarkKept(ps, kept)
+		nkept += len(kept)
+		parts = append(parts, ps...)
+		r.report("partition", Running, t.info.Path)
 	}
-	parts, err := disk.Partition(d, ext, l.Table)
-	if err != nil {
-		return nil, err
+	if !l.Simple() {
+		// From here on the arrays and VGs are let go again whatever
+		// happens (after unmounting), so the disks are free.
+		release = func() { disk.Release(context.WithoutCancel(ctx), l, r.Log) }
+		r.setStep("raid")
+		arrays, err := disk.MakeArrays(ctx, l, parts, c.Hostname, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, arrays...)
+		if len(arrays) > 0 {
+			r.report("raid", Running, fmt.Sprintf("%d md arrays", len(arrays)))
+		}
+		r.setStep("lvm")
+		lvs, err := disk.MakeLVM(ctx, l, parts, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, lvs...)
+		if len(l.VGs) > 0 {
+			r.report("lvm", Running, fmt.Sprintf("%d volume groups, %d logical volumes", len(l.VGs), len(lvs)))
+		}
 	}
-	disk.MarkKept(parts, kept)
-	r.report("partition", Running, d.Path)
 	r.setStep("mkfs")
 	for i := range parts {
 		if err := disk.Mkfs(&parts[i]); err != nil {
 			return nil, err
 		}
 	}
-	r.report("mkfs", Running, fmt.Sprintf("%d kept", len(kept)))
+	if len(l.Subvols) > 0 {
+		subs, err := disk.MakeSubvols(ctx, l, parts, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, subs...)
+	}
+	r.report("mkfs", Running, fmt.Sprintf("%d kept", nkept))
 
 	// Mount everything except FAT filesystems: the image's files there
 	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
@@ -435,7 +498,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	// be removed by the checkout as extraneous: leave it alone.
 	if cm, err := st.Commit(effective); err == nil {
 		for _, p := range parts {
-			if p.FS.Mountable() && p.Mount != "/" {
+			if p.FS.Mountable() && p.Mount != "/" && p.Mount != "" {
 				if _, err := snapshot.Lookup(st, cm.Tree, p.Mount); err != nil {
 					excludes = append(excludes, p.Mount)
 				}
@@ -468,6 +531,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
+	if err := r.volumesConfig(l, parts); err != nil {
+		return nil, err
+	}
 	boot, err := bootConfig(r.Target, parts)
 	if err != nil {
 		return nil, err
@@ -488,7 +554,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	}
 	r.report("configure", Running, msg)
 
-	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub"
+	initramfs := len(l.RAIDs) > 0 || len(l.LVs) > 0
+	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub" || initramfs
 	var binds []string
 	if needChroot {
 		if binds, err = BindSystem(r.Target); err != nil {
@@ -514,9 +581,16 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.report("scripts", Running, s.Name+" ok")
 	}
 
+	if initramfs {
+		r.setStep("initramfs")
+		if err := r.initramfs(l, parts); err != nil {
+			return nil, err
+		}
+	}
+
 	r.setStep("bootloader")
 	if l.Bootloader == "grub" {
-		if err := r.grub(d, parts, l.Table); err != nil {
+		if err := r.grub(targets, parts); err != nil {
 			return nil, err
 		}
 		r.report("bootloader", Running, "GRUB installed")
@@ -555,6 +629,10 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	mounts = nil
+	if err := disk.Release(ctx, l, r.Log); err != nil {
+		return nil, err
+	}
+	release = func() {}
 	stopHeartbeat()
 	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
 	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
@@ -759,9 +837,14 @@ func (r *run) runScript(name string, body []byte) error {
 // preScripts fetches the pre-install scripts into a scratch store (the
 // node store does not exist yet: its filesystem is not made) and runs
 // each in the installer's own system, with the node's SIM_ variables and
-// SIM_DISK, the disk about to be partitioned. A non-zero exit aborts the
+// SIM_DISK, the (first) disk about to be partitioned, and SIM_DISKS, all
+// of them, space-separated. A non-zero exit aborts the
 // install before the disk is touched.
-func (r *run) preScripts(ctx context.Context, diskPath string) error {
+func (r *run) preScripts(ctx context.Context, targets []target) error {
+	var all []string
+	for _, t := range targets {
+		all = append(all, t.info.Path)
+	}
 	dir, err := os.MkdirTemp("", "sim-pre-")
 	if err != nil {
 		return err
@@ -797,7 +880,7 @@ func (r *run) preScripts(ctx context.Context, diskPath string) error {
 		cmd := exec.CommandContext(ctx, p)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "SIM_NODE="+c.Node, "SIM_HOSTNAME="+c.Hostname, "SIM_IMAGE="+c.Image,
-			"SIM_COMMIT="+c.Commit.String(), "SIM_MAC="+c.MAC, "SIM_IP="+c.IP, "SIM_DISK="+diskPath)
+			"SIM_COMMIT="+c.Commit.String(), "SIM_MAC="+c.MAC, "SIM_IP="+c.IP, "SIM_DISK="+all[0], "SIM_DISKS="+strings.Join(all, " "))
 		out, err := cmd.CombinedOutput()
 		if len(out) > 0 && r.Log != nil {
 			fmt.Fprintf(r.Log, "%s", out)
@@ -819,14 +902,22 @@ func (r *run) preScripts(ctx context.Context, diskPath string) error {
 // partition), for UEFI onto the ESP at the removable-media path
 // (EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed and the disk boots in
 // any UEFI machine), then writes grub.cfg with the image's grub-mkconfig.
-func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
-	bios := table == layout.TableMsdos
+func (r *run) grub(targets []target, parts []disk.Part) error {
+	// BIOS GRUB goes on every disk with an msdos table or a bios_grub
+	// partition: with the root mirrored, either disk boots.
+	var bios []string
 	esp := ""
-	for _, p := range parts {
-		if p.FS == layout.FSBiosGrub {
-			bios = true
+	for _, t := range targets {
+		on := t.stanza.Table == layout.TableMsdos
+		for _, e := range t.ext {
+			on = on || e.FS == layout.FSBiosGrub
 		}
-		if p.FS == layout.FSESP {
+		if on {
+			bios = append(bios, t.info.Path)
+		}
+	}
+	for _, p := range parts {
+		if p.FS == layout.FSESP && esp == "" {
 			esp = p.Mount
 		}
 	}
@@ -836,14 +927,14 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 	if grubInstall == "" {
 		return errors.New("the image has neither grub-install nor grub2-install (Debian: install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it; RHEL: grub2-tools and grub2-pc-modules / grub2-efi-x64-modules; or use 'bootloader none')")
 	}
-	if !bios && esp == "" {
+	if len(bios) == 0 && esp == "" {
 		return errors.New("layout has neither a bios_grub nor an esp partition: GRUB has nowhere to go")
 	}
-	if bios {
-		if !has("usr/lib/grub/i386-pc") {
-			return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
-		}
-		if err := r.chroot(nil, grubInstall, "--target=i386-pc", d.Path); err != nil {
+	if len(bios) > 0 && !has("usr/lib/grub/i386-pc") {
+		return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
+	}
+	for _, dev := range bios {
+		if err := r.chroot(nil, grubInstall, "--target=i386-pc", dev); err != nil {
 			return err
 		}
 	}

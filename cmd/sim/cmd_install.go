@@ -123,7 +123,7 @@ hand (sim token add NAME --role node --node NAME).`,
 	f.StringVar(&o.image, "image", "", "install `REF` instead of the node's image")
 	f.StringVar(&o.node, "node", "", "install as node `NAME`")
 	f.StringVar(&o.mac, "mac", "", "identify this machine by `MAC` (default: the first NIC's)")
-	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides node and layout)")
+	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the node's disk and the layout's first disk)")
 	f.StringVar(&o.target, "target", "/run/sim/target", "mount the new root at `DIR` while installing")
 	f.StringArrayVar(&o.trust, "trust", nil, "trust the public key `FILE` and require every installed commit to be signed by a trusted key (repeatable)")
 	o.rf.add(c)

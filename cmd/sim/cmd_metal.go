@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
@@ -28,59 +29,127 @@ func newLayoutCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "layout",
 		Short: "Disk layouts stored with images (set, show, capture)",
-		Long: `A layout says how a node's disk is partitioned and formatted when it installs
-an image: GPT partitions by size, percent or rest; esp, vfat, ext4, xfs,
-swap, bios_grub; mount points, labels, mount options; which disk. It is
+		Long: `A layout says how a node's disks are partitioned and formatted when it installs
+an image: one or more disks (GPT or msdos), partitions by size, percent or
+rest; esp, vfat, ext2/3/4, xfs, btrfs (and its subvolumes), swap,
+bios_grub; md arrays (raid 0, 1, 5, 6, 10, spares), LVM volume groups and
+logical volumes; mount points, labels, mount options, keep. It is
 stored in the store as image IMAGE@layout, so every change is a commit
 (sim log IMAGE@layout shows its history).`,
 	}
-	c.AddCommand(&cobra.Command{
-		Use:   "set IMAGE FILE",
-		Short: "Check FILE and store it as IMAGE's layout (a new commit on IMAGE@layout)",
-		Args:  cobra.ExactArgs(2),
+	var setGroup, setNode string
+	set := &cobra.Command{
+		Use:   "set IMAGE FILE | set --group G FILE | set --node N FILE",
+		Short: "Check FILE and store it as IMAGE's (or group G's, or node N's) layout: a new commit",
+		Long: `Check FILE and store it as a layout: IMAGE's (a new commit on IMAGE@layout),
+or, with --group G, every member of group G's, or, with --node N, node N's
+own (sim@group+G@layout, sim@node+N@layout). A node installs its own layout
+if it has one, else that of the first of its groups that has one, else its
+image's.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := store.CheckName("image", args[0]); err != nil {
-				return usageError{err}
+			if setGroup != "" && setNode != "" {
+				return usageError{fmt.Errorf("--group and --node: give one")}
 			}
-			if catalog.IsSpecial(args[0]) {
-				return usageError{fmt.Errorf("%s is a catalog document, not a system image", args[0])}
+			var target, what, file string
+			switch {
+			case setGroup != "" || setNode != "":
+				if len(args) != 1 {
+					return usageError{fmt.Errorf("with --group or --node, give only FILE")}
+				}
+				file = args[0]
+			case len(args) != 2:
+				return usageError{fmt.Errorf("give IMAGE FILE (or --group G FILE, --node N FILE)")}
+			default:
+				file = args[1]
+				if err := store.CheckName("image", args[0]); err != nil {
+					return usageError{err}
+				}
+				if catalog.IsSpecial(args[0]) {
+					return usageError{fmt.Errorf("%s is a catalog document, not a system image", args[0])}
+				}
+				target, what = catalog.LayoutImage(args[0]), args[0]
 			}
-			b, err := os.ReadFile(e.path(args[1]))
+			b, err := os.ReadFile(e.path(file))
 			if err != nil {
 				return err
 			}
 			l, err := layout.Parse(string(b))
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[1], err)
+				return fmt.Errorf("%s: %w", file, err)
 			}
 			return e.withStore(func(st *store.Store) error {
-				if _, err := st.ImageHead(args[0]); err != nil {
-					return fmt.Errorf("image %s: %w", args[0], err)
+				switch {
+				case setGroup != "" || setNode != "":
+					reg, err := catalog.LoadRegistry(st)
+					if err != nil {
+						return err
+					}
+					if setGroup != "" {
+						if reg.Groups[setGroup] == nil {
+							return fmt.Errorf("no group %q (sim group add %s)", setGroup, setGroup)
+						}
+						target, what = catalog.GroupLayoutImage(setGroup), "group "+setGroup
+					} else {
+						if reg.Nodes[setNode] == nil {
+							return fmt.Errorf("no node %q (sim node add %s)", setNode, setNode)
+						}
+						target, what = catalog.NodeLayoutImage(setNode), "node "+setNode
+					}
+				default:
+					if _, err := st.ImageHead(args[0]); err != nil {
+						return fmt.Errorf("image %s: %w", args[0], err)
+					}
 				}
 				// The file as written (comments kept), since it parsed.
-				id, err := catalog.CommitFiles(c.Context(), st, catalog.LayoutImage(args[0]),
-					map[string][]byte{catalog.LayoutFile: b}, "layout of "+args[0])
+				id, err := catalog.CommitFiles(c.Context(), st, target,
+					map[string][]byte{catalog.LayoutFile: b}, "layout of "+what)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stderr, "layout of %s: %d partitions on disk %s, at least %s; commit %s on %s\n",
-					args[0], len(l.Partitions), l.Disk, layout.FormatBytes(l.MinBytes()/layout.Align*layout.Align+layout.Align), id.Short(), catalog.LayoutImage(args[0]))
+				nparts := 0
+				for _, d := range l.AllDisks() {
+					nparts += len(d.Partitions)
+				}
+				fmt.Fprintf(e.stderr, "layout of %s: %d partitions on %d disks (the first %s, at least %s), %d arrays, %d logical volumes; commit %s on %s\n",
+					what, nparts, len(l.AllDisks()), l.Disk, layout.FormatBytes(l.MinBytes()/layout.Align*layout.Align+layout.Align), len(l.RAIDs), len(l.LVs), id.Short(), target)
 				return nil
 			})
 		},
-	})
-	var size string
+	}
+	set.Flags().StringVar(&setGroup, "group", "", "store the layout of group `G` (its members install it)")
+	set.Flags().StringVar(&setNode, "node", "", "store node `N`'s own layout")
+	c.AddCommand(set)
+	var size, showNode string
 	show := &cobra.Command{
-		Use:   "show REF",
+		Use:   "show REF | show --node N",
 		Short: "Print the layout of an image (or of a commit of IMAGE@layout)",
 		Long: `Print the layout REF uses: REF is an image, a tag or commit of it (then its
 image's current layout), or a commit of IMAGE@layout (that version).
 --disk-size SIZE also prints where each partition would go on such a disk.`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if (showNode == "") == (len(args) == 0) {
+				return usageError{fmt.Errorf("give REF or --node N")}
+			}
 			return e.withStore(func(st *store.Store) error {
-				id, err := catalog.LayoutFor(st, args[0])
-				if err != nil {
+				var id chunk.ID
+				var err error
+				if showNode != "" {
+					a, err := install.Assignment(st, showNode, "", "")
+					if err != nil {
+						return err
+					}
+					reg, err := catalog.LoadRegistry(st)
+					if err != nil {
+						return err
+					}
+					var from string
+					if id, from, err = catalog.LayoutForNode(st, reg.Nodes[showNode], a.Image); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stderr, "node %s installs the layout of %s\n", showNode, from)
+				} else if id, err = catalog.LayoutFor(st, args[0]); err != nil {
 					return err
 				}
 				b, err := catalog.ReadFile(st, id, catalog.LayoutFile)
@@ -118,6 +187,7 @@ image's current layout), or a commit of IMAGE@layout (that version).
 		},
 	}
 	show.Flags().StringVar(&size, "disk-size", "", "also place the partitions on a disk of `SIZE`")
+	show.Flags().StringVar(&showNode, "node", "", "the layout node `N` installs (its own, its group's or its image's)")
 	e.addJSONFlag(show)
 	c.AddCommand(show, newLayoutCaptureCommand(e))
 	return c
@@ -161,7 +231,7 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 		f.StringVar(&o.ip, "ip", "", "static `IP/PREFIX` for the installed system (default DHCP)")
 		f.StringVar(&o.gw, "gateway", "", "default gateway `IP` with --ip")
 		f.StringArrayVar(&o.groups, "group", nil, "member of `GROUP` (repeatable, in order)")
-		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's)")
+		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's first disk)")
 		f.StringArrayVar(&o.net, "net", nil, "a network spec `LINE`: 'nic eth0 mac=M ip=CIDR gw=IP mtu=N', 'bond bond0 slaves=eth1,eth2 mode=802.3ad', 'vlan bond0.100 link=bond0 id=100 ip=CIDR', 'dns IP…', 'search DOMAIN…' (repeatable; README \"Network specs\")")
 		f.StringVar(&o.netFile, "net-file", "", "read the node's network spec from `FILE` (the --net lines, one a line)")
 		f.BoolVar(&o.replicant, "replicant", false, "leave the image's network configuration as it is (SystemImager's replicant)")
