@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
+
+	"github.com/systemimager/sim/store/s3"
 )
 
 // ErrUnknownScheme is returned for a store location that names a scheme
@@ -28,6 +31,10 @@ func CheckLocation(loc string) error {
 	if m == nil {
 		return nil
 	}
-	return fmt.Errorf("store %q: %w %q: sim stores are local directories (a directory of that name is ./%s)",
+	if strings.EqualFold(m[1], "s3") {
+		_, err := s3.ParseLocation(loc)
+		return err
+	}
+	return fmt.Errorf("store %q: %w %q: sim stores are local directories or s3://BUCKET[/PREFIX]?endpoint=URL (a directory of that name is ./%s)",
 		loc, ErrUnknownScheme, m[1], loc)
 }
