@@ -337,4 +337,3 @@ func (s *Store) remoteExpireReflogs(before time.Time) (int, error) {
 	}
 	return n, nil
 }
-
