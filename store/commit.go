@@ -96,6 +96,20 @@ func (s *Store) IsShallow(id chunk.ID) bool {
 
 func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 	b, id := c.Encode()
+	if s.rem != nil {
+		// What another writer stored may not be in this cache yet.
+		if _, err := s.Lookup(c.Tree); err != nil && !errors.Is(err, ErrNotFound) {
+			return id, err
+		}
+		for _, p := range c.Parents {
+			if shallow {
+				break
+			}
+			if _, err := s.CommitRaw(p); err != nil && !errors.Is(err, ErrNotFound) {
+				return id, err
+			}
+		}
+	}
 	if ok, err := s.Has(c.Tree); err != nil {
 		return id, err
 	} else if !ok {

@@ -15,6 +15,14 @@ import (
 // commit would quietly land there.
 var ErrUnknownScheme = errors.New("unknown store scheme")
 
+// ErrBadLocation is matched (errors.Is) by a malformed s3:// location.
+var ErrBadLocation = errors.New("bad store location")
+
+type badLocation struct{ error }
+
+func (e badLocation) Is(target error) bool { return target == ErrBadLocation }
+func (e badLocation) Unwrap() error        { return e.error }
+
 // schemeRE matches an RFC 3986 scheme followed by "://".
 var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
 
@@ -32,8 +40,10 @@ func CheckLocation(loc string) error {
 		return nil
 	}
 	if strings.EqualFold(m[1], "s3") {
-		_, err := s3.ParseLocation(loc)
-		return err
+		if _, err := s3.ParseLocation(loc); err != nil {
+			return badLocation{err}
+		}
+		return nil
 	}
 	return fmt.Errorf("store %q: %w %q: sim stores are local directories or s3://BUCKET[/PREFIX]?endpoint=URL (a directory of that name is ./%s)",
 		loc, ErrUnknownScheme, m[1], loc)

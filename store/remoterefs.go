@@ -157,7 +157,7 @@ func (s *Store) casImage(name string, old chunk.ID, tmpl refEntry) error {
 			if !exists {
 				return fmt.Errorf("image %s: %w (it was deleted, expected head %s)", name, ErrConflict, old.Short())
 			}
-			return fmt.Errorf("image %s: %w (head is %s, expected %s)", name, ErrConflict, cur.Short(), old.Short())
+			return fmt.Errorf("image %s: %w: non-fast-forward (head is %s, expected %s: another writer moved it first)", name, ErrConflict, cur.Short(), old.Short())
 		}
 		return nil
 	})
