@@ -13,6 +13,7 @@
 #                multicast vs udpcast: bench/mcastbench.sh;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
+#                the store on Ceph beside the embedded one: bench/cephbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
@@ -184,6 +185,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
+	SIM_CORPUS=$(CORPUS) bash bench/cephbench.sh bench/cephresults.md
 	$(MAKE) metal-bench
 
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).

@@ -240,14 +240,25 @@ type countingTransport struct {
 	c  *Client
 }
 
+// totals count every client's requests in this process (benchmarks).
+var totals struct{ requests, up, down atomic.Int64 }
+
+// Totals returns the requests and bytes of all clients of this process.
+func Totals() Stats {
+	return Stats{totals.requests.Load(), totals.up.Load(), totals.down.Load()}
+}
+
 func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.c.requests.Add(1)
+	totals.requests.Add(1)
 	if r.ContentLength > 0 {
 		t.c.up.Add(r.ContentLength)
+		totals.up.Add(r.ContentLength)
 	}
 	resp, err := t.rt.RoundTrip(r)
 	if err == nil && resp.ContentLength > 0 {
 		t.c.down.Add(resp.ContentLength)
+		totals.down.Add(resp.ContentLength)
 	}
 	return resp, err
 }
