@@ -173,7 +173,7 @@ func (f frameWriter) Write(p []byte) (int, error) {
 // server's services sv.
 func serveSocket(ctx context.Context, st *store.Store, storeDir string, sv *serving) (*http.Server, error) {
 	sock := filepath.Join(st.Dir(), socketName) // an S3 store's: its local cache
-	os.Remove(sock) // stale: we hold the store lock, so no server owns it
+	os.Remove(sock)                             // stale: we hold the store lock, so no server owns it
 	ul, err := net.Listen("unix", sock)
 	if err != nil {
 		return nil, err

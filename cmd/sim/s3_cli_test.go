@@ -204,4 +204,3 @@ func TestS3TwoWriters(t *testing.T) {
 	}
 	ok(t, loc, "fsck", "--read-data")
 }
-
