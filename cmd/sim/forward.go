@@ -172,8 +172,9 @@ func (f frameWriter) Write(p []byte) (int, error) {
 // command lines other sim processes forward there on st, with the
 // server's services sv.
 func serveSocket(ctx context.Context, st *store.Store, storeDir string, sv *serving) (*http.Server, error) {
-	sock := filepath.Join(st.Dir(), socketName) // an S3 store's: its local cache
-	os.Remove(sock)                             // stale: we hold the store lock, so no server owns it
+	// In the store's directory; an S3 store's local cache directory.
+	sock := filepath.Join(st.Dir(), socketName)
+	os.Remove(sock) // stale: we hold the store lock, so no server owns it
 	ul, err := net.Listen("unix", sock)
 	if err != nil {
 		return nil, err
