@@ -204,3 +204,25 @@ func TestS3TwoWriters(t *testing.T) {
 	}
 	ok(t, loc, "fsck", "--read-data")
 }
+
+// TestS3MissingCredentials: an S3 store without credentials is refused
+// naming what is missing, and credentials in the location are refused.
+func TestS3MissingCredentials(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("SIM_S3_CREDENTIALS", "")
+	loc := "s3://bkt/p?endpoint=http://127.0.0.1:1"
+	for _, args := range [][]string{{"init"}, {"log", "img"}} {
+		r := sim(t, loc, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "no credentials: $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY not set") {
+			t.Errorf("%v: %+v", args, r)
+		}
+	}
+	t.Setenv("SIM_S3_CREDENTIALS", filepath.Join(t.TempDir(), "nokeys"))
+	if r := sim(t, loc, "init"); r.code != 1 || !strings.Contains(r.stderr, "s3 credentials file") || !strings.Contains(r.stderr, "nokeys") {
+		t.Errorf("missing credentials file: %+v", r)
+	}
+	if r := sim(t, "s3://AKEY:hunter2@bkt?endpoint=http://127.0.0.1:1", "init"); r.code != 2 || !strings.Contains(r.stderr, "credentials do not belong in the location") || strings.Contains(r.stderr, "hunter2") {
+		t.Errorf("credentials in the location: %+v", r)
+	}
+}
