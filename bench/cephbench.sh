@@ -14,6 +14,6 @@ cd "$(dirname "$0")/.."
 exec > >(tee "$OUT")
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) at start, $(date -u +%FT%TZ)"
 echo
-SIM_CEPH_BENCH=1 go test -count=1 -run '^TestCephBench$' ./cmd/sim/ 2>&1 | grep -E '^\|' 
+SIM_CEPH_BENCH=1 go test -v -count=1 -run '^TestCephBench$' ./cmd/sim/ 2>&1 | grep -E '^\|' 
 echo
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
