@@ -14,6 +14,7 @@
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
 #                a site cache behind a 50 Mbit link: bench/cachebench.sh;
+#                the store on Ceph beside the embedded one: bench/cephbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
@@ -64,6 +65,10 @@ PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
 TEST_DEBS  += $(PKG_DEBS)
 # chromium runs the fleet page's browser test headless (client/monitor, via chromedp).
 TEST_DEBS  += chromium
+# Ceph (issue 15): the S3 store's tests start a single-host cluster (one
+# monitor, one bluestore OSD, radosgw) on loopback (store/s3/s3test).
+# Installed without recommends (45 packages, ~90 s).
+CEPH_DEBS  := ceph-mon ceph-osd radosgw
 
 .PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb fuzz
 
@@ -91,6 +96,12 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
 		echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(CEPH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+		echo "apt-get install --no-install-recommends$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 metal-deps:
@@ -177,6 +188,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
+	SIM_CORPUS=$(CORPUS) bash bench/cephbench.sh bench/cephresults.md
 	$(MAKE) metal-bench
 
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).

@@ -92,7 +92,7 @@ func (e *env) progressTerminal() (progress.Terminal, bool) {
 
 // path makes p absolute against the command line's working directory.
 func (e *env) path(p string) string {
-	if e.cwd == "" || filepath.IsAbs(p) {
+	if e.cwd == "" || filepath.IsAbs(p) || store.IsRemote(p) {
 		return p
 	}
 	return filepath.Join(e.cwd, p)
