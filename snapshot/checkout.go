@@ -234,9 +234,18 @@ func (co *checkouter) record(rel string, st *unix.Stat_t, n *Node) {
 // unchanged reports whether the entry at rel is, by the record, exactly
 // node n already: same inode state as when a checkout made it from a node
 // with n's metadata (and content). It costs no syscall beyond the stat.
+// An unchanged entry is counted, and its record entry carried over as it
+// is (it still holds: nothing about the inode moved).
 func (co *checkouter) unchanged(rel string, st *unix.Stat_t, n *Node) bool {
 	e, ok := co.opts.Record.entry(rel, st)
-	return ok && e.meta == metaHash(n) && extentsEqual(e.content, n.Content)
+	if !ok || !extentsEqual(e.content, n.Content) || e.meta != metaHash(n) {
+		return false
+	}
+	co.stats.add(&co.stats.Unchanged, 1)
+	co.mu.Lock()
+	co.rec.m[rel] = e
+	co.mu.Unlock()
+	return true
 }
 
 // metaHash condenses what a checkout sets on an entry besides file data.
@@ -350,6 +359,8 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			}
 		case e.Link != "":
 			co.lops = append(co.lops, linkOp{*op})
+		case e.Kind == KindFile && exists && co.unchanged(erel, &st, e):
+			// Known right by the record: no worker needed.
 		case e.Kind == KindFile:
 			select {
 			case co.jobs <- op:
@@ -449,8 +460,6 @@ func (co *checkouter) worker() {
 // content is known to be right, else a rewrite.
 func (co *checkouter) file(op *fileOp, ck **chunk.Chunker) error {
 	if op.exists && co.unchanged(op.rel, &op.st, op.node) {
-		co.stats.add(&co.stats.Unchanged, 1)
-		co.record(op.rel, &op.st, op.node)
 		return nil
 	}
 	if op.exists {
@@ -572,8 +581,6 @@ func (co *checkouter) writeFile(op *fileOp) error {
 func (co *checkouter) special(op *fileOp) error {
 	n := op.node
 	if op.exists && co.unchanged(op.rel, &op.st, n) {
-		co.stats.add(&co.stats.Unchanged, 1)
-		co.record(op.rel, &op.st, n)
 		return nil
 	}
 	if op.exists {
