@@ -12,6 +12,7 @@
 #                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
 #                multicast vs udpcast: bench/mcastbench.sh;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
+#                node CPU of an install vs zstd -d | tar -x: bench/installcpubench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
@@ -173,6 +174,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/installcpubench.sh bench/installcpuresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
 	$(MAKE) metal-bench
 
