@@ -12,6 +12,7 @@
 #                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
 #                multicast vs udpcast: bench/mcastbench.sh, with FEC: mcastbench.sh --fec;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
+#                node CPU of an install vs zstd -d | tar -x: bench/installcpubench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
 #                a site cache behind a 50 Mbit link: bench/cachebench.sh;
 #                the store on Ceph beside the embedded one: bench/cephbench.sh;
@@ -186,6 +187,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh --fec bench/mcastfecresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/installcpubench.sh bench/installcpuresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
 	SIM_CORPUS=$(CORPUS) bash bench/cephbench.sh bench/cephresults.md
