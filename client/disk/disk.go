@@ -610,7 +610,9 @@ func FstabWith(parts []Part, image []byte) string {
 		if p.Subvol != "" {
 			opts = strings.TrimSuffix("subvol="+p.Subvol+","+opts, ",")
 		}
-		if p.Mount == "/" && p.FS != layout.FSBtrfs {
+		if p.Mount == "/" && p.FS.Ext() {
+			// Debian's own root line; xfs and btrfs have no errors=
+			// option (an xfs root with it does not mount) and no fsck.
 			pass = 1
 			if opts == "" {
 				opts = "errors=remount-ro"

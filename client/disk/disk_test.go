@@ -182,6 +182,11 @@ subvol vg/data @srv /srv
 	if got != want {
 		t.Errorf("fstab:\n%s\nwant:\n%s", got, want)
 	}
+	// An xfs root: no errors= (xfs refuses it at mount), no fsck pass.
+	xfs := Fstab([]Part{{Extent: layout.Extent{Partition: layout.Partition{Name: "root", FS: layout.FSXfs, Mount: "/"}}, UUID: "x"}})
+	if !strings.Contains(xfs, "UUID=x\t/\txfs\tdefaults\t0\t0\n") {
+		t.Errorf("xfs root fstab:\n%s", xfs)
+	}
 	// The unmounted btrfs volume and the array (a PV) are not mounted.
 	if m := MountOrder(parts); len(m) != 3 || m[0].Mount != "/" {
 		t.Errorf("MountOrder: %+v", m)
