@@ -426,7 +426,96 @@ disk again.`,
 			})
 		},
 	}
-	c.AddCommand(add, importCmd, rm, reinstall)
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "What a node is registered with, and what it gets once its groups are folded in",
+		Long: `Show a node's record (MAC, IP, groups, image, overrides, scripts, disk, network
+spec, a pending reinstall) and what its install gets: the image (its own or
+its first group's), overrides and scripts in the order they apply (sim
+layout show --node NAME: its layout, and where it comes from). --json: the
+record and the resolved lists.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				n := reg.Nodes[args[0]]
+				if n == nil {
+					return fmt.Errorf("no node %q (sim nodes lists them)", args[0])
+				}
+				res, rerr := reg.Resolve(n)
+				if e.json {
+					out := struct {
+						Node       *catalog.Node `json:"node"`
+						Image      string        `json:"image,omitempty"`
+						Overrides  []string      `json:"overrides,omitempty"`
+						Scripts    []string      `json:"scripts,omitempty"`
+						PreScripts []string      `json:"pre_scripts,omitempty"`
+						Error      string        `json:"error,omitempty"`
+					}{Node: n}
+					if rerr != nil {
+						out.Error = rerr.Error()
+					} else {
+						out.Image, out.Overrides, out.Scripts, out.PreScripts = res.Image, res.Overrides, res.Scripts, res.PreScripts
+					}
+					return e.printJSON(out)
+				}
+				w := e.stdout
+				row := func(k, v string) {
+					if v != "" {
+						fmt.Fprintf(w, "  %-12s %s\n", k, v)
+					}
+				}
+				fmt.Fprintf(w, "node %s\n", n.Name)
+				row("mac", n.MAC)
+				ip := n.IP
+				if ip == "" && (n.Network == nil || !n.Network.Managed()) {
+					ip = "dhcp"
+				}
+				if n.Gateway != "" {
+					ip += " via " + n.Gateway
+				}
+				row("ip", ip)
+				row("groups", strings.Join(n.Groups, ", "))
+				row("disk", n.Disk)
+				if rerr != nil {
+					row("resolves", "error: "+rerr.Error())
+				} else {
+					img := res.Image
+					if n.Image == "" {
+						for _, g := range n.Groups {
+							if gr := reg.Groups[g]; gr != nil && gr.Image == img {
+								img += " (from group " + g + ")"
+								break
+							}
+						}
+					}
+					row("image", img)
+					row("overrides", strings.Join(res.Overrides, ", "))
+					row("pre-scripts", strings.Join(res.PreScripts, ", "))
+					row("scripts", strings.Join(res.Scripts, ", "))
+				}
+				if n.Reinstall != nil {
+					row("reinstall", "asked "+n.Reinstall.Format(time.RFC3339)+" (its next netboot installs until an install succeeds)")
+				}
+				if n.Network != nil {
+					if n.Network.Replicant {
+						row("network", "replicant (the image's own configuration)")
+					} else {
+						fmt.Fprintln(w, "  network")
+						for _, l := range strings.Split(strings.TrimRight(n.Network.String(), "\n"), "\n") {
+							fmt.Fprintf(w, "    %s\n", l)
+						}
+					}
+				}
+				return nil
+			})
+		},
+	}
+	e.addJSONFlag(show)
+	c.AddCommand(add, importCmd, rm, reinstall, show)
 	return c
 }
 
