@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	gosync "sync"
 	"time"
 
@@ -177,6 +179,14 @@ func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
 		base = "https://" + r.Host
 	}
 	args := "sim.server=" + base
+	if a := r.URL.Query().Get("append"); a != "" {
+		extra, err := CheckAppend(a)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		args += " " + extra
+	}
 	if m := r.URL.Query().Get("mac"); m != "" {
 		mac, err := catalog.NormalizeMAC(m)
 		if err != nil {
@@ -211,6 +221,29 @@ func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain")
 	w.Header().Set("Cache-Control", "no-store")
 	fmt.Fprint(w, IPXEScript(base, args))
+}
+
+// appendRE is one kernel argument sim netboot ipxe --append may carry to
+// the server's script: a sim.KEY=VALUE whose value holds nothing iPXE
+// would expand or split (no spaces, $, {, }, quotes).
+var appendRE = regexp.MustCompile(`^sim\.[a-z]+=[A-Za-z0-9._/:+=,@%-]*$`)
+
+// CheckAppend validates the extra kernel arguments of GET
+// /v1/install/ipxe?append=…: sim.* arguments only (sim.transport=auto,
+// sim.after=reboot, sim.token=…), since the script is built from them and
+// anything else would let a URL put arbitrary words on a node's kernel
+// command line; sim.server stays the server's own.
+func CheckAppend(a string) (string, error) {
+	words := strings.Fields(a)
+	if len(words) > 16 {
+		return "", fmt.Errorf("append: %d arguments, at most 16", len(words))
+	}
+	for _, w := range words {
+		if !appendRE.MatchString(w) || strings.HasPrefix(w, "sim.server=") {
+			return "", fmt.Errorf("append: %q: only sim.KEY=VALUE arguments (not sim.server) with plain values may be appended", w)
+		}
+	}
+	return strings.Join(words, " "), nil
 }
 
 // LocalBootScript sends an installed node to its own disk: UEFI

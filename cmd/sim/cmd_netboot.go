@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -127,7 +128,16 @@ dhcp-boot=tag:efi64,grubnetx64.efi
 				}
 				files["dnsmasq.conf"] = b.String()
 			case "ipxe":
-				files["boot.ipxe"] = fmt.Sprintf("#!ipxe\n# sim netboot: ask sim serve for this node's script\ndhcp\nchain %s/v1/install/ipxe?mac=${net0/mac}\n", server)
+				q := "mac=${net0/mac}"
+				if extra != "" {
+					// The server's script carries them (only sim.*).
+					a, err := install.CheckAppend(extra)
+					if err != nil {
+						return usageError{fmt.Errorf("netboot ipxe --%w", err)}
+					}
+					q += "&append=" + url.QueryEscape(a)
+				}
+				files["boot.ipxe"] = fmt.Sprintf("#!ipxe\n# sim netboot: ask sim serve for this node's script\ndhcp\nchain %s/v1/install/ipxe?%s\n", server, q)
 			}
 			for name, content := range files {
 				p := filepath.Join(dir, name)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -163,6 +164,30 @@ func TestNetbootLocalBoot(t *testing.T) {
 	} {
 		if b, err := os.ReadFile(filepath.Join(nb, f)); err != nil || !strings.Contains(string(b), want) {
 			t.Errorf("%s: %q, %v; want %q", f, b, err, want)
+		}
+	}
+	// sim netboot ipxe --append: the chain URL carries the arguments and
+	// the server's script puts them on the kernel line; only sim.* ones.
+	ok(t, st, "netboot", "ipxe", "--server", url, "--out", nb, "--append", "sim.transport=auto sim.after=reboot")
+	b, _ := os.ReadFile(filepath.Join(nb, "boot.ipxe"))
+	chain := regexp.MustCompile(`chain (\S+)`).FindStringSubmatch(string(b))
+	if chain == nil || !strings.Contains(chain[1], "&append=sim.transport%3Dauto+sim.after%3Dreboot") {
+		t.Fatalf("boot.ipxe:\n%s", b)
+	}
+	if s := ipxe(n2 + "&append=sim.transport%3Dauto+sim.after%3Dreboot"); !installs(s) || !strings.Contains(s, " sim.transport=auto sim.after=reboot sim.node=n2\n") {
+		t.Errorf("the script lacks the appended arguments:\n%s", s)
+	}
+	if r := sim(t, st, "netboot", "ipxe", "--server", url, "--out", nb, "--append", "init=/bin/sh"); r.code != 2 || !strings.Contains(r.stderr, `"init=/bin/sh": only sim.KEY=VALUE`) {
+		t.Errorf("netboot ipxe --append init=/bin/sh: exit %d, %q", r.code, r.stderr)
+	}
+	for _, bad := range []string{"init%3D%2Fbin%2Fsh", "sim.server%3Dhttp://evil", "sim.x%3D%24%7Bnet0%2Fmac%7D"} {
+		resp, err := http.Get(url + "/v1/install/ipxe?mac=" + n2 + "&append=" + bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("append=%s: %s, want 400", bad, resp.Status)
 		}
 	}
 	ok(t, st, "node", "reinstall", "n1")
