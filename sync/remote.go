@@ -162,6 +162,17 @@ func transient(err error) bool {
 	if errors.As(err, &h) {
 		return h.Transient()
 	}
+	// A certificate the node does not trust, or a server that does not
+	// speak TLS, stays so: no retry (url.Error, which wraps them, is a
+	// net.Error too).
+	var ue x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ce x509.CertificateInvalidError
+	var ve *tls.CertificateVerificationError
+	var re tls.RecordHeaderError
+	if errors.As(err, &ue) || errors.As(err, &he) || errors.As(err, &ce) || errors.As(err, &ve) || errors.As(err, &re) {
+		return false
+	}
 	// No answer at all: connection refused, reset, a timeout.
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)

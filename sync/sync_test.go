@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	gosync "sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/systemimager/sim/chunk"
@@ -374,4 +378,31 @@ func TestMissingObjectsSince(t *testing.T) {
 		t.Errorf("after the fetch: %d missing, %v", len(m), err)
 	}
 	checkoutEqual(t, node, v3, f.src)
+}
+
+// TestCertificateErrorNotRetried: a server whose certificate the node
+// does not trust is refused at once, not retried as if it were down (it
+// cost seconds of back-off before the error).
+func TestCertificateErrorNotRetried(t *testing.T) {
+	var conns atomic.Int64
+	ts := httptest.NewUnstartedServer(&simsync.Server{Store: storetest.New(t)})
+	ts.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	ts.Config.ErrorLog = log.New(io.Discard, "", 0)
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	r := remote(t, ts.URL, "")
+	if r.Retries == 0 {
+		t.Fatal("the remote retries nothing: the test would prove nothing")
+	}
+	_, err := r.Refs(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("refs from an untrusted server: %v", err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections to a server with an untrusted certificate, want 1 (no retries)", n)
+	}
 }
