@@ -27,6 +27,8 @@ type clientOptions struct {
 	// and makes the client accept connections only (the server).
 	peerRate   int64
 	acceptOnly bool
+	// wrap, if set, wraps every accepted connection (the super-seeder).
+	wrap func(net.Conn) net.Conn
 }
 
 // newClient starts a client with no DHT, no uTP, no NAT traversal, no
@@ -87,7 +89,7 @@ func newClient(o clientOptions) (*torrent.Client, error) {
 		return nil, fmt.Errorf("bt: %w", err)
 	}
 	if l != nil {
-		cl.AddListener(capListener{l, o.peerRate})
+		cl.AddListener(capListener{l, o.peerRate, o.wrap})
 	}
 	return cl, nil
 }
@@ -100,14 +102,21 @@ func newClient(o clientOptions) (*torrent.Client, error) {
 type capListener struct {
 	net.Listener
 	rate int64
+	wrap func(net.Conn) net.Conn
 }
 
 func (l capListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err != nil || l.rate <= 0 {
+	if err != nil {
 		return c, err
 	}
-	return &capConn{Conn: c, lim: rate.NewLimiter(rate.Limit(l.rate), capBurst)}, nil
+	if l.rate > 0 {
+		c = &capConn{Conn: c, lim: rate.NewLimiter(rate.Limit(l.rate), capBurst)}
+	}
+	if l.wrap != nil {
+		c = l.wrap(c)
+	}
+	return c, nil
 }
 
 const capBurst = 64 << 10
@@ -139,6 +148,11 @@ type peerTracker struct {
 	mu     gosync.Mutex
 	peers  map[trackerServer.InfoHash]map[netip.AddrPort]time.Time
 	expire time.Duration
+	// origin, if set, is the server's own peer address for a torrent it
+	// seeds, as seen by the client whose announce ctx carries (false if
+	// it does not seed it): every answer lists it, so a client given
+	// only the .torrent finds a peer.
+	origin func(ctx context.Context, ih [20]byte) (netip.AddrPort, bool)
 }
 
 func newTracker() *peerTracker {
@@ -169,10 +183,15 @@ func (t *peerTracker) Scrape(context.Context, []trackerServer.InfoHash) ([]udp.S
 	return nil, nil
 }
 
-func (t *peerTracker) GetPeers(_ context.Context, ih trackerServer.InfoHash, opts trackerServer.GetPeersOpts, remote trackerServer.AnnounceAddr) trackerServer.ServerAnnounceResult {
+func (t *peerTracker) GetPeers(ctx context.Context, ih trackerServer.InfoHash, opts trackerServer.GetPeersOpts, remote trackerServer.AnnounceAddr) trackerServer.ServerAnnounceResult {
+	var res trackerServer.ServerAnnounceResult
+	if t.origin != nil {
+		if o, ok := t.origin(ctx, ih); ok && o != remote {
+			res.Peers = append(res.Peers, trackerServer.PeerInfo{AnnounceAddr: o})
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var res trackerServer.ServerAnnounceResult
 	now := time.Now()
 	for a, seen := range t.peers[ih] {
 		if now.Sub(seen) > t.expire {
