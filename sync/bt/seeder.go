@@ -18,7 +18,6 @@ import (
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
-	trackerHTTP "github.com/anacrolix/torrent/tracker/http/server"
 	trackerServer "github.com/anacrolix/torrent/tracker/server"
 
 	"github.com/systemimager/sim/chunk"
@@ -112,7 +111,7 @@ func (s *Seeder) Start() error {
 	s.cl = cl
 	s.tracker = newTracker()
 	s.tracker.origin = s.originAddr
-	s.announce = trackerHTTP.Handler{Announce: &trackerServer.AnnounceHandler{AnnounceTracker: s.tracker}}
+	s.announce = announceHTTP{&trackerServer.AnnounceHandler{AnnounceTracker: s.tracker}}
 	return nil
 }
 
