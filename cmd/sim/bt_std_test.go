@@ -212,4 +212,3 @@ func uploaded(t *testing.T, url string, ih metainfo.Hash) int64 {
 	t.Fatalf("torrent %s not seeded", ih)
 	return 0
 }
-

@@ -223,7 +223,9 @@ func (t *peerTracker) count(ih [20]byte) int {
 // announceHTTP is the tracker's HTTP side (BEP 3, compact peers BEP 23).
 // anacrolix's own handler always encodes "failure reason" (empty), which
 // standard clients such as aria2c take as a failed announce.
-type announceHTTP struct{ h *trackerServer.AnnounceHandler }
+type announceHTTP struct {
+	h *trackerServer.AnnounceHandler
+}
 
 type announceResponse struct {
 	Interval   int32  `bencode:"interval"`
