@@ -42,6 +42,9 @@ TEST_DEBS := debootstrap acl attr time
 TEST_DEBS += udpcast nftables
 # Metrics: promtool (package prometheus) lints GET /metrics in the tests.
 TEST_DEBS += prometheus
+# BitTorrent: aria2c (package aria2), a standard client, downloads sim's
+# torrents in cmd/sim/bt_std_test.go (and is bench/btbench.sh's peer).
+TEST_DEBS += aria2
 
 # Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the

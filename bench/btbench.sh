@@ -31,6 +31,14 @@
 # wall time, slowest transfer, CPU seconds of all nodes and of the server,
 # and the server's time to derive the torrent.
 #
+# With --super (OUTFILE default bench/btsuperresults.md) it measures what
+# super-seeding (sim serve --bt-super-seed, BEP 16) changes: v2 installed
+# on N = BTBENCH_SUPER_NS ("1 16") nodes over BitTorrent from an origin
+# seeding plainly and from one super-seeding, alternated
+# BTBENCH_SUPER_REPS (2) times in the same run: wall time to the last
+# node, slowest transfer, server bytes sent (and in payloads: the torrent's
+# size), node CPU.
+#
 # Environment: SIM (default ./bin/sim), SIM_CORPUS (/var/cache/sim/corpus),
 # BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_LAB (simbtbench: the
 # lab's name), BTBENCH_NODES (16), BTBENCH_NS ("1 4 8 16").
@@ -38,10 +46,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-SEAL=0
+SEAL=0 SUPER=0
 if [ "${1:-}" = "--seal" ]; then SEAL=1; shift; fi
+if [ "${1:-}" = "--super" ]; then SUPER=1; shift; fi
 OUT=${1:-$ROOT/bench/btresults.md}
 [ "$SEAL" = 0 ] || OUT=${1:-$ROOT/bench/btsealresults.md}
+[ "$SUPER" = 0 ] || OUT=${1:-$ROOT/bench/btsuperresults.md}
 SIM=$(readlink -f "${SIM:-./bin/sim}")
 CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${BTBENCH_DIR:-/var/tmp/sim-btbench}
@@ -61,7 +71,7 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 case $W in /?*) ;; *) die "BTBENCH_DIR must be an absolute path" ;; esac
 for v in v2 v3; do [ -f "$CORPUS/$v.stamp" ] || die "no corpus $CORPUS/$v (make corpus)"; done
-[ "$SEAL" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
+[ "$SEAL" = 1 ] || [ "$SUPER" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
 [ -x "$SIM" ] || die "no sim binary at $SIM (make build)"
 
 # Processes started in the lab (through lab.sh exec) are found by their
@@ -101,7 +111,7 @@ $S init >/dev/null
 for v in v2 v3; do $S commit "$CORPUS/$v" --image deb -m $v >/dev/null; $S tag $v deb; done
 # TOKEN: the nodes' --token-file (the --seal runs read behind a token).
 TOKEN=()
-if [ "$SEAL" = 0 ]; then
+if [ "$SEAL" = 0 ] && [ "$SUPER" = 0 ]; then
 	X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" 2>"$W/serve.log" &
 	for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
 fi
@@ -183,6 +193,47 @@ if [ "$SEAL" = 1 ]; then
 		echo
 		for n in $SNS; do
 			echo "N=$n: sealed / plain wall time $(awk -v a="${ST[on.$n]}" -v b="${ST[off.$n]}" 'BEGIN{printf "%.2fx", a/b}'), node CPU $(awk -v a="${SC[on.$n]}" -v b="${SC[off.$n]}" 'BEGIN{printf "%.2fx", a/b}')."
+		done
+	} | tee "$OUT"
+	exit 0
+fi
+
+# ------------------------------------------- --super: super-seeding ---
+if [ "$SUPER" = 1 ]; then
+	UNS=${BTBENCH_SUPER_NS:-1 16}
+	REPS=${BTBENCH_SUPER_REPS:-2}
+	declare -A UT UF UX UC
+	for rep in $(seq "$REPS"); do
+		for mode in off on; do
+			flag=()
+			[ $mode = on ] && flag=(--bt-super-seed)
+			X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" "${flag[@]}" 2>>"$W/serve.log" &
+			for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+			for n in $UNS; do
+				log "run $rep: install v2 on $n nodes over bittorrent, super-seeding $mode"
+				read -r s tx _ f cpu < <(run_sim "$n" bittorrent v2 1)
+				UT[$rep.$mode.$n]=$s; UX[$rep.$mode.$n]=$tx; UF[$rep.$mode.$n]=$f; UC[$rep.$mode.$n]=$cpu
+				log "  $s s (slowest transfer $f s), server sent $(mb "$tx"), nodes $cpu CPU s"
+			done
+			stop "$SERVE"
+		done
+	done
+	PAYLOAD=$(grep -o 'derived [a-z -]*torrent [0-9a-f]* for [0-9a-f]* (base none): [0-9]* objects, [0-9]* bytes' "$W/serve.log" | head -1 | sed 's/.* objects, \([0-9]*\) bytes/\1/')
+	imgs() { awk -v a="$1" -v b="$PAYLOAD" 'BEGIN{printf "%.2f", a/b}'; }
+	{
+		echo "### Super-seeding (bench/btbench.sh --super, $(date +%F), lab: server and nodes 100 Mbit, origin --bt-peer-rate $PEER_RATE)"
+		echo
+		echo "Payload of the v2 torrent: $(mb "$PAYLOAD"). Runs alternate plain and super-seeding origins, $REPS times; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+		echo
+		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | CPU, all nodes |"
+		echo "|---|---|---|---|---|---|---|---|"
+		for n in $UNS; do
+			for rep in $(seq "$REPS"); do
+				for mode in off on; do
+					name=plain; [ $mode = on ] && name="super-seeding"
+					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
+				done
+			done
 		done
 	} | tee "$OUT"
 	exit 0
