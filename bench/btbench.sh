@@ -145,10 +145,12 @@ run_sim() {
 	wire=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("transfer",{}).get("wire_bytes",0))' "$W/n1.$tr.$ref.json")
 	# The slowest node's transfer alone (checkout excluded).
 	fetch=$(python3 -c 'import json,sys; print("%.1f" % max(json.load(open(f)).get("transfer",{}).get("seconds",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
-	local cpu
+	local cpu web
 	cpu=$(cat "$W"/n*.cpu | awk '{u+=$1; s+=$2} END {printf "%.1f", u+s}')
 	rm -f "$W"/n*.cpu
-	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch $cpu"
+	# Bytes all nodes took from the web seed (BitTorrent).
+	web=$(python3 -c 'import json,sys; print(sum((json.load(open(f)).get("bittorrent") or {}).get("from_web_seed",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
+	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch $cpu $web"
 }
 
 # srvcpu: CPU seconds (user+system) the lab's sim serve has used so far.
@@ -202,7 +204,7 @@ fi
 if [ "$SUPER" = 1 ]; then
 	UNS=${BTBENCH_SUPER_NS:-1 16}
 	REPS=${BTBENCH_SUPER_REPS:-2}
-	declare -A UT UF UX UC
+	declare -A UT UF UX UC UW
 	for rep in $(seq "$REPS"); do
 		for mode in off on; do
 			flag=()
@@ -211,9 +213,9 @@ if [ "$SUPER" = 1 ]; then
 			for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
 			for n in $UNS; do
 				log "run $rep: install v2 on $n nodes over bittorrent, super-seeding $mode"
-				read -r s tx _ f cpu < <(run_sim "$n" bittorrent v2 1)
-				UT[$rep.$mode.$n]=$s; UX[$rep.$mode.$n]=$tx; UF[$rep.$mode.$n]=$f; UC[$rep.$mode.$n]=$cpu
-				log "  $s s (slowest transfer $f s), server sent $(mb "$tx"), nodes $cpu CPU s"
+				read -r s tx _ f cpu web < <(run_sim "$n" bittorrent v2 1)
+				UT[$rep.$mode.$n]=$s; UX[$rep.$mode.$n]=$tx; UF[$rep.$mode.$n]=$f; UC[$rep.$mode.$n]=$cpu; UW[$rep.$mode.$n]=$web
+				log "  $s s (slowest transfer $f s), server sent $(mb "$tx") ($(mb "$web") as web seed), nodes $cpu CPU s"
 			done
 			stop "$SERVE"
 		done
@@ -225,13 +227,13 @@ if [ "$SUPER" = 1 ]; then
 		echo
 		echo "Payload of the v2 torrent: $(mb "$PAYLOAD"). Runs alternate plain and super-seeding origins, $REPS times; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 		echo
-		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | CPU, all nodes |"
-		echo "|---|---|---|---|---|---|---|---|"
+		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | of which web seed | CPU, all nodes |"
+		echo "|---|---|---|---|---|---|---|---|---|"
 		for n in $UNS; do
 			for rep in $(seq "$REPS"); do
 				for mode in off on; do
 					name=plain; [ $mode = on ] && name="super-seeding"
-					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
+					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | $(mb "${UW[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
 				done
 			done
 		done

@@ -99,6 +99,7 @@ func (s *Seeder) Start() error {
 	opts := clientOptions{listen: s.Listen, peerRate: s.PeerRate, acceptOnly: true}
 	if s.SuperSeed {
 		s.super = newSuperSeeder(s.pieceCount)
+		s.super.logf = s.Log.Printf
 		opts.wrap = s.super.wrap
 	}
 	cl, err := newClient(opts)

@@ -22,8 +22,9 @@ import (
 // it of another when the peer announces (Have) that it completed one. So
 // the first pass hands each piece to one peer, and the peers spread it
 // among themselves. A peer that makes no progress for stuckAfter with no
-// grant outstanding (its only sources left, or never connected to it) is
-// given pieces it lacks again, the rarest first: nothing can starve.
+// grant outstanding is offered pieces no connected peer holds yet, and
+// after starvedAfter (its only sources left, or it cannot reach them) any
+// piece it lacks, the rarest first: nothing can starve.
 //
 // It reads the plain BitTorrent wire protocol only: a connection that
 // does not open with the plain handshake (MSE-encrypted, from a standard
@@ -32,6 +33,8 @@ import (
 type superSeeder struct {
 	// lookup gives the piece count of a torrent the server seeds.
 	lookup func(metainfo.Hash) (int, bool)
+	// logf, if set, reports each swarm once its last peer left.
+	logf func(format string, a ...any)
 
 	mu     gosync.Mutex
 	swarms map[metainfo.Hash]*swarm
@@ -42,17 +45,29 @@ type superSeeder struct {
 // swarm is the origin's view of one torrent's peers.
 type swarm struct {
 	n      int
-	k      int     // grants outstanding per peer
 	given  []int32 // connected peers the piece is advertised to
 	count  []int32 // connected peers that have it
 	conns  map[*superConn]struct{}
-	grants int64 // pieces advertised in all (the status line)
+	grants [3]int64 // pieces advertised, by how they were picked
+	peers  int      // connections in all
 }
 
 // stuckAfter is how long a peer with no grant outstanding may go
-// without completing a piece before the origin offers it pieces that
-// others hold.
-const stuckAfter = 1500 * time.Millisecond
+// without completing a piece before the origin offers it pieces no
+// connected peer holds yet (those it is sending another); starvedAfter,
+// before it offers it any piece it lacks, the rarest first (its sources
+// left, or it cannot reach them).
+const (
+	stuckAfter   = 2 * time.Second
+	starvedAfter = 6 * time.Second
+)
+
+// How grantLocked picks.
+const (
+	grantNew    = iota // pieces no connected peer has or was given
+	grantUnheld        // pieces no connected peer has
+	grantAny           // any piece the peer lacks
+)
 
 func newSuperSeeder(lookup func(metainfo.Hash) (int, bool)) *superSeeder {
 	s := &superSeeder{lookup: lookup, swarms: map[metainfo.Hash]*swarm{}, stop: make(chan struct{})}
@@ -74,9 +89,16 @@ func (s *superSeeder) watch() {
 			s.mu.Lock()
 			for _, sw := range s.swarms {
 				for c := range sw.conns {
-					if c.out == 0 && c.nhas < sw.n && now.Sub(c.progress) > stuckAfter {
+					if c.out != 0 || c.nhas >= sw.n {
+						continue
+					}
+					switch idle := now.Sub(c.progress); {
+					case idle > starvedAfter:
 						c.progress = now
-						s.grantLocked(sw, c, true)
+						s.grantLocked(sw, c, grantAny)
+					case idle > stuckAfter && !c.stuck:
+						c.stuck = true
+						s.grantLocked(sw, c, grantUnheld)
 					}
 				}
 			}
@@ -101,8 +123,7 @@ func (s *superSeeder) attach(c *superConn, ih metainfo.Hash) bool {
 	defer s.mu.Unlock()
 	sw := s.swarms[ih]
 	if sw == nil {
-		// About 1 MiB outstanding per peer, 2 to 8 pieces.
-		sw = &swarm{n: n, k: 4, given: make([]int32, n), count: make([]int32, n), conns: map[*superConn]struct{}{}}
+		sw = &swarm{n: n, given: make([]int32, n), count: make([]int32, n), conns: map[*superConn]struct{}{}}
 		s.swarms[ih] = sw
 	}
 	c.sw, c.ih = sw, ih
@@ -110,6 +131,7 @@ func (s *superSeeder) attach(c *superConn, ih metainfo.Hash) bool {
 	c.start = rand.IntN(n)
 	c.progress = time.Now()
 	sw.conns[c] = struct{}{}
+	sw.peers++
 	return true
 }
 
@@ -133,6 +155,10 @@ func (s *superSeeder) detach(c *superConn) {
 	c.sw = nil
 	if len(sw.conns) == 0 {
 		delete(s.swarms, c.ih)
+		if s.logf != nil {
+			s.logf("bittorrent: super-seeded %s to %d peers: %d pieces of %d granted first, %d again while in flight, %d again to starved peers",
+				c.ih.HexString()[:12], sw.peers, sw.grants[grantNew], sw.n, sw.grants[grantUnheld], sw.grants[grantAny])
+		}
 	}
 }
 
@@ -148,21 +174,26 @@ func (s *superSeeder) peerHasLocked(c *superConn, i int) {
 		c.out--
 	}
 	c.progress = time.Now()
+	c.stuck = false
 }
 
 // grantLocked advertises pieces to c until k are outstanding: pieces no
 // connected peer has or was given, or (stuck) any it lacks, the rarest
 // first. New grants go out as Have messages (or in the bitfield, before
 // it is sent).
-func (s *superSeeder) grantLocked(sw *swarm, c *superConn, stuck bool) {
-	for c.out < sw.k {
+func (s *superSeeder) grantLocked(sw *swarm, c *superConn, how int) {
+	// About 64 pieces outstanding in the swarm (16 MiB of 256 KiB
+	// pieces), at least 4 a peer: a lone peer is not held to a trickle of
+	// round trips, and a first pass gives nothing twice however many.
+	k := max(4, 64/max(1, len(sw.conns)))
+	for c.out < k {
 		best, bk := -1, int64(1<<62)
 		for d := 0; d < sw.n; d++ {
 			i := (c.start + d) % sw.n
 			if c.has[i] || c.adv[i] {
 				continue
 			}
-			if !stuck && (sw.count[i] > 0 || sw.given[i] > 0) {
+			if how != grantAny && sw.count[i] > 0 || how == grantNew && sw.given[i] > 0 {
 				continue
 			}
 			if k := int64(sw.count[i])<<32 | int64(sw.given[i]); k < bk {
@@ -178,7 +209,7 @@ func (s *superSeeder) grantLocked(sw *swarm, c *superConn, stuck bool) {
 		c.adv[best] = true
 		c.out++
 		sw.given[best]++
-		sw.grants++
+		sw.grants[how]++
 		c.start = best + 1 // the next grant continues from here
 		c.pmu.Lock()
 		c.pending = append(c.pending, uint32(best))
@@ -247,6 +278,7 @@ type superConn struct {
 	out      int // grants the peer has not completed
 	start    int
 	progress time.Time
+	stuck    bool // offered unheld pieces since its last progress
 }
 
 func (c *superConn) Read(b []byte) (int, error) {
@@ -356,7 +388,7 @@ func (c *superConn) onMessage(typ byte, body []byte) {
 	default:
 		return
 	}
-	s.grantLocked(sw, c, false)
+	s.grantLocked(sw, c, grantNew)
 }
 
 // Write rewrites the origin's availability message (the bitfield or
@@ -437,7 +469,7 @@ func (c *superConn) endMessage(out []byte) []byte {
 		s.mu.Lock()
 		var bf []byte
 		if sw := c.sw; sw != nil {
-			s.grantLocked(sw, c, false)
+			s.grantLocked(sw, c, grantNew)
 			bf = make([]byte, (sw.n+7)/8)
 			any := false
 			for i, a := range c.adv {
