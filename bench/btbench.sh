@@ -237,6 +237,10 @@ if [ "$SUPER" = 1 ]; then
 				done
 			done
 		done
+		echo
+		echo "The super-seeding origin's own account (sim serve's log, one line per run):"
+		echo
+		grep -o 'super-seeded [0-9a-f]* to .*' "$W/serve.log" | sed 's/^/- /'
 	} | tee "$OUT"
 	exit 0
 fi
