@@ -204,7 +204,9 @@ fi
 if [ "$SUPER" = 1 ]; then
 	UNS=${BTBENCH_SUPER_NS:-1 16}
 	REPS=${BTBENCH_SUPER_REPS:-2}
-	declare -A UT UF UX UC UW
+	declare -A UT UF UX UC UW UP
+	# btup: payload bytes the seeder has sent peers so far (GET /v1/bt/status).
+	btup() { X n1 -- curl -s "$URL/v1/bt/status" | python3 -c 'import json,sys; print(sum(t["uploaded"] for t in json.load(sys.stdin)))'; }
 	for rep in $(seq "$REPS"); do
 		for mode in off on; do
 			flag=()
@@ -213,9 +215,11 @@ if [ "$SUPER" = 1 ]; then
 			for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
 			for n in $UNS; do
 				log "run $rep: install v2 on $n nodes over bittorrent, super-seeding $mode"
+				u0=$(btup)
 				read -r s tx _ f cpu web < <(run_sim "$n" bittorrent v2 1)
 				UT[$rep.$mode.$n]=$s; UX[$rep.$mode.$n]=$tx; UF[$rep.$mode.$n]=$f; UC[$rep.$mode.$n]=$cpu; UW[$rep.$mode.$n]=$web
-				log "  $s s (slowest transfer $f s), server sent $(mb "$tx") ($(mb "$web") as web seed), nodes $cpu CPU s"
+				UP[$rep.$mode.$n]=$(($(btup) - u0))
+				log "  $s s (slowest transfer $f s), server sent $(mb "$tx") ($(mb "$web") as web seed, $(mb "${UP[$rep.$mode.$n]}") to peers), nodes $cpu CPU s"
 			done
 			stop "$SERVE"
 		done
@@ -227,13 +231,13 @@ if [ "$SUPER" = 1 ]; then
 		echo
 		echo "Payload of the v2 torrent: $(mb "$PAYLOAD"). Runs alternate plain and super-seeding origins, $REPS times; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 		echo
-		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | of which web seed | CPU, all nodes |"
-		echo "|---|---|---|---|---|---|---|---|---|"
+		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | of which to peers (payload) | web seed | CPU, all nodes |"
+		echo "|---|---|---|---|---|---|---|---|---|---|"
 		for n in $UNS; do
 			for rep in $(seq "$REPS"); do
 				for mode in off on; do
 					name=plain; [ $mode = on ] && name="super-seeding"
-					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | $(mb "${UW[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
+					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | $(mb "${UP[$rep.$mode.$n]}") ($(imgs "${UP[$rep.$mode.$n]}")) | $(mb "${UW[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
 				done
 			done
 		done
