@@ -137,7 +137,7 @@ func (b *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&b.listen, "bt-listen", ":6881", "BitTorrent: seed on `ADDR`")
 	f.StringVar(&b.peerRate, "bt-peer-rate", "0", "BitTorrent: send one peer at most `RATE` (5M = 5 MB/s, 40Mbit), so nodes share among themselves; 0: no cap")
 	f.BoolVar(&b.off, "no-bittorrent", false, "do not seed, track or web-seed torrents")
-	f.BoolVar(&b.superSeed, "bt-super-seed", false, "BitTorrent: super-seed (BEP 16): tell each peer of a few pieces no other peer has, so the origin sends each piece about once and the nodes spread it")
+	f.BoolVar(&b.superSeed, "bt-super-seed", true, "BitTorrent: super-seed (BEP 16): tell each peer of a few pieces no other peer has, so the origin sends each piece about once and the nodes spread it (--bt-super-seed=false: advertise every piece to every peer)")
 	f.StringVar(&b.seal, "bt-seal", "auto", "BitTorrent: encrypt payloads: `auto` (when reads need a token: --read-token), on, off")
 }
 
