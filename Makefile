@@ -174,6 +174,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --super bench/btsuperresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md

@@ -209,8 +209,8 @@ if [ "$SUPER" = 1 ]; then
 	btup() { X n1 -- curl -s "$URL/v1/bt/status" | python3 -c 'import json,sys; print(sum(t["uploaded"] for t in json.load(sys.stdin)))'; }
 	for rep in $(seq "$REPS"); do
 		for mode in off on; do
-			flag=()
-			[ $mode = on ] && flag=(--bt-super-seed)
+			flag=(--bt-super-seed=false)
+			[ $mode = on ] && flag=(--bt-super-seed=true)
 			X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" "${flag[@]}" 2>>"$W/serve.log" &
 			for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
 			for n in $UNS; do

@@ -50,6 +50,26 @@ type swarm struct {
 	conns  map[*superConn]struct{}
 	grants [3]int64 // pieces advertised, by how they were picked
 	peers  int      // connections in all
+	// Piece data sent: in all, of pieces the peer was not told of (it
+	// asked anyway), of pieces it had announced.
+	sent, unadv, dup int64
+}
+
+// notePiece counts a block of piece i the origin sends c.
+func (s *superSeeder) notePiece(c *superConn, i int, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sw := c.sw
+	if sw == nil || i < 0 || i >= sw.n {
+		return
+	}
+	sw.sent += n
+	switch {
+	case !c.adv[i]:
+		sw.unadv += n
+	case c.has[i]:
+		sw.dup += n
+	}
 }
 
 // stuckAfter is how long a peer with no grant outstanding may go
@@ -156,8 +176,8 @@ func (s *superSeeder) detach(c *superConn) {
 	if len(sw.conns) == 0 {
 		delete(s.swarms, c.ih)
 		if s.logf != nil {
-			s.logf("bittorrent: super-seeded %s to %d peers: %d pieces of %d granted first, %d again while in flight, %d again to starved peers",
-				c.ih.HexString()[:12], sw.peers, sw.grants[grantNew], sw.n, sw.grants[grantUnheld], sw.grants[grantAny])
+			s.logf("bittorrent: super-seeded %s to %d peers: %d pieces of %d granted first, %d again while in flight, %d again to starved peers; %d bytes of pieces sent, %d of pieces not granted, %d of pieces the peer had",
+				c.ih.HexString()[:12], sw.peers, sw.grants[grantNew], sw.n, sw.grants[grantUnheld], sw.grants[grantAny], sw.sent, sw.unadv, sw.dup)
 		}
 	}
 }
@@ -226,6 +246,7 @@ func (s *superSeeder) grantLocked(sw *swarm, c *superConn, how int) {
 const (
 	handshakeLen = 68
 	msgHave      = 4
+	msgPiece     = 7
 	msgBitfield  = 5
 	msgHaveAll   = 0x0e
 	msgHaveNone  = 0x0f
@@ -259,6 +280,9 @@ type superConn struct {
 	wleft   int
 	wcoll   bool
 	wtype   byte
+	wlen    int // body length of the current message
+	wpos    int // bytes of a Piece message's index seen
+	widx    [4]byte
 	wbody   []byte
 	started bool // the origin's availability message went out
 	wout    []byte
@@ -413,6 +437,13 @@ func (c *superConn) Write(b []byte) (int, error) {
 			i += m
 		case c.wleft > 0:
 			m := min(c.wleft, len(b)-i)
+			if c.wtype == msgPiece && c.wpos < 4 {
+				k := min(4-c.wpos, m)
+				copy(c.widx[c.wpos:], b[i:i+k])
+				if c.wpos += k; c.wpos == 4 {
+					c.ss.notePiece(c, int(binary.BigEndian.Uint32(c.widx[:])), int64(c.wlen-8))
+				}
+			}
 			if c.wcoll {
 				c.wbody = append(c.wbody, b[i:i+m]...)
 			} else {
@@ -438,6 +469,7 @@ func (c *superConn) Write(b []byte) (int, error) {
 			}
 			l := binary.BigEndian.Uint32(c.whdr)
 			c.wtype, c.wleft = c.whdr[4], int(l-1)
+			c.wlen, c.wpos = c.wleft, 0
 			if !c.started && (c.wtype == msgBitfield || c.wtype == msgHaveAll || c.wtype == msgHaveNone) {
 				c.wcoll, c.wbody = true, c.wbody[:0]
 			} else {
