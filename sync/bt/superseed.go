@@ -244,13 +244,14 @@ func (s *superSeeder) grantLocked(sw *swarm, c *superConn, how int) {
 // The wire protocol: a 68-byte handshake, then messages of a 4-byte
 // big-endian length and, unless it is 0 (keep-alive), a type byte.
 const (
-	handshakeLen = 68
-	msgHave      = 4
-	msgPiece     = 7
-	msgBitfield  = 5
-	msgHaveAll   = 0x0e
-	msgHaveNone  = 0x0f
-	maxCollect   = 1 << 20 // a bitfield of 8 Mi pieces
+	handshakeLen  = 68
+	msgHave       = 4
+	msgPiece      = 7
+	msgBitfield   = 5
+	msgHaveAll    = 0x0e
+	msgHaveNone   = 0x0f
+	maxCollect    = 1 << 20 // a bitfield of 8 Mi pieces
+	plainProtocol = "\x13BitTorrent protocol"
 )
 
 const (
@@ -275,6 +276,7 @@ type superConn struct {
 
 	// Write side, under wmu: what the origin advertises.
 	wmu     gosync.Mutex
+	wmode   int
 	whs     int
 	whdr    []byte
 	wleft   int
@@ -328,14 +330,14 @@ func (c *superConn) parseIn(b []byte) {
 				c.attached = true
 				var ih metainfo.Hash
 				copy(ih[:], c.rbuf[28:48])
-				if string(c.rbuf[:20]) != "\x13BitTorrent protocol" || !c.ss.attach(c, ih) {
-					c.mode.CompareAndSwap(modeUnknown, modePass)
+				c.wmu.Lock()
+				wpass := c.wmode == modePass
+				c.wmu.Unlock()
+				if wpass || string(c.rbuf[:20]) != plainProtocol || !c.ss.attach(c, ih) {
+					c.mode.Store(modePass)
 					return
 				}
-				if !c.mode.CompareAndSwap(modeUnknown, modePlain) {
-					c.ss.detach(c)
-					return
-				}
+				c.mode.Store(modePlain)
 				go c.flusher()
 			}
 			if c.rhs == 0 {
@@ -421,10 +423,20 @@ func (c *superConn) onMessage(typ byte, body []byte) {
 func (c *superConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	// The server answers a handshake: it writes nothing before the
-	// peer's info hash is read. If it does, leave the connection alone.
-	c.mode.CompareAndSwap(modeUnknown, modePass)
-	if c.mode.Load() != modePlain {
+	// anacrolix may send the first 28 bytes of its handshake before it
+	// reads the peer's: the write side is plain if it opens with the
+	// plain protocol name (an MSE answer does not), whatever the read
+	// side has seen yet.
+	if c.wmode == modeUnknown {
+		c.wmode = modePass
+		if len(b) >= len(plainProtocol) && string(b[:len(plainProtocol)]) == plainProtocol {
+			c.wmode = modePlain
+		}
+		if c.wmode == modePass {
+			c.ss.detach(c) // if the read side attached it
+		}
+	}
+	if c.wmode != modePlain {
 		return c.Conn.Write(b)
 	}
 	out := c.wout[:0]
@@ -514,7 +526,14 @@ func (c *superConn) endMessage(out []byte) []byte {
 				bf = nil
 			}
 		}
+		attached := c.sw != nil
 		s.mu.Unlock()
+		if !attached {
+			// Not a torrent the super-seeder follows: as it was.
+			out = binary.BigEndian.AppendUint32(out, uint32(c.wlen+1))
+			out = append(out, c.wtype)
+			return append(out, c.wbody...)
+		}
 		// Grants so far are in the bitfield.
 		c.pmu.Lock()
 		c.pending = c.pending[:0]
@@ -555,7 +574,7 @@ func (c *superConn) flusher() {
 		case <-c.kick:
 		}
 		c.wmu.Lock()
-		if c.whs == 0 && c.wleft == 0 && len(c.whdr) == 0 && !c.wcoll {
+		if c.wmode == modePlain && c.whs == 0 && c.wleft == 0 && len(c.whdr) == 0 && !c.wcoll {
 			if out := c.appendPending(c.wout[:0]); len(out) > 0 {
 				c.wout = out[:0]
 				if _, err := c.Conn.Write(out); err != nil {

@@ -105,6 +105,26 @@ func TestSuperSeedWire(t *testing.T) {
 		t.Fatalf("keep-alive and unchoke became %x", got)
 	}
 
+	// The server sends the start of its handshake before it reads the
+	// peer's (anacrolix does): still followed; the second peer is told
+	// of 32 pieces (64 outstanding in the swarm), none the first has.
+	srv4, peer4 := pipePair(t, ss)
+	exchange(t, srv4, peer4, out[:28])
+	exchange(t, peer4, srv4, handshake(ih))
+	got = exchange(t, srv4, peer4, out[28:])
+	n4 := 0
+	for i := 0; i < n; i++ {
+		if got[handshakeLen-28+5+i/8]&(0x80>>(i%8)) != 0 {
+			n4++
+			if granted[i] {
+				t.Fatalf("piece %d granted to both peers", i)
+			}
+		}
+	}
+	if n4 != 32 {
+		t.Fatalf("the second peer was told of %d pieces, want 32", n4)
+	}
+
 	// Not a plain handshake (MSE): untouched both ways.
 	srv2, peer2 := pipePair(t, ss)
 	noise := bytes.Repeat([]byte{0x42}, handshakeLen)
