@@ -10,9 +10,12 @@
 #   make bench   install the peer tools and print the comparison tables
 #                (store: bench/bench.sh; network lab: bench/netbench.sh;
 #                BitTorrent: bench/btbench.sh, sealed: btbench.sh --seal;
-#                multicast vs udpcast: bench/mcastbench.sh;
+#                multicast vs udpcast: bench/mcastbench.sh, with FEC: mcastbench.sh --fec;
 #                day 2, rollouts vs SystemImager's rsync updates: bench/updatebench.sh;
+#                node CPU of an install vs zstd -d | tar -x: bench/installcpubench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
+#                a site cache behind a 50 Mbit link: bench/cachebench.sh;
+#                the store on Ceph beside the embedded one: bench/cephbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
 # System packages are installed here (apt-get), so a bare Debian machine
@@ -66,6 +69,10 @@ PKG_DEBS   := umoci skopeo lintian bash-completion zsh fish man-db podman runc
 TEST_DEBS  += $(PKG_DEBS)
 # chromium runs the fleet page's browser test headless (client/monitor, via chromedp).
 TEST_DEBS  += chromium
+# Ceph (issue 15): the S3 store's tests start a single-host cluster (one
+# monitor, one bluestore OSD, radosgw) on loopback (store/s3/s3test).
+# Installed without recommends (45 packages, ~90 s).
+CEPH_DEBS  := ceph-mon ceph-osd radosgw
 
 .PHONY: all build deps metal-deps corpus bootable demo test test-short vet bench metal-bench clean man deb fuzz
 
@@ -93,6 +100,12 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
 		echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(CEPH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+		echo "apt-get install --no-install-recommends$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 metal-deps:
@@ -176,8 +189,12 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --super bench/btsuperresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh --fec bench/mcastfecresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/installcpubench.sh bench/installcpuresults.md
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
+	SIM_CORPUS=$(CORPUS) bash bench/cephbench.sh bench/cephresults.md
 	$(MAKE) metal-bench
 
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).

@@ -45,6 +45,18 @@
 # passes, the loss, and the sealed datagrams that did not open (0 expected);
 # then sealed / plain of the medians. The load average at start and end.
 #
+# With --fec (OUTFILE default bench/mcastfecresults.md) it measures forward
+# error correction (issue #16): N nodes pull v2 (into their stores, no tree
+# written, as --seal) at MCASTBENCH_FEC_LOSSES ("1 5") percent loss on every
+# node (nftables in each node's namespace), once per MCASTBENCH_FEC_MODES
+# ("auto off": sim serve --mcast-fec), and udpcast in the same run with its
+# own FEC (udp-sender --fec MCASTBENCH_UDP_FEC, default 8x8/128 at 1% and
+# 8x16/128 beyond) and without. Per step: time (sim: the session; udpcast:
+# "Starting transfer" to exit), throughput (content / time) as a share of
+# the link, server bytes (eth0 tx) / content bytes, passes, FEC blocks that
+# needed repairs (and how many FEC predicted), and the nodes that did not
+# complete by multicast (fell back to HTTP; udpcast: did not get the file).
+#
 # Environment:
 #   SIM            sim binary (default ./bin/sim; `make build` runs if missing)
 #   SIM_CORPUS     corpus dir (default /var/cache/sim/corpus)
@@ -56,14 +68,20 @@
 #                  which sim's datagrams then fill; udpcast's blocks stay at
 #                  its default 1456 bytes)
 #   MCASTBENCH_SEAL_NS, MCASTBENCH_SEAL_RUNS: --seal's node counts and runs
+#   MCASTBENCH_FEC_LOSSES, MCASTBENCH_FEC_MODES, MCASTBENCH_UDP_FEC, MCASTBENCH_FEC_RUNS
+#                  (sim runs per mode and loss, alternating modes): --fec's
+#   MCASTBENCH_LAB  the lab's name (default simmcbench)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-SEAL=0
+SEAL=0 FEC=0
 if [ "${1:-}" = "--seal" ]; then SEAL=1; shift; fi
+if [ "${1:-}" = "--fec" ]; then FEC=1; shift; fi
 OUT=${1:-$ROOT/bench/mcastresults.md}
 [ "$SEAL" = 0 ] || OUT=${1:-$ROOT/bench/mcastsealresults.md}
+[ "$FEC" = 0 ] || OUT=${1:-$ROOT/bench/mcastfecresults.md}
+PULL=$((SEAL | FEC)) # nodes pull into their stores: no tree written
 SIM=${SIM:-./bin/sim}
 CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${MCASTBENCH_DIR:-/var/tmp/sim-mcastbench}
@@ -71,7 +89,7 @@ RATE=${MCASTBENCH_RATE:-200mbit}
 N=${MCASTBENCH_NODES:-16}
 MTU=${MCASTBENCH_MTU:-1500}
 LAB=$ROOT/testdata/lab.sh
-L=simmcbench
+L=${MCASTBENCH_LAB:-simmcbench}
 SRV_IP=198.18.0.1
 PORT=7480
 URL=http://$SRV_IP:$PORT
@@ -190,7 +208,7 @@ sim_step() {
 	log "sim: $name"
 	sync
 	rm -f "$W"/log/"$name"-n*.cpu
-	if [ "$SEAL" = 1 ]; then
+	if [ "$PULL" = 1 ]; then
 		for h in $(nodes "$n"); do "$SIM" --store "$W/s/$h-$tag-store" init >/dev/null 2>&1 || die "init $h's store"; done
 	fi
 	tx0=$(tx srv)
@@ -202,7 +220,7 @@ sim_step() {
 		# shared machine costs more CPU than the transfer, and varies more
 		# than what is measured
 		local what=(checkout --from "$URL" --no-sync "$ref" "$W/s/$h-$tag-root")
-		[ "$SEAL" = 0 ] || what=(pull "$URL" "$ref")
+		[ "$PULL" = 0 ] || what=(pull "$URL" "$ref")
 		"$LAB" exec --name "$L" "$h" -- /usr/bin/env time -f "%U %S" -o "$W/log/$name-$h.cpu" \
 			"$SIM" --store "$W/s/$h-$tag-store" "${what[@]}" --transport multicast "${TOKEN[@]}" \
 			--mcast-timeout 30s --json >"$W/log/$name-$h.json" 2>"$W/log/$name-$h.err" &
@@ -222,6 +240,7 @@ sim_step() {
 	T=$(awk -v t="$T" 'BEGIN { printf "%.2f\n", t }')
 	local inc
 	inc=$(cat "$W"/log/"$name"-n*.err | grep -c '"complete":false' || true)
+	INC=$inc
 	log "  session $(hb "$CB") in $T s, $PASSES passes; server tx $(hb "$TX"); nodes done in $WALL s; $inc nodes incomplete by multicast"
 }
 
@@ -243,15 +262,30 @@ udp_step() {
 	sleep 1
 	tx0=$(tx srv)
 	"$LAB" exec --name "$L" srv -- udp-sender --nokbd --interface eth0 --portbase 9000 --file "$file" \
-		--max-bitrate "${RATE%bit}" --min-receivers "$n" --max-wait 20 >"$W/log/$name-sender.out" 2>&1 &
+		--max-bitrate "${RATE%bit}" --min-receivers "$n" --max-wait 20 "${UDP_EXTRA[@]}" >"$W/log/$name-sender.out" 2>&1 &
 	spid=$!
 	PIDS+=("$spid")
+	UDPSTUCK=0
+	i=0
 	while kill -0 "$spid" 2>/dev/null; do
 		if [ -z "$t0" ] && grep -q "Starting transfer" "$W/log/$name-sender.out" 2>/dev/null; then t0=$(now); fi
+		# UDP_LIMIT (--fec: 120 s): a transfer stuck that long is stopped
+		# and reported so (udp-sender waits for a receiver that stopped
+		# answering, dropping it only after --retries-until-drop timeouts)
+		if [ "${UDP_LIMIT:-0}" -gt 0 ] && [ -n "$t0" ] && [ $((++i % 50)) -eq 0 ] &&
+			awk -v a="$t0" -v b="$(now)" -v l="$UDP_LIMIT" 'BEGIN { exit !(b - a > l) }'; then
+			UDPSTUCK=1
+			log "  udp-sender $name: no end after $UDP_LIMIT s; stopped"
+			kill -TERM "$spid" 2>/dev/null || true
+			# udp-sender stuck in its retransmit loop ignores TERM
+			for ((i = 0; i < 20; i++)); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+			kill -KILL "$spid" 2>/dev/null || true
+			break
+		fi
 		sleep 0.02
 	done
 	t1=$(now)
-	wait "$spid" || die "udp-sender $name failed (see $W/log/$name-sender.out)"
+	if [ "$UDPSTUCK" = 1 ]; then wait "$spid" 2>/dev/null || true; else wait "$spid" || die "udp-sender $name failed (see $W/log/$name-sender.out)"; fi
 	forget "$spid"
 	[ -n "$t0" ] || t0=$t1
 	# receivers that never connected wait forever: 15 s, then they are stopped
@@ -261,7 +295,15 @@ udp_step() {
 		[ "$alive" -eq 0 ] && break
 		sleep 0.1
 	done
-	for h in "${pids[@]}"; do kill -TERM "$h" 2>/dev/null || true; wait "$h" 2>/dev/null || true; forget "$h"; done
+	for h in "${pids[@]}"; do kill -TERM "$h" 2>/dev/null || true; done
+	# a udp-receiver stuck waiting for a sender that is gone ignores TERM
+	for ((i = 0; i < 20; i++)); do
+		local alive=0
+		for h in "${pids[@]}"; do kill -0 "$h" 2>/dev/null && alive=1; done
+		[ "$alive" -eq 0 ] && break
+		sleep 0.1
+	done
+	for h in "${pids[@]}"; do kill -KILL "$h" 2>/dev/null || true; wait "$h" 2>/dev/null || true; forget "$h"; done
 	sleep 0.3
 	tx1=$(tx srv)
 	T=$(secs "$t0" "$t1")
@@ -285,6 +327,7 @@ set_mtu() {
 	log "lab links at MTU $MTU"
 }
 
+UDP_EXTRA=()
 loss_all() { local h; for h in $(nodes "$N"); do "$LAB" loss --name "$L" "$h" "$1"; done; }
 
 # ================================================================== setup ===
@@ -293,6 +336,64 @@ wipe
 mkdir -p "$W"/{log,s,u}
 if [ "$SEAL" = 0 ]; then log "scratch $W, sim $SIM, $N nodes, server link $RATE"; else log "scratch $W, sim $SIM, --seal, server link $RATE"; fi
 "$SIM" --store "$W/srv" init >"$W/log/store.log" 2>&1
+if [ "$FEC" = 1 ]; then
+	# ================================== --fec: forward error correction ===
+	LOSSES=${MCASTBENCH_FEC_LOSSES:-1 5}
+	UDP_LIMIT=120
+	FRUNS=${MCASTBENCH_FEC_RUNS:-1}
+	[[ $FRUNS =~ ^[0-9]+$ ]] && [ "$FRUNS" -ge 1 ] || die "MCASTBENCH_FEC_RUNS must be 1 or more"
+	MODES=${MCASTBENCH_FEC_MODES:-auto off}
+	"$SIM" --store "$W/srv" commit "$CORPUS/v2" --image deb -m v2 >>"$W/log/store.log" 2>&1 || die "commit v2 failed"
+	"$SIM" --store "$W/srv" tag v2 deb >>"$W/log/store.log" 2>&1
+	tar -C "$CORPUS/v2" -cf - . | zstd -3 -q -c >"$W/v2.tar.zst"
+	"$LAB" up --name "$L" --nodes "$N" --server-rate "$RATE" --node-rate 1gbit 2>>"$W/log/lab.log" || die "lab up failed"
+	set_mtu "$N"
+	gp() { pct "$(awk -v b="$1" -v t="$2" 'BEGIN { print b / t }')" "$RATE_BPS"; }
+	LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+	rows=()
+	for loss in $LOSSES; do
+		loss_all "$loss"
+		for ((run = 1; run <= FRUNS; run++)); do
+		for mode in $MODES; do
+			start_serve "$N" --mcast-fec "$mode"
+			rm -rf "$W"/s/*
+			sim_step "fec-$mode-loss$loss-$run" v2 "$N" "$mode$loss"
+			read -r rg pred shards < <("$LAB" exec --name "$L" n1 -- "$SIM" multicast sessions "$URL" --json |
+				python3 -c 'import json,sys; s=json.load(sys.stdin)[-1]; print(s.get("repair_groups",0), "%.1f" % s.get("fec_predicted",0), s.get("fec_shards",0))')
+			stop_serve
+			rows+=("| sim, FEC $mode (run $run) | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | $PASSES | $([ "$mode" = off ] && echo "–" || echo "$rg ($pred predicted), $shards shards") | $INC of $N |")
+			log "  FEC $mode at $loss%: $T s, $(gp "$CB" "$T")% of link, tx/content $(ratio "$TX" "$CB"), $PASSES passes, $rg blocks repaired ($pred predicted), $INC incomplete"
+		done
+		done
+		for uf in "" "${MCASTBENCH_UDP_FEC:-$([ "$loss" -le 1 ] && echo 8x8/128 || echo 8x16/128)}"; do
+			UDP_EXTRA=()
+			[ -z "$uf" ] || UDP_EXTRA=(--fec "$uf")
+			udp_step "udp-fec${uf//\//_}-loss$loss" "$W/v2.tar.zst" "$N"
+			if [ "$UDPSTUCK" = 1 ]; then
+				rows+=("| udpcast$([ -n "$uf" ] && echo ", --fec $uf" || echo ", no FEC") | $loss% | stuck: stopped after $T s | – | $(hb "$TX") sent | | | $((N - UOK)) of $N |")
+			else
+				rows+=("| udpcast$([ -n "$uf" ] && echo ", --fec $uf" || echo ", no FEC") | $loss% | $T s | $(gp "$CB" "$T")% | $(hb "$TX") / $(hb "$CB") = $(ratio "$TX" "$CB")× | | | $((N - UOK)) of $N |")
+			fi
+		done
+		UDP_EXTRA=()
+	done
+	loss_all 0
+	LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+	{
+		echo "### Multicast with FEC (bench/mcastbench.sh --fec, $(date -u +%F), $N nodes, server link $RATE, nodes 1gbit, MTU $MTU)"
+		echo
+		echo "| v2 to $N nodes | loss | time | throughput (% of link) | server bytes / content | passes | FEC blocks repaired | nodes not complete by multicast |"
+		echo "|---|---|---|---|---|---|---|---|"
+		printf '%s\n' "${rows[@]}"
+		echo
+		echo "Targets (issue #16): at 1% loss ≥ 80% of the link and server bytes ≤ 1.1× the image; at 5% every node complete"
+		echo "without HTTP fallback. Load average (1, 5, 15 min) at the start: $LOAD0; at the end: $LOAD1 ($(nproc) CPUs)."
+		echo "sim: time of the session (end of registration to the last node having every block); content: the session's"
+		echo "objects (sim) or the tar.zst (udpcast); server bytes: the server's eth0 tx over the step, every datagram"
+		echo "(data, repair shards, announcements, udpcast's FEC and retransmissions) with its IP and UDP headers."
+	} | tee "$OUT"
+	exit 0
+fi
 if [ "$SEAL" = 1 ]; then
 	# ============================================ --seal: what sealing costs ===
 	SNS=${MCASTBENCH_SEAL_NS:-1 16}

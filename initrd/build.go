@@ -22,10 +22,14 @@ var DefaultModules = []string{
 	"virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3", "bnx2",
 	"ahci", "ata_piix", "sd_mod", "nvme", "megaraid_sas", "mpt3sas",
 	"crc32c_generic", "ext4", "xfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859-1", "efivarfs",
+	"btrfs", "md_mod", "raid0", "raid1", "raid10", "raid456", "dm_mod",
 }
 
-// DefaultTools are the host programs copied in (with their libraries).
-var DefaultTools = []string{"mkfs.ext4", "mkfs.vfat", "mkfs.xfs", "mkswap"}
+// DefaultTools are the host programs copied in (with their libraries):
+// the mkfs of each filesystem a layout can hold, mdadm for md arrays,
+// lvm (the one binary behind pvcreate, vgcreate, lvcreate, vgchange) for
+// LVM and btrfs for subvolumes.
+var DefaultTools = []string{"mkfs.ext4", "mkfs.vfat", "mkfs.xfs", "mkswap", "mkfs.btrfs", "btrfs", "mdadm", "lvm"}
 
 // BusyboxApplets get a /bin symlink each.
 var BusyboxApplets = []string{"sh", "ip", "udhcpc", "chroot", "mount", "umount", "cat", "ls", "dmesg", "ps",

@@ -100,7 +100,7 @@ func Checkout(ctx context.Context, src Source, root chunk.ID, dir string, opts C
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	co := &checkouter{ctx: ctx, src: src, opts: opts, rootfd: fd, rec: NewStatCache(),
-		jobs: make(chan *fileOp, 512)}
+		jobs: make(chan *fileOp, 512), umask: processUmask()}
 	defer func() {
 		for _, d := range co.dirs {
 			unix.Close(d.fd)
@@ -202,6 +202,8 @@ type checkouter struct {
 	dirs   []*odir
 	lops   []linkOp
 	tmpSeq atomic.Int64
+	dirbuf []byte // getdents buffer of the walk (one goroutine)
+	umask  uint32 // the process's, when the checkout started
 
 	mu    sync.Mutex
 	err   error
@@ -232,9 +234,18 @@ func (co *checkouter) record(rel string, st *unix.Stat_t, n *Node) {
 // unchanged reports whether the entry at rel is, by the record, exactly
 // node n already: same inode state as when a checkout made it from a node
 // with n's metadata (and content). It costs no syscall beyond the stat.
+// An unchanged entry is counted, and its record entry carried over as it
+// is (it still holds: nothing about the inode moved).
 func (co *checkouter) unchanged(rel string, st *unix.Stat_t, n *Node) bool {
 	e, ok := co.opts.Record.entry(rel, st)
-	return ok && e.meta == metaHash(n) && extentsEqual(e.content, n.Content)
+	if !ok || !extentsEqual(e.content, n.Content) || e.meta != metaHash(n) {
+		return false
+	}
+	co.stats.add(&co.stats.Unchanged, 1)
+	co.mu.Lock()
+	co.rec.m[rel] = e
+	co.mu.Unlock()
+	return true
 }
 
 // metaHash condenses what a checkout sets on an entry besides file data.
@@ -266,9 +277,14 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 	if err := co.firstErr(); err != nil {
 		return err
 	}
-	existing, err := readDirFd(fd)
-	if err != nil {
-		return fmt.Errorf("read directory %q: %w", rel, err)
+	// A directory this checkout created is empty: nothing in it to
+	// list, remove or stat (on an install, that is every directory).
+	var existing []string
+	if d.existed {
+		var err error
+		if existing, co.dirbuf, err = readDirFdBuf(fd, co.dirbuf); err != nil {
+			return fmt.Errorf("read directory %q: %w", rel, err)
+		}
 	}
 	for _, name := range existing {
 		erel := join(rel, name)
@@ -296,8 +312,10 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			continue
 		}
 		var st unix.Stat_t
-		exists := true
-		if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		exists := d.existed
+		if !exists {
+			// In a directory created just now: nothing there.
+		} else if err := unix.Fstatat(fd, e.Name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if !errors.Is(err, unix.ENOENT) {
 				return fmt.Errorf("lstat %q: %w", erel, err)
 			}
@@ -341,6 +359,8 @@ func (co *checkouter) dir(d *odir, t *Tree) error {
 			}
 		case e.Link != "":
 			co.lops = append(co.lops, linkOp{*op})
+		case e.Kind == KindFile && exists && co.unchanged(erel, &st, e):
+			// Known right by the record: no worker needed.
 		case e.Kind == KindFile:
 			select {
 			case co.jobs <- op:
@@ -440,8 +460,6 @@ func (co *checkouter) worker() {
 // content is known to be right, else a rewrite.
 func (co *checkouter) file(op *fileOp, ck **chunk.Chunker) error {
 	if op.exists && co.unchanged(op.rel, &op.st, op.node) {
-		co.stats.add(&co.stats.Unchanged, 1)
-		co.record(op.rel, &op.st, op.node)
 		return nil
 	}
 	if op.exists {
@@ -485,7 +503,16 @@ func (co *checkouter) writeFile(op *fileOp) error {
 	if !op.fresh {
 		tmp = co.tmpName()
 	}
-	fd, err := unix.Openat(op.dirfd, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	// A fresh file that needs no chown and no xattrs, with a mode the
+	// umask leaves alone, is created with its mode: only its mtime is
+	// left to set (one syscall instead of fchmod and utimensat).
+	created := uint32(0o600)
+	onlyTime := op.fresh && int(n.UID) == euid && int(n.GID) == egid && len(n.Xattrs) == 0 &&
+		n.Mode&^0o777 == 0 && n.Mode&co.umask == 0
+	if onlyTime {
+		created = n.Mode
+	}
+	fd, err := unix.Openat(op.dirfd, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, created)
 	if err != nil {
 		return err
 	}
@@ -522,7 +549,11 @@ func (co *checkouter) writeFile(op *fileOp) error {
 			return err
 		}
 	}
-	if err := applyMeta(fd, -1, "", n, op.fresh); err != nil {
+	if onlyTime {
+		if err := futimens(fd, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: n.MtimeSec, Nsec: int64(n.MtimeNsec)}}); err != nil {
+			return fmt.Errorf("set mtime: %w", err)
+		}
+	} else if err := applyMeta(fd, -1, "", n, op.fresh); err != nil {
 		return err
 	}
 	var st unix.Stat_t
@@ -550,8 +581,6 @@ func (co *checkouter) writeFile(op *fileOp) error {
 func (co *checkouter) special(op *fileOp) error {
 	n := op.node
 	if op.exists && co.unchanged(op.rel, &op.st, n) {
-		co.stats.add(&co.stats.Unchanged, 1)
-		co.record(op.rel, &op.st, n)
 		return nil
 	}
 	if op.exists {
@@ -567,7 +596,12 @@ func (co *checkouter) special(op *fileOp) error {
 			return co.fixMeta(op)
 		}
 	}
-	tmp := co.tmpName()
+	// Fresh (nothing there, a clean directory): made under its own
+	// name, as writeFile does.
+	tmp := op.name
+	if !op.fresh {
+		tmp = co.tmpName()
+	}
 	var err error
 	switch n.Kind {
 	case KindSymlink:
@@ -578,7 +612,7 @@ func (co *checkouter) special(op *fileOp) error {
 	if err != nil {
 		return fmt.Errorf("create %q: %w", op.rel, err)
 	}
-	if err := applyMeta(-1, op.dirfd, tmp, n, false); err != nil {
+	if err := applyMeta(-1, op.dirfd, tmp, n, op.fresh); err != nil {
 		unix.Unlinkat(op.dirfd, tmp, 0)
 		return fmt.Errorf("%q: %w", op.rel, err)
 	}
@@ -587,9 +621,11 @@ func (co *checkouter) special(op *fileOp) error {
 		unix.Unlinkat(op.dirfd, tmp, 0)
 		return fmt.Errorf("%q: %w", op.rel, err)
 	}
-	if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
-		unix.Unlinkat(op.dirfd, tmp, 0)
-		return fmt.Errorf("rename to %q: %w", op.rel, err)
+	if tmp != op.name {
+		if err := unix.Renameat(op.dirfd, tmp, op.dirfd, op.name); err != nil {
+			unix.Unlinkat(op.dirfd, tmp, 0)
+			return fmt.Errorf("rename to %q: %w", op.rel, err)
+		}
 	}
 	co.record(op.rel, &st, n)
 	co.stats.add(&co.stats.Written, 1)
@@ -713,8 +749,7 @@ func applyMeta(fd, dirfd int, name string, n *Node, fresh bool) error {
 	}
 	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: n.MtimeSec, Nsec: int64(n.MtimeNsec)}}
 	if fd >= 0 {
-		// futimens: the fd's /proc link names the file itself.
-		err = unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), ts, 0)
+		err = futimens(fd, ts)
 	} else {
 		err = unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
 	}
@@ -831,7 +866,9 @@ func (co *checkouter) finishDir(d *odir) error {
 		}
 		co.stats.add(&co.stats.Metadata, 1)
 	}
-	if err := applyMeta(d.fd, -1, "", &d.self, false); err != nil {
+	// A directory made here in a clean parent inherited nothing: its
+	// owner is ours and it has no xattrs to look at.
+	if err := applyMeta(d.fd, -1, "", &d.self, !d.existed && d.clean); err != nil {
 		return fmt.Errorf("directory %q: %w", d.rel, err)
 	}
 	co.trace("meta", d.rel)

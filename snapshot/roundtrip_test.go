@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -262,5 +263,24 @@ func TestCommitCancelled(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("cancelled at write %d: err = %v (result %v), want context.Canceled", n, err, res)
 		}
+	}
+}
+
+// TestRoundTripUmask: a fresh file is created with its mode only when the
+// umask leaves that mode alone; under a umask that would strip bits (077
+// takes group and other from 0644 and 0755) and under none (000), the
+// checkout of the full special-case tree is still exact.
+func TestRoundTripUmask(t *testing.T) {
+	st := storetest.New(t)
+	src := filepath.Join(t.TempDir(), "src")
+	os.Mkdir(src, 0o755)
+	snapshottest.Build(t, src)
+	res := commit(t, st, src, snapshot.CommitOptions{})
+	for _, mask := range []int{0o077, 0o000, 0o022} {
+		old := syscall.Umask(mask)
+		dst := filepath.Join(t.TempDir(), "dst")
+		_, _ = checkout(t, st, res.Root, dst, snapshot.CheckoutOptions{})
+		syscall.Umask(old)
+		snapshottest.Equal(t, src, dst)
 	}
 }

@@ -3,9 +3,11 @@ package snapshot
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -144,10 +146,20 @@ func fdPath(dirfd int, name string) string {
 // (fcntl, epoll_ctl), which doubles the syscalls of a walk over thousands
 // of directories.
 func readDirFd(fd int) ([]string, error) {
+	names, _, err := readDirFdBuf(fd, nil)
+	return names, err
+}
+
+// readDirFdBuf is readDirFd reading through buf (allocated when nil),
+// which it returns for the next call: a walk of a thousand directories
+// then allocates one buffer, not a thousand.
+func readDirFdBuf(fd int, buf []byte) ([]string, []byte, error) {
 	if _, err := unix.Seek(fd, 0, 0); err != nil {
-		return nil, err
+		return nil, buf, err
 	}
-	buf := make([]byte, 32<<10)
+	if buf == nil {
+		buf = make([]byte, 32<<10)
+	}
 	var names []string
 	for {
 		n, err := unix.Getdents(fd, buf)
@@ -155,11 +167,41 @@ func readDirFd(fd int) ([]string, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, buf, err
 		}
 		if n <= 0 {
-			return names, nil
+			return names, buf, nil
 		}
 		_, _, names = unix.ParseDirent(buf[:n], -1, names)
 	}
+}
+
+// futimens sets the times of the open file fd: utimensat(fd, NULL, ts, 0),
+// which x/sys/unix does not offer (UtimesNanoAt passes a path, and the
+// /proc/self/fd/N path it would need costs a path walk through procfs).
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// processUmask is the process's umask; 0777 (nothing may be left to it)
+// when the kernel does not say.
+func processUmask() uint32 {
+	// /proc/self/status says it without changing it (umask(2) cannot
+	// read it without setting it, a race with every other goroutine).
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o777
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Umask:"); ok {
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return uint32(m)
+			}
+		}
+	}
+	return 0o777
 }

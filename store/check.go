@@ -59,6 +59,9 @@ func (s *Store) PackSizes() (map[chunk.ID]int64, error) {
 
 // packFilesOnDisk lists pack files under packs/.
 func (s *Store) packFilesOnDisk() (map[chunk.ID]string, error) {
+	if s.rem != nil {
+		return s.remotePacks()
+	}
 	out := map[chunk.ID]string{}
 	dirs, err := os.ReadDir(filepath.Join(s.dir, "packs"))
 	if err != nil {
@@ -87,6 +90,9 @@ func (s *Store) packFilesOnDisk() (map[chunk.ID]string, error) {
 // readData it also hashes every pack file and every blob.
 func (s *Store) Check(readData bool, report func(Problem)) (CheckStats, error) {
 	var cs CheckStats
+	if err := s.Refresh(); err != nil {
+		return cs, err
+	}
 	sizes, err := s.PackSizes()
 	if err != nil {
 		return cs, err
@@ -226,6 +232,9 @@ type GCStats struct {
 // old packs from a crash are removed by the next run.
 func (s *Store) Repack(live func(chunk.ID) bool, liveCommits func(chunk.ID) bool) (GCStats, error) {
 	var gs GCStats
+	if s.rem != nil {
+		return gs, fmt.Errorf("gc on an S3 store (%s) is not implemented yet: its packs can be in use by other writers", s.rem.c.Loc)
+	}
 	sizes, err := s.PackSizes()
 	if err != nil {
 		return gs, err

@@ -17,6 +17,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store/s3"
 )
 
 // Commit is one snapshot of an image: its root tree and its history.
@@ -95,6 +96,20 @@ func (s *Store) IsShallow(id chunk.ID) bool {
 
 func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 	b, id := c.Encode()
+	if s.rem != nil {
+		// What another writer stored may not be in this cache yet.
+		if _, err := s.Lookup(c.Tree); err != nil && !errors.Is(err, ErrNotFound) {
+			return id, err
+		}
+		for _, p := range c.Parents {
+			if shallow {
+				break
+			}
+			if _, err := s.CommitRaw(p); err != nil && !errors.Is(err, ErrNotFound) {
+				return id, err
+			}
+		}
+	}
 	if ok, err := s.Has(c.Tree); err != nil {
 		return id, err
 	} else if !ok {
@@ -128,6 +143,11 @@ func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 	if err != nil {
 		return id, err
 	}
+	if s.rem != nil {
+		if err := s.uploadCommit(id, b); err != nil {
+			return id, err
+		}
+	}
 	return id, s.db.Sync()
 }
 
@@ -152,6 +172,12 @@ func (s *Store) CommitRaw(id chunk.ID) ([]byte, error) {
 		b, err = it.ValueCopy(nil)
 		return err
 	})
+	if errors.Is(err, badger.ErrKeyNotFound) && s.rem != nil {
+		b, err = s.fetchCommit(id)
+		if errors.Is(err, s3.ErrNotFound) {
+			err = badger.ErrKeyNotFound
+		}
+	}
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("commit %s: %w", id.Short(), ErrNotFound)
 	}
@@ -287,6 +313,9 @@ func (s *Store) SetImage(name string, old, new chunk.ID, op, msg string) error {
 	} else if !ok {
 		return fmt.Errorf("image %s cannot point at commit %s, which the store lacks", name, new.Short())
 	}
+	if s.rem != nil {
+		return s.remoteSetImage(name, old, new, op, msg)
+	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		key := []byte(kImage + name)
 		cur, ok, err := getID(txn, key)
@@ -313,6 +342,9 @@ func (s *Store) SetImage(name string, old, new chunk.ID, op, msg string) error {
 
 // ImageHead returns the head of image name.
 func (s *Store) ImageHead(name string) (chunk.ID, error) {
+	if s.rem != nil {
+		return s.remoteHead("images", name)
+	}
 	var id chunk.ID
 	var ok bool
 	err := s.db.View(func(txn *badger.Txn) (err error) {
@@ -327,6 +359,9 @@ func (s *Store) ImageHead(name string) (chunk.ID, error) {
 
 // Images lists all images, sorted by name.
 func (s *Store) Images() ([]Image, error) {
+	if s.rem != nil {
+		return s.remoteImages()
+	}
 	var out []Image
 	err := s.scan(kImage, true, func(k, v []byte) error {
 		im := Image{Name: string(k)}
@@ -339,6 +374,9 @@ func (s *Store) Images() ([]Image, error) {
 
 // Reflog returns the reflog of image name, oldest first.
 func (s *Store) Reflog(name string) ([]RefLogEntry, error) {
+	if s.rem != nil {
+		return s.remoteReflog(name)
+	}
 	var out []RefLogEntry
 	err := s.scan(kReflog+name+"\x00", true, func(k, v []byte) error {
 		var e RefLogEntry
@@ -364,6 +402,9 @@ func (s *Store) CopyImage(src, dst string) error {
 func (s *Store) RenameImage(src, dst string) error {
 	if err := CheckName("image", dst); err != nil {
 		return err
+	}
+	if s.rem != nil {
+		return s.remoteRenameImage(src, dst)
 	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		head, ok, err := getID(txn, []byte(kImage+src))
@@ -397,6 +438,9 @@ func (s *Store) RenameImage(src, dst string) error {
 // DeleteImage removes an image and its reflog. Its commits stay until gc
 // finds nothing else reaching them.
 func (s *Store) DeleteImage(name string) error {
+	if s.rem != nil {
+		return s.remoteDeleteImage(name)
+	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		if _, ok, err := getID(txn, []byte(kImage+name)); err != nil {
 			return err
@@ -454,6 +498,9 @@ func (s *Store) CreateTag(name string, id chunk.ID) error {
 	} else if !ok {
 		return fmt.Errorf("tag %s: commit %s: %w", name, id.Short(), ErrNotFound)
 	}
+	if s.rem != nil {
+		return s.remoteCreateTag(name, id)
+	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		if _, err := txn.Get([]byte(kTag + name)); err == nil {
 			return fmt.Errorf("tag %s: %w (tags are immutable: delete it first with `sim tag -d %s`)", name, ErrExists, name)
@@ -469,6 +516,9 @@ func (s *Store) CreateTag(name string, id chunk.ID) error {
 
 // DeleteTag removes a tag.
 func (s *Store) DeleteTag(name string) error {
+	if s.rem != nil {
+		return s.remoteDeleteTag(name)
+	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		if _, err := txn.Get([]byte(kTag + name)); err != nil {
 			if errors.Is(err, badger.ErrKeyNotFound) {
@@ -486,6 +536,9 @@ func (s *Store) DeleteTag(name string) error {
 
 // Tags lists all tags sorted by name.
 func (s *Store) Tags() ([]Tag, error) {
+	if s.rem != nil {
+		return s.remoteTags()
+	}
 	var out []Tag
 	err := s.scan(kTag, true, func(k, v []byte) error {
 		var t Tag
@@ -500,6 +553,9 @@ func (s *Store) Tags() ([]Tag, error) {
 
 // TagCommit returns the commit tag name points at.
 func (s *Store) TagCommit(name string) (chunk.ID, error) {
+	if s.rem != nil {
+		return s.remoteHead("tags", name)
+	}
 	var t Tag
 	err := s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get([]byte(kTag + name))
@@ -610,6 +666,9 @@ func (s *Store) resolveBase(ref string) (chunk.ID, error) {
 // so gc can free the commits only they still reached. It returns how many
 // were dropped.
 func (s *Store) ExpireReflogs(before time.Time) (int, error) {
+	if s.rem != nil {
+		return s.remoteExpireReflogs(before)
+	}
 	var dead [][]byte
 	err := s.scan(kReflog, false, func(k, _ []byte) error {
 		if len(k) >= 9 && int64(binary.BigEndian.Uint64(k[len(k)-8:])) < before.UnixNano() {

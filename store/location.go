@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
+
+	"github.com/systemimager/sim/store/s3"
 )
 
 // ErrUnknownScheme is returned for a store location that names a scheme
@@ -11,6 +14,14 @@ import (
 // location would be taken as a relative directory path (`s3:`), and a
 // commit would quietly land there.
 var ErrUnknownScheme = errors.New("unknown store scheme")
+
+// ErrBadLocation is matched (errors.Is) by a malformed s3:// location.
+var ErrBadLocation = errors.New("bad store location")
+
+type badLocation struct{ error }
+
+func (e badLocation) Is(target error) bool { return target == ErrBadLocation }
+func (e badLocation) Unwrap() error        { return e.error }
 
 // schemeRE matches an RFC 3986 scheme followed by "://".
 var schemeRE = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
@@ -28,6 +39,12 @@ func CheckLocation(loc string) error {
 	if m == nil {
 		return nil
 	}
-	return fmt.Errorf("store %q: %w %q: sim stores are local directories (a directory of that name is ./%s)",
+	if strings.EqualFold(m[1], "s3") {
+		if _, err := s3.ParseLocation(loc); err != nil {
+			return badLocation{err}
+		}
+		return nil
+	}
+	return fmt.Errorf("store %q: %w %q: sim stores are local directories or s3://BUCKET[/PREFIX]?endpoint=URL (a directory of that name is ./%s)",
 		loc, ErrUnknownScheme, m[1], loc)
 }

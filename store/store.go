@@ -41,6 +41,8 @@ type Store struct {
 	frames  *frameCache
 	headers map[chunk.ID][]PackEntry // pack headers read for the wire
 	closed  bool
+
+	rem *remote // the bucket of an s3:// store; nil for a local one
 }
 
 // Badger key prefixes (ARCHITECTURE.md "Format: index").
@@ -63,6 +65,9 @@ const (
 func Init(dir string) error {
 	if err := CheckLocation(dir); err != nil {
 		return err
+	}
+	if IsRemote(dir) {
+		return initRemote(dir)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "config")); err == nil {
 		return fmt.Errorf("a store already exists at %s", dir)
@@ -88,6 +93,9 @@ func Init(dir string) error {
 func Open(dir string) (*Store, error) {
 	if err := CheckLocation(dir); err != nil {
 		return nil, err
+	}
+	if IsRemote(dir) {
+		return OpenCache(dir, "")
 	}
 	cfg, err := readConfig(dir)
 	if err != nil {
@@ -197,8 +205,20 @@ func (s *Store) packPath(id chunk.ID) string {
 	return filepath.Join(s.dir, "packs", h[:2], h+".pack")
 }
 
-// Lookup returns where blob id is stored.
+// Lookup returns where blob id is stored. On an S3 store a miss first
+// loads what other writers added since (at most once a second).
 func (s *Store) Lookup(id chunk.ID) (Loc, error) {
+	loc, err := s.lookupLocal(id)
+	if errors.Is(err, ErrNotFound) && s.rem != nil {
+		if rerr := s.refresh(false); rerr != nil {
+			return loc, rerr
+		}
+		return s.lookupLocal(id)
+	}
+	return loc, err
+}
+
+func (s *Store) lookupLocal(id chunk.ID) (Loc, error) {
 	var loc Loc
 	err := s.db.View(func(txn *badger.Txn) error {
 		it, err := txn.Get(append([]byte(kBlob), id[:]...))
@@ -218,7 +238,7 @@ func (s *Store) Lookup(id chunk.ID) (Loc, error) {
 
 // Has reports whether the store holds blob id.
 func (s *Store) Has(id chunk.ID) (bool, error) {
-	_, err := s.Lookup(id)
+	_, err := s.lookupLocal(id)
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
@@ -250,6 +270,11 @@ func (s *Store) packFile(id chunk.ID) (*os.File, error) {
 	defer s.mu.Unlock()
 	if f := s.packs[id]; f != nil {
 		return f, nil
+	}
+	if s.rem != nil {
+		if err := s.fetchPack(id); err != nil {
+			return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+		}
 	}
 	f, err := os.Open(s.packPath(id))
 	if err != nil {

@@ -43,8 +43,10 @@ func put(t testing.TB, s *Store, blobs ...[]byte) []chunk.ID {
 	return ids
 }
 
-func TestPutGet(t *testing.T) {
-	s := testStore(t)
+func TestPutGet(t *testing.T) { matrix(t, testPutGet) }
+
+func testPutGet(t *testing.T, be backend) {
+	s := be.newStore(t)
 	big := []byte(strings.Repeat("0123456789", 600000)) // larger than a frame
 	blobs := [][]byte{[]byte("a"), []byte(""), big, []byte("a")}
 	ids := put(t, s, blobs...)
@@ -75,10 +77,24 @@ func TestPutGet(t *testing.T) {
 		t.Error("PutVerified took bytes that do not match their id")
 	}
 	w.Abort()
+	// A second store on the same location sees it all.
+	s = be.reopen(t, s)
+	for i, id := range ids {
+		got, err := s.Get(id)
+		if err != nil || string(got) != string(blobs[i]) {
+			t.Errorf("reopened: blob %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	var rep []Problem
+	if _, err := s.Check(true, func(p Problem) { rep = append(rep, p) }); err != nil || len(rep) != 0 {
+		t.Errorf("check: %v %v", rep, err)
+	}
 }
 
-func TestRefs(t *testing.T) {
-	s := testStore(t)
+func TestRefs(t *testing.T) { matrix(t, testRefs) }
+
+func testRefs(t *testing.T, be backend) {
+	s := be.newStore(t)
 	tree := put(t, s, []byte("tree"))[0]
 	var ids []chunk.ID
 	var parent []chunk.ID
@@ -147,6 +163,37 @@ func TestRefs(t *testing.T) {
 	}
 	if _, err := s.ImageHead("img"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("old name still resolves: %v", err)
+	}
+	if err := s.CreateTag("rel-1.0", ids[2]); !errors.Is(err, ErrExists) {
+		t.Errorf("tag twice: %v", err)
+	}
+	s = be.reopen(t, s)
+	if im, err := s.Images(); err != nil || len(im) != 1 || im[0].Name != "img2" || im[0].Head != ids[2] {
+		t.Errorf("images after reopen: %+v %v", im, err)
+	}
+	if tg, err := s.Tags(); err != nil || len(tg) != 1 || tg[0].Commit != ids[1] {
+		t.Errorf("tags after reopen: %+v %v", tg, err)
+	}
+	if err := s.DeleteTag("rel-1.0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateTag("rel-1.0", ids[2]); err != nil {
+		t.Errorf("tag after delete: %v", err)
+	}
+	if id, err := s.Resolve("rel-1.0"); err != nil || id != ids[2] {
+		t.Errorf("retagged: %s %v", id.Short(), err)
+	}
+	if err := s.DeleteImage("img2"); err != nil {
+		t.Fatal(err)
+	}
+	if im, err := s.Images(); err != nil || len(im) != 0 {
+		t.Errorf("images after delete: %+v %v", im, err)
+	}
+	if err := s.SetImage("img2", chunk.ID{}, ids[0], "commit", ""); err != nil {
+		t.Errorf("recreate: %v", err)
+	}
+	if log, err := s.Reflog("img2"); err != nil || len(log) != 1 {
+		t.Errorf("reflog of the recreated image: %+v %v", log, err)
 	}
 }
 

@@ -46,6 +46,9 @@ func (s *Store) PutSignature(id chunk.ID, sig sign.Signature) error {
 	if err != nil {
 		return err
 	}
+	if err := s.metaSync(key); err != nil {
+		return err
+	}
 	return s.db.Sync()
 }
 
@@ -130,6 +133,9 @@ func (s *Store) TrustKey(k sign.PublicKey) error {
 	if err != nil {
 		return err
 	}
+	if err := s.metaSync([]byte(kTrust + k.Name)); err != nil {
+		return err
+	}
 	return s.db.Sync()
 }
 
@@ -145,6 +151,9 @@ func (s *Store) UntrustKey(name string) error {
 		return txn.Delete([]byte(kTrust + name))
 	})
 	if err != nil {
+		return err
+	}
+	if err := s.metaSync([]byte(kTrust + name)); err != nil {
 		return err
 	}
 	return s.db.Sync()
@@ -192,6 +201,9 @@ func (s *Store) SetRequireSignature(on bool) error {
 		v[0] = 1
 	}
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(kSetting+settingRequireSig), v) }); err != nil {
+		return err
+	}
+	if err := s.metaSync([]byte(kSetting + settingRequireSig)); err != nil {
 		return err
 	}
 	return s.db.Sync()
@@ -248,6 +260,11 @@ func (s *Store) CheckSigned(id chunk.ID, require bool, extra ...sign.Signature) 
 // can read the packs too, so it is no weaker than the data it protects.
 func (s *Store) Secret(name string) ([]byte, error) {
 	key := []byte(kSetting + "secret-" + name)
+	if s.rem != nil {
+		if err := s.remoteSecret(key); err != nil {
+			return nil, fmt.Errorf("store secret %s: %w", name, err)
+		}
+	}
 	var out []byte
 	err := s.db.Update(func(txn *badger.Txn) error {
 		if it, err := txn.Get(key); err == nil {
@@ -308,6 +325,9 @@ func (s *Store) AddToken(t Token, hash [32]byte) error {
 	if err != nil {
 		return err
 	}
+	if err := s.metaSync(append([]byte(kToken), hash[:]...)); err != nil {
+		return err
+	}
 	return s.db.Sync()
 }
 
@@ -358,11 +378,11 @@ func tokens(txn *badger.Txn) ([]Token, error) {
 
 // RevokeToken removes the token called name: it stops working at once.
 func (s *Store) RevokeToken(name string) error {
+	var key []byte
 	err := s.db.Update(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.Prefix = []byte(kToken)
 		it := txn.NewIterator(opt)
-		var key []byte
 		for it.Seek(opt.Prefix); it.ValidForPrefix(opt.Prefix); it.Next() {
 			var t Token
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &t) }); err != nil {
@@ -381,6 +401,9 @@ func (s *Store) RevokeToken(name string) error {
 		return txn.Delete(key)
 	})
 	if err != nil {
+		return err
+	}
+	if err := s.metaSync(key); err != nil {
 		return err
 	}
 	return s.db.Sync()

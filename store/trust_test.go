@@ -14,8 +14,10 @@ import (
 // TestSignaturesAndPolicy: signatures are kept only when they verify and
 // their commit is here; the policy is persisted; gc drops the signatures
 // of the commits it drops.
-func TestSignaturesAndPolicy(t *testing.T) {
-	s := testStore(t)
+func TestSignaturesAndPolicy(t *testing.T) { matrix(t, testSignaturesAndPolicy) }
+
+func testSignaturesAndPolicy(t *testing.T, be backend) {
+	s := be.newStore(t)
 	tree := put(t, s, []byte("tree"))[0]
 	c := &Commit{Tree: tree, Time: time.Unix(1, 0).UTC(), Message: "v1", Image: "img"}
 	id, err := s.PutCommit(c)
@@ -74,13 +76,7 @@ func TestSignaturesAndPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Persisted: reopen.
-	dir := s.Dir()
-	s.Close()
-	s, err = Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s = be.reopen(t, s)
 	p, err := s.Policy()
 	if err != nil || !p.Require || len(p.Keys) != 1 || p.Keys[0].Name != "eve" {
 		t.Fatalf("policy after reopen: %+v %v", p, err)
@@ -93,6 +89,12 @@ func TestSignaturesAndPolicy(t *testing.T) {
 		t.Errorf("check: %v %v", rep, err)
 	}
 
+	if s.Remote() != nil {
+		if _, err := s.Repack(func(chunk.ID) bool { return false }, func(chunk.ID) bool { return false }); err == nil || !strings.Contains(err.Error(), "not implemented") {
+			t.Errorf("gc on S3: %v", err)
+		}
+		return
+	}
 	// gc of the commit takes its signatures.
 	if _, err := s.Repack(func(chunk.ID) bool { return false }, func(chunk.ID) bool { return false }); err != nil {
 		t.Fatal(err)
@@ -102,8 +104,10 @@ func TestSignaturesAndPolicy(t *testing.T) {
 	}
 }
 
-func TestTokensAndSecrets(t *testing.T) {
-	s := testStore(t)
+func TestTokensAndSecrets(t *testing.T) { matrix(t, testTokensAndSecrets) }
+
+func testTokensAndSecrets(t *testing.T, be backend) {
+	s := be.newStore(t)
 	h := sha256.Sum256([]byte("tok-1"))
 	if err := s.AddToken(Token{Name: "n01", Role: "node", Node: "n01", Created: time.Now()}, h); err != nil {
 		t.Fatal(err)
@@ -135,5 +139,20 @@ func TestTokensAndSecrets(t *testing.T) {
 	c, _ := s.Secret("other")
 	if err != nil || err2 != nil || string(a) != string(b) || string(a) == string(c) || len(a) != 32 {
 		t.Errorf("secrets: %x %x %x %v %v", a, b, c, err, err2)
+	}
+	h2 := sha256.Sum256([]byte("tok-4"))
+	if err := s.AddToken(Token{Name: "n02", Role: "read"}, h2); err != nil {
+		t.Fatal(err)
+	}
+	// Another store on the same location: the same tokens and secrets.
+	s = be.reopen(t, s)
+	if _, ok, _ := s.TokenByHash(h2); !ok {
+		t.Error("token lost on reopen")
+	}
+	if _, ok, _ := s.TokenByHash(h); ok {
+		t.Error("revoked token back on reopen")
+	}
+	if a2, err := s.Secret("swarm"); err != nil || string(a2) != string(a) {
+		t.Errorf("secret changed on reopen: %x %x %v", a, a2, err)
 	}
 }

@@ -227,6 +227,10 @@ func (w *Writer) syncer() {
 			continue
 		}
 		d, err := p.install()
+		if err == nil && w.s.rem != nil {
+			// Into the bucket before any index file names it.
+			err = w.s.uploadPack(d.id)
+		}
 		if err != nil {
 			w.mu.Lock()
 			if w.err == nil {
@@ -268,16 +272,19 @@ func (w *Writer) Flush() (WriterStats, error) {
 	// name them.
 	wb := w.s.db.NewWriteBatch()
 	defer wb.Cancel()
-	for _, p := range w.packed {
-		var sz [8]byte
-		binary.BigEndian.PutUint64(sz[:], uint64(p.size))
-		if err := wb.Set(append([]byte(kPack), p.id[:]...), sz[:]); err != nil {
+	if w.s.rem != nil {
+		// The packs are in the bucket: the index file names them there.
+		key, err := w.s.uploadIndex(w.packed)
+		if err != nil {
 			return w.stats, err
 		}
-		for _, e := range p.ents {
-			if err := wb.Set(append([]byte(kBlob), e.ID[:]...), e.Loc.marshal()); err != nil {
-				return w.stats, err
-			}
+		if err := wb.Set([]byte(kIndexFile+key), nil); err != nil {
+			return w.stats, err
+		}
+	}
+	for _, p := range w.packed {
+		if err := indexPack(wb, p); err != nil {
+			return w.stats, err
 		}
 	}
 	if err := wb.Flush(); err != nil {

@@ -198,8 +198,16 @@ func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	// Then exactly what is still missing (after an interrupted or partial
 	// delivery, only that), until nothing is. A round that brings nothing
 	// new twice in a row means the server cannot supply it.
+	// The node's current commit (the first base, when the store has it)
+	// is whole in the store: the walk skips what the target shares with it.
+	var baseTree chunk.ID
+	if len(base) > 0 {
+		if bc, err := local.Commit(base[0]); err == nil {
+			baseTree = bc.Tree
+		}
+	}
 	for idle := 0; ; {
-		missing, err := MissingObjects(local, c.Tree, 0)
+		missing, err := MissingObjectsSince(local, c.Tree, baseTree)
 		if err != nil {
 			return ps, err
 		}

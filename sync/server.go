@@ -9,6 +9,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	gosync "sync"
 	"time"
@@ -127,6 +128,19 @@ func (s *Server) init() {
 // (HandleRole with RoleRead). Call it before serving.
 func (s *Server) Handle(pattern string, h http.Handler) {
 	s.HandleRole(pattern, RoleRead, h)
+}
+
+// Serves reports whether a request METHOD PATH would reach a handler: an
+// extension asks it at request time which others are mounted (sync/auto
+// offers multicast only where sim serve runs multicast sessions).
+func (s *Server) Serves(method, path string) bool {
+	s.init()
+	r, err := http.NewRequest(method, path, nil)
+	if err != nil {
+		return false
+	}
+	_, pattern := s.mux.Handler(r)
+	return pattern != ""
 }
 
 // RefsResponse is GET /v1/refs.
@@ -683,4 +697,92 @@ func MissingObjects(st *store.Store, root chunk.ID, max int) ([]chunk.ID, error)
 		err = nil
 	}
 	return missing, err
+}
+
+// MissingObjectsSince is MissingObjects(st, root, 0) for a store that
+// holds the tree base whole (a node's current commit, which the store
+// has because a fetch stores a commit only once all it reaches is there):
+// it walks root beside base, path by path, so a subtree with the same id
+// as base's at the same path is complete without loading it, and a file
+// whose content is base's there needs no lookup. An update's walk then
+// costs what differs, not the whole image. A zero base is MissingObjects.
+func MissingObjectsSince(st *store.Store, root, base chunk.ID) ([]chunk.ID, error) {
+	if base.IsZero() {
+		return MissingObjects(st, root, 0)
+	}
+	var missing []chunk.ID
+	seen := map[chunk.ID]struct{}{}
+	var walk func(id, bid chunk.ID) error
+	walk = func(id, bid chunk.ID) error {
+		if id == bid {
+			return nil
+		}
+		if _, ok := seen[id]; ok {
+			return nil
+		}
+		seen[id] = struct{}{}
+		t, err := snapshot.LoadTree(st, id)
+		if errors.Is(err, store.ErrNotFound) {
+			missing = append(missing, id)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var bt *snapshot.Tree
+		if !bid.IsZero() {
+			// The base tree's absence or damage only costs the
+			// shortcut: the subtree is then walked whole.
+			bt, _ = snapshot.LoadTree(st, bid)
+		}
+		var ids []chunk.ID
+		for i := range t.Entries {
+			e := &t.Entries[i]
+			if e.Kind == snapshot.KindDir {
+				continue
+			}
+			if bt != nil {
+				if be := bt.Find(e.Name); be != nil && be.Kind != snapshot.KindDir && slices.Equal(be.Content, e.Content) {
+					continue
+				}
+			}
+			for _, x := range e.Content {
+				if x.Hole() {
+					continue
+				}
+				if _, ok := seen[x.ID]; !ok {
+					seen[x.ID] = struct{}{}
+					ids = append(ids, x.ID)
+				}
+			}
+		}
+		if len(ids) > 0 {
+			has, err := st.HasMany(ids)
+			if err != nil {
+				return err
+			}
+			for i, h := range has {
+				if !h {
+					missing = append(missing, ids[i])
+				}
+			}
+		}
+		for i := range t.Entries {
+			e := &t.Entries[i]
+			if e.Kind != snapshot.KindDir {
+				continue
+			}
+			var sub chunk.ID
+			if bt != nil {
+				if be := bt.Find(e.Name); be != nil && be.Kind == snapshot.KindDir {
+					sub = be.Subtree
+				}
+			}
+			if err := walk(e.Subtree, sub); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return missing, walk(root, base)
 }

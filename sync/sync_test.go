@@ -1,12 +1,15 @@
 package sync_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	gosync "sync"
 	"testing"
@@ -321,4 +324,54 @@ func TestCapture(t *testing.T) {
 		t.Errorf("capture after one edit uploaded %d blobs, want 4", cp.Uploaded)
 	}
 	checkoutEqual(t, f.srv, id, f.src)
+}
+
+// TestMissingObjectsSince: walking the target beside the node's current
+// tree finds exactly what the whole walk finds, for changed files deep
+// down, a new directory and a removed one, while skipping what is shared.
+func TestMissingObjectsSince(t *testing.T) {
+	f := setup(t)
+	// v3: v2 with a new directory, a changed library, and etc/ssh gone.
+	snapshottest.RandomFiles(t, f.src, 3, map[string]int{"opt/new/a": 7000, "opt/new/deeper/b": 9000, "usr/lib/lib7.so": 57000})
+	if err := os.RemoveAll(filepath.Join(f.src, "etc/ssh")); err != nil {
+		t.Fatal(err)
+	}
+	v3 := commit(t, f.srv, f.src, "img")
+	node := storetest.New(t)
+	r := remote(t, f.url, "")
+	if _, err := simsync.FetchCommit(context.Background(), node, r, nil, f.v1, true); err != nil {
+		t.Fatal(err)
+	}
+	tree := func(st *store.Store, id chunk.ID) chunk.ID {
+		c, err := st.Commit(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Tree
+	}
+	base := tree(node, f.v1)
+	for _, to := range []chunk.ID{f.v2, v3} {
+		root := tree(f.srv, to)
+		whole, err := simsync.MissingObjects(node, root, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		since, err := simsync.MissingObjectsSince(node, root, base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(whole, func(a, b chunk.ID) int { return bytes.Compare(a[:], b[:]) })
+		slices.SortFunc(since, func(a, b chunk.ID) int { return bytes.Compare(a[:], b[:]) })
+		if len(whole) == 0 || !slices.Equal(whole, since) {
+			t.Errorf("%s: MissingObjectsSince found %d objects, MissingObjects %d (want the same, and some)", to.Short(), len(since), len(whole))
+		}
+	}
+	// Once v3 is fetched (as a delta on v1), nothing is missing either way.
+	if _, err := simsync.FetchCommit(context.Background(), node, r, nil, v3, true, f.v1); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := simsync.MissingObjectsSince(node, tree(node, v3), base); err != nil || len(m) != 0 {
+		t.Errorf("after the fetch: %d missing, %v", len(m), err)
+	}
+	checkoutEqual(t, node, v3, f.src)
 }

@@ -52,6 +52,15 @@ type Delivery struct {
 	Report any
 }
 
+// ChosenReport is the Report of a transport that chose another to deliver
+// (sync/auto): --json shows Choice under "auto" and Inner, the chosen
+// transport's own figures, under the chosen one's name, as if it had been
+// named on the command line.
+type ChosenReport struct {
+	Choice any
+	Inner  any
+}
+
 // TransportEnv is what a transport is opened with.
 type TransportEnv struct {
 	// Remote is the server the commit comes from.
@@ -67,6 +76,10 @@ type TransportEnv struct {
 	// Name is this node's name, for transports that register with the
 	// server (default: the host name).
 	Name string
+	// Open opens another transport of the same command line by name,
+	// with its flags as given (set by TransportFlags): for a transport
+	// that chooses among the others (sync/auto).
+	Open func(ctx context.Context, name string) (Transport, error)
 }
 
 // TransportConfig is one command line's configuration of a transport:
@@ -206,6 +219,15 @@ func (f *TransportFlags) OpenNamed(ctx context.Context, name string, env Transpo
 	c, ok := f.cfgs[name]
 	if !ok {
 		return nil, &FlagError{Flag: "transport", Value: name, Err: fmt.Errorf("%w (have %s)", ErrUnknownTransport, strings.Join(f.names, ", "))}
+	}
+	chooser := name
+	env.Open = func(ctx context.Context, other string) (Transport, error) {
+		if other == chooser {
+			return nil, fmt.Errorf("transport %s cannot open itself", other)
+		}
+		e := env
+		e.Open = nil
+		return f.OpenNamed(ctx, other, e)
 	}
 	return c.Open(ctx, env)
 }

@@ -70,10 +70,8 @@ func ParseCmdline(s string) (Params, error) {
 		case "sim.disk":
 			p.Disk = v
 		case "sim.transport":
-			// auto: until the server chooses per request, HTTP.
-			if v != "auto" {
-				p.Transport = v
-			}
+			// auto: the server chooses per fetch (sync/auto).
+			p.Transport = v
 		case "sim.after":
 			if v != "poweroff" && v != "reboot" && v != "shell" && v != "none" {
 				return p, fmt.Errorf("sim.after=%s: want poweroff, reboot, shell or none", v)

@@ -20,7 +20,7 @@ import (
 
 func TestParseCmdline(t *testing.T) {
 	p, err := ParseCmdline("BOOT_IMAGE=/vmlinuz console=ttyS0 sim.server=http://10.0.2.2:7480 sim.node=n1 sim.transport=auto sim.after=reboot")
-	if err != nil || p.Server != "http://10.0.2.2:7480" || p.Node != "n1" || p.Transport != "http" || p.After != "reboot" || p.OnError != "shell" {
+	if err != nil || p.Server != "http://10.0.2.2:7480" || p.Node != "n1" || p.Transport != "auto" || p.After != "reboot" || p.OnError != "shell" {
 		t.Errorf("got %+v %v", p, err)
 	}
 	for _, bad := range []string{"console=ttyS0", "sim.server=x sim.after=explode", "sim.server=x sim.colour=red", "sim.server=x sim.onerror=none"} {

@@ -28,6 +28,13 @@ const (
 // LayoutImage is where IMAGE's layout lives.
 func LayoutImage(image string) string { return image + layoutSuffix }
 
+// GroupLayoutImage and NodeLayoutImage are where the layout of group G
+// and of node N live (sim layout set --group G / --node N): a node's own
+// layout wins over its groups' (the first of its groups that has one),
+// which win over its image's.
+func GroupLayoutImage(g string) string { return "sim@group+" + g + layoutSuffix }
+func NodeLayoutImage(n string) string  { return "sim@node+" + n + layoutSuffix }
+
 // OverrideImage is where override NAME lives.
 func OverrideImage(name string) string { return name + overrideSuffix }
 
@@ -141,8 +148,9 @@ func head(st *store.Store, image string) (chunk.ID, error) {
 var ErrNoLayout = errors.New("no layout set (sim layout set IMAGE FILE)")
 
 // LayoutFor finds the layout commit for ref: ref itself when it is a
-// commit of an IMAGE@layout image, else the head of the layout image of
-// the image ref's commit belongs to.
+// commit of an IMAGE@layout image, else the layout of the image ref's
+// commit belongs to that was current while that commit was the image's
+// head (the layout's head for the image's head: see layoutAt).
 func LayoutFor(st *store.Store, ref string) (chunk.ID, error) {
 	id, err := st.Resolve(ref)
 	if err != nil {
@@ -166,7 +174,72 @@ func LayoutFor(st *store.Store, ref string) (chunk.ID, error) {
 	if lid.IsZero() {
 		return lid, fmt.Errorf("image %s: %w", image, ErrNoLayout)
 	}
+	return layoutAt(st, image, id, lid)
+}
+
+// maxWalk bounds the history walks of layoutAt.
+const maxWalk = 100000
+
+// layoutAt is the layout commit that was current while commit id was
+// image's head: the newest commit of the layout history (from lid) made
+// no later than id's successor on the image's first-parent chain; the
+// layout's first commit when all are later (the layout was set after);
+// lid itself when id is the head, or not on the chain (a rolled-back
+// head: its time says nothing).
+func layoutAt(st *store.Store, image string, id, lid chunk.ID) (chunk.ID, error) {
+	h, err := head(st, image)
+	if err != nil || h.IsZero() || h == id {
+		return lid, err
+	}
+	var until time.Time
+	found := false
+	for cur, n := h, 0; !cur.IsZero() && n < maxWalk; n++ {
+		c, err := st.Commit(cur)
+		if err != nil {
+			return lid, err
+		}
+		if len(c.Parents) == 0 {
+			break
+		}
+		if c.Parents[0] == id {
+			until, found = c.Time, true
+			break
+		}
+		cur = c.Parents[0]
+	}
+	if !found {
+		return lid, nil
+	}
+	for cur, n := lid, 0; n < maxWalk; n++ {
+		c, err := st.Commit(cur)
+		if err != nil {
+			return lid, err
+		}
+		if !c.Time.After(until) || len(c.Parents) == 0 {
+			return cur, nil
+		}
+		cur = c.Parents[0]
+	}
 	return lid, nil
+}
+
+// LayoutForNode is the layout commit node n installs image ref with:
+// the head of n's own layout image, else of the first of its groups'
+// that exists, else LayoutFor(ref). from says which it was ("node N",
+// "group G" or "image I").
+func LayoutForNode(st *store.Store, n *Node, ref string) (id chunk.ID, from string, err error) {
+	if n != nil {
+		if id, err = head(st, NodeLayoutImage(n.Name)); err != nil || !id.IsZero() {
+			return id, "node " + n.Name, err
+		}
+		for _, g := range n.Groups {
+			if id, err = head(st, GroupLayoutImage(g)); err != nil || !id.IsZero() {
+				return id, "group " + g, err
+			}
+		}
+	}
+	id, err = LayoutFor(st, ref)
+	return id, "image " + ref, err
 }
 
 // sortedKeys is used for stable listings.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/store"
 )
 
@@ -35,6 +36,10 @@ type Node struct {
 	// check or wipe hardware); Scripts run after, in the new root.
 	PreScripts []string `json:"pre_scripts,omitempty"`
 	Disk       string   `json:"disk,omitempty"` // overrides the layout's disk
+	// Network is the node's whole network (NICs, bonds, VLANs, IPv4
+	// and IPv6, DNS, MTU, or replicant: the image's own); nil: one NIC
+	// from MAC, IP and Gateway (DHCP without IP).
+	Network *netcfg.Spec `json:"network,omitempty"`
 	// Reinstall is when an admin last asked for the node to be installed
 	// again (sim node reinstall): its netboot installs while no install
 	// has succeeded since (NetbootsToInstall).
@@ -108,6 +113,11 @@ func (n *Node) Check() error {
 	if n.Gateway != "" {
 		if a, err := netip.ParseAddr(n.Gateway); err != nil || !a.Is4() {
 			return fmt.Errorf("node %s: invalid gateway %q", n.Name, n.Gateway)
+		}
+	}
+	if n.Network != nil {
+		if err := n.Network.Check(); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
 	if n.Image != "" {

@@ -145,18 +145,23 @@ type Part struct {
 	Dev  string
 	UUID string // filesystem UUID as fstab and blkid write it; "" for bios_grub and none
 	Kept bool   // a keep partition the disk already had: not formatted
+	// Kind is "" for a partition, else KindRAID, KindLV or KindSubvol.
+	Kind   string `json:"kind,omitempty"`
+	VG     string `json:"vg,omitempty"`     // an LV's volume group
+	Subvol string `json:"subvol,omitempty"` // a subvolume's name (mounted with subvol=)
 }
 
 var typeGUID = map[layout.FS]gpt.Type{
 	layout.FSESP: gpt.EFISystemPartition, layout.FSBiosGrub: gpt.BIOSBoot, layout.FSSwap: gpt.LinuxSwap,
 	layout.FSVfat: gpt.MicrosoftBasicData, layout.FSExt2: gpt.LinuxFilesystem, layout.FSExt3: gpt.LinuxFilesystem,
 	layout.FSExt4: gpt.LinuxFilesystem, layout.FSXfs: gpt.LinuxFilesystem, layout.FSNone: gpt.LinuxFilesystem,
+	layout.FSBtrfs: gpt.LinuxFilesystem, layout.FSRaid: gpt.LinuxRAID, layout.FSLVM: gpt.LinuxLVM,
 }
 
 var typeMBR = map[layout.FS]mbr.Type{
 	layout.FSESP: mbr.EFISystem, layout.FSSwap: mbr.LinuxSwap, layout.FSVfat: mbr.Fat32LBA,
 	layout.FSExt2: mbr.Linux, layout.FSExt3: mbr.Linux, layout.FSExt4: mbr.Linux, layout.FSXfs: mbr.Linux,
-	layout.FSNone: mbr.Linux,
+	layout.FSNone: mbr.Linux, layout.FSBtrfs: mbr.Linux, layout.FSRaid: mbr.Type(0xfd), layout.FSLVM: mbr.LinuxLVM,
 }
 
 // mbrBootable is the extent an msdos table marks active (some old BIOSes
@@ -434,7 +439,7 @@ func NewUUID() string {
 // its UUID set, is left as it is). Output of the tool is in the
 // error when it fails.
 func Mkfs(p *Part) error {
-	if p.Kept {
+	if p.Kept || p.Kind == KindSubvol {
 		return nil
 	}
 	var cmd []string
@@ -458,6 +463,12 @@ func Mkfs(p *Part) error {
 	case layout.FSXfs:
 		p.UUID = NewUUID()
 		cmd = []string{"mkfs.xfs", "-q", "-f", "-m", "uuid=" + p.UUID}
+		if p.Label != "" {
+			cmd = append(cmd, "-L", p.Label)
+		}
+	case layout.FSBtrfs:
+		p.UUID = NewUUID()
+		cmd = []string{"mkfs.btrfs", "-q", "-f", "-U", p.UUID}
 		if p.Label != "" {
 			cmd = append(cmd, "-L", p.Label)
 		}
@@ -490,7 +501,7 @@ func mountType(f layout.FS) string {
 func MountOrder(parts []Part) []Part {
 	var m []Part
 	for _, p := range parts {
-		if p.FS.Mountable() {
+		if p.FS.Mountable() && p.Mount != "" {
 			m = append(m, p)
 		}
 	}
@@ -510,7 +521,14 @@ func Mount(p Part, target string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	if err := unix.Mount(p.Dev, dir, mountType(p.FS), 0, ""); err != nil {
+	data := ""
+	if p.Subvol != "" {
+		data = "subvol=" + p.Subvol
+	}
+	if err := unix.Mount(p.Dev, dir, mountType(p.FS), 0, data); err != nil {
+		if p.Subvol != "" {
+			return "", fmt.Errorf("mount %s (btrfs subvolume %s) on %s: %w", p.Dev, p.Subvol, dir, err)
+		}
 		return "", fmt.Errorf("mount %s (%s) on %s: %w", p.Dev, p.FS, dir, err)
 	}
 	return dir, nil
@@ -552,7 +570,7 @@ func localSpec(spec string) bool {
 func KeptFstabLines(image []byte, parts []Part) []string {
 	mounted := map[string]bool{}
 	for _, p := range parts {
-		if p.FS.Mountable() {
+		if p.FS.Mountable() && p.Mount != "" {
 			mounted[p.Mount] = true
 		}
 	}
@@ -586,10 +604,15 @@ func FstabWith(parts []Part, image []byte) string {
 			if opts == "" {
 				opts = "umask=0077"
 			}
-		case p.FS == layout.FSXfs:
-			pass = 0 // fsck.xfs does nothing; xfs replays its log on mount
+		case p.FS == layout.FSXfs, p.FS == layout.FSBtrfs:
+			pass = 0 // fsck.xfs and fsck.btrfs do nothing; both check themselves on mount
 		}
-		if p.Mount == "/" {
+		if p.Subvol != "" {
+			opts = strings.TrimSuffix("subvol="+p.Subvol+","+opts, ",")
+		}
+		if p.Mount == "/" && p.FS.Ext() {
+			// Debian's own root line; xfs and btrfs have no errors=
+			// option (an xfs root with it does not mount) and no fsck.
 			pass = 1
 			if opts == "" {
 				opts = "errors=remount-ro"

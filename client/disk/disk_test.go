@@ -144,3 +144,51 @@ func planVda(t *testing.T, text string) []Part {
 	}
 	return parts
 }
+
+func TestFstabVolumes(t *testing.T) {
+	l, err := layout.Parse(`disk /dev/vda
+part a rest raid
+disk /dev/vdb
+part b rest raid
+raid md0 1 a,b lvm
+vg vg md0
+lv vg/root 20GiB ext4 /
+lv vg/data rest btrfs
+subvol vg/data @home /home options=compress=zstd
+subvol vg/data @srv /srv
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := []Part{
+		{Extent: layout.Extent{Partition: l.RAIDs[0].Partition}, Dev: "/dev/md0", Kind: KindRAID},
+		{Extent: layout.Extent{Partition: l.LVs[0].Partition}, Dev: l.LVs[0].Dev(), Kind: KindLV, VG: "vg", UUID: "r"},
+		{Extent: layout.Extent{Partition: l.LVs[1].Partition}, Dev: l.LVs[1].Dev(), Kind: KindLV, VG: "vg", UUID: "d"},
+	}
+	if v, ok := volumeOf(parts, "vg/data"); !ok || v.Dev != "/dev/mapper/vg-data" {
+		t.Fatalf("volumeOf(vg/data) = %+v %v", v, ok)
+	}
+	for _, s := range l.Subvols {
+		parts = append(parts, Part{Extent: layout.Extent{Partition: layout.Partition{Name: s.Name, FS: layout.FSBtrfs, Mount: s.Mount, Options: s.Options}},
+			Dev: "/dev/mapper/vg-data", UUID: "d", Kind: KindSubvol, Subvol: s.Name})
+	}
+	got := FstabWith(parts, []byte("UUID=x /home ext4 defaults 0 2\nnfs:/a /a nfs defaults 0 0\n"))
+	want := "# written by sim install from the image's layout; filesystems by UUID\n" +
+		"UUID=r\t/\text4\terrors=remount-ro\t0\t1\n" +
+		"UUID=d\t/home\tbtrfs\tsubvol=@home,compress=zstd\t0\t0\n" +
+		"UUID=d\t/srv\tbtrfs\tsubvol=@srv\t0\t0\n" +
+		"# kept from the image's fstab: filesystems the layout does not make\n" +
+		"nfs:/a /a nfs defaults 0 0\n"
+	if got != want {
+		t.Errorf("fstab:\n%s\nwant:\n%s", got, want)
+	}
+	// An xfs root: no errors= (xfs refuses it at mount), no fsck pass.
+	xfs := Fstab([]Part{{Extent: layout.Extent{Partition: layout.Partition{Name: "root", FS: layout.FSXfs, Mount: "/"}}, UUID: "x"}})
+	if !strings.Contains(xfs, "UUID=x\t/\txfs\tdefaults\t0\t0\n") {
+		t.Errorf("xfs root fstab:\n%s", xfs)
+	}
+	// The unmounted btrfs volume and the array (a PV) are not mounted.
+	if m := MountOrder(parts); len(m) != 3 || m[0].Mount != "/" {
+		t.Errorf("MountOrder: %+v", m)
+	}
+}

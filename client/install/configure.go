@@ -2,12 +2,12 @@ package install
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/systemimager/sim/client/disk"
+	"github.com/systemimager/sim/client/netcfg"
 )
 
 // configure writes the node's identity into the new root: fstab by UUID
@@ -38,7 +38,7 @@ const (
 // IdentityFiles are the files Identity (and the installer) write besides
 // /etc/hosts, whose one line is the node's: an update keeps them as they
 // are on the node.
-var IdentityFiles = []string{FstabFile, HostnameFile, NetworkFile, networkdLink}
+var IdentityFiles = append([]string{FstabFile, HostnameFile, NetworkFile, networkdLink}, netcfg.Owned...)
 
 // Identity writes who the node is into root: /etc/hostname and its
 // 127.0.1.1 line in /etc/hosts, and, when the image has systemd-networkd,
@@ -111,43 +111,69 @@ func HasNetworkd(root string) (string, bool) {
 	return "", false
 }
 
+// NetSpec is the node's network: its spec, else one NIC from MAC, IP
+// and Gateway (DHCP without IP).
+func (c *Config) NetSpec() *netcfg.Spec {
+	if c.Network != nil {
+		return c.Network
+	}
+	return netcfg.Legacy(c.MAC, c.IP, c.Gateway)
+}
+
+// network writes the node's network spec in the stack the image uses
+// (netcfg.Detect), removing the files an earlier identity wrote there
+// that this one does not. Replicant writes and removes nothing: the
+// image's configuration stays. A static address for an image of no known stack fails the
+// install (netcfg.ErrUnknownStack): never dropped silently.
 func network(root string, c *Config) ([]string, error) {
-	unit, ok := HasNetworkd(root)
-	if !ok {
-		return nil, nil // no networkd: the image's own network configuration stays
-	}
-	var b strings.Builder
-	b.WriteString("# written by sim install\n[Match]\n")
-	if c.MAC != "" {
-		fmt.Fprintf(&b, "MACAddress=%s\n", c.MAC)
-	} else {
-		b.WriteString("Name=en* eth*\n")
-	}
-	b.WriteString("\n[Network]\n")
-	if c.IP != "" {
-		if _, err := netip.ParsePrefix(c.IP); err != nil {
-			return nil, fmt.Errorf("node %s: bad IP %q", c.Node, c.IP)
+	spec := c.NetSpec()
+	stack, why := netcfg.Detect(root)
+	files, err := netcfg.Render(root, stack, spec)
+	if err != nil {
+		who := c.Node
+		if who == "" {
+			who = c.MAC
 		}
-		fmt.Fprintf(&b, "Address=%s\n", c.IP)
-		if c.Gateway != "" {
-			fmt.Fprintf(&b, "Gateway=%s\n", c.Gateway)
+		if stack != "" {
+			return nil, fmt.Errorf("node %s: network (%s, from %s): %w", who, stack, why, err)
 		}
-	} else {
-		b.WriteString("DHCP=yes\n")
+		return nil, fmt.Errorf("node %s: network: %w", who, err)
 	}
 	var wrote []string
-	ch, err := writeFile(root, NetworkFile, b.String(), 0o644)
-	if ch {
-		wrote = append(wrote, "/"+NetworkFile)
+	keep := map[string]bool{}
+	for _, f := range files {
+		keep[f.Path] = true
+		var ch bool
+		if f.Link != "" {
+			ch, err = enable(root, f.Path, f.Link)
+		} else {
+			ch, err = writeFile(root, f.Path, f.Content, f.Mode)
+		}
+		if ch {
+			wrote = append(wrote, "/"+f.Path)
+		}
+		if err != nil {
+			return wrote, err
+		}
 	}
-	if err != nil {
-		return wrote, err
+	// What sim wrote before in this stack's directory and writes no
+	// more (a NIC taken out of the spec). Nothing is removed when sim
+	// writes nothing (replicant, DHCP on an unknown stack): the node's
+	// files stay as they are.
+	pat := map[string]string{netcfg.Networkd: netcfg.NetworkdDir + "/10-sim*", netcfg.NetworkManager: netcfg.NMDir + "/sim-*"}[stack]
+	if len(files) > 0 && pat != "" {
+		old, _ := filepath.Glob(filepath.Join(root, pat))
+		for _, p := range old {
+			rel, _ := filepath.Rel(root, p)
+			if keep[rel] || strings.HasSuffix(p, ".sim-tmp") {
+				continue
+			}
+			if err := os.Remove(p); err == nil {
+				wrote = append(wrote, "/"+rel)
+			}
+		}
 	}
-	ch, err = enable(root, networkdLink, unit)
-	if ch {
-		wrote = append(wrote, "/"+networkdLink)
-	}
-	return wrote, err
+	return wrote, nil
 }
 
 // enable makes root/rel a symlink to target (a systemd unit enabled in

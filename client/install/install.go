@@ -20,6 +20,7 @@ import (
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 	"github.com/systemimager/sim/store/sign"
@@ -34,18 +35,21 @@ type Doc struct {
 
 // Config is what the server answers a node on GET /v1/install/config.
 type Config struct {
-	Node      string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
-	Hostname  string   `json:"hostname,omitempty"`
-	MAC       string   `json:"mac,omitempty"`
-	IP        string   `json:"ip,omitempty"`
-	Gateway   string   `json:"gateway,omitempty"`
-	Image     string   `json:"image"`
-	Commit    chunk.ID `json:"commit"`
-	Layout    string   `json:"layout"`
-	LayoutID  chunk.ID `json:"layout_commit"`
-	Disk      string   `json:"disk,omitempty"`
-	Overrides []Doc    `json:"overrides,omitempty"`
-	Scripts   []Doc    `json:"scripts,omitempty"`
+	Node     string   `json:"node,omitempty"` // "" for an unregistered node (sim.image= only)
+	Hostname string   `json:"hostname,omitempty"`
+	MAC      string   `json:"mac,omitempty"`
+	IP       string   `json:"ip,omitempty"`
+	Gateway  string   `json:"gateway,omitempty"`
+	Image    string   `json:"image"`
+	Commit   chunk.ID `json:"commit"`
+	Layout   string   `json:"layout"`
+	LayoutID chunk.ID `json:"layout_commit"`
+	Disk     string   `json:"disk,omitempty"`
+	// Network is the node's network spec (nil: one NIC from MAC, IP and
+	// Gateway; see NetSpec).
+	Network   *netcfg.Spec `json:"network,omitempty"`
+	Overrides []Doc        `json:"overrides,omitempty"`
+	Scripts   []Doc        `json:"scripts,omitempty"`
 	// PreScripts run in the installer before the disk is partitioned.
 	PreScripts []Doc `json:"pre_scripts,omitempty"`
 	// Token is the node's own token, minted for it by the server when
@@ -94,10 +98,11 @@ type Installed struct {
 	Time      time.Time `json:"time"`
 	Disk      string    `json:"disk"`
 	// The identity written (for an update offline, and sim agent).
-	Hostname string `json:"hostname,omitempty"`
-	MAC      string `json:"mac,omitempty"`
-	IP       string `json:"ip,omitempty"`
-	Gateway  string `json:"gateway,omitempty"`
+	Hostname string       `json:"hostname,omitempty"`
+	MAC      string       `json:"mac,omitempty"`
+	IP       string       `json:"ip,omitempty"`
+	Gateway  string       `json:"gateway,omitempty"`
+	Network  *netcfg.Spec `json:"network,omitempty"`
 	// Agent: the sim agent's unit was installed and enabled.
 	Agent bool `json:"agent,omitempty"`
 }
@@ -132,7 +137,7 @@ func WriteInstalled(storeDir string, in *Installed) error {
 // Config is the identity the record holds, as the server would send it
 // (no layout): for re-applying identity offline.
 func (in *Installed) Config() *Config {
-	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway,
+	return &Config{Node: in.Node, Hostname: in.Hostname, MAC: in.MAC, IP: in.IP, Gateway: in.Gateway, Network: in.Network,
 		Image: in.Image, Commit: in.Commit, Overrides: in.Overrides}
 }
 
@@ -253,6 +258,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.Log = io.Discard
 	}
 	var mounts []string
+	release := func() {}
 	beat := time.NewTicker(Heartbeat)
 	stopBeat := make(chan struct{})
 	beatDone := make(chan struct{})
@@ -280,6 +286,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		stopHeartbeat()
 		if err != nil {
 			disk.Unmount(mounts)
+			release()
 			err = fmt.Errorf("install failed at step %q: %w", r.step, err)
 			r.report(r.step, Failed, err.Error())
 		}
@@ -303,52 +310,113 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("layout of %s: %w", c.Image, err)
 	}
-	spec := l.Disk
-	if c.Disk != "" {
-		spec = c.Disk
+	// Every disk the layout names, found and planned before any is
+	// touched; c.Disk and o.Disk name the first.
+	var targets []target
+	for i, ds := range l.AllDisks() {
+		spec := ds.Spec
+		if i == 0 && c.Disk != "" {
+			spec = c.Disk
+		}
+		if i == 0 && o.Disk != "" {
+			spec = o.Disk
+		}
+		where := "layout"
+		if ds.Line > 0 {
+			where = fmt.Sprintf("layout line %d", ds.Line)
+		}
+		d, err := disk.Find(spec)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		for _, t := range targets {
+			if t.info.Path == d.Path {
+				return nil, fmt.Errorf("%s: disk %s is %s, the disk of line %d too", where, spec, d.Path, t.stanza.Line)
+			}
+		}
+		ext, err := ds.Plan(d.Path, d.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		targets = append(targets, target{stanza: ds, info: d, ext: ext})
 	}
-	if o.Disk != "" {
-		spec = o.Disk
+	d := targets[0].info
+	nparts := 0
+	var paths []string
+	for _, t := range targets {
+		nparts += len(t.ext)
+		paths = append(paths, fmt.Sprintf("%s (%d MiB)", t.info.Path, t.info.Size>>20))
 	}
-	d, err := disk.Find(spec)
-	if err != nil {
-		return nil, err
-	}
-	ext, err := l.Plan(d.Path, d.Size)
-	if err != nil {
-		return nil, err
-	}
-	r.report("layout", Running, fmt.Sprintf("disk %s (%d MiB), %d partitions", d.Path, d.Size>>20, len(ext)))
+	r.report("layout", Running, fmt.Sprintf("disk %s, %d partitions", strings.Join(paths, ", disk "), nparts))
 
 	// Pre-install scripts (check or wipe hardware) run before anything
 	// is written: one failing leaves the disk as it was.
 	if len(c.PreScripts) > 0 {
 		r.setStep("pre-scripts")
-		if err := r.preScripts(ctx, d.Path); err != nil {
+		if err := r.preScripts(ctx, targets); err != nil {
 			return nil, err
 		}
 	}
 
 	r.setStep("partition")
-	// Partitions marked keep that the disk already has are placed where
-	// they are and not formatted: a reinstall keeps /scratch.
-	kept, err := disk.Kept(d, ext, l.Table)
-	if err != nil {
-		return nil, err
+	// Arrays and VGs of an earlier install a rescue system assembled
+	// would hold the partitions busy.
+	disk.Release(ctx, l, r.Log)
+	var parts []disk.Part
+	nkept := 0
+	for _, t := range targets {
+		// Partitions marked keep that the disk already has are placed
+		// where they are and not formatted: a reinstall keeps /scratch.
+		kept, err := disk.Kept(t.info, t.ext, t.stanza.Table)
+		if err != nil {
+			return nil, err
+		}
+		ps, err := disk.Partition(t.info, t.ext, t.stanza.Table)
+		if err != nil {
+			return nil, err
+		}
+		disk.MarkKept(ps, kept)
+		nkept += len(kept)
+		parts = append(parts, ps...)
+		r.report("partition", Running, t.info.Path)
 	}
-	parts, err := disk.Partition(d, ext, l.Table)
-	if err != nil {
-		return nil, err
+	if !l.Simple() {
+		// From here on the arrays and VGs are let go again whatever
+		// happens (after unmounting), so the disks are free.
+		release = func() { disk.Release(context.WithoutCancel(ctx), l, r.Log) }
+		r.setStep("raid")
+		arrays, err := disk.MakeArrays(ctx, l, parts, c.Hostname, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, arrays...)
+		if len(arrays) > 0 {
+			r.report("raid", Running, fmt.Sprintf("%d md arrays", len(arrays)))
+		}
+		r.setStep("lvm")
+		lvs, err := disk.MakeLVM(ctx, l, parts, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, lvs...)
+		if len(l.VGs) > 0 {
+			r.report("lvm", Running, fmt.Sprintf("%d volume groups, %d logical volumes", len(l.VGs), len(lvs)))
+		}
 	}
-	disk.MarkKept(parts, kept)
-	r.report("partition", Running, d.Path)
 	r.setStep("mkfs")
 	for i := range parts {
 		if err := disk.Mkfs(&parts[i]); err != nil {
 			return nil, err
 		}
 	}
-	r.report("mkfs", Running, fmt.Sprintf("%d kept", len(kept)))
+	if len(l.Subvols) > 0 {
+		subs, err := disk.MakeSubvols(ctx, l, parts, r.Log)
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, subs...)
+	}
+	r.report("mkfs", Running, fmt.Sprintf("%d kept", nkept))
 
 	// Mount everything except FAT filesystems: the image's files there
 	// (if any) cannot keep owners or modes, and GRUB writes the ESP itself.
@@ -430,7 +498,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	// be removed by the checkout as extraneous: leave it alone.
 	if cm, err := st.Commit(effective); err == nil {
 		for _, p := range parts {
-			if p.FS.Mountable() && p.Mount != "/" {
+			if p.FS.Mountable() && p.Mount != "/" && p.Mount != "" {
 				if _, err := snapshot.Lookup(st, cm.Tree, p.Mount); err != nil {
 					excludes = append(excludes, p.Mount)
 				}
@@ -463,17 +531,31 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	if err := configure(r.Target, c, parts); err != nil {
 		return nil, err
 	}
+	if err := r.volumesConfig(l, parts); err != nil {
+		return nil, err
+	}
+	boot, err := bootConfig(r.Target, parts)
+	if err != nil {
+		return nil, err
+	}
 	agent, err := installAgent(r.Target, o.Agent)
 	if err != nil {
 		return nil, err
 	}
 	msg := "hostname, network, fstab"
+	if stack, _ := netcfg.Detect(r.Target); stack != "" && c.NetSpec().Managed() {
+		msg = "hostname, network (" + stack + "), fstab"
+	}
+	if boot != "" {
+		msg += ", " + boot
+	}
 	if agent {
 		msg += ", sim agent"
 	}
 	r.report("configure", Running, msg)
 
-	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub"
+	initramfs := len(l.RAIDs) > 0 || len(l.LVs) > 0
+	needChroot := len(c.Scripts) > 0 || l.Bootloader == "grub" || initramfs
 	var binds []string
 	if needChroot {
 		if binds, err = BindSystem(r.Target); err != nil {
@@ -499,9 +581,16 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		r.report("scripts", Running, s.Name+" ok")
 	}
 
+	if initramfs {
+		r.setStep("initramfs")
+		if err := r.initramfs(l, parts); err != nil {
+			return nil, err
+		}
+	}
+
 	r.setStep("bootloader")
 	if l.Bootloader == "grub" {
-		if err := r.grub(d, parts, l.Table); err != nil {
+		if err := r.grub(targets, parts); err != nil {
 			return nil, err
 		}
 		r.report("bootloader", Running, "GRUB installed")
@@ -521,7 +610,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	stOpen = false
 	inst := Installed{Node: c.Node, Image: c.Image, Commit: c.Commit, Effective: effective, Layout: c.LayoutID,
 		Overrides: c.Overrides, Server: o.Server, Time: time.Now().UTC(), Disk: d.Path,
-		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Agent: agent}
+		Hostname: c.Hostname, MAC: c.MAC, IP: c.IP, Gateway: c.Gateway, Network: c.Network, Agent: agent}
 	marker := InstalledPath(stDir)
 	if err := WriteInstalled(stDir, &inst); err != nil {
 		return nil, err
@@ -540,6 +629,10 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	mounts = nil
+	if err := disk.Release(ctx, l, r.Log); err != nil {
+		return nil, err
+	}
+	release = func() {}
 	stopHeartbeat()
 	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
 	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
@@ -744,9 +837,14 @@ func (r *run) runScript(name string, body []byte) error {
 // preScripts fetches the pre-install scripts into a scratch store (the
 // node store does not exist yet: its filesystem is not made) and runs
 // each in the installer's own system, with the node's SIM_ variables and
-// SIM_DISK, the disk about to be partitioned. A non-zero exit aborts the
+// SIM_DISK, the (first) disk about to be partitioned, and SIM_DISKS, all
+// of them, space-separated. A non-zero exit aborts the
 // install before the disk is touched.
-func (r *run) preScripts(ctx context.Context, diskPath string) error {
+func (r *run) preScripts(ctx context.Context, targets []target) error {
+	var all []string
+	for _, t := range targets {
+		all = append(all, t.info.Path)
+	}
 	dir, err := os.MkdirTemp("", "sim-pre-")
 	if err != nil {
 		return err
@@ -782,7 +880,7 @@ func (r *run) preScripts(ctx context.Context, diskPath string) error {
 		cmd := exec.CommandContext(ctx, p)
 		cmd.Dir = dir
 		cmd.Env = append(os.Environ(), "SIM_NODE="+c.Node, "SIM_HOSTNAME="+c.Hostname, "SIM_IMAGE="+c.Image,
-			"SIM_COMMIT="+c.Commit.String(), "SIM_MAC="+c.MAC, "SIM_IP="+c.IP, "SIM_DISK="+diskPath)
+			"SIM_COMMIT="+c.Commit.String(), "SIM_MAC="+c.MAC, "SIM_IP="+c.IP, "SIM_DISK="+all[0], "SIM_DISKS="+strings.Join(all, " "))
 		out, err := cmd.CombinedOutput()
 		if len(out) > 0 && r.Log != nil {
 			fmt.Fprintf(r.Log, "%s", out)
@@ -804,29 +902,39 @@ func (r *run) preScripts(ctx context.Context, diskPath string) error {
 // partition), for UEFI onto the ESP at the removable-media path
 // (EFI/BOOT/BOOTX64.EFI, so no NVRAM entry is needed and the disk boots in
 // any UEFI machine), then writes grub.cfg with the image's grub-mkconfig.
-func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
-	bios := table == layout.TableMsdos
+func (r *run) grub(targets []target, parts []disk.Part) error {
+	// BIOS GRUB goes on every disk with an msdos table or a bios_grub
+	// partition: with the root mirrored, either disk boots.
+	var bios []string
 	esp := ""
-	for _, p := range parts {
-		if p.FS == layout.FSBiosGrub {
-			bios = true
+	for _, t := range targets {
+		on := t.stanza.Table == layout.TableMsdos
+		for _, e := range t.ext {
+			on = on || e.FS == layout.FSBiosGrub
 		}
-		if p.FS == layout.FSESP {
+		if on {
+			bios = append(bios, t.info.Path)
+		}
+	}
+	for _, p := range parts {
+		if p.FS == layout.FSESP && esp == "" {
 			esp = p.Mount
 		}
 	}
 	has := func(p string) bool { _, err := os.Stat(filepath.Join(r.Target, p)); return err == nil }
-	if !has("usr/sbin/grub-install") && !has("usr/bin/grub-install") {
-		return errors.New("the image has no grub-install (install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it, or use 'bootloader none')")
+	// grub2-install, grub2-mkconfig and /boot/grub2 on RHEL-family images.
+	grubInstall, grubMkconfig, grubCfg := GrubTools(r.Target)
+	if grubInstall == "" {
+		return errors.New("the image has neither grub-install nor grub2-install (Debian: install grub2-common and grub-pc-bin / grub-efi-amd64-bin in it; RHEL: grub2-tools and grub2-pc-modules / grub2-efi-x64-modules; or use 'bootloader none')")
 	}
-	if !bios && esp == "" {
+	if len(bios) == 0 && esp == "" {
 		return errors.New("layout has neither a bios_grub nor an esp partition: GRUB has nowhere to go")
 	}
-	if bios {
-		if !has("usr/lib/grub/i386-pc") {
-			return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
-		}
-		if err := r.chroot(nil, "grub-install", "--target=i386-pc", d.Path); err != nil {
+	if len(bios) > 0 && !has("usr/lib/grub/i386-pc") {
+		return errors.New("layout has a bios_grub partition or an msdos disk but the image lacks grub-pc-bin (/usr/lib/grub/i386-pc)")
+	}
+	for _, dev := range bios {
+		if err := r.chroot(nil, grubInstall, "--target=i386-pc", dev); err != nil {
 			return err
 		}
 	}
@@ -834,9 +942,9 @@ func (r *run) grub(d disk.Info, parts []disk.Part, table string) error {
 		if !has("usr/lib/grub/x86_64-efi") {
 			return errors.New("layout has an esp partition but the image lacks grub-efi-amd64-bin (/usr/lib/grub/x86_64-efi)")
 		}
-		if err := r.chroot(nil, "grub-install", "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
+		if err := r.chroot(nil, grubInstall, "--target=x86_64-efi", "--efi-directory="+esp, "--removable", "--no-nvram"); err != nil {
 			return err
 		}
 	}
-	return r.chroot(nil, "grub-mkconfig", "-o", "/boot/grub/grub.cfg")
+	return r.chroot(nil, grubMkconfig, "-o", grubCfg)
 }

@@ -240,7 +240,15 @@ func ConfigFor(st *store.Store, node, mac, image string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.LayoutID, err = catalog.LayoutFor(st, cfg.Image); err != nil {
+	var n *catalog.Node
+	if cfg.Node != "" {
+		reg, err := catalog.LoadRegistry(st)
+		if err != nil {
+			return nil, err
+		}
+		n = reg.Nodes[cfg.Node]
+	}
+	if cfg.LayoutID, _, err = catalog.LayoutForNode(st, n, cfg.Image); err != nil {
 		return nil, err
 	}
 	lb, err := catalog.ReadFile(st, cfg.LayoutID, catalog.LayoutFile)
@@ -289,7 +297,7 @@ func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image strin
 		if res, err = reg.Resolve(n); err != nil {
 			return nil, err
 		}
-		cfg.Node, cfg.Hostname, cfg.IP, cfg.Gateway, cfg.Disk = n.Name, n.Name, n.IP, n.Gateway, n.Disk
+		cfg.Node, cfg.Hostname, cfg.IP, cfg.Gateway, cfg.Disk, cfg.Network = n.Name, n.Name, n.IP, n.Gateway, n.Disk, n.Network
 		if n.MAC != "" {
 			cfg.MAC = n.MAC
 		}

@@ -26,13 +26,18 @@ const (
 	FSSwap     FS = "swap"      // swap space
 	FSBiosGrub FS = "bios_grub" // GRUB's BIOS boot partition (no filesystem)
 	FSNone     FS = "none"      // left unformatted
+	FSBtrfs    FS = "btrfs"     // btrfs, mounted itself and/or through its subvolumes
+	FSRaid     FS = "raid"      // a member of an md array (a raid line)
+	FSLVM      FS = "lvm"       // an LVM physical volume (of a vg line)
 )
 
-var knownFS = map[FS]bool{FSESP: true, FSVfat: true, FSExt2: true, FSExt3: true, FSExt4: true, FSXfs: true, FSSwap: true, FSBiosGrub: true, FSNone: true}
+var knownFS = map[FS]bool{FSESP: true, FSVfat: true, FSExt2: true, FSExt3: true, FSExt4: true, FSXfs: true, FSSwap: true,
+	FSBiosGrub: true, FSNone: true, FSBtrfs: true, FSRaid: true, FSLVM: true}
 
-// Mountable says whether the filesystem gets a mount point and an fstab line.
+// Mountable says whether the filesystem gets a mount point and an fstab
+// line (a btrfs volume may have none of its own: only its subvolumes).
 func (f FS) Mountable() bool {
-	return f == FSESP || f == FSVfat || f.Ext() || f == FSXfs
+	return f == FSESP || f == FSVfat || f.Ext() || f == FSXfs || f == FSBtrfs
 }
 
 // Ext says whether the filesystem is ext2, ext3 or ext4 (made by mke2fs,
@@ -83,6 +88,16 @@ type Partition struct {
 	// same number on msdos, same place, same filesystem), its contents
 	// are kept: not reformatted, its UUID read from it.
 	Keep bool
+	// Line is the layout line it was read from (0 when built in code).
+	Line int
+}
+
+// Disk is one disk stanza: a "disk" line and the "part" lines after it.
+type Disk struct {
+	Spec       string // first, largest or a /dev path
+	Table      string // TableGPT or TableMsdos
+	Partitions []Partition
+	Line       int // the disk line (0: none, the implicit first disk)
 }
 
 // Layout is a parsed layout file.
@@ -93,6 +108,16 @@ type Layout struct {
 	// Table is the partition table: TableGPT (the default) or TableMsdos.
 	Table      string
 	Partitions []Partition
+	DiskLine   int // the first disk's line, 0 when it has none
+	// Others are the second and later disk stanzas, in layout order.
+	Others []Disk
+	// RAIDs are md arrays over partitions (raid lines), VGs LVM volume
+	// groups over partitions or arrays, LVs their logical volumes,
+	// Subvols btrfs subvolumes, all in layout order.
+	RAIDs   []RAID
+	VGs     []VG
+	LVs     []LV
+	Subvols []Subvol
 	// Bootloader is "grub" (BIOS and UEFI, from the image's own packages)
 	// or "none".
 	Bootloader string
@@ -209,19 +234,28 @@ func Parse(text string) (*Layout, error) {
 			if len(f) != 2 && len(f) != 3 {
 				return nil, fail("want: disk first|largest|/dev/PATH [gpt|msdos]")
 			}
-			if seenDisk {
-				return nil, fail("second disk line (one disk per layout; several disks, RAID and LVM are not supported yet)")
-			}
 			if err := CheckDisk(f[1]); err != nil {
 				return nil, fail("%v", err)
 			}
-			l.Disk, seenDisk = f[1], true
+			table := TableGPT
 			if len(f) == 3 {
 				if f[2] != TableGPT && f[2] != TableMsdos {
 					return nil, fail("unknown partition table %q (want gpt or msdos)", f[2])
 				}
-				l.Table = f[2]
+				table = f[2]
 			}
+			// The first disk line names the first disk (part lines
+			// before it are its too); each later one starts a disk.
+			if !seenDisk {
+				l.Disk, l.Table, l.DiskLine, seenDisk = f[1], table, n, true
+				break
+			}
+			for _, d := range l.AllDisks() {
+				if d.Spec == f[1] {
+					return nil, fail("disk %s named twice (first on line %d)", f[1], d.Line)
+				}
+			}
+			l.Others = append(l.Others, Disk{Spec: f[1], Table: table, Line: n})
 		case "bootloader":
 			if len(f) != 2 || (f[1] != "grub" && f[1] != "none") {
 				return nil, fail("want: bootloader grub|none")
@@ -235,9 +269,18 @@ func Parse(text string) (*Layout, error) {
 			if err != nil {
 				return nil, fail("%v", err)
 			}
-			l.Partitions = append(l.Partitions, p)
+			p.Line = n
+			if k := len(l.Others); k > 0 {
+				l.Others[k-1].Partitions = append(l.Others[k-1].Partitions, p)
+			} else {
+				l.Partitions = append(l.Partitions, p)
+			}
+		case "raid", "vg", "lv", "subvol":
+			if err := l.parseVolume(f, n); err != nil {
+				return nil, fail("%v", err)
+			}
 		default:
-			return nil, fail("unknown keyword %q (want sim-layout, disk, bootloader or part)", f[0])
+			return nil, fail("unknown keyword %q (want sim-layout, disk, bootloader, part, raid, vg, lv or subvol)", f[0])
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -274,13 +317,29 @@ func parsePart(f []string) (Partition, error) {
 	}
 	p.FS = FS(strings.ToLower(f[2]))
 	if !knownFS[p.FS] {
-		return p, fmt.Errorf("unknown filesystem %q (esp, vfat, ext2, ext3, ext4, xfs, swap, bios_grub, none)", f[2])
+		return p, fmt.Errorf("unknown filesystem %q (esp, vfat, ext2, ext3, ext4, xfs, btrfs, swap, raid, lvm, bios_grub, none)", f[2])
 	}
-	for _, a := range f[3:] {
+	if err := parseOpts(&p, f[3:], nil); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// parseOpts reads what follows a volume's filesystem: a mount point, -,
+// label=, options=, keep, and the words extra accepts (false: not its).
+func parseOpts(p *Partition, f []string, extra func(string) (bool, error)) error {
+	for _, a := range f {
+		if extra != nil {
+			if ok, err := extra(a); err != nil {
+				return err
+			} else if ok {
+				continue
+			}
+		}
 		switch {
 		case strings.HasPrefix(a, "/"):
 			if p.Mount != "" {
-				return p, fmt.Errorf("second mount point %q", a)
+				return fmt.Errorf("second mount point %q", a)
 			}
 			p.Mount = a
 		case a == "-":
@@ -289,109 +348,16 @@ func parsePart(f []string) (Partition, error) {
 		case strings.HasPrefix(a, "label="):
 			p.Label = strings.TrimPrefix(a, "label=")
 			if !labelRe.MatchString(p.Label) {
-				return p, fmt.Errorf("bad label %q: 1-16 of letters, digits, _ . -", p.Label)
+				return fmt.Errorf("bad label %q: 1-16 of letters, digits, _ . -", p.Label)
 			}
 		case strings.HasPrefix(a, "options="):
 			p.Options = strings.TrimPrefix(a, "options=")
 			if p.Options == "" || strings.ContainsAny(p.Options, " \t") {
-				return p, fmt.Errorf("bad mount options %q", p.Options)
+				return fmt.Errorf("bad mount options %q", p.Options)
 			}
 		default:
-			return p, fmt.Errorf("unexpected %q (want a mount point, label=, options=, keep)", a)
+			return fmt.Errorf("unexpected %q (want a mount point, label=, options=, keep)", a)
 		}
-	}
-	return p, nil
-}
-
-// Validate checks what no single line can: unique names and mount points,
-// one root, at most one "rest", mount points only where they make sense.
-func (l *Layout) Validate() error {
-	if len(l.Partitions) == 0 {
-		return errors.New("layout: no partitions")
-	}
-	if len(l.Partitions) > 128 {
-		return errors.New("layout: more than 128 partitions (GPT's limit)")
-	}
-	if l.Table == "" {
-		l.Table = TableGPT
-	}
-	if l.Table != TableGPT && l.Table != TableMsdos {
-		return fmt.Errorf("layout: disk %s: unknown partition table %q (want gpt or msdos)", l.Disk, l.Table)
-	}
-	if l.Table == TableMsdos {
-		if len(l.Partitions) > 4 {
-			return fmt.Errorf("layout: disk %s: an msdos table holds at most 4 (primary) partitions, the layout has %d", l.Disk, len(l.Partitions))
-		}
-		for _, p := range l.Partitions {
-			if p.FS == FSBiosGrub {
-				return fmt.Errorf("layout: partition %q: bios_grub is for GPT disks; on an msdos disk GRUB goes into the gap before the first partition", p.Name)
-			}
-		}
-	}
-	names, mounts := map[string]bool{}, map[string]bool{}
-	rest, root := 0, false
-	var pct float64
-	for _, p := range l.Partitions {
-		if names[p.Name] {
-			return fmt.Errorf("layout: partition %q named twice", p.Name)
-		}
-		names[p.Name] = true
-		if p.Size.Kind == Rest {
-			rest++
-		}
-		if p.Size.Kind == Percent {
-			pct += p.Size.Percent
-		}
-		if p.FS.Mountable() {
-			if p.Mount == "" {
-				return fmt.Errorf("layout: partition %q (%s) needs a mount point", p.Name, p.FS)
-			}
-			if err := checkMount(p.Mount); err != nil {
-				return fmt.Errorf("layout: partition %q: %w", p.Name, err)
-			}
-			if mounts[p.Mount] {
-				return fmt.Errorf("layout: mount point %s used twice", p.Mount)
-			}
-			mounts[p.Mount] = true
-			if p.Mount == "/" {
-				root = true
-				if p.FS == FSVfat || p.FS == FSESP {
-					return fmt.Errorf("layout: partition %q: the root filesystem cannot be %s", p.Name, p.FS)
-				}
-			}
-		} else if p.Mount != "" {
-			return fmt.Errorf("layout: partition %q (%s) cannot have mount point %s", p.Name, p.FS, p.Mount)
-		} else if p.Label != "" && p.FS != FSSwap {
-			return fmt.Errorf("layout: partition %q (%s) cannot have a label", p.Name, p.FS)
-		}
-		if p.Keep {
-			switch {
-			case !p.FS.Mountable() || p.FS == FSESP:
-				return fmt.Errorf("layout: partition %q (%s) cannot be kept: keep is for data filesystems", p.Name, p.FS)
-			case p.Mount == "/":
-				return fmt.Errorf("layout: partition %q: the root filesystem cannot be kept (the image is installed onto it)", p.Name)
-			}
-		}
-		if p.Options != "" && !p.FS.Mountable() && p.FS != FSSwap {
-			return fmt.Errorf("layout: partition %q (%s) cannot have mount options", p.Name, p.FS)
-		}
-		if p.FS == FSVfat || p.FS == FSESP {
-			if len(p.Label) > 11 {
-				return fmt.Errorf("layout: partition %q: FAT labels have at most 11 characters, %q has %d", p.Name, p.Label, len(p.Label))
-			}
-		}
-		if p.FS == FSXfs && len(p.Label) > 12 {
-			return fmt.Errorf("layout: partition %q: XFS labels have at most 12 characters", p.Name)
-		}
-	}
-	if rest > 1 {
-		return errors.New("layout: more than one partition sized \"rest\"")
-	}
-	if pct > 100 {
-		return fmt.Errorf("layout: percentages add up to %g%%, more than 100%%", pct)
-	}
-	if !root {
-		return errors.New("layout: no partition is mounted at /")
 	}
 	return nil
 }
@@ -414,26 +380,62 @@ func checkMount(m string) error {
 // Format writes l back in the file format (canonical spacing).
 func (l *Layout) Format() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "sim-layout %d\ndisk %s", Version, l.Disk)
-	if l.Table == TableMsdos {
-		b.WriteString(" " + TableMsdos)
+	fmt.Fprintf(&b, "sim-layout %d\n", Version)
+	for i, d := range l.AllDisks() {
+		fmt.Fprintf(&b, "disk %s", d.Spec)
+		if d.Table == TableMsdos {
+			b.WriteString(" " + TableMsdos)
+		}
+		b.WriteByte('\n')
+		if i == 0 {
+			fmt.Fprintf(&b, "bootloader %s\n", l.Bootloader)
+		}
+		for _, p := range d.Partitions {
+			fmt.Fprintf(&b, "part %s %s %s", p.Name, p.Size, p.FS)
+			formatOpts(&b, p)
+			b.WriteByte('\n')
+		}
 	}
-	fmt.Fprintf(&b, "\nbootloader %s\n", l.Bootloader)
-	for _, p := range l.Partitions {
-		fmt.Fprintf(&b, "part %s %s %s", p.Name, p.Size, p.FS)
-		if p.Mount != "" {
-			fmt.Fprintf(&b, " %s", p.Mount)
+	for _, r := range l.RAIDs {
+		fmt.Fprintf(&b, "raid %s %d %s %s", r.Name, r.Level, strings.Join(r.Members, ","), r.FS)
+		if len(r.Spares) > 0 {
+			fmt.Fprintf(&b, " spares=%s", strings.Join(r.Spares, ","))
 		}
-		if p.Label != "" {
-			fmt.Fprintf(&b, " label=%s", p.Label)
+		if r.Metadata != "" {
+			fmt.Fprintf(&b, " metadata=%s", r.Metadata)
 		}
-		if p.Options != "" {
-			fmt.Fprintf(&b, " options=%s", p.Options)
-		}
-		if p.Keep {
-			b.WriteString(" keep")
+		formatOpts(&b, r.Partition)
+		b.WriteByte('\n')
+	}
+	for _, g := range l.VGs {
+		fmt.Fprintf(&b, "vg %s %s\n", g.Name, strings.Join(g.PVs, ","))
+	}
+	for _, v := range l.LVs {
+		fmt.Fprintf(&b, "lv %s/%s %s %s", v.VG, v.Name, v.Size, v.FS)
+		formatOpts(&b, v.Partition)
+		b.WriteByte('\n')
+	}
+	for _, s := range l.Subvols {
+		fmt.Fprintf(&b, "subvol %s %s %s", s.On, s.Name, s.Mount)
+		if s.Options != "" {
+			fmt.Fprintf(&b, " options=%s", s.Options)
 		}
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+func formatOpts(b *strings.Builder, p Partition) {
+	if p.Mount != "" {
+		fmt.Fprintf(b, " %s", p.Mount)
+	}
+	if p.Label != "" {
+		fmt.Fprintf(b, " label=%s", p.Label)
+	}
+	if p.Options != "" {
+		fmt.Fprintf(b, " options=%s", p.Options)
+	}
+	if p.Keep {
+		b.WriteString(" keep")
+	}
 }

@@ -76,7 +76,7 @@ func TestParseErrors(t *testing.T) {
 		{"part root rest ext4 /\nfoo bar", "line 2 \"foo bar\": unknown keyword"},
 		{"sim-layout 2\npart root rest ext4 /", "line 1 \"sim-layout 2\": unsupported layout version"},
 		{"disk sda\npart root rest ext4 /", "bad disk \"sda\""},
-		{"disk /dev/vda\ndisk /dev/vdb\npart root rest ext4 /", "second disk line"},
+		{"disk /dev/vda\ndisk /dev/vdb\npart root rest ext4 /", "layout line 1 (disk /dev/vda): disk /dev/vda has no partitions"},
 		{"part root rest ext5 /", "unknown filesystem \"ext5\""},
 		{"part root huge ext4 /", "bad size \"huge\""},
 		{"part r/oot rest ext4 /", "bad partition name"},
@@ -234,14 +234,22 @@ func TestPlanPercent(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(example)
 	f.Add("part a 1% ext4 /\npart b rest swap")
+	f.Add(hpc)
+	f.Add("part b rest btrfs\nsubvol b @ /\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		l, err := Parse(s)
 		if err != nil {
 			return
 		}
-		if _, err := Parse(l.Format()); err != nil {
+		l2, err := Parse(l.Format())
+		if err != nil {
 			t.Fatalf("Format of a parsed layout does not parse: %v\n%s", err, l.Format())
 		}
-		l.Plan("d", 1<<34)
+		if l2.Format() != l.Format() {
+			t.Fatalf("Format not stable:\n%s\n---\n%s", l.Format(), l2.Format())
+		}
+		for _, d := range l.AllDisks() {
+			d.Plan("d", 1<<34)
+		}
 	})
 }

@@ -14,6 +14,7 @@ const Align = 1 << 20
 var minBytes = map[FS]uint64{
 	FSESP: 36 << 20, FSVfat: 36 << 20, FSExt2: 8 << 20, FSExt3: 8 << 20, FSExt4: 8 << 20, FSXfs: 300 << 20,
 	FSSwap: 1 << 20, FSBiosGrub: 1 << 20, FSNone: 1 << 20,
+	FSBtrfs: 128 << 20, FSRaid: 8 << 20, FSLVM: 8 << 20,
 }
 
 // Extent is one partition placed on a disk.
@@ -66,9 +67,12 @@ func roundUp(n uint64) uint64 { return (n + Align - 1) / Align * Align }
 
 // MinBytes is the smallest disk that holds l: fixed sizes rounded to MiB,
 // every percentage and "rest" partition at its filesystem's minimum.
-func (l *Layout) MinBytes() uint64 {
+func (l *Layout) MinBytes() uint64 { return l.AllDisks()[0].MinBytes() }
+
+// MinBytes is the smallest disk that holds d's partitions.
+func (d Disk) MinBytes() uint64 {
 	need := uint64(2*Align + 34*4096)
-	for _, p := range l.Partitions {
+	for _, p := range d.Partitions {
 		if p.Size.Kind == Fixed {
 			need += max(roundUp(p.Size.Bytes), minBytes[p.FS])
 		} else {
@@ -84,13 +88,18 @@ func (l *Layout) MinBytes() uint64 {
 // its filesystem's minimum, or a layout that does not fit, is a
 // *TooSmallError naming disk.
 func (l *Layout) Plan(disk string, size uint64) ([]Extent, error) {
+	return l.AllDisks()[0].Plan(disk, size)
+}
+
+// Plan places d's partitions on disk, of size bytes (see Layout.Plan).
+func (d Disk) Plan(disk string, size uint64) ([]Extent, error) {
 	start, end := Usable(size)
 	usable := end - start
-	tooSmall := &TooSmallError{Disk: disk, Have: size, Need: l.MinBytes()}
-	sizes := make([]uint64, len(l.Partitions))
+	tooSmall := &TooSmallError{Disk: disk, Have: size, Need: d.MinBytes()}
+	sizes := make([]uint64, len(d.Partitions))
 	var used uint64
 	restAt := -1
-	for i, p := range l.Partitions {
+	for i, p := range d.Partitions {
 		switch p.Size.Kind {
 		case Fixed:
 			sizes[i] = roundUp(p.Size.Bytes)
@@ -102,7 +111,7 @@ func (l *Layout) Plan(disk string, size uint64) ([]Extent, error) {
 		}
 		if sizes[i] < minBytes[p.FS] {
 			if p.Size.Kind == Fixed {
-				return nil, fmt.Errorf("partition %q: %s is below the %s minimum of %s", p.Name, FormatBytes(sizes[i]), p.FS, FormatBytes(minBytes[p.FS]))
+				return nil, fmt.Errorf("%s: partition %q: %s is below the %s minimum of %s", at(p.Line, disk), p.Name, FormatBytes(sizes[i]), p.FS, FormatBytes(minBytes[p.FS]))
 			}
 			return nil, tooSmall
 		}
@@ -113,15 +122,15 @@ func (l *Layout) Plan(disk string, size uint64) ([]Extent, error) {
 	}
 	if restAt >= 0 {
 		sizes[restAt] = usable - used
-		if sizes[restAt] < minBytes[l.Partitions[restAt].FS] {
+		if sizes[restAt] < minBytes[d.Partitions[restAt].FS] {
 			return nil, tooSmall
 		}
 	}
-	out := make([]Extent, len(l.Partitions))
-	at := start
-	for i, p := range l.Partitions {
-		out[i] = Extent{Partition: p, Index: i + 1, Start: at, Bytes: sizes[i]}
-		at += sizes[i]
+	out := make([]Extent, len(d.Partitions))
+	next := start
+	for i, p := range d.Partitions {
+		out[i] = Extent{Partition: p, Index: i + 1, Start: next, Bytes: sizes[i]}
+		next += sizes[i]
 	}
 	return out, nil
 }

@@ -611,12 +611,22 @@ func (m *Machine) bootChanged(from, to Version) (bool, error) {
 }
 
 // bootloader regenerates GRUB's configuration for a new kernel or
-// initrd, with the root's own grub-mkconfig; a root without GRUB (or
-// whose /boot/grub the installer did not make) has nothing to regenerate.
+// initrd, with the root's own grub-mkconfig (grub2-mkconfig on RHEL,
+// after pointing the image's BLS entries at this node's root); a root
+// without GRUB (or whose /boot/grub the installer did not make) has
+// nothing to regenerate.
 func (m *Machine) bootloader(ctx context.Context) error {
 	has := func(p string) bool { _, err := os.Stat(filepath.Join(m.Root, p)); return err == nil }
-	if !has("boot/grub") || (!has("usr/sbin/grub-mkconfig") && !has("usr/bin/grub-mkconfig")) {
+	_, mkconfig, cfg := install.GrubTools(m.Root)
+	if mkconfig == "" || !has(strings.TrimPrefix(filepath.Dir(cfg), "/")) {
 		return nil
+	}
+	ents, err := install.BootEntries(m.Root, install.FstabRootUUID(m.Root))
+	for _, p := range ents {
+		m.trace("boot", p)
+	}
+	if err != nil {
+		return fmt.Errorf("bootloader: %w", err)
 	}
 	if m.Root != "/" {
 		binds, err := install.BindSystem(m.Root)
@@ -625,10 +635,10 @@ func (m *Machine) bootloader(ctx context.Context) error {
 			return fmt.Errorf("bootloader: %w", err)
 		}
 	}
-	if err := install.Chroot(ctx, m.Root, nil, m.Log, "grub-mkconfig", "-o", "/boot/grub/grub.cfg"); err != nil {
+	if err := install.Chroot(ctx, m.Root, nil, m.Log, mkconfig, "-o", cfg); err != nil {
 		return fmt.Errorf("bootloader: %w", err)
 	}
-	m.trace("boot", "/boot/grub/grub.cfg")
+	m.trace("boot", cfg)
 	return nil
 }
 

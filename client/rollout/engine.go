@@ -16,6 +16,7 @@ import (
 	"github.com/systemimager/sim/client/node"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/auto"
 )
 
 // DefaultNodeTimeout is how long a node has to carry out an order.
@@ -446,24 +447,27 @@ func (e *Engine) registry() (*catalog.Registry, error) {
 	return reg, nil
 }
 
-// autoBytes is the delta per node above which auto picks a swarm.
-const autoBytes = 32 << 20
-
-// transport picks how node name fetches, and its estimated bytes.
+// transport picks how node name fetches, and its estimated bytes. With
+// auto, the rollout knows what a server's advisor would have to gather:
+// the wave fetches together, so the model (sync/auto) weighs the wave's
+// size and the node's delta.
 func (e *Engine) transport(r *Rollout, name string) (string, int64) {
 	want, _ := chunk.Parse(r.Commit)
 	planned := e.estimate(want, e.current(name))
 	t := r.Spec.Transport
 	if t == "auto" {
-		t = simsync.DefaultTransport
 		ns := r.Nodes[name]
 		wave := r.Waves[min(ns.Wave, len(r.Waves)-1)]
 		if r.Spec.StageFirst && !r.Staged {
 			wave = sortedNodes(r)
 		}
-		if len(wave) >= 4 && planned >= autoBytes && contains(e.Transports, "bittorrent") {
-			t = "bittorrent"
+		var avail []string
+		for _, x := range []string{auto.BitTorrent, auto.Multicast} {
+			if contains(e.Transports, x) {
+				avail = append(avail, x)
+			}
 		}
+		t = auto.Choose(auto.Inputs{Bytes: planned, Nodes: len(wave), Available: avail}).Transport
 	}
 	return t, planned
 }

@@ -43,7 +43,8 @@ func TestErrors(t *testing.T) {
 		{"tag missing ref", st, []string{"tag", "t1", "nosuch"}, 1, `unknown ref "nosuch"`},
 		{"delete missing tag", st, []string{"tag", "-d", "nosuch"}, 1, "tag nosuch: not found"},
 		{"rm missing image", st, []string{"image", "rm", "nosuch"}, 1, "image nosuch: not found"},
-		{"unknown scheme: init", "s3://bucket/p?endpoint=http://127.0.0.1:1", []string{"init"}, 2, `store "s3://bucket/p?endpoint=http://127.0.0.1:1": unknown store scheme "s3"`},
+		{"unknown scheme: init", "ftp://bucket/p", []string{"init"}, 2, `store "ftp://bucket/p": unknown store scheme "ftp"`},
+		{"s3 without endpoint", "s3://bucket/p", []string{"init"}, 2, `store "s3://bucket/p": no endpoint: add ?endpoint=`},
 		{"unknown scheme: commit", "foo://x", []string{"commit", src, "--image", "img"}, 2, `unknown store scheme "foo"`},
 		{"unknown scheme: log", "foo://x", []string{"log", "img"}, 2, `unknown store scheme "foo"`},
 		{"unknown scheme: clone dir", st, []string{"clone", "http://127.0.0.1:1", "foo://x"}, 2, `unknown store scheme "foo"`},
@@ -61,7 +62,7 @@ func TestErrors(t *testing.T) {
 	}
 	// A refused scheme made no directory of its name (it used to make
 	// ./s3: and commit into it).
-	for _, d := range []string{"s3:", "foo:"} {
+	for _, d := range []string{"s3:", "foo:", "ftp:"} {
 		if _, err := os.Lstat(d); err == nil {
 			t.Errorf("a store location with a scheme made the directory %s", d)
 			os.RemoveAll(d)

@@ -85,7 +85,11 @@ hand (sim token add NAME --role node --node NAME).`,
 			// Each commit of the install (image, overrides, scripts)
 			// comes through the chosen transport into the node's store.
 			fetch := func(ctx context.Context, st *store.Store, id chunk.ID) (simsync.PullStats, error) {
-				tr, err := o.tf.Open(ctx, e.transportEnv(st, r))
+				tenv := e.transportEnv(st, r)
+				if o.node != "" {
+					tenv.Name = o.node
+				}
+				tr, err := o.tf.Open(ctx, tenv)
 				if err != nil {
 					return simsync.PullStats{}, err
 				}
@@ -119,7 +123,7 @@ hand (sim token add NAME --role node --node NAME).`,
 	f.StringVar(&o.image, "image", "", "install `REF` instead of the node's image")
 	f.StringVar(&o.node, "node", "", "install as node `NAME`")
 	f.StringVar(&o.mac, "mac", "", "identify this machine by `MAC` (default: the first NIC's)")
-	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides node and layout)")
+	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the node's disk and the layout's first disk)")
 	f.StringVar(&o.target, "target", "/run/sim/target", "mount the new root at `DIR` while installing")
 	f.StringArrayVar(&o.trust, "trust", nil, "trust the public key `FILE` and require every installed commit to be signed by a trusted key (repeatable)")
 	o.rf.add(c)

@@ -14,12 +14,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/client"
 	"github.com/systemimager/sim/client/catalog"
 	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/fleet"
 	"github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/client/layout"
+	"github.com/systemimager/sim/client/netcfg"
 	"github.com/systemimager/sim/store"
 )
 
@@ -27,59 +29,127 @@ func newLayoutCommand(e *env) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "layout",
 		Short: "Disk layouts stored with images (set, show, capture)",
-		Long: `A layout says how a node's disk is partitioned and formatted when it installs
-an image: GPT partitions by size, percent or rest; esp, vfat, ext4, xfs,
-swap, bios_grub; mount points, labels, mount options; which disk. It is
+		Long: `A layout says how a node's disks are partitioned and formatted when it installs
+an image: one or more disks (GPT or msdos), partitions by size, percent or
+rest; esp, vfat, ext2/3/4, xfs, btrfs (and its subvolumes), swap,
+bios_grub; md arrays (raid 0, 1, 5, 6, 10, spares), LVM volume groups and
+logical volumes; mount points, labels, mount options, keep. It is
 stored in the store as image IMAGE@layout, so every change is a commit
 (sim log IMAGE@layout shows its history).`,
 	}
-	c.AddCommand(&cobra.Command{
-		Use:   "set IMAGE FILE",
-		Short: "Check FILE and store it as IMAGE's layout (a new commit on IMAGE@layout)",
-		Args:  cobra.ExactArgs(2),
+	var setGroup, setNode string
+	set := &cobra.Command{
+		Use:   "set IMAGE FILE | set --group G FILE | set --node N FILE",
+		Short: "Check FILE and store it as IMAGE's (or group G's, or node N's) layout: a new commit",
+		Long: `Check FILE and store it as a layout: IMAGE's (a new commit on IMAGE@layout),
+or, with --group G, every member of group G's, or, with --node N, node N's
+own (sim@group+G@layout, sim@node+N@layout). A node installs its own layout
+if it has one, else that of the first of its groups that has one, else its
+image's.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := store.CheckName("image", args[0]); err != nil {
-				return usageError{err}
+			if setGroup != "" && setNode != "" {
+				return usageError{fmt.Errorf("--group and --node: give one")}
 			}
-			if catalog.IsSpecial(args[0]) {
-				return usageError{fmt.Errorf("%s is a catalog document, not a system image", args[0])}
+			var target, what, file string
+			switch {
+			case setGroup != "" || setNode != "":
+				if len(args) != 1 {
+					return usageError{fmt.Errorf("with --group or --node, give only FILE")}
+				}
+				file = args[0]
+			case len(args) != 2:
+				return usageError{fmt.Errorf("give IMAGE FILE (or --group G FILE, --node N FILE)")}
+			default:
+				file = args[1]
+				if err := store.CheckName("image", args[0]); err != nil {
+					return usageError{err}
+				}
+				if catalog.IsSpecial(args[0]) {
+					return usageError{fmt.Errorf("%s is a catalog document, not a system image", args[0])}
+				}
+				target, what = catalog.LayoutImage(args[0]), args[0]
 			}
-			b, err := os.ReadFile(e.path(args[1]))
+			b, err := os.ReadFile(e.path(file))
 			if err != nil {
 				return err
 			}
 			l, err := layout.Parse(string(b))
 			if err != nil {
-				return fmt.Errorf("%s: %w", args[1], err)
+				return fmt.Errorf("%s: %w", file, err)
 			}
 			return e.withStore(func(st *store.Store) error {
-				if _, err := st.ImageHead(args[0]); err != nil {
-					return fmt.Errorf("image %s: %w", args[0], err)
+				switch {
+				case setGroup != "" || setNode != "":
+					reg, err := catalog.LoadRegistry(st)
+					if err != nil {
+						return err
+					}
+					if setGroup != "" {
+						if reg.Groups[setGroup] == nil {
+							return fmt.Errorf("no group %q (sim group add %s)", setGroup, setGroup)
+						}
+						target, what = catalog.GroupLayoutImage(setGroup), "group "+setGroup
+					} else {
+						if reg.Nodes[setNode] == nil {
+							return fmt.Errorf("no node %q (sim node add %s)", setNode, setNode)
+						}
+						target, what = catalog.NodeLayoutImage(setNode), "node "+setNode
+					}
+				default:
+					if _, err := st.ImageHead(args[0]); err != nil {
+						return fmt.Errorf("image %s: %w", args[0], err)
+					}
 				}
 				// The file as written (comments kept), since it parsed.
-				id, err := catalog.CommitFiles(c.Context(), st, catalog.LayoutImage(args[0]),
-					map[string][]byte{catalog.LayoutFile: b}, "layout of "+args[0])
+				id, err := catalog.CommitFiles(c.Context(), st, target,
+					map[string][]byte{catalog.LayoutFile: b}, "layout of "+what)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stderr, "layout of %s: %d partitions on disk %s, at least %s; commit %s on %s\n",
-					args[0], len(l.Partitions), l.Disk, layout.FormatBytes(l.MinBytes()/layout.Align*layout.Align+layout.Align), id.Short(), catalog.LayoutImage(args[0]))
+				nparts := 0
+				for _, d := range l.AllDisks() {
+					nparts += len(d.Partitions)
+				}
+				fmt.Fprintf(e.stderr, "layout of %s: %d partitions on %d disks (the first %s, at least %s), %d arrays, %d logical volumes; commit %s on %s\n",
+					what, nparts, len(l.AllDisks()), l.Disk, layout.FormatBytes(l.MinBytes()/layout.Align*layout.Align+layout.Align), len(l.RAIDs), len(l.LVs), id.Short(), target)
 				return nil
 			})
 		},
-	})
-	var size string
+	}
+	set.Flags().StringVar(&setGroup, "group", "", "store the layout of group `G` (its members install it)")
+	set.Flags().StringVar(&setNode, "node", "", "store node `N`'s own layout")
+	c.AddCommand(set)
+	var size, showNode string
 	show := &cobra.Command{
-		Use:   "show REF",
+		Use:   "show REF | show --node N",
 		Short: "Print the layout of an image (or of a commit of IMAGE@layout)",
 		Long: `Print the layout REF uses: REF is an image, a tag or commit of it (then its
 image's current layout), or a commit of IMAGE@layout (that version).
 --disk-size SIZE also prints where each partition would go on such a disk.`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if (showNode == "") == (len(args) == 0) {
+				return usageError{fmt.Errorf("give REF or --node N")}
+			}
 			return e.withStore(func(st *store.Store) error {
-				id, err := catalog.LayoutFor(st, args[0])
-				if err != nil {
+				var id chunk.ID
+				var err error
+				if showNode != "" {
+					a, err := install.Assignment(st, showNode, "", "")
+					if err != nil {
+						return err
+					}
+					reg, err := catalog.LoadRegistry(st)
+					if err != nil {
+						return err
+					}
+					var from string
+					if id, from, err = catalog.LayoutForNode(st, reg.Nodes[showNode], a.Image); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stderr, "node %s installs the layout of %s\n", showNode, from)
+				} else if id, err = catalog.LayoutFor(st, args[0]); err != nil {
 					return err
 				}
 				b, err := catalog.ReadFile(st, id, catalog.LayoutFile)
@@ -117,6 +187,7 @@ image's current layout), or a commit of IMAGE@layout (that version).
 		},
 	}
 	show.Flags().StringVar(&size, "disk-size", "", "also place the partitions on a disk of `SIZE`")
+	show.Flags().StringVar(&showNode, "node", "", "the layout node `N` installs (its own, its group's or its image's)")
 	e.addJSONFlag(show)
 	c.AddCommand(show, newLayoutCaptureCommand(e))
 	return c
@@ -125,6 +196,32 @@ image's current layout), or a commit of IMAGE@layout (that version).
 type nodeOptions struct {
 	mac, ip, gw, image, disk               string
 	groups, overrides, scripts, preScripts []string
+	net                                    []string
+	netFile                                string
+	replicant                              bool
+}
+
+// netSpec is the node's network spec from --net, --net-file and
+// --replicant (nil: none given, MAC/IP/gateway say it all).
+func (o *nodeOptions) netSpec(readFile func(string) ([]byte, error)) (*netcfg.Spec, error) {
+	if len(o.net) == 0 && o.netFile == "" && !o.replicant {
+		return nil, nil
+	}
+	text := strings.Join(o.net, "\n")
+	if o.netFile != "" {
+		b, err := readFile(o.netFile)
+		if err != nil {
+			return nil, fmt.Errorf("--net-file: %w", err)
+		}
+		text = string(b) + "\n" + text
+	}
+	if o.replicant {
+		text += "\nreplicant"
+	}
+	if o.ip != "" {
+		return nil, errors.New("--ip and a network spec (--net, --net-file): give the address in the spec (nic NAME ip=…)")
+	}
+	return netcfg.Parse(text)
 }
 
 func (o *nodeOptions) add(c *cobra.Command, node bool) {
@@ -134,7 +231,10 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 		f.StringVar(&o.ip, "ip", "", "static `IP/PREFIX` for the installed system (default DHCP)")
 		f.StringVar(&o.gw, "gateway", "", "default gateway `IP` with --ip")
 		f.StringArrayVar(&o.groups, "group", nil, "member of `GROUP` (repeatable, in order)")
-		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's)")
+		f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the layout's first disk)")
+		f.StringArrayVar(&o.net, "net", nil, "a network spec `LINE`: 'nic eth0 mac=M ip=CIDR gw=IP mtu=N', 'bond bond0 slaves=eth1,eth2 mode=802.3ad', 'vlan bond0.100 link=bond0 id=100 ip=CIDR', 'dns IP…', 'search DOMAIN…' (repeatable; README \"Network specs\")")
+		f.StringVar(&o.netFile, "net-file", "", "read the node's network spec from `FILE` (the --net lines, one a line)")
+		f.BoolVar(&o.replicant, "replicant", false, "leave the image's network configuration as it is (SystemImager's replicant)")
 	}
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
@@ -167,16 +267,38 @@ which must stay inside the prefix.`,
 			if len(names) == 0 {
 				return usageError{fmt.Errorf("node add: %q names no node", args[0])}
 			}
+			spec, err := o.netSpec(func(p string) ([]byte, error) { return os.ReadFile(e.path(p)) })
+			if err != nil {
+				return usageError{err}
+			}
 			var nodes []*catalog.Node
 			for i, name := range names {
 				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk}
-				if i > 0 && n.MAC != "" {
+					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec}
+				if spec != nil && i > 0 {
+					if n.Network, err = spec.Shift(i); err != nil {
+						return usageError{fmt.Errorf("node %s: %w", name, err)}
+					}
+				}
+				if n.Network != nil {
+					// The spec's first IPv4 address is the node's IP
+					// (hosts, dnsmasq, the duplicate check).
+					n.IP, n.Gateway = n.Network.Primary()
+				}
+				if n.MAC == "" && n.Network != nil {
+					// Recognised by its spec's first NIC with a MAC.
+					for _, l := range n.Network.Links {
+						if l.MAC != "" {
+							n.MAC = l.MAC
+							break
+						}
+					}
+				} else if i > 0 && n.MAC != "" {
 					if n.MAC, err = catalog.MACPlus(o.mac, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
 				}
-				if i > 0 && n.IP != "" {
+				if i > 0 && n.IP != "" && n.Network == nil {
 					if n.IP, err = catalog.AddrPlus(o.ip, i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
 					}
@@ -304,7 +426,96 @@ disk again.`,
 			})
 		},
 	}
-	c.AddCommand(add, importCmd, rm, reinstall)
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "What a node is registered with, and what it gets once its groups are folded in",
+		Long: `Show a node's record (MAC, IP, groups, image, overrides, scripts, disk, network
+spec, a pending reinstall) and what its install gets: the image (its own or
+its first group's), overrides and scripts in the order they apply (sim
+layout show --node NAME: its layout, and where it comes from). --json: the
+record and the resolved lists.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			return e.withStore(func(st *store.Store) error {
+				reg, err := catalog.LoadRegistry(st)
+				if err != nil {
+					return err
+				}
+				n := reg.Nodes[args[0]]
+				if n == nil {
+					return fmt.Errorf("no node %q (sim nodes lists them)", args[0])
+				}
+				res, rerr := reg.Resolve(n)
+				if e.json {
+					out := struct {
+						Node       *catalog.Node `json:"node"`
+						Image      string        `json:"image,omitempty"`
+						Overrides  []string      `json:"overrides,omitempty"`
+						Scripts    []string      `json:"scripts,omitempty"`
+						PreScripts []string      `json:"pre_scripts,omitempty"`
+						Error      string        `json:"error,omitempty"`
+					}{Node: n}
+					if rerr != nil {
+						out.Error = rerr.Error()
+					} else {
+						out.Image, out.Overrides, out.Scripts, out.PreScripts = res.Image, res.Overrides, res.Scripts, res.PreScripts
+					}
+					return e.printJSON(out)
+				}
+				w := e.stdout
+				row := func(k, v string) {
+					if v != "" {
+						fmt.Fprintf(w, "  %-12s %s\n", k, v)
+					}
+				}
+				fmt.Fprintf(w, "node %s\n", n.Name)
+				row("mac", n.MAC)
+				ip := n.IP
+				if ip == "" && (n.Network == nil || !n.Network.Managed()) {
+					ip = "dhcp"
+				}
+				if n.Gateway != "" {
+					ip += " via " + n.Gateway
+				}
+				row("ip", ip)
+				row("groups", strings.Join(n.Groups, ", "))
+				row("disk", n.Disk)
+				if rerr != nil {
+					row("resolves", "error: "+rerr.Error())
+				} else {
+					img := res.Image
+					if n.Image == "" {
+						for _, g := range n.Groups {
+							if gr := reg.Groups[g]; gr != nil && gr.Image == img {
+								img += " (from group " + g + ")"
+								break
+							}
+						}
+					}
+					row("image", img)
+					row("overrides", strings.Join(res.Overrides, ", "))
+					row("pre-scripts", strings.Join(res.PreScripts, ", "))
+					row("scripts", strings.Join(res.Scripts, ", "))
+				}
+				if n.Reinstall != nil {
+					row("reinstall", "asked "+n.Reinstall.Format(time.RFC3339)+" (its next netboot installs until an install succeeds)")
+				}
+				if n.Network != nil {
+					if n.Network.Replicant {
+						row("network", "replicant (the image's own configuration)")
+					} else {
+						fmt.Fprintln(w, "  network")
+						for _, l := range strings.Split(strings.TrimRight(n.Network.String(), "\n"), "\n") {
+							fmt.Fprintf(w, "    %s\n", l)
+						}
+					}
+				}
+				return nil
+			})
+		},
+	}
+	e.addJSONFlag(show)
+	c.AddCommand(add, importCmd, rm, reinstall, show)
 	return c
 }
 

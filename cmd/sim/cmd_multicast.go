@@ -148,6 +148,10 @@ func printSessions(w io.Writer, ss []mcast.SessionInfo) {
 		}
 		fmt.Fprintf(w, "session %s  %s  %s on %s  %s, pass %d, %d objects %s, sent %s at up to %.0f Mbit/s, %.1f s\n",
 			s.ID, s.Want.Short(), s.Group, s.Iface, state, s.Pass, s.Objects, units.Bytes(s.Bytes), units.Bytes(s.SentBytes), float64(s.RateBits)/1e6, s.Seconds)
+		if s.FEC != "" && s.FEC != "off" {
+			fmt.Fprintf(w, "  FEC %s: %d repair shards over %d blocks; %d blocks needed repairs (%.1f expected), %d repair datagrams\n",
+				s.FEC, s.FECShards, s.FECGroups, s.RepairGroups, s.FECPredicted, s.RepairBlocks)
+		}
 		if s.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", s.Error)
 		}

@@ -29,6 +29,17 @@ import (
 
 const socketName = "sim.sock"
 
+// socketDir is where the server socket of the store at loc lives: its
+// directory, or an S3 store's local cache directory.
+func socketDir(loc string) string {
+	if store.IsRemote(loc) {
+		if d, err := store.CacheDir(loc); err == nil {
+			return d
+		}
+	}
+	return loc
+}
+
 // forwarded carries the exit code of a command line the server ran; its
 // output is already printed.
 type forwarded struct{ code int }
@@ -52,7 +63,7 @@ const (
 )
 
 func socketClient(storeDir string) *http.Client {
-	sock := filepath.Join(storeDir, socketName)
+	sock := filepath.Join(socketDir(storeDir), socketName)
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -63,7 +74,7 @@ func socketClient(storeDir string) *http.Client {
 
 // forwardToServer sends e's command line to the server holding the store.
 func forwardToServer(e *env) error {
-	sock := filepath.Join(e.storeDir, socketName)
+	sock := filepath.Join(socketDir(e.storeDir), socketName)
 	ctx := e.ctx
 	if ctx == nil {
 		ctx = context.Background()
@@ -161,7 +172,8 @@ func (f frameWriter) Write(p []byte) (int, error) {
 // command lines other sim processes forward there on st, with the
 // server's services sv.
 func serveSocket(ctx context.Context, st *store.Store, storeDir string, sv *serving) (*http.Server, error) {
-	sock := filepath.Join(storeDir, socketName)
+	// In the store's directory; an S3 store's local cache directory.
+	sock := filepath.Join(st.Dir(), socketName)
 	os.Remove(sock) // stale: we hold the store lock, so no server owns it
 	ul, err := net.Listen("unix", sock)
 	if err != nil {

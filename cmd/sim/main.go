@@ -106,7 +106,7 @@ func run(ctx context.Context, args []string, e *env) int {
 	fmt.Fprintf(e.stderr, "sim: %v\n", err)
 	var u usageError
 	var fe *simsync.FlagError
-	if errors.As(err, &u) || errors.As(err, &fe) || errors.Is(err, store.ErrUnknownScheme) {
+	if errors.As(err, &u) || errors.As(err, &fe) || errors.Is(err, store.ErrUnknownScheme) || errors.Is(err, store.ErrBadLocation) {
 		return 2
 	}
 	return 1

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/systemimager/sim/store/s3/s3test"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +38,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(code)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	s3test.StopShared() // the Ceph cluster, if a test started it
+	os.Exit(code)
 }
 
 type result struct {

@@ -89,7 +89,7 @@ func needMetal(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("bare-metal VM tests: need root")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4", "mkfs.vfat", "mkfs.xfs", "mkswap"} {
+	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4", "mkfs.vfat", "mkfs.xfs", "mkswap", "mkfs.btrfs", "btrfs", "mdadm", "lvm"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("bare-metal VM tests: no %s (make metal-deps)", tool)
 		}
@@ -222,6 +222,7 @@ func newMetalLab(t *testing.T) *metalLab {
 
 type vm struct {
 	name, disk, vars string
+	extra            []string // more disks, after disk (virtio: vdb, vdc, …)
 	mac              string
 	uefi             bool
 	console          string
@@ -261,6 +262,9 @@ func (m *metalLab) bootWith(v *vm, appendArgs, iso string, timeout time.Duration
 		"-serial", "stdio", "-no-reboot",
 		"-drive", "file=" + v.disk + ",format=raw,if=virtio",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac=" + v.mac}
+	for _, d := range v.extra {
+		args = append(args, "-drive", "file="+d+",format=raw,if=virtio")
+	}
 	if v.uefi {
 		args = append(args, "-machine", "q35",
 			"-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -401,6 +405,13 @@ func TestMetalVM(t *testing.T) {
 		if want := "SIM-HELLO host=n6 post=post-ok n6"; !strings.Contains(con, want) {
 			t.Errorf("four3: installed system did not report %q:\n%s", want, tail(con, 3000))
 		}
+	})
+	// Two disks: the root on an md RAID1, LVM on a second RAID1; the
+	// installed system boots with either disk removed (metal_raid_test.go).
+	t.Run("raid", func(t *testing.T) {
+		mm := *m
+		mm.t = t
+		mm.raid()
 	})
 	// The boot medium and the failures are light on the server and mostly
 	// waiting: they run side by side.

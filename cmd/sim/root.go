@@ -92,7 +92,7 @@ func (e *env) progressTerminal() (progress.Terminal, bool) {
 
 // path makes p absolute against the command line's working directory.
 func (e *env) path(p string) string {
-	if e.cwd == "" || filepath.IsAbs(p) {
+	if e.cwd == "" || filepath.IsAbs(p) || store.IsRemote(p) {
 		return p
 	}
 	return filepath.Join(e.cwd, p)
@@ -258,6 +258,13 @@ func withReport(v any, ps *simsync.PullStats) any {
 	m := map[string]any{}
 	if json.Unmarshal(b, &m) != nil {
 		return v
+	}
+	if cr, ok := ps.Report.(simsync.ChosenReport); ok {
+		m["auto"] = cr.Choice
+		if cr.Inner != nil {
+			m[ps.Transport] = cr.Inner
+		}
+		return m
 	}
 	m[ps.Transport] = ps.Report
 	return m

@@ -177,3 +177,45 @@ func TestNetbootLocalBoot(t *testing.T) {
 		t.Errorf("reinstall of an unknown node: %d %q", r.code, r.stderr)
 	}
 }
+
+// TestNodeShow: sim node show prints a node's record and what its install
+// gets (the group's image, overrides and scripts in order, its network
+// spec, a pending reinstall); --json the same; an unknown node is named.
+func TestNodeShow(t *testing.T) {
+	st := newStore(t)
+	img, ov := t.TempDir(), t.TempDir()
+	writeFiles(t, img, map[string]string{"etc/motd": "hpc\n"})
+	writeFiles(t, ov, map[string]string{"etc/site": "site\n"})
+	script := filepath.Join(t.TempDir(), "motd.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho hi >/etc/motd\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, st, "commit", img, "--image", "hpc", "-m", "one")
+	ok(t, st, "override", "set", "site", ov)
+	ok(t, st, "script", "set", "motd", script)
+	ok(t, st, "group", "add", "compute", "--image", "hpc", "--override", "site")
+	ok(t, st, "node", "add", "n1", "--group", "compute", "--script", "motd", "--mac", "52:54:00:00:01:01",
+		"--net", "nic eth0 mac=52:54:00:00:01:01 ip=198.18.4.1/22 gw=198.18.4.254", "--net", "dns 198.18.0.53")
+	ok(t, st, "node", "reinstall", "n1")
+	out := ok(t, st, "node", "show", "n1")
+	for _, want := range []string{"node n1", "mac          52:54:00:00:01:01", "ip           198.18.4.1/22 via 198.18.4.254",
+		"groups       compute", "image        hpc (from group compute)", "overrides    site", "scripts      motd",
+		"reinstall    asked", "    nic eth0 mac=52:54:00:00:01:01 ip=198.18.4.1/22 gw=198.18.4.254", "    dns 198.18.0.53"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node show lacks %q:\n%s", want, out)
+		}
+	}
+	var js struct {
+		Node      struct{ Name string }
+		Image     string
+		Overrides []string
+		Scripts   []string
+	}
+	decodeJSON(t, ok(t, st, "node", "show", "n1", "--json"), &js)
+	if js.Node.Name != "n1" || js.Image != "hpc" || strings.Join(js.Overrides, ",") != "site" || strings.Join(js.Scripts, ",") != "motd" {
+		t.Errorf("node show --json: %+v", js)
+	}
+	if r := sim(t, st, "node", "show", "n2"); r.code == 0 || !strings.Contains(r.stderr, `no node "n2"`) {
+		t.Errorf("node show of an unknown node: exit %d, %q", r.code, r.stderr)
+	}
+}

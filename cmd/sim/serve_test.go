@@ -40,7 +40,9 @@ func startServerProcess(t *testing.T, store string, extra ...string) (string, *e
 		c.Wait()
 	})
 	sc := bufio.NewScanner(stderr)
+	var said []string
 	for sc.Scan() {
+		said = append(said, sc.Text())
 		if strings.Contains(sc.Text(), "serving") {
 			go func() {
 				for sc.Scan() {
@@ -49,7 +51,7 @@ func startServerProcess(t *testing.T, store string, extra ...string) (string, *e
 			return "http://" + addr, c
 		}
 	}
-	t.Fatal("sim serve did not start")
+	t.Fatalf("sim serve did not start: %s", strings.Join(said, "\n"))
 	return "", nil
 }
 

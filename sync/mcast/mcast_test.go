@@ -73,9 +73,12 @@ type node struct {
 	st    *store.Store
 	haves []chunk.ID
 	drop  func(*Data) bool
-	wait  func() // before it starts
-	res   Result
-	err   error
+	// dropRepair and tamper: ReceiveConfig's
+	dropRepair func(*Repair) bool
+	tamper     func([]byte)
+	wait       func() // before it starts
+	res        Result
+	err        error
 }
 
 func (w *world) node(t *testing.T, name string, base chunk.ID) *node {
@@ -105,7 +108,7 @@ func receive(t *testing.T, lo *net.Interface, grp *net.UDPAddr, want chunk.ID, n
 			}
 			sink := simsync.NewSink(n.st)
 			n.res, n.err = Receive(context.Background(), ReceiveConfig{Group: grp, Iface: lo, Want: want, Haves: n.haves,
-				Name: n.name, Has: n.st.HasMany, Timeout: 5 * time.Second, drop: n.drop}, sink)
+				Name: n.name, Has: n.st.HasMany, Timeout: 5 * time.Second, drop: n.drop, dropRepair: n.dropRepair, tamper: n.tamper}, sink)
 			if _, err := sink.Close(); err != nil && n.err == nil {
 				n.err = err
 			}

@@ -39,9 +39,13 @@ import (
 // carry a 16-byte GCM tag at the end of the body.
 const (
 	magic0, magic1 = 'S', 'M'
-	version        = 1
-	headerLen      = 8
-	trailerLen     = 4
+	// version 2: FEC (REPAIR datagrams, kinds 10 and 11). A version 1
+	// receiver decodes none of a version 2 session's datagrams: it
+	// finds no session and fetches over HTTP; a version 2 receiver
+	// that meets another version says so (ErrVersion).
+	version    = 2
+	headerLen  = 8
+	trailerLen = 4
 )
 
 // Datagram kinds.
@@ -67,6 +71,14 @@ const (
 	// only the sender's (a forged "done" or "dropped" is not), and the
 	// session's commit and shape stay private.
 	KindSealedSender = 9 // sender → group (ANNOUNCE), sender → receiver (MEMBER)
+	// KindRepair is a Reed–Solomon parity shard of an FEC block (k
+	// consecutive data blocks of one object): a receiver holding any k
+	// of the block's data and parity shards rebuilds the rest of its
+	// data (ARCHITECTURE.md "Multicast: forward error correction").
+	KindRepair = 10 // sender → group
+	// KindSealedRepair is KindRepair with the shard sealed under the
+	// session's repair key.
+	KindSealedRepair = 11 // sender → group
 )
 
 // Session states, as announced.
@@ -104,6 +116,10 @@ const (
 	IPUDPOverhead = 28
 	// dataHead is a data datagram's bytes before its payload.
 	dataHead = headerLen + 16
+	// repairHead is a repair datagram's bytes before its shard: 4 more
+	// than a data datagram's, so a session with FEC makes its blocks 4
+	// bytes smaller (BlockFor) and a repair datagram fills the MTU.
+	repairHead = dataHead + 4
 	// MinPayload and MaxPayload bound a data datagram's payload (the
 	// plaintext of a sealed one).
 	MinPayload = 512
@@ -129,7 +145,23 @@ func PayloadFor(mtu int, sealed bool) int {
 	return min(max(p, MinPayload), MaxPayload)
 }
 
+// BlockFor is a session's block (data payload per datagram) on a link
+// of mtu: PayloadFor, 4 bytes less with FEC so that a repair datagram
+// (one block of parity behind a 28-byte head) fills the MTU too.
+func BlockFor(mtu int, sealed, fec bool) int {
+	p := PayloadFor(mtu, sealed)
+	if fec {
+		p = max(p-(repairHead-dataHead), MinPayload)
+	}
+	return p
+}
+
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// ErrVersion says a datagram is a sim multicast datagram of another
+// protocol version (an older or newer sim): the receiver cannot take
+// part in its session and says so.
+var ErrVersion = errors.New("mcast: another protocol version")
 
 // ErrNotOurs says a datagram is not a sim multicast datagram at all
 // (another protocol on the port): ignored without complaint.
@@ -151,6 +183,21 @@ type Data struct {
 	ObjLen  uint32
 	Offset  uint32
 	Payload []byte
+}
+
+// Repair is parity shard Index of the FEC block of object Object made
+// of its K data blocks from block First; the code has M parity shards
+// (fecCodeParity(K)), of which the sender sends the first few. Shard is
+// one block of bytes (sealed: plus the tag until OpenRepair opens it).
+type Repair struct {
+	Seq    uint32 // the data datagram counter, as Data's: gaps are loss
+	Object uint32
+	ObjLen uint32
+	First  uint32 // the FEC block's first data block
+	K      uint8  // its data blocks
+	M      uint8  // the code's parity shards
+	Index  uint8  // this shard, 0..M-1
+	Shard  []byte
 }
 
 // Announce is the session's state, multicast a few times a second.
@@ -276,6 +323,68 @@ func OpenData(raw []byte, p *Packet, sl *seal.Sealer) error {
 	return nil
 }
 
+// AppendRepair encodes a repair datagram onto b.
+func AppendRepair(b []byte, session uint32, r *Repair) []byte {
+	b = appendRepairHead(b, KindRepair, session, r)
+	b = append(b, r.Shard...)
+	return appendCRC(b)
+}
+
+func appendRepairHead(b []byte, kind uint8, session uint32, r *Repair) []byte {
+	b = appendHeader(b, kind, session)
+	b = binary.BigEndian.AppendUint32(b, r.Seq)
+	b = binary.BigEndian.AppendUint32(b, r.Object)
+	b = binary.BigEndian.AppendUint32(b, r.ObjLen)
+	b = binary.BigEndian.AppendUint32(b, r.First)
+	return append(b, r.K, r.M, r.Index, 0)
+}
+
+// repairNonce is the nonce of a sealed repair datagram, under the
+// repair key (never the data key, so it meets no data nonce): seq,
+// object, and first<<8 | index (first is below 2^17: 64 MiB / 512).
+// seq counts every data and repair datagram of the session; should it
+// wrap, (object, first, index) alone names the same bytes (k and M
+// follow from the object's size and the session's fixed K).
+func repairNonce(r *Repair) seal.Nonce {
+	var n seal.Nonce
+	binary.BigEndian.PutUint32(n[0:], r.Seq)
+	binary.BigEndian.PutUint32(n[4:], r.Object)
+	binary.BigEndian.PutUint32(n[8:], r.First<<8|uint32(r.Index))
+	return n
+}
+
+// RepairKey is the key a sealed session's repair datagrams are sealed
+// under, derived from the session's key.
+func RepairKey(k seal.Key) (seal.Key, error) {
+	return seal.Derive(k[:], "sim mcast repair v1")
+}
+
+// AppendSealedRepair encodes a sealed repair datagram onto b: r.Shard
+// sealed by sl (the session's repair key), the 28 bytes before it
+// authenticated.
+func AppendSealedRepair(b []byte, session uint32, r *Repair, sl *seal.Sealer) []byte {
+	start := len(b)
+	b = appendRepairHead(b, KindSealedRepair, session, r)
+	b = sl.SealNonce(b, repairNonce(r), b[start:], r.Shard)
+	return appendCRC(b)
+}
+
+// OpenRepair opens a sealed repair datagram that Decode took into p
+// from raw, in place. An error means the session's sender did not seal
+// it: drop it.
+func OpenRepair(raw []byte, p *Packet, sl *seal.Sealer) error {
+	if p.Kind != KindSealedRepair || len(raw) < repairHead+seal.Overhead+trailerLen {
+		return fmt.Errorf("mcast: not a sealed repair datagram (kind %d)", p.Kind)
+	}
+	x := &p.Repair
+	plain, err := sl.OpenNonce(x.Shard[:0], repairNonce(x), raw[:repairHead], x.Shard)
+	if err != nil {
+		return fmt.Errorf("mcast: repair of object %d block %d: %w", x.Object, x.First, err)
+	}
+	x.Shard = plain
+	return nil
+}
+
 // AppendAnnounce encodes an announcement.
 func AppendAnnounce(b []byte, session uint32, a *Announce) []byte {
 	b = appendHeader(b, KindAnnounce, session)
@@ -359,6 +468,7 @@ func AppendNak(b []byte, session uint32, n *Nak) []byte {
 type Packet struct {
 	Header
 	Data     Data
+	Repair   Repair
 	Announce Announce
 	Join     Join
 	Member   Member
@@ -561,7 +671,7 @@ func Decode(b []byte, p *Packet) error {
 		return ErrNotOurs
 	}
 	if b[2] != version {
-		return fmt.Errorf("mcast: datagram version %d, want %d", b[2], version)
+		return fmt.Errorf("%w: datagram version %d, want %d", ErrVersion, b[2], version)
 	}
 	body := b[:len(b)-trailerLen]
 	if got, want := crc32.Checksum(body, crcTable), binary.BigEndian.Uint32(b[len(body):]); got != want {
@@ -590,6 +700,33 @@ func Decode(b []byte, p *Packet) error {
 				r.err = fmt.Errorf("mcast: object index %d exceeds %d", d.Object, maxObjects)
 			case plain <= 0 || uint64(d.Offset)+uint64(plain) > uint64(d.ObjLen):
 				r.err = fmt.Errorf("mcast: data [%d,+%d) outside object %d of %d bytes", d.Offset, plain, d.Object, d.ObjLen)
+			}
+		}
+	case KindRepair, KindSealedRepair:
+		x := &p.Repair
+		x.Seq, x.Object, x.ObjLen, x.First = r.u32(), r.u32(), r.u32(), r.u32()
+		x.K, x.M, x.Index = r.u8(), r.u8(), r.u8()
+		reserved := r.u8()
+		if r.err == nil {
+			x.Shard = r.b
+			r.b = nil
+			plain := len(x.Shard)
+			if p.Kind == KindSealedRepair {
+				plain -= seal.Overhead
+			}
+			switch {
+			case reserved != 0:
+				r.err = fmt.Errorf("mcast: repair datagram with reserved byte %#x", reserved)
+			case x.ObjLen > maxObject:
+				r.err = fmt.Errorf("mcast: object %d of %d bytes exceeds %d", x.Object, x.ObjLen, maxObject)
+			case x.Object >= maxObjects:
+				r.err = fmt.Errorf("mcast: object index %d exceeds %d", x.Object, maxObjects)
+			case x.K < 1 || x.K > maxFECK || int(x.M) != fecCodeParity(int(x.K)) || x.Index >= x.M:
+				r.err = fmt.Errorf("mcast: repair shard %d of a %d+%d FEC block", x.Index, x.K, x.M)
+			case plain < MinPayload || plain > MaxPayload:
+				r.err = fmt.Errorf("mcast: repair shard of %d bytes", plain)
+			case uint64(x.First)*MinPayload >= uint64(x.ObjLen):
+				r.err = fmt.Errorf("mcast: repair of block %d outside object %d of %d bytes", x.First, x.Object, x.ObjLen)
 			}
 		}
 	case KindAnnounce:

@@ -32,6 +32,8 @@ func TestDatagramRoundTrip(t *testing.T) {
 			Packet{Header: Header{KindStatus, 1}, Status: Status{Node: 42, Done: true, Received: 10, Lost: 2, NeedBytes: 100, GotBytes: 50}}},
 		{"nak", AppendNak(nil, 1, &Nak{Node: 42, Pass: 1, Ranges: []Range{{1, 2, 3}, {4, 0, 0}}}),
 			Packet{Header: Header{KindNak, 1}, Nak: Nak{Node: 42, Pass: 1, Ranges: []Range{{1, 2, 3}, {4, 0, 0}}}}},
+		{"repair", AppendRepair(nil, 3, &Repair{Seq: 5, Object: 2, ObjLen: 1 << 20, First: 128, K: 128, M: 64, Index: 7, Shard: make([]byte, 1440)}),
+			Packet{Header: Header{KindRepair, 3}, Repair: Repair{Seq: 5, Object: 2, ObjLen: 1 << 20, First: 128, K: 128, M: 64, Index: 7, Shard: make([]byte, 1440)}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -44,6 +46,9 @@ func TestDatagramRoundTrip(t *testing.T) {
 			}
 			if c.name == "data" && len(c.b) != dataHead+3+trailerLen {
 				t.Errorf("data datagram of 3 payload bytes is %d bytes", len(c.b))
+			}
+			if c.name == "repair" && len(c.b)+IPUDPOverhead != 1500 {
+				t.Errorf("repair datagram of a 1440-byte block is %d bytes on the wire, want 1500", len(c.b)+IPUDPOverhead)
 			}
 		})
 	}
@@ -247,6 +252,17 @@ func TestDatagramRejects(t *testing.T) {
 		{"bad block", AppendAnnounce(nil, 1, &Announce{State: StateSending, Block: 3}), "block size"},
 		{"trailing", reseal(append(bytes.Clone(AppendMember(nil, 1, &Member{Node: 1, State: 1})), 0, 0, 0, 0)), "trailing"},
 		{"bad member", AppendMember(nil, 1, &Member{Node: 1, State: 7}), "member state"},
+		{"old version", reseal(func() []byte { b := bytes.Clone(good); b[2] = 1; return b }()), "version 1, want 2"},
+		{"repair k", AppendRepair(nil, 1, &Repair{ObjLen: 1 << 20, K: 0, M: 4, Shard: make([]byte, 1024)}), "FEC block"},
+		{"repair m", AppendRepair(nil, 1, &Repair{ObjLen: 1 << 20, K: 64, M: 4, Shard: make([]byte, 1024)}), "FEC block"},
+		{"repair index", AppendRepair(nil, 1, &Repair{ObjLen: 1 << 20, K: 64, M: 32, Index: 32, Shard: make([]byte, 1024)}), "repair shard 32"},
+		{"repair short", AppendRepair(nil, 1, &Repair{ObjLen: 1 << 20, K: 64, M: 32, Shard: make([]byte, 100)}), "100 bytes"},
+		{"repair outside", AppendRepair(nil, 1, &Repair{ObjLen: 5000, First: 10, K: 1, M: 4, Shard: make([]byte, 1024)}), "outside object"},
+		{"repair reserved", reseal(func() []byte {
+			b := AppendRepair(nil, 1, &Repair{ObjLen: 1 << 20, K: 64, M: 32, Shard: make([]byte, 1024)})
+			b[repairHead-1] = 1
+			return b
+		}()), "reserved"},
 		{"too many haves", reseal(append(append(appendHeader(nil, KindJoin, 1), make([]byte, 8)...), 0, 200, 0, 0, 0, 0)), "haves exceeds"},
 	}
 	for _, c := range cases {
@@ -255,6 +271,9 @@ func TestDatagramRejects(t *testing.T) {
 			err := Decode(c.b, &p)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+			if strings.HasPrefix(c.name, "old version") && !errors.Is(err, ErrVersion) {
+				t.Fatalf("another version: %v is not ErrVersion", err)
 			}
 			if c.want == "not a sim datagram" && !errors.Is(err, ErrNotOurs) {
 				t.Fatalf("foreign datagram: %v is not ErrNotOurs", err)
@@ -279,6 +298,52 @@ func TestManifestRoundTrip(t *testing.T) {
 	for _, bad := range [][]byte{b[:len(b)-1], append(bytes.Clone(b), 0), []byte("SIMMANI1"), []byte("nope")} {
 		if _, err := DecodeManifest(bad); err == nil {
 			t.Errorf("manifest of %d bytes accepted", len(bad))
+		}
+	}
+}
+
+// TestSealedRepair: a sealed repair shard opens only under the
+// session's repair key and with its head as sent; the data key does not
+// open it (the keys are apart: no nonce is shared).
+func TestSealedRepair(t *testing.T) {
+	k, _ := seal.NewKey()
+	rk, err := RepairKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsl, _ := seal.New(rk)
+	dsl, _ := seal.New(k)
+	shard := bytes.Repeat([]byte("parity!"), 200)[:1024]
+	x := &Repair{Seq: 9, Object: 4, ObjLen: 1 << 20, First: 256, K: 128, M: 64, Index: 3, Shard: shard}
+	b := AppendSealedRepair(nil, 5, x, rsl)
+	if len(b) != repairHead+len(shard)+seal.Overhead+trailerLen || bytes.Contains(b, shard[:32]) {
+		t.Fatalf("sealed repair of %d bytes, or holding its shard in clear", len(b))
+	}
+	open := func(b []byte, sl *seal.Sealer) error {
+		var p Packet
+		if err := Decode(b, &p); err != nil {
+			return err
+		}
+		if err := OpenRepair(b, &p, sl); err != nil {
+			return err
+		}
+		if !bytes.Equal(p.Repair.Shard, shard) || p.Repair.First != 256 || p.Repair.Index != 3 {
+			t.Fatalf("opened %+v", p.Repair)
+		}
+		return nil
+	}
+	if err := open(bytes.Clone(b), rsl); err != nil {
+		t.Fatal(err)
+	}
+	if err := open(bytes.Clone(b), dsl); !errors.Is(err, seal.ErrOpen) {
+		t.Errorf("opened under the data key: %v", err)
+	}
+	for _, i := range []int{headerLen + 12, repairHead - 2, repairHead + 5} {
+		m := bytes.Clone(b)
+		m[i] ^= 1
+		m = appendCRC(m[:len(m)-trailerLen])
+		if err := open(m, rsl); err == nil {
+			t.Errorf("byte %d altered: opened", i)
 		}
 	}
 }
@@ -311,6 +376,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(appendData(nil, KindSealedData, 1, &Data{Seq: 1, Object: 1, ObjLen: 4, Payload: make([]byte, 4+seal.Overhead)}))
 	f.Add(AppendSealedControl(nil, 1, 2, 3, AppendStatus(nil, 1, &Status{Node: 2}), testSealer(f)))
 	f.Add(AppendSealedSender(nil, 1, 2, AppendMember(nil, 1, &Member{Node: 2, State: 1}), testSealer(f)))
+	f.Add(AppendRepair(nil, 1, &Repair{Seq: 2, Object: 1, ObjLen: 4096, K: 2, M: 4, Index: 3, Shard: make([]byte, 512)}))
+	f.Add(AppendSealedRepair(nil, 1, &Repair{Seq: 2, Object: 1, ObjLen: 4096, K: 2, M: 4, Index: 3, Shard: make([]byte, 512)}, testSealer(f)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p Packet
 		if Decode(b, &p) != nil {
@@ -320,6 +387,8 @@ func FuzzDecode(f *testing.F) {
 		switch p.Kind {
 		case KindData, KindSealedData:
 			re = appendData(nil, p.Kind, p.Session, &p.Data)
+		case KindRepair, KindSealedRepair:
+			re = appendCRC(append(appendRepairHead(nil, p.Kind, p.Session, &p.Repair), p.Repair.Shard...))
 		case KindSealedSender:
 			re = binary.BigEndian.AppendUint64(appendHeader(nil, p.Kind, p.Session), p.Sender.Ctr)
 			re = appendCRC(append(re, p.Sender.Box...))

@@ -52,6 +52,9 @@ type ReceiveConfig struct {
 	// drop, in tests, loses (true) or alters a data datagram after its
 	// checksum was checked (and, sealed, after it opened).
 	drop func(*Data) bool
+	// dropRepair, in tests, loses a repair datagram (after its checksum
+	// was checked and, sealed, after it opened).
+	dropRepair func(*Repair) bool
 	// tamper, in tests, may alter a datagram as it comes off the socket
 	// (an attacker on the segment: it can recompute the checksum).
 	tamper func(b []byte)
@@ -74,6 +77,8 @@ type Result struct {
 	Objects   int     `json:"objects"`            // objects delivered
 	Rejected  int     `json:"rejected"`           // objects that failed verification (received again)
 	Unopened  int     `json:"unopened,omitempty"` // sealed datagrams that did not open (altered, forged): dropped as lost
+	Shards    uint64  `json:"fec_shards"`         // repair datagrams received (counted in Datagrams too)
+	Recovered int64   `json:"fec_recovered"`      // data blocks rebuilt from repair shards (then verified with their object)
 	Blobs     int64   `json:"blobs"`
 	Seconds   float64 `json:"seconds"`
 }
@@ -87,6 +92,16 @@ type rxObject struct {
 	nblocks  int
 	complete bool // all blocks in (maybe being decoded)
 	needed   int8 // 0 unknown (no manifest yet), 1 yes, -1 no
+	// fec holds the repair shards of the object's FEC blocks that still
+	// miss data, by first block
+	fec map[uint32]*fecGroup
+}
+
+// fecGroup is the repair shards received of one FEC block.
+type fecGroup struct {
+	k, m   int
+	shards [][]byte // m, nil where not received
+	n      int
 }
 
 type receiver struct {
@@ -105,8 +120,12 @@ type receiver struct {
 	sealer *seal.Sealer // a sealed session's data key (nil: plain)
 	ctlKey *seal.Sealer // and its control key
 	sndKey *seal.Sealer // and its sender key
-	ctr    uint32       // control datagrams sent (their nonces)
-	annCtr uint64       // counter of the last sealed announcement taken
+	fecKey *seal.Sealer // and its repair key
+	// otherVersion is the protocol version of sim datagrams heard that
+	// this node cannot speak (0: none)
+	otherVersion int
+	ctr          uint32 // control datagrams sent (their nonces)
+	annCtr       uint64 // counter of the last sealed announcement taken
 
 	firstSeq, maxSeq uint32
 	seqSet           bool
@@ -211,6 +230,12 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		}
 		if err == nil {
 			r.sndKey, err = seal.New(ck)
+		}
+		if err == nil {
+			ck, err = RepairKey(*cfg.Key)
+		}
+		if err == nil {
+			r.fecKey, err = seal.New(ck)
 		}
 		if err != nil {
 			return r.res, fmt.Errorf("multicast: session key: %w", err)
@@ -344,6 +369,9 @@ func (r *receiver) loop(ctx context.Context) error {
 				if r.sawSealed {
 					hint = " (a sealed session was: it is received through the server that serves it, with a read token, not with --mcast-group)"
 				}
+				if r.otherVersion != 0 {
+					hint += fmt.Sprintf(" (datagrams of multicast protocol version %d were heard; this sim speaks %d: run the same sim version as the server)", r.otherVersion, version)
+				}
 				return fmt.Errorf("multicast: no session for %s announced on %s within %v%s", r.cfg.Want.Short(), r.cfg.Group, r.cfg.Timeout, hint)
 			}
 			return nil
@@ -419,7 +447,10 @@ func (r *receiver) loop(ctx context.Context) error {
 			if r.cfg.tamper != nil {
 				r.cfg.tamper(b)
 			}
-			if Decode(b, &p) != nil {
+			if err := Decode(b, &p); err != nil {
+				if errors.Is(err, ErrVersion) && r.otherVersion == 0 {
+					r.otherVersion = int(b[2])
+				}
 				continue // foreign or damaged: the checksum or bounds failed
 			}
 			if r.id != 0 && p.Session != r.id {
@@ -480,6 +511,16 @@ func (r *receiver) loop(ctx context.Context) error {
 				}
 				lastHeard = time.Now()
 				r.data1(&p.Data)
+			case KindRepair, KindSealedRepair:
+				if r.objs == nil || (p.Kind == KindSealedRepair) != (r.fecKey != nil) {
+					continue
+				}
+				if r.fecKey != nil && OpenRepair(b, &p, r.fecKey) != nil {
+					r.res.Unopened++
+					continue
+				}
+				lastHeard = time.Now()
+				r.repair1(&p.Repair)
 			}
 		}
 	}
@@ -526,20 +567,7 @@ func (r *receiver) data1(d *Data) {
 		return
 	}
 	r.res.WireBytes += int64(len(d.Payload))
-	if o.buf == nil {
-		if o.size != 0 && o.size != int(d.ObjLen) {
-			return
-		}
-		if r.mem+int64(d.ObjLen) > r.cfg.MemLimit {
-			return // left for a repair pass
-		}
-		o.size = int(d.ObjLen)
-		o.nblocks = (o.size + blk - 1) / blk
-		o.buf = make([]byte, o.size)
-		o.have = make([]uint64, (o.nblocks+63)/64)
-		r.mem += int64(o.size)
-	}
-	if int(d.ObjLen) != o.size {
+	if !r.alloc(o, d.ObjLen) {
 		return
 	}
 	b := int(d.Offset) / blk
@@ -553,13 +581,153 @@ func (r *receiver) data1(d *Data) {
 	copy(o.buf[d.Offset:], d.Payload)
 	o.got++
 	if o.got == o.nblocks {
-		o.complete = true
-		if d.Object == 0 {
-			r.manifest(o)
-			return
+		r.objectIn(d.Object)
+		return
+	}
+	// a block a repair pass brought may make a FEC block rebuildable
+	for first, g := range o.fec {
+		if b >= int(first) && b < int(first)+g.k {
+			r.rebuild(d.Object, first, g)
+			break
 		}
-		r.ready = append(r.ready, decodeJob{d.Object, o.buf})
-		r.readyBytes += int64(len(o.buf))
+	}
+}
+
+// alloc makes object o's buffer for an object of size bytes (false: it
+// does not fit the memory limit, or contradicts what is known of o).
+func (r *receiver) alloc(o *rxObject, size uint32) bool {
+	if o.buf == nil {
+		if o.size != 0 && o.size != int(size) {
+			return false
+		}
+		if r.mem+int64(size) > r.cfg.MemLimit {
+			return false // left for a repair pass
+		}
+		blk := int(r.ann.Block)
+		o.size = int(size)
+		o.nblocks = (o.size + blk - 1) / blk
+		o.buf = make([]byte, o.size)
+		o.have = make([]uint64, (o.nblocks+63)/64)
+		r.mem += int64(o.size)
+	}
+	return int(size) == o.size
+}
+
+// objectIn takes object i once every block is in: the manifest is
+// checked at once, other objects wait for the decoder.
+func (r *receiver) objectIn(i uint32) {
+	o := &r.objs[i]
+	o.complete = true
+	o.fec = nil
+	if i == 0 {
+		r.manifest(o)
+		return
+	}
+	r.ready = append(r.ready, decodeJob{i, o.buf})
+	r.readyBytes += int64(len(o.buf))
+}
+
+// repair1 takes a repair shard: kept with its FEC block's until the
+// block has all its data, and used as soon as data and shards make k.
+func (r *receiver) repair1(x *Repair) {
+	if r.cfg.dropRepair != nil && r.cfg.dropRepair(x) {
+		return
+	}
+	r.countSeq(x.Seq)
+	r.res.Shards++
+	if int(x.Object) >= len(r.objs) {
+		return
+	}
+	o := &r.objs[x.Object]
+	if o.complete || o.needed < 0 || len(x.Shard) != int(r.ann.Block) {
+		return
+	}
+	r.res.WireBytes += int64(len(x.Shard))
+	if !r.alloc(o, x.ObjLen) {
+		return
+	}
+	k, m := int(x.K), int(x.M)
+	if int(x.First)+k > o.nblocks {
+		return
+	}
+	g := o.fec[x.First]
+	if g == nil || g.k != k || g.m != m {
+		if r.present(o, int(x.First), k) == k {
+			return // nothing of it missing
+		}
+		if o.fec == nil {
+			o.fec = map[uint32]*fecGroup{}
+		}
+		g = &fecGroup{k: k, m: m, shards: make([][]byte, m)}
+		o.fec[x.First] = g
+	}
+	if g.shards[x.Index] != nil {
+		return
+	}
+	g.shards[x.Index] = bytes.Clone(x.Shard)
+	g.n++
+	r.rebuild(x.Object, x.First, g)
+}
+
+// present counts the data blocks [first, first+k) of o that are in.
+func (r *receiver) present(o *rxObject, first, k int) int {
+	n := 0
+	for b := first; b < first+k; b++ {
+		if o.have[b/64]&(1<<(b%64)) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// rebuild reconstructs the missing data blocks of FEC block first of
+// object i when its data and repair shards make k; the block is done
+// with then (or when its data is all in). Rebuilt bytes are checked
+// with their object, as received ones are (BLAKE3): a forged shard
+// makes the object fail verification, and it is received again.
+func (r *receiver) rebuild(i, first uint32, g *fecGroup) {
+	o := &r.objs[i]
+	blk := int(r.ann.Block)
+	have := r.present(o, int(first), g.k)
+	if have == g.k {
+		delete(o.fec, first)
+		return
+	}
+	if have+g.n < g.k {
+		return
+	}
+	sh := make([][]byte, g.k+g.m)
+	for j := 0; j < g.k; j++ {
+		b := int(first) + j
+		if o.have[b/64]&(1<<(b%64)) == 0 {
+			continue
+		}
+		off := b * blk
+		if off+blk <= o.size {
+			sh[j] = o.buf[off : off+blk]
+		} else {
+			sh[j] = make([]byte, blk) // the object's last block, padded
+			copy(sh[j], o.buf[off:])
+		}
+	}
+	copy(sh[g.k:], g.shards)
+	delete(o.fec, first)
+	if err := fecReconstruct(g.k, sh); err != nil {
+		return // left to the NAKs
+	}
+	for j := 0; j < g.k; j++ {
+		b := int(first) + j
+		if o.have[b/64]&(1<<(b%64)) != 0 {
+			continue
+		}
+		off := b * blk
+		copy(o.buf[off:min(off+blk, o.size)], sh[j])
+		o.have[b/64] |= 1 << (b % 64)
+		o.got++
+		r.res.Recovered++
+	}
+	if o.got == o.nblocks {
+		r.objectIn(i)
 	}
 }
 

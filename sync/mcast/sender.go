@@ -61,7 +61,10 @@ type Config struct {
 	// token), every data datagram's payload encrypted under it. sim serve
 	// sets it when reads need a token.
 	Sealed bool
-	Log    *log.Logger
+	// FEC is the forward error correction of every session (the zero
+	// value: auto, K = DefaultFECK; FEC.Off: none).
+	FEC FEC
+	Log *log.Logger
 }
 
 // Defaults.
@@ -106,6 +109,9 @@ func (c *Config) defaults() {
 	}
 	if c.Log == nil {
 		c.Log = log.New(io.Discard, "", 0)
+	}
+	if !c.FEC.Off && c.FEC.K == 0 {
+		c.FEC.K = DefaultFECK
 	}
 }
 
@@ -301,6 +307,19 @@ type Session struct {
 	ctlKey *seal.Sealer
 	sndKey *seal.Sealer
 	sndCtr atomic.Uint64 // sender datagrams sealed (their nonces)
+	fecKey *seal.Sealer  // a sealed session's repair key
+	// fec: the session's FEC (fec.Off: none); fecEnc and fecPs (the loss
+	// auto sizes R for) belong to the send loop
+	fec    FEC
+	fecEnc fecEncoder
+	fecPs  []float64 // the active members' loss estimates
+	// FEC counters: groups sent with repair shards, repair datagrams,
+	// the expected number of groups some member cannot rebuild (the
+	// sum over groups of min(1, Σ members' P(failure))), and the
+	// distinct groups members asked repairs for after all (NAKs of
+	// blocks, not of whole objects). fecStat under mu.
+	fecStat fecStats
+	nakGrp  map[uint64]bool
 	// ctrSeen is the last control counter of each node that sent a
 	// sealed control datagram (replays are dropped); badCtl counts those
 	// that did not open (only the first few are logged: a stranger
@@ -321,6 +340,7 @@ type Session struct {
 	lossFloor float64
 
 	mu       gosync.Mutex
+	oldProto map[string]bool // addresses heard speaking another protocol version (logged once)
 	members  map[uint64]*member
 	naks     map[uint32]*nakSet // union of what receivers lack, this pass
 	started  time.Time
@@ -348,6 +368,14 @@ type member struct {
 	ivLoss             float64
 	ivFrom, ivAt       time.Time
 	ivMark             time.Time // the current interval's start
+}
+
+// fecStats is what a session's FEC did (SessionInfo).
+type fecStats struct {
+	groups, shards int64
+	predicted      float64
+	repairGroups   int64
+	repairBlocks   int64 // data datagrams of repair passes
 }
 
 // nakSet is the blocks of one object someone lacks; whole: all of it.
@@ -383,9 +411,11 @@ func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface
 	}
 	s := &Session{
 		ID: binary.BigEndian.Uint32(idb[:]), Want: want, Group: grp, Iface: ifi.Name, speedCap: ifaceSpeed(ifi.Name),
-		m: m, opts: o, conn: conn, pc: pc, block: PayloadFor(mtu, m.cfg.Sealed), created: time.Now(),
+		m: m, opts: o, conn: conn, pc: pc, block: BlockFor(mtu, m.cfg.Sealed, !m.cfg.FEC.Off), created: time.Now(),
 		members: map[uint64]*member{}, done: make(chan struct{}), lossFloor: -1,
+		fec: m.cfg.FEC, nakGrp: map[uint64]bool{}, oldProto: map[string]bool{},
 	}
+	s.fecEnc.block = s.block
 	if m.cfg.Sealed {
 		// A fresh key per session, from no secret: nothing that outlives
 		// the session (a store secret, a previous session's key) opens
@@ -405,6 +435,12 @@ func (m *Manager) newSession(want chunk.ID, grp *net.UDPAddr, ifi *net.Interface
 		}
 		if err == nil {
 			s.sndKey, err = seal.New(ck)
+		}
+		if err == nil {
+			ck, err = RepairKey(s.key)
+		}
+		if err == nil {
+			s.fecKey, err = seal.New(ck)
 		}
 		s.ctrSeen = map[uint64]uint32{}
 		if err != nil {
@@ -507,7 +543,12 @@ func (s *Session) summary() string {
 	for _, mb := range inf.Members {
 		counts[mb.State]++
 	}
-	return fmt.Sprintf("%d passes, %s sent, %d members %v", inf.Pass, fmtB(inf.SentBytes), len(inf.Members), counts)
+	fec := ""
+	if inf.FEC != "off" {
+		fec = fmt.Sprintf(", FEC %s: %d repair shards over %d blocks, %d blocks needed repairs (%.1f expected), %d repair datagrams",
+			inf.FEC, inf.FECShards, inf.FECGroups, inf.RepairGroups, inf.FECPredicted, inf.RepairBlocks)
+	}
+	return fmt.Sprintf("%d passes, %s sent, %d members %v%s", inf.Pass, fmtB(inf.SentBytes), len(inf.Members), counts, fec)
 }
 
 func fmtB(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
@@ -560,6 +601,9 @@ func (s *Session) send(ctx context.Context) error {
 	dgram, how := s.block+dataHead+trailerLen, ""
 	if s.sealer != nil {
 		dgram, how = dgram+seal.Overhead, " sealed"
+	}
+	if !s.fec.Off {
+		how += ", FEC " + s.fec.String() + fmt.Sprintf(" (K=%d)", s.fec.K)
 	}
 	s.logf("sending %d objects (%s, %d blobs, planned in %v) to %d receivers, %d-byte%s datagrams",
 		c.NumObjects(), fmtB(c.Bytes), c.Blobs, time.Since(t0).Round(time.Millisecond), n, dgram, how)
@@ -714,6 +758,7 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 	for i := 0; i < 3; i++ {
 		s.announce()
 	}
+	s.fecLoss()
 	var buf []byte
 	const batch = 32
 	msgs := make([]ipv4.Message, 0, batch)
@@ -750,7 +795,14 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 		}
 		if time.Since(lastAdapt) >= adaptEvery {
 			s.adaptRate()
+			s.fecLoss()
 			lastAdapt = time.Now()
+		}
+		return nil
+	}
+	push := func() error {
+		if len(msgs) == batch {
+			return flush()
 		}
 		return nil
 	}
@@ -779,14 +831,88 @@ func (s *Session) sendPass(ctx context.Context, c *Content, work map[uint32]*nak
 				bufs[i] = AppendData(bufs[i][:0], s.ID, d)
 			}
 			msgs = append(msgs, ipv4.Message{Buffers: [][]byte{bufs[i]}, Addr: s.Group})
-			if len(msgs) == batch {
-				if err := flush(); err != nil {
+			if !ns.whole {
+				s.mu.Lock()
+				s.fecStat.repairBlocks++
+				s.mu.Unlock()
+			}
+			if err := push(); err != nil {
+				return err
+			}
+			// A whole object's FEC blocks end with their repair shards
+			// (the blocks of a repair pass go without: few, scattered).
+			if s.fec.Off || !ns.whole || ((b+1)%s.fec.K != 0 && b+1 != nb) {
+				continue
+			}
+			first := b - b%s.fec.K
+			k := b + 1 - first
+			r, fail := s.repairs(k)
+			if r == 0 {
+				continue
+			}
+			par, err := s.fecEnc.encode(data, first, k, r)
+			if err != nil {
+				return err
+			}
+			for j := 0; j < r; j++ {
+				i := len(msgs)
+				x := &Repair{Seq: s.seq.Add(1), Object: o, ObjLen: uint32(len(data)), First: uint32(first),
+					K: uint8(k), M: uint8(fecCodeParity(k)), Index: uint8(j), Shard: par[j]}
+				if s.fecKey != nil {
+					bufs[i] = AppendSealedRepair(bufs[i][:0], s.ID, x, s.fecKey)
+				} else {
+					bufs[i] = AppendRepair(bufs[i][:0], s.ID, x)
+				}
+				msgs = append(msgs, ipv4.Message{Buffers: [][]byte{bufs[i]}, Addr: s.Group})
+				if err := push(); err != nil {
 					return err
 				}
 			}
+			s.mu.Lock()
+			s.fecStat.groups++
+			s.fecStat.shards += int64(r)
+			s.fecStat.predicted += fail
+			s.mu.Unlock()
 		}
 	}
 	return flush()
+}
+
+// repairs is how many repair shards a group of k data blocks gets now
+// (auto: sized to the members' reported loss; fixed R/K: R scaled to k,
+// at least 1), and the chance that some member cannot rebuild it.
+func (s *Session) repairs(k int) (int, float64) {
+	if s.fec.R > 0 {
+		r := min(max((s.fec.R*k+s.fec.K-1)/s.fec.K, 1), fecCodeParity(k))
+		return r, fecFailureFor(k, r, s.fecPs)
+	}
+	return fecRepairsFor(k, s.fecPs)
+}
+
+// fecLoss takes the losses FEC is sized for: those of the members still
+// receiving (not dropped, not done), each member's estimated over all
+// it reported so far with a prior of 1%, as if it
+// had lost 1 of 100 more datagrams: before the first reports (the
+// first groups of a session) R is sized for 1%, and a few hundred
+// datagrams later the member's own figure dominates (0 lost of 10,000:
+// 0.01%). A straggler is dropped at the pass end; until then its loss
+// counts (what it cannot rebuild is repaired). Send loop.
+func (s *Session) fecLoss() {
+	if s.fec.Off {
+		return
+	}
+	now := time.Now()
+	ps := s.fecPs[:0]
+	s.mu.Lock()
+	for _, mb := range s.members {
+		if mb.dropped || mb.status.Done || now.Sub(mb.lastSeen) > 2*time.Second {
+			continue
+		}
+		st := mb.status
+		ps = append(ps, min(float64(st.Lost+fecPriorLost)/float64(st.Received+st.Lost+fecPriorTotal), 0.5))
+	}
+	s.mu.Unlock()
+	s.fecPs = ps
 }
 
 // adaptRate hands the pacer the median receiver's loss since the
@@ -898,7 +1024,20 @@ func (s *Session) control(ctx context.Context) {
 			return
 		}
 		if err := Decode(buf[:n], &p); err != nil {
-			if !errors.Is(err, ErrNotOurs) {
+			switch {
+			case errors.Is(err, ErrNotOurs):
+			case errors.Is(err, ErrVersion):
+				// an older (or newer) sim: it cannot decode this
+				// session's datagrams either, finds no session and
+				// fetches over HTTP; said once per address
+				s.mu.Lock()
+				first := !s.oldProto[from.String()]
+				s.oldProto[from.String()] = true
+				s.mu.Unlock()
+				if first {
+					s.logf("from %s: %v: that node runs another sim (multicast protocol %d here); it fills over HTTP", from, err, version)
+				}
+			default:
 				s.logf("from %s: %v", from, err)
 			}
 			continue
@@ -1012,7 +1151,12 @@ func (s *Session) handle(p *Packet, from *net.UDPAddr) {
 			}
 			for b := r.First; b < r.First+r.Count && b < nb; b++ {
 				ns.blocks[b] = true
+				if !s.fec.Off {
+					// a group FEC did not rebuild for this member
+					s.nakGrp[uint64(r.Object)<<32|uint64(b/uint32(s.fec.K))] = true
+				}
 			}
+			s.fecStat.repairGroups = int64(len(s.nakGrp))
 		}
 	}
 }
@@ -1020,22 +1164,29 @@ func (s *Session) handle(p *Packet, from *net.UDPAddr) {
 // SessionInfo describes a session (GET /v1/mcast/sessions, sim
 // multicast sessions).
 type SessionInfo struct {
-	ID        string       `json:"id"`
-	Want      chunk.ID     `json:"want"`
-	Group     string       `json:"group"`
-	Iface     string       `json:"iface"`
-	Sealed    bool         `json:"sealed,omitempty"` // data encrypted; the key is not listed
-	State     string       `json:"state"`
-	Pass      int          `json:"pass"`
-	RateBits  int64        `json:"rate_bits"`
-	Objects   int          `json:"objects"`
-	Bytes     int64        `json:"bytes"`
-	SentBytes int64        `json:"sent_bytes"`
-	Datagrams uint32       `json:"datagrams"`
-	Created   time.Time    `json:"created"`
-	Seconds   float64      `json:"seconds"` // sending time so far
-	Error     string       `json:"error,omitempty"`
-	Members   []MemberInfo `json:"members"`
+	ID        string    `json:"id"`
+	Want      chunk.ID  `json:"want"`
+	Group     string    `json:"group"`
+	Iface     string    `json:"iface"`
+	Sealed    bool      `json:"sealed,omitempty"` // data encrypted; the key is not listed
+	State     string    `json:"state"`
+	Pass      int       `json:"pass"`
+	RateBits  int64     `json:"rate_bits"`
+	Objects   int       `json:"objects"`
+	Bytes     int64     `json:"bytes"`
+	SentBytes int64     `json:"sent_bytes"`
+	Datagrams uint32    `json:"datagrams"`
+	Created   time.Time `json:"created"`
+	Seconds   float64   `json:"seconds"` // sending time so far
+	Error     string    `json:"error,omitempty"`
+	// FEC: auto, off or R/K; what it sent and what it predicted
+	FEC          string       `json:"fec"`
+	FECGroups    int64        `json:"fec_groups,omitempty"`    // FEC blocks sent with repair shards
+	FECShards    int64        `json:"fec_shards,omitempty"`    // repair datagrams
+	FECPredicted float64      `json:"fec_predicted,omitempty"` // expected FEC blocks some member cannot rebuild
+	RepairGroups int64        `json:"repair_groups"`           // FEC blocks members asked repairs of after all
+	RepairBlocks int64        `json:"repair_blocks"`           // data datagrams of repair passes
+	Members      []MemberInfo `json:"members"`
 }
 
 // MemberInfo is one receiver of a session.
@@ -1072,6 +1223,9 @@ func (s *Session) Info() SessionInfo {
 	if s.err != nil {
 		inf.Error = s.err.Error()
 	}
+	inf.FEC = s.fec.String()
+	inf.FECGroups, inf.FECShards, inf.FECPredicted = s.fecStat.groups, s.fecStat.shards, s.fecStat.predicted
+	inf.RepairGroups, inf.RepairBlocks = s.fecStat.repairGroups, s.fecStat.repairBlocks
 	for _, mb := range s.members {
 		mi := MemberInfo{Node: fmt.Sprintf("%016x", mb.node), Name: mb.name, Addr: mb.addr.String(), Late: mb.late,
 			NeedBytes: mb.status.NeedBytes, GotBytes: mb.status.GotBytes, Received: mb.status.Received, NakRanges: mb.naks}

@@ -36,6 +36,7 @@ func init() {
 type SenderFlags struct {
 	prefix             string
 	group, rate, iface string
+	fec                string
 	wait               time.Duration
 	minReceivers       int
 	mtu, ttl, passes   int
@@ -52,6 +53,7 @@ func (o *SenderFlags) Add(f *pflag.FlagSet, prefix string) {
 	f.IntVar(&o.mtu, prefix+"mtu", 0, "datagram size cap (default: the interface's MTU, jumbo frames included)")
 	f.IntVar(&o.ttl, prefix+"ttl", 1, "multicast TTL (1: the local network)")
 	f.IntVar(&o.passes, prefix+"passes", DefaultPasses, "passes at most: the first and the repairs; the rest goes over HTTP")
+	f.StringVar(&o.fec, prefix+"fec", "auto", "forward error correction: `auto` (repair shards per 128 data blocks, sized to the loss the receivers report), off, or R/K (R repair shards per K data blocks, K up to 128, e.g. 6/128)")
 }
 
 // Config checks the flags and returns the Manager configuration; bad
@@ -88,6 +90,9 @@ func (o *SenderFlags) Config(logw io.Writer, logPrefix string) (Config, error) {
 		return bad("min-receivers", fmt.Sprint(o.minReceivers), errors.New("want 0 or more"))
 	case o.wait < 0:
 		return bad("wait", o.wait.String(), errors.New("want 0 or more"))
+	}
+	if cfg.FEC, err = ParseFEC(o.fec); err != nil {
+		return bad("fec", o.fec, err)
 	}
 	cfg.Group, cfg.RateBits, cfg.Wait, cfg.MinReceivers = g, rate.Bits(), o.wait, o.minReceivers
 	cfg.MTU, cfg.TTL, cfg.MaxPasses = o.mtu, o.ttl, o.passes

@@ -5,6 +5,7 @@
 package transports
 
 import (
+	_ "github.com/systemimager/sim/sync/auto"     // auto
 	_ "github.com/systemimager/sim/sync/bt"       // bittorrent
 	_ "github.com/systemimager/sim/sync/httppull" // http
 	_ "github.com/systemimager/sim/sync/mcast"    // multicast

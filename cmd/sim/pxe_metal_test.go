@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/systemimager/sim/client/install"
+)
+
+// TestMetalPXE is a real PXE boot: qemu's own iPXE option ROM gets its
+// address and boot.ipxe (what `sim netboot ipxe` writes) from qemu's
+// built-in DHCP and TFTP, chains to sim serve's per-node script, which
+// boots the installer; the node installs with the fleet's enroll token
+// (baked into the initrd: a netbooted node's command line is the
+// server's); and the next boot of the same VM, the same firmware boot
+// order, goes to the installed disk by itself (the per-node script now
+// says sanboot), never into the installer again.
+func TestMetalPXE(t *testing.T) {
+	m := newMetalLab(t)
+	// The netboot initrd with the enroll token in it.
+	tok := filepath.Join(m.dir, "enroll.token")
+	if err := os.WriteFile(tok, []byte(strings.TrimPrefix(m.enrollToken(), "sim.token=")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, m.store, "initrd", "build", "-o", m.netboot, "--sim", filepath.Join(m.dir, "sim"),
+		"--trust", strings.TrimSuffix(m.signKey, ".key")+".pub", "--token-file", tok)
+	tftp := filepath.Join(m.dir, "tftp")
+	out := ok(t, m.store, "netboot", "ipxe", "--server", m.url, "--out", tftp)
+	if !strings.Contains(out, filepath.Join(tftp, "boot.ipxe")) {
+		t.Fatalf("sim netboot ipxe wrote:\n%s", out)
+	}
+	v := m.newVM("pxe", 7, "3G", false) // n7's MAC
+	con := m.pxeBoot(v, tftp, 15*time.Minute, "SIM INSTALL FAILED")
+	if !strings.Contains(con, "SIM INSTALL DONE") {
+		t.Fatalf("PXE install did not finish; console tail:\n%s", tail(con, 4000))
+	}
+	if !strings.Contains(con, "sim.node=n7") {
+		t.Errorf("the installer's kernel did not come from n7's iPXE script (no sim.node=n7 on its command line):\n%s", tail(con, 3000))
+	}
+	st := m.statuses()["n7"]
+	if st.State != install.Done || st.Step != "done" {
+		t.Fatalf("n7: server status %+v; want done", st)
+	}
+	m.enrolled("n7")
+	t.Logf("FIGURE PXE install (BIOS, iPXE ROM → TFTP → sim serve): %.1f s from power-on to installed and powered off; server sent %.1f MB",
+		v.elapsed.Seconds(), float64(st.Bytes)/1e6)
+
+	// The same VM, the same network-first boot: the per-node script
+	// now boots the disk.
+	con = m.pxeBoot(v, tftp, 6*time.Minute, "sim.server=")
+	want := "SIM-HELLO host=n7 post=post-ok n7 override=override-ok"
+	if !strings.Contains(con, want) {
+		t.Fatalf("second network boot did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
+	}
+	if strings.Contains(con, "sim.server=") || strings.Contains(con, "SIM INSTALL") {
+		t.Errorf("second network boot ran the installer again:\n%s", tail(con, 3000))
+	}
+	if st2 := m.statuses()["n7"]; !st2.Time.Equal(st.Time) {
+		t.Errorf("n7 reported again on its local boot: %+v", st2)
+	}
+	t.Logf("FIGURE PXE local boot: %.1f s from power-on (iPXE, sanboot, GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
+}
+
+// pxeBoot boots v from the network first (-boot n: qemu's iPXE ROM, its
+// DHCP and TFTP from dir with boot.ipxe as the boot file) until it powers
+// off or the timeout; a console showing fail stops it at once (the
+// installer's failure shell would wait for the timeout).
+func (m *metalLab) pxeBoot(v *vm, dir string, timeout time.Duration, fail string) string {
+	args := []string{"-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none", "-monitor", "none",
+		"-serial", "stdio", "-no-reboot",
+		"-drive", "file=" + v.disk + ",format=raw,if=virtio",
+		"-netdev", "user,id=n0,tftp=" + dir + ",bootfile=boot.ipxe",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + v.mac,
+		"-boot", "n"}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	w := &watchBuf{want: []string{fail}, hit: make(chan string, 1)}
+	c.Stdout, c.Stderr = w, w
+	start := time.Now()
+	if err := c.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	var err error
+	failed := false
+	select {
+	case err = <-done:
+	case <-w.hit:
+		failed = true
+		cancel()
+		err = <-done
+	}
+	v.elapsed = time.Since(start)
+	v.console = w.String()
+	switch {
+	case failed:
+		m.t.Errorf("%s: console shows %q; tail:\n%s", v.name, fail, tail(v.console, 3000))
+	case ctx.Err() != nil:
+		m.t.Errorf("%s: VM still running after %v; console tail:\n%s", v.name, timeout, tail(v.console, 3000))
+	case err != nil:
+		m.t.Errorf("%s: qemu: %v\n%s", v.name, err, tail(v.console, 3000))
+	}
+	return v.console
+}
+
+// watchBuf is a console that says (once) when any of want appears.
+type watchBuf struct {
+	mu   sync.Mutex
+	b    bytes.Buffer
+	want []string
+	hit  chan string
+	seen bool
+}
+
+func (w *watchBuf) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b.Write(p)
+	if !w.seen {
+		// Only the tail can hold a new match.
+		s := w.b.Bytes()
+		if len(s) > len(p)+256 {
+			s = s[len(s)-len(p)-256:]
+		}
+		for _, x := range w.want {
+			if x != "" && bytes.Contains(s, []byte(x)) {
+				w.seen = true
+				w.hit <- x
+				break
+			}
+		}
+	}
+	return len(p), nil
+}
+
+func (w *watchBuf) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}

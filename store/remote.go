@@ -1,0 +1,553 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/zeebo/blake3"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store/s3"
+)
+
+// The store on S3 (ARCHITECTURE.md "The store on S3"): the bucket is the
+// truth, the local directory a cache that can be thrown away. Object keys,
+// under the location's prefix:
+//
+//	config                              the store's Config (JSON), created once by init
+//	packs/<pack id>.pack                packs, immutable, uploaded before any index file names them
+//	index/<writer id>/<seq, 16 hex>     one index file per Writer.Flush (format below), immutable
+//	commits/<commit id>                 encoded commits, created once
+//	refs/images/<name>/<^seq, 16 hex>   an image's log: refEntry JSON, newest first
+//	refs/tags/<name>/<^seq, 16 hex>     a tag's log, likewise
+//	meta/<hex of the badger key>        trust keys, settings, secrets, tokens, signatures
+//
+// Index file: "SIMIDX1\n" { pack id(32) uvarint(size) uvarint(len(h)) h }*
+// BLAKE3(all before)(32), where h is the pack's header as in the pack.
+
+const (
+	kIndexFile = "x" // + index file key → nothing: loaded into this cache
+	idxMagic   = "SIMIDX1\n"
+)
+
+// metaPrefixes are the badger prefixes mirrored under meta/.
+var metaPrefixes = []string{kSig, kTrust, kSetting, kToken}
+
+type remote struct {
+	c      *s3.Client
+	loc    string
+	writer string // this Store's writer id, for index file names
+
+	mu          sync.Mutex
+	seq         uint64
+	lastRefresh time.Time
+	packMu      sync.Mutex
+}
+
+// IsRemote reports whether loc names a store on an object store (s3://).
+func IsRemote(loc string) bool { return s3.IsLocation(loc) }
+
+func remoteCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 5*time.Minute)
+}
+
+// CacheDir is the local cache directory of an S3 store: $SIM_S3_CACHE if
+// set, else under $XDG_CACHE_HOME/sim/s3 (or /var/cache/sim/s3 for root,
+// ~/.cache/sim/s3 for others), named by a hash of the location.
+func CacheDir(loc string) (string, error) {
+	if d := os.Getenv("SIM_S3_CACHE"); d != "" {
+		return d, nil
+	}
+	l, err := s3.ParseLocation(loc)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256([]byte(l.String()))
+	name := hex.EncodeToString(h[:8])
+	if x := os.Getenv("XDG_CACHE_HOME"); x != "" {
+		return filepath.Join(x, "sim", "s3", name), nil
+	}
+	if os.Geteuid() == 0 {
+		return filepath.Join("/var/cache/sim/s3", name), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("s3 store cache: %w (set $SIM_S3_CACHE)", err)
+	}
+	return filepath.Join(home, ".cache", "sim", "s3", name), nil
+}
+
+func initRemote(loc string) error {
+	c, err := s3.Open(loc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	ok, err := c.BucketExists(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("store %s: bucket %q does not exist at %s (create it first)", c.Loc, c.Loc.Bucket, c.Loc.Endpoint)
+	}
+	b, _ := json.MarshalIndent(DefaultConfig(), "", "  ")
+	if err := c.PutCreateOnce(ctx, "config", append(b, '\n')); errors.Is(err, s3.ErrExists) {
+		return fmt.Errorf("a store already exists at %s", c.Loc)
+	} else if errors.Is(err, s3.ErrUnknown) {
+		if got, gerr := c.Get(ctx, "config"); gerr == nil && bytes.Equal(got, append(b, '\n')) {
+			return nil
+		}
+		return err
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// OpenCache opens the store at loc; for an s3:// store cache names its
+// local cache directory ("" for CacheDir's default). Several Stores on one
+// bucket need one cache each.
+func OpenCache(loc, cache string) (*Store, error) {
+	if !IsRemote(loc) {
+		return Open(loc)
+	}
+	c, err := s3.Open(loc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	cb, err := c.Get(ctx, "config")
+	if errors.Is(err, s3.ErrNotFound) {
+		return nil, fmt.Errorf("no sim store at %s (sim init --store '%s')", c.Loc, loc)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var cfg Config
+	if err := json.Unmarshal(cb, &cfg); err != nil {
+		return nil, fmt.Errorf("store %s: config: %w", c.Loc, err)
+	}
+	if cfg.Version != FormatVersion {
+		return nil, fmt.Errorf("store %s: format version %d, this sim reads %d", c.Loc, cfg.Version, FormatVersion)
+	}
+	if cache == "" {
+		if cache, err = CacheDir(loc); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cache, "config")); err != nil {
+		if err := Init(cache); err != nil {
+			return nil, fmt.Errorf("s3 store cache %s: %w", cache, err)
+		}
+		if err := writeFileAtomic(filepath.Join(cache, "config"), cb, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	s, err := Open(cache)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg = cfg
+	var w [8]byte
+	rand.Read(w[:])
+	s.rem = &remote{c: c, loc: loc, writer: hex.EncodeToString(w[:])}
+	if err := s.refresh(true); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Location is where the store lives: its directory, or its s3:// location.
+func (s *Store) Location() string {
+	if s.rem != nil {
+		return s.rem.loc
+	}
+	return s.dir
+}
+
+// Remote is the S3 client of an S3 store (nil for a local one).
+func (s *Store) Remote() *s3.Client {
+	if s.rem == nil {
+		return nil
+	}
+	return s.rem.c
+}
+
+// Refresh loads what other writers added to the bucket (index files,
+// commits, meta) into the local cache. A local store has nothing to do.
+func (s *Store) Refresh() error { return s.refresh(true) }
+
+// refresh is Refresh, at most once a second unless force.
+func (s *Store) refresh(force bool) error {
+	r := s.rem
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !force && time.Since(r.lastRefresh) < time.Second {
+		return nil
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	if err := s.loadIndexFiles(ctx); err != nil {
+		return err
+	}
+	if err := s.loadCommits(ctx); err != nil {
+		return err
+	}
+	if err := s.loadMeta(ctx); err != nil {
+		return err
+	}
+	r.lastRefresh = time.Now()
+	return nil
+}
+
+func (s *Store) hasKey(k []byte) bool {
+	return s.db.View(func(txn *badger.Txn) error { _, err := txn.Get(k); return err }) == nil
+}
+
+func (s *Store) loadIndexFiles(ctx context.Context) error {
+	objs, err := s.rem.c.List(ctx, "index/", 0)
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		mark := []byte(kIndexFile + o.Key)
+		if s.hasKey(mark) {
+			continue
+		}
+		b, err := s.rem.c.Get(ctx, o.Key)
+		if err != nil {
+			return err
+		}
+		packs, err := decodeIndexFile(b)
+		if err != nil {
+			return fmt.Errorf("index file %s: %w", o.Key, err)
+		}
+		wb := s.db.NewWriteBatch()
+		for _, p := range packs {
+			if err == nil {
+				err = indexPack(wb, p)
+			}
+		}
+		if err == nil {
+			err = wb.Set(mark, nil)
+		}
+		if err == nil {
+			err = wb.Flush()
+		}
+		wb.Cancel()
+		if err != nil {
+			return fmt.Errorf("load index file %s: %w", o.Key, err)
+		}
+	}
+	return nil
+}
+
+func indexPack(wb *badger.WriteBatch, p packDone) error {
+	var sz [8]byte
+	binary.BigEndian.PutUint64(sz[:], uint64(p.size))
+	if err := wb.Set(append([]byte(kPack), p.id[:]...), sz[:]); err != nil {
+		return err
+	}
+	for _, e := range p.ents {
+		if err := wb.Set(append([]byte(kBlob), e.ID[:]...), e.Loc.marshal()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func encodeIndexFile(packs []packDone) []byte {
+	b := []byte(idxMagic)
+	for _, p := range packs {
+		h := encodePackHeader(p.ents)
+		b = append(b, p.id[:]...)
+		b = binary.AppendUvarint(b, uint64(p.size))
+		b = binary.AppendUvarint(b, uint64(len(h)))
+		b = append(b, h...)
+	}
+	sum := blake3.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+func decodeIndexFile(b []byte) ([]packDone, error) {
+	if len(b) < len(idxMagic)+32 || string(b[:len(idxMagic)]) != idxMagic {
+		return nil, fmt.Errorf("not a sim index file")
+	}
+	body, sum := b[:len(b)-32], b[len(b)-32:]
+	if got := blake3.Sum256(body); !bytes.Equal(got[:], sum) {
+		return nil, fmt.Errorf("checksum mismatch")
+	}
+	r := body[len(idxMagic):]
+	var out []packDone
+	for len(r) > 0 {
+		if len(r) < 32 {
+			return nil, fmt.Errorf("truncated")
+		}
+		var p packDone
+		copy(p.id[:], r)
+		r = r[32:]
+		size, n := binary.Uvarint(r)
+		if n <= 0 {
+			return nil, fmt.Errorf("bad pack size")
+		}
+		r = r[n:]
+		hl, n := binary.Uvarint(r)
+		if n <= 0 || hl > uint64(len(r)-n) {
+			return nil, fmt.Errorf("bad header length")
+		}
+		r = r[n:]
+		ents, err := decodePackHeader(r[:hl], p.id, size)
+		if err != nil {
+			return nil, err
+		}
+		r = r[hl:]
+		p.size, p.ents = int64(size), ents
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// uploadIndex writes the index file naming packs (already uploaded).
+func (s *Store) uploadIndex(packs []packDone) (string, error) {
+	r := s.rem
+	r.mu.Lock()
+	r.seq++
+	key := fmt.Sprintf("index/%s/%016x", r.writer, r.seq)
+	r.mu.Unlock()
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	return key, r.c.Put(ctx, key, encodeIndexFile(packs))
+}
+
+func packKey(id chunk.ID) string { return "packs/" + id.String() + ".pack" }
+
+// uploadPack puts an installed pack into the bucket.
+func (s *Store) uploadPack(id chunk.ID) error {
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	return s.rem.c.PutFile(ctx, packKey(id), s.packPath(id))
+}
+
+// fetchPack makes sure pack id is in the local cache.
+func (s *Store) fetchPack(id chunk.ID) error {
+	p := s.packPath(id)
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	s.rem.packMu.Lock()
+	defer s.rem.packMu.Unlock()
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	return s.rem.c.GetFile(ctx, packKey(id), p)
+}
+
+// remotePacks lists the packs in the bucket, fetched into the cache.
+func (s *Store) remotePacks() (map[chunk.ID]string, error) {
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	objs, err := s.rem.c.List(ctx, "packs/", 0)
+	if err != nil {
+		return nil, err
+	}
+	out := map[chunk.ID]string{}
+	for _, o := range objs {
+		id, err := chunk.Parse(strings.TrimSuffix(strings.TrimPrefix(o.Key, "packs/"), ".pack"))
+		if err != nil {
+			continue
+		}
+		if err := s.fetchPack(id); err != nil {
+			return nil, err
+		}
+		out[id] = s.packPath(id)
+	}
+	return out, nil
+}
+
+// ---- commits ----
+
+func commitKey(id chunk.ID) string { return "commits/" + id.String() }
+
+func (s *Store) uploadCommit(id chunk.ID, b []byte) error {
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	err := s.rem.c.PutCreateOnce(ctx, commitKey(id), b)
+	if errors.Is(err, s3.ErrExists) {
+		return nil // the same bytes: its id is their hash
+	}
+	if errors.Is(err, s3.ErrUnknown) {
+		if got, gerr := s.rem.c.Get(ctx, commitKey(id)); gerr == nil && chunk.Verify(id, got) == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// fetchCommit gets commit id from the bucket into the cache.
+func (s *Store) fetchCommit(id chunk.ID) ([]byte, error) {
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	b, err := s.rem.c.Get(ctx, commitKey(id))
+	if err != nil {
+		return nil, err
+	}
+	if err := chunk.Verify(id, b); err != nil {
+		return nil, fmt.Errorf("commit object %s: %w", id.Short(), err)
+	}
+	return b, s.db.Update(func(txn *badger.Txn) error { return txn.Set(append([]byte(kCommit), id[:]...), b) })
+}
+
+func (s *Store) loadCommits(ctx context.Context) error {
+	objs, err := s.rem.c.List(ctx, "commits/", 0)
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		id, err := chunk.Parse(strings.TrimPrefix(o.Key, "commits/"))
+		if err != nil {
+			continue
+		}
+		if s.hasKey(append([]byte(kCommit), id[:]...)) {
+			continue
+		}
+		if _, err := s.fetchCommit(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ---- meta ----
+
+// metaSync mirrors badger keys to meta/ after a local write: present keys
+// are uploaded, absent ones deleted.
+func (s *Store) metaSync(keys ...[]byte) error {
+	if s.rem == nil {
+		return nil
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	for _, k := range keys {
+		var v []byte
+		err := s.db.View(func(txn *badger.Txn) error {
+			it, err := txn.Get(k)
+			if err != nil {
+				return err
+			}
+			v, err = it.ValueCopy(nil)
+			return err
+		})
+		name := "meta/" + hex.EncodeToString(k)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+			err = s.rem.c.Delete(ctx, name)
+		case err == nil:
+			// A zero-length object is refused by radosgw's signature
+			// check: store the value behind a one-byte marker.
+			err = s.rem.c.Put(ctx, name, append([]byte{'v'}, v...))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) loadMeta(ctx context.Context) error {
+	objs, err := s.rem.c.List(ctx, "meta/", 0)
+	if err != nil {
+		return err
+	}
+	remoteKeys := map[string]bool{}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, o := range objs {
+		k, err := hex.DecodeString(strings.TrimPrefix(o.Key, "meta/"))
+		if err != nil || len(k) == 0 {
+			continue
+		}
+		remoteKeys[string(k)] = true
+		if string(k[:1]) == kSig && s.hasKey(k) {
+			continue // signatures never change
+		}
+		v, err := s.rem.c.Get(ctx, o.Key)
+		if errors.Is(err, s3.ErrNotFound) {
+			continue // deleted since the LIST
+		}
+		if err != nil {
+			return err
+		}
+		if len(v) == 0 || v[0] != 'v' {
+			return fmt.Errorf("meta object %s: bad format", o.Key)
+		}
+		if err := wb.Set(k, v[1:]); err != nil {
+			return err
+		}
+	}
+	for _, p := range metaPrefixes {
+		err := s.scan(p, false, func(k, _ []byte) error {
+			full := append([]byte(p), k...)
+			if !remoteKeys[string(full)] {
+				return wb.Delete(full)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// remoteSecret makes sure the secret under badger key k is the bucket's:
+// the first frontend to need it creates it once, every other one reads it.
+func (s *Store) remoteSecret(k []byte) error {
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	name := "meta/" + hex.EncodeToString(k)
+	v, err := s.rem.c.Get(ctx, name)
+	if errors.Is(err, s3.ErrNotFound) {
+		fresh := make([]byte, 33)
+		fresh[0] = 'v'
+		if _, err := rand.Read(fresh[1:]); err != nil {
+			return err
+		}
+		err = s.rem.c.PutCreateOnce(ctx, name, fresh)
+		if err == nil {
+			v = fresh
+		} else if errors.Is(err, s3.ErrExists) || errors.Is(err, s3.ErrUnknown) {
+			v, err = s.rem.c.Get(ctx, name)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(v) != 33 || v[0] != 'v' {
+		return fmt.Errorf("meta object %s: bad format", name)
+	}
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Set(k, v[1:]) })
+}

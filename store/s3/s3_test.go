@@ -1,0 +1,180 @@
+package s3_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/systemimager/sim/store/s3"
+	"github.com/systemimager/sim/store/s3/s3test"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	s3test.StopShared()
+	os.Exit(code)
+}
+
+func cluster(t *testing.T) *s3test.Cluster {
+	t.Helper()
+	c, skip, err := s3test.Shared()
+	if skip != "" {
+		t.Skip(skip)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestParseLocation(t *testing.T) {
+	l, err := s3.ParseLocation("s3://bkt/some/prefix?endpoint=http://127.0.0.1:7480")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Bucket != "bkt" || l.Prefix != "some/prefix/" || l.Endpoint != "http://127.0.0.1:7480" {
+		t.Fatalf("parsed %+v", l)
+	}
+	for loc, want := range map[string]string{
+		"s3://bkt":                               "no endpoint",
+		"s3://?endpoint=http://x":                "no bucket",
+		"s3://k:secret@bkt?endpoint=http://x":    "credentials do not belong",
+		"s3://bkt?endpoint=ftp://x":              "is not http(s)",
+		"s3://bkt?endpoint=http://x&colour=blue": `unknown parameter "colour"`,
+	} {
+		_, err := s3.ParseLocation(loc)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error with %q", loc, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: error shows the secret: %v", loc, err)
+		}
+	}
+}
+
+func TestMissingCredentials(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("SIM_S3_CREDENTIALS", "")
+	_, err := s3.Open("s3://bkt?endpoint=http://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY not set") {
+		t.Fatalf("got %v", err)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "x")
+	_, err = s3.Open("s3://bkt?endpoint=http://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "$AWS_SECRET_ACCESS_KEY not set") || strings.Contains(err.Error(), "$AWS_ACCESS_KEY_ID ") {
+		t.Fatalf("got %v", err)
+	}
+	f := t.TempDir() + "/creds"
+	os.WriteFile(f, []byte("AWS_ACCESS_KEY_ID=a\n"), 0o600)
+	_, err = s3.Open("s3://bkt?endpoint=http://127.0.0.1:1&credentials=" + f)
+	if err == nil || !strings.Contains(err.Error(), f) || !strings.Contains(err.Error(), "needs both") {
+		t.Fatalf("got %v", err)
+	}
+	os.WriteFile(f, []byte("# keys\nAWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n"), 0o600)
+	t.Setenv("SIM_S3_CREDENTIALS", f)
+	if _, err = s3.Open("s3://bkt?endpoint=http://127.0.0.1:1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOps(t *testing.T) {
+	c := cluster(t)
+	cl, err := c.Client(c.Bucket, "ops-"+t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("0123456789"), 100000)
+	if err := cl.Put(ctx, "a/obj", data); err != nil {
+		t.Fatal(err)
+	}
+	got, err := cl.GetRange(ctx, "a/obj", 12345, 1000)
+	if err != nil || !bytes.Equal(got, data[12345:13345]) {
+		t.Fatalf("range: %v, equal %v", err, bytes.Equal(got, data[12345:13345]))
+	}
+	if got, err := cl.Get(ctx, "a/obj"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("get: %v", err)
+	}
+	if _, err := cl.Get(ctx, "a/missing"); !errors.Is(err, s3.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	if err := cl.PutCreateOnce(ctx, "a/once", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.PutCreateOnce(ctx, "a/once", []byte("2")); !errors.Is(err, s3.ErrExists) {
+		t.Fatalf("second create: %v", err)
+	}
+	if got, _ := cl.Get(ctx, "a/once"); string(got) != "1" {
+		t.Fatalf("create-once overwritten: %q", got)
+	}
+	for i := 3; i >= 0; i-- {
+		if err := cl.Put(ctx, fmt.Sprintf("l/%d", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls, err := cl.List(ctx, "l/", 0)
+	if err != nil || len(ls) != 4 || ls[0].Key != "l/0" || ls[3].Key != "l/3" {
+		t.Fatalf("list: %v %v", ls, err)
+	}
+	if ls, err := cl.List(ctx, "l/", 1); err != nil || len(ls) != 1 || ls[0].Key != "l/0" {
+		t.Fatalf("list 1: %v %v", ls, err)
+	}
+	if d, err := cl.ListDirs(ctx, ""); err != nil || strings.Join(d, ",") != "a,l" {
+		t.Fatalf("dirs: %v %v", d, err)
+	}
+	if err := cl.Delete(ctx, "a/once"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Get(ctx, "a/once"); !errors.Is(err, s3.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+}
+
+// TestCreateOnceRace: 16 writers create one key; exactly one wins, every
+// other is told ErrExists (or ErrUnknown, then the object shows who won).
+func TestCreateOnceRace(t *testing.T) {
+	c := cluster(t)
+	cl, err := c.Client(c.Bucket, "race")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 5; round++ {
+		key := fmt.Sprintf("k%d", round)
+		var wg sync.WaitGroup
+		res := make([]error, 16)
+		for i := range res {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i] = cl.PutCreateOnce(context.Background(), key, []byte(fmt.Sprint(i)))
+			}()
+		}
+		wg.Wait()
+		won := -1
+		for i, err := range res {
+			switch {
+			case err == nil:
+				if won >= 0 {
+					t.Fatalf("round %d: writers %d and %d both won", round, won, i)
+				}
+				won = i
+			case errors.Is(err, s3.ErrExists), errors.Is(err, s3.ErrUnknown):
+			default:
+				t.Fatalf("round %d writer %d: %v", round, i, err)
+			}
+		}
+		got, err := cl.Get(context.Background(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if won >= 0 && string(got) != fmt.Sprint(won) {
+			t.Fatalf("round %d: %d won but the object holds %q", round, won, got)
+		}
+	}
+}

@@ -1,0 +1,300 @@
+package auto_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	gosync "sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/client"
+	"github.com/systemimager/sim/snapshot/snapshottest"
+	"github.com/systemimager/sim/store"
+	"github.com/systemimager/sim/store/storetest"
+	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/auto"
+	"github.com/systemimager/sim/sync/bt"
+	_ "github.com/systemimager/sim/sync/transports"
+)
+
+func TestChoose(t *testing.T) {
+	all := []string{auto.BitTorrent, auto.Multicast}
+	const gbit, mbit50 = 125e6, 6.25e6
+	for _, c := range []struct {
+		name  string
+		in    auto.Inputs
+		want  string
+		check func(auto.Choice) string
+	}{
+		{"a small delta to many nodes goes over HTTP", auto.Inputs{Bytes: 21e3, Nodes: 50, Uplink: gbit, Available: all}, auto.HTTP, nil},
+		{"one node never needs a session", auto.Inputs{Bytes: 65e6, Nodes: 1, Uplink: gbit, Available: all}, auto.HTTP, nil},
+		{"two nodes on a fast uplink: the stream is still cheaper", auto.Inputs{Bytes: 65e6, Nodes: 2, Uplink: gbit, Available: all}, auto.HTTP, nil},
+		{"16 nodes, an image: multicast", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, nil},
+		{"16 nodes without multicast: a swarm", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: []string{auto.BitTorrent}}, auto.BitTorrent, nil},
+		{"only HTTP served", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit}, auto.HTTP, nil},
+		{"two nodes behind 50 Mbit: one copy, not two (a swarm starts slower but repairs nothing)", auto.Inputs{Bytes: 65e6, Nodes: 2, Uplink: mbit50, Available: all}, auto.BitTorrent, nil},
+		{"lossless multicast seen: two nodes behind 50 Mbit", auto.Inputs{Bytes: 65e6, Nodes: 2, Uplink: mbit50, Available: all, McastOverhead: 1.01}, auto.Multicast, nil},
+		{"lossy multicast loses to the swarm", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: mbit50, Available: all, McastOverhead: 3}, auto.BitTorrent, nil},
+		{"the reason names the figures", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, func(c auto.Choice) string {
+			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 1.6 s", "http 8.3 s"} {
+				if !strings.Contains(c.Reason, s) {
+					return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
+				}
+			}
+			if len(c.Predicted) != 3 {
+				return fmt.Sprintf("predicted %v: want three transports", c.Predicted)
+			}
+			return ""
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := auto.Choose(c.in)
+			if got.Transport != c.want {
+				t.Errorf("chose %s, want %s (%s)", got.Transport, c.want, got.Reason)
+			}
+			if c.check != nil {
+				if msg := c.check(got); msg != "" {
+					t.Error(msg)
+				}
+			}
+		})
+	}
+}
+
+// world is a server with a BitTorrent seeder and the advisor, on a store
+// holding v1 (an image of about 11 MB of incompressible files) and v2
+// (two files changed).
+type world struct {
+	st      *store.Store
+	srv     *simsync.Server
+	url     string
+	v1, v2  chunk.ID
+	src1    string
+	src2    string
+	advisor *auto.Advisor
+	log     *syncBuffer
+}
+
+type syncBuffer struct {
+	mu gosync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newWorld(t *testing.T, gather time.Duration) *world {
+	w := &world{st: storetest.New(t), src1: filepath.Join(t.TempDir(), "v1"), src2: filepath.Join(t.TempDir(), "v2"), log: &syncBuffer{}}
+	files := map[string]int{"etc/motd": 300, "usr/bin/big": 9 << 20}
+	for i := 0; i < 20; i++ {
+		files[fmt.Sprintf("usr/lib/lib%d.so", i)] = 80000 + i*5000
+	}
+	snapshottest.RandomFiles(t, w.src1, 1, files)
+	var err error
+	if w.v1, _, err = client.Commit(context.Background(), w.st, w.src1, client.CommitOptions{Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.CopyFS(w.src2, os.DirFS(w.src1)); err != nil {
+		t.Fatal(err)
+	}
+	snapshottest.RandomFiles(t, w.src2, 2, map[string]int{"etc/motd": 310, "usr/lib/lib3.so": 96000})
+	if w.v2, _, err = client.Commit(context.Background(), w.st, w.src2, client.CommitOptions{Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	w.srv = &simsync.Server{Store: w.st, Planner: simsync.NewPlanner(w.st)}
+	seeder := &bt.Seeder{Store: w.st, Planner: w.srv.Planner, Listen: "127.0.0.1:0"}
+	if err := seeder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(seeder.Close)
+	seeder.Mount(w.srv)
+	// 10 Mbit/s: at that uplink a swarm of three beats three streams of
+	// an 11 MB image (3 × 8.8 s against 8.8 s + 2 s).
+	w.advisor = &auto.Advisor{Server: w.srv, Uplink: 1.25e6, Gather: gather, GatherBytes: auto.DefaultGatherBytes, Log: w.log}
+	w.srv.Handle("POST "+auto.AdvicePath, w.advisor)
+	hs := httptest.NewServer(w.srv)
+	t.Cleanup(hs.Close)
+	w.url = hs.URL
+	return w
+}
+
+func (w *world) ask(t *testing.T, query string) (auto.Advice, int, string) {
+	t.Helper()
+	resp, err := http.Post(w.url+auto.AdvicePath+"?"+query, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var a auto.Advice
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, &a); err != nil {
+			t.Fatalf("advice %s: %v", b, err)
+		}
+	}
+	return a, resp.StatusCode, string(b)
+}
+
+// TestAdvisor: nodes asking for one commit together get one answer made
+// for all of them; a late asker joins the swarm chosen; a small delta is
+// answered at once; bad requests are named.
+func TestAdvisor(t *testing.T) {
+	// A gathering of a minute: only the third node's arrival (expect=3)
+	// can end it within the test's time.
+	w := newWorld(t, time.Minute)
+	var wg gosync.WaitGroup
+	got := make([]auto.Advice, 3)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, code, body := w.ask(t, fmt.Sprintf("want=%s&node=n%d&expect=3", w.v1, i+1))
+			if code != http.StatusOK {
+				t.Errorf("n%d: %d %s", i+1, code, body)
+			}
+			got[i] = a
+		}()
+	}
+	wg.Wait()
+	for i, a := range got {
+		if a.Transport != auto.BitTorrent || a.Nodes != 3 || a.Bytes < auto.DefaultGatherBytes {
+			t.Errorf("n%d: %+v, want bittorrent for 3 nodes", i+1, a)
+		}
+	}
+	late, _, _ := w.ask(t, "want="+w.v1.String()+"&node=n4")
+	if late.Transport != auto.BitTorrent {
+		t.Errorf("late asker: %+v, want the swarm chosen", late)
+	}
+	small, _, _ := w.ask(t, "want="+w.v2.String()+"&have="+w.v1.String()+"&node=n1")
+	if small.Transport != auto.HTTP || small.Nodes != 1 || small.Bytes >= auto.DefaultGatherBytes {
+		t.Errorf("delta v1→v2: %+v, want http at once", small)
+	}
+	if !strings.Contains(w.log.String(), "bittorrent for "+w.v1.Short()+" to 3 nodes") {
+		t.Errorf("server log lacks the choice:\n%s", w.log.String())
+	}
+	for _, c := range []struct {
+		q    string
+		code int
+		msg  string
+	}{
+		{"want=xyz", 400, "want"},
+		{"want=" + w.v1.String() + "&have=nope", 400, "have"},
+		{"want=" + w.v1.String() + "&expect=0", 400, "expect"},
+		{"want=" + chunk.Sum([]byte("no such commit")).String(), 404, "plan"},
+	} {
+		if _, code, body := w.ask(t, c.q); code != c.code || !strings.Contains(body, c.msg) {
+			t.Errorf("%s: %d %q, want %d naming %s", c.q, code, body, c.code, c.msg)
+		}
+	}
+}
+
+// TestAdvisorAlone: one node asking for an image with nobody else is
+// told HTTP once the gathering is over.
+func TestAdvisorAlone(t *testing.T) {
+	w := newWorld(t, 50*time.Millisecond)
+	a, code, body := w.ask(t, "want="+w.v1.String()+"&node=n1")
+	if code != 200 || a.Transport != auto.HTTP || a.Nodes != 1 {
+		t.Errorf("%d %s: want http for one node", code, body)
+	}
+}
+
+// TestAutoFetch: three nodes fetch v1 with --transport auto at once; the
+// server chooses the swarm for them, the nodes use it, and each tree is
+// the image's.
+func TestAutoFetch(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	var wg gosync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := storetest.New(t)
+			var tf simsync.TransportFlags
+			fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+			tf.Add(fs)
+			if err := fs.Parse([]string{"--transport", "auto", "--auto-nodes", "3", "--bt-listen", "127.0.0.1:0"}); err != nil {
+				t.Error(err)
+				return
+			}
+			r, err := simsync.NewRemote(w.url, "")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var log syncBuffer
+			tr, err := tf.Open(context.Background(), simsync.TransportEnv{Remote: r, Store: st, Log: &log, Name: fmt.Sprintf("n%d", i+1)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ps, err := simsync.FetchCommit(context.Background(), st, r, tr, w.v1, true)
+			if ferr := tr.Finish(context.Background()); err == nil {
+				err = ferr
+			}
+			if err != nil {
+				t.Errorf("n%d: %v", i+1, err)
+				return
+			}
+			cr, ok := ps.Report.(simsync.ChosenReport)
+			if ps.Transport != auto.BitTorrent || !ok || cr.Choice.(auto.Report).Nodes != 3 || ps.Delivered == 0 {
+				t.Errorf("n%d: transport %s, report %+v, %d blobs delivered: want the swarm for 3", i+1, ps.Transport, ps.Report, ps.Delivered)
+			}
+			if !strings.Contains(log.String(), "transport auto: bittorrent (3 nodes asking for") {
+				t.Errorf("n%d: output lacks the choice: %q", i+1, log.String())
+			}
+			dir := filepath.Join(t.TempDir(), "root")
+			if _, err := client.Checkout(context.Background(), st, w.v1, dir, client.CheckoutOptions{NoSync: true}); err != nil {
+				t.Error(err)
+				return
+			}
+			snapshottest.Equal(t, w.src1, dir, snapshottest.IgnoreRootTimes())
+		}()
+	}
+	wg.Wait()
+}
+
+// TestNoAdvisor: a server without the advisor means HTTP, said so.
+func TestNoAdvisor(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	plain := httptest.NewServer(&simsync.Server{Store: w.st})
+	t.Cleanup(plain.Close)
+	st := storetest.New(t)
+	var tf simsync.TransportFlags
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	tf.Add(fs)
+	if err := fs.Parse([]string{"--transport", "auto"}); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := simsync.NewRemote(plain.URL, "")
+	var log syncBuffer
+	tr, err := tf.Open(context.Background(), simsync.TransportEnv{Remote: r, Store: st, Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := simsync.FetchCommit(context.Background(), st, r, tr, w.v2, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Transport != auto.HTTP || !strings.Contains(log.String(), "no advice from the server (it runs no advisor)") {
+		t.Errorf("transport %s, output %q", ps.Transport, log.String())
+	}
+}
