@@ -45,6 +45,9 @@ TEST_DEBS := debootstrap acl attr time
 TEST_DEBS += udpcast nftables
 # Metrics: promtool (package prometheus) lints GET /metrics in the tests.
 TEST_DEBS += prometheus
+# BitTorrent: aria2c (package aria2), a standard client, downloads sim's
+# torrents in cmd/sim/bt_std_test.go (and is bench/btbench.sh's peer).
+TEST_DEBS += aria2
 
 # Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the
@@ -184,6 +187,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/netbench.sh bench/netresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh bench/btresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --seal bench/btsealresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/btbench.sh --super bench/btsuperresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh bench/mcastresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/mcastbench.sh --fec bench/mcastfecresults.md
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/updatebench.sh bench/updateresults.md

@@ -31,6 +31,14 @@
 # wall time, slowest transfer, CPU seconds of all nodes and of the server,
 # and the server's time to derive the torrent.
 #
+# With --super (OUTFILE default bench/btsuperresults.md) it measures what
+# super-seeding (sim serve --bt-super-seed, BEP 16) changes: v2 installed
+# on N = BTBENCH_SUPER_NS ("1 16") nodes over BitTorrent from an origin
+# seeding plainly and from one super-seeding, alternated
+# BTBENCH_SUPER_REPS (2) times in the same run: wall time to the last
+# node, slowest transfer, server bytes sent (and in payloads: the torrent's
+# size), node CPU.
+#
 # Environment: SIM (default ./bin/sim), SIM_CORPUS (/var/cache/sim/corpus),
 # BTBENCH_DIR (/var/tmp/sim-btbench, wiped), BTBENCH_LAB (simbtbench: the
 # lab's name), BTBENCH_NODES (16), BTBENCH_NS ("1 4 8 16").
@@ -38,10 +46,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-SEAL=0
+SEAL=0 SUPER=0
 if [ "${1:-}" = "--seal" ]; then SEAL=1; shift; fi
+if [ "${1:-}" = "--super" ]; then SUPER=1; shift; fi
 OUT=${1:-$ROOT/bench/btresults.md}
 [ "$SEAL" = 0 ] || OUT=${1:-$ROOT/bench/btsealresults.md}
+[ "$SUPER" = 0 ] || OUT=${1:-$ROOT/bench/btsuperresults.md}
 SIM=$(readlink -f "${SIM:-./bin/sim}")
 CORPUS=${SIM_CORPUS:-/var/cache/sim/corpus}
 W=${BTBENCH_DIR:-/var/tmp/sim-btbench}
@@ -61,7 +71,7 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 case $W in /?*) ;; *) die "BTBENCH_DIR must be an absolute path" ;; esac
 for v in v2 v3; do [ -f "$CORPUS/$v.stamp" ] || die "no corpus $CORPUS/$v (make corpus)"; done
-[ "$SEAL" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
+[ "$SEAL" = 1 ] || [ "$SUPER" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
 [ -x "$SIM" ] || die "no sim binary at $SIM (make build)"
 
 # Processes started in the lab (through lab.sh exec) are found by their
@@ -101,7 +111,7 @@ $S init >/dev/null
 for v in v2 v3; do $S commit "$CORPUS/$v" --image deb -m $v >/dev/null; $S tag $v deb; done
 # TOKEN: the nodes' --token-file (the --seal runs read behind a token).
 TOKEN=()
-if [ "$SEAL" = 0 ]; then
+if [ "$SEAL" = 0 ] && [ "$SUPER" = 0 ]; then
 	X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" 2>"$W/serve.log" &
 	for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
 fi
@@ -135,10 +145,12 @@ run_sim() {
 	wire=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("transfer",{}).get("wire_bytes",0))' "$W/n1.$tr.$ref.json")
 	# The slowest node's transfer alone (checkout excluded).
 	fetch=$(python3 -c 'import json,sys; print("%.1f" % max(json.load(open(f)).get("transfer",{}).get("seconds",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
-	local cpu
+	local cpu web
 	cpu=$(cat "$W"/n*.cpu | awk '{u+=$1; s+=$2} END {printf "%.1f", u+s}')
 	rm -f "$W"/n*.cpu
-	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch $cpu"
+	# Bytes all nodes took from the web seed (BitTorrent).
+	web=$(python3 -c 'import json,sys; print(sum((json.load(open(f)).get("bittorrent") or {}).get("from_web_seed",0) for f in sys.argv[1:]))' "$W"/n*."$tr.$ref".json)
+	echo "$(secs "$t0" "$t1") $((tx1 - tx0)) $wire $fetch $cpu $web"
 }
 
 # srvcpu: CPU seconds (user+system) the lab's sim serve has used so far.
@@ -184,6 +196,55 @@ if [ "$SEAL" = 1 ]; then
 		for n in $SNS; do
 			echo "N=$n: sealed / plain wall time $(awk -v a="${ST[on.$n]}" -v b="${ST[off.$n]}" 'BEGIN{printf "%.2fx", a/b}'), node CPU $(awk -v a="${SC[on.$n]}" -v b="${SC[off.$n]}" 'BEGIN{printf "%.2fx", a/b}')."
 		done
+	} | tee "$OUT"
+	exit 0
+fi
+
+# ------------------------------------------- --super: super-seeding ---
+if [ "$SUPER" = 1 ]; then
+	UNS=${BTBENCH_SUPER_NS:-1 16}
+	REPS=${BTBENCH_SUPER_REPS:-2}
+	declare -A UT UF UX UC UW UP
+	# btup: payload bytes the seeder has sent peers so far (GET /v1/bt/status).
+	btup() { X n1 -- curl -s "$URL/v1/bt/status" | python3 -c 'import json,sys; print(sum(t["uploaded"] for t in json.load(sys.stdin)))'; }
+	for rep in $(seq "$REPS"); do
+		for mode in off on; do
+			flag=(--bt-super-seed=false)
+			[ $mode = on ] && flag=(--bt-super-seed=true)
+			X srv -- $SIM --store "$W/srv" serve --listen $SRV:7480 --bt-listen $SRV:6881 --bt-peer-rate "$PEER_RATE" "${flag[@]}" 2>>"$W/serve.log" &
+			for i in $(seq 100); do X n1 -- bash -c "exec 3<>/dev/tcp/$SRV/7480" 2>/dev/null && break; sleep 0.1; done
+			for n in $UNS; do
+				log "run $rep: install v2 on $n nodes over bittorrent, super-seeding $mode"
+				u0=$(btup)
+				read -r s tx _ f cpu web < <(run_sim "$n" bittorrent v2 1)
+				UT[$rep.$mode.$n]=$s; UX[$rep.$mode.$n]=$tx; UF[$rep.$mode.$n]=$f; UC[$rep.$mode.$n]=$cpu; UW[$rep.$mode.$n]=$web
+				UP[$rep.$mode.$n]=$(($(btup) - u0))
+				log "  $s s (slowest transfer $f s), server sent $(mb "$tx") ($(mb "$web") as web seed, $(mb "${UP[$rep.$mode.$n]}") to peers), nodes $cpu CPU s"
+			done
+			stop "$SERVE"
+		done
+	done
+	PAYLOAD=$(grep -o 'derived [a-z -]*torrent [0-9a-f]* for [0-9a-f]* (base none): [0-9]* objects, [0-9]* bytes' "$W/serve.log" | head -1 | sed 's/.* objects, \([0-9]*\) bytes/\1/')
+	imgs() { awk -v a="$1" -v b="$PAYLOAD" 'BEGIN{printf "%.2f", a/b}'; }
+	{
+		echo "### Super-seeding (bench/btbench.sh --super, $(date +%F), lab: server and nodes 100 Mbit, origin --bt-peer-rate $PEER_RATE)"
+		echo
+		echo "Payload of the v2 torrent: $(mb "$PAYLOAD"). Runs alternate plain and super-seeding origins, $REPS times; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+		echo
+		echo "| install v2 over BitTorrent | run | N | wall time (last node) | slowest transfer | server bytes sent | in payloads | of which to peers (payload) | web seed | CPU, all nodes |"
+		echo "|---|---|---|---|---|---|---|---|---|---|"
+		for n in $UNS; do
+			for rep in $(seq "$REPS"); do
+				for mode in off on; do
+					name=plain; [ $mode = on ] && name="super-seeding"
+					echo "| $name | $rep | $n | ${UT[$rep.$mode.$n]} s | ${UF[$rep.$mode.$n]} s | $(mb "${UX[$rep.$mode.$n]}") | $(imgs "${UX[$rep.$mode.$n]}") | $(mb "${UP[$rep.$mode.$n]}") ($(imgs "${UP[$rep.$mode.$n]}")) | $(mb "${UW[$rep.$mode.$n]}") | ${UC[$rep.$mode.$n]} s |"
+				done
+			done
+		done
+		echo
+		echo "The super-seeding origin's own account (sim serve's log, one line per run):"
+		echo
+		grep -o 'super-seeded [0-9a-f]* to .*' "$W/serve.log" | sed 's/^/- /'
 	} | tee "$OUT"
 	exit 0
 fi

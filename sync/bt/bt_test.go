@@ -36,7 +36,10 @@ type world struct {
 	seeder     *bt.Seeder
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T) *world { return newWorldWith(t, nil) }
+
+// newWorldWith is newWorld with the seeder set up by opt before it starts.
+func newWorldWith(t *testing.T, opt func(*bt.Seeder)) *world {
 	w := &world{srv: storetest.New(t), src1: filepath.Join(t.TempDir(), "v1"), src2: filepath.Join(t.TempDir(), "v2")}
 	files := map[string]int{"etc/motd": 300}
 	for i := 0; i < 30; i++ {
@@ -57,6 +60,9 @@ func newWorld(t *testing.T) *world {
 	}
 	srv := &simsync.Server{Store: w.srv, Planner: simsync.NewPlanner(w.srv)}
 	w.seeder = &bt.Seeder{Store: w.srv, Planner: srv.Planner, Listen: "127.0.0.1:0"}
+	if opt != nil {
+		opt(w.seeder)
+	}
 	if err := w.seeder.Start(); err != nil {
 		t.Fatal(err)
 	}

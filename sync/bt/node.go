@@ -163,10 +163,11 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 		}
 	}
 	tt.AddTrackers([][]string{{n.Remote.URL + Prefix + "announce"}})
-	if n.Remote.Token == "" {
-		// Web seed requests carry no bearer token.
-		tt.AddWebSeeds([]string{n.Remote.URL + Prefix + "seed/" + t.InfoHash.HexString() + "/"})
-	}
+	// The web seed is the server's uplink again, with none of the
+	// swarm's sharing (nor super-seeding): a fallback, added once no
+	// payload byte came for webSeedAfter (no peer reachable, or the
+	// swarm stalls). Web seed requests carry no bearer token.
+	webSeed := n.Remote.Token == ""
 	needed := spreadPieces(tt, ns.neededPieces())
 	n.mu.Lock()
 	at.needed = needed
@@ -216,6 +217,9 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 			p := report(false)
 			if p.FromPeers+p.FromWebSeed > before {
 				lastMove = time.Now()
+			} else if webSeed && time.Since(lastMove) > webSeedAfter {
+				webSeed = false
+				tt.AddWebSeeds([]string{n.Remote.URL + Prefix + "seed/" + t.InfoHash.HexString() + "/"})
 			} else if time.Since(lastMove) > stall {
 				// Leave the swarm, keeping what arrived (close flushes
 				// the decoded frames), so the HTTP fallback asks only
@@ -227,6 +231,10 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 		}
 	}
 }
+
+// webSeedAfter is how long a node waits for payload from peers before
+// it adds the web seed.
+const webSeedAfter = 3 * time.Second
 
 // spreadPieces asks for the pieces in runs, each node starting at a
 // random place. anacrolix orders requests by priority, then availability,

@@ -2,8 +2,10 @@ package bt
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 	"github.com/anacrolix/generics"
 	alog "github.com/anacrolix/log"
 	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/tracker"
 	trackerServer "github.com/anacrolix/torrent/tracker/server"
 	"github.com/anacrolix/torrent/tracker/udp"
@@ -27,6 +30,8 @@ type clientOptions struct {
 	// and makes the client accept connections only (the server).
 	peerRate   int64
 	acceptOnly bool
+	// wrap, if set, wraps every accepted connection (the super-seeder).
+	wrap func(net.Conn) net.Conn
 }
 
 // newClient starts a client with no DHT, no uTP, no NAT traversal, no
@@ -87,7 +92,7 @@ func newClient(o clientOptions) (*torrent.Client, error) {
 		return nil, fmt.Errorf("bt: %w", err)
 	}
 	if l != nil {
-		cl.AddListener(capListener{l, o.peerRate})
+		cl.AddListener(capListener{l, o.peerRate, o.wrap})
 	}
 	return cl, nil
 }
@@ -100,14 +105,21 @@ func newClient(o clientOptions) (*torrent.Client, error) {
 type capListener struct {
 	net.Listener
 	rate int64
+	wrap func(net.Conn) net.Conn
 }
 
 func (l capListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err != nil || l.rate <= 0 {
+	if err != nil {
 		return c, err
 	}
-	return &capConn{Conn: c, lim: rate.NewLimiter(rate.Limit(l.rate), capBurst)}, nil
+	if l.rate > 0 {
+		c = &capConn{Conn: c, lim: rate.NewLimiter(rate.Limit(l.rate), capBurst)}
+	}
+	if l.wrap != nil {
+		c = l.wrap(c)
+	}
+	return c, nil
 }
 
 const capBurst = 64 << 10
@@ -139,6 +151,11 @@ type peerTracker struct {
 	mu     gosync.Mutex
 	peers  map[trackerServer.InfoHash]map[netip.AddrPort]time.Time
 	expire time.Duration
+	// origin, if set, is the server's own peer address for a torrent it
+	// seeds, as seen by the client whose announce ctx carries (false if
+	// it does not seed it): every answer lists it, so a client given
+	// only the .torrent finds a peer.
+	origin func(ctx context.Context, ih [20]byte) (netip.AddrPort, bool)
 }
 
 func newTracker() *peerTracker {
@@ -169,10 +186,15 @@ func (t *peerTracker) Scrape(context.Context, []trackerServer.InfoHash) ([]udp.S
 	return nil, nil
 }
 
-func (t *peerTracker) GetPeers(_ context.Context, ih trackerServer.InfoHash, opts trackerServer.GetPeersOpts, remote trackerServer.AnnounceAddr) trackerServer.ServerAnnounceResult {
+func (t *peerTracker) GetPeers(ctx context.Context, ih trackerServer.InfoHash, opts trackerServer.GetPeersOpts, remote trackerServer.AnnounceAddr) trackerServer.ServerAnnounceResult {
+	var res trackerServer.ServerAnnounceResult
+	if t.origin != nil {
+		if o, ok := t.origin(ctx, ih); ok && o != remote {
+			res.Peers = append(res.Peers, trackerServer.PeerInfo{AnnounceAddr: o})
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var res trackerServer.ServerAnnounceResult
 	now := time.Now()
 	for a, seen := range t.peers[ih] {
 		if now.Sub(seen) > t.expire {
@@ -196,4 +218,83 @@ func (t *peerTracker) count(ih [20]byte) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.peers[ih])
+}
+
+// announceHTTP is the tracker's HTTP side (BEP 3, compact peers BEP 23).
+// anacrolix's own handler always encodes "failure reason" (empty), which
+// standard clients such as aria2c take as a failed announce.
+type announceHTTP struct {
+	h *trackerServer.AnnounceHandler
+}
+
+type announceResponse struct {
+	Interval   int32  `bencode:"interval"`
+	Complete   int32  `bencode:"complete"`
+	Incomplete int32  `bencode:"incomplete"`
+	Peers      []byte `bencode:"peers"` // 6 bytes a peer: IPv4, port
+}
+
+func announceFailure(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(code)
+	b, _ := bencode.Marshal(map[string]string{"failure reason": msg})
+	w.Write(b)
+}
+
+func (a announceHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var event tracker.AnnounceEvent
+	if err := event.UnmarshalText([]byte(q.Get("event"))); err != nil {
+		announceFailure(w, http.StatusBadRequest, "event: "+err.Error())
+		return
+	}
+	var ih, id [20]byte
+	for _, f := range []struct {
+		key string
+		to  *[20]byte
+	}{{"info_hash", &ih}, {"peer_id", &id}} {
+		v := q.Get(f.key)
+		if len(v) != 20 {
+			announceFailure(w, http.StatusBadRequest, fmt.Sprintf("%s: %d bytes, want 20", f.key, len(v)))
+			return
+		}
+		copy(f.to[:], v)
+	}
+	port, err := strconv.ParseUint(q.Get("port"), 10, 16)
+	if err != nil || port == 0 {
+		announceFailure(w, http.StatusBadRequest, fmt.Sprintf("port %q: want 1-65535", q.Get("port")))
+		return
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip, perr := netip.ParseAddr(host)
+	if err != nil || perr != nil {
+		announceFailure(w, http.StatusBadRequest, "cannot tell your address")
+		return
+	}
+	left, err := strconv.ParseInt(q.Get("left"), 10, 64)
+	if err != nil {
+		left = -1
+	}
+	addr := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+	res := a.h.Serve(r.Context(), tracker.AnnounceRequest{InfoHash: ih, PeerId: id, Event: event, Port: uint16(port), NumWant: -1, Left: left},
+		addr, trackerServer.GetPeersOpts{MaxCount: generics.Some[uint](200)})
+	if res.Err != nil {
+		announceFailure(w, http.StatusInternalServerError, res.Err.Error())
+		return
+	}
+	out := announceResponse{Interval: res.Interval.UnwrapOr(announceInterval), Complete: res.Seeders.Value, Incomplete: res.Leechers.Value}
+	for _, p := range res.Peers {
+		if a := p.Addr(); a.Is4() {
+			b := a.As4()
+			out.Peers = append(out.Peers, b[:]...)
+			out.Peers = binary.BigEndian.AppendUint16(out.Peers, p.Port())
+		}
+	}
+	b, err := bencode.Marshal(out)
+	if err != nil {
+		announceFailure(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Write(b)
 }

@@ -9,14 +9,15 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	gosync "sync"
 	"time"
 
 	"github.com/anacrolix/torrent"
+	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
-	trackerHTTP "github.com/anacrolix/torrent/tracker/http/server"
 	trackerServer "github.com/anacrolix/torrent/tracker/server"
 
 	"github.com/systemimager/sim/chunk"
@@ -49,15 +50,25 @@ type Seeder struct {
 	// peers and anyone else who joins the swarm relay ciphertext. sim
 	// serve sets it when reads need a token.
 	Sealed bool
+	// SuperSeed makes the origin hand each piece to one peer first and
+	// let the swarm spread it (BEP 16; superseed.go).
+	SuperSeed bool
 
 	cl       *torrent.Client
 	tracker  *peerTracker
 	announce http.Handler
+	super    *superSeeder
+	// readsClosed: reads need a token, which web seed requests of
+	// standard clients do not carry (no url-list in .torrent files).
+	readsClosed bool
 
 	mu       gosync.Mutex
 	torrents map[[2]chunk.ID]*served
 	byHash   map[metainfo.Hash]*served
 	order    [][2]chunk.ID
+	// known is every torrent derived so far: a web seed request for one
+	// dropped since (Keep) derives it again.
+	known map[metainfo.Hash][2]chunk.ID
 }
 
 type served struct {
@@ -82,16 +93,67 @@ func (s *Seeder) Start() error {
 	if s.Planner == nil {
 		s.Planner = simsync.NewPlanner(s.Store)
 	}
-	cl, err := newClient(clientOptions{listen: s.Listen, peerRate: s.PeerRate, acceptOnly: true})
+	s.torrents = map[[2]chunk.ID]*served{}
+	s.byHash = map[metainfo.Hash]*served{}
+	s.known = map[metainfo.Hash][2]chunk.ID{}
+	opts := clientOptions{listen: s.Listen, peerRate: s.PeerRate, acceptOnly: true}
+	if s.SuperSeed {
+		s.super = newSuperSeeder(s.pieceCount)
+		s.super.logf = s.Log.Printf
+		opts.wrap = s.super.wrap
+	}
+	cl, err := newClient(opts)
 	if err != nil {
+		if s.super != nil {
+			s.super.close()
+		}
 		return err
 	}
 	s.cl = cl
 	s.tracker = newTracker()
-	s.announce = trackerHTTP.Handler{Announce: &trackerServer.AnnounceHandler{AnnounceTracker: s.tracker}}
-	s.torrents = map[[2]chunk.ID]*served{}
-	s.byHash = map[metainfo.Hash]*served{}
+	s.tracker.origin = s.originAddr
+	s.announce = announceHTTP{&trackerServer.AnnounceHandler{AnnounceTracker: s.tracker}}
 	return nil
+}
+
+// pieceCount is the number of pieces of a torrent seeded now.
+func (s *Seeder) pieceCount(ih metainfo.Hash) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sv := s.byHash[ih]
+	if sv == nil {
+		return 0, false
+	}
+	return sv.t.Info.NumPieces(), true
+}
+
+// originAddr is the seeder's peer address for a torrent it seeds, as the
+// client announcing (over the HTTP connection in ctx) reaches it: the
+// --bt-listen host if it names one, else the address the client reached
+// the HTTP server at.
+func (s *Seeder) originAddr(ctx context.Context, ih [20]byte) (netip.AddrPort, bool) {
+	s.mu.Lock()
+	_, ok := s.byHash[ih]
+	s.mu.Unlock()
+	port := s.Port()
+	if !ok || port == 0 {
+		return netip.AddrPort{}, false
+	}
+	host, _, _ := net.SplitHostPort(s.Listen)
+	a, err := netip.ParseAddr(host)
+	if err != nil || a.IsUnspecified() {
+		la, _ := ctx.Value(http.LocalAddrContextKey).(*net.TCPAddr)
+		if la == nil {
+			return netip.AddrPort{}, false
+		}
+		if a, ok = netip.AddrFromSlice(la.IP); !ok {
+			return netip.AddrPort{}, false
+		}
+	}
+	if a = a.Unmap(); !a.Is4() { // the peer listener is IPv4
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, uint16(port)), true
 }
 
 // Port is the BitTorrent port the seeder listens on.
@@ -119,6 +181,9 @@ func (s *Seeder) Close() {
 			}
 		}
 		s.cl.Close()
+		if s.super != nil {
+			s.super.close()
+		}
 		s.mu.Lock()
 		for _, sv := range s.torrents {
 			if sv.p != nil {
@@ -174,6 +239,7 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 		tt, _ := s.cl.AddTorrentOpt(torrent.AddTorrentOpts{InfoHash: t.InfoHash, InfoBytes: t.InfoBytes, Storage: seedStorage{p}})
 		sv.t, sv.p, sv.tt, sv.doc, sv.built = t, p, tt, t.Encode(), time.Since(start)
 		s.mu.Lock()
+		s.known[t.InfoHash] = key
 		if s.torrents[key] == sv {
 			s.byHash[t.InfoHash] = sv
 		} else {
@@ -182,6 +248,9 @@ func (s *Seeder) torrent(ctx context.Context, want, base chunk.ID) (*served, err
 		}
 		s.mu.Unlock()
 		kind := "torrent"
+		if s.SuperSeed {
+			kind = "super-seeded torrent"
+		}
 		if t.Sealed {
 			kind = "sealed torrent"
 		}
@@ -246,7 +315,9 @@ func shortOr(id chunk.ID, none string) string {
 // Mount serves the seeder's endpoints under Prefix on srv (GET patterns
 // also answer HEAD, which web seeds use).
 func (s *Seeder) Mount(srv *simsync.Server) {
+	s.readsClosed = srv.ReadsClosed()
 	srv.Handle("GET "+Prefix+"torrent", http.HandlerFunc(s.serveTorrent))
+	srv.Handle("GET "+Prefix+"torrents/{file...}", http.HandlerFunc(s.serveTorrentFile))
 	srv.Handle("GET "+Prefix+"announce", s.announce)
 	srv.Handle("GET "+Prefix+"seed/{hash}/{name...}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.serveSeed(w, r, r.PathValue("hash"))
@@ -305,6 +376,90 @@ func (s *Seeder) serveTorrent(w http.ResponseWriter, r *http.Request) {
 	w.Write(sv.doc)
 }
 
+// serveTorrentFile answers GET /v1/bt/torrents/REF.torrent[?from=BASE]:
+// a standard metainfo file for the torrent that takes a store holding
+// BASE (none: an empty store) to REF, for any BitTorrent client. Its info
+// dictionary is the derived torrent's, byte for byte (same info hash as
+// sim's nodes join); announce is this server's tracker, which lists the
+// origin; url-list (BEP 19) is the web seed, unless reads need a token.
+// The payload is one file of frames (ARCHITECTURE.md "BitTorrent").
+func (s *Seeder) serveTorrentFile(w http.ResponseWriter, r *http.Request) {
+	ref, ok := strings.CutSuffix(r.PathValue("file"), ".torrent")
+	if !ok || ref == "" {
+		http.Error(w, "want "+Prefix+"torrents/REF.torrent", http.StatusNotFound)
+		return
+	}
+	resolve := func(what, ref string) (chunk.ID, bool) {
+		id, err := s.Store.Resolve(ref)
+		if err == nil {
+			var ok bool
+			if ok, err = s.Store.HasCommit(id); err == nil && !ok {
+				err = store.ErrNotFound
+			}
+		}
+		if err != nil {
+			http.Error(w, fmt.Sprintf("%s %q: %v", what, ref, err), http.StatusNotFound)
+			return id, false
+		}
+		return id, true
+	}
+	want, ok := resolve("ref", ref)
+	if !ok {
+		return
+	}
+	var base chunk.ID
+	if from := r.URL.Query().Get("from"); from != "" {
+		if base, ok = resolve("from", from); !ok {
+			return
+		}
+	}
+	if base == want {
+		http.Error(w, fmt.Sprintf("%s and from are the same commit %s: nothing to download", ref, want.Short()), http.StatusBadRequest)
+		return
+	}
+	sv, err := s.torrent(r.Context(), want, base)
+	if err != nil {
+		code := http.StatusInternalServerError
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			code = http.StatusNotFound
+		case strings.Contains(err.Error(), "no torrent needed"):
+			code = http.StatusBadRequest
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	b, err := s.MetaInfo(sv.t, scheme+"://"+r.Host)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-bittorrent")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", sv.t.Info.Name+".torrent"))
+	w.Write(b)
+}
+
+// MetaInfo is the bencoded .torrent file of t for clients that reach this
+// server at baseURL (scheme://host:port).
+func (s *Seeder) MetaInfo(t *Torrent, baseURL string) ([]byte, error) {
+	mi := metainfo.MetaInfo{InfoBytes: t.InfoBytes, Announce: baseURL + Prefix + "announce", CreatedBy: "sim",
+		Comment: "sim commit " + t.Want.String()}
+	if !t.Base.IsZero() {
+		mi.Comment += " from " + t.Base.String()
+	}
+	if c, err := s.Store.Commit(t.Want); err == nil {
+		mi.CreationDate = c.Time.Unix()
+	}
+	if !s.readsClosed {
+		mi.UrlList = []string{baseURL + Prefix + "seed/" + t.InfoHash.HexString() + "/"}
+	}
+	return bencode.Marshal(mi)
+}
+
 // serveSeed is the web seed (BEP 19): ranges of the payload, for a
 // node no peer can serve.
 func (s *Seeder) serveSeed(w http.ResponseWriter, r *http.Request, hexHash string) {
@@ -315,7 +470,14 @@ func (s *Seeder) serveSeed(w http.ResponseWriter, r *http.Request, hexHash strin
 	}
 	s.mu.Lock()
 	sv := s.byHash[ih]
+	key, known := s.known[ih]
 	s.mu.Unlock()
+	if sv == nil && known {
+		// Dropped to keep a few (Keep): derive it again.
+		if sv, _ = s.torrent(r.Context(), key[0], key[1]); sv != nil && sv.t.InfoHash != ih {
+			sv = nil
+		}
+	}
 	if sv == nil {
 		http.Error(w, "torrent not seeded here (ask /v1/bt/torrent first)", http.StatusNotFound)
 		return

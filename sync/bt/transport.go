@@ -129,7 +129,7 @@ func portFree(addr string) bool {
 type serveFlags struct {
 	fs                     *pflag.FlagSet
 	listen, peerRate, seal string
-	off                    bool
+	off, superSeed         bool
 }
 
 func (b *serveFlags) Flags(f *pflag.FlagSet) {
@@ -137,6 +137,7 @@ func (b *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&b.listen, "bt-listen", ":6881", "BitTorrent: seed on `ADDR`")
 	f.StringVar(&b.peerRate, "bt-peer-rate", "0", "BitTorrent: send one peer at most `RATE` (5M = 5 MB/s, 40Mbit), so nodes share among themselves; 0: no cap")
 	f.BoolVar(&b.off, "no-bittorrent", false, "do not seed, track or web-seed torrents")
+	f.BoolVar(&b.superSeed, "bt-super-seed", true, "BitTorrent: super-seed (BEP 16): tell each peer of a few pieces no other peer has, so the origin sends each piece about once and the nodes spread it (--bt-super-seed=false: advertise every piece to every peer)")
 	f.StringVar(&b.seal, "bt-seal", "auto", "BitTorrent: encrypt payloads: `auto` (when reads need a token: --read-token), on, off")
 }
 
@@ -159,7 +160,7 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	default:
 		return nil, &simsync.FlagError{Flag: "bt-seal", Value: b.seal, Err: fmt.Errorf("want auto, on or off")}
 	}
-	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: b.listen, PeerRate: int64(pr), Log: srv.Log, Sealed: sealed}
+	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: b.listen, PeerRate: int64(pr), Log: srv.Log, Sealed: sealed, SuperSeed: b.superSeed}
 	if err := s.Start(); err != nil {
 		if b.fs != nil && b.fs.Changed("bt-listen") {
 			return nil, err
@@ -170,6 +171,9 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	}
 	s.Mount(srv)
 	what := "torrents"
+	if b.superSeed {
+		what = "torrents, super-seeding,"
+	}
 	if sealed {
 		what = "sealed torrents (payloads encrypted; keys only in the documents)"
 	}
