@@ -3,6 +3,7 @@ package initrd
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -41,12 +42,16 @@ type Options struct {
 	Busybox     string // a static busybox
 	Kernel      string // vmlinuz to copy beside the initramfs
 	ModulesFrom string // root holding lib/modules/VERSION
-	Version     string // kernel version; default from the kernel file name
-	Modules     []string
-	Tools       []string
-	ToolsFrom   string // root the tools and their libraries come from; default /
-	Out         string // directory: vmlinuz, initrd.img
-	Level       zstd.EncoderLevel
+	// FirmwareFrom is the root whose lib/firmware holds the firmware the
+	// included modules ask for (modinfo's firmware= lines: bnx2, tg3,
+	// rtl_nic...); "" is ModulesFrom, NoFirmware none.
+	FirmwareFrom string
+	Version      string // kernel version; default from the kernel file name
+	Modules      []string
+	Tools        []string
+	ToolsFrom    string // root the tools and their libraries come from; default /
+	Out          string // directory: vmlinuz, initrd.img
+	Level        zstd.EncoderLevel
 	// Files are baked in as they are (a node's token, a CA, trusted
 	// keys: see TokenFile, CAFile, TrustDir). With a file of mode 0600
 	// among them (a token), initrd.img itself is written mode 0600.
@@ -72,19 +77,27 @@ const (
 
 // Result reports what was written.
 type Result struct {
-	Kernel       string   `json:"kernel"`
-	Initrd       string   `json:"initrd"`
-	Version      string   `json:"version"`
-	KernelBytes  int64    `json:"kernel_bytes"`
-	InitrdBytes  int64    `json:"initrd_bytes"` // compressed
-	CpioBytes    int64    `json:"cpio_bytes"`   // uncompressed
-	Modules      []string `json:"modules"`      // in load order
-	Missing      []string `json:"missing_modules,omitempty"`
-	Files        int      `json:"files"`
-	SimBytes     int64    `json:"sim_bytes"`
-	ModuleBytes  int64    `json:"module_bytes"`
-	LibToolBytes int64    `json:"tool_bytes"`
+	Kernel      string   `json:"kernel"`
+	Initrd      string   `json:"initrd"`
+	Version     string   `json:"version"`
+	KernelBytes int64    `json:"kernel_bytes"`
+	InitrdBytes int64    `json:"initrd_bytes"` // compressed
+	CpioBytes   int64    `json:"cpio_bytes"`   // uncompressed
+	Modules     []string `json:"modules"`      // in load order
+	Missing     []string `json:"missing_modules,omitempty"`
+	Firmware    []string `json:"firmware,omitempty"` // files under lib/firmware
+	// MissingFirmware are files modules name that the firmware root
+	// lacks (many are optional: a driver names every chip's).
+	MissingFirmware []string `json:"missing_firmware,omitempty"`
+	FirmwareBytes   int64    `json:"firmware_bytes,omitempty"`
+	Files           int      `json:"files"`
+	SimBytes        int64    `json:"sim_bytes"`
+	ModuleBytes     int64    `json:"module_bytes"`
+	LibToolBytes    int64    `json:"tool_bytes"`
 }
+
+// NoFirmware as Options.FirmwareFrom leaves firmware out.
+const NoFirmware = "-"
 
 // ModuleList is where init finds the modules to load, one path a line.
 const ModuleList = "etc/sim-modules"
@@ -216,6 +229,7 @@ func Build(o Options) (*Result, error) {
 	}
 	res.Missing = missing
 	var list strings.Builder
+	var modBytes [][]byte
 	for _, m := range mods {
 		b, err := readModule(filepath.Join(o.ModulesFrom, "lib/modules", o.Version, m))
 		if err != nil {
@@ -223,11 +237,45 @@ func Build(o Options) (*Result, error) {
 		}
 		name := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(m, ".xz"), ".zst"), ".gz")
 		addFile(filepath.Join("lib/modules", o.Version, name), b, 0o644)
+		modBytes = append(modBytes, b)
 		res.ModuleBytes += int64(len(b))
 		res.Modules = append(res.Modules, strings.TrimSuffix(filepath.Base(name), ".ko"))
 		fmt.Fprintf(&list, "/lib/modules/%s/%s\n", o.Version, name)
 	}
 	addFile(ModuleList, []byte(list.String()), 0o644)
+	// Firmware the modules load at probe time (the kernel reads
+	// /lib/firmware itself: no udev, no helper). Stored as the root has
+	// it, compressed or not: the kernel's loader takes .xz and .zst.
+	if fw := o.FirmwareFrom; fw != NoFirmware {
+		if fw == "" {
+			fw = o.ModulesFrom
+		}
+		seen := map[string]bool{}
+		for _, b := range modBytes {
+			for _, name := range ModuleFirmware(b) {
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				found := false
+				for _, suf := range []string{"", ".zst", ".xz"} {
+					rel := filepath.Join("lib/firmware", name+suf)
+					data, err := os.ReadFile(filepath.Join(fw, rel))
+					if err != nil {
+						continue
+					}
+					addFile(rel, data, 0o644)
+					res.Firmware = append(res.Firmware, name+suf)
+					res.FirmwareBytes += int64(len(data))
+					found = true
+					break
+				}
+				if !found {
+					res.MissingFirmware = append(res.MissingFirmware, name)
+				}
+			}
+		}
+	}
 	private := false
 	for _, f := range o.Files {
 		name := filepath.Clean(f.Name)
@@ -376,6 +424,37 @@ func modName(p string) string {
 		n = n[:i]
 	}
 	return strings.ReplaceAll(n, "-", "_")
+}
+
+// ModuleFirmware lists the firmware files a kernel module names (the
+// firmware= entries of its .modinfo section, what modinfo -F firmware
+// prints), in order. A file that is no ELF object names none.
+func ModuleFirmware(mod []byte) []string {
+	f, err := elf.NewFile(bytes.NewReader(mod))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, kv := range bytes.Split(data, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("firmware=")); ok && len(v) > 0 {
+			name := filepath.Clean(string(v))
+			// A name is a path under lib/firmware, never outside it.
+			if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+				continue
+			}
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func readModule(p string) ([]byte, error) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -208,5 +209,58 @@ func TestBuildBakesFiles(t *testing.T) {
 		if _, err := Build(Options{Sim: bb, Busybox: bb, Kernel: kernel, ModulesFrom: mods, Tools: []string{}, Out: filepath.Join(dir, "out"), Files: []File{{Name: bad, Mode: 0o644}}}); err == nil {
 			t.Errorf("baking %q accepted", bad)
 		}
+	}
+}
+
+// TestBuildFirmware: the firmware a module names (its .modinfo) goes in
+// from the firmware root, byte for byte; none with NoFirmware; a root
+// without it lists it as missing. On the host's own kernel: carl9170,
+// whose firmware file Debian's kernel package ships.
+func TestBuildFirmware(t *testing.T) {
+	bb := "/bin/busybox"
+	if ok, err := IsStatic(bb); err != nil || !ok {
+		t.Skip("no static /bin/busybox (busybox-static) to stand in for sim")
+	}
+	want, err := os.ReadFile("/lib/firmware/carl9170-1.fw")
+	if err != nil {
+		t.Skipf("no /lib/firmware/carl9170-1.fw on this host (%v)", err)
+	}
+	vers, _ := filepath.Glob("/lib/modules/*/kernel/drivers/net/wireless/ath/carl9170/carl9170.ko*")
+	if len(vers) == 0 {
+		t.Skip("no carl9170 module under /lib/modules on this host")
+	}
+	version := strings.Split(strings.TrimPrefix(vers[0], "/lib/modules/"), "/")[0]
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz-"+version)
+	os.WriteFile(kernel, []byte("kernel"), 0o644)
+	build := func(fw string) (*Result, map[string]Entry) {
+		t.Helper()
+		res, err := Build(Options{Sim: bb, Busybox: bb, Kernel: kernel, ModulesFrom: "/", FirmwareFrom: fw, Modules: []string{"carl9170"},
+			Tools: []string{}, Out: filepath.Join(dir, "out")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		z, _ := os.ReadFile(res.Initrd)
+		d, _ := zstd.NewReader(nil)
+		defer d.Close()
+		raw, err := d.DecodeAll(z, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]Entry{}
+		for _, e := range readCpio(t, raw) {
+			got[e.Name] = e
+		}
+		return res, got
+	}
+	res, got := build("")
+	if e, ok := got["lib/firmware/carl9170-1.fw"]; !ok || !bytes.Equal(e.Data, want) || !slices.Contains(res.Firmware, "carl9170-1.fw") {
+		t.Errorf("firmware from / : in initrd %v, result %v %v", ok, res.Firmware, res.MissingFirmware)
+	}
+	if res, got := build(NoFirmware); len(res.Firmware) != 0 || got["lib/firmware/carl9170-1.fw"].Name != "" {
+		t.Errorf("NoFirmware: %v", res.Firmware)
+	}
+	if res, _ := build(t.TempDir()); !slices.Contains(res.MissingFirmware, "carl9170-1.fw") {
+		t.Errorf("a root without the firmware: missing %v", res.MissingFirmware)
 	}
 }

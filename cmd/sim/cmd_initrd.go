@@ -21,6 +21,7 @@ func newInitrdCommand(e *env) *cobra.Command {
 	var o initrd.Options
 	var modules, tools, trust []string
 	var ca, tokenFile string
+	var noFirmware bool
 	build := &cobra.Command{
 		Use:   "build -o DIR [--kernel VMLINUZ] [--modules-from ROOT]",
 		Short: "Write DIR/vmlinuz and DIR/initrd.img (cpio newc, zstd)",
@@ -28,7 +29,9 @@ func newInitrdCommand(e *env) *cobra.Command {
 this static sim binary as /init, a static busybox (shell, ip, udhcpc,
 chroot), mkfs.ext4, mkfs.vfat, mkfs.xfs and mkswap with their libraries,
 and the kernel modules for common NICs, disk controllers and filesystems
-(with their dependencies) from ROOT/lib/modules/VERSION. Boot it with
+(with their dependencies) from ROOT/lib/modules/VERSION, with the firmware
+files they name (bnx2, tg3, rtl_nic...) from ROOT/lib/firmware
+(--firmware-from another root, e.g. one with Debian's firmware-* packages). Boot it with
 sim.server=URL and sim.image=REF or sim.node=NAME on the kernel command line
 (see sim netboot).
 
@@ -88,6 +91,17 @@ and sim.token= do the same without a rebuild.`,
 				}
 				o.Files = append(o.Files, initrd.File{Name: initrd.TokenFile, Data: []byte(ts[0] + "\n"), Mode: 0o600})
 			}
+			if noFirmware {
+				if o.FirmwareFrom != "" {
+					return usageError{errors.New("initrd build: --firmware-from and --no-firmware exclude each other")}
+				}
+				o.FirmwareFrom = initrd.NoFirmware
+			} else if o.FirmwareFrom != "" {
+				o.FirmwareFrom = e.path(o.FirmwareFrom)
+				if fi, err := os.Stat(filepath.Join(o.FirmwareFrom, "lib/firmware")); err != nil || !fi.IsDir() {
+					return usageError{fmt.Errorf("initrd build: --firmware-from %s: no lib/firmware directory there", o.FirmwareFrom)}
+				}
+			}
 			res, err := initrd.Build(o)
 			if err != nil {
 				return err
@@ -98,6 +112,18 @@ and sim.token= do the same without a rebuild.`,
 			fmt.Fprintf(e.stdout, "%s: kernel %s, %s\n%s: %s (%s uncompressed: sim %s, tools and libraries %s, %d modules %s; %d entries)\n",
 				res.Kernel, res.Version, units.Bytes(res.KernelBytes), res.Initrd, units.Bytes(res.InitrdBytes), units.Bytes(res.CpioBytes),
 				units.Bytes(res.SimBytes), units.Bytes(res.LibToolBytes), len(res.Modules), units.Bytes(res.ModuleBytes), res.Files)
+			if len(res.Firmware) > 0 {
+				fmt.Fprintf(e.stdout, "firmware: %d files, %s\n", len(res.Firmware), units.Bytes(res.FirmwareBytes))
+			}
+			if len(res.MissingFirmware) > 0 {
+				miss := res.MissingFirmware
+				more := ""
+				if len(miss) > 4 {
+					miss, more = miss[:4], fmt.Sprintf(" and %d more (--json lists them)", len(res.MissingFirmware)-4)
+				}
+				fmt.Fprintf(e.stderr, "note: %d firmware files the modules name are not in %s/lib/firmware (most are optional, one per chip; --firmware-from a root with Debian's firmware-* packages): %s%s\n",
+					len(res.MissingFirmware), strings.TrimSuffix(firmwareRoot(o), "/"), strings.Join(miss, " "), more)
+			}
 			if len(res.Missing) > 0 {
 				fmt.Fprintf(e.stderr, "note: not in this kernel (neither module nor built in): %s\n", strings.Join(res.Missing, " "))
 			}
@@ -108,6 +134,8 @@ and sim.token= do the same without a rebuild.`,
 	f.StringVarP(&o.Out, "out", "o", "", "write into `DIR`")
 	f.StringVar(&o.Kernel, "kernel", "", "the kernel `VMLINUZ` (default: the newest ROOT/boot/vmlinuz-*)")
 	f.StringVar(&o.ModulesFrom, "modules-from", "/", "take kernel modules from `ROOT`/lib/modules/VERSION")
+	f.StringVar(&o.FirmwareFrom, "firmware-from", "", "take the firmware the modules name (bnx2, tg3, rtl_nic...) from `ROOT`/lib/firmware (default: the --modules-from root)")
+	f.BoolVar(&noFirmware, "no-firmware", false, "leave firmware out")
 	f.StringVar(&o.Version, "kernel-version", "", "the kernel's `VERSION` (default: from the file name vmlinuz-VERSION)")
 	f.StringVar(&o.Sim, "sim", "", "the static sim `BINARY` to use as /init (default: this one)")
 	f.StringVar(&o.Busybox, "busybox", "/bin/busybox", "a static busybox `BINARY`")
@@ -179,4 +207,12 @@ func certPool(pem []byte) (*x509.CertPool, error) {
 		return nil, errors.New("no PEM certificate in it")
 	}
 	return p, nil
+}
+
+// firmwareRoot is the root whose lib/firmware a build reads.
+func firmwareRoot(o initrd.Options) string {
+	if o.FirmwareFrom != "" {
+		return o.FirmwareFrom
+	}
+	return o.ModulesFrom
 }
