@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -366,30 +367,39 @@ type PlanInfo struct {
 	WireBytes  int64    `json:"wire_bytes_estimate"` // what the fetch stream should weigh
 }
 
-// fetch streams what a receiver holding the have commits lacks of want.
-// The response depends only on (want, have) and the store's contents, so
-// a plain HTTP cache in front of the server can serve it to every node
-// making the same update.
-func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
-	q := r.URL.Query()
+// ParseWantHaves reads a fetch's query: want=ID and have=ID,ID,... (at
+// most 64), as GET /v1/fetch, GET /v1/plan and the transport advice take
+// them. The error says which parameter is wrong.
+func ParseWantHaves(q url.Values) (chunk.ID, []chunk.ID, error) {
 	want, err := chunk.Parse(q.Get("want"))
 	if err != nil {
-		http.Error(w, "want: "+err.Error(), http.StatusBadRequest)
-		return
+		return want, nil, fmt.Errorf("want: %w", err)
 	}
 	var haves []chunk.ID
 	if h := q.Get("have"); h != "" {
 		for _, x := range strings.Split(h, ",") {
 			id, err := chunk.Parse(x)
 			if err != nil {
-				http.Error(w, "have: "+err.Error(), http.StatusBadRequest)
-				return
+				return want, nil, fmt.Errorf("have: %w", err)
 			}
 			haves = append(haves, id)
 		}
 	}
 	if len(haves) > 64 {
-		http.Error(w, "at most 64 have commits", http.StatusBadRequest)
+		return want, nil, errors.New("at most 64 have commits")
+	}
+	return want, haves, nil
+}
+
+// fetch streams what a receiver holding the have commits lacks of want.
+// The response depends only on (want, have) and the store's contents, so
+// a plain HTTP cache in front of the server can serve it to every node
+// making the same update.
+func (s *Server) fetch(w http.ResponseWriter, r *http.Request, planOnly bool) {
+	q := r.URL.Query()
+	want, haves, err := ParseWantHaves(q)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pl, err := s.Planner.Plan(want, haves)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"strings"
 	gosync "sync"
 	"time"
 
@@ -76,24 +75,9 @@ const DefaultGatherBytes = 8 << 20
 // ServeHTTP answers POST /v1/transport/advice?want=ID[&have=ID,...][&node=NAME][&expect=N].
 func (a *Advisor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	want, err := chunk.Parse(q.Get("want"))
+	want, haves, err := simsync.ParseWantHaves(q)
 	if err != nil {
-		http.Error(w, "want: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	var haves []chunk.ID
-	if h := q.Get("have"); h != "" {
-		for _, x := range strings.Split(h, ",") {
-			id, err := chunk.Parse(x)
-			if err != nil {
-				http.Error(w, "have: "+err.Error(), http.StatusBadRequest)
-				return
-			}
-			haves = append(haves, id)
-		}
-	}
-	if len(haves) > 64 {
-		http.Error(w, "at most 64 have commits", http.StatusBadRequest)
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	node := q.Get("node")
