@@ -109,6 +109,18 @@ func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
 	// boot token never stays on a node. A read or anonymous request
 	// mints nothing.
 	if p := simsync.PrincipalOf(r); p.Role.Enrolls() && cfg.Node != "" {
+		// The enroll token is shared (every netboot initrd, every
+		// node's kernel command line has it): it may mint a node's
+		// token only while that node is due for an install, never
+		// for a node that is installed and running, whose identity
+		// it would otherwise let anyone on the boot network take.
+		// An admin token still may.
+		if p.Role != simsync.RoleAdmin {
+			if err := x.dueForInstall(cfg.Node); err != nil {
+				http.Error(w, err.Error(), http.StatusForbidden)
+				return
+			}
+		}
 		if cfg.Token, err = simsync.MintNodeToken(x.Store, cfg.Node); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -119,6 +131,26 @@ func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", cache)
 	json.NewEncoder(w).Encode(cfg)
+}
+
+// dueForInstall says whether node may be enrolled now: it has never
+// finished an install, or an admin asked for a reinstall since its last
+// one (sim node reinstall), the same rule that decides its netboot.
+func (x *Service) dueForInstall(node string) error {
+	last, ok := LastStatuses(x.Store.Dir())[node]
+	if !ok || last.State != Done {
+		return nil
+	}
+	reg, err := catalog.LoadRegistry(x.Store)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	n := reg.Nodes[node]
+	if n == nil || n.NetbootsToInstall(last.Time) {
+		return nil
+	}
+	return fmt.Errorf("node %s was installed at %s: the enroll token mints no token for an installed node (sim node reinstall %s first)",
+		node, last.Time.UTC().Format(time.RFC3339), node)
 }
 
 // statusRecord is one line of the status log.

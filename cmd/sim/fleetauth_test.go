@@ -322,4 +322,18 @@ func TestEnrollInstall(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &last); err != nil || last["n5"].State != install.Done {
 		t.Errorf("install statuses: %s; want n5 done", body)
 	}
+	// Installed, n5 is nobody's to enroll: the shared boot token mints
+	// no token for it (it would let anyone on the boot network speak as
+	// the running node), an admin's still does; after sim node reinstall
+	// the boot token enrols it again.
+	if code, body, _ := httpCall(t, "GET", url+"/v1/install/config?node=n5", boot, ""); code != 403 || !strings.Contains(body, "node n5 was installed") || !strings.Contains(body, "sim node reinstall n5") {
+		t.Errorf("config with the enroll token for the installed n5: %d %q; want 403 naming the install and the way out", code, body)
+	}
+	if code, body, _ := httpCall(t, "GET", url+"/v1/whoami", mine, ""); code != 200 {
+		t.Errorf("the refused enrolment revoked n5's own token: %d %s", code, body)
+	}
+	ok(t, srv, "node", "reinstall", "n5")
+	if code, body, _ := httpCall(t, "GET", url+"/v1/install/config?node=n5", boot, ""); code != 200 || !strings.Contains(body, `"token":"sim_`) {
+		t.Errorf("config with the enroll token after sim node reinstall n5: %d %q; want a token minted", code, body)
+	}
 }
