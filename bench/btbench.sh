@@ -71,7 +71,7 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 case $W in /?*) ;; *) die "BTBENCH_DIR must be an absolute path" ;; esac
 for v in v2 v3; do [ -f "$CORPUS/$v.stamp" ] || die "no corpus $CORPUS/$v (make corpus)"; done
-[ "$SEAL" = 1 ] || [ "$SUPER" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (make bench-deps)"; done
+[ "$SEAL" = 1 ] || [ "$SUPER" = 1 ] || for t in mktorrent opentracker aria2c zstd; do command -v $t >/dev/null || die "$t missing (bash bench/deps.sh installs it; make bench runs it)"; done
 [ -x "$SIM" ] || die "no sim binary at $SIM (make build)"
 
 # Processes started in the lab (through lab.sh exec) are found by their

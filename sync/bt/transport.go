@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"time"
 
@@ -160,7 +161,11 @@ func (b *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	default:
 		return nil, &simsync.FlagError{Flag: "bt-seal", Value: b.seal, Err: fmt.Errorf("want auto, on or off")}
 	}
-	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: b.listen, PeerRate: int64(pr), Log: srv.Log, Sealed: sealed, SuperSeed: b.superSeed}
+	listen := b.listen
+	if b.fs == nil || !b.fs.Changed("bt-listen") {
+		listen = followListen(listen, env.BaseURL)
+	}
+	s := &Seeder{Store: srv.Store, Planner: srv.Planner, Listen: listen, PeerRate: int64(pr), Log: srv.Log, Sealed: sealed, SuperSeed: b.superSeed}
 	if err := s.Start(); err != nil {
 		if b.fs != nil && b.fs.Changed("bt-listen") {
 			return nil, err
@@ -191,3 +196,19 @@ func (x seederService) Seeder() *Seeder { return x.s }
 
 // Status lists the seeded torrents (the fleet page's swarms).
 func (x seederService) Status() []TorrentStatus { return x.s.Status() }
+
+// followListen binds the seeder's default --bt-listen (any address) to
+// the address sim serve --listen names, when it names one: a server
+// told to listen on 127.0.0.1 or one lab address must not take peers on
+// every interface behind the admin's back.
+func followListen(listen, baseURL string) string {
+	u, err := url.Parse(baseURL)
+	if baseURL == "" || err != nil || u.Hostname() == "" {
+		return listen
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || host != "" {
+		return listen
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
