@@ -176,10 +176,6 @@ func MakeArrays(ctx context.Context, l *layout.Layout, parts []Part, hostname st
 // the array is created), an error naming the array and what differs
 // when they hold another array.
 func assembleKept(ctx context.Context, r layout.RAID, devs []string, log io.Writer) (Part, bool, error) {
-	wantMeta := r.Metadata
-	if wantMeta == "" {
-		wantMeta = "1.2"
-	}
 	have := 0
 	uuid := ""
 	for _, d := range devs {
@@ -193,18 +189,8 @@ func assembleKept(ctx context.Context, r layout.RAID, devs []string, log io.Writ
 			return Part{}, false, fmt.Errorf("array %s (keep): %w", r.Name, err)
 		}
 		ex := ParseExamine(out)
-		refuse := func(format string, a ...any) (Part, bool, error) {
-			return Part{}, false, fmt.Errorf("array %s (keep): member %s "+format+"; refusing to create the array anew (that would lose what keep keeps): fix the layout or drop keep", append([]any{r.Name, d}, a...)...)
-		}
-		switch {
-		case ex.Level != "raid"+strconv.Itoa(r.Level):
-			return refuse("belongs to a %s array, the layout asks RAID %d", ex.Level, r.Level)
-		case ex.Devices != len(r.Members):
-			return refuse("belongs to an array of %d devices, the layout gives %d members", ex.Devices, len(r.Members))
-		case pr.MDMetadata != wantMeta:
-			return refuse("has metadata %s, the layout asks %s", pr.MDMetadata, wantMeta)
-		case uuid != "" && ex.UUID != uuid:
-			return refuse("belongs to array %s, another member to %s", ex.UUID, uuid)
+		if err := CheckKeptMember(r, d, ex, pr.MDMetadata, uuid); err != nil {
+			return Part{}, false, err
 		}
 		uuid = ex.UUID
 	}
@@ -236,6 +222,32 @@ func assembleKept(ctx context.Context, r layout.RAID, devs []string, log io.Writ
 	p.UUID = u
 	fmt.Fprintf(log, "array %s: kept (assembled from %s, %s UUID %s)\n", r.Name, strings.Join(devs, ", "), r.FS, u)
 	return p, true, nil
+}
+
+// CheckKeptMember says whether member dev of kept array r, of which
+// mdadm --examine says ex and whose superblock has version meta, belongs
+// to the array the layout describes (and to the array uuid the other
+// members do, when not ""): an error naming the array, the member and
+// what differs, else nil.
+func CheckKeptMember(r layout.RAID, dev string, ex Examine, meta, uuid string) error {
+	wantMeta := r.Metadata
+	if wantMeta == "" {
+		wantMeta = "1.2"
+	}
+	refuse := func(format string, a ...any) error {
+		return fmt.Errorf("array %s (keep): member %s "+format+"; refusing to create the array anew (that would lose what keep keeps): fix the layout or drop keep", append([]any{r.Name, dev}, a...)...)
+	}
+	switch {
+	case ex.Level != "raid"+strconv.Itoa(r.Level):
+		return refuse("belongs to a %s array, the layout asks RAID %d", ex.Level, r.Level)
+	case ex.Devices != len(r.Members):
+		return refuse("belongs to an array of %d devices, the layout gives %d members", ex.Devices, len(r.Members))
+	case meta != wantMeta:
+		return refuse("has metadata %s, the layout asks %s", meta, wantMeta)
+	case uuid != "" && ex.UUID != uuid:
+		return refuse("belongs to array %s, another member to %s", ex.UUID, uuid)
+	}
+	return nil
 }
 
 // Examine is what mdadm --examine --export says of one member.
@@ -349,69 +361,9 @@ func keepVG(ctx context.Context, l *layout.Layout, g layout.VG, pvs []string, lo
 	if err != nil {
 		return nil, fmt.Errorf("volume group %s (keep): %w", g.Name, err)
 	}
-	want := map[string]bool{}
-	for _, d := range pvs {
-		want[resolve(d)] = true
-	}
-	var mine []string
-	for _, pv := range st.PVs {
-		in := want[resolve(pv.Name)]
-		switch {
-		case in && pv.VG != g.Name:
-			what := "volume group " + pv.VG
-			if pv.VG == "" {
-				what = "no volume group"
-			}
-			return nil, fmt.Errorf("volume group %s (keep): %s holds %s; refusing to re-create it (that would lose the kept LVs): fix the layout or drop keep", g.Name, pv.Name, what)
-		case !in && pv.VG == g.Name:
-			return nil, fmt.Errorf("volume group %s (keep): it also spans %s, which the layout does not give it; refusing to change it", g.Name, pv.Name)
-		case in:
-			mine = append(mine, pv.Name)
-		}
-	}
-	if len(mine) == 0 {
-		return nil, nil
-	}
-	if len(mine) < len(pvs) {
-		return nil, fmt.Errorf("volume group %s (keep): only %s of its physical volumes %s hold it; refusing to change it", g.Name, strings.Join(mine, ", "), strings.Join(pvs, ", "))
-	}
-	var vg LVMVG
-	for _, x := range st.VGs {
-		if x.Name == g.Name {
-			vg = x
-		}
-	}
-	have := map[string]LVMLV{}
-	for _, v := range st.LVs {
-		if v.VG == g.Name {
-			have[v.Name] = v
-		}
-	}
-	// Check every kept LV before removing anything.
-	keepNames := map[string]bool{}
-	for _, v := range l.LVs {
-		if v.VG != g.Name || !v.Keep {
-			continue
-		}
-		full := g.Name + "/" + v.Name
-		h, ok := have[v.Name]
-		if !ok {
-			fmt.Fprintf(log, "logical volume %s (keep): not in volume group %s yet: made afresh\n", full, g.Name)
-			continue
-		}
-		need := uint64(0)
-		switch v.Size.Kind {
-		case layout.Fixed:
-			need = v.Size.Bytes
-		case layout.Percent:
-			if vg.Extent > 0 {
-				need = uint64(float64(vg.Size)*v.Size.Percent/100) / vg.Extent * vg.Extent
-			}
-		}
-		if h.Size < need {
-			return nil, fmt.Errorf("logical volume %s (keep): it has %s, the layout asks %s: too small to keep; refusing to re-create it (that would lose its data): fix the layout or drop keep", full, human(h.Size), human(need))
-		}
-		keepNames[v.Name] = true
+	keepNames, have, err := CheckKeptVG(l, g, pvs, st, log)
+	if err != nil || keepNames == nil {
+		return nil, err
 	}
 	for name := range have {
 		if keepNames[name] {
@@ -441,6 +393,78 @@ func keepVG(ctx context.Context, l *layout.Layout, g layout.VG, pvs []string, lo
 		out[i] = Part{Extent: layout.Extent{Partition: v.Partition}, Dev: v.Dev(), Kind: KindLV, VG: v.VG, Kept: true, UUID: u}
 	}
 	return out, nil
+}
+
+// CheckKeptVG decides, from what lvm reports (st), whether volume group
+// g of l, over physical volume devices pvs, is kept: keep nil when none
+// of pvs is a PV (everything is made afresh); else the names of the LVs
+// kept and every LV the VG has now; an error naming the VG or LV and
+// what differs when the PVs hold another VG, the VG spans other PVs, or
+// a kept LV is smaller than the layout asks.
+func CheckKeptVG(l *layout.Layout, g layout.VG, pvs []string, st LVMState, log io.Writer) (keep map[string]bool, have map[string]LVMLV, err error) {
+	want := map[string]bool{}
+	for _, d := range pvs {
+		want[resolve(d)] = true
+	}
+	var mine []string
+	for _, pv := range st.PVs {
+		in := want[resolve(pv.Name)]
+		switch {
+		case in && pv.VG == "":
+			// A PV of no VG holds no LV: nothing to lose.
+		case in && pv.VG != g.Name:
+			return nil, nil, fmt.Errorf("volume group %s (keep): %s holds volume group %s; refusing to re-create it (that would lose the kept LVs): fix the layout or drop keep", g.Name, pv.Name, pv.VG)
+		case !in && pv.VG == g.Name:
+			return nil, nil, fmt.Errorf("volume group %s (keep): it also spans %s, which the layout does not give it; refusing to change it", g.Name, pv.Name)
+		case in && pv.VG == g.Name:
+			mine = append(mine, pv.Name)
+		}
+	}
+	if len(mine) == 0 {
+		return nil, nil, nil
+	}
+	if len(mine) < len(pvs) {
+		return nil, nil, fmt.Errorf("volume group %s (keep): only %s of its physical volumes %s hold it; refusing to change it", g.Name, strings.Join(mine, ", "), strings.Join(pvs, ", "))
+	}
+	var vg LVMVG
+	for _, x := range st.VGs {
+		if x.Name == g.Name {
+			vg = x
+		}
+	}
+	have = map[string]LVMLV{}
+	for _, v := range st.LVs {
+		if v.VG == g.Name {
+			have[v.Name] = v
+		}
+	}
+	// Check every kept LV before removing anything.
+	keep = map[string]bool{}
+	for _, v := range l.LVs {
+		if v.VG != g.Name || !v.Keep {
+			continue
+		}
+		full := g.Name + "/" + v.Name
+		h, ok := have[v.Name]
+		if !ok {
+			fmt.Fprintf(log, "logical volume %s (keep): not in volume group %s yet: made afresh\n", full, g.Name)
+			continue
+		}
+		need := uint64(0)
+		switch v.Size.Kind {
+		case layout.Fixed:
+			need = v.Size.Bytes
+		case layout.Percent:
+			if vg.Extent > 0 {
+				need = uint64(float64(vg.Size)*v.Size.Percent/100) / vg.Extent * vg.Extent
+			}
+		}
+		if h.Size < need {
+			return nil, nil, fmt.Errorf("logical volume %s (keep): it has %s, the layout asks %s: too small to keep; refusing to re-create it (that would lose its data): fix the layout or drop keep", full, human(h.Size), human(need))
+		}
+		keep[v.Name] = true
+	}
+	return keep, have, nil
 }
 
 // human is n bytes in MiB or GiB.
