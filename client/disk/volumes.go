@@ -402,6 +402,9 @@ func keepVG(ctx context.Context, l *layout.Layout, g layout.VG, pvs []string, lo
 // what differs when the PVs hold another VG, the VG spans other PVs, or
 // a kept LV is smaller than the layout asks.
 func CheckKeptVG(l *layout.Layout, g layout.VG, pvs []string, st LVMState, log io.Writer) (keep map[string]bool, have map[string]LVMLV, err error) {
+	if log == nil {
+		log = io.Discard
+	}
 	want := map[string]bool{}
 	for _, d := range pvs {
 		want[resolve(d)] = true
