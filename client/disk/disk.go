@@ -342,33 +342,6 @@ func Kept(d Info, ext []layout.Extent, table string) (map[int]string, error) {
 	return out, nil
 }
 
-// readUUID reads the filesystem UUID of dev from its superblock, written
-// as blkid and fstab write it.
-func readUUID(dev string, fs layout.FS) (string, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b := make([]byte, 2048)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return "", err
-	}
-	hexUUID := func(u []byte) string {
-		return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
-	}
-	switch {
-	case fs.Ext():
-		return hexUUID(b[1024+0x68 : 1024+0x78]), nil
-	case fs == layout.FSXfs:
-		return hexUUID(b[32:48]), nil
-	case fs == layout.FSVfat:
-		v := b[0x43:0x47]
-		return fmt.Sprintf("%02X%02X-%02X%02X", v[3], v[2], v[1], v[0]), nil
-	}
-	return "", fmt.Errorf("cannot read the UUID of %s", fs)
-}
-
 // wipeGPT zeroes sectors 1 to 33 (a GPT header and entries) and the last
 // 33 sectors (its backup) of d, so an msdos table written after them is
 // the disk's only one (mbr.Table rewrites all four entries of sector 0).

@@ -404,6 +404,13 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		}
 	}
 	r.setStep("mkfs")
+	// Kept arrays and LVs (assembled, activated) count with the kept
+	// partitions.
+	for _, p := range parts {
+		if p.Kept && p.Kind != "" {
+			nkept++
+		}
+	}
 	for i := range parts {
 		if err := disk.Mkfs(&parts[i]); err != nil {
 			return nil, err

@@ -86,7 +86,9 @@ type Partition struct {
 	Options string // mount options, "defaults" when empty
 	// Keep: when the disk already has this partition (same name on GPT,
 	// same number on msdos, same place, same filesystem), its contents
-	// are kept: not reformatted, its UUID read from it.
+	// are kept: not reformatted, its UUID read from it. On an array: it
+	// is assembled, not created, when its members hold it; on an LV: its
+	// volume group is kept (its other LVs made afresh), and the LV.
 	Keep bool
 	// Line is the layout line it was read from (0 when built in code).
 	Line int

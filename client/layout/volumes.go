@@ -192,7 +192,7 @@ func (l *Layout) Validate() error {
 	mounts := map[string]bool{}
 	root := 0
 	kinds := map[string]FS{} // partition and array names → FS
-	volume := func(p Partition, what, where string, isPart bool) error {
+	volume := func(p Partition, what, where string) error {
 		if prev, ok := names[p.Name]; ok && what != "lv" {
 			return fmt.Errorf("%s: %s %q named twice (first at %s)", where, what, p.Name, prev)
 		}
@@ -227,8 +227,6 @@ func (l *Layout) Validate() error {
 		}
 		if p.Keep {
 			switch {
-			case !isPart:
-				return fmt.Errorf("%s: %s: keep is for partitions (an array or LV is made afresh)", where, desc)
 			case !p.FS.Mountable() || p.FS == FSESP || p.FS == FSBtrfs:
 				return fmt.Errorf("%s: %s (%s) cannot be kept: keep is for data filesystems", where, desc, p.FS)
 			case p.Mount == "/":
@@ -285,7 +283,7 @@ func (l *Layout) Validate() error {
 					return fmt.Errorf("%s: percentages add up to %g%%, more than 100%% of disk %s", pw, pct, d.Spec)
 				}
 			}
-			if err := volume(p, "partition", pw, true); err != nil {
+			if err := volume(p, "partition", pw); err != nil {
 				return err
 			}
 		}
@@ -319,7 +317,7 @@ func (l *Layout) Validate() error {
 				return err
 			}
 		}
-		if err := volume(r.Partition, "array", where, false); err != nil {
+		if err := volume(r.Partition, "array", where); err != nil {
 			return err
 		}
 	}
@@ -368,7 +366,7 @@ func (l *Layout) Validate() error {
 				return fmt.Errorf("%s: percentages of volume group %s add up to %g%%, more than 100%%", where, v.VG, pct[v.VG])
 			}
 		}
-		if err := volume(v.Partition, "lv", where, false); err != nil {
+		if err := volume(v.Partition, "lv", where); err != nil {
 			return fmt.Errorf("%s", strings.Replace(err.Error(), fmt.Sprintf("lv %q", v.Name), "logical volume "+full, 1))
 		}
 		if v.FS == FSBtrfs {
@@ -438,4 +436,40 @@ func (l *Layout) Volumes() []Volume {
 // installed before arrays, LVM and btrfs subvolumes).
 func (l *Layout) Simple() bool {
 	return len(l.Others) == 0 && len(l.RAIDs) == 0 && len(l.VGs) == 0 && len(l.Subvols) == 0
+}
+
+// KeptArrays are the arrays an install assembles instead of creating
+// when their members hold them: those marked keep, and those under a
+// volume group with a kept LV (re-creating them would lose the LV).
+func (l *Layout) KeptArrays() map[string]bool {
+	out := map[string]bool{}
+	for _, r := range l.RAIDs {
+		if r.Keep {
+			out[r.Name] = true
+		}
+	}
+	for _, g := range l.VGs {
+		if !l.KeepsVG(g.Name) {
+			continue
+		}
+		for _, pv := range g.PVs {
+			for _, r := range l.RAIDs {
+				if r.Name == pv {
+					out[pv] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// KeepsVG says whether the volume group has a kept LV (so an install
+// keeps the VG when its PVs hold it).
+func (l *Layout) KeepsVG(vg string) bool {
+	for _, v := range l.LVs {
+		if v.VG == vg && v.Keep {
+			return true
+		}
+	}
+	return false
 }

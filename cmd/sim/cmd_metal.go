@@ -899,25 +899,60 @@ SIM_COMMIT, SIM_MAC and SIM_IP set. A non-zero exit fails the install.`,
 
 func newLayoutCaptureCommand(e *env) *cobra.Command {
 	return &cobra.Command{
-		Use:   "capture [DISK]",
-		Short: "Print the layout of this machine's disk (default: the first disk), to edit and set",
-		Long: `Read a golden client's disk (GPT partitions, filesystems by superblock, mount
-points and options of what is mounted now) and print it as a layout, for
-sim layout set. The last partition becomes "rest". Run it on the golden
-client; it only reads.`,
-		Args: cobra.MaximumNArgs(1),
+		Use:   "capture [DISK...]",
+		Short: "Print the layout of this machine's disks (default: every disk with a partition table), to edit and set",
+		Long: `Read a golden client's disks and print them as a layout, for sim layout set:
+GPT and msdos (MBR) partitions, filesystems by superblock with their labels,
+the md arrays over them (mdadm --detail --export), LVM volume groups and
+logical volumes (lvm's JSON reports), btrfs subvolumes as mounted, mount
+points of what is mounted now and options from /etc/fstab. Each disk's last
+partition, and the largest LV of a full volume group, become "rest". What a
+layout cannot say (filesystem UUIDs: sim makes new ones; gaps; metadata
+versions sim does not make) is printed as comments above it; what it cannot
+express at all (logical msdos partitions, linear or external-metadata
+arrays, thin or snapshot LVs, an array or VG reaching a disk not captured)
+fails naming it. With no DISK, every disk with a partition table is read.
+Run it on the golden client; it only reads.`,
 		RunE: func(c *cobra.Command, args []string) error {
-			spec := "first"
-			if len(args) == 1 {
-				spec = args[0]
+			var ds []disk.Info
+			var skipped []string
+			if len(args) == 0 {
+				all, err := disk.List()
+				if err != nil {
+					return err
+				}
+				for _, d := range all {
+					if disk.HasTable(d) {
+						ds = append(ds, d)
+					} else {
+						skipped = append(skipped, d.Path)
+					}
+				}
+				if len(ds) == 0 {
+					return fmt.Errorf("no disk with a partition table (disks seen: %d)", len(all))
+				}
 			}
-			d, err := disk.Find(spec)
-			if err != nil {
-				return err
+			for _, a := range args {
+				d, err := disk.Find(a)
+				if err != nil {
+					return err
+				}
+				ds = append(ds, d)
 			}
-			l, err := disk.Capture(d)
-			if l != nil {
-				fmt.Fprintf(e.stdout, "# captured from %s (%s)\n%s", d.Path, layout.FormatBytes(d.Size), l.Format())
+			cp, err := disk.Capture(c.Context(), ds)
+			if cp != nil {
+				var from []string
+				for _, d := range ds {
+					from = append(from, fmt.Sprintf("%s (%s)", d.Path, layout.FormatBytes(d.Size)))
+				}
+				fmt.Fprintf(e.stdout, "# captured from %s\n", strings.Join(from, ", "))
+				for _, s := range skipped {
+					fmt.Fprintf(e.stdout, "# %s: no partition table, left out\n", s)
+				}
+				for _, n := range cp.Notes {
+					fmt.Fprintf(e.stdout, "# %s\n", n)
+				}
+				fmt.Fprint(e.stdout, cp.Layout.Format())
 			}
 			return err
 		},

@@ -218,7 +218,7 @@ func TestInstallLoop(t *testing.T) {
 		// The disk read back as a layout (nothing mounted: the partition
 		// named root becomes /).
 		capt := ok(t, s, "layout", "capture", dev)
-		for _, want := range []string{"part root ", " ext4 /\n", "part data 300MiB xfs /mnt/data", "part swap rest swap"} {
+		for _, want := range []string{"part root ", " ext4 / label=root\n", "part data 300MiB xfs /mnt/data label=data", "part swap rest swap"} {
 			if !strings.Contains(capt, want) {
 				t.Errorf("layout capture lacks %q:\n%s", want, capt)
 			}

@@ -1,20 +1,25 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/systemimager/sim/client/disk"
 	"github.com/systemimager/sim/client/install"
+	"github.com/systemimager/sim/client/layout"
 )
 
 const raidLayout = `sim-layout 1
 # A mirrored OS disk: GRUB on both, the root on md0 (metadata at the end),
-# LVM on md1 for swap and /scratch.
+# LVM on md1 for swap and /scratch, which a reinstall keeps (and md1 and
+# the VG with it).
 disk /dev/vda
 part bios0 1MiB    bios_grub
 part sys0  1200MiB raid
@@ -27,20 +32,37 @@ raid md0 1 sys0,sys1 ext4 / metadata=1.0 label=root
 raid md1 1 pv0,pv1 lvm
 vg data md1
 lv data/swap    32MiB swap
-lv data/scratch rest  xfs /scratch label=scratch
+lv data/scratch rest  xfs /scratch label=scratch keep
 `
 
 // raidReport says on the serial console where / and /scratch come from,
 // what md and LVM see, and powers off: every boot of the RAID node.
-const raidReport = `#!/bin/sh
+var raidReport = fmt.Sprintf(`#!/bin/sh
 # The first boot finishes the initial resync, so either member alone is
 # whole afterwards.
 mdadm --wait /dev/md0 /dev/md1 >/dev/null 2>&1
 md=$(grep -A1 '^md' /proc/mdstat | tr -s ' \n' ' ')
 lvs=$(lvs --noheadings -o vg_name,lv_name 2>/dev/null | tr -s ' \n' ' ')
-echo "SIM-RAID root=$(findmnt -no SOURCE /) scratch=$(findmnt -no SOURCE /scratch) mdstat=[$md] lvs=[$lvs]" >/dev/ttyS0
+# The first boot (nothing in /scratch yet) reads the disks back as a
+# layout and keeps what mdadm and lvm report, for the host to read off
+# the root; then leaves a file for the reinstall to keep.
+if [ ! -e /scratch/kept ]; then
+	d=/var/lib/sim-capture
+	mkdir -p $d
+	/usr/local/sbin/sim layout capture >$d/layout 2>$d/layout.err
+	echo $? >$d/layout.rc
+	mdadm --detail --export /dev/md0 >$d/md0.export
+	mdadm --detail --export /dev/md1 >$d/md1.export
+	mdadm --examine --export /dev/vda2 >$d/vda2.examine
+	lvm %s >$d/pvs.json
+	lvm %s >$d/vgs.json
+	lvm %s >$d/lvs.json
+	echo "week 3" >/scratch/kept
+	sync
+fi
+echo "SIM-RAID root=$(findmnt -no SOURCE /) scratch=$(findmnt -no SOURCE /scratch) mdstat=[$md] lvs=[$lvs] kept=[$(cat /scratch/kept)]" >/dev/ttyS0
 /bin/systemctl poweroff --no-block
-`
+`, strings.Join(disk.PVSArgs, " "), strings.Join(disk.VGSArgs, " "), strings.Join(disk.LVSArgs, " "))
 
 const raidUnit = `[Unit]
 Description=sim test: report md and LVM on the serial console, then power off
@@ -89,6 +111,11 @@ func (m *metalLab) raid() {
 			}
 		}
 	}
+	// sim itself, for the installed system to capture its own layout.
+	os.MkdirAll(filepath.Join(ov, "usr/local/sbin"), 0o755)
+	if out, err := exec.Command("cp", filepath.Join(m.dir, "sim"), filepath.Join(ov, "usr/local/sbin/sim")).CombinedOutput(); err != nil {
+		t.Fatalf("cp sim: %v %s", err, out)
+	}
 	writeFiles(t, ov, map[string]string{
 		"usr/local/sbin/sim-raid-report":      raidReport,
 		"etc/systemd/system/sim-raid.service": raidUnit,
@@ -129,25 +156,8 @@ func (m *metalLab) raid() {
 
 	// From the host: either member's partition 2 is the root filesystem.
 	for _, d := range []string{v.disk, second} {
-		// sys0/sys1 is partition 2, at 2 MiB (after 1 MiB of GPT and the
-		// 1 MiB bios_grub): the filesystem itself, md0's superblock being
-		// at its end.
-		out, err := exec.Command("losetup", "-f", "--show", "-r", "-o", "2097152", "--sizelimit", "1258291200", d).Output()
-		if err != nil {
-			t.Fatalf("losetup %s: %v", d, err)
-		}
-		dev := strings.TrimSpace(string(out))
-		mnt := filepath.Join(m.dir, "inspect-"+filepath.Base(d))
-		os.MkdirAll(mnt, 0o755)
-		if err := unix.Mount(dev, mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
-			exec.Command("losetup", "-d", dev).Run()
-			t.Fatalf("mount %s (partition 2 of %s: md0's member, the root): %v", dev, d, err)
-		}
-		fstab, _ := os.ReadFile(filepath.Join(mnt, "etc/fstab"))
-		conf, _ := os.ReadFile(filepath.Join(mnt, "etc/mdadm/mdadm.conf"))
-		host, _ := os.ReadFile(filepath.Join(mnt, "etc/hostname"))
-		unix.Unmount(mnt, 0)
-		exec.Command("losetup", "-d", dev).Run()
+		f := readRaidRoot(t, m.dir, d, "etc/fstab", "etc/mdadm/mdadm.conf", "etc/hostname")
+		fstab, conf, host := f["etc/fstab"], f["etc/mdadm/mdadm.conf"], f["etc/hostname"]
 		for _, want := range []string{"\t/\text4\t", "\t/scratch\txfs\t", "\tnone\tswap\t"} {
 			if !strings.Contains(string(fstab), want) {
 				t.Errorf("%s: fstab lacks %q:\n%s", d, want, fstab)
@@ -183,8 +193,83 @@ func (m *metalLab) raid() {
 		if want := map[bool]string{true: "[2/2] [UU]", false: "[2/1]"}[len(disks) == 2]; !strings.Contains(line, want) {
 			t.Errorf("raid %s: report lacks %q: %s", name, want, line)
 		}
+		if !strings.Contains(line, "kept=[week 3]") {
+			t.Errorf("raid %s: /scratch lacks the file written on the first boot: %s", name, line)
+		}
 	}
 	bootDisk("both", v.disk, second)
+
+	// What the installed system captured of itself is the layout it was
+	// installed from (keep aside: a disk does not say what to keep).
+	names := []string{"layout", "layout.err", "layout.rc", "md0.export", "md1.export", "vda2.examine", "pvs.json", "vgs.json", "lvs.json"}
+	got := readRaidRoot(t, m.dir, v.disk, func() (p []string) {
+		for _, n := range names {
+			p = append(p, "var/lib/sim-capture/"+n)
+		}
+		return p
+	}()...)
+	if dir := os.Getenv("SIM_CAPTURE_TESTDATA"); dir != "" {
+		// How client/disk/testdata/vm-raid was made.
+		for _, n := range names[3:] {
+			writeFiles(t, dir, map[string]string{n: got["var/lib/sim-capture/"+n]})
+		}
+	}
+	want, err := layout.Parse(raidLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want.LVs {
+		want.LVs[i].Keep = false
+	}
+	var captured []string
+	for _, l := range strings.Split(got["var/lib/sim-capture/layout"], "\n") {
+		if !strings.HasPrefix(l, "#") && l != "" {
+			captured = append(captured, l)
+		}
+	}
+	if rc := strings.TrimSpace(got["var/lib/sim-capture/layout.rc"]); rc != "0" || strings.Join(captured, "\n")+"\n" != want.Format() {
+		t.Errorf("raid: sim layout capture in the installed system (exit %s, %s):\n%s\nwant:\n%s", rc, got["var/lib/sim-capture/layout.err"], got["var/lib/sim-capture/layout"], want.Format())
+	} else {
+		t.Logf("raid: the installed system captured its layout:\n%s", got["var/lib/sim-capture/layout"])
+	}
+
+	// A reinstall keeps /scratch (the LV, its VG and md1 under it) and
+	// makes the rest afresh; both disks alone still boot with the file.
+	con = m.boot(v, "sim.server="+m.url+" sim.onerror=poweroff sim.token="+tok, 20*time.Minute)
+	if !strings.Contains(con, "SIM INSTALL DONE") {
+		t.Fatalf("raid reinstall: install did not finish; console tail:\n%s", tail(con, 5000))
+	}
+	t.Logf("FIGURE raid reinstall keeping data/scratch: %.1f s from power-on to powered off", v.elapsed.Seconds())
+	for _, want := range []string{"logical volume data/scratch: kept", "mkfs: running: 2 kept"} {
+		if !strings.Contains(con, want) {
+			t.Errorf("raid reinstall: console lacks %q; tail:\n%s", want, tail(con, 4000))
+		}
+	}
 	bootDisk("second-only", second)
 	bootDisk("first-only", v.disk)
+}
+
+// readRaidRoot reads files off disk image d's partition 2 (md0's member
+// with metadata 1.0 at its end: the root filesystem itself, at 2 MiB
+// after 1 MiB of GPT and the 1 MiB bios_grub), mounted read-only.
+func readRaidRoot(t *testing.T, dir, d string, files ...string) map[string]string {
+	t.Helper()
+	out, err := exec.Command("losetup", "-f", "--show", "-r", "-o", "2097152", "--sizelimit", "1258291200", d).Output()
+	if err != nil {
+		t.Fatalf("losetup %s: %v", d, err)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	mnt := filepath.Join(dir, "inspect-"+filepath.Base(d))
+	os.MkdirAll(mnt, 0o755)
+	if err := unix.Mount(dev, mnt, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		t.Fatalf("mount %s (partition 2 of %s: md0's member, the root): %v", dev, d, err)
+	}
+	defer unix.Unmount(mnt, 0)
+	got := map[string]string{}
+	for _, f := range files {
+		b, _ := os.ReadFile(filepath.Join(mnt, f))
+		got[f] = string(b)
+	}
+	return got
 }
