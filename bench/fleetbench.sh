@@ -285,7 +285,7 @@ meta "lab: " "server uplink $SRATE, node links $NRATE (tc tbf both ways), multic
 SERVE_PID=""
 start_serve() { # N
 	X srv -- "$SIM" --store "$W/srv" serve --listen "$SRV:7480" --bt-listen "$SRV:6881" \
-		--mcast-rate "$MRATE" --mcast-min-receivers "$1" --mcast-wait 30s --auto-uplink "$SRATE" 2>>"$W/log/serve.log" &
+		--mcast-rate "$MRATE" --mcast-min-receivers "$1" --mcast-wait 30s --auto-uplink "$SRATE" --auto-node-rate "$NRATE" 2>>"$W/log/serve.log" &
 	SERVE_PID=$!
 	PIDS+=("$SERVE_PID")
 	wait_port 7480
@@ -328,7 +328,7 @@ setup_v1() { # N
 	fi
 	wipe_nodes
 	par "$n" bash -c 'mkdir -p "$W/n/$0" && cp -a "$W/tpl/v1/store" "$W/n/$0/store" &&
-		"$SIM" --store "$W/n/$0/store" checkout --no-sync "$1" "$W/n/$0/root" >/dev/null' {} "${ID[v1]}" ||
+		"$SIM" --store "$W/n/$0/store" checkout --no-sync "$1" "$W/n/$0/root" >/dev/null 2>&1' {} "${ID[v1]}" ||
 		die "setting up v1 nodes failed"
 }
 
