@@ -15,6 +15,7 @@
 #                node CPU of an install vs zstd -d | tar -x: bench/installcpubench.sh;
 #                the live view under 1,000 agents: bench/monitorbench.sh;
 #                a site cache behind a 50 Mbit link: bench/cachebench.sh;
+#                50 nodes, every transport, auto vs the best: bench/fleetbench.sh;
 #                the store on Ceph beside the embedded one: bench/cephbench.sh;
 #                bare-metal install in VMs: bench/metalbench.sh)
 #
@@ -200,6 +201,7 @@ bench: build corpus
 	SIM=$(CURDIR)/$(SIM) bash bench/monitorbench.sh bench/monitorresults.md
 	$(MAKE) screenshot
 	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/cachebench.sh bench/cacheresults.md
+	SIM=$(CURDIR)/$(SIM) SIM_CORPUS=$(CORPUS) bash bench/fleetbench.sh bench/fleetresults.md
 	SIM_CORPUS=$(CORPUS) bash bench/cephbench.sh bench/cephresults.md
 	$(MAKE) metal-bench
 

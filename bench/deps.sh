@@ -25,6 +25,7 @@ declare -A want=(
 	[mktorrent]=mktorrent
 	[opentracker]=opentracker
 	[aria2c]=aria2
+	[udp-sender]=udpcast
 )
 
 missing=()

@@ -29,7 +29,7 @@ import (
 
 func TestChoose(t *testing.T) {
 	all := []string{auto.BitTorrent, auto.Multicast}
-	const gbit, mbit50 = 125e6, 6.25e6
+	const gbit, mbit100, mbit50 = 125e6, 12.5e6, 6.25e6
 	for _, c := range []struct {
 		name  string
 		in    auto.Inputs
@@ -45,6 +45,21 @@ func TestChoose(t *testing.T) {
 		{"two nodes behind 50 Mbit: one copy, not two (a swarm starts slower but repairs nothing)", auto.Inputs{Bytes: 65e6, Nodes: 2, Uplink: mbit50, Available: all}, auto.BitTorrent, nil},
 		{"lossless multicast seen: two nodes behind 50 Mbit", auto.Inputs{Bytes: 65e6, Nodes: 2, Uplink: mbit50, Available: all, McastOverhead: 1.01}, auto.Multicast, nil},
 		{"lossy multicast loses to the swarm", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: mbit50, Available: all, McastOverhead: 3}, auto.BitTorrent, nil},
+		// The lab of bench/fleetbench.sh: server 1 Gbit, nodes 100 Mbit.
+		// Every node's own link bounds its transfer, so HTTP costs what one
+		// node's link does until the server's uplink is the narrower.
+		{"4 nodes on 100 Mbit behind 1 Gbit: each node's link is the limit, HTTP", auto.Inputs{Bytes: 65e6, Nodes: 4, Uplink: gbit, NodeUplink: mbit100, Available: all}, auto.HTTP, nil},
+		{"8 nodes on 100 Mbit behind 1 Gbit: still HTTP", auto.Inputs{Bytes: 65e6, Nodes: 8, Uplink: gbit, NodeUplink: mbit100, Available: all}, auto.HTTP, nil},
+		{"16 nodes on 100 Mbit behind 1 Gbit: the uplink is the limit, multicast", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, NodeUplink: mbit100, Available: all}, auto.Multicast, nil},
+		{"50 nodes on 100 Mbit behind 1 Gbit, no multicast: a swarm", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: []string{auto.BitTorrent}}, auto.BitTorrent, nil},
+		{"slow nodes: the reason says so, and the session is paced to them", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all}, auto.Multicast, func(c auto.Choice) string {
+			for _, s := range []string{"50 nodes", "1 Gbit/s, nodes at 100 Mbit/s", "multicast 7.0 s", "http 26.0 s", "bittorrent 7.2 s"} {
+				if !strings.Contains(c.Reason, s) {
+					return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
+				}
+			}
+			return ""
+		}},
 		{"the reason names the figures", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, func(c auto.Choice) string {
 			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 1.6 s", "http 8.3 s"} {
 				if !strings.Contains(c.Reason, s) {

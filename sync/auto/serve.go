@@ -40,6 +40,8 @@ type Advice struct {
 type Advisor struct {
 	Server *simsync.Server
 	Uplink float64 // server uplink, bytes/s
+	// NodeLink is a node's link, bytes/s (0: as Uplink).
+	NodeLink float64
 	// Gather is how long the first request for a commit waits for others;
 	// GatherBytes the delta below which nobody waits.
 	Gather      time.Duration
@@ -196,7 +198,7 @@ func (a *Advisor) decide(want chunk.ID, g *group, in Inputs) {
 // inputs gathers what the server knows now: which transports it runs and
 // what its multicast sessions cost.
 func (a *Advisor) inputs(r *http.Request, bytes int64) Inputs {
-	in := Inputs{Bytes: bytes, Uplink: a.Uplink}
+	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink}
 	if a.Server.Serves("GET", "/v1/bt/torrent") {
 		in.Available = append(in.Available, BitTorrent)
 	}
@@ -251,13 +253,15 @@ func (a *Advisor) logf(format string, args ...any) {
 
 // serveFlags is sim serve's side: the advisor.
 type serveFlags struct {
-	uplink string
-	gather time.Duration
-	off    bool
+	uplink   string
+	nodeRate string
+	gather   time.Duration
+	off      bool
 }
 
 func (s *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&s.uplink, "auto-uplink", "1Gbit", "transport auto: the server's uplink `RATE` the choice assumes (100Mbit, 1Gbit, 25M = 25 MB/s)")
+	f.StringVar(&s.nodeRate, "auto-node-rate", "0", "transport auto: a node's link `RATE` (upload and download) the choice assumes; 0: as --auto-uplink")
 	f.DurationVar(&s.gather, "auto-gather", 2*time.Second, "transport auto: how long the first node asking for a large delta waits for others asking for the same commit")
 	f.BoolVar(&s.off, "no-auto", false, "do not advise nodes fetching with --transport auto (they use HTTP)")
 }
@@ -273,10 +277,17 @@ func (s *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 		}
 		return nil, &simsync.FlagError{Flag: "auto-uplink", Value: s.uplink, Err: err}
 	}
+	nodeRate, err := units.ParseRate(s.nodeRate)
+	if err != nil || nodeRate < 0 {
+		if err == nil {
+			err = fmt.Errorf("want 0 or a rate above 0")
+		}
+		return nil, &simsync.FlagError{Flag: "auto-node-rate", Value: s.nodeRate, Err: err}
+	}
 	if s.gather < 0 || s.gather > time.Minute {
 		return nil, &simsync.FlagError{Flag: "auto-gather", Value: s.gather.String(), Err: fmt.Errorf("want 0 to 1m")}
 	}
-	a := &Advisor{Server: env.Server, Uplink: float64(up), Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
+	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
 	env.Server.Handle("POST "+AdvicePath, a)
 	return closer{}, nil
 }
