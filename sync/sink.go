@@ -142,6 +142,12 @@ func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) err
 	if err != nil {
 		return err
 	}
+	if comp == compZstd {
+		// PutFrame copies what it keeps: the decoded frame is free
+		// again once it returns (a 4 MiB buffer per frame, zeroed
+		// each time, was a twentieth of an install's CPU).
+		defer putFrameBuf(raw)
+	}
 	pe := make([]store.PackEntry, len(ents))
 	var n int64
 	for i, e := range ents {
@@ -176,7 +182,9 @@ func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntr
 	switch comp {
 	case compZstd:
 		var err error
-		if raw, err = s.dec.DecodeAll(payload, make([]byte, 0, decodeCap(uint64(ulen), len(payload)))); err != nil {
+		buf := getFrameBuf(decodeCap(uint64(ulen), len(payload)))
+		if raw, err = s.dec.DecodeAll(payload, buf); err != nil {
+			putFrameBuf(buf)
 			return nil, fmt.Errorf("frame: %w", err)
 		}
 	case compRaw:
@@ -199,6 +207,31 @@ func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntr
 	}
 	return raw, nil
 }
+
+// frameBufs holds decode buffers of frames the sink is done with.
+var frameBufs gosync.Pool
+
+// getFrameBuf returns an empty buffer of capacity at least n, reused
+// when one is free.
+func getFrameBuf(n int) []byte {
+	if b, ok := frameBufs.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+// putFrameBuf gives b back for reuse; nothing may hold it after.
+func putFrameBuf(b []byte) {
+	if cap(b) == 0 || cap(b) > 2*maxFrameBuf {
+		return
+	}
+	b = b[:0]
+	frameBufs.Put(&b)
+}
+
+// maxFrameBuf: buffers beyond twice this (a rare big frame) are not
+// kept for reuse.
+const maxFrameBuf = 8 << 20
 
 // checkTree refuses a tree that does not decode (names with "/", ".",
 // "..", NUL or over 255 bytes, hard links out of the tree, bad
