@@ -445,9 +445,11 @@ func (s *Store) GCSweep(m GCMark, live, liveCommits func(chunk.ID) bool) (Remote
 		return false
 	}
 	var del []chunk.ID
+	gone := map[chunk.ID]bool{} // deleted now or by an interrupted sweep
 	for _, pid := range ids {
 		if _, ok := bi.present[pid]; !ok {
-			continue // deleted by an earlier, interrupted sweep
+			gone[pid] = true // an earlier sweep of m was interrupted
+			continue
 		}
 		needed := false
 		for _, e := range bi.ents[pid] {
@@ -465,7 +467,6 @@ func (s *Store) GCSweep(m GCMark, live, liveCommits func(chunk.ID) bool) (Remote
 	}
 	// Index files that name a pack about to go are replaced by one naming
 	// their other packs, written first.
-	gone := map[chunk.ID]bool{}
 	for _, p := range del {
 		gone[p] = true
 	}
