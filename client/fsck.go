@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/systemimager/sim/chunk"
 	"github.com/systemimager/sim/snapshot"
@@ -158,7 +159,7 @@ func (r *reach) enter(id chunk.ID, _ string, t *snapshot.Tree, err error) error 
 
 // chunks checks that the chunks a tree is the first to name are present.
 func (r *reach) chunks(tree chunk.ID, ids []chunk.ID) error {
-	has, err := r.st.HasMany(ids)
+	has, err := r.st.HasManyIndexed(ids)
 	if err != nil {
 		return err
 	}
@@ -207,6 +208,10 @@ var ErrDamaged = errors.New("the store is damaged")
 func Fsck(st *store.Store, readData bool) (*FsckReport, error) {
 	rep := &FsckReport{}
 	bad := map[chunk.ID]string{}
+	// On S3, walking the trees reads their frames by ranged GETs rather
+	// than downloading every pack holding one.
+	st.SetRangedReads(true)
+	defer st.SetRangedReads(false)
 	cs, err := st.Check(readData, func(p store.Problem) {
 		if p.Warning {
 			rep.Warnings = append(rep.Warnings, p.String())
@@ -252,6 +257,9 @@ func GC(st *store.Store) (store.GCStats, error) { return GCProgress(st, nil) }
 // GCProgress is GC counting in p (when not nil) the trees it walks and
 // then the blobs it sorts into live and dead (Files).
 func GCProgress(st *store.Store, p *snapshot.Progress) (store.GCStats, error) {
+	if st.Remote() != nil {
+		return store.GCStats{}, fmt.Errorf("gc on an S3 store (%s) goes by marks and a grace period: use client.GCRemote", st.Location())
+	}
 	rs, err := refRoots(st)
 	if err != nil {
 		return store.GCStats{}, err
@@ -283,4 +291,143 @@ func GCProgress(st *store.Store, p *snapshot.Progress) (store.GCStats, error) {
 	// Stat caches may name chunks gc just removed: drop them all.
 	dropStatCaches(st)
 	return gs, nil
+}
+
+// GCRemoteOptions steer gc on an S3 store.
+type GCRemoteOptions struct {
+	// Grace is how long a new mark waits before its sweep: longer than
+	// any push or commit into the store takes (0: sweep at once, safe
+	// only when nothing writes the store meanwhile).
+	Grace time.Duration
+	// Progress, when set, counts the trees walked (Files).
+	Progress *snapshot.Progress
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// GCRemoteReport is what GCRemote did.
+type GCRemoteReport struct {
+	Swept   int // marks swept
+	Waiting []store.GCMark
+	Mark    *store.GCMark // the new mark (nil: nothing dead)
+	store.RemoteGCStats
+}
+
+// GCRemote is gc on an S3 store (ARCHITECTURE.md "gc on S3"): first it
+// sweeps every pending mark whose grace period is over, each after a walk
+// from the refs and from every commit made since the mark; then it walks
+// from the refs and writes a new mark of what is dead (sweeping it at
+// once when Grace is 0).
+func GCRemote(st *store.Store, o GCRemoteOptions) (*GCRemoteReport, error) {
+	if st.Remote() == nil {
+		return nil, fmt.Errorf("store %s is not on S3", st.Location())
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	st.SetRangedReads(true)
+	defer st.SetRangedReads(false)
+	rep := &GCRemoteReport{}
+	marks, err := st.GCMarks()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range marks {
+		if !m.Due(now()) {
+			rep.Waiting = append(rep.Waiting, m)
+			continue
+		}
+		if err := sweepOne(st, m, o.Progress, rep); err != nil {
+			return rep, err
+		}
+	}
+	r, err := gcWalk(st, nil, o.Progress)
+	if err != nil {
+		return rep, err
+	}
+	live := r.blobs()
+	m, gs, err := st.GCMarkNew(func(id chunk.ID) bool { _, ok := live[id]; return ok },
+		func(id chunk.ID) bool { _, ok := r.commits[id]; return ok }, o.Grace)
+	addStats(&rep.RemoteGCStats, gs)
+	if err != nil {
+		return rep, err
+	}
+	rep.Mark = m
+	if m != nil && o.Grace <= 0 {
+		if err := sweepOne(st, *m, o.Progress, rep); err != nil {
+			return rep, err
+		}
+	} else if m != nil {
+		rep.Waiting = append(rep.Waiting, *m)
+	}
+	dropStatCaches(st)
+	return rep, nil
+}
+
+// sweepOne walks again (from the refs and every commit m does not list
+// as dead: what was made since the mark) and sweeps m.
+func sweepOne(st *store.Store, m store.GCMark, p *snapshot.Progress, rep *GCRemoteReport) error {
+	dead := make(map[chunk.ID]bool, len(m.Commits))
+	for _, c := range m.Commits {
+		dead[c] = true
+	}
+	if err := st.Refresh(); err != nil {
+		return err
+	}
+	all, err := st.CommitIDs()
+	if err != nil {
+		return err
+	}
+	var extra []chunk.ID
+	for _, c := range all {
+		if !dead[c] {
+			extra = append(extra, c)
+		}
+	}
+	r, err := gcWalk(st, extra, p)
+	if err != nil {
+		return err
+	}
+	live := r.blobs()
+	gs, err := st.GCSweep(m, func(id chunk.ID) bool { _, ok := live[id]; return ok },
+		func(id chunk.ID) bool { _, ok := r.commits[id]; return ok })
+	addStats(&rep.RemoteGCStats, gs)
+	if err == nil {
+		rep.Swept++
+	}
+	return err
+}
+
+// gcWalk walks from the refs and extra commits, refusing a damaged store.
+func gcWalk(st *store.Store, extra []chunk.ID, p *snapshot.Progress) (*reach, error) {
+	rs, err := refRoots(st)
+	if err != nil {
+		return nil, err
+	}
+	r := newReach(st, map[chunk.ID]string{})
+	r.progress = p
+	for id := range rs {
+		r.commit(id)
+	}
+	for _, id := range extra {
+		r.commit(id)
+	}
+	if len(r.problems) > 0 {
+		return nil, fmt.Errorf("gc: refusing to run on a damaged store (run `sim fsck`): %s", r.problems[0])
+	}
+	return r, nil
+}
+
+func addStats(a *store.RemoteGCStats, b store.RemoteGCStats) {
+	a.PacksMarked += b.PacksMarked
+	a.BytesMarked += b.BytesMarked
+	a.PacksRewritten += b.PacksRewritten
+	a.BlobsCopied += b.BlobsCopied
+	a.CommitsMarked += b.CommitsMarked
+	a.PacksDeleted += b.PacksDeleted
+	a.PacksKept += b.PacksKept
+	a.BytesFreed += b.BytesFreed
+	a.IndexReplaced += b.IndexReplaced
+	a.CommitsRemoved += b.CommitsRemoved
 }

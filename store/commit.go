@@ -110,10 +110,12 @@ func (s *Store) putCommit(c *Commit, shallow bool) (chunk.ID, error) {
 			}
 		}
 	}
-	if ok, err := s.Has(c.Tree); err != nil {
-		return id, err
-	} else if !ok {
+	// Indexed is enough, even in a pack a gc mark dooms: the sweep walks
+	// from every commit made since its mark and keeps what they name.
+	if _, err := s.lookupLocal(c.Tree); errors.Is(err, ErrNotFound) {
 		return id, fmt.Errorf("commit names tree %s, which the store lacks", c.Tree.Short())
+	} else if err != nil {
+		return id, err
 	}
 	err := s.db.Update(func(txn *badger.Txn) error {
 		_, err := txn.Get(append([]byte(kCommit), id[:]...))

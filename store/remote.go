@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -55,6 +56,15 @@ type remote struct {
 	seq         uint64
 	lastRefresh time.Time
 	packMu      sync.Mutex
+
+	// Pending gc marks (remotegc.go) and the packs they doom.
+	markMu    sync.RWMutex
+	marks     map[string]GCMark
+	doomed    map[chunk.ID]string
+	lastMarks time.Time
+	// ranged: read frames of packs the cache lacks by ranged GETs instead
+	// of downloading the whole pack (fsck and gc walk only trees).
+	ranged atomic.Bool
 }
 
 // IsRemote reports whether loc names a store on an object store (s3://).
@@ -206,6 +216,10 @@ func (s *Store) refresh(force bool) error {
 	}
 	ctx, cancel := remoteCtx()
 	defer cancel()
+	// Marks first: loading index files skips packs a sweep deleted.
+	if err := s.loadMarks(ctx); err != nil {
+		return err
+	}
 	if err := s.loadIndexFiles(ctx); err != nil {
 		return err
 	}
@@ -228,12 +242,65 @@ func (s *Store) loadIndexFiles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	listed := make(map[string]bool, len(objs))
+	for _, o := range objs {
+		listed[o.Key] = true
+	}
+	// Only while gc marks are pending can a pack be deleted: then list
+	// the packs too, to leave out of the index those a sweep removed.
+	var present map[chunk.ID]bool
+	if s.rem.anyDoomed() {
+		po, err := s.rem.c.List(ctx, "packs/", 0)
+		if err != nil {
+			return err
+		}
+		present = make(map[chunk.ID]bool, len(po))
+		for _, o := range po {
+			if id, err := chunk.Parse(strings.TrimSuffix(strings.TrimPrefix(o.Key, "packs/"), ".pack")); err == nil {
+				present[id] = true
+			}
+		}
+	}
+	// A gc sweep replaced index files and deleted packs this cache has
+	// loaded: rebuild the blob index from the bucket's index files.
+	rebuild := false
+	if err := s.scan(kIndexFile, false, func(k, _ []byte) error {
+		if !listed[string(k)] {
+			rebuild = true
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if present != nil && !rebuild {
+		if err := s.scan(kPack, false, func(k, _ []byte) error {
+			var id chunk.ID
+			copy(id[:], k)
+			if !present[id] && s.rem.isDoomed(id) {
+				rebuild = true
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if rebuild {
+		if err := s.db.DropPrefix([]byte(kBlob), []byte(kPack), []byte(kIndexFile)); err != nil {
+			return fmt.Errorf("rebuild the index of %s: %w", s.rem.c.Loc, err)
+		}
+		s.mu.Lock()
+		s.headers = map[chunk.ID][]PackEntry{}
+		s.mu.Unlock()
+	}
 	for _, o := range objs {
 		mark := []byte(kIndexFile + o.Key)
 		if s.hasKey(mark) {
 			continue
 		}
 		b, err := s.rem.c.Get(ctx, o.Key)
+		if errors.Is(err, s3.ErrNotFound) {
+			continue // replaced by a gc sweep since the LIST
+		}
 		if err != nil {
 			return err
 		}
@@ -243,6 +310,14 @@ func (s *Store) loadIndexFiles(ctx context.Context) error {
 		}
 		wb := s.db.NewWriteBatch()
 		for _, p := range packs {
+			doomed := s.rem.isDoomed(p.id)
+			if doomed && present != nil && !present[p.id] {
+				continue // deleted by a sweep that has not finished
+			}
+			if err == nil && doomed {
+				// Keep a blob's location in a pack that stays.
+				p.ents = s.notElsewhere(p.ents)
+			}
 			if err == nil {
 				err = indexPack(wb, p)
 			}
@@ -259,6 +334,19 @@ func (s *Store) loadIndexFiles(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// notElsewhere keeps the entries whose blob the index does not already
+// place in a pack no gc mark dooms.
+func (s *Store) notElsewhere(ents []PackEntry) []PackEntry {
+	out := ents[:0:0]
+	for _, e := range ents {
+		if loc, err := s.lookupLocal(e.ID); err == nil && !s.rem.isDoomed(loc.Pack) {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func indexPack(wb *badger.WriteBatch, p packDone) error {
@@ -366,26 +454,58 @@ func (s *Store) fetchPack(id chunk.ID) error {
 	return s.rem.c.GetFile(ctx, packKey(id), p)
 }
 
-// remotePacks lists the packs in the bucket, fetched into the cache.
-func (s *Store) remotePacks() (map[chunk.ID]string, error) {
+// remotePacks lists the packs in the bucket with their sizes (one LIST
+// per 1000 packs; nothing is downloaded).
+func (s *Store) remotePacks() (map[chunk.ID]int64, error) {
 	ctx, cancel := remoteCtx()
 	defer cancel()
 	objs, err := s.rem.c.List(ctx, "packs/", 0)
 	if err != nil {
 		return nil, err
 	}
-	out := map[chunk.ID]string{}
+	out := map[chunk.ID]int64{}
 	for _, o := range objs {
 		id, err := chunk.Parse(strings.TrimSuffix(strings.TrimPrefix(o.Key, "packs/"), ".pack"))
 		if err != nil {
 			continue
 		}
-		if err := s.fetchPack(id); err != nil {
-			return nil, err
-		}
-		out[id] = s.packPath(id)
+		out[id] = o.Size
 	}
 	return out, nil
+}
+
+// SetRangedReads makes reads of packs the cache lacks fetch just the
+// frame they need (a ranged GET) instead of the whole pack: for walks
+// that read trees only (fsck, gc), which would otherwise download every
+// pack that holds a tree frame. No effect on a local store.
+func (s *Store) SetRangedReads(on bool) {
+	if s.rem != nil {
+		s.rem.ranged.Store(on)
+	}
+}
+
+// rangedRead reads n bytes at off of pack id by a ranged GET when ranged
+// reads are on and the cache lacks the pack (ok false: read the file).
+func (s *Store) rangedRead(id chunk.ID, off, n int64) ([]byte, bool, error) {
+	if s.rem == nil || !s.rem.ranged.Load() {
+		return nil, false, nil
+	}
+	s.mu.Lock()
+	open := s.packs[id] != nil
+	s.mu.Unlock()
+	if open {
+		return nil, false, nil
+	}
+	if _, err := os.Stat(s.packPath(id)); err == nil {
+		return nil, false, nil
+	}
+	ctx, cancel := remoteCtx()
+	defer cancel()
+	b, err := s.rem.c.GetRange(ctx, packKey(id), off, n)
+	if err != nil {
+		return nil, true, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	return b, true, nil
 }
 
 // ---- commits ----
@@ -426,11 +546,13 @@ func (s *Store) loadCommits(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	inBucket := make(map[chunk.ID]bool, len(objs))
 	for _, o := range objs {
 		id, err := chunk.Parse(strings.TrimPrefix(o.Key, "commits/"))
 		if err != nil {
 			continue
 		}
+		inBucket[id] = true
 		if s.hasKey(append([]byte(kCommit), id[:]...)) {
 			continue
 		}
@@ -438,7 +560,30 @@ func (s *Store) loadCommits(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	// Commits a gc sweep deleted leave the cache too (one stored here
+	// between the LIST and its upload is fetched back on its next read).
+	var gone [][]byte
+	if err := s.scan(kCommit, false, func(k, _ []byte) error {
+		var id chunk.ID
+		copy(id[:], k)
+		if !inBucket[id] {
+			gone = append(gone, append([]byte(kCommit), k...))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range gone {
+		if err := wb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
 }
 
 // ---- meta ----

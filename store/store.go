@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/store/s3"
 )
 
 // Owned names what the store keeps in its directory (ARCHITECTURE.md
@@ -236,27 +237,60 @@ func (s *Store) lookupLocal(id chunk.ID) (Loc, error) {
 	return loc, err
 }
 
-// Has reports whether the store holds blob id.
+// Has reports whether the store holds blob id. On an S3 store a blob
+// held only in a pack a pending gc mark dooms counts as absent, so a
+// writer stores it again rather than deduplicating against a pack the
+// sweep may delete (remotegc.go).
 func (s *Store) Has(id chunk.ID) (bool, error) {
-	_, err := s.lookupLocal(id)
+	if s.rem != nil {
+		s.refreshMarks()
+	}
+	loc, err := s.lookupLocal(id)
 	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err == nil && s.rem != nil && s.rem.isDoomed(loc.Pack) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// HasMany answers "which of these do you have?" in one read transaction.
+// HasMany answers "which of these do you have?" in one read transaction,
+// as Has does.
 func (s *Store) HasMany(ids []chunk.ID) ([]bool, error) {
+	doomed := false
+	if s.rem != nil {
+		s.refreshMarks()
+		doomed = s.rem.anyDoomed()
+	}
+	return s.hasMany(ids, doomed)
+}
+
+// HasManyIndexed is HasMany for checks: every blob the index places,
+// doomed or not.
+func (s *Store) HasManyIndexed(ids []chunk.ID) ([]bool, error) { return s.hasMany(ids, false) }
+
+func (s *Store) hasMany(ids []chunk.ID, doomed bool) ([]bool, error) {
 	out := make([]bool, len(ids))
 	err := s.db.View(func(txn *badger.Txn) error {
 		key := make([]byte, 1+32)
 		key[0] = kBlob[0]
 		for i, id := range ids {
 			copy(key[1:], id[:])
-			_, err := txn.Get(key)
+			it, err := txn.Get(key)
 			if err == nil {
 				out[i] = true
-			} else if !errors.Is(err, badger.ErrKeyNotFound) {
+				if doomed {
+					err = it.Value(func(v []byte) error {
+						loc, err := unmarshalLoc(v)
+						if err == nil && s.rem.isDoomed(loc.Pack) {
+							out[i] = false
+						}
+						return err
+					})
+				}
+			}
+			if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
 				return err
 			}
 		}
@@ -297,13 +331,19 @@ func (s *Store) packFile(id chunk.ID) (*os.File, error) {
 func (s *Store) frame(loc Loc) ([]byte, bool, error) {
 	key := frameKey{loc.Pack, loc.FrameOff}
 	return s.frames.get(key, func() ([]byte, bool, error) {
-		f, err := s.packFile(loc.Pack)
+		raw, ranged, err := s.rangedRead(loc.Pack, int64(loc.FrameOff), int64(loc.FrameLen))
 		if err != nil {
 			return nil, false, err
 		}
-		raw := make([]byte, loc.FrameLen)
-		if _, err := f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
-			return nil, false, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+		if !ranged {
+			f, err := s.packFile(loc.Pack)
+			if err != nil {
+				return nil, false, err
+			}
+			raw = make([]byte, loc.FrameLen)
+			if _, err := f.ReadAt(raw, int64(loc.FrameOff)); err != nil {
+				return nil, false, fmt.Errorf("read pack %s at %d: %w", loc.Pack.Short(), loc.FrameOff, err)
+			}
 		}
 		if loc.Comp != compZstd {
 			return raw, false, nil
@@ -374,7 +414,18 @@ func (s *Store) Get(id chunk.ID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.GetAt(id, loc)
+	b, err := s.GetAt(id, loc)
+	if err != nil && s.rem != nil && errors.Is(err, s3.ErrNotFound) {
+		// A gc sweep deleted the pack after copying its live blobs
+		// elsewhere: follow the bucket's index and read the copy.
+		if rerr := s.Refresh(); rerr != nil {
+			return nil, err
+		}
+		if loc2, lerr := s.lookupLocal(id); lerr == nil && loc2.Pack != loc.Pack {
+			return s.GetAt(id, loc2)
+		}
+	}
+	return b, err
 }
 
 // GetStored returns the bytes of blob id as the store holds them, for
@@ -388,6 +439,9 @@ func (s *Store) Get(id chunk.ID) ([]byte, error) {
 // writers put in the bucket) are verified as Get verifies them. fsck
 // --read-data still re-hashes everything (GetAt).
 func (s *Store) GetStored(id chunk.ID) ([]byte, error) {
+	if s.rem != nil {
+		return s.Get(id) // verified, and following a pack a gc swept
+	}
 	loc, err := s.Lookup(id)
 	if err != nil {
 		return nil, err
@@ -407,13 +461,20 @@ func (s *Store) getAt(id chunk.ID, loc Loc, trustChecksum bool) ([]byte, error) 
 		if loc.Off+loc.Len > loc.FrameLen {
 			return nil, fmt.Errorf("blob %s: %w: outside its frame", id.Short(), errBadPack)
 		}
-		f, err := s.packFile(loc.Pack)
+		rb, ranged, err := s.rangedRead(loc.Pack, int64(loc.FrameOff)+int64(loc.Off), int64(loc.Len))
 		if err != nil {
 			return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
 		}
-		b = make([]byte, loc.Len)
-		if _, err := f.ReadAt(b, int64(loc.FrameOff)+int64(loc.Off)); err != nil {
-			return nil, fmt.Errorf("blob %s: read pack %s: %w", id.Short(), loc.Pack.Short(), err)
+		b = rb
+		if !ranged {
+			f, err := s.packFile(loc.Pack)
+			if err != nil {
+				return nil, fmt.Errorf("blob %s: %w", id.Short(), err)
+			}
+			b = make([]byte, loc.Len)
+			if _, err := f.ReadAt(b, int64(loc.FrameOff)+int64(loc.Off)); err != nil {
+				return nil, fmt.Errorf("blob %s: read pack %s: %w", id.Short(), loc.Pack.Short(), err)
+			}
 		}
 	} else {
 		fr, sum, err := s.frame(loc)

@@ -76,6 +76,10 @@ type packDone struct {
 
 // NewWriter starts a writer.
 func (s *Store) NewWriter() *Writer {
+	if s.rem != nil {
+		// Learn of gc marks before deduplicating against anything.
+		s.refreshMarks()
+	}
 	w := &Writer{s: s, seen: map[chunk.ID]struct{}{}, groups: map[Type]*group{},
 		frames: make(chan frameJob, 8), done: make(chan struct{}),
 		syncq: make(chan *packFile, 4), synced: make(chan struct{})}

@@ -306,14 +306,21 @@ func newFsckCommand(e *env) *cobra.Command {
 }
 
 func newGCCommand(e *env) *cobra.Command {
-	var expire time.Duration
+	var expire, grace time.Duration
 	c := &cobra.Command{
-		Use:   "gc [--reflog-expire DURATION]",
+		Use:   "gc [--reflog-expire DURATION] [--grace DURATION]",
 		Short: "Remove what no image, tag or reflog reaches, rewriting packs",
 		Long: `Remove what no image, tag or reflog reaches, rewriting packs; crash-safe.
 Reflogs keep every former head of an image (what a node has been updated
 from, for rollbacks) until --reflog-expire drops entries older than
-DURATION (e.g. 720h).`,
+DURATION (e.g. 720h).
+
+On an S3 store, which other frontends and admins may be writing, gc
+deletes nothing at once: it copies the live blobs out of packs that hold
+dead ones and writes a mark of what is dead; a later gc, once the mark is
+older than --grace (default 1h: longer than any push), walks again and
+deletes only what nothing pushed since needs. --grace 0 sweeps at once:
+only when nothing else writes the store.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, args []string) error {
 			return e.withStore(func(st *store.Store) error {
@@ -325,6 +332,15 @@ DURATION (e.g. 720h).`,
 					fmt.Fprintf(e.stdout, "gc: dropped %d reflog entries older than %s\n", n, expire)
 				}
 				p := &snapshot.Progress{}
+				if st.Remote() != nil {
+					stop := e.showCount("gc", "trees", p)
+					rep, err := client.GCRemote(st, client.GCRemoteOptions{Grace: grace, Progress: p})
+					stop()
+					if rep != nil {
+						printRemoteGC(e, rep)
+					}
+					return err
+				}
 				stop := e.showCount("gc", "objects", p)
 				gs, err := client.GCProgress(st, p)
 				stop()
@@ -338,5 +354,23 @@ DURATION (e.g. 720h).`,
 		},
 	}
 	c.Flags().DurationVar(&expire, "reflog-expire", 0, "first drop reflog entries older than `DURATION`")
+	c.Flags().DurationVar(&grace, "grace", time.Hour, "S3 store: sweep a mark only once it is `DURATION` old (longer than any push)")
 	return c
+}
+
+func printRemoteGC(e *env, rep *client.GCRemoteReport) {
+	if rep.Swept > 0 {
+		fmt.Fprintf(e.stdout, "gc: swept %d marks: %d packs deleted (%s freed), %d kept for what was pushed since, %d index files replaced, %d commits removed\n",
+			rep.Swept, rep.PacksDeleted, units.Bytes(rep.BytesFreed), rep.PacksKept, rep.IndexReplaced, rep.CommitsRemoved)
+	}
+	if rep.Mark != nil {
+		fmt.Fprintf(e.stdout, "gc: marked %d packs (%s) and %d commits dead (%s); %d live blobs copied into %d new packs\n",
+			rep.PacksMarked, units.Bytes(rep.BytesMarked), rep.CommitsMarked, rep.Mark.Key, rep.BlobsCopied, rep.PacksRewritten)
+	} else {
+		fmt.Fprintln(e.stdout, "gc: nothing new to mark")
+	}
+	for _, m := range rep.Waiting {
+		fmt.Fprintf(e.stdout, "gc: mark %s (%d packs, %s) is swept by a gc from %s on\n",
+			m.Key, len(m.Packs), units.Bytes(m.Bytes), m.Time.Add(m.Grace).Local().Format("2006-01-02 15:04:05"))
+	}
 }
