@@ -184,10 +184,10 @@ func TestLabFrontends(t *testing.T) {
 	// Phase 1: HTTP installs across both; A killed mid-way.
 	type nodeRun struct {
 		host, store, root string
-		first            *frontend
-		cmd              *exec.Cmd
-		out, errb        bytes.Buffer
-		done             chan error
+		first             *frontend
+		cmd               *exec.Cmd
+		out, errb         bytes.Buffer
+		done              chan error
 	}
 	nodes := make([]*nodeRun, nn)
 	for i := range nodes {
