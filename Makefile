@@ -49,6 +49,9 @@ TEST_DEBS += prometheus
 # BitTorrent: aria2c (package aria2), a standard client, downloads sim's
 # torrents in cmd/sim/bt_std_test.go (and is bench/btbench.sh's peer).
 TEST_DEBS += aria2
+# Frontends: the lab's nodes GET torrents and seeder status with curl
+# (cmd/sim/frontends_lab_test.go).
+TEST_DEBS += curl
 
 # Debian packages the bare-metal install tests (cmd/sim/metal_test.go) and
 # sim initrd build use: qemu and OVMF run the VMs (BIOS and UEFI); the

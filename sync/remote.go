@@ -26,7 +26,10 @@ import (
 // server goes through it: one place for the bearer token, the CA, the
 // retries of transient failures and the wording of errors.
 type Remote struct {
-	URL    string // base URL, e.g. http://imageserver:7480
+	// URL names the server: its base URL (http://imageserver:7480), or
+	// the comma-separated base URLs of several frontends of one store
+	// (http://fe1:7480,http://fe2:7480) as NewRemote was given them.
+	URL    string
 	Token  string // bearer token, for push (and reads on a closed server)
 	Client *http.Client
 	// Retries is how many times a request that can be repeated (no
@@ -46,6 +49,13 @@ type Remote struct {
 	// Received, when set, counts every response body byte read from the
 	// server (a command's progress bar reads it).
 	Received *atomic.Int64
+	// Logf, when set, is told when requests move to another frontend.
+	Logf func(format string, a ...any)
+
+	// bases are the frontends' base URLs (NewRemote); requests go to
+	// bases[cur] until it fails, then to the next. Empty: URL alone.
+	bases []string
+	cur   atomic.Int32
 }
 
 // stallBytes is the least a response body must bring per StallTimeout.
@@ -56,15 +66,27 @@ var ErrStalled = errors.New("the server stalled")
 
 // NewRemote returns a Remote for url. $SIM_CA_CERT names a PEM file of
 // extra CAs to trust for https.
+//
+// url may list several frontends of one store, comma-separated
+// (http://fe1:7480,http://fe2:7480): requests go to the first until it
+// fails (refused, reset, stalled, 502/503/504), then to the next, and an
+// interrupted stream is resumed from the next with only what is still
+// missing (see FetchCommit). A host name that resolves to several
+// addresses needs no list for a frontend that refuses: every connection
+// tries the addresses in order.
 func NewRemote(url, token string) (*Remote, error) {
-	url = strings.TrimRight(url, "/")
-	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
-		return nil, fmt.Errorf("remote %q: want an http:// or https:// URL", url)
+	var bases []string
+	for _, u := range strings.Split(url, ",") {
+		u = strings.TrimRight(strings.TrimSpace(u), "/")
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("remote %q: want an http:// or https:// URL (or several, comma-separated)", u)
+		}
+		bases = append(bases, u)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 8
 	tr.ResponseHeaderTimeout = 5 * time.Minute
-	r := &Remote{URL: url, Token: token, Client: &http.Client{Transport: tr}, Retries: 3}
+	r := &Remote{URL: strings.Join(bases, ","), Token: token, Client: &http.Client{Transport: tr}, Retries: 3, bases: bases}
 	if ca := os.Getenv("SIM_CA_CERT"); ca != "" {
 		if err := r.TrustCAFile(ca); err != nil {
 			return nil, fmt.Errorf("SIM_CA_CERT: %w", err)
@@ -100,6 +122,45 @@ func (r *Remote) TrustCAFile(file string) error {
 
 // String is the server's URL.
 func (r *Remote) String() string { return r.URL }
+
+// Base is the base URL requests go to now: the frontend in use.
+func (r *Remote) Base() string {
+	if len(r.bases) == 0 {
+		return r.URL
+	}
+	return r.bases[int(r.cur.Load())%len(r.bases)]
+}
+
+// Bases are every frontend's base URL, the one in use first.
+func (r *Remote) Bases() []string {
+	if len(r.bases) == 0 {
+		return []string{r.URL}
+	}
+	i := int(r.cur.Load())
+	return append(append([]string(nil), r.bases[i:]...), r.bases[:i]...)
+}
+
+// failover moves requests from base (which just failed with err) to the
+// next frontend, if there is one and no other request moved them
+// already, and says so through Logf. It reports whether a next frontend
+// exists.
+func (r *Remote) failover(base string, err error) bool {
+	n := len(r.bases)
+	if n < 2 {
+		return false
+	}
+	for i, b := range r.bases {
+		if b != base {
+			continue
+		}
+		next := (i + 1) % n
+		if r.cur.CompareAndSwap(int32(i), int32(next)) && r.Logf != nil {
+			r.Logf("server %s failed (%v): switched to %s", base, err, r.bases[next])
+		}
+		return true
+	}
+	return true
+}
 
 // ErrRemoteNotFound is returned when the server does not have a thing.
 var ErrRemoteNotFound = errors.New("not on the server")
@@ -138,23 +199,60 @@ type request struct {
 
 // do sends req, retrying transient failures of repeatable requests, and
 // returns a 2xx response (the caller closes its body).
+//
+// With several frontends, a transient failure moves on to the next at
+// once; the waits come after each round of them all, and Retries counts
+// rounds.
 func (r *Remote) do(ctx context.Context, q request) (*http.Response, error) {
+	resp, _, err := r.doAt(ctx, q)
+	return resp, err
+}
+
+// doAt is do, also returning the base URL that answered.
+func (r *Remote) doAt(ctx context.Context, q request) (*http.Response, string, error) {
 	wait := time.Second
+	n := max(len(r.bases), 1)
 	for try := 0; ; try++ {
-		resp, err := r.once(ctx, q)
+		base := r.Base()
+		resp, err := r.once(ctx, base, q)
 		if err == nil {
-			return resp, nil
+			return resp, base, nil
 		}
-		if q.stream != nil || try >= r.Retries || ctx.Err() != nil || !transient(err) {
-			return nil, err
+		if ctx.Err() != nil || !transient(err) {
+			return nil, base, err
+		}
+		// Even a request that cannot be repeated moves the next ones on.
+		r.failover(base, err)
+		if q.stream != nil || try >= (r.Retries+1)*n-1 {
+			return nil, base, err
+		}
+		if (try+1)%n != 0 {
+			continue
 		}
 		select {
 		case <-ctx.Done():
-			return nil, err
+			return nil, base, err
 		case <-time.After(wait):
 		}
 		wait *= 2
 	}
+}
+
+// broken is what a stream from base that ended early with err (from
+// Decode) means: with several frontends, a server that died or stalled
+// mid-stream is a partial delivery (ErrTruncated: what arrived is kept
+// and the rest asked of the next frontend); with one, err as it is.
+func (r *Remote) broken(base string, err error) error {
+	if err == nil || len(r.bases) < 2 {
+		return err
+	}
+	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrStalled) || transient(err) {
+		r.failover(base, err)
+		if !errors.Is(err, ErrTruncated) {
+			err = fmt.Errorf("%w: %w", ErrTruncated, err)
+		}
+	}
+	return err
 }
 
 func transient(err error) bool {
@@ -178,7 +276,7 @@ func transient(err error) bool {
 	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }
 
-func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
+func (r *Remote) once(ctx context.Context, base string, q request) (*http.Response, error) {
 	var body io.Reader = q.stream
 	if q.body != nil {
 		body = bytes.NewReader(q.body)
@@ -187,7 +285,7 @@ func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
 	if q.timeout > 0 {
 		ctx, cancel = withTimeout(ctx, cancel, q.timeout)
 	}
-	req, err := http.NewRequestWithContext(ctx, q.method, r.URL+q.path, body)
+	req, err := http.NewRequestWithContext(ctx, q.method, base+q.path, body)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -201,18 +299,18 @@ func (r *Remote) once(ctx context.Context, q request) (*http.Response, error) {
 	resp, err := r.Client.Do(req)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("%s %s: %w", q.method, r.URL+q.path, err)
+		return nil, fmt.Errorf("%s %s: %w", q.method, base+q.path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
 		resp.Body.Close()
 		cancel()
-		return nil, &HTTPError{Method: q.method, URL: r.URL + q.path, Code: resp.StatusCode, Msg: string(bytes.TrimSpace(msg))}
+		return nil, &HTTPError{Method: q.method, URL: base + q.path, Code: resp.StatusCode, Msg: string(bytes.TrimSpace(msg))}
 	}
 	// The context ends with the body: a stream can take as long as it
 	// takes (as long as it moves), a control request no longer than its
 	// timeout.
-	resp.Body = r.watch(resp.Body, cancel, q.method+" "+r.URL+q.path)
+	resp.Body = r.watch(resp.Body, cancel, q.method+" "+base+q.path)
 	return resp, nil
 }
 
@@ -317,13 +415,13 @@ const maxJSON = 16 << 20
 
 // GetJSON GETs path and decodes its JSON answer into v.
 func (r *Remote) GetJSON(ctx context.Context, path string, v any) error {
-	resp, err := r.do(ctx, request{method: "GET", path: path, timeout: time.Minute})
+	resp, base, err := r.doAt(ctx, request{method: "GET", path: path, timeout: time.Minute})
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(v); err != nil {
-		return fmt.Errorf("GET %s%s: bad answer: %w", r.URL, path, err)
+		return fmt.Errorf("GET %s%s: bad answer: %w", base, path, err)
 	}
 	return nil
 }
@@ -340,7 +438,7 @@ func (r *Remote) PostJSON(ctx context.Context, path string, in, out any) error {
 		}
 		q.body, q.ctype = b, "application/json"
 	}
-	resp, err := r.do(ctx, q)
+	resp, base, err := r.doAt(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -350,7 +448,7 @@ func (r *Remote) PostJSON(ctx context.Context, path string, in, out any) error {
 		return nil
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(out); err != nil {
-		return fmt.Errorf("POST %s%s: bad answer: %w", r.URL, path, err)
+		return fmt.Errorf("POST %s%s: bad answer: %w", base, path, err)
 	}
 	return nil
 }
@@ -360,8 +458,12 @@ func (r *Remote) PostJSON(ctx context.Context, path string, in, out any) error {
 // JSON answer decoded into v (ok true). It is bounded by wait plus a
 // margin for a slow answer, and never retried: the caller polls again.
 func (r *Remote) Poll(ctx context.Context, path string, wait time.Duration, v any) (bool, error) {
-	resp, err := r.once(ctx, request{method: "GET", path: path, timeout: wait + 30*time.Second})
+	base := r.Base()
+	resp, err := r.once(ctx, base, request{method: "GET", path: path, timeout: wait + 30*time.Second})
 	if err != nil {
+		if transient(err) && ctx.Err() == nil {
+			r.failover(base, err)
+		}
 		return false, err
 	}
 	defer resp.Body.Close()
@@ -369,7 +471,7 @@ func (r *Remote) Poll(ctx context.Context, path string, wait time.Duration, v an
 		return false, nil
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxJSON)).Decode(v); err != nil {
-		return false, fmt.Errorf("GET %s%s: bad answer: %w", r.URL, path, err)
+		return false, fmt.Errorf("GET %s%s: bad answer: %w", base, path, err)
 	}
 	return true, nil
 }
@@ -460,12 +562,13 @@ func (r *Remote) Fetch(ctx context.Context, want chunk.ID, haves []chunk.ID, rcv
 	if len(haves) > 0 {
 		path += "&have=" + haveQuery(haves)
 	}
-	resp, err := r.do(ctx, request{method: "GET", path: path})
+	resp, base, err := r.doAt(ctx, request{method: "GET", path: path})
 	if err != nil {
 		return DecodeStats{}, err
 	}
 	defer resp.Body.Close()
-	return Decode(resp.Body, rcv)
+	st, err := Decode(resp.Body, rcv)
+	return st, r.broken(base, err)
 }
 
 // Plan asks what Fetch would send.
@@ -494,12 +597,13 @@ func (r *Remote) Objects(ctx context.Context, ids []chunk.ID, rcv Receiver) (Dec
 	var total DecodeStats
 	for len(ids) > 0 {
 		n := min(len(ids), idBatch)
-		resp, err := r.do(ctx, request{method: "POST", path: "/v1/objects", body: idsBody(ids[:n]), ctype: "application/octet-stream"})
+		resp, base, err := r.doAt(ctx, request{method: "POST", path: "/v1/objects", body: idsBody(ids[:n]), ctype: "application/octet-stream"})
 		if err != nil {
 			return total, err
 		}
 		st, err := Decode(resp.Body, rcv)
 		resp.Body.Close()
+		err = r.broken(base, err)
 		total.Records += st.Records
 		total.Blobs += st.Blobs
 		total.WireBytes += st.WireBytes

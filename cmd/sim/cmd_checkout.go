@@ -127,7 +127,7 @@ how the objects travel (refs and commits always come over HTTP).`,
 	f.StringArrayVar(&o.excludeFrom, "exclude-from", nil, "read exclude patterns from `FILE`")
 	f.BoolVar(&o.force, "force", false, "overwrite a non-empty directory sim did not check out")
 	f.BoolVar(&o.noSync, "no-sync", false, "do not syncfs at the end")
-	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first")
+	f.StringVar(&o.from, "from", "", "fetch REF from the sim server at `URL` into the local store first (URL1,URL2,...: frontends of one store, the next used when one fails)")
 	o.rf.add(c)
 	o.rf.addRequire(c)
 	o.tf.Add(c.Flags())

@@ -119,7 +119,7 @@ hand (sim token add NAME --role node --node NAME).`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&o.from, "from", "", "the sim server's `URL`")
+	f.StringVar(&o.from, "from", "", "the sim server's `URL` (URL1,URL2,...: frontends of one store, the next used when one fails)")
 	f.StringVar(&o.image, "image", "", "install `REF` instead of the node's image")
 	f.StringVar(&o.node, "node", "", "install as node `NAME`")
 	f.StringVar(&o.mac, "mac", "", "identify this machine by `MAC` (default: the first NIC's)")

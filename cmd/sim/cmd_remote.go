@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	gosync "sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -109,6 +110,14 @@ func (f *remoteFlags) remote(e *env, url string) (*simsync.Remote, error) {
 		}
 	}
 	r.RequireSignature = f.requireSig
+	// A move to another frontend (--from URL1,URL2) is said on stderr:
+	// the admin learns which server failed.
+	var mu gosync.Mutex
+	r.Logf = func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(e.stderr, "sim: "+format+"\n", a...)
+	}
 	if f.stall > 0 {
 		r.StallTimeout = f.stall
 	}
@@ -349,6 +358,7 @@ func newSiteCache(ctx context.Context, e *env, st *store.Store, logw *log.Logger
 			return nil, fmt.Errorf("serve --upstream-ca: %w", err)
 		}
 	}
+	r.Logf = logw.Printf
 	logw.Printf("site cache of %s (refs refreshed at most every %s)", r.URL, simsync.DefaultRefsTTL)
 	return &simsync.Cache{Up: r, Store: st, Ctx: ctx, Log: logw}, nil
 }

@@ -123,7 +123,7 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	doc, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
 	resp.Body.Close()
 	if err != nil {
-		return ds, fmt.Errorf("bittorrent: torrent from %s: %w", n.Remote.URL, err)
+		return ds, fmt.Errorf("bittorrent: torrent from %s: %w", n.Remote.Base(), err)
 	}
 	ds.WireBytes += int64(len(doc))
 	if resp.StatusCode == http.StatusNoContent {
@@ -131,10 +131,10 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	}
 	t, err := DecodeTorrent(doc)
 	if err != nil {
-		return ds, fmt.Errorf("%s: %w", n.Remote.URL, err)
+		return ds, fmt.Errorf("%s: %w", n.Remote.Base(), err)
 	}
 	if t.Want != want {
-		return ds, fmt.Errorf("bittorrent: %s sent the torrent of %s, not %s", n.Remote.URL, t.Want.Short(), want.Short())
+		return ds, fmt.Errorf("bittorrent: %s sent the torrent of %s, not %s", n.Remote.Base(), t.Want.Short(), want.Short())
 	}
 	cl, err := n.client()
 	if err != nil {
@@ -150,19 +150,32 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	n.active = append(n.active, at)
 	n.mu.Unlock()
 
-	u, _ := url.Parse(n.Remote.URL)
+	// Every frontend of the store (Remote lists them) derives the same
+	// info hash: each is a tracker and a seed of one swarm. The document's
+	// peer port is taken to be every frontend's (one --bt-listen port).
+	bases := n.Remote.Bases()
 	if t.PeerPort > 0 {
-		if addrs, err := net.DefaultResolver.LookupIPAddr(ctx, u.Hostname()); err == nil {
-			var peers []torrent.PeerInfo
-			for _, a := range addrs {
-				if a.IP.To4() != nil {
-					peers = append(peers, torrent.PeerInfo{Addr: &net.TCPAddr{IP: a.IP, Port: t.PeerPort}, Source: torrent.PeerSourceDirect, Trusted: true})
+		var peers []torrent.PeerInfo
+		for _, b := range bases {
+			u, err := url.Parse(b)
+			if err != nil {
+				continue
+			}
+			if addrs, err := net.DefaultResolver.LookupIPAddr(ctx, u.Hostname()); err == nil {
+				for _, a := range addrs {
+					if a.IP.To4() != nil {
+						peers = append(peers, torrent.PeerInfo{Addr: &net.TCPAddr{IP: a.IP, Port: t.PeerPort}, Source: torrent.PeerSourceDirect, Trusted: true})
+					}
 				}
 			}
-			tt.AddPeers(peers)
 		}
+		tt.AddPeers(peers)
 	}
-	tt.AddTrackers([][]string{{n.Remote.URL + Prefix + "announce"}})
+	tiers := make([][]string, len(bases))
+	for i, b := range bases {
+		tiers[i] = []string{b + Prefix + "announce"}
+	}
+	tt.AddTrackers(tiers)
 	// The web seed is the server's uplink again, with none of the
 	// swarm's sharing (nor super-seeding): a fallback, added once no
 	// payload byte came for webSeedAfter (no peer reachable, or the
@@ -219,7 +232,11 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 				lastMove = time.Now()
 			} else if webSeed && time.Since(lastMove) > webSeedAfter {
 				webSeed = false
-				tt.AddWebSeeds([]string{n.Remote.URL + Prefix + "seed/" + t.InfoHash.HexString() + "/"})
+				var seeds []string
+				for _, b := range bases {
+					seeds = append(seeds, b+Prefix+"seed/"+t.InfoHash.HexString()+"/")
+				}
+				tt.AddWebSeeds(seeds)
 			} else if time.Since(lastMove) > stall {
 				// Leave the swarm, keeping what arrived (close flushes
 				// the decoded frames), so the HTTP fallback asks only

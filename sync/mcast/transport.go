@@ -251,7 +251,7 @@ func (t *Node) receive(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	}
 	var err error
 	if cfg.Iface = t.Iface; cfg.Iface == nil {
-		if cfg.Iface, err = ifaceTowards(t.Remote.URL); err != nil {
+		if cfg.Iface, err = ifaceTowards(t.Remote.Base()); err != nil {
 			return Result{}, err
 		}
 	}
