@@ -194,7 +194,7 @@ image's current layout), or a commit of IMAGE@layout (that version).
 }
 
 type nodeOptions struct {
-	mac, ip, gw, image, disk               string
+	mac, ip, gw, image, disk, after        string
 	groups, overrides, scripts, preScripts []string
 	net                                    []string
 	netFile                                string
@@ -239,6 +239,7 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
 	f.StringArrayVar(&o.scripts, "script", nil, "run post-install script `NAME` (repeatable, in order)")
+	f.StringVar(&o.after, "after", "", "after a successful install: `ACTION` poweroff, reboot, kexec (boot the installed system without a firmware reboot) or shell (default: the kernel command line's sim.after=, else poweroff)")
 	f.StringArrayVar(&o.preScripts, "pre-script", nil, "run script `NAME` in the installer before the disk is partitioned (repeatable, in order; SIM_DISK names the disk)")
 }
 
@@ -274,7 +275,7 @@ which must stay inside the prefix.`,
 			var nodes []*catalog.Node
 			for i, name := range names {
 				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec}
+					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec, After: o.after}
 				if spec != nil && i > 0 {
 					if n.Network, err = spec.Shift(i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
@@ -496,6 +497,7 @@ record and the resolved lists.`,
 					row("overrides", strings.Join(res.Overrides, ", "))
 					row("pre-scripts", strings.Join(res.PreScripts, ", "))
 					row("scripts", strings.Join(res.Scripts, ", "))
+					row("after", res.After)
 				}
 				if n.Reinstall != nil {
 					row("reinstall", "asked "+n.Reinstall.Format(time.RFC3339)+" (its next netboot installs until an install succeeds)")
@@ -565,9 +567,12 @@ func newGroupCommand(e *env) *cobra.Command {
 		Short: "Add or replace a group",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts}
+			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, After: o.after}
 			if err := catalog.CheckDocName("group", g.Name); err != nil {
 				return usageError{err}
+			}
+			if err := catalog.CheckAfter(g.After); err != nil {
+				return usageError{fmt.Errorf("group %s: %w", g.Name, err)}
 			}
 			return e.withStore(func(st *store.Store) error {
 				if err := catalog.CheckRefs(st, g.Image, g.Overrides, append(append([]string(nil), g.Scripts...), g.PreScripts...)); err != nil {
