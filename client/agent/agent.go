@@ -325,6 +325,9 @@ func (a *agent) execute(ctx context.Context, o *fleet.Order) {
 		res.Outcome, err = a.m.Rollback(ctx, o.ID, reason)
 	case fleet.OrderDrift:
 		res.Drift, err = a.m.Drift(ctx)
+	case fleet.OrderReinstall:
+		a.logf("order %s: reinstall from the local disk (kexec %v)", o.ID, o.Kexec)
+		res.Message, err = a.prepareReinstall(ctx, o)
 	default:
 		err = fmt.Errorf("unknown order kind %q", o.Kind)
 	}
@@ -342,6 +345,10 @@ func (a *agent) execute(ctx context.Context, o *fleet.Order) {
 	}
 	a.send(ctx, res)
 	a.report(ctx)
+	if o.Kind == fleet.OrderReinstall && err == nil {
+		// Only now, the server told: the node goes into its installer.
+		a.rebootForReinstall(o.Kexec)
+	}
 }
 
 // progress reports every second while an order runs (a quick one sends

@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	sinstall "github.com/systemimager/sim/client/install"
 	"github.com/systemimager/sim/initrd"
 	"github.com/systemimager/sim/store/sign"
 )
@@ -33,8 +34,11 @@ import (
 // Params are the sim.* words of the kernel command line.
 type Params struct {
 	Server, Image, Node, Disk, Transport string
-	After                                string // poweroff (default), reboot, shell, none
-	OnError                              string // shell (default), poweroff, reboot
+	After                                string // poweroff (default), reboot, kexec, shell, none
+	// AfterSet: sim.after= was given (else the node's or group's
+	// --after decides, the server says which).
+	AfterSet bool
+	OnError  string // shell (default), poweroff, reboot
 	// Token is sim.token=: the boot token. An enroll token (sim token
 	// add boot --role enroll), shared by the fleet: the server mints
 	// each node its own token with its config, and only that one stays
@@ -73,10 +77,10 @@ func ParseCmdline(s string) (Params, error) {
 			// auto: the server chooses per fetch (sync/auto).
 			p.Transport = v
 		case "sim.after":
-			if v != "poweroff" && v != "reboot" && v != "shell" && v != "none" {
-				return p, fmt.Errorf("sim.after=%s: want poweroff, reboot, shell or none", v)
+			if v != "poweroff" && v != "reboot" && v != "kexec" && v != "shell" && v != "none" {
+				return p, fmt.Errorf("sim.after=%s: want poweroff, reboot, kexec, shell or none", v)
 			}
-			p.After = v
+			p.After, p.AfterSet = v, true
 		case "sim.onerror":
 			if v != "poweroff" && v != "reboot" && v != "shell" {
 				return p, fmt.Errorf("sim.onerror=%s: want shell, poweroff or reboot", v)
@@ -186,6 +190,13 @@ func Main(install func(args []string, stderr io.Writer) int) {
 	if p.Disk != "" {
 		args = append(args, "--disk", p.Disk)
 	}
+	// The installer decides the action (the command line's, else the
+	// node's or group's) and, for kexec, copies the installed kernel
+	// out before it unmounts the disk.
+	args = append(args, "--kexec-dir", kexecDir)
+	if p.AfterSet && p.After != "none" {
+		args = append(args, "--after", p.After)
+	}
 	// The token goes by file, so the console shows its path only.
 	cred, err := Credentials(p, "/", "/run/sim")
 	if err != nil {
@@ -202,8 +213,17 @@ func Main(install func(args []string, stderr io.Writer) int) {
 		fail(errors.New(reason))
 	}
 	fmt.Fprintf(os.Stderr, "\n*** SIM INSTALL DONE in %.1fs since the kernel started init\n", time.Since(start).Seconds())
-	finish(p.After, say)
+	after := p.After
+	if b, err := os.ReadFile(filepath.Join(kexecDir, sinstall.KexecAfter)); err == nil && !(p.AfterSet && p.After == "none") {
+		after = strings.TrimSpace(string(b))
+	}
+	finish(after, say)
 }
+
+// kexecDir is where the installer leaves its decided after-install
+// action and, for kexec, the installed system's kernel, initrd and
+// command line (tmpfs: the disk is unmounted by then).
+const kexecDir = "/run/sim/kexec"
 
 // Credentials gathers what the install authenticates and verifies with:
 // the files baked into the initrd under root (initrd.TokenFile, CAFile,
@@ -261,8 +281,23 @@ func finish(action string, say func(string, ...any)) {
 		c.Run()
 		action = "poweroff"
 	}
+	if action == "kexec" {
+		// The installed system's kernel, straight from this one: no
+		// firmware, no second POST, no netboot.
+		if err := sinstall.KexecDir(kexecDir); err != nil {
+			say("%v; rebooting through the firmware instead", err)
+			action = "reboot"
+		} else {
+			say("kexec into the installed system")
+		}
+	}
 	unix.Sync()
 	time.Sleep(300 * time.Millisecond) // let teeConsoles write the last lines
+	if action == "kexec" {
+		sinstall.KexecReboot()
+		say("kexec failed; rebooting through the firmware instead")
+		action = "reboot"
+	}
 	if action == "reboot" {
 		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	}

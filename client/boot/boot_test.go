@@ -20,8 +20,16 @@ import (
 
 func TestParseCmdline(t *testing.T) {
 	p, err := ParseCmdline("BOOT_IMAGE=/vmlinuz console=ttyS0 sim.server=http://10.0.2.2:7480 sim.node=n1 sim.transport=auto sim.after=reboot")
-	if err != nil || p.Server != "http://10.0.2.2:7480" || p.Node != "n1" || p.Transport != "auto" || p.After != "reboot" || p.OnError != "shell" {
+	if err != nil || p.Server != "http://10.0.2.2:7480" || p.Node != "n1" || p.Transport != "auto" || p.After != "reboot" || !p.AfterSet || p.OnError != "shell" {
 		t.Errorf("got %+v %v", p, err)
+	}
+	// kexec: the installed system without a firmware reboot; no
+	// sim.after=: the node's or group's setting decides (AfterSet false).
+	if p, err := ParseCmdline("sim.server=http://s sim.after=kexec"); err != nil || p.After != "kexec" || !p.AfterSet {
+		t.Errorf("sim.after=kexec: %+v %v", p, err)
+	}
+	if p, err := ParseCmdline("sim.server=http://s"); err != nil || p.After != "poweroff" || p.AfterSet {
+		t.Errorf("no sim.after: %+v %v", p, err)
 	}
 	for _, bad := range []string{"console=ttyS0", "sim.server=x sim.after=explode", "sim.server=x sim.colour=red", "sim.server=x sim.onerror=none"} {
 		if _, err := ParseCmdline(bad); err == nil {

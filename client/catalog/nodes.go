@@ -44,6 +44,10 @@ type Node struct {
 	// again (sim node reinstall): its netboot installs while no install
 	// has succeeded since (NetbootsToInstall).
 	Reinstall *time.Time `json:"reinstall,omitempty"`
+	// After is what the installer does once the node is installed
+	// (poweroff, reboot, kexec, shell; sim node add --after); empty:
+	// its first group's that has one, else the kernel command line's.
+	After string `json:"after,omitempty"`
 }
 
 // Group gives its members an image, overrides and scripts. Stored as
@@ -54,6 +58,8 @@ type Group struct {
 	Overrides  []string `json:"overrides,omitempty"`
 	Scripts    []string `json:"scripts,omitempty"`
 	PreScripts []string `json:"pre_scripts,omitempty"`
+	// After: the members' after-install action (see Node.After).
+	After string `json:"after,omitempty"`
 }
 
 // Registry is the whole of sim@nodes at one commit.
@@ -135,7 +141,21 @@ func (n *Node) Check() error {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
+	if err := CheckAfter(n.After); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
 	return checkDocs(n.Name, n.Overrides, append(append([]string(nil), n.Scripts...), n.PreScripts...))
+}
+
+// CheckAfter accepts an after-install action: poweroff, reboot, kexec
+// (boot the installed system without a firmware reboot), shell, or ""
+// (not set).
+func CheckAfter(a string) error {
+	switch a {
+	case "", "poweroff", "reboot", "kexec", "shell":
+		return nil
+	}
+	return fmt.Errorf("after-install action %q: want poweroff, reboot, kexec or shell", a)
 }
 
 func checkDocs(owner string, overrides, scripts []string) error {
@@ -283,12 +303,15 @@ type Resolved struct {
 	Scripts   []string `json:"scripts,omitempty"`   // in run order, the same way
 	// PreScripts, in run order the same way, run before partitioning.
 	PreScripts []string `json:"pre_scripts,omitempty"`
+	// After is the node's after-install action, else its first group's
+	// that has one ("": none set).
+	After string `json:"after,omitempty"`
 }
 
 // Resolve folds n's groups in. The image is the node's, else the first
 // group's that names one.
 func (r *Registry) Resolve(n *Node) (*Resolved, error) {
-	out := &Resolved{Node: n, Image: n.Image}
+	out := &Resolved{Node: n, Image: n.Image, After: n.After}
 	for _, gname := range n.Groups {
 		g, ok := r.Groups[gname]
 		if !ok {
@@ -296,6 +319,9 @@ func (r *Registry) Resolve(n *Node) (*Resolved, error) {
 		}
 		if out.Image == "" {
 			out.Image = g.Image
+		}
+		if out.After == "" {
+			out.After = g.After
 		}
 		out.Overrides = append(out.Overrides, g.Overrides...)
 		out.Scripts = append(out.Scripts, g.Scripts...)

@@ -28,6 +28,12 @@ const (
 	OrderRollback = "rollback"
 	// OrderDrift scans the root (node.Machine.Drift).
 	OrderDrift = "drift"
+	// OrderReinstall puts the installer into the node's bootloader for
+	// one boot (sim node reinstall --local): the node downloads the
+	// netboot kernel and initrd into /boot/sim-installer, adds a
+	// one-time GRUB entry (or, with Kexec, loads the installer with
+	// kexec_file_load) and, once its result is sent, reboots into it.
+	OrderReinstall = "reinstall"
 )
 
 // Order is what the server asks of a node. The node carries out one at a
@@ -49,6 +55,11 @@ type Order struct {
 	// Reason is said in the node's log (a rollback's).
 	Reason string    `json:"reason,omitempty"`
 	Time   time.Time `json:"time"`
+	// Kexec (a reinstall): boot the installer with kexec, no firmware
+	// reboot and no bootloader entry. After (a reinstall): the
+	// installer's sim.after= ("": the node's own setting).
+	Kexec bool   `json:"kexec,omitempty"`
+	After string `json:"after,omitempty"`
 }
 
 // Report is what a node says about itself; each one is also its
@@ -92,6 +103,8 @@ type ResultMsg struct {
 	Error   string        `json:"error,omitempty"`
 	Outcome *node.Outcome `json:"outcome,omitempty"`
 	Drift   *node.Drift   `json:"drift,omitempty"`
+	// Message says what a reinstall order set up.
+	Message string `json:"message,omitempty"`
 }
 
 // LogLines is how much of a node's log its state keeps.

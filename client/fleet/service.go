@@ -563,6 +563,13 @@ func (x *Service) serveDiff(w http.ResponseWriter, r *http.Request) {
 // a result with an error naming it (its order is withdrawn); one node
 // never holds up the others beyond timeout.
 func (x *Service) Ask(ctx context.Context, names []string, kind string, timeout time.Duration) map[string]*ResultMsg {
+	return x.AskOrder(ctx, names, Order{Kind: kind}, timeout)
+}
+
+// AskOrder is Ask with an order like tmpl (its kind and options; each
+// node's gets its own ID).
+func (x *Service) AskOrder(ctx context.Context, names []string, tmpl Order, timeout time.Duration) map[string]*ResultMsg {
+	kind := tmpl.Kind
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out := map[string]*ResultMsg{}
@@ -576,7 +583,9 @@ func (x *Service) Ask(ctx context.Context, names []string, kind string, timeout 
 			defer wg.Done()
 			ch, done := x.waiter(id)
 			defer done()
-			x.Send(n, &Order{ID: id, Kind: kind})
+			o := tmpl
+			o.ID = id
+			x.Send(n, &o)
 			var r *ResultMsg
 			select {
 			case r = <-ch:

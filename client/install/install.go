@@ -58,6 +58,10 @@ type Config struct {
 	// The installer keeps it in the node's store and reports with it;
 	// the response is Cache-Control: no-store. Empty otherwise.
 	Token string `json:"token,omitempty"`
+	// After is what the installer does once installed (the node's, else
+	// its first group's that has one: poweroff, reboot, kexec, shell);
+	// empty: as the kernel command line says (default poweroff).
+	After string `json:"after,omitempty"`
 }
 
 // Status is one progress report, POSTed to /v1/install/status.
@@ -182,6 +186,14 @@ type Options struct {
 	// what counts its files and bytes (for a terminal's progress bar);
 	// the checkout calls the func it returns when it ends.
 	ShowCheckout func(*snapshot.Progress) (stop func())
+	// After is the after-install action the kernel command line asked
+	// for ("": the config's, else poweroff). KexecDir, when set, gets
+	// the action decided (file KexecAfter) and, for kexec, the
+	// installed system's kernel, initrd and command line, copied out
+	// before the disk is unmounted (PrepareKexec): the installer's PID
+	// 1 loads them then (sim.after=kexec).
+	After    string
+	KexecDir string
 }
 
 // StoreDir is the node's store inside the new root.
@@ -194,6 +206,10 @@ type Result struct {
 	Bytes     int64         `json:"bytes"` // received from the server
 	Elapsed   time.Duration `json:"elapsed_ns"`
 	Installed Installed     `json:"installed"`
+	// After is the after-install action decided; Kexec what it will
+	// boot when that is kexec.
+	After string     `json:"after,omitempty"`
+	Kexec *BootEntry `json:"kexec,omitempty"`
 }
 
 type run struct {
@@ -605,6 +621,8 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	disk.Unmount(binds)
 	mounts = mounts[:len(mounts)-len(binds)]
 
+	after, kx := r.after()
+
 	// Record: the checkout record follows the root to "/", where the
 	// node will see it after boot, then installed.json, last.
 	r.setStep("record")
@@ -642,7 +660,44 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 	release = func() {}
 	stopHeartbeat()
 	r.report("done", Done, fmt.Sprintf("%s installed on %s in %.1fs, %s received", c.Commit.Short(), d.Path, time.Since(r.start).Seconds(), fmtMB(r.bytes)))
-	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst}, nil
+	return &Result{Disk: d.Path, Parts: parts, Bytes: r.bytes, Elapsed: time.Since(r.start), Installed: inst, After: after, Kexec: kx}, nil
+}
+
+// after decides the after-install action (the command line's, else the
+// config's, else poweroff) and, for kexec, copies the installed
+// system's boot entry out of the new root while it is mounted. A kexec
+// that cannot be prepared becomes a firmware reboot, said on the
+// console: the install itself is whole, and the disk boots.
+func (r *run) after() (string, *BootEntry) {
+	a := r.Options.After
+	if a == "" && r.Config != nil {
+		a = r.Config.After
+	}
+	if a == "" {
+		a = AfterPoweroff
+	}
+	var e *BootEntry
+	if a == AfterKexec {
+		if r.KexecDir == "" {
+			// By hand (no installer PID 1 to load it): nothing to do.
+			fmt.Fprintln(r.Log, "sim install: kexec: only the netboot installer kexecs (sim.after=kexec); not kexecing")
+		} else {
+			var err error
+			r.setStep("kexec")
+			if e, err = PrepareKexec(r.Target, r.KexecDir); err != nil {
+				fmt.Fprintf(r.Log, "sim install: kexec: %v; rebooting through the firmware instead\n", err)
+				a = AfterReboot
+			} else {
+				r.report("kexec", Running, fmt.Sprintf("%s from %s: %s", strings.TrimPrefix(e.Kernel, r.Target), e.From, e.Cmdline))
+			}
+		}
+	}
+	if r.KexecDir != "" {
+		if err := os.MkdirAll(r.KexecDir, 0o700); err == nil {
+			os.WriteFile(filepath.Join(r.KexecDir, KexecAfter), []byte(a+"\n"), 0o644)
+		}
+	}
+	return a, e
 }
 
 // signed says whether the node requires signed commits.

@@ -367,6 +367,7 @@ func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image strin
 			cfg.MAC = n.MAC
 		}
 		cfg.Image = res.Image
+		cfg.After = res.After
 	}
 	if image != "" {
 		cfg.Image = image // the command line wins: reinstall with another image

@@ -20,6 +20,7 @@ import (
 
 type installOptions struct {
 	from, image, node, mac, disk, target string
+	after, kexecDir                      string
 	trust                                []string
 	rf                                   remoteFlags
 	tf                                   simsync.TransportFlags
@@ -101,8 +102,11 @@ hand (sim token add NAME --role node --node NAME).`,
 				}
 				return ps, err
 			}
+			if err := install.CheckAfter(o.after); err != nil {
+				return usageError{fmt.Errorf("install --after: %w", err)}
+			}
 			res, err := install.FromServer(c.Context(), r, install.Who{Node: o.node, MAC: o.mac, Image: o.image},
-				install.Options{Disk: o.disk, Target: o.target, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, CA: ca,
+				install.Options{Disk: o.disk, Target: o.target, After: o.after, KexecDir: o.kexecDir, Log: e.stderr, Trust: trust, RequireSignature: o.rf.requireSig, CA: ca,
 					Check: func(ctx context.Context, st *store.Store, id chunk.ID) error {
 						return simsync.CheckCommit(ctx, st, r, id)
 					},
@@ -125,6 +129,8 @@ hand (sim token add NAME --role node --node NAME).`,
 	f.StringVar(&o.mac, "mac", "", "identify this machine by `MAC` (default: the first NIC's)")
 	f.StringVar(&o.disk, "disk", "", "install on `DISK` (overrides the node's disk and the layout's first disk)")
 	f.StringVar(&o.target, "target", "/run/sim/target", "mount the new root at `DIR` while installing")
+	f.StringVar(&o.after, "after", "", "the after-install `ACTION` to record (poweroff, reboot, kexec, shell; default: the node's or group's --after, else poweroff); the netboot installer carries it out")
+	f.StringVar(&o.kexecDir, "kexec-dir", "", "write the decided after-install action into `DIR`/after and, for kexec, the installed system's kernel, initrd and command line (the netboot installer's PID 1 kexecs them)")
 	f.StringArrayVar(&o.trust, "trust", nil, "trust the public key `FILE` and require every installed commit to be signed by a trusted key (repeatable)")
 	o.rf.add(c)
 	o.rf.addRequire(c)

@@ -194,7 +194,7 @@ image's current layout), or a commit of IMAGE@layout (that version).
 }
 
 type nodeOptions struct {
-	mac, ip, gw, image, disk               string
+	mac, ip, gw, image, disk, after        string
 	groups, overrides, scripts, preScripts []string
 	net                                    []string
 	netFile                                string
@@ -239,6 +239,7 @@ func (o *nodeOptions) add(c *cobra.Command, node bool) {
 	f.StringVar(&o.image, "image", "", "install `IMAGE` (a node without one takes its first group's)")
 	f.StringArrayVar(&o.overrides, "override", nil, "lay override `NAME` over the image (repeatable, in order)")
 	f.StringArrayVar(&o.scripts, "script", nil, "run post-install script `NAME` (repeatable, in order)")
+	f.StringVar(&o.after, "after", "", "after a successful install: `ACTION` poweroff, reboot, kexec (boot the installed system without a firmware reboot) or shell (default: the kernel command line's sim.after=, else poweroff)")
 	f.StringArrayVar(&o.preScripts, "pre-script", nil, "run script `NAME` in the installer before the disk is partitioned (repeatable, in order; SIM_DISK names the disk)")
 }
 
@@ -274,7 +275,7 @@ which must stay inside the prefix.`,
 			var nodes []*catalog.Node
 			for i, name := range names {
 				n := &catalog.Node{Name: name, MAC: o.mac, IP: o.ip, Gateway: o.gw, Image: o.image, Groups: o.groups,
-					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec}
+					Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, Disk: o.disk, Network: spec, After: o.after}
 				if spec != nil && i > 0 {
 					if n.Network, err = spec.Shift(i); err != nil {
 						return usageError{fmt.Errorf("node %s: %w", name, err)}
@@ -390,33 +391,59 @@ import, naming the file and the line; "-" reads stdin.`,
 			})
 		},
 	}
+	var local, kexec bool
+	var reinstallAfter string
+	var reinstallTimeout time.Duration
 	reinstall := &cobra.Command{
-		Use:   "reinstall NAME|RANGE",
-		Short: "Install nodes again at their next netboot (an installed node otherwise boots its disk)",
+		Use:   "reinstall NAME|RANGE [--local [--kexec]]",
+		Short: "Install nodes again: at their next netboot, or now from their own disk (--local)",
 		Long: `After a successful install, a node's netboot (sim serve's iPXE script,
 and the per-node files of sim netboot pxe|grub --per-node) sends it to its
 own disk, so a node set to boot from the network first does not reinstall
 at every boot (SystemImager's si_netbootmond). reinstall makes the nodes'
 next netboot install again; once that install succeeds they boot their
-disk again.`,
+disk again.
+
+--local reinstalls running nodes without PXE or media (SystemImager's
+si_updateclient --autoinstall), through their agents (sim serve must run,
+with --netboot DIR): each node downloads the installer's kernel and initrd
+into /boot/sim-installer, adds a one-time GRUB entry (in custom.cfg, with
+next_entry in grubenv: grub-reboot's way) that boots the installer with
+its name, server and own token, and reboots; the installer installs and
+the node then boots its disk. With --kexec the node kexecs straight into
+the installer instead (no bootloader entry, no firmware reboot). A node
+whose agent does not answer within --timeout is named; the others go on.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			names, err := fleet.ExpandNodes(args[0])
 			if err != nil {
 				return usageError{err}
 			}
+			if kexec && !local {
+				return usageError{errors.New("node reinstall: --kexec goes with --local")}
+			}
+			if reinstallAfter != "" && !local {
+				return usageError{errors.New("node reinstall: --after goes with --local (for a netboot, set the node's: sim node add --after)")}
+			}
+			if err := catalog.CheckAfter(reinstallAfter); err != nil {
+				return usageError{fmt.Errorf("node reinstall --after: %w", err)}
+			}
 			return e.withStore(func(st *store.Store) error {
 				reg, err := catalog.LoadRegistry(st)
 				if err != nil {
 					return err
 				}
-				now := time.Now().UTC()
 				for _, n := range names {
-					nd := reg.Nodes[n]
-					if nd == nil {
+					if reg.Nodes[n] == nil {
 						return fmt.Errorf("no node %q", n)
 					}
-					nd.Reinstall = &now
+				}
+				if local {
+					return e.reinstallLocal(c.Context(), names, fleet.Order{Kind: fleet.OrderReinstall, Kexec: kexec, After: reinstallAfter}, reinstallTimeout)
+				}
+				now := time.Now().UTC()
+				for _, n := range names {
+					reg.Nodes[n].Reinstall = &now
 				}
 				if _, err := reg.Save(c.Context(), st, "node reinstall "+args[0]); err != nil {
 					return err
@@ -426,6 +453,10 @@ disk again.`,
 			})
 		},
 	}
+	reinstall.Flags().BoolVar(&local, "local", false, "reinstall the running nodes now, from their own disks, through their agents (no PXE)")
+	reinstall.Flags().BoolVar(&kexec, "kexec", false, "with --local: kexec into the installer (no bootloader entry, no firmware reboot)")
+	reinstall.Flags().StringVar(&reinstallAfter, "after", "", "with --local: the installer's after-install `ACTION` (poweroff, reboot, kexec, shell; default the node's)")
+	reinstall.Flags().DurationVar(&reinstallTimeout, "timeout", 2*time.Minute, "with --local: how long to wait for the nodes' agents")
 	show := &cobra.Command{
 		Use:   "show NAME",
 		Short: "What a node is registered with, and what it gets once its groups are folded in",
@@ -496,6 +527,7 @@ record and the resolved lists.`,
 					row("overrides", strings.Join(res.Overrides, ", "))
 					row("pre-scripts", strings.Join(res.PreScripts, ", "))
 					row("scripts", strings.Join(res.Scripts, ", "))
+					row("after", res.After)
 				}
 				if n.Reinstall != nil {
 					row("reinstall", "asked "+n.Reinstall.Format(time.RFC3339)+" (its next netboot installs until an install succeeds)")
@@ -565,9 +597,12 @@ func newGroupCommand(e *env) *cobra.Command {
 		Short: "Add or replace a group",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts}
+			g := &catalog.Group{Name: args[0], Image: o.image, Overrides: o.overrides, Scripts: o.scripts, PreScripts: o.preScripts, After: o.after}
 			if err := catalog.CheckDocName("group", g.Name); err != nil {
 				return usageError{err}
+			}
+			if err := catalog.CheckAfter(g.After); err != nil {
+				return usageError{fmt.Errorf("group %s: %w", g.Name, err)}
 			}
 			return e.withStore(func(st *store.Store) error {
 				if err := catalog.CheckRefs(st, g.Image, g.Overrides, append(append([]string(nil), g.Scripts...), g.PreScripts...)); err != nil {
@@ -966,4 +1001,33 @@ func commitDir(c *cobra.Command, st *store.Store, dir, image string) (string, in
 		return "", 0, err
 	}
 	return id.String(), cm.Stats.Files, nil
+}
+
+// reinstallLocal orders each node's agent to put the installer into its
+// bootloader for one boot (or kexec it) and reboot, and says what each
+// did; nodes that did not answer or failed are named in the error.
+func (e *env) reinstallLocal(ctx context.Context, names []string, o fleet.Order, timeout time.Duration) error {
+	f := e.fleet()
+	if f == nil {
+		return errors.New("node reinstall --local: no sim serve is running on this store: the order goes to the nodes' agents through it (start it: sim serve --netboot DIR)")
+	}
+	res := f.AskOrder(ctx, names, o, timeout)
+	var failed []string
+	for _, n := range names {
+		r := res[n]
+		switch {
+		case r == nil:
+			failed = append(failed, n)
+			fmt.Fprintf(e.stderr, "%s: no answer\n", n)
+		case !r.OK:
+			failed = append(failed, n)
+			fmt.Fprintf(e.stderr, "%s\n", r.Error)
+		default:
+			fmt.Fprintf(e.stdout, "%s: %s\n", n, r.Message)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("node reinstall --local: %d of %d nodes not set to reinstall: %s", len(failed), len(names), strings.Join(failed, ", "))
+	}
+	return nil
 }

@@ -68,6 +68,51 @@ func TestMetalPXE(t *testing.T) {
 	t.Logf("FIGURE PXE local boot: %.1f s from power-on (iPXE, sanboot, GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
 }
 
+// TestMetalPXEUEFI is TestMetalPXE under UEFI (OVMF, q35): the same
+// boot.ipxe from qemu's TFTP, run by qemu's iPXE EFI option ROM (iPXE's
+// SNP LoadFile, which OVMF boots), chains to sim serve, whose script
+// boots the installer; the install puts GRUB on the ESP at the removable
+// path (\EFI\BOOT\BOOTX64.EFI, no NVRAM entry needed); the next boot,
+// the network first again, gets exit (${platform} is efi), OVMF goes on
+// to the disk, and the installed system reports.
+func TestMetalPXEUEFI(t *testing.T) {
+	t.Parallel()
+	m := newMetalLab(t)
+	tok := filepath.Join(m.dir, "enroll.token")
+	if err := os.WriteFile(tok, []byte(strings.TrimPrefix(m.enrollToken(), "sim.token=")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, m.store, "initrd", "build", "-o", m.netboot, "--sim", filepath.Join(m.dir, "sim"),
+		"--trust", strings.TrimSuffix(m.signKey, ".key")+".pub", "--token-file", tok)
+	tftp := filepath.Join(m.dir, "tftp")
+	ok(t, m.store, "netboot", "ipxe", "--server", m.url, "--out", tftp)
+	v := m.newVM("pxe-uefi", 6, "3G", true) // n6's MAC
+	con := m.pxeBoot(v, tftp, 15*time.Minute, "SIM INSTALL FAILED")
+	if !strings.Contains(con, "SIM INSTALL DONE") {
+		t.Fatalf("UEFI PXE install did not finish; console tail:\n%s", tail(con, 4000))
+	}
+	for _, w := range []string{"sim.node=n6", "EFI v"} {
+		if !strings.Contains(con, w) {
+			t.Errorf("console lacks %q (the installer from n6's script, booted by UEFI):\n%s", w, tail(con, 3000))
+		}
+	}
+	st := m.statuses()["n6"]
+	if st.State != install.Done {
+		t.Fatalf("n6: server status %+v; want done", st)
+	}
+	t.Logf("FIGURE PXE install (UEFI/OVMF, iPXE EFI ROM → TFTP → sim serve): %.1f s from power-on to installed and powered off; server sent %.1f MB",
+		v.elapsed.Seconds(), float64(st.Bytes)/1e6)
+	con = m.pxeBoot(v, tftp, 8*time.Minute, "sim.server=")
+	want := "SIM-HELLO host=n6 post=post-ok n6 override=override-ok"
+	if !strings.Contains(con, want) {
+		t.Fatalf("second network boot did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
+	}
+	if st2 := m.statuses()["n6"]; !st2.Time.Equal(st.Time) {
+		t.Errorf("n6 reported again on its local boot: %+v", st2)
+	}
+	t.Logf("FIGURE PXE local boot (UEFI): %.1f s from power-on (iPXE exit, OVMF, the disk's GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
+}
+
 // pxeBoot boots v from the network first (-boot n: qemu's iPXE ROM, its
 // DHCP and TFTP from dir with boot.ipxe as the boot file) until it powers
 // off or the timeout; a console showing fail stops it at once (the
@@ -75,10 +120,28 @@ func TestMetalPXE(t *testing.T) {
 func (m *metalLab) pxeBoot(v *vm, dir string, timeout time.Duration, fail string) string {
 	args := []string{"-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",
-		"-drive", "file=" + v.disk + ",format=raw,if=virtio",
-		"-netdev", "user,id=n0,tftp=" + dir + ",bootfile=boot.ipxe",
-		"-device", "virtio-net-pci,netdev=n0,mac=" + v.mac,
-		"-boot", "n"}
+		"-netdev", "user,id=n0,tftp=" + dir + ",bootfile=boot.ipxe"}
+	if v.uefi {
+		// OVMF: the NIC first, then the disk (bootindex: OVMF's boot
+		// order follows it); qemu's iPXE EFI ROM offers the NIC's boot
+		// (its LoadFile), and exit in the script hands back to OVMF,
+		// which goes on to the disk's \EFI\BOOT\BOOTX64.EFI. OVMF's own
+		// PXE entries for the NIC (IPv4 and IPv6, tried after iPXE's)
+		// are switched off: they would only time out before the disk.
+		args = append(args, "-machine", "q35",
+			"-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+			"-drive", "if=pflash,format=raw,file="+v.vars,
+			"-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+			"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+			"-device", "virtio-net-pci,netdev=n0,mac="+v.mac+",bootindex=1",
+			"-drive", "file="+v.disk+",format=raw,if=none,id=d0",
+			"-device", "virtio-blk-pci,drive=d0,bootindex=2")
+	} else {
+		args = append(args,
+			"-drive", "file="+v.disk+",format=raw,if=virtio",
+			"-device", "virtio-net-pci,netdev=n0,mac="+v.mac,
+			"-boot", "n")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
