@@ -58,6 +58,16 @@ type Remote struct {
 	cur   atomic.Int32
 }
 
+// Copy returns a Remote like r (same frontends, the one now in use
+// first), for a caller that changes its Token or Retries for some
+// requests without touching r's.
+func (r *Remote) Copy() *Remote {
+	c := &Remote{URL: r.URL, Token: r.Token, Client: r.Client, Retries: r.Retries, RequireSignature: r.RequireSignature,
+		StallTimeout: r.StallTimeout, Received: r.Received, Logf: r.Logf, bases: r.bases}
+	c.cur.Store(r.cur.Load())
+	return c
+}
+
 // stallBytes is the least a response body must bring per StallTimeout.
 const stallBytes = 64 << 10
 

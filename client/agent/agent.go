@@ -81,7 +81,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	a := &agent{Options: o}
 	// Count what comes from the server, for progress reports.
-	rr := *o.Remote
+	rr := o.Remote.Copy()
 	c := *rr.Client
 	base := c.Transport
 	if base == nil {
@@ -89,7 +89,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	c.Transport = &counting{next: base, n: &a.rx}
 	rr.Client = &c
-	a.remote = &rr
+	a.remote = rr
 	m, err := node.Open(o.Store, o.Root, o.Node, a.remote)
 	if err != nil {
 		return err
@@ -260,7 +260,7 @@ func idString(id interface {
 // report sends the node's state; failures are left to the next one.
 func (a *agent) report(ctx context.Context) {
 	rep := a.state()
-	rr := *a.remote
+	rr := a.remote.Copy()
 	rr.Retries = 0
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

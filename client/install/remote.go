@@ -36,7 +36,7 @@ func (w Who) query() url.Values {
 // still be settling right after DHCP: transient failures are retried for
 // about half a minute.
 func GetConfig(ctx context.Context, r *simsync.Remote, who Who) (*Config, error) {
-	rr := *r
+	rr := r.Copy()
 	rr.Retries = 5
 	var cfg Config
 	if err := rr.GetJSON(ctx, "/v1/install/config?"+who.query().Encode(), &cfg); err != nil {
@@ -49,7 +49,7 @@ func GetConfig(ctx context.Context, r *simsync.Remote, who Who) (*Config, error)
 // does not stop the install (the console has the same lines): the error
 // is only returned.
 func PostStatus(ctx context.Context, r *simsync.Remote, s Status) error {
-	rr := *r
+	rr := r.Copy()
 	rr.Retries = 1
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -82,9 +82,9 @@ func FromServer(ctx context.Context, r *simsync.Remote, who Who, o Options, fetc
 	}
 	if o.Token != "" && o.Token != r.Token {
 		// The rest of the install reports as the node it now is.
-		rr := *r
+		rr := r.Copy()
 		rr.Token = o.Token
-		report = func(s Status) { PostStatus(ctx, &rr, s) }
+		report = func(s Status) { PostStatus(ctx, rr, s) }
 	}
 	o.Config, o.Server, o.Fetch, o.Report = cfg, r.URL, fetch, report
 	if o.Log == nil {
