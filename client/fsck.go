@@ -375,7 +375,7 @@ func sweepOne(st *store.Store, m store.GCMark, p *snapshot.Progress, rep *GCRemo
 	if err := st.Refresh(); err != nil {
 		return err
 	}
-	all, err := st.CommitIDs()
+	all, err := st.Commits()
 	if err != nil {
 		return err
 	}

@@ -186,18 +186,6 @@ func (s *Store) GCMarks() ([]GCMark, error) {
 	return out, nil
 }
 
-// CommitIDs lists every commit the store holds.
-func (s *Store) CommitIDs() ([]chunk.ID, error) {
-	var out []chunk.ID
-	err := s.scan(kCommit, false, func(k, _ []byte) error {
-		var id chunk.ID
-		copy(id[:], k)
-		out = append(out, id)
-		return nil
-	})
-	return out, err
-}
-
 // bucketIndex is what the bucket's index files say, read fresh.
 type bucketIndex struct {
 	files   map[string][]chunk.ID          // index file → the packs it names
@@ -348,7 +336,7 @@ func (s *Store) GCMarkNew(live, liveCommits func(chunk.ID) bool, grace time.Dura
 	}
 	gs.PacksRewritten, gs.BlobsCopied = ws.Packs, len(copied)
 	var dead []chunk.ID
-	cids, err := s.CommitIDs()
+	cids, err := s.Commits()
 	if err != nil {
 		return nil, gs, err
 	}
