@@ -64,7 +64,10 @@ type reach struct {
 	trees    map[chunk.ID]bool // tree → ok (whole subtree)
 	bad      map[chunk.ID]string
 	problems []string
-	walk     *snapshot.Reach
+	// unreadable is the first failure to reach the object store (not a
+	// verdict on any object): the walk is incomplete, and says so.
+	unreadable error
+	walk       *snapshot.Reach
 	stack    []*treeCheck
 	// progress, when set, counts the trees walked (Files).
 	progress *snapshot.Progress
@@ -83,6 +86,25 @@ func newReach(st *store.Store, bad map[chunk.ID]string) *reach {
 	return r
 }
 
+// unavailable records err if it is a failure to reach the store.
+func (r *reach) unavailable(err error) bool {
+	if err == nil || !errors.Is(err, store.ErrUnavailable) {
+		return false
+	}
+	if r.unreadable == nil {
+		r.unreadable = err
+	}
+	return true
+}
+
+// incomplete is the error of a walk the store could not finish, or nil.
+func (r *reach) incomplete(what string) error {
+	if r.unreadable == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: could not read the store %s, so it stopped (this says nothing about damage; try again): %w", what, r.st.Location(), r.unreadable)
+}
+
 // blobs is every reachable tree and chunk.
 func (r *reach) blobs() map[chunk.ID]struct{} { return r.walk.Set() }
 
@@ -94,6 +116,9 @@ func (r *reach) commit(id chunk.ID) bool {
 			return ok && v
 		}
 		c, err := r.st.Commit(id)
+		if r.unavailable(err) {
+			return false
+		}
 		if err != nil {
 			r.commits[id] = false
 			r.problems = append(r.problems, fmt.Sprintf("commit %s: %v", id, err))
@@ -116,7 +141,9 @@ func (r *reach) commit(id chunk.ID) bool {
 // tree checks tree id and everything below it.
 func (r *reach) tree(id chunk.ID) bool {
 	if err := r.walk.Walk(id); err != nil {
-		r.problems = append(r.problems, err.Error())
+		if !r.unavailable(err) {
+			r.problems = append(r.problems, err.Error())
+		}
 		return false
 	}
 	return r.trees[id]
@@ -132,6 +159,9 @@ func (r *reach) enter(id chunk.ID, _ string, t *snapshot.Tree, err error) error 
 		r.problems = append(r.problems, fmt.Sprintf("tree %s: %s", id, why))
 		tc.ok = false
 		return snapshot.SkipTree
+	}
+	if r.unavailable(err) {
+		return err
 	}
 	if err != nil {
 		r.problems = append(r.problems, err.Error())
@@ -243,6 +273,9 @@ func Fsck(st *store.Store, readData bool) (*FsckReport, error) {
 			rep.Broken = append(rep.Broken, fmt.Sprintf("%s (%s)", strings.Join(rs[id], ", "), id.Short()))
 		}
 	}
+	if err := r.incomplete("fsck"); err != nil {
+		return nil, err
+	}
 	rep.Commits = len(r.commits)
 	rep.Problems = append(rep.Problems, r.problems...)
 	if len(rep.Problems) > 0 || len(rep.Broken) > 0 {
@@ -268,6 +301,9 @@ func GCProgress(st *store.Store, p *snapshot.Progress) (store.GCStats, error) {
 	r.progress = p
 	for id := range rs {
 		r.commit(id)
+	}
+	if err := r.incomplete("gc"); err != nil {
+		return store.GCStats{}, err
 	}
 	if len(r.problems) > 0 {
 		// Never delete on the strength of a walk that could not see
@@ -412,6 +448,9 @@ func gcWalk(st *store.Store, extra []chunk.ID, p *snapshot.Progress) (*reach, er
 	}
 	for _, id := range extra {
 		r.commit(id)
+	}
+	if err := r.incomplete("gc"); err != nil {
+		return nil, err
 	}
 	if len(r.problems) > 0 {
 		return nil, fmt.Errorf("gc: refusing to run on a damaged store (run `sim fsck`): %s", r.problems[0])

@@ -138,6 +138,9 @@ func (s *Store) Check(readData bool, report func(Problem)) (CheckStats, error) {
 				continue
 			}
 			if err := s.fetchPack(id); err != nil {
+				if errors.Is(err, ErrUnavailable) {
+					return cs, unreadable(s, err)
+				}
 				report(Problem{Pack: id, Msg: err.Error()})
 				lost[id] = true
 				continue
@@ -196,6 +199,9 @@ func (s *Store) Check(readData bool, report func(Problem)) (CheckStats, error) {
 		}
 		if readData {
 			if _, err := s.GetAt(id, loc); err != nil {
+				if errors.Is(err, ErrUnavailable) {
+					return unreadable(s, err)
+				}
 				report(Problem{Blob: id, Pack: loc.Pack, Msg: err.Error()})
 			}
 		}
@@ -425,4 +431,9 @@ func (s *Store) PackEntries(id chunk.ID) ([]PackEntry, error) {
 	s.headers[id] = ents
 	s.mu.Unlock()
 	return ents, nil
+}
+
+// unreadable is the error of a check that could not reach the store.
+func unreadable(s *Store, err error) error {
+	return fmt.Errorf("could not read the store %s, so the check stopped (this says nothing about damage; try again): %w", s.Location(), err)
 }

@@ -70,8 +70,11 @@ type remote struct {
 // IsRemote reports whether loc names a store on an object store (s3://).
 func IsRemote(loc string) bool { return s3.IsLocation(loc) }
 
+// remoteCtx bounds one store operation as a whole. Each request has its
+// own, much shorter deadline (s3.RequestTimeout): this one only stops an
+// operation of thousands of requests that never ends.
 func remoteCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 5*time.Minute)
+	return context.WithTimeout(context.Background(), time.Hour)
 }
 
 // CacheDir is the local cache directory of an S3 store: $SIM_S3_CACHE if
@@ -292,21 +295,25 @@ func (s *Store) loadIndexFiles(ctx context.Context) error {
 		s.headers = map[chunk.ID][]PackEntry{}
 		s.mu.Unlock()
 	}
+	var want []string
 	for _, o := range objs {
-		mark := []byte(kIndexFile + o.Key)
-		if s.hasKey(mark) {
-			continue
+		if !s.hasKey([]byte(kIndexFile + o.Key)) {
+			want = append(want, o.Key)
 		}
-		b, err := s.rem.c.Get(ctx, o.Key)
-		if errors.Is(err, s3.ErrNotFound) {
+	}
+	bodies, err := s.rem.getMany(ctx, want)
+	if err != nil {
+		return err
+	}
+	for i, key := range want {
+		mark := []byte(kIndexFile + key)
+		b := bodies[i]
+		if b == nil {
 			continue // replaced by a gc sweep since the LIST
-		}
-		if err != nil {
-			return err
 		}
 		packs, err := decodeIndexFile(b)
 		if err != nil {
-			return fmt.Errorf("index file %s: %w", o.Key, err)
+			return fmt.Errorf("index file %s: %w", key, err)
 		}
 		wb := s.db.NewWriteBatch()
 		for _, p := range packs {
@@ -330,10 +337,61 @@ func (s *Store) loadIndexFiles(ctx context.Context) error {
 		}
 		wb.Cancel()
 		if err != nil {
-			return fmt.Errorf("load index file %s: %w", o.Key, err)
+			return fmt.Errorf("load index file %s: %w", key, err)
 		}
 	}
 	return nil
+}
+
+// getParallel is how many small objects (index files) a store fetches
+// at once: a new cache of a store that has seen a thousand pushes loads
+// a thousand index files, and one at a time that is a thousand round
+// trips (restic loads its index files in parallel too).
+const getParallel = 8
+
+// getMany fetches keys, getParallel at a time; a key gone since it was
+// listed (a gc sweep replaced it) comes back nil.
+func (r *remote) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		errMu sync.Mutex
+		first error
+	)
+	for w := 0; w < min(getParallel, len(keys)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(keys) || ctx.Err() != nil {
+					return
+				}
+				b, err := r.c.Get(ctx, keys[i])
+				if errors.Is(err, s3.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					errMu.Lock()
+					if first == nil {
+						first = err
+					}
+					errMu.Unlock()
+					cancel()
+					return
+				}
+				if b == nil {
+					b = []byte{}
+				}
+				out[i] = b
+			}
+		}()
+	}
+	wg.Wait()
+	return out, first
 }
 
 // notElsewhere keeps the entries whose blob the index does not already

@@ -25,6 +25,12 @@ var Owned = []string{"config", "packs", "index", "tmp", "cache"}
 // ErrNotFound is returned for a blob, commit or ref the store does not hold.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable wraps a failure to reach the store's object store (a
+// timeout, a refused connection, a 5xx): it says nothing about whether
+// the object is there or sound, so fsck and gc stop on it rather than
+// call the object damaged.
+var ErrUnavailable = s3.ErrUnavailable
+
 // ErrLocked is returned when another process has the store open.
 var ErrLocked = errors.New("store is in use by another sim process")
 

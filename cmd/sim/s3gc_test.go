@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -375,4 +379,63 @@ func TestS3FsckReadsNoPack(t *testing.T) {
 	}
 	t.Logf("packs %d B; plain fsck %d requests %d B in; --read-data %d requests %d B in",
 		packBytes, plain.Requests-before.Requests, got, full.Requests-plain.Requests, full.BytesDown-plain.BytesDown)
+}
+
+// TestS3Unavailable: when the gateway stops answering reads of packs (a
+// 503 for each, as a radosgw whose OSDs are stuck gives), fsck and gc
+// stop and say the store could not be read; neither calls it damaged,
+// gc deletes nothing, and once the gateway answers again all is clean.
+func TestS3Unavailable(t *testing.T) {
+	f := newGCFixture(t)
+	u, err := url.Parse(f.loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := url.Parse(u.Query().Get("endpoint"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	var refused atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(up)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/packs/") {
+			refused.Add(1)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>slow down</Message></Error>`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	q := u.Query()
+	q.Set("endpoint", srv.URL)
+	u.RawQuery = q.Encode()
+	loc := u.String()
+	packs := bucketPacks(t, openS3(t, f.loc))
+
+	failing.Store(true)
+	for _, args := range [][]string{{"fsck", "--read-data"}, {"gc", "--grace", "0"}} {
+		t.Setenv("SIM_S3_CACHE", t.TempDir()) // nothing cached: every tree is read from a pack
+		r := sim(t, loc, args...)
+		out := r.stdout + r.stderr
+		if r.code == 0 || !strings.Contains(out, "could not read the store") || strings.Contains(out, "damaged") {
+			t.Fatalf("%s with the gateway failing: exit %d\n%s", args[0], r.code, out)
+		}
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no GET of a pack reached the failing gateway")
+	}
+	if n := bucketPacks(t, openS3(t, f.loc)); n != packs {
+		t.Fatalf("gc on an unreadable store changed the bucket: %d packs, were %d", n, packs)
+	}
+	failing.Store(false)
+	t.Setenv("SIM_S3_CACHE", t.TempDir())
+	if r := sim(t, loc, "fsck", "--read-data"); r.code != 0 {
+		t.Fatalf("fsck once the gateway answers: %s%s", r.stdout, r.stderr)
+	}
+	dst := filepath.Join(t.TempDir(), "co")
+	ok(t, loc, "checkout", "keep", dst, "--no-sync")
+	snapshottest.Equal(t, f.keep, dst)
 }

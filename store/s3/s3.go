@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -34,6 +36,26 @@ var ErrUnknown = errors.New("outcome of conditional write unknown")
 
 // ErrNotFound is returned for a key the bucket does not hold.
 var ErrNotFound = errors.New("no such object")
+
+// ErrUnavailable wraps every failure that says nothing about the bucket's
+// contents: a broken or refused connection, a request that timed out, an
+// HTTP 5xx. A caller that walks the store (fsck, gc) must stop on it and
+// say the store could not be read, never report the object damaged.
+var ErrUnavailable = errors.New("object store unavailable")
+
+// RequestTimeout bounds one request (its retries included). A command
+// doing thousands of requests is bounded per request, not as a whole:
+// loading a thousand index files on a loaded gateway must not fail only
+// because all of them together took long.
+const RequestTimeout = 2 * time.Minute
+
+// FileTimeout bounds the upload or download of one whole file (a pack).
+const FileTimeout = 10 * time.Minute
+
+// op gives one request its own deadline under the caller's context.
+func op(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, RequestTimeout)
+}
 
 // Location is a parsed s3://BUCKET[/PREFIX]?endpoint=URL location.
 type Location struct {
@@ -279,11 +301,33 @@ func (c *Client) wrap(op, key string, err error) error {
 	if r.Code == "InvalidAccessKeyId" || r.Code == "SignatureDoesNotMatch" || r.Code == "AccessDenied" {
 		return fmt.Errorf("s3 %s %s: credentials refused by %s: %s", op, c.key(key), c.Loc.Endpoint, r.Code)
 	}
+	if unavailable(r.StatusCode, err) {
+		return fmt.Errorf("s3 %s %s: %w (%s): %w", op, c.key(key), ErrUnavailable, c.Loc.Endpoint, err)
+	}
 	return fmt.Errorf("s3 %s %s: %w", op, c.key(key), err)
+}
+
+// unavailable tells a failure of the transport or the server (no HTTP
+// answer, a 5xx, a timeout) from an answer about the object.
+func unavailable(status int, err error) bool {
+	if status >= 500 {
+		return true
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var ue *url.Error
+	return status == 0 && errors.As(err, &ue)
 }
 
 // BucketExists checks the bucket, and with it the endpoint and the keys.
 func (c *Client) BucketExists(ctx context.Context) (bool, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	ok, err := c.mc.BucketExists(ctx, c.Loc.Bucket)
 	if err != nil {
 		return false, c.wrap("check bucket", "", err)
@@ -293,6 +337,8 @@ func (c *Client) BucketExists(ctx context.Context) (bool, error) {
 
 // MakeBucket creates the bucket.
 func (c *Client) MakeBucket(ctx context.Context) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	return c.wrap("make bucket", "", c.mc.MakeBucket(ctx, c.Loc.Bucket, minio.MakeBucketOptions{Region: c.Loc.Region}))
 }
 
@@ -304,6 +350,8 @@ func putOpts() minio.PutObjectOptions {
 
 // Put writes key unconditionally.
 func (c *Client) Put(ctx context.Context, key string, data []byte) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	_, err := c.mc.PutObject(ctx, c.Loc.Bucket, c.key(key), bytes.NewReader(data), int64(len(data)), putOpts())
 	return c.wrap("put", key, err)
 }
@@ -319,6 +367,8 @@ func (c *Client) PutFile(ctx context.Context, key, name string) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, FileTimeout)
+	defer cancel()
 	_, err = c.mc.PutObject(ctx, c.Loc.Bucket, c.key(key), f, fi.Size(), putOpts())
 	return c.wrap("put", key, err)
 }
@@ -328,6 +378,8 @@ func (c *Client) PutFile(ctx context.Context, key, name string) error {
 // there (412), and an error wrapping ErrUnknown on a 5xx or a broken
 // connection, when the caller must re-read to learn the outcome.
 func (c *Client) PutCreateOnce(ctx context.Context, key string, data []byte) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	o := putOpts()
 	o.SetMatchETagExcept("*")
 	_, err := c.mc.PutObject(ctx, c.Loc.Bucket, c.key(key), bytes.NewReader(data), int64(len(data)), o)
@@ -340,15 +392,17 @@ func (c *Client) PutCreateOnce(ctx context.Context, key string, data []byte) err
 		return fmt.Errorf("s3 create %s: %w", c.key(key), ErrExists)
 	case r.StatusCode >= 500 || r.StatusCode == 0:
 		if ctx.Err() != nil {
-			return fmt.Errorf("s3 create %s: %w: %w", c.key(key), ErrUnknown, ctx.Err())
+			return fmt.Errorf("s3 create %s: %w: %w: %w", c.key(key), ErrUnknown, ErrUnavailable, ctx.Err())
 		}
-		return fmt.Errorf("s3 create %s: %w: %v", c.key(key), ErrUnknown, err)
+		return fmt.Errorf("s3 create %s: %w: %w: %v", c.key(key), ErrUnknown, ErrUnavailable, err)
 	}
 	return c.wrap("create", key, err)
 }
 
 // Get reads all of key.
 func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	o, err := c.mc.GetObject(ctx, c.Loc.Bucket, c.key(key), minio.GetObjectOptions{})
 	if err != nil {
 		return nil, c.wrap("get", key, err)
@@ -367,6 +421,8 @@ func (c *Client) GetRange(ctx context.Context, key string, off, n int64) ([]byte
 	if err := opt.SetRange(off, off+n-1); err != nil {
 		return nil, err
 	}
+	ctx, cancel := op(ctx)
+	defer cancel()
 	o, err := c.mc.GetObject(ctx, c.Loc.Bucket, c.key(key), opt)
 	if err != nil {
 		return nil, c.wrap("get", key, err)
@@ -381,6 +437,8 @@ func (c *Client) GetRange(ctx context.Context, key string, off, n int64) ([]byte
 
 // GetFile downloads key into file name (through a temporary file).
 func (c *Client) GetFile(ctx context.Context, key, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, FileTimeout)
+	defer cancel()
 	o, err := c.mc.GetObject(ctx, c.Loc.Bucket, c.key(key), minio.GetObjectOptions{})
 	if err != nil {
 		return c.wrap("get", key, err)
@@ -403,6 +461,8 @@ func (c *Client) GetFile(ctx context.Context, key, name string) error {
 
 // Size returns the size of key.
 func (c *Client) Size(ctx context.Context, key string) (int64, error) {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	st, err := c.mc.StatObject(ctx, c.Loc.Bucket, c.key(key), minio.StatObjectOptions{})
 	if err != nil {
 		return 0, c.wrap("stat", key, err)
@@ -460,5 +520,7 @@ func (c *Client) ListDirs(ctx context.Context, prefix string) ([]string, error) 
 
 // Delete removes key (no error when it is already gone).
 func (c *Client) Delete(ctx context.Context, key string) error {
+	ctx, cancel := op(ctx)
+	defer cancel()
 	return c.wrap("delete", key, c.mc.RemoveObject(ctx, c.Loc.Bucket, c.key(key), minio.RemoveObjectOptions{}))
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -176,5 +178,55 @@ func TestCreateOnceRace(t *testing.T) {
 		if won >= 0 && string(got) != fmt.Sprint(won) {
 			t.Fatalf("round %d: %d won but the object holds %q", round, won, got)
 		}
+	}
+}
+
+// TestUnavailable: failures of the gateway or the network wrap
+// ErrUnavailable; answers about the object (404, 403) do not.
+func TestUnavailable(t *testing.T) {
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close()
+	for _, tc := range []struct {
+		name        string
+		status      int
+		code        string
+		unavailable bool
+		notFound    bool
+	}{
+		{"503", http.StatusServiceUnavailable, "ServiceUnavailable", true, false},
+		{"500", http.StatusInternalServerError, "InternalError", true, false},
+		{"404", http.StatusNotFound, "NoSuchKey", false, true},
+		{"403", http.StatusForbidden, "AccessDenied", false, false},
+		{"refused", 0, "", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			endpoint := closedURL
+			if tc.status != 0 {
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Type", "application/xml")
+					w.WriteHeader(tc.status)
+					fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>x</Message></Error>`, tc.code)
+				}))
+				defer srv.Close()
+				endpoint = srv.URL
+			}
+			l, err := s3.ParseLocation("s3://bkt?endpoint=" + endpoint)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl, err := s3.New(l, s3.Keys{AccessKey: "a", SecretKey: "b"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cl.Get(context.Background(), "packs/x.pack")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if errors.Is(err, s3.ErrUnavailable) != tc.unavailable || errors.Is(err, s3.ErrNotFound) != tc.notFound {
+				t.Fatalf("%v: unavailable %v (want %v), not found %v (want %v)", err,
+					errors.Is(err, s3.ErrUnavailable), tc.unavailable, errors.Is(err, s3.ErrNotFound), tc.notFound)
+			}
+		})
 	}
 }
