@@ -68,7 +68,7 @@ type reach struct {
 	// verdict on any object): the walk is incomplete, and says so.
 	unreadable error
 	walk       *snapshot.Reach
-	stack    []*treeCheck
+	stack      []*treeCheck
 	// progress, when set, counts the trees walked (Files).
 	progress *snapshot.Progress
 }
