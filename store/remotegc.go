@@ -213,13 +213,18 @@ func (s *Store) readBucketIndex(ctx context.Context) (*bucketIndex, error) {
 	if objs, err = c.List(ctx, "index/", 0); err != nil {
 		return nil, err
 	}
-	for _, o := range objs {
-		b, err := c.Get(ctx, o.Key)
-		if errors.Is(err, s3.ErrNotFound) {
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
+	}
+	bodies, err := s.rem.getMany(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	for i, o := range objs {
+		b := bodies[i]
+		if b == nil {
 			continue // replaced by a sweep since the LIST
-		}
-		if err != nil {
-			return nil, err
 		}
 		packs, err := decodeIndexFile(b)
 		if err != nil {
