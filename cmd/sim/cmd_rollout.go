@@ -108,7 +108,7 @@ func (e *env) knownNodes(st *store.Store) []fleet.NodeState {
 	if f := e.fleet(); f != nil {
 		return f.Nodes()
 	}
-	saved, _ := fleet.Load(st.Dir())
+	saved, _ := fleet.Load(st)
 	byName := map[string]fleet.NodeState{}
 	for n, s := range saved {
 		byName[n] = s
