@@ -68,7 +68,7 @@ func New(st *store.Store, lg *log.Logger) *Service {
 	if x.docs != nil {
 		// Before serving: a node that reported to another frontend
 		// continues here from its state there (drift, log, commits).
-		x.syncDocs(true)
+		x.syncDocs()
 	}
 	go x.loop()
 	return x
@@ -141,11 +141,10 @@ func (x *Service) publish(all bool) {
 	}
 }
 
-// syncDocs loads what other frontends uploaded since the last time (every
-// node's newest when all) and takes each node's state that is newer than
-// this frontend's.
-func (x *Service) syncDocs(all bool) {
-	docs, err := x.docs.Load(all)
+// syncDocs loads what the other frontends uploaded and takes each node's
+// state that is newer than this frontend's.
+func (x *Service) syncDocs() {
+	docs, err := x.docs.Load(0)
 	if err != nil {
 		x.Log.Printf("fleet: load the other frontends' reports: %v", err)
 	}
@@ -183,7 +182,7 @@ func (x *Service) syncDue() bool {
 // on a local one), instead of at the next SyncEvery.
 func (x *Service) Sync() {
 	if x.docs != nil {
-		x.syncDocs(false)
+		x.syncDocs()
 	}
 }
 
@@ -206,7 +205,7 @@ func (x *Service) loop() {
 			x.flush()
 			x.publish(false)
 			if x.syncDue() {
-				x.syncDocs(false)
+				x.syncDocs()
 			}
 			x.checkOffline()
 		}

@@ -96,7 +96,7 @@ type fleetDoc struct {
 func Load(st *store.Store) (map[string]NodeState, error) {
 	m, err := load(st.Dir())
 	if docs := st.NodeDocs(DocKind); docs != nil {
-		got, lerr := docs.Load(true)
+		got, lerr := docs.Load(0)
 		err = errors.Join(err, lerr, merge(m, got, nil))
 	}
 	out := map[string]NodeState{}

@@ -786,7 +786,10 @@ func (e *env) nodeRows(st *store.Store) ([]nodeRow, *catalog.Registry, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	last := install.LastStatuses(st.Dir())
+	last, err := install.LastStatuses(st)
+	if err != nil {
+		return nil, nil, fmt.Errorf("install reports: %w", err)
+	}
 	live := map[string]fleet.NodeState{}
 	for _, s := range e.knownNodes(st) {
 		live[s.Name] = s
