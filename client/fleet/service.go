@@ -128,16 +128,20 @@ func (x *Service) publish(all bool) {
 		if err == nil {
 			err = x.docs.Put(s.Name, s.LastSeen, b)
 		}
+		if err != nil {
+			// The bucket is away: this one and the rest go at the
+			// next tick, with one line in the log, not one per node.
+			x.mu.Lock()
+			for _, r := range todo[i:] {
+				x.unsent[r.Name] = true
+			}
+			x.mu.Unlock()
+			x.Log.Printf("fleet: upload %d node states: %v", len(todo)-i, err)
+			return
+		}
 		x.mu.Lock()
-		if err != nil {
-			x.unsent[s.Name] = true // again at the next tick
-		} else {
-			x.sent[s.Name] = sentDoc{now, signature(s)}
-		}
+		x.sent[s.Name] = sentDoc{now, signature(s)}
 		x.mu.Unlock()
-		if err != nil {
-			x.Log.Printf("fleet: upload: %v", err)
-		}
 	}
 }
 
@@ -169,6 +173,7 @@ func (x *Service) syncDocs() {
 	}
 }
 
+// syncDue says whether the next load of the other frontends' reports is due.
 func (x *Service) syncDue() bool {
 	if x.docs == nil {
 		return false
@@ -176,14 +181,6 @@ func (x *Service) syncDue() bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return time.Since(x.lastSync) >= SyncEvery
-}
-
-// Sync loads the other frontends' reports now (on an S3 store; no effect
-// on a local one), instead of at the next SyncEvery.
-func (x *Service) Sync() {
-	if x.docs != nil {
-		x.syncDocs()
-	}
 }
 
 // Hub is where every change of a node or a rollout is published.
