@@ -115,24 +115,25 @@ func mergeDocs(st *store.Store, m map[string]Status, maxAge time.Duration) error
 // news: another step or state than this frontend last uploaded, or
 // PublishEvery since. It runs before the report is answered, so a
 // node told its install is done is known to be on every frontend.
-func (x *Service) publish(who string, rec []byte, s Status) {
+func (x *Service) publish(who string, rec []byte, s Status) error {
 	docs := x.Store.NodeDocs(DocKind)
 	if docs == nil {
-		return
+		return nil
 	}
 	x.mu.Lock()
 	p, ok := x.sent[who]
 	x.mu.Unlock()
 	if ok && p.Step == s.Step && p.State == s.State && s.Time.Sub(p.Time) < PublishEvery {
-		return
+		return nil
 	}
 	if err := docs.Put(who, s.Time, rec); err != nil {
 		x.Log.Printf("install %s: upload the report: %v", who, err)
-		return
+		return err
 	}
 	x.mu.Lock()
 	x.sent[who] = s
 	x.mu.Unlock()
+	return nil
 }
 
 // StatusLog is where every install status is appended, one JSON a line,
@@ -271,12 +272,19 @@ func (x *Service) postStatus(w http.ResponseWriter, r *http.Request) {
 		f.Close()
 	}
 	x.mu.Unlock()
-	x.publish(who, b, s)
+	perr := x.publish(who, b, s)
 	if s.State == Failed || s.State == Done {
 		x.Log.Printf("install %s: %s at %s: %s", who, s.State, s.Step, s.Message)
 	}
 	if x.OnStatus != nil {
 		x.OnStatus(who, s)
+	}
+	if perr != nil && s.State == Done {
+		// The other frontends must learn of a finished install, or
+		// they would netboot the node to install it again: 503 sends
+		// the installer to retry, here or at its next frontend.
+		http.Error(w, fmt.Sprintf("install %s: done, but not recorded in the bucket: %v", who, perr), http.StatusServiceUnavailable)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
