@@ -50,6 +50,9 @@ type Store struct {
 	closed  bool
 
 	rem *remote // the bucket of an s3:// store; nil for a local one
+
+	docsMu   sync.Mutex
+	nodeDocs map[string]*NodeDocs // kind → the per-node documents loaded (remotenodes.go)
 }
 
 // Badger key prefixes (ARCHITECTURE.md "Format: index").

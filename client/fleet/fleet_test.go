@@ -248,7 +248,7 @@ func TestAgentProtocol(t *testing.T) {
 	}
 	// The view survives the server.
 	x.Close()
-	saved, err := Load(st.Dir())
+	saved, err := Load(st)
 	if err != nil || saved["n1"].State != "idle" {
 		t.Errorf("fleet.json: %+v %v", saved["n1"], err)
 	}

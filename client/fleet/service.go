@@ -40,6 +40,14 @@ type Service struct {
 	dirty    bool
 	offline  map[string]bool // nodes last published as offline
 
+	// On an S3 store: the bucket's per-node documents (nil on a local
+	// store), the nodes heard of since their last upload, and what and
+	// when each last uploaded or loaded document said.
+	docs     *store.NodeDocs
+	unsent   map[string]bool
+	sent     map[string]sentDoc
+	lastSync time.Time
+
 	stop chan struct{}
 	done chan struct{}
 	once gosync.Once
@@ -55,9 +63,124 @@ func New(st *store.Store, lg *log.Logger) *Service {
 		lg.Printf("fleet: starting afresh: %v", err)
 	}
 	x := &Service{Store: st, Log: lg, nodes: nodes, pending: map[string]*Order{}, notify: map[string]chan struct{}{},
-		waiters: map[string][]chan *ResultMsg{}, offline: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+		waiters: map[string][]chan *ResultMsg{}, offline: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		docs: st.NodeDocs(DocKind), unsent: map[string]bool{}, sent: map[string]sentDoc{}}
+	if x.docs != nil {
+		// Before serving: a node that reported to another frontend
+		// continues here from its state there (drift, log, commits).
+		x.syncDocs()
+	}
 	go x.loop()
 	return x
+}
+
+// On an S3 store a frontend uploads a node's state when it changed, else
+// (a poll, progress) at most every PublishEvery, and loads the others'
+// every SyncEvery: 500 agents polling every 30 s make about 17 PUTs a
+// second, not one per poll, and a frontend sees another's state changes
+// within about SyncEvery.
+var (
+	PublishEvery = 15 * time.Second
+	SyncEvery    = 5 * time.Second
+)
+
+// sentDoc is what a node's last uploaded (or loaded) document said.
+type sentDoc struct {
+	at  time.Time
+	sig string
+}
+
+// signature is what of s makes a change worth uploading at once: not
+// LastSeen, bytes, rate, address or log, which change at every report.
+func signature(s *NodeState) string {
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%s|%d|%s|%t|%s|%s", s.State, s.Phase, s.Image, s.Current, s.Effective, s.Previous,
+		s.Drift, s.LastError, s.RebootRequired, s.Order, s.Rollout)
+}
+
+// publish uploads the states of the nodes heard of since their last
+// upload: those that changed, and the rest PublishEvery after their last
+// (all of them when all: the server stops).
+func (x *Service) publish(all bool) {
+	if x.docs == nil {
+		return
+	}
+	now := time.Now()
+	var todo []NodeState
+	x.mu.Lock()
+	for n := range x.unsent {
+		s := x.nodes[n]
+		if s == nil || s.LastSeen.IsZero() {
+			delete(x.unsent, n)
+			continue
+		}
+		if p, ok := x.sent[n]; !all && ok && p.sig == signature(s) && now.Sub(p.at) < PublishEvery {
+			continue
+		}
+		c := *s
+		c.Log = append([]string(nil), s.Log...)
+		todo = append(todo, c)
+		delete(x.unsent, n)
+	}
+	x.mu.Unlock()
+	for i := range todo {
+		s := &todo[i]
+		b, err := json.Marshal(s)
+		if err == nil {
+			err = x.docs.Put(s.Name, s.LastSeen, b)
+		}
+		if err != nil {
+			// The bucket is away: this one and the rest go at the
+			// next tick, with one line in the log, not one per node.
+			x.mu.Lock()
+			for _, r := range todo[i:] {
+				x.unsent[r.Name] = true
+			}
+			x.mu.Unlock()
+			x.Log.Printf("fleet: upload %d node states: %v", len(todo)-i, err)
+			return
+		}
+		x.mu.Lock()
+		x.sent[s.Name] = sentDoc{now, signature(s)}
+		x.mu.Unlock()
+	}
+}
+
+// syncDocs loads what the other frontends uploaded and takes each node's
+// state that is newer than this frontend's.
+func (x *Service) syncDocs() {
+	docs, err := x.docs.Load(0)
+	if err != nil {
+		x.Log.Printf("fleet: load the other frontends' reports: %v", err)
+	}
+	now := time.Now()
+	var evs []NodeState
+	x.mu.Lock()
+	err = merge(x.nodes, docs, func(s *NodeState) {
+		x.dirty = true
+		x.sent[s.Name] = sentDoc{now, signature(s)} // the bucket has it
+		delete(x.unsent, s.Name)
+		c := *s
+		c.Log = append([]string(nil), s.Log...)
+		evs = append(evs, c)
+	})
+	x.lastSync = now
+	x.mu.Unlock()
+	if err != nil {
+		x.Log.Printf("fleet: %v", err)
+	}
+	for i := range evs {
+		x.hub.Publish(Event{Type: "node", Node: &evs[i]})
+	}
+}
+
+// syncDue says whether the next load of the other frontends' reports is due.
+func (x *Service) syncDue() bool {
+	if x.docs == nil {
+		return false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return time.Since(x.lastSync) >= SyncEvery
 }
 
 // Hub is where every change of a node or a rollout is published.
@@ -73,9 +196,14 @@ func (x *Service) loop() {
 		select {
 		case <-x.stop:
 			x.flush()
+			x.publish(true)
 			return
 		case <-t.C:
 			x.flush()
+			x.publish(false)
+			if x.syncDue() {
+				x.syncDocs()
+			}
 			x.checkOffline()
 		}
 	}
@@ -136,6 +264,9 @@ func (x *Service) update(name string, seen bool, fn func(*NodeState)) NodeState 
 	if seen {
 		s.LastSeen = time.Now().UTC()
 		x.offline[name] = false
+		if x.docs != nil {
+			x.unsent[name] = true
+		}
 	}
 	x.dirty = true
 	cp := *s

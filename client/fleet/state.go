@@ -89,16 +89,49 @@ type fleetDoc struct {
 	Nodes map[string]*NodeState `json:"nodes"`
 }
 
-// Load reads the view a server kept in storeDir (empty when there is
-// none), as it was when the server last wrote it, offline nodes marked.
-func Load(storeDir string) (map[string]NodeState, error) {
-	m, err := load(storeDir)
+// Load reads the view a server kept in st (empty when there is none), as
+// it was when the server last wrote it, offline nodes marked. On an S3
+// store that is the bucket's view, every frontend's reports merged (the
+// newest of each node wins), over what this cache directory kept.
+func Load(st *store.Store) (map[string]NodeState, error) {
+	m, err := load(st.Dir())
+	if docs := st.NodeDocs(DocKind); docs != nil {
+		got, lerr := docs.Load(0)
+		err = errors.Join(err, lerr, merge(m, got, nil))
+	}
 	out := map[string]NodeState{}
 	now := time.Now()
 	for n, s := range m {
 		out[n] = s.shown(now)
 	}
 	return out, err
+}
+
+// DocKind is the kind of the fleet's per-node documents in an S3 store's
+// bucket: fleet/nodes/NODE/… (store.NodeDocs), each a NodeState in JSON.
+const DocKind = "nodes"
+
+// merge puts into nodes the documents newer (by LastSeen) than what it
+// has, calling took with each one taken; a document that does not decode
+// is skipped (a newer one replaces it).
+func merge(nodes map[string]*NodeState, docs []store.NodeDoc, took func(*NodeState)) error {
+	var errs []error
+	for _, d := range docs {
+		var s NodeState
+		if err := json.Unmarshal(d.Data, &s); err != nil {
+			errs = append(errs, fmt.Errorf("fleet document of %s: %w", d.Node, err))
+			continue
+		}
+		s.Name = d.Node // the key names the node, whatever the body says
+		if cur := nodes[d.Node]; cur != nil && !s.LastSeen.After(cur.LastSeen) {
+			continue
+		}
+		nodes[d.Node] = &s
+		if took != nil {
+			took(&s)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func load(storeDir string) (map[string]*NodeState, error) {

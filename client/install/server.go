@@ -45,15 +45,95 @@ type Service struct {
 
 	mu   gosync.Mutex
 	last map[string]Status
+	// sent is, on an S3 store, the last status of each node uploaded to
+	// the bucket by this frontend.
+	sent map[string]Status
 }
 
 // NewService serves st's install protocol, picking up the last status
-// of every node from the store's status log.
+// of every node from the store's status log (and, on an S3 store, every
+// frontend's reports in the bucket).
 func NewService(st *store.Store, netboot string, lg *log.Logger) *Service {
 	if lg == nil {
 		lg = log.New(io.Discard, "", 0)
 	}
-	return &Service{Store: st, Netboot: netboot, Log: lg, last: LastStatuses(st.Dir())}
+	return &Service{Store: st, Netboot: netboot, Log: lg, last: readStatusLog(st.Dir()), sent: map[string]Status{}}
+}
+
+// DocKind is the kind of the install reports' per-node documents in an S3
+// store's bucket: fleet/installs/WHO/… (store.NodeDocs), each a line of
+// the status log (JSON {"who","from",Status…}).
+const DocKind = "installs"
+
+// PublishEvery: on an S3 store a frontend uploads a node's install status
+// when its step or state changed, else (progress) at most this often.
+var PublishEvery = 15 * time.Second
+
+// docsMaxAge bounds how stale the bucket's install reports may be when a
+// netbooting node's script or token is decided (one LIST per second at
+// most, however many nodes boot).
+const docsMaxAge = time.Second
+
+// Statuses is the last status of every node: this frontend's, and on an
+// S3 store every frontend's (the newest of each node).
+func (x *Service) Statuses() map[string]Status {
+	x.mu.Lock()
+	out := make(map[string]Status, len(x.last))
+	for k, v := range x.last {
+		out[k] = v
+	}
+	x.mu.Unlock()
+	if err := mergeDocs(x.Store, out, docsMaxAge); err != nil {
+		x.Log.Printf("install: the other frontends' reports: %v", err)
+	}
+	return out
+}
+
+// mergeDocs puts into m the bucket's install reports newer than m's (a
+// local store has none).
+func mergeDocs(st *store.Store, m map[string]Status, maxAge time.Duration) error {
+	docs := st.NodeDocs(DocKind)
+	if docs == nil {
+		return nil
+	}
+	got, err := docs.Load(maxAge)
+	var errs []error
+	for _, d := range got {
+		var r statusRecord
+		if err := json.Unmarshal(d.Data, &r); err != nil {
+			errs = append(errs, fmt.Errorf("install report of %s: %w", d.Node, err))
+			continue
+		}
+		if cur, ok := m[d.Node]; !ok || r.Status.Time.After(cur.Time) {
+			m[d.Node] = r.Status
+		}
+	}
+	return errors.Join(append(errs, err)...)
+}
+
+// publish uploads who's status to the bucket of an S3 store when it is
+// news: another step or state than this frontend last uploaded, or
+// PublishEvery since. It runs before the report is answered, so a
+// node told its install is done is known to be on every frontend.
+func (x *Service) publish(who string, rec []byte, s Status) error {
+	docs := x.Store.NodeDocs(DocKind)
+	if docs == nil {
+		return nil
+	}
+	x.mu.Lock()
+	p, ok := x.sent[who]
+	x.mu.Unlock()
+	if ok && p.Step == s.Step && p.State == s.State && s.Time.Sub(p.Time) < PublishEvery {
+		return nil
+	}
+	if err := docs.Put(who, s.Time, rec); err != nil {
+		x.Log.Printf("install %s: upload the report: %v", who, err)
+		return err
+	}
+	x.mu.Lock()
+	x.sent[who] = s
+	x.mu.Unlock()
+	return nil
 }
 
 // StatusLog is where every install status is appended, one JSON a line,
@@ -73,9 +153,7 @@ func (x *Service) Mount(srv *simsync.Server) {
 	// token) may report for it.
 	srv.HandleRole("POST /v1/install/status", simsync.RoleNode, http.HandlerFunc(x.postStatus))
 	srv.Handle("GET /v1/install/status", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		x.mu.Lock()
-		b, _ := json.Marshal(x.last)
-		x.mu.Unlock()
+		b, _ := json.Marshal(x.Statuses())
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-cache")
 		w.Write(b)
@@ -137,7 +215,7 @@ func (x *Service) serveConfig(w http.ResponseWriter, r *http.Request) {
 // finished an install, or an admin asked for a reinstall since its last
 // one (sim node reinstall), the same rule that decides its netboot.
 func (x *Service) dueForInstall(node string) error {
-	last, ok := LastStatuses(x.Store.Dir())[node]
+	last, ok := x.Statuses()[node]
 	if !ok || last.State != Done {
 		return nil
 	}
@@ -194,11 +272,19 @@ func (x *Service) postStatus(w http.ResponseWriter, r *http.Request) {
 		f.Close()
 	}
 	x.mu.Unlock()
+	perr := x.publish(who, b, s)
 	if s.State == Failed || s.State == Done {
 		x.Log.Printf("install %s: %s at %s: %s", who, s.State, s.Step, s.Message)
 	}
 	if x.OnStatus != nil {
 		x.OnStatus(who, s)
+	}
+	if perr != nil && s.State == Done {
+		// The other frontends must learn of a finished install, or
+		// they would netboot the node to install it again: 503 sends
+		// the installer to retry, here or at its next frontend.
+		http.Error(w, fmt.Sprintf("install %s: done, but not recorded in the bucket: %v", who, perr), http.StatusServiceUnavailable)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -240,7 +326,7 @@ func (x *Service) serveIPXE(w http.ResponseWriter, r *http.Request) {
 		// reinstall (a node set to netboot first would otherwise
 		// reinstall at every boot).
 		var done time.Time
-		if last, ok := LastStatuses(x.Store.Dir())[n.Name]; ok && last.State == Done {
+		if last, ok := x.Statuses()[n.Name]; ok && last.State == Done {
 			done = last.Time
 		}
 		if !n.NetbootsToInstall(done) {
@@ -410,9 +496,18 @@ func AssignmentIn(st *store.Store, reg *catalog.Registry, node, mac, image strin
 	return cfg, nil
 }
 
-// LastStatuses reads the status log of the store in storeDir: the last
+// LastStatuses is the last install report of each node of st: from its
+// status log, and on an S3 store from every frontend's reports in the
+// bucket (the newest of each node wins). An unreadable bucket leaves the
+// log's, with the error.
+func LastStatuses(st *store.Store) (map[string]Status, error) {
+	out := readStatusLog(st.Dir())
+	return out, mergeDocs(st, out, 0)
+}
+
+// readStatusLog reads the status log of the store in storeDir: the last
 // report of each node.
-func LastStatuses(storeDir string) map[string]Status {
+func readStatusLog(storeDir string) map[string]Status {
 	out := map[string]Status{}
 	f, err := os.Open(StatusLog(storeDir))
 	if err != nil {

@@ -677,7 +677,8 @@ reports to this server, each with its groups, image, the commit it is
 assigned (its image's head) and the one it is on, its state (installing,
 updating, idle, failed, offline, rolled-back, partial), when it was last
 seen, how many paths drifted at its last scan, and its last install status.
-Without a running server, what the server last knew.
+Without a running server, what the server last knew (on an S3 store, what
+every frontend put in the bucket).
 
 --watch keeps the list live, like top: on a terminal it is redrawn in
 place at every change a node reports (phase, bytes done of total, rate,
@@ -786,7 +787,10 @@ func (e *env) nodeRows(st *store.Store) ([]nodeRow, *catalog.Registry, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	last := install.LastStatuses(st.Dir())
+	last, err := install.LastStatuses(st)
+	if err != nil {
+		return nil, nil, fmt.Errorf("install reports: %w", err)
+	}
 	live := map[string]fleet.NodeState{}
 	for _, s := range e.knownNodes(st) {
 		live[s.Name] = s

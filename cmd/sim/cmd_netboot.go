@@ -63,7 +63,10 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 					if err != nil {
 						return err
 					}
-					last := install.LastStatuses(st.Dir())
+					last, err := install.LastStatuses(st)
+					if err != nil {
+						return fmt.Errorf("install reports: %w", err)
+					}
 					for _, k := range sortedNames(reg) {
 						n := reg.Nodes[k]
 						nodes = append(nodes, n)

@@ -108,7 +108,11 @@ func (e *env) knownNodes(st *store.Store) []fleet.NodeState {
 	if f := e.fleet(); f != nil {
 		return f.Nodes()
 	}
-	saved, _ := fleet.Load(st.Dir())
+	saved, err := fleet.Load(st)
+	if err != nil {
+		// What could be read still shows; the rest is named.
+		fmt.Fprintf(e.stderr, "sim: warning: the fleet's saved state: %v\n", err)
+	}
 	byName := map[string]fleet.NodeState{}
 	for n, s := range saved {
 		byName[n] = s
