@@ -29,8 +29,9 @@ const flushEvery = 64 << 20
 //
 // A Sink is safe for concurrent use. After Close it takes nothing more.
 type Sink struct {
-	st  *store.Store
-	dec *zstd.Decoder
+	st   *store.Store
+	dec  *zstd.Decoder
+	feed *Feed // nil: no checkout reads beside the fetch (SetFeed)
 
 	mu      gosync.Mutex
 	w       *store.Writer
@@ -65,7 +66,11 @@ var _ Receiver = (*Sink)(nil)
 
 // NewSink receives into st.
 func NewSink(st *store.Store) *Sink {
-	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxWireFrame))
+	// No zstd checksum: every blob a frame holds is BLAKE3-hashed
+	// against its id right after, which proves more than the frame's
+	// xxhash would (and the store's reader checks that one when it
+	// decompresses the kept frame).
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxWireFrame), zstd.IgnoreChecksum(true))
 	return &Sink{st: st, dec: dec, w: st.NewWriter(), commits: map[chunk.ID][]byte{}}
 }
 
@@ -93,6 +98,12 @@ func (s *Sink) charge(n int) error {
 	}
 	return nil
 }
+
+// SetFeed makes the sink hand every blob it verified to f as well (a
+// checkout running beside the fetch reads them there), and tell f when
+// what it took became readable in the store. Set it before the first
+// object arrives.
+func (s *Sink) SetFeed(f *Feed) { s.feed = f }
 
 // Store is the store the sink writes to, for reading (what is there
 // already, frames to serve to peers); writing goes through the sink.
@@ -128,6 +139,9 @@ func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
 	if _, err := w.Put(t, id, data); err != nil {
 		return err
 	}
+	if s.feed != nil {
+		s.feed.offer(data, []FrameEntry{{Type: t, ID: id, Len: uint32(len(data))}}, false)
+	}
 	return s.took(1, int64(len(data)))
 }
 
@@ -142,11 +156,17 @@ func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) err
 	if err != nil {
 		return err
 	}
+	kept := false
 	if comp == compZstd {
 		// PutFrame copies what it keeps: the decoded frame is free
 		// again once it returns (a 4 MiB buffer per frame, zeroed
-		// each time, was a twentieth of an install's CPU).
-		defer putFrameBuf(raw)
+		// each time, was a twentieth of an install's CPU), unless
+		// the feed keeps it for the checkout.
+		defer func() {
+			if !kept {
+				putFrameBuf(raw)
+			}
+		}()
 	}
 	pe := make([]store.PackEntry, len(ents))
 	var n int64
@@ -160,6 +180,11 @@ func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) err
 	}
 	if err := w.PutFrame(comp, payload, pe, raw); err != nil {
 		return err
+	}
+	if s.feed != nil {
+		// A raw frame's bytes are the caller's payload: the feed copies
+		// what it keeps of them.
+		kept = s.feed.offer(raw, ents, comp == compZstd)
 	}
 	return s.took(int64(len(ents)), n)
 }
@@ -309,6 +334,9 @@ func (s *Sink) flushed(ws store.WriterStats, err error) {
 	s.stored.Packs += ws.Packs
 	if s.err == nil {
 		s.err = err
+	}
+	if s.feed != nil {
+		s.feed.wake()
 	}
 }
 
