@@ -56,10 +56,12 @@ func Base(st *store.Store, dir string) []chunk.ID {
 		return nil
 	}
 	// A checkout that did not finish left the directory partly Pending:
-	// both commits are whole in the store, both good bases.
+	// both commits are good bases when whole in the store. One that ran
+	// beside its fetch may have stopped before the fetch stored its
+	// commit: that one is no base.
 	var out []chunk.ID
 	for _, id := range []chunk.ID{rec.Commit, rec.Pending} {
-		if !id.IsZero() {
+		if ok, err := st.HasCommit(id); !id.IsZero() && err == nil && ok {
 			out = append(out, id)
 		}
 	}

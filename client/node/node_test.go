@@ -203,17 +203,24 @@ func TestCheckout(t *testing.T) {
 				t.Errorf("install moved %d bytes; want at least the 3 MiB of files", first.Transfer.WireBytes)
 			}
 			checkCommits(t, st, s.v1)
+			// The install was written from the frames the fetch
+			// decoded: each data blob read there once, none from the
+			// store (which held nothing), no frame dropped.
+			if f := first.Feed; f.Hits == 0 || f.Stored != 0 || f.Dropped != 0 {
+				t.Errorf("install's feed: %+v; want every read a hit", f)
+			}
 
 			o.Ref = "v2"
 			var fetched []chunk.ID
 			o.Fetched = func(id chunk.ID, ps simsync.PullStats) {
 				fetched = append(fetched, id)
-				// Between the fetch and the checkout: the commit is
-				// here, the directory still has v1.
+				// The fetch is over, the checkout beside it is not:
+				// the commit is here, the directory still v1 with v2
+				// pending.
 				if ok, err := st.HasCommit(id); err != nil || !ok {
 					t.Errorf("Fetched(%s): the node's store lacks it (%v)", id.Short(), err)
 				}
-				checkBase(t, st, dir, s.v1)
+				checkBase(t, st, dir, s.v1, s.v2)
 			}
 			second, err := node.Checkout(t.Context(), o)
 			if err != nil {
