@@ -6,6 +6,7 @@ import (
 	gosync "sync"
 
 	"github.com/systemimager/sim/chunk"
+	"github.com/systemimager/sim/snapshot"
 	"github.com/systemimager/sim/store"
 )
 
@@ -23,8 +24,10 @@ import (
 // (Finish). A fetch that fails fails every Get still waiting.
 //
 // Memory is bounded: trees stay until Close (the checkout's walk reads
-// them, some more than once, and they are small), data frames stay until
-// every blob in them was read once, and a data frame that would take the
+// them, some more than once, and they are small), a data frame stays
+// until each of its blobs was read as often as the trees received name
+// it (a file's content, once per place the directory holding it appears
+// in the commit; at least once), and a data frame that would take the
 // Feed past its bound is not kept (the checkout then reads those blobs
 // from the store, decompressing as before). Nothing is dropped for a
 // slow reader, and no fetch waits for one: a Feed never stalls the
@@ -45,19 +48,27 @@ type Feed struct {
 	ready   chan struct{} // closed by admit
 	stats   FeedStats
 	readyOK bool
+
+	// The reads a checkout will make of each data blob, from the trees
+	// received so far: need[id] for file contents, occ for how many
+	// times a tree appears in the commit (trees not yet received wait
+	// in occ with the count their parents gave them).
+	need  map[chunk.ID]int
+	occ   map[chunk.ID]int
+	trees map[chunk.ID]*snapshot.Tree
 }
 
 type feedBlob struct {
-	b    []byte
-	fr   *feedFrame // nil for a tree
-	read bool
+	b     []byte
+	fr    *feedFrame // nil for a tree
+	reads int
 }
 
 // feedFrame is a kept data frame: its memory goes when each of its blobs
-// was read once.
+// was read as often as needed.
 type feedFrame struct {
 	ids  []chunk.ID
-	left int
+	left int // blobs still to be read (enough times)
 	size int64
 }
 
@@ -66,10 +77,12 @@ type FeedStats struct {
 	// Hits: Gets served from what the fetch handed over; Stored: Gets
 	// served by the store (blobs it held already, blobs read a second
 	// time after their frame was let go, frames not kept).
-	Hits, Stored int64
+	Hits   int64 `json:"hits"`
+	Stored int64 `json:"stored"`
 	// Kept and Dropped: data frames kept for the reader, and not kept
 	// because the Feed was at its bound.
-	Kept, Dropped int64
+	Kept    int64 `json:"kept"`
+	Dropped int64 `json:"dropped"`
 }
 
 // DefaultFeedBytes bounds the data frames a Feed keeps: at 4 MiB a frame,
@@ -82,7 +95,8 @@ func NewFeed(st *store.Store, maxBytes int64) *Feed {
 	if maxBytes <= 0 {
 		maxBytes = DefaultFeedBytes
 	}
-	f := &Feed{st: st, max: maxBytes, blobs: map[chunk.ID]*feedBlob{}, ready: make(chan struct{})}
+	f := &Feed{st: st, max: maxBytes, blobs: map[chunk.ID]*feedBlob{}, ready: make(chan struct{}),
+		need: map[chunk.ID]int{}, occ: map[chunk.ID]int{}, trees: map[chunk.ID]*snapshot.Tree{}}
 	f.cond = gosync.NewCond(&f.mu)
 	return f
 }
@@ -109,6 +123,7 @@ func (f *Feed) admit(id chunk.ID, c *store.Commit) {
 		return
 	}
 	f.id, f.commit, f.readyOK = id, c, true
+	f.occ[c.Tree]++
 	close(f.ready)
 }
 
@@ -154,24 +169,21 @@ func (f *Feed) wake() {
 }
 
 // offer hands over the blobs ents of a decoded frame raw, every one of
-// them verified against its id. owned says raw is the Feed's to keep;
-// otherwise what is kept is copied. It reports whether raw is kept (the
-// caller must then not reuse it).
-func (f *Feed) offer(raw []byte, ents []FrameEntry, owned bool) bool {
+// them verified against its id, and the trees among them, decoded. owned
+// says raw is the Feed's to keep; otherwise what is kept is copied. It
+// reports whether raw is kept (the caller must then not reuse it).
+func (f *Feed) offer(raw []byte, ents []FrameEntry, trees map[chunk.ID]*snapshot.Tree, owned bool) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.done {
 		return false
 	}
-	trees := false
-	for _, e := range ents {
-		if e.Type == store.TypeTree {
-			trees = true
-		}
+	for id, t := range trees {
+		f.tree(id, t)
 	}
 	// A frame with a tree in it is kept whatever the bound: the walk
 	// would otherwise wait for the next flush to read its directories.
-	if !trees && f.held+int64(len(raw)) > f.max {
+	if len(trees) == 0 && f.held+int64(len(raw)) > f.max {
 		f.stats.Dropped++
 		return false
 	}
@@ -201,6 +213,46 @@ func (f *Feed) offer(raw []byte, ents []FrameEntry, owned bool) bool {
 	return true
 }
 
+// tree counts the reads tree id (t) will cause; with f.mu held.
+func (f *Feed) tree(id chunk.ID, t *snapshot.Tree) {
+	if _, seen := f.trees[id]; seen {
+		return
+	}
+	f.trees[id] = t
+	if k := f.occ[id]; k > 0 {
+		f.count(t, k)
+	}
+}
+
+// count adds k appearances of tree t (and what is below it) to the reads
+// expected; with f.mu held.
+func (f *Feed) count(t *snapshot.Tree, k int) {
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		switch {
+		case e.Kind == snapshot.KindDir:
+			f.occ[e.Subtree] += k
+			if sub := f.trees[e.Subtree]; sub != nil {
+				f.count(sub, k)
+			}
+		case e.Kind == snapshot.KindFile && e.Link == "":
+			// A hard link's later names are linked, not written.
+			for _, x := range e.Content {
+				if x.Hole() {
+					continue
+				}
+				before := f.need[x.ID]
+				f.need[x.ID] = before + k
+				// A blob read enough times already keeps its frame
+				// again for the reads now expected.
+				if b := f.blobs[x.ID]; b != nil && b.fr != nil && b.reads >= max(before, 1) && b.reads < before+k {
+					b.fr.left++
+				}
+			}
+		}
+	}
+}
+
 // take returns blob id if kept, counting the read; with f.mu held.
 func (f *Feed) take(id chunk.ID) ([]byte, bool) {
 	e, ok := f.blobs[id]
@@ -208,8 +260,11 @@ func (f *Feed) take(id chunk.ID) ([]byte, bool) {
 		return nil, false
 	}
 	f.stats.Hits++
-	if e.fr != nil && !e.read {
-		e.read = true
+	if e.fr == nil {
+		return e.b, true
+	}
+	e.reads++
+	if e.reads == max(f.need[id], 1) {
 		if e.fr.left--; e.fr.left == 0 {
 			for _, x := range e.fr.ids {
 				delete(f.blobs, x)

@@ -3,6 +3,7 @@ package sync_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,8 +18,9 @@ import (
 // TestFeed checks a tree out beside the fetch of its commit, over a real
 // socket into a real store, reading only through a Feed: the tree is
 // exact whether the feed keeps every frame or none (then the store
-// serves the blobs once flushed), and a fetch that fails fails the
-// checkout instead of leaving it waiting.
+// serves the blobs once flushed), with content read more than once
+// still served by the feed, and a fetch that fails fails the checkout
+// instead of leaving it waiting.
 func TestFeed(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -34,6 +36,26 @@ func TestFeed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := setup(t)
+			// Content read more than once: a copied file, and one
+			// directory twice (one tree, sent once, walked twice).
+			lib, err := os.ReadFile(filepath.Join(f.src, "usr/lib/lib1.so"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{"usr/lib/copy.so", "srv/a/lib/x.so", "srv/b/lib/x.so"} {
+				if err := os.MkdirAll(filepath.Dir(filepath.Join(f.src, p)), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(f.src, p), lib, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, d := range []string{"srv/a/lib", "srv/b/lib", "srv/a", "srv/b"} {
+				if err := os.Chtimes(filepath.Join(f.src, d), time.Unix(1e9, 0), time.Unix(1e9, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := commit(t, f.srv, f.src, "img")
 			f.counting.flip = tt.flip
 			node := storetest.New(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -42,14 +64,14 @@ func TestFeed(t *testing.T) {
 			defer feed.Close()
 			fetched := make(chan error, 1)
 			go func() {
-				_, err := simsync.FetchCommitFeed(ctx, node, remote(t, f.url, ""), nil, f.v2, true, feed)
+				_, err := simsync.FetchCommitFeed(ctx, node, remote(t, f.url, ""), nil, want, true, feed)
 				feed.Finish(err)
 				fetched <- err
 			}()
 			<-feed.Admitted()
 			id, c := feed.Commit()
-			if c == nil || id != f.v2 {
-				t.Fatalf("admitted %s (%v); want v2 %s", id.Short(), c, f.v2.Short())
+			if c == nil || id != want {
+				t.Fatalf("admitted %s (%v); want %s", id.Short(), c, want.Short())
 			}
 			dst := filepath.Join(t.TempDir(), "co")
 			_, _, cerr := snapshot.Checkout(ctx, feed, c.Tree, dst, snapshot.CheckoutOptions{NoSync: true})
@@ -64,7 +86,7 @@ func TestFeed(t *testing.T) {
 				if !errors.As(cerr, &ce) && !errors.Is(cerr, simsync.ErrTruncated) {
 					t.Errorf("checkout error %v; want the fetch's (a corrupt blob)", cerr)
 				}
-				if ok, _ := node.HasCommit(f.v2); ok {
+				if ok, _ := node.HasCommit(want); ok {
 					t.Error("commit stored although its data was refused")
 				}
 				return
