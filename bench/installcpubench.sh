@@ -139,7 +139,7 @@ okr() { awk -v r="$1" 'BEGIN { print (r <= 1.2) ? "✅" : "❌" }'; }
 	echo "| install of v2 ($(awk -v b="$SIZE" 'BEGIN { printf "%.0f MB", b / 1e6 }'), $ENTRIES entries, $FS), $RUNS rounds | CPU (user+sys), median | range | wall, median |"
 	echo "|---|---|---|---|"
 	echo "| sim checkout from a local store | ${sc} s | $(range "${SIMC[@]}") s | $(med "${SIMW[@]}") s |"
-	echo "| sim checkout --from (HTTP, loopback): fetch into an empty node store, then checkout; the node's CPU | ${nc} s | $(range "${NETC[@]}") s | $(med "${NETW[@]}") s |"
+	echo "| sim checkout --from (HTTP, loopback): fetch into an empty node store, the checkout beside it; the node's CPU | ${nc} s | $(range "${NETC[@]}") s | $(med "${NETW[@]}") s |"
 	echo "| zstd -d \| tar -x | ${tc} s | $(range "${TARC[@]}") s | $(med "${TARW[@]}") s |"
 	echo "| sim checkout / untar | ${r} $(okr "$r") ≤ 1.2 | | |"
 	echo "| sim network install / untar | ${rn} $(okr "$rn") ≤ 1.2 | | |"
