@@ -56,10 +56,15 @@ SERVE_PID=
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
-	if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null; fi
+	# wait returns the server's exit status (killed: not 0): under set -e
+	# that ended the cleanup before the scratch was removed.
+	if [ -n "$SERVE_PID" ]; then kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true; fi
 	if [ "${INSTALLCPU_KEEP:-0}" = 1 ]; then log "kept $W"; else
-		rm -rf --one-file-system "$W"
+		# The tmpfs first: rm --one-file-system skips a mount point and
+		# fails, and under set -e that ended the cleanup with the tmpfs
+		# (and its 4 GiB bound of the machine's memory) left mounted.
 		[ "${INSTALLCPU_TMPFS:-0}" != 1 ] || umount "$W" 2>/dev/null || true
+		rm -rf --one-file-system "$W"
 	fi
 	[ "$rc" -eq 0 ] || log "FAILED (exit $rc)"
 	exit "$rc"
@@ -139,7 +144,7 @@ okr() { awk -v r="$1" 'BEGIN { print (r <= 1.2) ? "✅" : "❌" }'; }
 	echo "| install of v2 ($(awk -v b="$SIZE" 'BEGIN { printf "%.0f MB", b / 1e6 }'), $ENTRIES entries, $FS), $RUNS rounds | CPU (user+sys), median | range | wall, median |"
 	echo "|---|---|---|---|"
 	echo "| sim checkout from a local store | ${sc} s | $(range "${SIMC[@]}") s | $(med "${SIMW[@]}") s |"
-	echo "| sim checkout --from (HTTP, loopback): fetch into an empty node store, then checkout; the node's CPU | ${nc} s | $(range "${NETC[@]}") s | $(med "${NETW[@]}") s |"
+	echo "| sim checkout --from (HTTP, loopback): fetch into an empty node store, the checkout beside it; the node's CPU | ${nc} s | $(range "${NETC[@]}") s | $(med "${NETW[@]}") s |"
 	echo "| zstd -d \| tar -x | ${tc} s | $(range "${TARC[@]}") s | $(med "${TARW[@]}") s |"
 	echo "| sim checkout / untar | ${r} $(okr "$r") ≤ 1.2 | | |"
 	echo "| sim network install / untar | ${rn} $(okr "$rn") ≤ 1.2 | | |"

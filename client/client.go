@@ -132,6 +132,15 @@ type CheckoutOptions struct {
 	// and a node's checkout accept the node's own effective commit,
 	// unsigned but made from signed ones (install.CheckSigned).
 	Verify func(id chunk.ID) error
+	// Commit, when set, is the commit to check out while the store does
+	// not hold it yet: a fetch running beside the checkout brings its
+	// objects through Source (node.Checkout). Complete must then be set.
+	Commit *store.Commit
+	// Complete, when set, is called once the tree is written, before the
+	// record names the commit: it waits for the fetch and fails the
+	// checkout if the commit is not whole in the store (the directory
+	// stays Pending, as after an interruption).
+	Complete func() error
 }
 
 // Record describes the last checkout into a directory.
@@ -193,9 +202,14 @@ func RecordCache(st *store.Store, dir string) *snapshot.StatCache {
 
 // Checkout makes dir exactly the commit id's tree, in place.
 func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opts CheckoutOptions) (*snapshot.CheckoutStats, error) {
-	c, err := st.Commit(id)
-	if err != nil {
-		return nil, err
+	c := opts.Commit
+	if c == nil {
+		var err error
+		if c, err = st.Commit(id); err != nil {
+			return nil, err
+		}
+	} else if opts.Complete == nil || opts.Source == nil {
+		return nil, fmt.Errorf("checkout %s: a commit the store does not hold needs a Source and Complete", id.Short())
 	}
 	// The trust policy first: nothing of an unsigned commit is written.
 	verify := opts.Verify
@@ -251,6 +265,11 @@ func Checkout(ctx context.Context, st *store.Store, id chunk.ID, dir string, opt
 		Trace: opts.Trace})
 	if err != nil {
 		return nil, err
+	}
+	if opts.Complete != nil {
+		if err := opts.Complete(); err != nil {
+			return nil, err
+		}
 	}
 	if err := newRec.Save(spath); err != nil {
 		return stats, fmt.Errorf("save checkout record: %w", err)

@@ -66,6 +66,10 @@ type frameJob struct {
 	data []byte
 	comp uint8
 	ents []PackEntry
+	// written, when set, is closed once the packer is done with data
+	// (written, or dropped after a failure): data is the caller's, not
+	// a copy (PutFrame).
+	written chan struct{}
 }
 
 type packDone struct {
@@ -175,23 +179,11 @@ func (w *Writer) packer() {
 		w.mu.Unlock()
 	}
 	for job := range w.frames {
-		if w.failed() {
-			continue // drain
+		w.pack(&cur, job, fail)
+		if job.written != nil {
+			close(job.written)
 		}
-		if cur == nil {
-			var err error
-			if cur, err = w.s.newPackFile(); err != nil {
-				fail(err)
-				continue
-			}
-		}
-		if err := cur.add(job); err != nil {
-			fail(err)
-			cur.abort()
-			cur = nil
-			continue
-		}
-		if cur.size >= packTarget {
+		if cur != nil && cur.size >= packTarget {
 			if err := w.finish(cur); err != nil {
 				fail(err)
 			}
@@ -204,6 +196,26 @@ func (w *Writer) packer() {
 		} else if err := w.finish(cur); err != nil {
 			fail(err)
 		}
+	}
+}
+
+// pack appends job to *cur, opening a pack first if there is none;
+// after a failure it drops the job.
+func (w *Writer) pack(cur **packFile, job frameJob, fail func(error)) {
+	if w.failed() {
+		return // drain
+	}
+	if *cur == nil {
+		var err error
+		if *cur, err = w.s.newPackFile(); err != nil {
+			fail(err)
+			return
+		}
+	}
+	if err := (*cur).add(job); err != nil {
+		fail(err)
+		(*cur).abort()
+		*cur = nil
 	}
 }
 
@@ -436,7 +448,11 @@ func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
 // bytes as they are (no second compression). The caller has verified every
 // blob of raw (the decompressed payload) against its id. When the store
 // already has some of the blobs, the missing ones are Put one by one
-// instead, so nothing is stored twice.
+// instead, so nothing is stored twice. payload may be reused once
+// PutFrame returns: it waits for the packer to have written it into the
+// pack file (page cache; the fsync comes later, off this path) rather
+// than copying it (a fresh buffer per frame, faulted in and copied, cost
+// more than the write).
 func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []byte) error {
 	ids := make([]chunk.ID, len(ents))
 	for i, e := range ents {
@@ -454,7 +470,7 @@ func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []by
 		}
 	}
 	if fresh && (comp == compZstd || comp == compRaw) {
-		job := frameJob{data: append([]byte(nil), payload...), comp: comp}
+		job := frameJob{data: payload, comp: comp, written: make(chan struct{})}
 		for _, e := range ents {
 			w.seen[e.ID] = struct{}{}
 			w.stats.Blobs++
@@ -467,6 +483,7 @@ func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []by
 			return err
 		}
 		w.frames <- job
+		<-job.written
 		return nil
 	}
 	w.mu.Unlock()

@@ -405,7 +405,7 @@ func (c *Cache) fill(id chunk.ID) error {
 	if err := admit(c.Store, c.Up, id, raw, sigs); err != nil {
 		return err
 	}
-	ps, err := fetchCommit(ctx, c.Store, c.Up, nil, id, cm, true, base)
+	ps, err := fetchCommit(ctx, c.Store, c.Up, nil, id, cm, true, base, nil)
 	c.mu.Lock()
 	c.stats.Fills++
 	c.stats.UpstreamBytes += ps.WireBytes

@@ -115,6 +115,16 @@ func LocalHaves(st *store.Store, extra ...chunk.ID) ([]chunk.ID, error) {
 // fetch fails naming the commit and the keys. The commit's valid
 // signatures are stored beside it.
 func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, shallow bool, base ...chunk.ID) (PullStats, error) {
+	return FetchCommitFeed(ctx, local, r, tr, id, shallow, nil, base...)
+}
+
+// FetchCommitFeed is FetchCommit handing every blob it verifies to feed
+// as well (nil: none), for a checkout that writes the tree while its
+// objects arrive (node.Checkout). The feed learns the commit once the
+// trust policy admitted it, before any object moves; a commit local
+// holds already moves nothing and admits none. The caller calls
+// feed.Finish with the result.
+func FetchCommitFeed(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, shallow bool, feed *Feed, base ...chunk.ID) (PullStats, error) {
 	if ok, err := local.HasCommit(id); err != nil {
 		return PullStats{}, err
 	} else if ok && (shallow || !local.IsShallow(id)) {
@@ -135,7 +145,10 @@ func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 	if err := admit(local, r, id, cb, sigs); err != nil {
 		return PullStats{}, err
 	}
-	ps, err := fetchCommit(ctx, local, r, tr, id, c, shallow, base)
+	if feed != nil {
+		feed.admit(id, c)
+	}
+	ps, err := fetchCommit(ctx, local, r, tr, id, c, shallow, base, feed)
 	if err != nil {
 		return ps, err
 	}
@@ -143,10 +156,13 @@ func FetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transpor
 }
 
 // fetchCommit is FetchCommit with commit c (id) already at hand.
-func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, c *store.Commit, shallow bool, base []chunk.ID) (PullStats, error) {
+func fetchCommit(ctx context.Context, local *store.Store, r *Remote, tr Transport, id chunk.ID, c *store.Commit, shallow bool, base []chunk.ID, feed *Feed) (PullStats, error) {
 	var ps PullStats
 	sink := NewSink(local)
 	defer sink.Close()
+	if feed != nil {
+		sink.SetFeed(feed)
+	}
 	sink.SetLimit(fetchLimit(r, id, c))
 	var before, newBefore int64
 	// round adds what one request (or delivery) brought and makes it
@@ -323,7 +339,7 @@ func FetchHistory(ctx context.Context, local *store.Store, r *Remote, tr Transpo
 			prev = []chunk.ID{l.id}
 			continue
 		}
-		s, err := fetchCommit(ctx, local, r, tr, l.id, l.c, false, prev)
+		s, err := fetchCommit(ctx, local, r, tr, l.id, l.c, false, prev, nil)
 		ps.add(s)
 		if err == nil {
 			err = keepSignatures(local, l.id, sigs[i])

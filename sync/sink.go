@@ -29,8 +29,9 @@ const flushEvery = 64 << 20
 //
 // A Sink is safe for concurrent use. After Close it takes nothing more.
 type Sink struct {
-	st  *store.Store
-	dec *zstd.Decoder
+	st   *store.Store
+	dec  *zstd.Decoder
+	feed *Feed // nil: no checkout reads beside the fetch (SetFeed)
 
 	mu      gosync.Mutex
 	w       *store.Writer
@@ -65,7 +66,11 @@ var _ Receiver = (*Sink)(nil)
 
 // NewSink receives into st.
 func NewSink(st *store.Store) *Sink {
-	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxWireFrame))
+	// No zstd checksum: every blob a frame holds is BLAKE3-hashed
+	// against its id right after, which proves more than the frame's
+	// xxhash would (and the store's reader checks that one when it
+	// decompresses the kept frame).
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxWireFrame), zstd.IgnoreChecksum(true))
 	return &Sink{st: st, dec: dec, w: st.NewWriter(), commits: map[chunk.ID][]byte{}}
 }
 
@@ -94,6 +99,12 @@ func (s *Sink) charge(n int) error {
 	return nil
 }
 
+// SetFeed makes the sink hand every blob it verified to f as well (a
+// checkout running beside the fetch reads them there), and tell f when
+// what it took became readable in the store. Set it before the first
+// object arrives.
+func (s *Sink) SetFeed(f *Feed) { s.feed = f }
+
 // Store is the store the sink writes to, for reading (what is there
 // already, frames to serve to peers); writing goes through the sink.
 func (s *Sink) Store() *store.Store { return s.st }
@@ -116,10 +127,13 @@ func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
 	if err := chunk.Verify(id, data); err != nil {
 		return err
 	}
+	var trees map[chunk.ID]*snapshot.Tree
 	if t == store.TypeTree {
-		if err := checkTree(id, data); err != nil {
+		tr, err := checkTree(id, data)
+		if err != nil {
 			return err
 		}
+		trees = map[chunk.ID]*snapshot.Tree{id: tr}
 	}
 	w, err := s.writer()
 	if err != nil {
@@ -127,6 +141,9 @@ func (s *Sink) Blob(t store.Type, id chunk.ID, data []byte) error {
 	}
 	if _, err := w.Put(t, id, data); err != nil {
 		return err
+	}
+	if s.feed != nil {
+		s.feed.offer(data, []FrameEntry{{Type: t, ID: id, Len: uint32(len(data))}}, trees, false)
 	}
 	return s.took(1, int64(len(data)))
 }
@@ -138,15 +155,21 @@ func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) err
 	if err := s.charge(max(ulen, len(payload))); err != nil {
 		return err
 	}
-	raw, err := s.decodeFrame(comp, ulen, payload, ents)
+	raw, trees, err := s.decodeFrame(comp, ulen, payload, ents)
 	if err != nil {
 		return err
 	}
+	kept := false
 	if comp == compZstd {
 		// PutFrame copies what it keeps: the decoded frame is free
 		// again once it returns (a 4 MiB buffer per frame, zeroed
-		// each time, was a twentieth of an install's CPU).
-		defer putFrameBuf(raw)
+		// each time, was a twentieth of an install's CPU), unless
+		// the feed keeps it for the checkout.
+		defer func() {
+			if !kept {
+				putFrameBuf(raw)
+			}
+		}()
 	}
 	pe := make([]store.PackEntry, len(ents))
 	var n int64
@@ -161,21 +184,27 @@ func (s *Sink) Frame(comp byte, ulen int, payload []byte, ents []FrameEntry) err
 	if err := w.PutFrame(comp, payload, pe, raw); err != nil {
 		return err
 	}
+	if s.feed != nil {
+		// A raw frame's bytes are the caller's payload: the feed copies
+		// what it keeps of them.
+		kept = s.feed.offer(raw, ents, trees, comp == compZstd)
+	}
 	return s.took(int64(len(ents)), n)
 }
 
 // decodeFrame checks a frame's entries, decompresses it and verifies its
-// blobs.
-func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntry) ([]byte, error) {
+// blobs. It returns the trees among them decoded when the sink has a
+// feed (which counts the reads they will cause).
+func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntry) ([]byte, map[chunk.ID]*snapshot.Tree, error) {
 	if ulen < 0 || ulen > maxWireFrame {
-		return nil, fmt.Errorf("frame of %d bytes", ulen)
+		return nil, nil, fmt.Errorf("frame of %d bytes", ulen)
 	}
 	for _, x := range ents {
 		if uint64(x.Off)+uint64(x.Len) > uint64(ulen) {
-			return nil, fmt.Errorf("frame entry %s outside its frame", x.ID.Short())
+			return nil, nil, fmt.Errorf("frame entry %s outside its frame", x.ID.Short())
 		}
 		if err := checkType(x.Type); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	raw := payload
@@ -185,27 +214,41 @@ func (s *Sink) decodeFrame(comp byte, ulen int, payload []byte, ents []FrameEntr
 		buf := getFrameBuf(decodeCap(uint64(ulen), len(payload)))
 		if raw, err = s.dec.DecodeAll(payload, buf); err != nil {
 			putFrameBuf(buf)
-			return nil, fmt.Errorf("frame: %w", err)
+			return nil, nil, fmt.Errorf("frame: %w", err)
 		}
 	case compRaw:
 	default:
-		return nil, fmt.Errorf("frame: unknown compression %d", comp)
+		return nil, nil, fmt.Errorf("frame: unknown compression %d", comp)
+	}
+	fail := func(err error) ([]byte, map[chunk.ID]*snapshot.Tree, error) {
+		if comp == compZstd {
+			putFrameBuf(raw)
+		}
+		return nil, nil, err
 	}
 	if len(raw) != ulen {
-		return nil, fmt.Errorf("frame is %d bytes, its header says %d", len(raw), ulen)
+		return fail(fmt.Errorf("frame is %d bytes, its header says %d", len(raw), ulen))
 	}
+	var trees map[chunk.ID]*snapshot.Tree
 	for _, x := range ents {
 		b := raw[x.Off : x.Off+x.Len]
 		if err := chunk.Verify(x.ID, b); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if x.Type == store.TypeTree {
-			if err := checkTree(x.ID, b); err != nil {
-				return nil, err
+			t, err := checkTree(x.ID, b)
+			if err != nil {
+				return fail(err)
+			}
+			if s.feed != nil {
+				if trees == nil {
+					trees = map[chunk.ID]*snapshot.Tree{}
+				}
+				trees[x.ID] = t
 			}
 		}
 	}
-	return raw, nil
+	return raw, trees, nil
 }
 
 // frameBufs holds decode buffers of frames the sink is done with.
@@ -237,11 +280,12 @@ const maxFrameBuf = 8 << 20
 // "..", NUL or over 255 bytes, hard links out of the tree, bad
 // encodings): its bytes may match its id, but no checkout could use it,
 // so no store keeps it.
-func checkTree(id chunk.ID, b []byte) error {
-	if _, err := snapshot.DecodeTree(b); err != nil {
-		return fmt.Errorf("tree %s: %w", id.Short(), err)
+func checkTree(id chunk.ID, b []byte) (*snapshot.Tree, error) {
+	t, err := snapshot.DecodeTree(b)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
 	}
-	return nil
+	return t, nil
 }
 
 // Commit verifies an encoded commit against its id and keeps it for the
@@ -309,6 +353,9 @@ func (s *Sink) flushed(ws store.WriterStats, err error) {
 	s.stored.Packs += ws.Packs
 	if s.err == nil {
 		s.err = err
+	}
+	if s.feed != nil {
+		s.feed.wake()
 	}
 }
 

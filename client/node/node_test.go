@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -203,17 +204,24 @@ func TestCheckout(t *testing.T) {
 				t.Errorf("install moved %d bytes; want at least the 3 MiB of files", first.Transfer.WireBytes)
 			}
 			checkCommits(t, st, s.v1)
+			// The install was written from the frames the fetch
+			// decoded: each data blob read there once, none from the
+			// store (which held nothing), no frame dropped.
+			if f := first.Feed; f.Hits == 0 || f.Stored != 0 || f.Dropped != 0 {
+				t.Errorf("install's feed: %+v; want every read a hit", f)
+			}
 
 			o.Ref = "v2"
 			var fetched []chunk.ID
 			o.Fetched = func(id chunk.ID, ps simsync.PullStats) {
 				fetched = append(fetched, id)
-				// Between the fetch and the checkout: the commit is
-				// here, the directory still has v1.
+				// The fetch is over, the checkout beside it is not:
+				// the commit is here, the directory still v1 with v2
+				// pending.
 				if ok, err := st.HasCommit(id); err != nil || !ok {
 					t.Errorf("Fetched(%s): the node's store lacks it (%v)", id.Short(), err)
 				}
-				checkBase(t, st, dir, s.v1)
+				checkBase(t, st, dir, s.v1, s.v2)
 			}
 			second, err := node.Checkout(t.Context(), o)
 			if err != nil {
@@ -584,3 +592,78 @@ func TestCheckoutFinish(t *testing.T) {
 
 // errAny stands for any error in TestCheckoutFinish.
 var errAny = errors.New("any error")
+
+// flipper damages one byte of every object stream of a real server.
+type flipper struct {
+	h   http.Handler
+	on  atomic.Bool
+	off int64
+}
+
+func (f *flipper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.on.Load() && (r.URL.Path == "/v1/fetch" || r.URL.Path == "/v1/objects") {
+		w = &flipWriter{ResponseWriter: w, at: f.off}
+	}
+	f.h.ServeHTTP(w, r)
+}
+
+type flipWriter struct {
+	http.ResponseWriter
+	n, at int64
+}
+
+func (w *flipWriter) Write(p []byte) (int, error) {
+	if w.n <= w.at && w.at < w.n+int64(len(p)) {
+		q := append([]byte(nil), p...)
+		q[w.at-w.n] ^= 0x40
+		p = q
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// TestCheckoutBesideFailedFetch: when the fetch the checkout runs beside
+// fails (every stream damaged), the checkout fails with the fetch's
+// error, the directory stays pending (not checked out), the node's store
+// holds no commit and stays clean, and the pending commit is no delta
+// base; the same checkout against a sound server then completes exactly.
+func TestCheckoutBesideFailedFetch(t *testing.T) {
+	s := newServer(t)
+	fl := &flipper{h: &simsync.Server{Store: s.st}, off: 200 << 10}
+	ts := httptest.NewServer(fl)
+	t.Cleanup(ts.Close)
+	r, err := simsync.NewRemote(ts.URL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := storetest.New(t)
+	dir := filepath.Join(t.TempDir(), "root")
+	o := node.CheckoutOptions{Store: st, Remote: r, Ref: "v1", Dir: dir, Checkout: client.CheckoutOptions{NoSync: true}}
+	fl.on.Store(true)
+	_, err = node.Checkout(t.Context(), o)
+	var ce *chunk.CorruptError
+	if !errors.As(err, &ce) {
+		t.Fatalf("checkout beside a damaged stream: %v; want the fetch's corrupt-blob error", err)
+	}
+	rec, rerr := client.LastCheckout(st, dir)
+	if rerr != nil || !rec.Commit.IsZero() || rec.Pending != s.v1 {
+		t.Errorf("record after the failure: %+v (%v); want v1 pending, nothing checked out", rec, rerr)
+	}
+	checkCommits(t, st)
+	checkBase(t, st, dir)
+	fsckClean(t, st)
+
+	fl.on.Store(false)
+	res, err := node.Checkout(t.Context(), o)
+	if err != nil {
+		t.Fatalf("checkout once the server is sound: %v", err)
+	}
+	snapshottest.Equal(t, s.ref1, dir)
+	checkBase(t, st, dir, s.v1)
+	checkCommits(t, st, s.v1)
+	if res.Feed.Hits == 0 {
+		t.Errorf("feed %+v: the second checkout read nothing beside its fetch", res.Feed)
+	}
+	fsckClean(t, st)
+}

@@ -109,9 +109,12 @@ how the objects travel (refs and commits always come over HTTP).`,
 						Commit chunk.ID `json:"commit"`
 						*snapshot.CheckoutStats
 						Transfer *simsync.PullStats `json:"transfer,omitempty"`
+						// Feed: what the checkout beside the fetch read
+						// from the fetch's decoded frames.
+						Feed *simsync.FeedStats `json:"feed,omitempty"`
 					}{Commit: res.Commit, CheckoutStats: res.CheckoutStats}
 					if o.from != "" {
-						out.Transfer = &res.Transfer
+						out.Transfer, out.Feed = &res.Transfer, &res.Feed
 					}
 					return e.printJSON(withReport(out, out.Transfer))
 				}
