@@ -62,18 +62,23 @@ func AddrPlus(cidr string, i int) (string, error) {
 	return netip.PrefixFrom(a, p.Bits()).String(), nil
 }
 
+// csvColumns are the columns a node list's CSV may have, in the order a
+// CSV without a header line gives them.
+var csvColumns = []string{"name", "mac", "ip", "gateway", "after"}
+
 // ParseNodeList reads the nodes of a site's list, as sim node import
-// does: a CSV of name,mac[,ip[,gateway]] (a header line starting with
-// "name" and lines starting with # are skipped), or a dnsmasq leases
-// file ("EXPIRY MAC IP HOSTNAME CLIENT-ID" per line; its addresses get
-// prefix bits, which a lease does not carry). A bad line is an error
-// naming file and line.
+// does: a CSV of name,mac[,ip[,gateway[,after]]] (lines starting with #
+// are skipped; a header line starting with "name" names the columns, in
+// any order, from csvColumns), or a dnsmasq leases file ("EXPIRY MAC IP
+// HOSTNAME CLIENT-ID" per line; its addresses get prefix bits, which a
+// lease does not carry). A bad line is an error naming file and line.
 func ParseNodeList(r io.Reader, file string, prefix int) ([]*Node, error) {
 	var out []*Node
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	line := 0
 	leases := -1 // unknown until the first line that counts
+	cols := csvColumns
 	for sc.Scan() {
 		line++
 		text := strings.TrimSpace(sc.Text())
@@ -91,7 +96,29 @@ func ParseNodeList(r io.Reader, file string, prefix int) ([]*Node, error) {
 				leases = 1
 			}
 			if leases == 0 && strings.EqualFold(strings.TrimSpace(strings.Split(text, ",")[0]), "name") {
-				continue // the CSV's header
+				// The CSV's header: it says which column is which,
+				// so a site's own export needs no reordering.
+				cols = nil
+				seen := map[string]bool{}
+				for _, h := range strings.Split(text, ",") {
+					h = strings.ToLower(strings.TrimSpace(h))
+					known := false
+					for _, c := range csvColumns {
+						known = known || c == h
+					}
+					if !known {
+						return nil, bad("unknown column %q in the header: want %s", h, strings.Join(csvColumns, ", "))
+					}
+					if seen[h] {
+						return nil, bad("column %q twice in the header", h)
+					}
+					seen[h] = true
+					cols = append(cols, h)
+				}
+				if !seen["mac"] {
+					return nil, bad("the header has no mac column: a node is recognised by its MAC")
+				}
+				continue
 			}
 		}
 		var n *Node
@@ -112,21 +139,32 @@ func ParseNodeList(r io.Reader, file string, prefix int) ([]*Node, error) {
 			for i := range f {
 				f[i] = strings.TrimSpace(f[i])
 			}
-			if len(f) < 2 || len(f) > 4 {
-				return nil, bad("want name,mac[,ip[,gateway]], not %q", text)
+			if len(f) < 2 || len(f) > len(cols) {
+				return nil, bad("want %s, not %q", columnsUsage(cols), text)
 			}
-			n = &Node{Name: f[0], MAC: f[1]}
-			if len(f) > 2 && f[2] != "" {
-				n.IP = f[2]
-				if !strings.Contains(n.IP, "/") {
-					if prefix < 1 || prefix > 32 {
-						return nil, bad("IP %s has no /prefix (write 198.18.0.11/24, or give --prefix)", n.IP)
-					}
-					n.IP = fmt.Sprintf("%s/%d", n.IP, prefix)
+			n = &Node{}
+			for i, v := range f {
+				switch cols[i] {
+				case "name":
+					n.Name = v
+				case "mac":
+					n.MAC = v
+				case "ip":
+					n.IP = v
+				case "gateway":
+					n.Gateway = v
+				case "after":
+					n.After = strings.ToLower(v)
 				}
 			}
-			if len(f) > 3 {
-				n.Gateway = f[3]
+			if n.Name == "" {
+				return nil, bad("no node name in %q", text)
+			}
+			if n.IP != "" && !strings.Contains(n.IP, "/") {
+				if prefix < 1 || prefix > 32 {
+					return nil, bad("IP %s has no /prefix (write 198.18.0.11/24, or give --prefix)", n.IP)
+				}
+				n.IP = fmt.Sprintf("%s/%d", n.IP, prefix)
 			}
 		}
 		n.Name = strings.ToLower(n.Name)
@@ -139,6 +177,14 @@ func ParseNodeList(r io.Reader, file string, prefix int) ([]*Node, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return out, nil
+}
+
+// columnsUsage is what a CSV line of cols looks like: name,mac[,ip[,…]].
+func columnsUsage(cols []string) string {
+	if len(cols) <= 2 {
+		return strings.Join(cols, ",")
+	}
+	return strings.Join(cols[:2], ",") + "[," + strings.Join(cols[2:], "[,") + strings.Repeat("]", len(cols)-2)
 }
 
 // RemoveGroup drops group name. While nodes are in it that is refused,

@@ -66,7 +66,15 @@ func TestParseNodeList(t *testing.T) {
 		{"leases need a prefix", "1733140000 52:54:00:00:00:01 198.18.0.11 n01 *\n", 0, nil, "list:1: a lease's address needs prefix bits"},
 		{"bad MAC, line 3", "n01,52:54:00:00:00:01\n\nn02,52:54:zz:00:00:02\n", 0, nil, "list:3: node n02: invalid MAC address"},
 		{"bad name", "n_01,52:54:00:00:00:01\n", 0, nil, "list:1: invalid node name \"n_01\""},
-		{"too many fields", "n01,52:54:00:00:00:01,198.18.0.1/24,198.18.0.254,x\n", 0, nil, "list:1: want name,mac[,ip[,gateway]]"},
+		{"too many fields", "n01,52:54:00:00:00:01,198.18.0.1/24,198.18.0.254,reboot,x\n", 0, nil, "list:1: want name,mac[,ip[,gateway[,after]]]"},
+		{"after column", "n01,52:54:00:00:00:01,198.18.0.1/24,198.18.0.254,Reboot\nn02,52:54:00:00:00:02,,,\n", 0,
+			[]string{"n01 52:54:00:00:00:01 198.18.0.1/24 198.18.0.254 reboot", "n02 52:54:00:00:00:02  "}, ""},
+		{"header names the columns", "name,after,mac\nn01,kexec,52:54:00:00:00:01\nn02,,52:54:00:00:00:02\n", 0,
+			[]string{"n01 52:54:00:00:00:01   kexec", "n02 52:54:00:00:00:02  "}, ""},
+		{"bad after", "name,mac,after\nn01,52:54:00:00:00:01,poweroff\nn02,52:54:00:00:00:02,sleep\n", 0, nil, `list:3: node n02: after-install action "sleep": want poweroff, reboot, kexec or shell`},
+		{"unknown column", "name,mac,rack\nn01,52:54:00:00:00:01,7\n", 0, nil, `list:1: unknown column "rack" in the header`},
+		{"header without mac", "name,ip\nn01,198.18.0.1/24\n", 0, nil, "list:1: the header has no mac column"},
+		{"short line under a header", "name,mac,after\nn01,52:54:00:00:00:01,reboot,x\n", 0, nil, "list:2: want name,mac[,after]"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			nodes, err := ParseNodeList(strings.NewReader(c.in), "list", c.prefix)
@@ -81,7 +89,11 @@ func TestParseNodeList(t *testing.T) {
 			}
 			var got []string
 			for _, n := range nodes {
-				got = append(got, strings.Join([]string{n.Name, n.MAC, n.IP, n.Gateway}, " "))
+				w := []string{n.Name, n.MAC, n.IP, n.Gateway}
+				if n.After != "" {
+					w = append(w, n.After)
+				}
+				got = append(got, strings.Join(w, " "))
 			}
 			if strings.Join(got, "|") != strings.Join(c.want, "|") {
 				t.Errorf("got %q, want %q", got, c.want)

@@ -322,16 +322,27 @@ which must stay inside the prefix.`,
 	var prefix int
 	importCmd := &cobra.Command{
 		Use:   "import FILE",
-		Short: "Add the nodes of a CSV (name,mac[,ip[,gateway]]) or a dnsmasq leases file, in one commit",
+		Short: "Add the nodes of a CSV (name,mac[,ip[,gateway[,after]]]) or a dnsmasq leases file, in one commit",
 		Long: `Add or replace the nodes a site already lists: a CSV with one
-name,mac[,ip[,gateway]] per line (a header line "name,..." and # comments
-are skipped), or the DHCP server's leases (dnsmasq's dnsmasq.leases:
+name,mac[,ip[,gateway[,after]]] per line (# comments are skipped; a header
+line "name,..." names the columns, in any order: name, mac, ip, gateway,
+after), or the DHCP server's leases (dnsmasq's dnsmasq.leases:
 "EXPIRY MAC IP HOSTNAME CLIENT-ID"; what SystemImager's si_mkdhcpstatic
-read), which carry no prefix: --prefix gives it. --group, --image,
---override and --script apply to every node. A bad line fails the whole
-import, naming the file and the line; "-" reads stdin.`,
+read), which carry no prefix: --prefix gives it. The after column is the
+node's after-install action (poweroff, reboot, kexec, shell: as sim node
+add --after); an empty one takes --after. --group, --image, --override,
+--script and --after apply to every node. A bad line fails the whole
+import, naming the file, the line and the node; "-" reads stdin.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if err := catalog.CheckAfter(imp.after); err != nil {
+				return usageError{fmt.Errorf("node import --after: %w", err)}
+			}
+			if len(imp.net) > 0 || imp.netFile != "" || imp.replicant {
+				// One spec for every node would give them all the same
+				// addresses: refuse rather than drop it.
+				return usageError{errors.New("node import: --net, --net-file and --replicant are per node (sim node add NAME|RANGE --net …), not per file")}
+			}
 			var r io.Reader = os.Stdin
 			name := "stdin"
 			if args[0] != "-" {
@@ -351,6 +362,10 @@ import, naming the file and the line; "-" reads stdin.`,
 			}
 			for _, n := range nodes {
 				n.Image, n.Groups, n.Overrides, n.Scripts, n.PreScripts, n.Disk = imp.image, imp.groups, imp.overrides, imp.scripts, imp.preScripts, imp.disk
+				if n.After == "" {
+					// The file's own after column wins over --after.
+					n.After = imp.after
+				}
 			}
 			return e.addNodes(c.Context(), nodes, fmt.Sprintf("node import %s (%d nodes)", filepath.Base(name), len(nodes)))
 		},

@@ -72,6 +72,33 @@ func TestNodesAtScale(t *testing.T) {
 	if r := sim(t, st, "node", "import", bad, "--image", "hpc"); r.code != 2 || !strings.Contains(r.stderr, "bad.csv:2: node g04: invalid MAC address") {
 		t.Errorf("a bad import: exit %d, %q", r.code, r.stderr)
 	}
+	// The after-install action: per line (the after column) or for
+	// the whole file (--after); a bad one names file, line and node.
+	afterCSV := filepath.Join(dir, "rack9.csv")
+	os.WriteFile(afterCSV, []byte("name,mac,after\nh01,52:54:00:09:00:01,kexec\nh02,52:54:00:09:00:02,\n"), 0o644)
+	ok(t, st, "node", "import", afterCSV, "--image", "hpc", "--after", "reboot")
+	for node, want := range map[string]string{"h01": "kexec", "h02": "reboot"} {
+		var js struct{ Node struct{ After string } }
+		decodeJSON(t, ok(t, st, "node", "show", node, "--json"), &js)
+		if js.Node.After != want {
+			t.Errorf("imported %s has after %q, want %q", node, js.Node.After, want)
+		}
+	}
+	badAfter := filepath.Join(dir, "bad-after.csv")
+	os.WriteFile(badAfter, []byte("h03,52:54:00:09:00:03,,,reboot\nh04,52:54:00:09:00:04,,,halt\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "import", badAfter, "--image", "hpc"}, `bad-after.csv:2: node h04: after-install action "halt"`},
+		{[]string{"node", "import", afterCSV, "--image", "hpc", "--after", "halt"}, `node import --after: after-install action "halt"`},
+		{[]string{"node", "import", afterCSV, "--image", "hpc", "--net", "dns 198.18.0.53"}, "--net, --net-file and --replicant are per node"},
+	} {
+		if r := sim(t, st, c.args...); r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sim %s: exit %d, %q; want exit 2 and %q", strings.Join(c.args, " "), r.code, r.stderr, c.want)
+		}
+	}
+	ok(t, st, "node", "rm", "h[01-02]")
 	hosts := ok(t, st, "hosts", "--domain", "cluster")
 	for _, want := range []string{"198.18.4.1\tn001.cluster n001\n", "198.18.4.50\tn050.cluster n050\n", "198.18.7.2\tg02.cluster g02\n", "198.18.8.1\tlogin1.cluster login1\n"} {
 		if !strings.Contains(hosts, want) {
