@@ -109,22 +109,9 @@ const (
 // grub-reboot's mechanism). GRUB finds the files by the UUID of the
 // filesystem holding /boot (fstab's), with paths relative to it.
 func WriteGrubOneshot(root, cmdline string) (*Oneshot, error) {
-	grubDir := ""
-	for _, d := range []string{"boot/grub", "boot/grub2"} {
-		if _, err := os.Stat(filepath.Join(root, d, "grub.cfg")); err == nil {
-			grubDir = filepath.Join(root, d)
-			break
-		}
-	}
-	if grubDir == "" {
-		return nil, fmt.Errorf("no GRUB here (no %s/boot/grub/grub.cfg nor boot/grub2/grub.cfg): reinstall with --kexec, or netboot the node (sim node reinstall without --local)", root)
-	}
-	cfg, _ := os.ReadFile(filepath.Join(grubDir, "grub.cfg"))
-	if !bytes.Contains(cfg, []byte("custom.cfg")) {
-		return nil, fmt.Errorf("%s/grub.cfg does not read custom.cfg (no 41_custom): GRUB would not see the entry", grubDir)
-	}
-	if !bytes.Contains(cfg, []byte("next_entry")) {
-		return nil, fmt.Errorf("%s/grub.cfg has no next_entry handling: GRUB cannot boot an entry once", grubDir)
+	grubDir, err := findGrub(root)
+	if err != nil {
+		return nil, err
 	}
 	// The paths as GRUB sees them: relative to /boot's filesystem when
 	// /boot is a mount of its own.
@@ -135,7 +122,11 @@ func WriteGrubOneshot(root, cmdline string) (*Oneshot, error) {
 		rel = strings.TrimPrefix(rel, "/boot")
 		fsMount = "/boot"
 	}
-	o := &Oneshot{Custom: filepath.Join(grubDir, "custom.cfg"), Grubenv: filepath.Join(grubDir, "grubenv"), Kernel: rel + "/vmlinuz"}
+	env, err := followLinks(root, filepath.Join(grubDir, "grubenv"))
+	if err != nil {
+		return nil, err
+	}
+	o := &Oneshot{Custom: filepath.Join(grubDir, "custom.cfg"), Grubenv: env, Kernel: rel + "/vmlinuz"}
 	o.UUID = fstabUUID(root, fsMount)
 	var e strings.Builder
 	fmt.Fprintf(&e, "%s\nmenuentry 'sim reinstall' --id %s {\n", customBegin, OneshotEntry)
@@ -157,6 +148,80 @@ func WriteGrubOneshot(root, cmdline string) (*Oneshot, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+// findGrub is the directory of the grub.cfg the node boots: Debian's
+// /boot/grub, the RHEL family's /boot/grub2 (BIOS, and UEFI from RHEL 9
+// on, where the ESP holds only a stub that loads it), or the ESP's
+// EFI/<vendor> (RHEL 8 and Fedora before 34 on UEFI keep the real
+// grub.cfg, and grubenv, there). A grub.cfg that only hands over to
+// another (configfile, no menu of its own) is passed by. BLS entries
+// (/boot/loader/entries, blscfg) need nothing here: grub.cfg still reads
+// custom.cfg and next_entry beside them.
+func findGrub(root string) (string, error) {
+	cands := []string{filepath.Join(root, "boot/grub"), filepath.Join(root, "boot/grub2")}
+	for _, esp := range []string{"boot/efi/EFI", "efi/EFI"} {
+		if ds, err := os.ReadDir(filepath.Join(root, esp)); err == nil {
+			for _, d := range ds {
+				if d.IsDir() && !strings.EqualFold(d.Name(), "BOOT") {
+					cands = append(cands, filepath.Join(root, esp, d.Name()))
+				}
+			}
+		}
+	}
+	var seen []string
+	var lastErr error
+	for _, dir := range cands {
+		cfg, err := os.ReadFile(filepath.Join(dir, "grub.cfg"))
+		if err != nil {
+			continue
+		}
+		seen = append(seen, strings.TrimPrefix(filepath.Join(dir, "grub.cfg"), root))
+		switch {
+		case !bytes.Contains(cfg, []byte("custom.cfg")) && bytes.Contains(cfg, []byte("configfile")):
+			continue // a stub handing over to the real grub.cfg
+		case !bytes.Contains(cfg, []byte("custom.cfg")):
+			lastErr = fmt.Errorf("%s/grub.cfg does not read custom.cfg (no 41_custom): GRUB would not see the entry", dir)
+		case !bytes.Contains(cfg, []byte("next_entry")):
+			lastErr = fmt.Errorf("%s/grub.cfg has no next_entry handling: GRUB cannot boot an entry once", dir)
+		default:
+			return dir, nil
+		}
+	}
+	if lastErr != nil {
+		return "", lastErr
+	}
+	if len(seen) > 0 {
+		return "", fmt.Errorf("GRUB's %s only hand over to another grub.cfg this root lacks: reinstall with --kexec, or netboot the node (sim node reinstall without --local)", strings.Join(seen, ", "))
+	}
+	for _, l := range []string{"boot/efi/loader/loader.conf", "efi/loader/loader.conf", "boot/loader/loader.conf"} {
+		if _, err := os.Stat(filepath.Join(root, l)); err == nil {
+			return "", fmt.Errorf("the node boots with systemd-boot (/%s), not GRUB: reinstall --local writes GRUB entries only; use --kexec, or netboot the node (sim node reinstall without --local)", l)
+		}
+	}
+	return "", fmt.Errorf("no GRUB here (no grub.cfg in %s/boot/grub, boot/grub2 or the ESP's EFI/*): reinstall with --kexec, or netboot the node (sim node reinstall without --local)", root)
+}
+
+// followLinks follows the symlinks of path (under root) as the node
+// would, to a file that may not exist yet: RHEL 8's /boot/grub2/grubenv
+// is a link to ../efi/EFI/redhat/grubenv, and writing a new file in its
+// place would leave GRUB reading the old one.
+func followLinks(root, path string) (string, error) {
+	for i := 0; i < 16; i++ {
+		t, err := os.Readlink(path)
+		if err != nil {
+			return path, nil // not a link (or not there yet)
+		}
+		if filepath.IsAbs(t) {
+			path = filepath.Join(root, t)
+		} else {
+			path = filepath.Join(filepath.Dir(path), t)
+		}
+		if rel, err := filepath.Rel(root, path); err != nil || strings.HasPrefix(rel, "..") {
+			return "", fmt.Errorf("grubenv links out of the node's root (%s)", t)
+		}
+	}
+	return "", fmt.Errorf("%s: too many symlinks", path)
 }
 
 // withoutBlock is custom.cfg without sim's block.

@@ -42,12 +42,26 @@ func TestWriteGrubOneshot(t *testing.T) {
 		files   map[string]string
 		grubenv string // an existing environment block's variables
 		err     string
-		dir     string // the GRUB directory used
+		dir     string            // the GRUB directory used
+		links   map[string]string // symlinks to make (path → target); they must stay links
 	}{
 		{name: "debian", files: map[string]string{"boot/grub/grub.cfg": debianHeader, "etc/fstab": "UUID=r00t / ext4 defaults 0 1\n"}, dir: "boot/grub"},
 		{name: "site custom.cfg and grubenv kept", files: map[string]string{"boot/grub/grub.cfg": debianHeader, "boot/grub/custom.cfg": site,
 			"etc/fstab": "UUID=r00t / ext4 defaults 0 1\n"}, grubenv: "saved_entry=gnulinux-simple", dir: "boot/grub"},
 		{name: "rhel grub2", files: map[string]string{"boot/grub2/grub.cfg": debianHeader, "etc/fstab": "UUID=r00t / xfs defaults 0 0\n"}, dir: "boot/grub2"},
+		// RHEL 8 on UEFI: the real grub.cfg and grubenv on the ESP,
+		// /boot/grub2/grubenv a link to it, BLS entries for the kernels.
+		{name: "rhel8 uefi", files: map[string]string{"boot/efi/EFI/redhat/grub.cfg": "insmod blscfg\n" + debianHeader + "blscfg\n",
+			"boot/loader/entries/0123-4.18.0-553.el8.x86_64.conf": "title Red Hat Enterprise Linux\nlinux /vmlinuz-4.18.0-553.el8.x86_64\n",
+			"boot/efi/EFI/BOOT/BOOTX64.EFI":                       "shim", "etc/fstab": "UUID=r00t / xfs defaults 0 0\n"},
+			grubenv: "saved_entry=0123-4.18.0-553.el8.x86_64", dir: "boot/efi/EFI/redhat",
+			links: map[string]string{"boot/grub2/grubenv": "../efi/EFI/redhat/grubenv"}},
+		// RHEL 9 on UEFI: the ESP's grub.cfg is a stub loading /boot/grub2's.
+		{name: "rhel9 uefi stub", files: map[string]string{"boot/grub2/grub.cfg": "insmod blscfg\n" + debianHeader + "blscfg\n",
+			"boot/efi/EFI/rocky/grub.cfg": "search --no-floppy --fs-uuid --set=dev b00t\nset prefix=($dev)/grub2\nexport $prefix\nconfigfile $prefix/grub.cfg\n",
+			"etc/fstab":                   "UUID=r00t / xfs defaults 0 0\n"}, dir: "boot/grub2"},
+		{name: "stub only", files: map[string]string{"boot/efi/EFI/rocky/grub.cfg": "configfile $prefix/grub.cfg\n"}, err: "only hand over to another grub.cfg"},
+		{name: "systemd-boot", files: map[string]string{"boot/efi/loader/loader.conf": "default arch.conf\n", "boot/efi/loader/entries/arch.conf": "title Arch\n"}, err: "systemd-boot (/boot/efi/loader/loader.conf)"},
 		{name: "no GRUB", files: map[string]string{"etc/fstab": "UUID=r00t / ext4 defaults 0 1\n"}, err: "no GRUB here"},
 		{name: "grub.cfg without 41_custom", files: map[string]string{"boot/grub/grub.cfg": "set default=0\nif [ \"${next_entry}\" ]; then true; fi\n"}, err: "does not read custom.cfg"},
 		{name: "grub.cfg without next_entry", files: map[string]string{"boot/grub/grub.cfg": "source ${config_directory}/custom.cfg\n"}, err: "no next_entry handling"},
@@ -58,6 +72,12 @@ func TestWriteGrubOneshot(t *testing.T) {
 			for p, body := range c.files {
 				os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
 				if err := os.WriteFile(filepath.Join(root, p), []byte(body), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for p, target := range c.links {
+				os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
+				if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -114,7 +134,15 @@ func TestWriteGrubOneshot(t *testing.T) {
 			if out, err := exec.Command("grub-script-check", custom).CombinedOutput(); err != nil && !isNotFound(err) {
 				t.Errorf("grub-script-check %s: %v %s", custom, err, out)
 			}
+			for p, target := range c.links {
+				if got, err := os.Readlink(filepath.Join(root, p)); err != nil || got != target {
+					t.Errorf("%s: %q, %v; want it still a link to %s (GRUB reads the target)", p, got, err, target)
+				}
+			}
 			env := filepath.Join(root, c.dir, "grubenv")
+			if o.Grubenv != env {
+				t.Errorf("next_entry set in %s; want %s", o.Grubenv, env)
+			}
 			if fi, err := os.Stat(env); err != nil || fi.Size() != 1024 {
 				t.Fatalf("grubenv: %v, size %d; want 1024 bytes", err, fi.Size())
 			}
