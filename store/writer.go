@@ -66,10 +66,6 @@ type frameJob struct {
 	data []byte
 	comp uint8
 	ents []PackEntry
-	// written, when set, is closed once the packer is done with data
-	// (written, or dropped after a failure): data is the caller's, not
-	// a copy (PutFrame).
-	written chan struct{}
 }
 
 type packDone struct {
@@ -179,11 +175,23 @@ func (w *Writer) packer() {
 		w.mu.Unlock()
 	}
 	for job := range w.frames {
-		w.pack(&cur, job, fail)
-		if job.written != nil {
-			close(job.written)
+		if w.failed() {
+			continue // drain
 		}
-		if cur != nil && cur.size >= packTarget {
+		if cur == nil {
+			var err error
+			if cur, err = w.s.newPackFile(); err != nil {
+				fail(err)
+				continue
+			}
+		}
+		if err := cur.add(job); err != nil {
+			fail(err)
+			cur.abort()
+			cur = nil
+			continue
+		}
+		if cur.size >= packTarget {
 			if err := w.finish(cur); err != nil {
 				fail(err)
 			}
@@ -196,26 +204,6 @@ func (w *Writer) packer() {
 		} else if err := w.finish(cur); err != nil {
 			fail(err)
 		}
-	}
-}
-
-// pack appends job to *cur, opening a pack first if there is none;
-// after a failure it drops the job.
-func (w *Writer) pack(cur **packFile, job frameJob, fail func(error)) {
-	if w.failed() {
-		return // drain
-	}
-	if *cur == nil {
-		var err error
-		if *cur, err = w.s.newPackFile(); err != nil {
-			fail(err)
-			return
-		}
-	}
-	if err := (*cur).add(job); err != nil {
-		fail(err)
-		(*cur).abort()
-		*cur = nil
 	}
 }
 
@@ -448,11 +436,7 @@ func (s *Store) forEachBlob(fn func(id chunk.ID, loc Loc) error) error {
 // bytes as they are (no second compression). The caller has verified every
 // blob of raw (the decompressed payload) against its id. When the store
 // already has some of the blobs, the missing ones are Put one by one
-// instead, so nothing is stored twice. payload may be reused once
-// PutFrame returns: it waits for the packer to have written it into the
-// pack file (page cache; the fsync comes later, off this path) rather
-// than copying it (a fresh buffer per frame, faulted in and copied, cost
-// more than the write).
+// instead, so nothing is stored twice.
 func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []byte) error {
 	ids := make([]chunk.ID, len(ents))
 	for i, e := range ents {
@@ -470,7 +454,7 @@ func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []by
 		}
 	}
 	if fresh && (comp == compZstd || comp == compRaw) {
-		job := frameJob{data: payload, comp: comp, written: make(chan struct{})}
+		job := frameJob{data: append([]byte(nil), payload...), comp: comp}
 		for _, e := range ents {
 			w.seen[e.ID] = struct{}{}
 			w.stats.Blobs++
@@ -483,7 +467,6 @@ func (w *Writer) PutFrame(comp uint8, payload []byte, ents []PackEntry, raw []by
 			return err
 		}
 		w.frames <- job
-		<-job.written
 		return nil
 	}
 	w.mu.Unlock()
