@@ -166,19 +166,8 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# The VM tests (TestMetal*: qemu under TCG, one core each, ~20 min in
-# all) run in a go test of their own beside the rest, so the two cores
-# share them instead of cmd/sim running them after everything else. Two
-# VMs at a time (TestMetalVM's subtests are parallel): with one at a time
-# the rest was done after 32 min and the VMs went on alone on one core
-# past 47 (2026-12-03). Both logs are shown; either failing fails make test.
-VMTESTS := ^TestMetal
 test: deps corpus metal-deps bootable vet
-	@set -u; vmlog=$$(mktemp); trap 'rm -f $$vmlog' EXIT; \
-	$(GO) test -count=1 -timeout 80m -run '$(VMTESTS)' ./cmd/sim >$$vmlog 2>&1 & vm=$$!; \
-	$(GO) test -count=1 -timeout 80m -skip '$(VMTESTS)' ./...; rest=$$?; \
-	wait $$vm; vmrc=$$?; echo "--- the VM tests ($(VMTESTS), ./cmd/sim):"; cat $$vmlog; \
-	[ $$rest -eq 0 ] && [ $$vmrc -eq 0 ]
+	$(GO) test -count=1 -timeout 80m ./...
 	$(MAKE) fuzz
 
 # Every fuzz target (each decoder a peer reaches, every HTTP endpoint's
