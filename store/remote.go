@@ -35,6 +35,7 @@ import (
 //	refs/images/<name>/<^seq, 16 hex>   an image's log: refEntry JSON, newest first
 //	refs/tags/<name>/<^seq, 16 hex>     a tag's log, likewise
 //	meta/<hex of the badger key>        trust keys, settings, secrets, tokens, signatures
+//	fleet/<kind>/<node>/<^time>-<writer> nodes' states and install reports (remotenodes.go)
 //
 // Index file: "SIMIDX1\n" { pack id(32) uvarint(size) uvarint(len(h)) h }*
 // BLAKE3(all before)(32), where h is the pack's header as in the pack.

@@ -208,9 +208,15 @@ func TestLabMulticast(t *testing.T) {
 		}
 		// One copy for eight nodes, plus repairs: a block goes again when
 		// any of the 8 lost it, 1-(1-p)^8 of them (7.7% at 1%, 34% at 5%),
-		// a little more for the repairs' own losses.
+		// a little more for the repairs' own losses. p is the loss the
+		// nodes saw when that is above the rule's: on a loaded machine the
+		// receivers' socket buffers drop datagrams beside nftables (a CI
+		// run at 5% saw 10-18%), and the repairs for those are owed too.
 		var p float64
 		fmt.Sscan(loss, &p)
+		for _, r := range runs {
+			p = max(p, r.mc.LossPct)
+		}
 		rep := 1 - math.Pow(1-p/100, 8)
 		lim := s.Bytes + int64(float64(s.Bytes)*rep*1.2) + 4<<20
 		if loss == "1" {
@@ -219,7 +225,7 @@ func TestLabMulticast(t *testing.T) {
 			lim += s.Bytes
 		}
 		if tx1-tx0 > lim {
-			t.Errorf("loss %s%%: the server sent %d bytes for %d bytes of content to 8 nodes", loss, tx1-tx0, s.Bytes)
+			t.Errorf("loss %s%% (nodes saw up to %.1f%%): the server sent %d bytes for %d bytes of content to 8 nodes, more than %d", loss, p, tx1-tx0, s.Bytes, lim)
 		}
 		if len(s.Members) != 8 {
 			t.Errorf("loss %s%%: session lists %d members", loss, len(s.Members))

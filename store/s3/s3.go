@@ -46,8 +46,9 @@ var ErrUnavailable = errors.New("object store unavailable")
 // RequestTimeout bounds one request (its retries included). A command
 // doing thousands of requests is bounded per request, not as a whole:
 // loading a thousand index files on a loaded gateway must not fail only
-// because all of them together took long.
-const RequestTimeout = 2 * time.Minute
+// because all of them together took long. A var only so that tests can
+// shorten it.
+var RequestTimeout = 2 * time.Minute
 
 // FileTimeout bounds the upload or download of one whole file (a pack).
 const FileTimeout = 10 * time.Minute
@@ -484,12 +485,13 @@ func (c *Client) List(ctx context.Context, prefix string, max int) ([]Object, er
 	if max > 0 && max < 1000 {
 		opt.MaxKeys = max
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, idle := listCtx(ctx)
+	defer idle.stop()
 	for o := range c.mc.ListObjects(ctx, c.Loc.Bucket, opt) {
 		if o.Err != nil {
-			return nil, c.wrap("list", prefix, o.Err)
+			return nil, c.wrap("list", prefix, idle.err(o.Err))
 		}
+		idle.reset()
 		out = append(out, Object{Key: strings.TrimPrefix(o.Key, c.Loc.Prefix), Size: o.Size})
 		if max > 0 && len(out) >= max {
 			break
@@ -503,12 +505,13 @@ func (c *Client) List(ctx context.Context, prefix string, max int) ([]Object, er
 // "/"): the next key component of every key, once each, sorted.
 func (c *Client) ListDirs(ctx context.Context, prefix string) ([]string, error) {
 	var out []string
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, idle := listCtx(ctx)
+	defer idle.stop()
 	for o := range c.mc.ListObjects(ctx, c.Loc.Bucket, minio.ListObjectsOptions{Prefix: c.key(prefix)}) {
 		if o.Err != nil {
-			return nil, c.wrap("list", prefix, o.Err)
+			return nil, c.wrap("list", prefix, idle.err(o.Err))
 		}
+		idle.reset()
 		k := strings.TrimPrefix(o.Key, c.key(prefix))
 		if strings.HasSuffix(k, "/") {
 			out = append(out, strings.TrimSuffix(k, "/"))
@@ -516,6 +519,35 @@ func (c *Client) ListDirs(ctx context.Context, prefix string) ([]string, error) 
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// listIdle bounds a listing by the time between keys, not as a whole: a
+// listing of a million keys is a thousand requests (1000 keys a page),
+// and minio's ListObjects gives no hook per page. A gateway that stops
+// answering mid-listing cancels it after RequestTimeout without a key.
+type listIdle struct {
+	t     *time.Timer
+	fired atomic.Bool
+	stop  context.CancelFunc
+}
+
+func listCtx(ctx context.Context) (context.Context, *listIdle) {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &listIdle{}
+	l.t = time.AfterFunc(RequestTimeout, func() { l.fired.Store(true); cancel() })
+	l.stop = func() { l.t.Stop(); cancel() }
+	return ctx, l
+}
+
+func (l *listIdle) reset() { l.t.Reset(RequestTimeout) }
+
+// err makes a listing the idle timer cancelled a timeout (unavailable),
+// not the caller's cancellation.
+func (l *listIdle) err(err error) error {
+	if l.fired.Load() {
+		return fmt.Errorf("no answer for %v: %w", RequestTimeout, context.DeadlineExceeded)
+	}
+	return err
 }
 
 // Delete removes key (no error when it is already gone).

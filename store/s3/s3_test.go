@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/systemimager/sim/store/s3"
 	"github.com/systemimager/sim/store/s3/s3test"
@@ -228,5 +229,59 @@ func TestUnavailable(t *testing.T) {
 					errors.Is(err, s3.ErrUnavailable), tc.unavailable, errors.Is(err, s3.ErrNotFound), tc.notFound)
 			}
 		})
+	}
+}
+
+// TestListStalls: a gateway that answers a listing's first page and then
+// goes quiet fails the listing as unavailable once RequestTimeout passes
+// without a key, however long the whole listing may take.
+func TestListStalls(t *testing.T) {
+	defer func(d time.Duration) { s3.RequestTimeout = d }(s3.RequestTimeout)
+	s3.RequestTimeout = 500 * time.Millisecond
+	stalled := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		w.Header().Set("Content-Type", "application/xml")
+		switch {
+		case q.Has("location"):
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><LocationConstraint xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></LocationConstraint>`)
+		case q.Get("continuation-token") != "":
+			select {
+			case stalled <- struct{}{}:
+			default:
+			}
+			<-r.Context().Done() // the second page never comes
+		default:
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">`+
+				`<Name>bkt</Name><Prefix>packs/</Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>`+
+				`<NextContinuationToken>page2</NextContinuationToken><Contents><Key>packs/a.pack</Key><Size>1</Size></Contents></ListBucketResult>`)
+		}
+	}))
+	defer srv.Close()
+	l, err := s3.ParseLocation("s3://bkt?endpoint=" + srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := s3.New(l, s3.Keys{AccessKey: "a", SecretKey: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.List(context.Background(), "packs/", 0)
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the listing still waits a minute after the gateway went quiet")
+	}
+	select {
+	case <-stalled:
+	default:
+		t.Fatalf("the second page was never asked for (err %v)", err)
+	}
+	if !errors.Is(err, s3.ErrUnavailable) {
+		t.Fatalf("a stalled listing: %v, want it unavailable", err)
 	}
 }
