@@ -107,8 +107,23 @@ func TestMulticast(t *testing.T) {
 	if v := value(t, after, "sim_multicast_sessions", "state", "done"); v != 1 {
 		t.Errorf(`sim_multicast_sessions{state="done"} = %v; want 1`, v)
 	}
-	if v := value(t, after, "sim_multicast_repair_passes_total"); v < 1 {
-		t.Errorf("sim_multicast_repair_passes_total = %v after 3%% loss; want at least one repair pass", v)
+	// The 3% is mended by FEC's repair shards in the first pass, or by
+	// repair passes where those did not suffice: which, the draw of the
+	// drops decides; the counter says what the session did.
+	var passes int
+	for _, si := range mg.Sessions() {
+		if si.ID == fmt.Sprintf("%08x", s.ID) {
+			passes = si.Pass
+		}
+	}
+	if passes < 1 {
+		t.Fatalf("session %08x not listed after it was done: %+v", s.ID, mg.Sessions())
+	}
+	if v := value(t, after, "sim_multicast_repair_passes_total"); v != float64(passes-1) {
+		t.Errorf("sim_multicast_repair_passes_total = %v; the session made %d passes", v, passes)
+	}
+	if res.Lost == 0 || (res.Recovered == 0 && passes < 2) {
+		t.Errorf("3%% loss neither lost a datagram nor was mended (FEC rebuilt %d blocks, %d passes): %+v", res.Recovered, passes, res)
 	}
 	sid := fmt.Sprintf("%08x", s.ID)
 	if v := value(t, after, "sim_multicast_loss_ratio", "session", sid); v <= 0 || v > 0.2 {
