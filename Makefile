@@ -58,10 +58,12 @@ TEST_DEBS += curl
 # Debian kernel is the initrd's; busybox-static is its userland; the mkfs
 # tools go into it; grub-mkrescue (grub-*-bin, xorriso, mtools) makes the
 # install ISO; cpio and zstd for inspecting an initrd by hand; mdadm,
-# lvm2 and btrfs-progs for the RAID, LVM and btrfs layouts (issue 17).
+# lvm2 and btrfs-progs for the RAID, LVM and btrfs layouts (issue 17);
+# ipxe has the loaders sim netboot ipxe copies, dnsmasq-base (the binary,
+# no service) checks and runs what sim netboot dnsmasq writes.
 # Kept separate so branches touching TEST_DEBS merge cleanly.
 METAL_DEBS := qemu-system-x86 ovmf linux-image-amd64 busybox-static dosfstools e2fsprogs xfsprogs util-linux \
-              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd mdadm lvm2 btrfs-progs
+              grub-pc-bin grub-efi-amd64-bin xorriso mtools cpio zstd mdadm lvm2 btrfs-progs ipxe dnsmasq-base
 BOOTABLE   ?= /var/cache/sim/bootable
 
 # Debian packages of the OCI and package tests: umoci and skopeo make and

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 )
 
 func newNetbootCommand(e *env) *cobra.Command {
-	var out, server, extra string
+	var out, server, extra, loader, ipxeFrom, iface, dhcpRange string
 	var perNode bool
 	c := &cobra.Command{
 		Use:   "netboot pxe|grub|dnsmasq|ipxe --server URL --out DIR",
@@ -34,10 +35,18 @@ installer (copy vmlinuz and initrd.img from sim initrd build next to them):
            local disk (LOCALBOOT 0, GRUB's exit) until sim node
            reinstall: write them again after installs. sim serve's iPXE
            script does this by itself.
-  dnsmasq  DIR/dnsmasq.conf: proxy-less DHCP+TFTP for a lab network, BIOS
+  dnsmasq  DIR/dnsmasq.conf: DHCP+TFTP for the install network, BIOS
            and UEFI clients told which loader to fetch, one dhcp-host line
-           per node with a MAC and IP
-  ipxe     DIR/boot.ipxe, chaining to sim serve's per-node script
+           per node with a MAC and IP. --loader pxelinux (default):
+           pxelinux.0 and grubnetx64.efi with the files of netboot pxe and
+           grub; --loader ipxe: the firmware's PXE fetches iPXE
+           (undionly.kpxe, snponly.efi), iPXE asks again and gets
+           boot.ipxe (netboot ipxe writes both)
+  ipxe     DIR/boot.ipxe, chaining to sim serve's per-node script (which
+           boots installed nodes from their disk by itself), and iPXE's
+           loaders for firmware that has only PXE (from --ipxe-from,
+           Debian's ipxe package: undionly.kpxe for BIOS, snponly.efi and
+           ipxe.efi for UEFI)
 
 The kernel command line carries sim.server=URL and, per node,
 sim.node=NAME (else the server identifies the node by its MAC).`,
@@ -52,6 +61,13 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 			kind := args[0]
 			if kind != "pxe" && kind != "grub" && kind != "dnsmasq" && kind != "ipxe" {
 				return usageError{fmt.Errorf("netboot: %q: want pxe, grub, dnsmasq or ipxe", kind)}
+			}
+			if loader != "pxelinux" && loader != "ipxe" {
+				return usageError{fmt.Errorf("netboot: --loader %q: want pxelinux or ipxe", loader)}
+			}
+			rng, err := parseDHCPRange(dhcpRange)
+			if err != nil {
+				return usageError{fmt.Errorf("netboot: --dhcp-range %q: %w", dhcpRange, err)}
 			}
 			dir := e.path(out)
 			var nodes []*catalog.Node
@@ -110,20 +126,28 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 				}
 			case "dnsmasq":
 				var b strings.Builder
-				fmt.Fprintf(&b, `# sim netboot: dnsmasq as DHCP and TFTP server for the install network.
-# Put vmlinuz, initrd.img, pxelinux.0 + ldlinux.c32 (BIOS) and
+				fmt.Fprintf(&b, "# sim netboot dnsmasq --loader %s: dnsmasq as DHCP and TFTP server for the\n# install network (no DNS: port=0).\n", loader)
+				if loader == "ipxe" {
+					b.WriteString(`# tftp-root holds what sim netboot ipxe writes: iPXE's loaders and
+# boot.ipxe. The firmware's PXE gets iPXE (BIOS undionly.kpxe, UEFI
+# snponly.efi, which drives the NIC through the firmware's own driver);
+# iPXE asks again, with user class iPXE, and gets boot.ipxe, which chains
+# to sim serve's script for the node.
+`)
+				} else {
+					b.WriteString(`# Put vmlinuz, initrd.img, pxelinux.0 + ldlinux.c32 (BIOS) and
 # grubnetx64.efi (UEFI) into tftp-root, with the files sim netboot pxe and
-# sim netboot grub write. Adjust interface and range to your network.
-port=0
-interface=eth1
-dhcp-range=198.18.0.100,198.18.0.200,255.254.0.0,1h
-enable-tftp
-tftp-root=%s
-dhcp-match=set:efi64,option:client-arch,7
-dhcp-match=set:efi64,option:client-arch,9
-dhcp-boot=tag:!efi64,pxelinux.0
-dhcp-boot=tag:efi64,grubnetx64.efi
-`, dir)
+# sim netboot grub write.
+`)
+				}
+				fmt.Fprintf(&b, "port=0\ninterface=%s\nbind-interfaces\ndhcp-range=%s\nenable-tftp\ntftp-root=%s\n", iface, rng, dir)
+				b.WriteString("dhcp-match=set:efi64,option:client-arch,7\ndhcp-match=set:efi64,option:client-arch,9\n")
+				if loader == "ipxe" {
+					b.WriteString("dhcp-userclass=set:ipxe,iPXE\ndhcp-boot=tag:ipxe,boot.ipxe\n" +
+						"dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\ndhcp-boot=tag:!ipxe,tag:efi64,snponly.efi\n")
+				} else {
+					b.WriteString("dhcp-boot=tag:!efi64,pxelinux.0\ndhcp-boot=tag:efi64,grubnetx64.efi\n")
+				}
 				for _, n := range nodes {
 					if n.MAC != "" && n.IP != "" {
 						fmt.Fprintf(&b, "dhcp-host=%s,%s,%s\n", n.MAC, strings.Split(n.IP, "/")[0], n.Name)
@@ -141,6 +165,30 @@ dhcp-boot=tag:efi64,grubnetx64.efi
 					q += "&append=" + url.QueryEscape(a)
 				}
 				files["boot.ipxe"] = fmt.Sprintf("#!ipxe\n# sim netboot: ask sim serve for this node's script\ndhcp\nchain %s/v1/install/ipxe?%s\n", server, q)
+				// iPXE itself, for firmware whose PXE is not iPXE: a
+				// missing loader is an error when asked for by
+				// --ipxe-from, a note when the default is not installed.
+				from := ipxeFrom
+				if from == "" {
+					from = "/usr/lib/ipxe"
+				}
+				var missing []string
+				for _, f := range ipxeLoaders {
+					b, err := os.ReadFile(filepath.Join(from, f))
+					if err != nil {
+						missing = append(missing, f)
+						continue
+					}
+					files[f] = string(b)
+				}
+				switch {
+				case len(missing) > 0 && ipxeFrom != "":
+					return fmt.Errorf("netboot ipxe --ipxe-from %s: %s missing (Debian's ipxe package has them in /usr/lib/ipxe)", ipxeFrom, strings.Join(missing, ", "))
+				case len(missing) == len(ipxeLoaders):
+					fmt.Fprintf(e.stderr, "sim netboot: no iPXE loaders in %s (apt-get install ipxe): firmware without iPXE needs them to reach boot.ipxe\n", from)
+				case len(missing) > 0:
+					fmt.Fprintf(e.stderr, "sim netboot: %s lacks %s\n", from, strings.Join(missing, ", "))
+				}
 			}
 			for name, content := range files {
 				p := filepath.Join(dir, name)
@@ -159,7 +207,51 @@ dhcp-boot=tag:efi64,grubnetx64.efi
 	c.Flags().StringVar(&server, "server", "", "the sim server's `URL` as nodes reach it")
 	c.Flags().StringVar(&extra, "append", "", "more kernel `ARGS` (e.g. sim.transport=bittorrent sim.after=reboot)")
 	c.Flags().BoolVar(&perNode, "per-node", false, "also one file per registered node with a MAC")
+	c.Flags().StringVar(&loader, "loader", "pxelinux", "dnsmasq: what the firmware's PXE fetches: `pxelinux` (and GRUB for UEFI) or ipxe")
+	c.Flags().StringVar(&ipxeFrom, "ipxe-from", "", "ipxe: copy iPXE's loaders from `DIR` (default /usr/lib/ipxe, Debian's ipxe)")
+	c.Flags().StringVar(&iface, "interface", "eth1", "dnsmasq: the install network's `INTERFACE`")
+	c.Flags().StringVar(&dhcpRange, "dhcp-range", "198.18.0.100,198.18.0.200,255.254.0.0", "dnsmasq: `FIRST,LAST,NETMASK` of the addresses handed out")
 	return c
+}
+
+// ipxeLoaders are the iPXE builds netboot ipxe copies: BIOS (UNDI, the
+// PXE ROM's driver), UEFI through the firmware's network driver (SNP),
+// and UEFI with iPXE's own drivers.
+var ipxeLoaders = []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"}
+
+// parseDHCPRange checks FIRST,LAST,NETMASK and gives dnsmasq's form
+// (with a lease time of an hour).
+func parseDHCPRange(s string) (string, error) {
+	w := strings.Split(s, ",")
+	if len(w) != 3 {
+		return "", errors.New("want FIRST,LAST,NETMASK")
+	}
+	var ips [3]net.IP
+	for i, a := range w {
+		if ips[i] = net.ParseIP(strings.TrimSpace(a)).To4(); ips[i] == nil {
+			return "", fmt.Errorf("%q is not an IPv4 address", a)
+		}
+	}
+	m := net.IPMask(ips[2])
+	if ones, bits := m.Size(); bits == 0 || ones == 0 {
+		return "", fmt.Errorf("%s is not a netmask", w[2])
+	}
+	if !ips[0].Mask(m).Equal(ips[1].Mask(m)) {
+		return "", fmt.Errorf("%s and %s are not in one %s network", w[0], w[1], w[2])
+	}
+	if bytesCompare(ips[0], ips[1]) > 0 {
+		return "", fmt.Errorf("%s comes after %s", w[0], w[1])
+	}
+	return fmt.Sprintf("%s,%s,%s,1h", ips[0], ips[1], ips[2]), nil
+}
+
+func bytesCompare(a, b net.IP) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return int(a[i]) - int(b[i])
+		}
+	}
+	return 0
 }
 
 func pxeEntry(args string) string {

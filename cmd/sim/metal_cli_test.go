@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -180,7 +182,57 @@ func TestLayoutNodeCLI(t *testing.T) {
 	if r := sim(t, s, "netboot", "pxe", "--server", "198.18.0.1", "--out", nb); r.code != 2 {
 		t.Errorf("netboot without URL scheme: %d %s", r.code, r.stderr)
 	}
+	netbootIPXE(t, s, filepath.Join(dir, "ipxe"))
 	if !catalog.IsSpecial("debian@layout") || catalog.IsSpecial("debian") {
 		t.Error("IsSpecial")
+	}
+}
+
+// netbootIPXE: sim netboot ipxe copies iPXE's loaders beside boot.ipxe
+// (Debian's ipxe), or names what is missing; sim netboot dnsmasq
+// --loader ipxe writes a configuration dnsmasq itself accepts, which
+// sends PXE firmware to iPXE and iPXE to boot.ipxe; bad flags are named.
+func netbootIPXE(t *testing.T, s, nb string) {
+	const url = "http://198.18.0.1:7480"
+	if _, err := os.Stat("/usr/lib/ipxe/snponly.efi"); err != nil {
+		t.Log("no /usr/lib/ipxe (Debian's ipxe; make metal-deps installs it): the loaders' copy is not checked")
+	} else {
+		ok(t, s, "netboot", "ipxe", "--server", url, "--out", nb)
+		for _, f := range []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"} {
+			got, err := os.ReadFile(filepath.Join(nb, f))
+			want, _ := os.ReadFile(filepath.Join("/usr/lib/ipxe", f))
+			if err != nil || len(want) == 0 || !bytes.Equal(got, want) {
+				t.Errorf("%s: %v, %d bytes; want /usr/lib/ipxe's %d", f, err, len(got), len(want))
+			}
+		}
+	}
+	empty := t.TempDir()
+	if r := sim(t, s, "netboot", "ipxe", "--server", url, "--out", nb, "--ipxe-from", empty); r.code == 0 || !strings.Contains(r.stderr, empty) || !strings.Contains(r.stderr, "undionly.kpxe") {
+		t.Errorf("netboot ipxe --ipxe-from an empty directory: %d %s", r.code, r.stderr)
+	}
+	ok(t, s, "netboot", "dnsmasq", "--server", url, "--out", nb, "--loader", "ipxe", "--interface", "br0", "--dhcp-range", "198.18.0.100,198.18.0.150,255.255.255.0")
+	conf, _ := os.ReadFile(filepath.Join(nb, "dnsmasq.conf"))
+	for _, w := range []string{"interface=br0\n", "dhcp-range=198.18.0.100,198.18.0.150,255.255.255.0,1h\n", "dhcp-userclass=set:ipxe,iPXE\n",
+		"dhcp-boot=tag:ipxe,boot.ipxe\n", "dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi\n", "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n", "tftp-root=" + nb + "\n"} {
+		if !strings.Contains(string(conf), w) {
+			t.Errorf("dnsmasq.conf lacks %q:\n%s", w, conf)
+		}
+	}
+	if dm, err := exec.LookPath("dnsmasq"); err != nil {
+		t.Log("no dnsmasq (Debian's dnsmasq-base): the configuration is not checked by dnsmasq --test")
+	} else if out, err := exec.Command(dm, "--test", "-C", filepath.Join(nb, "dnsmasq.conf")).CombinedOutput(); err != nil {
+		t.Errorf("dnsmasq --test refuses what sim netboot dnsmasq wrote: %v %s\n%s", err, out, conf)
+	}
+	for _, bad := range [][]string{
+		{"--loader", "syslinux"},
+		{"--dhcp-range", "198.18.0.100,198.18.0.50,255.255.255.0"},
+		{"--dhcp-range", "198.18.0.100,198.19.1.50,255.255.255.0"},
+		{"--dhcp-range", "198.18.0.100,198.18.0.150"},
+		{"--dhcp-range", "198.18.0.100,198.18.0.150,255.0.255.0"},
+	} {
+		r := sim(t, s, append([]string{"netboot", "dnsmasq", "--server", url, "--out", nb}, bad...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, bad[0]) {
+			t.Errorf("netboot dnsmasq %v: %d %s; want a usage error naming %s", bad, r.code, r.stderr, bad[0])
+		}
 	}
 }

@@ -43,6 +43,9 @@ type metalLab struct {
 	netboot string
 	port    int
 	url     string // as the VMs reach it (qemu user networking: host loopback is 10.0.2.2)
+	// netns, when set, is the network namespace sim serve runs in (on
+	// url's address), with a bridge for VMs on taps (pxe_dnsmasq_test.go).
+	netns string
 	// tokens are the nodes' own tokens (sim token add NODE --role
 	// node), given to each VM as sim.token=: the server takes status
 	// reports only with them.
@@ -131,10 +134,16 @@ ExecStartPost=/bin/sh -c 'test -e /var/lib/sim-hello-booted || { touch /var/lib/
 WantedBy=multi-user.target
 `
 
-func newMetalLab(t *testing.T) *metalLab {
+func newMetalLab(t *testing.T) *metalLab { return newMetalLabIn(t, "", "") }
+
+// newMetalLabIn is newMetalLab with sim serve in the network namespace
+// netns on addr (an address of one of its interfaces), where VMs on taps
+// reach it; "" for the host's loopback, which VMs on qemu's user
+// networking reach as 10.0.2.2.
+func newMetalLabIn(t *testing.T, netns, addr string) *metalLab {
 	needMetal(t)
 	dir := t.TempDir()
-	m := &metalLab{t: t, dir: dir, store: filepath.Join(dir, "store"), netboot: filepath.Join(dir, "netboot")}
+	m := &metalLab{t: t, dir: dir, store: filepath.Join(dir, "store"), netboot: filepath.Join(dir, "netboot"), netns: netns}
 	ok(t, m.store, "init")
 	ok(t, m.store, "commit", bootableRoot, "--image", "debian", "-m", "bootable")
 	writeFiles(t, dir, map[string]string{
@@ -187,6 +196,10 @@ func newMetalLab(t *testing.T) *metalLab {
 	decodeJSON(t, out, &ir)
 	t.Logf("FIGURE initrd: %.1f MB compressed (%.1f MB cpio), kernel %s", float64(ir.InitrdBytes)/1e6, float64(ir.CpioBytes)/1e6, ir.Version)
 
+	if netns != "" {
+		m.startServerIn(netns, addr)
+		return m
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -218,6 +231,40 @@ func newMetalLab(t *testing.T) *metalLab {
 	}
 	m.url = fmt.Sprintf("http://10.0.2.2:%d", m.port)
 	return m
+}
+
+// startServerIn runs sim serve in netns on addr:7480 and waits until it
+// says it serves.
+func (m *metalLab) startServerIn(netns, addr string) {
+	t := m.t
+	m.port = 7480
+	self := simProcess()
+	srv := exec.Command("ip", append([]string{"netns", "exec", netns, self.Path}, "--store", m.store, "serve",
+		"--listen", fmt.Sprintf("%s:%d", addr, m.port), "--netboot", m.netboot)...)
+	srv.Env = self.Env
+	slog := &watchBuf{want: []string{"serving "}, hit: make(chan string, 1)}
+	srv.Stderr = slog
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	t.Cleanup(func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Logf("server log:\n%s", slog.String())
+		}
+	})
+	select {
+	case <-slog.hit:
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("sim serve in %s: %v\n%s", netns, err, slog.String())
+	case <-time.After(time.Minute):
+		t.Fatalf("sim serve in %s did not come up in a minute:\n%s", netns, slog.String())
+	}
+	m.url = fmt.Sprintf("http://%s:%d", addr, m.port)
 }
 
 type vm struct {
@@ -301,12 +348,23 @@ func tail(s string, n int) string {
 }
 
 func (m *metalLab) statuses() map[string]install.Status {
+	st := map[string]install.Status{}
+	if m.netns != "" {
+		// The server is in its namespace: busybox's wget asks from there.
+		out, err := exec.Command("ip", "netns", "exec", m.netns, "/bin/busybox", "wget", "-q", "-O", "-", m.url+"/v1/install/status").Output()
+		if err != nil {
+			m.t.Fatalf("install statuses from %s: %v", m.url, err)
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			m.t.Fatal(err)
+		}
+		return st
+	}
 	r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/install/status", m.port))
 	if err != nil {
 		m.t.Fatal(err)
 	}
 	defer r.Body.Close()
-	st := map[string]install.Status{}
 	if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
 		m.t.Fatal(err)
 	}
