@@ -7,8 +7,9 @@
 # bytes, as it reports them in its final status). Prints one markdown table
 # (stdout and OUTFILE, default bench/metalresults.md).
 #
-# It runs the VM test (cmd/sim/metal_test.go, TestMetalVM without the
-# failure cases) and collects the FIGURE lines it logs, so the figures are
+# It runs the VM tests (cmd/sim/metal_test.go: TestMetalVM's single,
+# TestMetalFour, TestMetalISO's iso; one at a time, -parallel 1, so that no
+# VM of another test shares the cores) and collects the FIGURE lines it logs, so the figures are
 # those of an install that was checked end to end (the installed disk
 # booted and reported its hostname, post-install marker and override).
 # Needs root, make metal-deps and make bootable; skips otherwise.
@@ -18,13 +19,14 @@ OUT=${1:-bench/metalresults.md}
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 if [ "$(id -u)" != 0 ]; then echo "metalbench: not root, skipping" >&2; exit 0; fi
-echo "metalbench: go test -run 'TestMetalVM/(single|four-at-once|iso)' (several minutes of qemu TCG)" >&2
-if ! CGO_ENABLED=0 go test -count=1 -timeout 60m -v -run 'TestMetalVM/(single|four-at-once|iso)$' ./cmd/sim >"$LOG" 2>&1; then
+RUN='^(TestMetalVM|TestMetalFour|TestMetalISO)$/^(single|four-at-once|iso)$'
+echo "metalbench: go test -parallel 1 -run '$RUN' (several minutes of qemu TCG)" >&2
+if ! CGO_ENABLED=0 go test -count=1 -timeout 60m -parallel 1 -v -run "$RUN" ./cmd/sim >"$LOG" 2>&1; then
 	tail -40 "$LOG" >&2
 	echo "metalbench: the VM test failed; no figures" >&2
 	exit 1
 fi
-if grep -q -- '--- SKIP: TestMetalVM' "$LOG"; then
+if grep -q -- '--- SKIP: TestMetal' "$LOG"; then
 	grep -A2 -- '--- SKIP' "$LOG" >&2
 	exit 0
 fi

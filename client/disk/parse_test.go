@@ -11,7 +11,7 @@ import (
 )
 
 // TestParseCaptured reads what mdadm and lvm printed in the RAID1 + LVM
-// VM of TestMetalVM/raid (testdata/vm-raid, written by it with
+// VM of TestMetalRAID (testdata/vm-raid, written by it with
 // SIM_CAPTURE_TESTDATA), and decides keep on it: the refusals name the
 // array or LV and what differs.
 func TestParseCaptured(t *testing.T) {

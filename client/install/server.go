@@ -365,18 +365,24 @@ func CheckAppend(a string) (string, error) {
 }
 
 // LocalBootScript sends an installed node to its own disk: UEFI
-// firmware boots its next entry when iPXE exits; a BIOS machine is
-// booted from its first disk (sanboot), or, failing that, by the BIOS's
-// next device.
+// firmware boots its next entry when iPXE exits with a failure (exit 1:
+// on success EDK2's boot manager stops going down the boot order and
+// shows its menu, where an OVMF node sat); a BIOS machine is booted from
+// its first disk (sanboot), or, failing that, by the BIOS's next device.
 func LocalBootScript(node string, done time.Time) string {
 	return fmt.Sprintf("#!ipxe\n# sim netboot: %s was installed at %s and boots its own disk; `sim node reinstall %s` installs it again\n"+
-		"iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit\n", node, done.UTC().Format(time.RFC3339), node)
+		"iseq ${platform} efi && exit 1 ||\nsanboot --no-describe --drive 0x80 || exit 1\n", node, done.UTC().Format(time.RFC3339), node)
 }
 
 // IPXEScript boots the initrd from the server at base with the kernel
-// arguments args.
+// arguments args. Under UEFI, iPXE starts the kernel's EFI stub, which
+// finds the initrd by the initrd= on its command line in the files iPXE
+// offers (an iPXE before 1.21 has no other way to hand it over: Debian
+// bookworm's, and without it the kernel boots with no initramfs and
+// panics); iPXE names the image so that the two agree. BIOS kernels
+// ignore the word.
 func IPXEScript(base, args string) string {
-	return fmt.Sprintf("#!ipxe\n# sim netboot: install this node from %s\nkernel %s/v1/install/kernel console=ttyS0,115200 console=tty0 %s\ninitrd %s/v1/install/initrd\nboot\n", base, base, args, base)
+	return fmt.Sprintf("#!ipxe\n# sim netboot: install this node from %s\nkernel %s/v1/install/kernel initrd=initrd.img console=ttyS0,115200 console=tty0 %s\ninitrd --name initrd.img %s/v1/install/initrd\nboot\n", base, base, args, base)
 }
 
 // ErrUnknownNode says no registered node matches.

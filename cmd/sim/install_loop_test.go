@@ -333,7 +333,7 @@ func TestInstallLoop(t *testing.T) {
 		if b := ipxe("52-54-00-5e-01-07"); !strings.Contains(b, "sanboot --no-describe --drive 0x80") || strings.Contains(b, "kernel ") {
 			t.Errorf("ipxe script of the installed n7:\n%s", b)
 		}
-		if b := ipxe("52-54-00-5e-01-08"); !strings.Contains(b, "sim.server="+url+" sim.node=n8") || !strings.Contains(b, "initrd "+url+"/v1/install/initrd") {
+		if b := ipxe("52-54-00-5e-01-08"); !strings.Contains(b, "sim.server="+url+" sim.node=n8") || !strings.Contains(b, "initrd --name initrd.img "+url+"/v1/install/initrd") || !strings.Contains(b, "kernel "+url+"/v1/install/kernel initrd=initrd.img ") {
 			t.Errorf("ipxe script of n8:\n%s", b)
 		}
 		if resp, err := http.Get(url + "/v1/install/kernel"); err != nil || resp.StatusCode != 404 {

@@ -17,7 +17,8 @@ import (
 // firmware reboot would have ended it: the installed system reporting
 // in that run is the proof there was none.
 func TestMetalKexec(t *testing.T) {
-	t.Parallel()
+	needMetal(t)
+	t.Parallel() // with the other VM tests (metal_test.go, TestMetalVM)
 	m := newMetalLab(t)
 	ok(t, m.store, "node", "add", "n7", "--mac", "52:54:00:5e:00:07", "--group", "compute", "--after", "kexec")
 	if out := ok(t, m.store, "node", "show", "n7"); !strings.Contains(out, "kexec") {

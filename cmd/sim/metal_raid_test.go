@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	gosync "sync"
 	"testing"
 	"time"
 
@@ -245,8 +246,14 @@ func (m *metalLab) raid() {
 			t.Errorf("raid reinstall: console lacks %q; tail:\n%s", want, tail(con, 4000))
 		}
 	}
-	bootDisk("second-only", second)
-	bootDisk("first-only", v.disk)
+	// Each disk alone, both at once: they share nothing (two VMs, one
+	// image file each).
+	var wg gosync.WaitGroup
+	for name, d := range map[string]string{"second-only": second, "first-only": v.disk} {
+		wg.Add(1)
+		go func() { defer wg.Done(); bootDisk(name, d) }()
+	}
+	wg.Wait()
 }
 
 // readRaidRoot reads files off disk image d's partition 2 (md0's member

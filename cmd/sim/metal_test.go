@@ -394,11 +394,20 @@ func (m *metalLab) installAndBoot(v *vm, node, cred string) {
 	t.Logf("%s: booted from disk in %.1f s: %s", v.name, v.elapsed.Seconds(), want)
 }
 
+// The VM tests (TestMetal*) run in parallel with each other, after the
+// package's other tests (go test's -parallel, GOMAXPROCS: two at a time
+// here), each with a lab of its own (13 s to set up): a VM is one TCG
+// vCPU, a core, and most of them boot one VM at a time, so two fill a
+// 2-core machine where one after the other left a core idle for 20
+// minutes. TestMetalVM: a BIOS and a UEFI node install and boot, and
+// the BIOS node stays up for the fleet.
 func TestMetalVM(t *testing.T) {
+	needMetal(t)
+	t.Parallel()
 	m := newMetalLab(t)
 	bios := "" // the BIOS node's disk, once installed and booted
 	// One BIOS and one UEFI node side by side (a core each on a quiet
-	// 2-core machine), then 4 at once, then the ISO and the failures.
+	// 2-core machine).
 	t.Run("single", func(t *testing.T) {
 		t.Run("bios", func(t *testing.T) {
 			t.Parallel()
@@ -429,6 +438,14 @@ func TestMetalVM(t *testing.T) {
 		mm.t = t
 		mm.fleet(&vm{name: "bios", disk: bios, mac: "52:54:00:5e:00:01"}, "n1")
 	})
+}
+
+// TestMetalFour: four VMs install at once with one kernel command line
+// (the fleet's enroll token), and one of them boots.
+func TestMetalFour(t *testing.T) {
+	needMetal(t)
+	t.Parallel()
+	m := newMetalLab(t)
 	t.Run("four-at-once", func(t *testing.T) {
 		mm := *m
 		mm.t = t
@@ -464,15 +481,28 @@ func TestMetalVM(t *testing.T) {
 			t.Errorf("four3: installed system did not report %q:\n%s", want, tail(con, 3000))
 		}
 	})
-	// Two disks: the root on an md RAID1, LVM on a second RAID1; the
-	// installed system boots with either disk removed (metal_raid_test.go).
+}
+
+// TestMetalRAID: two disks, the root on an md RAID1, LVM on a second
+// RAID1; the installed system boots with either disk removed
+// (metal_raid_test.go).
+func TestMetalRAID(t *testing.T) {
+	needMetal(t)
+	t.Parallel()
+	m := newMetalLab(t)
 	t.Run("raid", func(t *testing.T) {
 		mm := *m
 		mm.t = t
 		mm.raid()
 	})
-	// The boot medium and the failures are light on the server and mostly
-	// waiting: they run side by side.
+}
+
+// TestMetalISO: the boot medium, and the failures, side by side (light on
+// the server and mostly waiting).
+func TestMetalISO(t *testing.T) {
+	needMetal(t)
+	t.Parallel()
+	m := newMetalLab(t)
 	t.Run("iso", func(t *testing.T) {
 		t.Parallel()
 		mm := *m

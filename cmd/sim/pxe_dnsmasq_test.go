@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/systemimager/sim/client/install"
+)
+
+// TestMetalPXEDnsmasq is a site's PXE as most machines have it: UEFI
+// firmware with its own PXE client (OVMF's, qemu's iPXE ROM switched
+// off), a real dnsmasq on the install network serving DHCP and TFTP with
+// what `sim netboot dnsmasq --loader ipxe` and `sim netboot ipxe` write.
+// The firmware gets snponly.efi (iPXE over the firmware's NIC driver),
+// iPXE asks again with its user class and gets boot.ipxe, which chains to
+// sim serve's script for the node; the node installs and powers off; its
+// next boot, the network first again, gets exit from the script and the
+// firmware goes on to the installed disk. The VM is on a tap in a
+// bridge of a network namespace of its own (198.18.0.0/24), with dnsmasq
+// and sim serve in that namespace.
+func TestMetalPXEDnsmasq(t *testing.T) {
+	needMetal(t)
+	t.Parallel()
+	for _, f := range []string{"/usr/lib/ipxe/snponly.efi", "/usr/sbin/dnsmasq", "/dev/net/tun"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("PXE through dnsmasq: no %s (make metal-deps: ipxe, dnsmasq-base)", f)
+		}
+	}
+	const ns, addr, tap = "simpxe", "198.18.0.1", "simpxetap0"
+	ipns := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip -n %s %v: %v %s", ns, args, err, out)
+		}
+	}
+	exec.Command("ip", "netns", "del", ns).Run() // a killed run's
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Skipf("PXE through dnsmasq: no network namespace: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ipns("link", "set", "lo", "up")
+	ipns("link", "add", "br0", "type", "bridge", "forward_delay", "0")
+	ipns("addr", "add", addr+"/24", "dev", "br0")
+	ipns("link", "set", "br0", "up")
+	ipns("tuntap", "add", "dev", tap, "mode", "tap")
+	ipns("link", "set", tap, "master", "br0", "up")
+
+	m := newMetalLabIn(t, ns, addr)
+	// A netbooted node's command line is the server's: the fleet's
+	// enroll token goes into the initrd (as TestMetalPXE's).
+	tok := filepath.Join(m.dir, "enroll.token")
+	if err := os.WriteFile(tok, []byte(strings.TrimPrefix(m.enrollToken(), "sim.token=")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, m.store, "initrd", "build", "-o", m.netboot, "--sim", filepath.Join(m.dir, "sim"),
+		"--trust", strings.TrimSuffix(m.signKey, ".key")+".pub", "--token-file", tok)
+	tftp := filepath.Join(m.dir, "tftp")
+	ok(t, m.store, "netboot", "ipxe", "--server", m.url, "--out", tftp)
+	ok(t, m.store, "netboot", "dnsmasq", "--server", m.url, "--out", tftp, "--loader", "ipxe",
+		"--interface", "br0", "--dhcp-range", "198.18.0.100,198.18.0.150,255.255.255.0")
+	dlog := &watchBuf{hit: make(chan string, 1)}
+	dctx, dstop := context.WithCancel(context.Background())
+	dm := exec.CommandContext(dctx, "ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file="+filepath.Join(tftp, "dnsmasq.conf"),
+		"--user=root", "--pid-file="+filepath.Join(m.dir, "dnsmasq.pid"), "--dhcp-leasefile="+filepath.Join(m.dir, "dnsmasq.leases"),
+		"--log-dhcp", "--log-facility=-")
+	dm.Stdout, dm.Stderr = dlog, dlog
+	if err := dm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dstop()
+		dm.Wait()
+		if t.Failed() {
+			t.Logf("dnsmasq log:\n%s", tail(dlog.String(), 6000))
+		}
+	})
+
+	v := m.newVM("pxe-dnsmasq", 6, "3G", true) // n6's MAC
+	con := m.tapBoot(v, tap, 20*time.Minute, "SIM INSTALL FAILED")
+	if !strings.Contains(con, "SIM INSTALL DONE") {
+		t.Fatalf("install through OVMF's PXE, dnsmasq and iPXE did not finish; console tail:\n%s", tail(con, 4000))
+	}
+	if !strings.Contains(con, "sim.node=n6") {
+		t.Errorf("the installer's kernel did not come from n6's script (no sim.node=n6):\n%s", tail(con, 3000))
+	}
+	// What dnsmasq handed out: snponly.efi to the firmware, boot.ipxe to iPXE.
+	d := dlog.String()
+	for _, w := range []string{"sent " + filepath.Join(tftp, "snponly.efi"), "sent " + filepath.Join(tftp, "boot.ipxe"), "tags: ipxe"} {
+		if !strings.Contains(d, w) {
+			t.Errorf("dnsmasq's log lacks %q:\n%s", w, tail(d, 4000))
+		}
+	}
+	st := m.statuses()["n6"]
+	if st.State != install.Done {
+		t.Fatalf("n6: server status %+v; want done", st)
+	}
+	m.enrolled("n6")
+	t.Logf("FIGURE PXE install (UEFI/OVMF's PXE → dnsmasq → snponly.efi → boot.ipxe → sim serve): %.1f s from power-on to installed and powered off; server sent %.1f MB",
+		v.elapsed.Seconds(), float64(st.Bytes)/1e6)
+
+	con = m.tapBoot(v, tap, 10*time.Minute, "sim.server=")
+	want := "SIM-HELLO host=n6 post=post-ok n6 override=override-ok"
+	if !strings.Contains(con, want) {
+		t.Fatalf("the second network boot did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
+	}
+	if st2 := m.statuses()["n6"]; !st2.Time.Equal(st.Time) {
+		t.Errorf("n6 reported again on its local boot: %+v", st2)
+	}
+	t.Logf("FIGURE PXE local boot (UEFI, dnsmasq): %.1f s from power-on (PXE, iPXE exit, the disk's GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
+}
+
+// tapBoot boots the UEFI VM v from the network first, on tap in m's
+// namespace (OVMF's own PXE: qemu's iPXE ROM is off), then its disk,
+// until it powers off or the timeout; a console showing fail stops it.
+func (m *metalLab) tapBoot(v *vm, tap string, timeout time.Duration, fail string) string {
+	args := []string{"netns", "exec", m.netns, "qemu-system-x86_64",
+		"-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none", "-monitor", "none",
+		"-serial", "stdio", "-no-reboot", "-machine", "q35",
+		"-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+		"-drive", "if=pflash,format=raw,file=" + v.vars,
+		// IPv6 PXE would only time out before the disk.
+		"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+		"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + v.mac + ",romfile=,bootindex=1",
+		"-drive", "file=" + v.disk + ",format=raw,if=none,id=d0",
+		"-device", "virtio-blk-pci,drive=d0,bootindex=2"}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, "ip", args...)
+	// A kernel panic (no initramfs, say) ends the VM at once too: it
+	// would otherwise sit out the timeout.
+	w := &watchBuf{want: []string{fail, kernelPanic}, hit: make(chan string, 1)}
+	c.Stdout, c.Stderr = w, w
+	start := time.Now()
+	if err := c.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	var err error
+	failed := ""
+	select {
+	case err = <-done:
+	case failed = <-w.hit:
+		cancel()
+		err = <-done
+	}
+	v.elapsed = time.Since(start)
+	v.console = w.String()
+	switch {
+	case failed != "":
+		m.t.Errorf("%s: console shows %q; tail:\n%s", v.name, failed, tail(v.console, 3000))
+	case ctx.Err() != nil:
+		m.t.Errorf("%s: VM still running after %v; console tail:\n%s", v.name, timeout, tail(v.console, 3000))
+	case err != nil:
+		m.t.Errorf("%s: qemu: %v\n%s", v.name, err, tail(v.console, 3000))
+	}
+	return v.console
+}
