@@ -213,7 +213,6 @@ bench: build corpus
 # The bare-metal install figures (real VMs; needs root, qemu, the bootable image).
 metal-bench: metal-deps bootable
 	bash bench/metalbench.sh bench/metalresults.md
-	SIM_LONG_VM=1 $(GO) test -count=1 -timeout 60m -run '^TestMetalKexec$$' ./cmd/sim
 
 clean:
 	rm -rf bin build

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,9 @@ import (
 // (from its grub.cfg, root=UUID=), and the installed system comes up
 // and reports, in the same qemu run. The VM runs with -no-reboot, so a
 // firmware reboot would have ended it: the installed system reporting
-// in that run is the proof there was none.
+// in that run is the proof there was none. Then sim node reinstall
+// --local through the node's agent: the one-time GRUB entry boots the
+// installer, which installs again and kexecs into the result.
 func TestMetalKexec(t *testing.T) {
 	needMetal(t)
 	t.Parallel() // with the other VM tests (metal_test.go, TestMetalVM)
@@ -49,10 +50,6 @@ func TestMetalKexec(t *testing.T) {
 	}
 	t.Logf("FIGURE kexec after install (BIOS, TCG): %.1f s from power-on to the installed system's report, one firmware boot", v.elapsed.Seconds())
 
-	if os.Getenv("SIM_LONG_VM") == "" {
-		t.Log("reinstall --local in the VM (a second install, minutes under TCG): SIM_LONG_VM=1 runs it (make metal-bench)")
-		return
-	}
 	// sim node reinstall --local: the disk boots again and stays up
 	// (the test unit powers off on the first boot only); its agent
 	// takes the order, stages the installer, writes the one-time GRUB
