@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -68,6 +70,9 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 			rng, err := parseDHCPRange(dhcpRange)
 			if err != nil {
 				return usageError{fmt.Errorf("netboot: --dhcp-range %q: %w", dhcpRange, err)}
+			}
+			if !ifaceRE.MatchString(iface) {
+				return usageError{fmt.Errorf("netboot: --interface %q: not an interface name", iface)}
 			}
 			dir := e.path(out)
 			var nodes []*catalog.Node
@@ -239,20 +244,15 @@ func parseDHCPRange(s string) (string, error) {
 	if !ips[0].Mask(m).Equal(ips[1].Mask(m)) {
 		return "", fmt.Errorf("%s and %s are not in one %s network", w[0], w[1], w[2])
 	}
-	if bytesCompare(ips[0], ips[1]) > 0 {
+	if bytes.Compare(ips[0], ips[1]) > 0 {
 		return "", fmt.Errorf("%s comes after %s", w[0], w[1])
 	}
 	return fmt.Sprintf("%s,%s,%s,1h", ips[0], ips[1], ips[2]), nil
 }
 
-func bytesCompare(a, b net.IP) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return int(a[i]) - int(b[i])
-		}
-	}
-	return 0
-}
+// ifaceRE is a Linux interface name: what dnsmasq.conf's interface= may
+// hold without a newline or space changing the configuration.
+var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9_.:@-]{1,15}$`)
 
 func pxeEntry(args string) string {
 	return "# sim netboot (pxelinux, BIOS)\nDEFAULT sim\nLABEL sim\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND " + args + "\n"

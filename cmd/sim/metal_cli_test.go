@@ -229,6 +229,7 @@ func netbootIPXE(t *testing.T, s, nb string) {
 		{"--dhcp-range", "198.18.0.100,198.19.1.50,255.255.255.0"},
 		{"--dhcp-range", "198.18.0.100,198.18.0.150"},
 		{"--dhcp-range", "198.18.0.100,198.18.0.150,255.0.255.0"},
+		{"--interface", "br0\ndhcp-boot=evil.efi"},
 	} {
 		r := sim(t, s, append([]string{"netboot", "dnsmasq", "--server", url, "--out", nb}, bad...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, bad[0]) {
