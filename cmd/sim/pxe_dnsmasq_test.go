@@ -129,36 +129,5 @@ func (m *metalLab) tapBoot(v *vm, tap string, timeout time.Duration, fail string
 		"-device", "virtio-net-pci,netdev=n0,mac=" + v.mac + ",romfile=,bootindex=1",
 		"-drive", "file=" + v.disk + ",format=raw,if=none,id=d0",
 		"-device", "virtio-blk-pci,drive=d0,bootindex=2"}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c := exec.CommandContext(ctx, "ip", args...)
-	// A kernel panic (no initramfs, say) ends the VM at once too: it
-	// would otherwise sit out the timeout.
-	w := &watchBuf{want: []string{fail, kernelPanic}, hit: make(chan string, 1)}
-	c.Stdout, c.Stderr = w, w
-	start := time.Now()
-	if err := c.Start(); err != nil {
-		m.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- c.Wait() }()
-	var err error
-	failed := ""
-	select {
-	case err = <-done:
-	case failed = <-w.hit:
-		cancel()
-		err = <-done
-	}
-	v.elapsed = time.Since(start)
-	v.console = w.String()
-	switch {
-	case failed != "":
-		m.t.Errorf("%s: console shows %q; tail:\n%s", v.name, failed, tail(v.console, 3000))
-	case ctx.Err() != nil:
-		m.t.Errorf("%s: VM still running after %v; console tail:\n%s", v.name, timeout, tail(v.console, 3000))
-	case err != nil:
-		m.t.Errorf("%s: qemu: %v\n%s", v.name, err, tail(v.console, 3000))
-	}
-	return v.console
+	return m.watchVM(v, append([]string{"ip"}, args...), timeout, fail)
 }

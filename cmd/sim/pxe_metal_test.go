@@ -147,9 +147,16 @@ func (m *metalLab) pxeBoot(v *vm, dir string, timeout time.Duration, fail string
 			"-device", "virtio-net-pci,netdev=n0,mac="+v.mac,
 			"-boot", "n")
 	}
+	return m.watchVM(v, append([]string{"qemu-system-x86_64"}, args...), timeout, fail)
+}
+
+// watchVM runs the VM v's command line (qemu, or qemu under ip netns
+// exec) until it ends or the timeout; a console showing fail, or a kernel
+// panic, stops it at once. It returns the console.
+func (m *metalLab) watchVM(v *vm, cmd []string, timeout time.Duration, fail string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	c := exec.CommandContext(ctx, cmd[0], cmd[1:]...)
 	// A kernel panic (no initramfs, say) ends the VM at once too: it
 	// would otherwise sit out the timeout.
 	w := &watchBuf{want: []string{fail, kernelPanic}, hit: make(chan string, 1)}
