@@ -237,7 +237,11 @@ func TestUnavailable(t *testing.T) {
 // without a key, however long the whole listing may take.
 func TestListStalls(t *testing.T) {
 	defer func(d time.Duration) { s3.RequestTimeout = d }(s3.RequestTimeout)
-	s3.RequestTimeout = 500 * time.Millisecond
+	// Long enough for the first page on a loaded machine (the timer runs
+	// from the listing's start: a first page later than this would end
+	// the listing before the second is asked for), far under the minute
+	// the test waits.
+	s3.RequestTimeout = 3 * time.Second
 	stalled := make(chan struct{}, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
