@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -21,7 +22,7 @@ import (
 )
 
 func newNetbootCommand(e *env) *cobra.Command {
-	var out, server, extra, loader, ipxeFrom, iface, dhcpRange string
+	var out, server, extra, loader, ipxeFrom, grubFrom, iface, dhcpRange string
 	var perNode bool
 	c := &cobra.Command{
 		Use:   "netboot pxe|grub|dnsmasq|ipxe --server URL --out DIR",
@@ -31,10 +32,13 @@ installer (copy vmlinuz and initrd.img from sim initrd build next to them):
 
   pxe      DIR/pxelinux.cfg/default (BIOS; with --per-node one
            pxelinux.cfg/01-<mac> per registered node with a MAC)
-  grub     DIR/grub/grub.cfg (UEFI network boot with grubnetx64.efi; with
-           --per-node, grub/grub.cfg-01-<mac> per node)
+  grub     DIR/grub/grub.cfg and DIR/grubnetx64.efi (UEFI network boot:
+           GRUB built with grub-mkimage from --grub-from, Debian's
+           grub-efi-amd64-bin; with --per-node, grub/grub.cfg-01-<mac>
+           per node)
            Per-node files of nodes whose last install succeeded boot the
-           local disk (LOCALBOOT 0, GRUB's exit) until sim node
+           local disk (LOCALBOOT 0; GRUB chainloads the disk's
+           \EFI\BOOT\BOOTX64.EFI) until sim node
            reinstall: write them again after installs. sim serve's iPXE
            script does this by itself.
   dnsmasq  DIR/dnsmasq.conf: DHCP+TFTP for the install network, BIOS
@@ -129,6 +133,22 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 						files["grub/grub.cfg-01-"+strings.ReplaceAll(n.MAC, ":", "-")] = grubEntry(args0 + " sim.node=" + n.Name)
 					}
 				}
+				// The loader itself, as netboot ipxe copies iPXE's: an
+				// error when asked for by --grub-from, a note when the
+				// default modules are not installed.
+				from := grubFrom
+				if from == "" {
+					from = "/usr/lib/grub/x86_64-efi"
+				}
+				b, err := grubNetLoader(from)
+				switch {
+				case err == nil:
+					files["grubnetx64.efi"] = string(b)
+				case grubFrom != "":
+					return fmt.Errorf("netboot grub --grub-from: %w", err)
+				default:
+					fmt.Fprintf(e.stderr, "sim netboot: grubnetx64.efi not written: %v\n", err)
+				}
 			case "dnsmasq":
 				var b strings.Builder
 				fmt.Fprintf(&b, "# sim netboot dnsmasq --loader %s: dnsmasq as DHCP and TFTP server for the\n# install network (no DNS: port=0).\n", loader)
@@ -140,9 +160,9 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 # to sim serve's script for the node.
 `)
 				} else {
-					b.WriteString(`# Put vmlinuz, initrd.img, pxelinux.0 + ldlinux.c32 (BIOS) and
-# grubnetx64.efi (UEFI) into tftp-root, with the files sim netboot pxe and
-# sim netboot grub write.
+					b.WriteString(`# Put vmlinuz, initrd.img, pxelinux.0 + ldlinux.c32 (BIOS) into
+# tftp-root, with the files sim netboot pxe and sim netboot grub write
+# (the latter builds grubnetx64.efi, GRUB for UEFI).
 `)
 				}
 				fmt.Fprintf(&b, "port=0\ninterface=%s\nbind-interfaces\ndhcp-range=%s\nenable-tftp\ntftp-root=%s\n", iface, rng, dir)
@@ -214,6 +234,7 @@ sim.node=NAME (else the server identifies the node by its MAC).`,
 	c.Flags().BoolVar(&perNode, "per-node", false, "also one file per registered node with a MAC")
 	c.Flags().StringVar(&loader, "loader", "pxelinux", "dnsmasq: what the firmware's PXE fetches: `pxelinux` (and GRUB for UEFI) or ipxe")
 	c.Flags().StringVar(&ipxeFrom, "ipxe-from", "", "ipxe: copy iPXE's loaders from `DIR` (default /usr/lib/ipxe, Debian's ipxe)")
+	c.Flags().StringVar(&grubFrom, "grub-from", "", "grub: build grubnetx64.efi from GRUB's x86_64-efi modules in `DIR` (default /usr/lib/grub/x86_64-efi, Debian's grub-efi-amd64-bin)")
 	c.Flags().StringVar(&iface, "interface", "eth1", "dnsmasq: the install network's `INTERFACE`")
 	c.Flags().StringVar(&dhcpRange, "dhcp-range", "198.18.0.100,198.18.0.200,255.254.0.0", "dnsmasq: `FIRST,LAST,NETMASK` of the addresses handed out")
 	return c
@@ -265,12 +286,58 @@ func pxeLocal(node string) string {
 	return "# sim netboot: " + node + " is installed and boots its disk (sim node reinstall " + node + ", then sim netboot pxe --per-node again, installs it again)\nDEFAULT local\nLABEL local\n  LOCALBOOT 0\n"
 }
 
+// grubLocal chainloads the installed disk's loader rather than exiting:
+// Debian's GRUB 2.06 exit returns success to the firmware, on which EDK2
+// stops at its boot menu instead of trying the next boot entry (as iPXE's
+// plain exit did). The installer puts GRUB at the removable-media path of
+// the ESP (grub-install --removable), which search finds on any disk.
+// exit 1 is for a node whose disks have none (a GRUB that takes an exit
+// code hands the firmware an error, so it tries its next entry; 2.06
+// ignores the code).
 func grubLocal(node string) string {
-	return "# sim netboot: " + node + " is installed and boots its disk (sim node reinstall " + node + ", then sim netboot grub --per-node again, installs it again)\nset timeout=0\nmenuentry 'local disk' {\n  exit\n}\n"
+	return "# sim netboot: " + node + " is installed and boots its disk (sim node reinstall " + node + ", then sim netboot grub --per-node again, installs it again)\n" +
+		"set timeout=0\nmenuentry 'local disk' {\n" +
+		"  if search --no-floppy --set=root --file " + espLoader + "; then\n" +
+		"    chainloader " + espLoader + "\n    boot\n  fi\n" +
+		"  echo 'sim netboot: no " + espLoader + " on any disk'\n  exit 1\n}\n"
 }
 
+// espLoader is where the installer puts the UEFI GRUB of an installed node.
+const espLoader = "/EFI/BOOT/BOOTX64.EFI"
+
+// grubEntry's paths are absolute: GRUB opens a path without a device on
+// $root, which a network boot sets to the TFTP server, so /vmlinuz is
+// the tftp root's (where pxelinux's vmlinuz is too).
 func grubEntry(args string) string {
-	return "# sim netboot (GRUB, UEFI)\nset timeout=0\nmenuentry 'sim install' {\n  linux vmlinuz " + args + "\n  initrd initrd.img\n}\n"
+	return "# sim netboot (GRUB, UEFI)\nset timeout=0\nmenuentry 'sim install' {\n  linux /vmlinuz " + args + "\n  initrd /initrd.img\n}\n"
+}
+
+// grubNetModules go into grubnetx64.efi: the network (efinet, tftp), the
+// menu, loading Linux, and what the local-boot entry needs to find and
+// chainload an installed disk's loader.
+var grubNetModules = []string{"efinet", "tftp", "net", "normal", "configfile", "echo", "test",
+	"linux", "gzio", "chain", "search", "search_fs_file", "part_gpt", "part_msdos", "fat",
+	"efi_gop", "efi_uga", "all_video"}
+
+// grubNetLoader builds GRUB's UEFI network loader from the modules in
+// from with grub-mkimage. Its prefix (tftp)/grub makes GRUB look for
+// grub/grub.cfg-01-<mac> (then by IP, then grub/grub.cfg) on the server
+// it was loaded from: the names sim netboot grub writes.
+func grubNetLoader(from string) ([]byte, error) {
+	if _, err := os.Stat(filepath.Join(from, "efinet.mod")); err != nil {
+		return nil, fmt.Errorf("%s: no GRUB x86_64-efi modules (Debian's grub-efi-amd64-bin has them in /usr/lib/grub/x86_64-efi)", from)
+	}
+	tmp, err := os.CreateTemp("", "grubnetx64-*.efi")
+	if err != nil {
+		return nil, err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	args := append([]string{"-O", "x86_64-efi", "-d", from, "-p", "(tftp)/grub", "-o", tmp.Name()}, grubNetModules...)
+	if out, err := exec.Command("grub-mkimage", args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("grub-mkimage (Debian's grub-common): %v: %s", err, bytes.TrimSpace(out))
+	}
+	return os.ReadFile(tmp.Name())
 }
 
 func sortedNames(r *catalog.Registry) []string {

@@ -171,7 +171,7 @@ func TestLayoutNodeCLI(t *testing.T) {
 	for f, want := range map[string]string{
 		"pxelinux.cfg/default":              "APPEND console=ttyS0,115200 console=tty0 sim.server=http://198.18.0.1:7480\n",
 		"pxelinux.cfg/01-52-54-00-00-00-01": "sim.node=n1",
-		"grub/grub.cfg":                     "linux vmlinuz console=ttyS0,115200 console=tty0 sim.server=http://198.18.0.1:7480",
+		"grub/grub.cfg":                     "linux /vmlinuz console=ttyS0,115200 console=tty0 sim.server=http://198.18.0.1:7480",
 		"dnsmasq.conf":                      "dhcp-host=52:54:00:00:00:02,198.18.0.12,n2",
 	} {
 		b, err := os.ReadFile(filepath.Join(nb, f))
@@ -179,12 +179,45 @@ func TestLayoutNodeCLI(t *testing.T) {
 			t.Errorf("%s: %v; lacks %q:\n%s", f, err, want, b)
 		}
 	}
+	netbootGrub(t, s, nb)
 	if r := sim(t, s, "netboot", "pxe", "--server", "198.18.0.1", "--out", nb); r.code != 2 {
 		t.Errorf("netboot without URL scheme: %d %s", r.code, r.stderr)
 	}
 	netbootIPXE(t, s, filepath.Join(dir, "ipxe"))
 	if !catalog.IsSpecial("debian@layout") || catalog.IsSpecial("debian") {
 		t.Error("IsSpecial")
+	}
+}
+
+// netbootGrub: sim netboot grub builds GRUB's UEFI network loader (a PE
+// image with its prefix on TFTP) where Debian's GRUB modules are, or names
+// what is missing; what it writes passes grub-script-check.
+func netbootGrub(t *testing.T, s, nb string) {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/grub/x86_64-efi/efinet.mod"); err != nil {
+		t.Logf("netboot grub's loader unchecked: no GRUB x86_64-efi modules (make metal-deps)")
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(nb, "grubnetx64.efi"))
+	if err != nil || len(b) < 64<<10 || string(b[:2]) != "MZ" || !bytes.Contains(b, []byte("(tftp)/grub")) {
+		t.Errorf("grubnetx64.efi: %v, %d bytes; want a PE image with prefix (tftp)/grub", err, len(b))
+	}
+	if r := sim(t, s, "netboot", "grub", "--server", "http://198.18.0.1:7480", "--out", nb, "--grub-from", t.TempDir()); r.code != 1 || !strings.Contains(r.stderr, "no GRUB x86_64-efi modules") {
+		t.Errorf("netboot grub --grub-from an empty directory: %d %s", r.code, r.stderr)
+	}
+	if _, err := exec.LookPath("grub-script-check"); err != nil {
+		return
+	}
+	cfgs, _ := filepath.Glob(filepath.Join(nb, "grub", "grub.cfg*"))
+	local := filepath.Join(t.TempDir(), "local.cfg")
+	if err := os.WriteFile(local, []byte(grubLocal("n1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfgs = append(cfgs, local)
+	for _, f := range cfgs {
+		if out, err := exec.Command("grub-script-check", f).CombinedOutput(); err != nil {
+			t.Errorf("grub-script-check %s: %v %s", f, err, out)
+		}
 	}
 }
 

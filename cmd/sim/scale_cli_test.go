@@ -187,7 +187,7 @@ func TestNetbootLocalBoot(t *testing.T) {
 	ok(t, st, "netboot", "grub", "--server", url, "--out", nb, "--per-node")
 	for f, want := range map[string]string{
 		"pxelinux.cfg/01-52-54-00-00-00-01": "LOCALBOOT 0", "pxelinux.cfg/01-52-54-00-00-00-02": "sim.node=n2",
-		"grub/grub.cfg-01-52-54-00-00-00-01": "exit", "grub/grub.cfg-01-52-54-00-00-00-02": "sim.node=n2",
+		"grub/grub.cfg-01-52-54-00-00-00-01": "chainloader /EFI/BOOT/BOOTX64.EFI", "grub/grub.cfg-01-52-54-00-00-00-02": "sim.node=n2",
 	} {
 		if b, err := os.ReadFile(filepath.Join(nb, f)); err != nil || !strings.Contains(string(b), want) {
 			t.Errorf("%s: %q, %v; want %q", f, b, err, want)
