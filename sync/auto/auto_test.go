@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -61,13 +62,37 @@ func TestChoose(t *testing.T) {
 			return ""
 		}},
 		{"the reason names the figures", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, func(c auto.Choice) string {
-			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 1.6 s", "http 8.3 s"} {
+			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 4.0 s (cpu-bound)", "bittorrent 5.0 s (cpu-bound)", "http 8.3 s"} {
 				if !strings.Contains(c.Reason, s) {
 					return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
 				}
 			}
 			if len(c.Predicted) != 3 {
 				return fmt.Sprintf("predicted %v: want three transports", c.Predicted)
+			}
+			return ""
+		}},
+		// The node's CPU: 65 MB cost a node about 1.4 CPU-s over HTTP and
+		// 3.0 over multicast or a swarm (the defaults, 22 and 46 ns/B).
+		// Each node is bound by its own CPU time; nodes sharing C cores
+		// by all of theirs over C.
+		{"50 nodes on 100 Mbit behind 1 Gbit, sharing 2 cores: CPU decides, HTTP", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2}, auto.HTTP,
+			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 75.75, auto.BitTorrent: 76.75},
+				"sharing 2 cores", "http 35.8 s (cpu-bound)", "cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)")},
+		{"50 nodes sharing 2 cores behind a 100 Mbit uplink: the uplink still decides, multicast", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: mbit100, Available: all, NodeCores: 2}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 260, auto.Multicast: 75.75, auto.BitTorrent: 76.75}, "multicast 75.8 s (cpu-bound)", "http 260.0 s")},
+		{"16 nodes with their own CPUs: each node's CPU floor, multicast still", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "multicast 4.0 s (cpu-bound)")},
+		{"16 nodes sharing 16 cores: as their own", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all, NodeCores: 16}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99})},
+		{"1 node: its CPU floor, http", auto.Inputs{Bytes: 65e6, Nodes: 1, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP,
+			predicted(map[string]float64{auto.HTTP: 1.43, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "http 1.4 s (cpu-bound)")},
+		{"learned: receivers cheaper than the defaults, multicast on shared cores", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2,
+			CPUPerByte: map[string]float64{auto.Multicast: 10e-9, auto.BitTorrent: 12e-9}}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 17.25, auto.BitTorrent: 21.5})},
+		{"a small delta: CPU does not matter", auto.Inputs{Bytes: 21e3, Nodes: 50, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP, func(c auto.Choice) string {
+			if strings.Contains(c.Reason, "decided") {
+				return fmt.Sprintf("reason %q: the network alone chose http too", c.Reason)
 			}
 			return ""
 		}},
@@ -83,6 +108,47 @@ func TestChoose(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// predicted checks the predicted seconds (to 0.01 s) and that the reason
+// says each of must.
+func predicted(want map[string]float64, must ...string) func(auto.Choice) string {
+	return func(c auto.Choice) string {
+		if len(c.Predicted) != len(want) {
+			return fmt.Sprintf("predicted %v, want %v", c.Predicted, want)
+		}
+		for t, v := range want {
+			if got, ok := c.Predicted[t]; !ok || math.Abs(got-v) > 0.01 {
+				return fmt.Sprintf("predicted %s %.3f s, want %.3f (%v)", t, got, v, c.Predicted)
+			}
+		}
+		for _, s := range must {
+			if !strings.Contains(c.Reason, s) {
+				return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
+			}
+		}
+		return ""
+	}
+}
+
+func TestCPUFloor(t *testing.T) {
+	for _, c := range []struct {
+		c, f  float64
+		n     int
+		cores float64
+		want  float64
+	}{
+		{22e-9, 65e6, 1, 0, 1.43},
+		{22e-9, 65e6, 50, 0, 1.43},    // each node its own CPU
+		{22e-9, 65e6, 50, 2, 35.75},   // 50 nodes' CPU time over 2 cores
+		{46e-9, 65e6, 1, 2, 2.99},     // never less than the node's own
+		{46e-9, 65e6, 16, 32, 2.99},   // more cores than nodes
+		{46e-9, 65e6, 16, 1.5, 31.89}, // a fractional share
+	} {
+		if got := auto.CPUFloor(c.c, c.f, c.n, c.cores); math.Abs(got-c.want) > 0.01 {
+			t.Errorf("CPUFloor(%g, %g, %d, %g) = %.3f, want %.3f", c.c, c.f, c.n, c.cores, got, c.want)
+		}
 	}
 }
 
