@@ -239,6 +239,14 @@ func (a *Advisor) decide(want chunk.ID, g *group, in Inputs) {
 		time.Since(g.first).Seconds(), adv.Reason)
 }
 
+// Mount serves the advice (POST AdvicePath) and the nodes' reports (POST
+// ReportPath) on srv, with the role of a read: a node that may fetch may
+// ask and report.
+func (a *Advisor) Mount(srv *simsync.Server) {
+	srv.Handle("POST "+AdvicePath, a)
+	srv.Handle("POST "+ReportPath, http.HandlerFunc(a.ServeReport))
+}
+
 // ServeReport answers POST /v1/transport/report (a CostReport): a report of a
 // fetch of MinReportBytes or more moves the transport's estimate of CPU
 // seconds per byte (the first replaces the default, later ones are
@@ -448,8 +456,7 @@ func (s *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 		return nil, &simsync.FlagError{Flag: "auto-node-cores", Value: strconv.FormatFloat(s.cores, 'g', -1, 64), Err: fmt.Errorf("want 0 or a number of cores")}
 	}
 	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), NodeCores: s.cores, Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
-	env.Server.Handle("POST "+AdvicePath, a)
-	env.Server.Handle("POST "+ReportPath, http.HandlerFunc(a.ServeReport))
+	a.Mount(env.Server)
 	return closer{}, nil
 }
 
