@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
 	gosync "sync"
 	"testing"
+	"time"
 )
 
 // TestTransportAuto: `sim checkout --transport auto` on real Debian data.
@@ -22,6 +24,17 @@ func TestTransportAuto(t *testing.T) {
 	src2 := filepath.Join(c, "v2", "usr", "share", "locale")
 	v1 := lastLine(ok(t, up, "commit", src1, "--image", "loc", "-m", "v1"))
 	url := startServer(t, up, "--bt-listen", "127.0.0.1:0", "--auto-uplink", "10Mbit", "--auto-gather", "1m", "--auto-node-cores", "2")
+	other := newStore(t) // up is the running server's
+	for _, bad := range []string{"-1", "NaN", "two"} {
+		// Refused before serving; bounded in case it were not.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var o, e bytes.Buffer
+		code := run(ctx, []string{"--store", other, "serve", "--listen", "127.0.0.1:0", "--auto-node-cores", bad}, &env{stdout: &o, stderr: &e})
+		cancel()
+		if code == 0 || !strings.Contains(e.String(), "auto-node-cores") {
+			t.Errorf("serve --auto-node-cores %s: exit %d, %q: want it refused, naming the flag", bad, code, e.String())
+		}
+	}
 
 	type result struct {
 		Auto struct {
