@@ -95,10 +95,10 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	if n.env.Log != nil && !n.env.JSON {
 		fmt.Fprintf(n.env.Log, "transport auto: %s (%s)\n", adv.Transport, adv.Reason)
 	}
-	cpu0 := processCPU()
+	cpu0, measured := processCPU()
 	d, err := t.Deliver(ctx, want, haves, sink)
-	if err == nil && adv.Bytes > 0 {
-		n.report(ctx, CostReport{Transport: adv.Transport, Bytes: adv.Bytes, CPUSeconds: processCPU() - cpu0, Node: n.env.Name})
+	if cpu1, ok := processCPU(); err == nil && measured && ok && adv.Bytes > 0 {
+		n.report(ctx, CostReport{Transport: adv.Transport, Bytes: adv.Bytes, CPUSeconds: max(cpu1-cpu0, 0), Node: n.env.Name})
 	}
 	d.Report = simsync.ChosenReport{Choice: Report{Chosen: adv.Transport, Reason: adv.Reason, Nodes: adv.Nodes, Predicted: adv.Predicted}, Inner: d.Report}
 	return d, err
@@ -139,10 +139,11 @@ func (n *Node) ask(ctx context.Context, want chunk.ID, haves []chunk.ID) (Advice
 // part of the fetch.
 const reportTimeout = 5 * time.Second
 
-// report tells the server what the fetch cost this node, in the
-// background (Finish waits for it). A fetch the server's advice was made
-// for (its bytes, the unit of the model's F) and under MinReportBytes is
-// not reported: fixed costs dominate it. A failure is said, not an error.
+// report tells the server what the fetch cost this node's CPU, in the
+// background (Finish waits for it). Its bytes are the advice's (what the
+// node lacked: the unit of the model's F); a fetch under MinReportBytes
+// is not reported (fixed costs dominate it). A failure is said, not an
+// error of the fetch.
 func (n *Node) report(ctx context.Context, rep CostReport) {
 	if rep.Bytes < MinReportBytes {
 		return
@@ -166,13 +167,14 @@ func (n *Node) report(ctx context.Context, rep CostReport) {
 	}()
 }
 
-// processCPU is the CPU time (user+sys) the process has used, in seconds.
-func processCPU() float64 {
+// processCPU is the CPU time (user+sys) the process has used, in
+// seconds; ok false when the system would not say.
+func processCPU() (seconds float64, ok bool) {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
+		return 0, false
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(), true
 }
 
 // Finish waits for the cost report and finishes the chosen transport.
