@@ -27,8 +27,9 @@
 #   multicast   F/min(Us, Uc, mcast rate)        plus repairs (see sent/F)
 #   bittorrent  max(F/Us, F/Uc, N·F/(Us+N·Uc))   Qiu–Srikant
 # sim serve runs with --mcast-min-receivers N, --auto-uplink the server's
-# rate; auto nodes pass --auto-nodes N (the size of the install, as a
-# rollout wave or a rack's install knows it). Bittorrent nodes leave the
+# rate, --auto-node-cores $(nproc) (the nodes share this machine's cores);
+# auto nodes pass --auto-nodes N (the size of the install, as a rollout
+# wave or a rack's install knows it). Bittorrent nodes leave the
 # swarm when done (--seed-time 0). Every node's tree is compared with its
 # commit (sim diff ID DIR prints nothing) after every cell; a difference
 # stops the bench.
@@ -283,9 +284,13 @@ START_DATE=$(date -u '+%F %H:%M UTC')
 meta "lab: " "server uplink $SRATE, node links $NRATE (tc tbf both ways), multicast and udpcast at $MRATE, MTU 1500, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 
 SERVE_PID=""
+# --auto-node-cores: the lab's nodes are network namespaces on this one
+# machine, so all N share its $(nproc) cores; at 50 nodes their CPU, not the
+# network, bounds the install (transport auto's CPU floor, N·c·F/C).
 start_serve() { # N
 	X srv -- "$SIM" --store "$W/srv" serve --listen "$SRV:7480" --bt-listen "$SRV:6881" \
-		--mcast-rate "$MRATE" --mcast-min-receivers "$1" --mcast-wait 30s --auto-uplink "$SRATE" --auto-node-rate "$NRATE" 2>>"$W/log/serve.log" &
+		--mcast-rate "$MRATE" --mcast-min-receivers "$1" --mcast-wait 30s --auto-uplink "$SRATE" --auto-node-rate "$NRATE" \
+		--auto-node-cores "$(nproc)" 2>>"$W/log/serve.log" &
 	SERVE_PID=$!
 	PIDS+=("$SERVE_PID")
 	wait_port 7480

@@ -2,25 +2,39 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
 	gosync "sync"
 	"testing"
+	"time"
 )
 
 // TestTransportAuto: `sim checkout --transport auto` on real Debian data.
 // Three nodes asking for an image together behind a 10 Mbit uplink are
 // sent to one multicast session or swarm; a small update of one node goes
-// over HTTP. Each says what it was told and why, and each tree is exact.
+// over HTTP. Each says what it was told and why (the cores the nodes share
+// among the figures), and each tree is exact.
 func TestTransportAuto(t *testing.T) {
 	c := corpus(t)
 	up := newStore(t)
 	src1 := filepath.Join(c, "v1", "usr", "share", "locale")
 	src2 := filepath.Join(c, "v2", "usr", "share", "locale")
 	v1 := lastLine(ok(t, up, "commit", src1, "--image", "loc", "-m", "v1"))
-	url := startServer(t, up, "--bt-listen", "127.0.0.1:0", "--auto-uplink", "10Mbit", "--auto-gather", "1m")
+	url := startServer(t, up, "--bt-listen", "127.0.0.1:0", "--auto-uplink", "10Mbit", "--auto-gather", "1m", "--auto-node-cores", "2")
+	other := newStore(t) // up is the running server's
+	for _, bad := range []string{"-1", "NaN", "two"} {
+		// Refused before serving; bounded in case it were not.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var o, e bytes.Buffer
+		code := run(ctx, []string{"--store", other, "serve", "--listen", "127.0.0.1:0", "--auto-node-cores", bad}, &env{stdout: &o, stderr: &e})
+		cancel()
+		if code == 0 || !strings.Contains(e.String(), "auto-node-cores") {
+			t.Errorf("serve --auto-node-cores %s: exit %d, %q: want it refused, naming the flag", bad, code, e.String())
+		}
+	}
 
 	type result struct {
 		Auto struct {
@@ -69,7 +83,7 @@ func TestTransportAuto(t *testing.T) {
 		// One copy for the three (multicast, which sim serve runs on
 		// loopback too, or the swarm), not three streams.
 		if (r.Auto.Chosen != "bittorrent" && r.Auto.Chosen != "multicast") || r.Auto.Nodes != 3 ||
-			r.Transfer.Transport != r.Auto.Chosen || r.Transfer.Delivered == 0 || !strings.Contains(r.Auto.Reason, "3 nodes asking for") {
+			r.Transfer.Transport != r.Auto.Chosen || r.Transfer.Delivered == 0 || !strings.Contains(r.Auto.Reason, "3 nodes asking for") || !strings.Contains(r.Auto.Reason, "sharing 2 cores") {
 			t.Errorf("node %d: %+v: want a session or a swarm chosen for 3 nodes, and used", i, r)
 		}
 		if d := ok(t, up, "diff", v1, dirs[i]+"/"); strings.TrimSpace(d) != "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -61,13 +62,37 @@ func TestChoose(t *testing.T) {
 			return ""
 		}},
 		{"the reason names the figures", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, func(c auto.Choice) string {
-			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 1.6 s", "http 8.3 s"} {
+			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 4.0 s (cpu-bound)", "bittorrent 5.0 s (cpu-bound)", "http 8.3 s"} {
 				if !strings.Contains(c.Reason, s) {
 					return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
 				}
 			}
 			if len(c.Predicted) != 3 {
 				return fmt.Sprintf("predicted %v: want three transports", c.Predicted)
+			}
+			return ""
+		}},
+		// The node's CPU: 65 MB cost a node about 1.4 CPU-s over HTTP and
+		// 3.0 over multicast or a swarm (the defaults, 22 and 46 ns/B).
+		// Each node is bound by its own CPU time; nodes sharing C cores
+		// by all of theirs over C.
+		{"50 nodes on 100 Mbit behind 1 Gbit, sharing 2 cores: CPU decides, HTTP", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2}, auto.HTTP,
+			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 75.75, auto.BitTorrent: 76.75},
+				"sharing 2 cores", "http 35.8 s (cpu-bound)", "cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)")},
+		{"50 nodes sharing 2 cores behind a 100 Mbit uplink: the uplink still decides, multicast", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: mbit100, Available: all, NodeCores: 2}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 260, auto.Multicast: 75.75, auto.BitTorrent: 76.75}, "multicast 75.8 s (cpu-bound)", "http 260.0 s")},
+		{"16 nodes with their own CPUs: each node's CPU floor, multicast still", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "multicast 4.0 s (cpu-bound)")},
+		{"16 nodes sharing 16 cores: as their own", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all, NodeCores: 16}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99})},
+		{"1 node: its CPU floor, http", auto.Inputs{Bytes: 65e6, Nodes: 1, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP,
+			predicted(map[string]float64{auto.HTTP: 1.43, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "http 1.4 s (cpu-bound)")},
+		{"learned: receivers cheaper than the defaults, multicast on shared cores", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2,
+			CPUPerByte: map[string]float64{auto.Multicast: 10e-9, auto.BitTorrent: 12e-9}}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 17.25, auto.BitTorrent: 21.5})},
+		{"a small delta: CPU does not matter", auto.Inputs{Bytes: 21e3, Nodes: 50, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP, func(c auto.Choice) string {
+			if strings.Contains(c.Reason, "decided") {
+				return fmt.Sprintf("reason %q: the network alone chose http too", c.Reason)
 			}
 			return ""
 		}},
@@ -83,6 +108,47 @@ func TestChoose(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// predicted checks the predicted seconds (to 0.01 s) and that the reason
+// says each of must.
+func predicted(want map[string]float64, must ...string) func(auto.Choice) string {
+	return func(c auto.Choice) string {
+		if len(c.Predicted) != len(want) {
+			return fmt.Sprintf("predicted %v, want %v", c.Predicted, want)
+		}
+		for t, v := range want {
+			if got, ok := c.Predicted[t]; !ok || math.Abs(got-v) > 0.01 {
+				return fmt.Sprintf("predicted %s %.3f s, want %.3f (%v)", t, got, v, c.Predicted)
+			}
+		}
+		for _, s := range must {
+			if !strings.Contains(c.Reason, s) {
+				return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
+			}
+		}
+		return ""
+	}
+}
+
+func TestCPUFloor(t *testing.T) {
+	for _, c := range []struct {
+		c, f  float64
+		n     int
+		cores float64
+		want  float64
+	}{
+		{22e-9, 65e6, 1, 0, 1.43},
+		{22e-9, 65e6, 50, 0, 1.43},    // each node its own CPU
+		{22e-9, 65e6, 50, 2, 35.75},   // 50 nodes' CPU time over 2 cores
+		{46e-9, 65e6, 1, 2, 2.99},     // never less than the node's own
+		{46e-9, 65e6, 16, 32, 2.99},   // more cores than nodes
+		{46e-9, 65e6, 16, 1.5, 31.89}, // a fractional share
+	} {
+		if got := auto.CPUFloor(c.c, c.f, c.n, c.cores); math.Abs(got-c.want) > 0.01 {
+			t.Errorf("CPUFloor(%g, %g, %d, %g) = %.3f, want %.3f", c.c, c.f, c.n, c.cores, got, c.want)
+		}
 	}
 }
 
@@ -145,7 +211,7 @@ func newWorld(t *testing.T, gather time.Duration) *world {
 	// 10 Mbit/s: at that uplink a swarm of three beats three streams of
 	// an 11 MB image (3 × 8.8 s against 8.8 s + 2 s).
 	w.advisor = &auto.Advisor{Server: w.srv, Uplink: 1.25e6, Gather: gather, GatherBytes: auto.DefaultGatherBytes, Log: w.log}
-	w.srv.Handle("POST "+auto.AdvicePath, w.advisor)
+	w.advisor.Mount(w.srv)
 	hs := httptest.NewServer(w.srv)
 	t.Cleanup(hs.Close)
 	w.url = hs.URL
@@ -233,8 +299,8 @@ func TestAdvisorAlone(t *testing.T) {
 }
 
 // TestAutoFetch: three nodes fetch v1 with --transport auto at once; the
-// server chooses the swarm for them, the nodes use it, and each tree is
-// the image's.
+// server chooses the swarm for them, the nodes use it, each tree is the
+// image's, and each node reports what the fetch cost its CPU.
 func TestAutoFetch(t *testing.T) {
 	w := newWorld(t, time.Minute)
 	var wg gosync.WaitGroup
@@ -285,6 +351,14 @@ func TestAutoFetch(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Each node told the server what the swarm cost it (Finish waited
+	// for the report).
+	if c, n := w.advisor.CPU(auto.BitTorrent); n != 3 || c <= 0 || c == auto.DefaultCPUPerByte(auto.BitTorrent) {
+		t.Errorf("bittorrent estimate after the fetches: %g s/B from %d reports, want a measured one from 3", c, n)
+	}
+	if !strings.Contains(w.log.String(), "bittorrent cost n1 ") {
+		t.Errorf("server log lacks n1's report:\n%s", w.log.String())
+	}
 }
 
 // TestNoAdvisor: a server without the advisor means HTTP, said so.
@@ -311,5 +385,147 @@ func TestNoAdvisor(t *testing.T) {
 	}
 	if ps.Transport != auto.HTTP || !strings.Contains(log.String(), "no advice from the server (it runs no advisor)") {
 		t.Errorf("transport %s, output %q", ps.Transport, log.String())
+	}
+}
+
+func (w *world) report(t *testing.T, body, token string) (auto.CPUEstimate, int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", w.url+auto.ReportPath, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var e auto.CPUEstimate
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatalf("report answer %s: %v", b, err)
+		}
+	}
+	return e, resp.StatusCode, string(b)
+}
+
+// ask3 has three nodes ask for want together (expect=3) and returns the
+// one answer they got.
+func (w *world) ask3(t *testing.T, want chunk.ID) auto.Advice {
+	t.Helper()
+	got := make([]auto.Advice, 3)
+	var wg gosync.WaitGroup
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, code, body := w.ask(t, fmt.Sprintf("want=%s&node=n%d&expect=3", want, i+1))
+			if code != http.StatusOK {
+				t.Errorf("n%d: %d %s", i+1, code, body)
+			}
+			got[i] = a
+		}()
+	}
+	wg.Wait()
+	for i, a := range got[1:] {
+		if a.Transport != got[0].Transport || a.Nodes != 3 {
+			t.Errorf("n%d got %+v, n1 %+v: want one answer for 3 nodes", i+2, a, got[0])
+		}
+	}
+	return got[0]
+}
+
+func near(got, want float64) bool { return math.Abs(got-want) <= 0.01*math.Max(1, math.Abs(want)) }
+
+// TestAdvisorLearns: three nodes sharing one core, behind 10 Mbit/s,
+// asking for an 11 MB image: with the default CPU costs a swarm; once
+// nodes reported that a swarm costs them 1 CPU-µs per byte, HTTP, and the
+// reason says the CPU decided. A small fetch's report is not counted.
+func TestAdvisorLearns(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	w.advisor.NodeCores = 1
+	if c, n := w.advisor.CPU(auto.BitTorrent); c != 46e-9 || n != 0 {
+		t.Errorf("bittorrent before reports: %g s/B from %d reports, want the default 46e-9 from 0", c, n)
+	}
+	a := w.ask3(t, w.v1)
+	f := float64(a.Bytes)
+	if a.Transport != auto.BitTorrent || !near(a.Predicted[auto.BitTorrent], f/1.25e6+2) || !near(a.Predicted[auto.HTTP], 3*f/1.25e6) {
+		t.Errorf("v1 with default CPU costs: %+v, want bittorrent at F/Us + 2 s = %.2f s, http %.2f s", a, f/1.25e6+2, 3*f/1.25e6)
+	}
+	for _, c := range []struct {
+		body    string
+		perByte float64
+		reports int
+		counted bool
+	}{
+		{`{"transport":"bittorrent","bytes":10000000,"cpu_seconds":10,"node":"n1"}`, 1e-6, 1, true},       // the first replaces the default
+		{`{"transport":"bittorrent","bytes":10000000,"cpu_seconds":5,"node":"n2"}`, 0.9e-6, 2, true},      // weighed in by 0.2
+		{`{"transport":"bittorrent","bytes":1000,"cpu_seconds":100,"node":"n3"}`, 0.9e-6, 2, false},       // too small to count
+		{`{"transport":"http","bytes":500000,"cpu_seconds":100}`, 22e-9, 0, false},                        // the default, said
+		{`{"transport":"multicast","bytes":2000000,"cpu_seconds":0.1,"extra":"ignored"}`, 50e-9, 1, true}, // unknown fields are ignored
+	} {
+		e, code, body := w.report(t, c.body, "")
+		if code != http.StatusOK || !near(e.CPUPerByte*1e9, c.perByte*1e9) || e.Reports != c.reports || e.Counted != c.counted {
+			t.Errorf("report %s: %d %s, want %g s/B from %d reports, counted %v", c.body, code, body, c.perByte, c.reports, c.counted)
+		}
+	}
+	if c, n := w.advisor.CPU(auto.BitTorrent); !near(c*1e9, 900) || n != 2 {
+		t.Errorf("bittorrent after reports: %g s/B from %d reports, want 0.9e-6 from 2", c, n)
+	}
+	// v2 without a base: another 11 MB, another group.
+	a = w.ask3(t, w.v2)
+	f = float64(a.Bytes)
+	wantBT := 3*0.9e-6*f/1 + 2
+	if a.Transport != auto.HTTP || !near(a.Predicted[auto.BitTorrent], wantBT) || !near(a.Predicted[auto.HTTP], 3*f/1.25e6) ||
+		!strings.Contains(a.Reason, "sharing 1 core") || !strings.Contains(a.Reason, "cpu-bound: the nodes' CPU decided (the network alone: bittorrent") {
+		t.Errorf("v2 after the reports: %+v, want http, bittorrent at %.2f s, cpu-bound", a, wantBT)
+	}
+	if !strings.Contains(w.log.String(), "bittorrent cost n1 10.00 CPU-s for 10.0 MB (1000.0 ns/B): estimate 1000.0 ns/B from 1 reports") ||
+		!strings.Contains(w.log.String(), "http for "+w.v2.Short()+" to 3 nodes") {
+		t.Errorf("server log lacks the reports or the choice:\n%s", w.log.String())
+	}
+	for _, c := range []struct {
+		body string
+		code int
+		msg  string
+	}{
+		{`{"transport":"ftp","bytes":10000000,"cpu_seconds":1}`, 400, "transport: \"ftp\""},
+		{`{"bytes":10000000,"cpu_seconds":1}`, 400, "transport: missing"},
+		{`{"transport":7,"bytes":10000000,"cpu_seconds":1}`, 400, "transport: number, want a string"},
+		{`{"transport":"http","cpu_seconds":1}`, 400, "bytes: missing"},
+		{`{"transport":"http","bytes":"many","cpu_seconds":1}`, 400, "bytes: string, want an integer"},
+		{`{"transport":"http","bytes":1.5,"cpu_seconds":1}`, 400, "bytes: number 1.5, want an integer"},
+		{`{"transport":"http","bytes":-1,"cpu_seconds":1}`, 400, "bytes: -1"},
+		{`{"transport":"http","bytes":10000000}`, 400, "cpu_seconds: missing"},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":-1}`, 400, "cpu_seconds: -1"},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":"1"}`, 400, "cpu_seconds: string, want a number"},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":1e9}`, 400, "cpu_seconds: 1e+09"},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":1,"node":"` + strings.Repeat("n", 300) + `"}`, 400, "node: longer"},
+		{`not json`, 400, "body: "},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":1}{}`, 400, "body: one JSON object"},
+		{`{"transport":"http","bytes":10000000,"cpu_seconds":1,"pad":"` + strings.Repeat("x", 5000) + `"}`, 413, "body: "},
+	} {
+		if _, code, body := w.report(t, c.body, ""); code != c.code || !strings.Contains(body, c.msg) {
+			t.Errorf("report %.80s: %d %q, want %d naming %s", c.body, code, body, c.code, c.msg)
+		}
+	}
+	if c, n := w.advisor.CPU(auto.HTTP); c != 22e-9 || n != 0 {
+		t.Errorf("http after refused reports: %g s/B from %d reports, want the default", c, n)
+	}
+	// A report needs what the advice needs: a read token where reads are
+	// private.
+	w.srv.ReadTokens = []string{"reader"}
+	ok := `{"transport":"http","bytes":10000000,"cpu_seconds":0.2}`
+	if _, code, body := w.report(t, ok, ""); code != http.StatusUnauthorized {
+		t.Errorf("report without the read token: %d %s, want 401", code, body)
+	}
+	if _, code, _ := w.ask(t, "want="+w.v1.String()); code != http.StatusUnauthorized {
+		t.Errorf("advice without the read token: %d, want 401 (as the report)", code)
+	}
+	if e, code, body := w.report(t, ok, "reader"); code != http.StatusOK || !e.Counted || e.Reports != 1 || !near(e.CPUPerByte*1e9, 20) {
+		t.Errorf("report with the read token: %d %s, want counted at 20 ns/B", code, body)
 	}
 }

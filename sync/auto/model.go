@@ -3,12 +3,13 @@
 // transport to use for the fetch it is about to make, and the server
 // answers from what it knows at that moment: how many nodes are asking for
 // the same commit, how big the delta is, its uplink, which transports it
-// runs, and what its multicast sessions have cost in repairs. The model is
+// runs, what its multicast sessions have cost in repairs, and what a fetch
+// has cost the nodes in CPU (POST /v1/transport/report). The model is
 // the one of the LinuxTag testbed (ARCHITECTURE.md "Transport auto"):
 //
-//	http (the rsync role)   max(N·F/Us, F/Uc)                  every node pulls its own copy
-//	multicast               F/min(Us, Uc)·r + Tm               one copy, r = sent/bytes of past sessions
-//	bittorrent              max(F/Us, F/Uc, N·F/(Us+N·Uc)) + Tb   Qiu–Srikant
+//	http (the rsync role)   max(N·F/Us, F/Uc, Kh)                        every node pulls its own copy
+//	multicast               max(F/min(Us, Uc)·r, Km) + Tm                one copy, r = sent/bytes of past sessions
+//	bittorrent              max(F/Us, F/Uc, N·F/(Us+N·Uc), Kb) + Tb      Qiu–Srikant
 //
 // with F the delta one node lacks, N the nodes asking, Us the server's
 // uplink, Uc a node's link (its upload and its download: taken equal to
@@ -17,7 +18,17 @@
 // multicast session is paced to the slowest receiver): without them a
 // fast server with slow nodes sees HTTP N times too dear (4 nodes on 100
 // Mbit behind 1 Gbit: the lab measured HTTP 5.5 s where N·F/Us said 2.1 s,
-// and multicast chosen at 1.6 s took longer). The cheapest wins; a tie
+// and multicast chosen at 1.6 s took longer).
+//
+// Kt is transport t's CPU floor: a node cannot finish before it has spent
+// its CPU time on the fetch, c_t·F with c_t the CPU seconds a node spends
+// per byte fetched over t (learned from the nodes' reports; until then
+// 22 ns/B for http, 46 ns/B for multicast and bittorrent, the lab's 1.4
+// and 3.0 CPU-s for a 65 MB image). Nodes sharing C cores (network
+// namespaces or VMs on one host: sim serve --auto-node-cores) finish no
+// sooner than all their CPU time spread over those cores, N·c_t·F/C (never
+// less than c_t·F). At 50 nodes on the lab's 2 cores that floor, not the
+// network, decides: HTTP's cheaper decoding wins. The cheapest wins; a tie
 // goes to HTTP, which needs nothing but the server.
 package auto
 
@@ -50,6 +61,12 @@ type Inputs struct {
 	// assumed); McastStart and BTStart are the fixed costs.
 	McastOverhead       float64
 	McastStart, BTStart time.Duration
+	// CPUPerByte is, per transport, the CPU seconds one node spends per
+	// byte it fetches over it (c_t; missing or 0: DefaultCPUPerByte).
+	CPUPerByte map[string]float64
+	// NodeCores is how many cores the N nodes share (C; 0: each node has
+	// its own CPU).
+	NodeCores float64
 }
 
 // Choice is the model's answer: the transport, why, and the predicted
@@ -72,6 +89,31 @@ const (
 	// (bench/mcastresults.md): ~15% of the blocks sent again.
 	defaultMcastOverhead = 1.15
 )
+
+// DefaultCPUPerByte is what a node spends in CPU seconds per byte fetched
+// over transport t until nodes have reported (bench/fleetresults.md,
+// installing a 65 MB image: about 1.4 CPU-s per node over HTTP, 3.0 over
+// multicast or BitTorrent).
+func DefaultCPUPerByte(t string) float64 {
+	switch t {
+	case HTTP:
+		return 22e-9
+	case Multicast, BitTorrent:
+		return 46e-9
+	}
+	return 0
+}
+
+// CPUFloor is the least time a node needs for its CPU work on a fetch of
+// f bytes at c CPU seconds per byte, n nodes sharing cores cores (0: each
+// its own).
+func CPUFloor(c, f float64, n int, cores float64) float64 {
+	own := c * f
+	if cores <= 0 {
+		return own
+	}
+	return math.Max(own, float64(max(n, 1))*own/cores)
+}
 
 // Choose applies the model.
 func Choose(in Inputs) Choice {
@@ -98,41 +140,83 @@ func Choose(in Inputs) Choice {
 	}
 	// floor: no node receives its F faster than its own link
 	floor := f / uc
-	p := map[string]float64{HTTP: math.Max(n*f/us, floor)}
+	net := map[string]float64{HTTP: math.Max(n*f/us, floor)}
+	start := map[string]float64{}
 	for _, t := range in.Available {
 		switch t {
 		case Multicast:
-			p[Multicast] = f/math.Min(us, uc)*r + ms.Seconds()
+			net[Multicast] = f / math.Min(us, uc) * r
+			start[Multicast] = ms.Seconds()
 		case BitTorrent:
-			p[BitTorrent] = math.Max(math.Max(f/us, floor), n*f/(us+n*uc)) + bs.Seconds()
+			net[BitTorrent] = math.Max(math.Max(f/us, floor), n*f/(us+n*uc))
+			start[BitTorrent] = bs.Seconds()
 		}
 	}
+	p := map[string]float64{}
+	netOnly := map[string]float64{}
+	cpuBound := map[string]bool{}
+	for t, v := range net {
+		c := in.CPUPerByte[t]
+		if c <= 0 {
+			c = DefaultCPUPerByte(t)
+		}
+		k := CPUFloor(c, f, in.Nodes, in.NodeCores)
+		cpuBound[t] = k > v
+		p[t] = math.Max(v, k) + start[t]
+		netOnly[t] = v + start[t]
+	}
+	best, netBest := cheapest(p), cheapest(netOnly)
+	var parts []string
+	names := make([]string, 0, len(p))
+	for t := range p {
+		names = append(names, t)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if p[names[i]] != p[names[j]] {
+			return p[names[i]] < p[names[j]]
+		}
+		return names[i] < names[j]
+	})
+	for _, t := range names {
+		part := fmt.Sprintf("%s %.1f s", t, p[t])
+		if cpuBound[t] {
+			part += " (cpu-bound)"
+		}
+		parts = append(parts, part)
+	}
+	nodeLink := ""
+	if in.NodeUplink > 0 {
+		nodeLink = ", nodes at " + rate(uc)
+	}
+	if in.NodeCores > 0 {
+		cores := "cores"
+		if in.NodeCores == 1 {
+			cores = "core"
+		}
+		nodeLink += fmt.Sprintf(", sharing %g %s", in.NodeCores, cores)
+	}
+	node := "nodes"
+	if in.Nodes == 1 {
+		node = "node"
+	}
+	reason := fmt.Sprintf("%d %s asking for %s at %s%s: predicted %s", max(in.Nodes, 1), node,
+		human(f), rate(us), nodeLink, strings.Join(parts, ", "))
+	if best != netBest {
+		reason += fmt.Sprintf("; cpu-bound: the nodes' CPU decided (the network alone: %s %.1f s)", netBest, netOnly[netBest])
+	}
+	return Choice{Transport: best, Predicted: p, Reason: reason}
+}
+
+// cheapest is the transport of p predicted fastest; ties go to HTTP, then
+// multicast.
+func cheapest(p map[string]float64) string {
 	best := HTTP
 	for _, t := range []string{Multicast, BitTorrent} {
 		if v, ok := p[t]; ok && v < p[best] {
 			best = t
 		}
 	}
-	var parts []string
-	names := make([]string, 0, len(p))
-	for t := range p {
-		names = append(names, t)
-	}
-	sort.Slice(names, func(i, j int) bool { return p[names[i]] < p[names[j]] })
-	for _, t := range names {
-		parts = append(parts, fmt.Sprintf("%s %.1f s", t, p[t]))
-	}
-	nodeLink := ""
-	if in.NodeUplink > 0 {
-		nodeLink = ", nodes at " + rate(uc)
-	}
-	node := "nodes"
-	if in.Nodes == 1 {
-		node = "node"
-	}
-	return Choice{Transport: best, Predicted: p,
-		Reason: fmt.Sprintf("%d %s asking for %s at %s%s: predicted %s", max(in.Nodes, 1), node,
-			human(f), rate(us), nodeLink, strings.Join(parts, ", "))}
+	return best
 }
 
 func human(b float64) string {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	gosync "sync"
+	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -54,6 +56,8 @@ type Node struct {
 	mu     gosync.Mutex
 	chosen simsync.Transport
 	advice Advice
+	// reported is closed once the cost report (if any) was sent.
+	reported chan struct{}
 }
 
 // Report is what --json shows of the choice.
@@ -91,7 +95,11 @@ func (n *Node) Deliver(ctx context.Context, want chunk.ID, haves []chunk.ID, sin
 	if n.env.Log != nil && !n.env.JSON {
 		fmt.Fprintf(n.env.Log, "transport auto: %s (%s)\n", adv.Transport, adv.Reason)
 	}
+	cpu0, measured := processCPU()
 	d, err := t.Deliver(ctx, want, haves, sink)
+	if cpu1, ok := processCPU(); err == nil && measured && ok && adv.Bytes > 0 {
+		n.report(ctx, CostReport{Transport: adv.Transport, Bytes: adv.Bytes, CPUSeconds: max(cpu1-cpu0, 0), Node: n.env.Name})
+	}
 	d.Report = simsync.ChosenReport{Choice: Report{Chosen: adv.Transport, Reason: adv.Reason, Nodes: adv.Nodes, Predicted: adv.Predicted}, Inner: d.Report}
 	return d, err
 }
@@ -127,11 +135,59 @@ func (n *Node) ask(ctx context.Context, want chunk.ID, haves []chunk.ID) (Advice
 	return adv, nil
 }
 
-// Finish finishes the chosen transport.
+// reportTimeout bounds the cost report: it is advice for the server, not
+// part of the fetch.
+const reportTimeout = 5 * time.Second
+
+// report tells the server what the fetch cost this node's CPU, in the
+// background (Finish waits for it). Its bytes are the advice's (what the
+// node lacked: the unit of the model's F); a fetch under MinReportBytes
+// is not reported (fixed costs dominate it). A failure is said, not an
+// error of the fetch.
+func (n *Node) report(ctx context.Context, rep CostReport) {
+	if rep.Bytes < MinReportBytes {
+		return
+	}
+	done := make(chan struct{})
+	n.mu.Lock()
+	n.reported = done
+	n.mu.Unlock()
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportTimeout)
+		defer cancel()
+		err := n.env.Remote.PostJSON(ctx, ReportPath, rep, nil)
+		var he *simsync.HTTPError
+		if errors.As(err, &he) && (he.Code == http.StatusNotFound || he.Code == http.StatusMethodNotAllowed) {
+			return // an advisor older than the reports
+		}
+		if err != nil && n.env.Log != nil && !n.env.JSON {
+			fmt.Fprintf(n.env.Log, "transport auto: reporting the fetch's cost: %v\n", err)
+		}
+	}()
+}
+
+// processCPU is the CPU time (user+sys) the process has used, in
+// seconds; ok false when the system would not say.
+func processCPU() (seconds float64, ok bool) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0, false
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds(), true
+}
+
+// Finish waits for the cost report and finishes the chosen transport.
 func (n *Node) Finish(ctx context.Context) error {
 	n.mu.Lock()
-	t := n.chosen
+	t, reported := n.chosen, n.reported
 	n.mu.Unlock()
+	if reported != nil {
+		select {
+		case <-reported:
+		case <-ctx.Done():
+		}
+	}
 	if t == nil {
 		return nil
 	}

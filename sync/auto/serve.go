@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	gosync "sync"
 	"time"
@@ -22,6 +24,45 @@ import (
 
 // AdvicePath is where a server that runs the advisor answers.
 const AdvicePath = "/v1/transport/advice"
+
+// ReportPath is where a node that fetched with --transport auto tells the
+// advisor what the fetch cost it.
+const ReportPath = "/v1/transport/report"
+
+// CostReport is the body of POST /v1/transport/report: a node fetched
+// Bytes over Transport and its process spent CPUSeconds (user+sys) on it.
+type CostReport struct {
+	Transport  string  `json:"transport"`
+	Bytes      int64   `json:"bytes"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	Node       string  `json:"node,omitempty"`
+}
+
+// CPUEstimate is the answer of POST /v1/transport/report: the advisor's
+// estimate for the transport once the report is counted.
+type CPUEstimate struct {
+	Transport  string  `json:"transport"`
+	CPUPerByte float64 `json:"cpu_seconds_per_byte"`
+	Reports    int     `json:"reports"` // reports it is made of; 0: the default
+	Counted    bool    `json:"counted"` // false: the fetch was under MinReportBytes
+}
+
+// MinReportBytes is the fetch below which a report is not counted: fixed
+// costs (the process, the commit, the advice) dominate its CPU time.
+const MinReportBytes = 1 << 20
+
+// cpuWeight is the weight of a new report in the exponentially weighted
+// mean of CPU seconds per byte: the last ~5 reports make most of it.
+const cpuWeight = 0.2
+
+// maxReport bounds the body of a report.
+const maxReport = 4 << 10
+
+// cpuEstimate is the learned cost of one transport.
+type cpuEstimate struct {
+	perByte float64
+	reports int
+}
 
 // Advice is the answer of POST /v1/transport/advice.
 type Advice struct {
@@ -42,6 +83,8 @@ type Advisor struct {
 	Uplink float64 // server uplink, bytes/s
 	// NodeLink is a node's link, bytes/s (0: as Uplink).
 	NodeLink float64
+	// NodeCores is how many cores the nodes share (0: each its own).
+	NodeCores float64
 	// Gather is how long the first request for a commit waits for others;
 	// GatherBytes the delta below which nobody waits.
 	Gather      time.Duration
@@ -50,6 +93,7 @@ type Advisor struct {
 
 	mu     gosync.Mutex
 	groups map[chunk.ID]*group
+	cpu    map[string]cpuEstimate
 }
 
 // group is the nodes asking for one commit together.
@@ -195,10 +239,129 @@ func (a *Advisor) decide(want chunk.ID, g *group, in Inputs) {
 		time.Since(g.first).Seconds(), adv.Reason)
 }
 
-// inputs gathers what the server knows now: which transports it runs and
-// what its multicast sessions cost.
+// Mount serves the advice (POST AdvicePath) and the nodes' reports (POST
+// ReportPath) on srv, with the role of a read: a node that may fetch may
+// ask and report.
+func (a *Advisor) Mount(srv *simsync.Server) {
+	srv.Handle("POST "+AdvicePath, a)
+	srv.Handle("POST "+ReportPath, http.HandlerFunc(a.ServeReport))
+}
+
+// ServeReport answers POST /v1/transport/report (a CostReport): a report of a
+// fetch of MinReportBytes or more moves the transport's estimate of CPU
+// seconds per byte (the first replaces the default, later ones are
+// weighed in by cpuWeight), which the next choices use.
+func (a *Advisor) ServeReport(w http.ResponseWriter, r *http.Request) {
+	rep, field, err := decodeReport(w, r)
+	if err != nil {
+		status := http.StatusBadRequest
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, field+": "+err.Error(), status)
+		return
+	}
+	node := rep.Node
+	if node == "" {
+		node = r.RemoteAddr
+	}
+	est := CPUEstimate{Transport: rep.Transport}
+	a.mu.Lock()
+	e, ok := a.cpu[rep.Transport]
+	if rep.Bytes >= MinReportBytes {
+		v := rep.CPUSeconds / float64(rep.Bytes)
+		if !ok {
+			e.perByte = v
+		} else {
+			e.perByte += cpuWeight * (v - e.perByte)
+		}
+		e.reports++
+		if a.cpu == nil {
+			a.cpu = map[string]cpuEstimate{}
+		}
+		a.cpu[rep.Transport] = e
+		est.Counted = true
+	}
+	est.CPUPerByte, est.Reports = e.perByte, e.reports
+	a.mu.Unlock()
+	if est.Reports == 0 {
+		est.CPUPerByte = DefaultCPUPerByte(rep.Transport)
+	}
+	if est.Counted {
+		a.logf("%s cost %s %.2f CPU-s for %s (%.1f ns/B): estimate %.1f ns/B from %d reports", rep.Transport, node,
+			rep.CPUSeconds, human(float64(rep.Bytes)), rep.CPUSeconds/float64(rep.Bytes)*1e9, est.CPUPerByte*1e9, est.Reports)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(est)
+}
+
+// decodeReport reads a CostReport, or says which field is wrong.
+func decodeReport(w http.ResponseWriter, r *http.Request) (CostReport, string, error) {
+	var in struct {
+		Transport  *string  `json:"transport"`
+		Bytes      *int64   `json:"bytes"`
+		CPUSeconds *float64 `json:"cpu_seconds"`
+		Node       string   `json:"node"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxReport))
+	if err := dec.Decode(&in); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			want := "a number"
+			switch te.Type.Kind() {
+			case reflect.String:
+				want = "a string"
+			case reflect.Int64:
+				want = "an integer"
+			}
+			return CostReport{}, te.Field, fmt.Errorf("%s, want %s", te.Value, want)
+		}
+		return CostReport{}, "body", err
+	}
+	if dec.More() {
+		return CostReport{}, "body", errors.New("one JSON object, nothing after it")
+	}
+	switch {
+	case in.Transport == nil:
+		return CostReport{}, "transport", errors.New("missing")
+	case *in.Transport != HTTP && *in.Transport != Multicast && *in.Transport != BitTorrent:
+		return CostReport{}, "transport", fmt.Errorf("%q: want http, multicast or bittorrent", *in.Transport)
+	case in.Bytes == nil:
+		return CostReport{}, "bytes", errors.New("missing")
+	case *in.Bytes < 0 || *in.Bytes > 1<<50:
+		return CostReport{}, "bytes", fmt.Errorf("%d: want 0 to 2^50", *in.Bytes)
+	case in.CPUSeconds == nil:
+		return CostReport{}, "cpu_seconds", errors.New("missing")
+	case math.IsNaN(*in.CPUSeconds) || *in.CPUSeconds < 0 || *in.CPUSeconds > 1e6:
+		return CostReport{}, "cpu_seconds", fmt.Errorf("%g: want 0 to 1e6", *in.CPUSeconds)
+	case len(in.Node) > 256:
+		return CostReport{}, "node", errors.New("longer than 256 bytes")
+	}
+	return CostReport{Transport: *in.Transport, Bytes: *in.Bytes, CPUSeconds: *in.CPUSeconds, Node: in.Node}, "", nil
+}
+
+// CPU is the advisor's estimate of CPU seconds per byte for transport t
+// and the reports it is made of (0: the default).
+func (a *Advisor) CPU(t string) (perByte float64, reports int) {
+	a.mu.Lock()
+	e, ok := a.cpu[t]
+	a.mu.Unlock()
+	if !ok {
+		return DefaultCPUPerByte(t), 0
+	}
+	return e.perByte, e.reports
+}
+
+// inputs gathers what the server knows now: which transports it runs,
+// what its multicast sessions cost, and what fetches cost the nodes.
 func (a *Advisor) inputs(r *http.Request, bytes int64) Inputs {
-	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink}
+	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink, NodeCores: a.NodeCores,
+		CPUPerByte: map[string]float64{}}
+	for _, t := range []string{HTTP, Multicast, BitTorrent} {
+		in.CPUPerByte[t], _ = a.CPU(t)
+	}
 	if a.Server.Serves("GET", "/v1/bt/torrent") {
 		in.Available = append(in.Available, BitTorrent)
 	}
@@ -256,6 +419,7 @@ type serveFlags struct {
 	uplink   string
 	nodeRate string
 	gather   time.Duration
+	cores    float64
 	off      bool
 }
 
@@ -263,6 +427,7 @@ func (s *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&s.uplink, "auto-uplink", "1Gbit", "transport auto: the server's uplink `RATE` the choice assumes (100Mbit, 1Gbit, 25M = 25 MB/s)")
 	f.StringVar(&s.nodeRate, "auto-node-rate", "0", "transport auto: a node's link `RATE` (upload and download) the choice assumes; 0: as --auto-uplink")
 	f.DurationVar(&s.gather, "auto-gather", 2*time.Second, "transport auto: how long the first node asking for a large delta waits for others asking for the same commit")
+	f.Float64Var(&s.cores, "auto-node-cores", 0, "transport auto: the `C` cores the nodes share (nodes in network namespaces or VMs on one host: their CPU, not the network, may decide); 0: each node has its own CPU")
 	f.BoolVar(&s.off, "no-auto", false, "do not advise nodes fetching with --transport auto (they use HTTP)")
 }
 
@@ -287,8 +452,11 @@ func (s *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	if s.gather < 0 || s.gather > time.Minute {
 		return nil, &simsync.FlagError{Flag: "auto-gather", Value: s.gather.String(), Err: fmt.Errorf("want 0 to 1m")}
 	}
-	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
-	env.Server.Handle("POST "+AdvicePath, a)
+	if math.IsNaN(s.cores) || s.cores < 0 || s.cores > 1<<20 {
+		return nil, &simsync.FlagError{Flag: "auto-node-cores", Value: strconv.FormatFloat(s.cores, 'g', -1, 64), Err: fmt.Errorf("want 0 or a number of cores")}
+	}
+	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), NodeCores: s.cores, Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
+	a.Mount(env.Server)
 	return closer{}, nil
 }
 

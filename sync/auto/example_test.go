@@ -1,0 +1,27 @@
+package auto_test
+
+import (
+	"fmt"
+
+	"github.com/systemimager/sim/sync/auto"
+)
+
+// The lab of bench/fleetbench.sh at 50 nodes: a 1 Gbit/s server, nodes
+// on 100 Mbit/s, all in network namespaces on one 2-core machine
+// (sim serve --auto-uplink 1Gbit --auto-node-rate 100Mbit
+// --auto-node-cores 2), installing a 65 MB image.
+func ExampleChoose() {
+	c := auto.Choose(auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: 125e6, NodeUplink: 12.5e6, NodeCores: 2,
+		Available: []string{auto.BitTorrent, auto.Multicast}})
+	fmt.Println(c.Transport)
+	fmt.Println(c.Reason)
+	// The README's example: 16 nodes with their own CPUs behind 10 Gbit/s.
+	c = auto.Choose(auto.Inputs{Bytes: 65.2e6, Nodes: 16, Uplink: 1.25e9, Available: []string{auto.BitTorrent, auto.Multicast}})
+	fmt.Println(c.Transport)
+	fmt.Println(c.Reason)
+	// Output:
+	// http
+	// 50 nodes asking for 65.0 MB at 1 Gbit/s, nodes at 100 Mbit/s, sharing 2 cores: predicted http 35.8 s (cpu-bound), multicast 75.8 s (cpu-bound), bittorrent 76.8 s (cpu-bound); cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)
+	// http
+	// 16 nodes asking for 65.2 MB at 10 Gbit/s: predicted http 1.4 s (cpu-bound), multicast 4.0 s (cpu-bound), bittorrent 5.0 s (cpu-bound)
+}
