@@ -30,6 +30,10 @@ type Engine struct {
 	Log     *log.Logger
 	// Transports are the names --transport may take besides auto.
 	Transports []string
+	// Chooser, when set, is sim serve's transport advisor: --transport
+	// auto weighs the server's uplink, the nodes' links and cores and the
+	// costs nodes reported; without it the model's defaults.
+	Chooser auto.Chooser
 
 	mu  gosync.Mutex
 	rs  map[string]*Rollout
@@ -49,11 +53,13 @@ type Engine struct {
 // New starts the engine of st: rollouts a previous server left running
 // carry on (their outstanding orders are sent again; a node that carried
 // one out meanwhile answers with its result).
-func New(st *store.Store, fl *fleet.Service, pl *simsync.Planner, transports []string, lg *log.Logger) (*Engine, error) {
+//
+// ch, when not nil, is sim serve's transport advisor (Engine.Chooser).
+func New(st *store.Store, fl *fleet.Service, pl *simsync.Planner, transports []string, ch auto.Chooser, lg *log.Logger) (*Engine, error) {
 	if lg == nil {
 		lg = log.New(io.Discard, "", 0)
 	}
-	e := &Engine{Store: st, Fleet: fl, Planner: pl, Log: lg, Transports: transports, rs: map[string]*Rollout{},
+	e := &Engine{Store: st, Fleet: fl, Planner: pl, Log: lg, Transports: transports, Chooser: ch, rs: map[string]*Rollout{},
 		est: map[[2]chunk.ID]int64{}, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	all, err := List(st.Dir())
 	if err != nil {
@@ -467,7 +473,11 @@ func (e *Engine) transport(r *Rollout, name string) (string, int64) {
 				avail = append(avail, x)
 			}
 		}
-		t = auto.Choose(auto.Inputs{Bytes: planned, Nodes: len(wave), Available: avail}).Transport
+		if e.Chooser != nil {
+			t = e.Chooser.Choose(planned, len(wave), avail).Transport
+		} else {
+			t = auto.Choose(auto.Inputs{Bytes: planned, Nodes: len(wave), Available: avail}).Transport
+		}
 	}
 	return t, planned
 }

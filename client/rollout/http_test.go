@@ -36,7 +36,7 @@ func TestHTTPActions(t *testing.T) {
 	for _, n := range []string{"n1", "n2"} {
 		fl.InstallStatus(n, install.Status{Node: n, Step: "done", State: install.Done})
 	}
-	eng, err := New(st, fl, simsync.NewPlanner(st), []string{"http"}, nil)
+	eng, err := New(st, fl, simsync.NewPlanner(st), []string{"http"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

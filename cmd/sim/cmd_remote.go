@@ -25,6 +25,7 @@ import (
 	"github.com/systemimager/sim/client/rollout"
 	"github.com/systemimager/sim/store"
 	simsync "github.com/systemimager/sim/sync"
+	"github.com/systemimager/sim/sync/auto"
 	"github.com/systemimager/sim/sync/bt"
 	"github.com/systemimager/sim/sync/mcast"
 	"github.com/systemimager/sim/sync/units"
@@ -265,7 +266,13 @@ the server shows the fleet live (the page at /; --no-ui leaves it out).`,
 			for _, k := range simsync.Transports() {
 				names = append(names, k.Name)
 			}
-			eng, err := rollout.New(st, fl, srv.Planner, names, logw)
+			var ch auto.Chooser
+			for _, s := range sv.services {
+				if c, ok := s.(auto.Chooser); ok {
+					ch = c
+				}
+			}
+			eng, err := rollout.New(st, fl, srv.Planner, names, ch, logw)
 			if err != nil {
 				fl.Close()
 				return fmt.Errorf("serve: rollouts: %w", err)

@@ -357,17 +357,24 @@ func (a *Advisor) CPU(t string) (perByte float64, reports int) {
 // inputs gathers what the server knows now: which transports it runs,
 // what its multicast sessions cost, and what fetches cost the nodes.
 func (a *Advisor) inputs(r *http.Request, bytes int64) Inputs {
-	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink, NodeCores: a.NodeCores,
-		CPUPerByte: map[string]float64{}}
-	for _, t := range []string{HTTP, Multicast, BitTorrent} {
-		in.CPUPerByte[t], _ = a.CPU(t)
-	}
+	in := a.baseInputs(bytes)
 	if a.Server.Serves("GET", "/v1/bt/torrent") {
 		in.Available = append(in.Available, BitTorrent)
 	}
 	if a.Server.Serves("POST", "/v1/mcast/open") {
 		in.Available = append(in.Available, Multicast)
 		in.McastOverhead = a.mcastOverhead(r)
+	}
+	return in
+}
+
+// baseInputs is what the advisor knows of the server, the nodes and the
+// costs, for a fetch of bytes.
+func (a *Advisor) baseInputs(bytes int64) Inputs {
+	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink, NodeCores: a.NodeCores,
+		CPUPerByte: map[string]float64{}}
+	for _, t := range []string{HTTP, Multicast, BitTorrent} {
+		in.CPUPerByte[t], _ = a.CPU(t)
 	}
 	return in
 }
@@ -457,7 +464,27 @@ func (s *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	}
 	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), NodeCores: s.cores, Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
 	a.Mount(env.Server)
-	return closer{}, nil
+	return service{a}, nil
+}
+
+// service is the advisor as sim serve holds it: rollouts of the same
+// server choose through it (Chooser), with its uplink, node links, cores
+// and learned costs.
+type service struct{ a *Advisor }
+
+func (service) Close() {}
+
+// Choose is the model on what the advisor knows now, for nodes fetching
+// bytes together over http or one of avail.
+func (s service) Choose(bytes int64, nodes int, avail []string) Choice {
+	in := s.a.baseInputs(bytes)
+	in.Nodes, in.Available = nodes, avail
+	return Choose(in)
+}
+
+// Chooser is what a sim serve service that chooses transports offers.
+type Chooser interface {
+	Choose(bytes int64, nodes int, avail []string) Choice
 }
 
 type closer struct{}
