@@ -162,6 +162,12 @@ func TestReceiverMemoryChild(t *testing.T) {
 			}
 		}
 	}()
+	if prof != "" {
+		if f, err := os.Create(prof + ".cpu"); err == nil {
+			pprof.StartCPUProfile(f)
+			defer f.Close()
+		}
+	}
 	var ru0, ru1 syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	start := time.Now()
@@ -203,6 +209,9 @@ func TestReceiverMemoryChild(t *testing.T) {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	close(stop)
 	<-stopped
+	if prof != "" {
+		pprof.StopCPUProfile()
+	}
 	tv := func(a, b syscall.Timeval) float64 { return float64(b.Nano()-a.Nano()) / 1e9 }
 	rep.User, rep.Sys = tv(ru0.Utime, ru1.Utime), tv(ru0.Stime, ru1.Stime)
 	rep.CPU = rep.User + rep.Sys
