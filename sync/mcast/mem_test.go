@@ -46,6 +46,7 @@ type memReport struct {
 	User, Sys float64
 	Seconds   float64 `json:"seconds"`
 	Result    string  `json:"result"`
+	PeakMem   int64   `json:"peak_mem"` // Result.PeakMem: the receiver's window of objects
 	Err       string  `json:"err,omitempty"`
 }
 
@@ -73,7 +74,7 @@ func TestReceiverMemory(t *testing.T) {
 	m.Mount(hsrv)
 	hs := httptest.NewServer(hsrv)
 	defer hs.Close()
-	modes := []string{"install"}
+	modes := []string{"receive", "install"}
 	if s := os.Getenv("SIM_MCAST_MEM_MODES"); s != "" {
 		modes = strings.Split(s, ",")
 	}
@@ -100,19 +101,39 @@ func TestReceiverMemory(t *testing.T) {
 		if !found {
 			t.Fatalf("%s: no report:\n%s", mode, out)
 		}
-		t.Logf("%s: peak heap in use %.1f MB, heap mapped %.1f MB, max RSS %.1f MB, CPU %.2f s (user %.2f, sys %.2f) in %.1f s; %s",
-			mode, float64(rep.PeakInuse)/1e6, float64(rep.PeakHeap)/1e6, float64(rep.MaxRSS)/1e6, rep.CPU, rep.User, rep.Sys, rep.Seconds, rep.Result)
+		t.Logf("%s: peak heap in use %.1f MB, heap mapped %.1f MB, max RSS %.1f MB, objects held %.1f MB, CPU %.2f s (user %.2f, sys %.2f) in %.1f s; %s",
+			mode, float64(rep.PeakInuse)/1e6, float64(rep.PeakHeap)/1e6, float64(rep.MaxRSS)/1e6, float64(rep.PeakMem)/1e6, rep.CPU, rep.User, rep.Sys, rep.Seconds, rep.Result)
 		if rep.Err != "" {
 			t.Errorf("%s: %s", mode, rep.Err)
 		}
-		if mode == "install" && rep.PeakInuse > memBound {
-			t.Errorf("install: the receiver's heap peaked at %.1f MB, over the %.0f MB bound", float64(rep.PeakInuse)/1e6, float64(memBound)/1e6)
+		if mode != "http" && rep.PeakMem > memWindow {
+			t.Errorf("%s: the receiver held %.1f MB of objects at once, over %.0f MB (a few objects)", mode, float64(rep.PeakMem)/1e6, float64(memWindow)/1e6)
+		}
+		if mode == "receive" && rep.PeakInuse > memBound {
+			t.Errorf("receive: the receiver's heap peaked at %.1f MB, over the %.0f MB bound", float64(rep.PeakInuse)/1e6, float64(memBound)/1e6)
 		}
 	}
 }
 
-// memBound bounds the heap of a multicast install (see TestReceiverMemory).
-const memBound = 1 << 40
+// memWindow bounds the objects a receiver holds at once in
+// TestReceiverMemory's transfer (no loss): the one or two arriving and
+// the one or two the decoder has (objects are about 4 MiB of stored
+// frames; corpus v2 makes 43 of 1.5 MB on average). Before objects were
+// decoded as they completed, a receiver held all of them: 65 MB.
+const memWindow = 24 << 20
+
+// memBound bounds the receiver's heap (HeapInuse, sampled) in
+// TestReceiverMemory's receive mode: the window (memWindow at most),
+// the Sink's decoded frames (a 4 MiB buffer or two) and the store's
+// fixed part (badger's memtable arenas, 21 MB, the pack writer), about
+// 45 MB live, and the GC's slack (GOGC=100: the heap grows to twice
+// what was live at the last collection): 90 MB, and a margin. Measured:
+// 80 MB; before (every object held until the last block was in, then
+// decoded at once) 177 MB, growing with the image. The install (with
+// the checkout beside the fetch) adds the Feed's frames (up to
+// sync.DefaultFeedBytes, 128 MiB) and the store's frame cache (48 MiB)
+// when the checkout trails the fetch: it is measured, not bounded here.
+const memBound = 120e6
 
 // TestReceiverMemoryChild is the measured receiver of TestReceiverMemory
 // (skipped unless run by it).
@@ -156,6 +177,9 @@ func TestReceiverMemoryChild(t *testing.T) {
 			if prof != "" && inuse > lastProf+lastProf/10 {
 				// a heap profile near the peak: what is live there
 				lastProf = inuse
+				if os.Getenv("SIM_MCAST_MEM_GC") != "" {
+					runtime.GC() // the profile then shows what is live now
+				}
 				var b strings.Builder
 				pprof.Lookup("heap").WriteTo(&b, 0)
 				peakProf = []byte(b.String())
@@ -187,6 +211,7 @@ func TestReceiverMemoryChild(t *testing.T) {
 			rep.Result = fmt.Sprintf("fetched %d bytes (wire), feed %+v", res.Transfer.WireBytes, res.Feed)
 			if mode == "install" {
 				if mr, ok := res.Transfer.Report.(Result); ok {
+					rep.PeakMem = mr.PeakMem
 					rep.Result += fmt.Sprintf("; multicast %+v", mr)
 					if !mr.Complete {
 						rep.Err = "multicast incomplete"
@@ -200,6 +225,7 @@ func TestReceiverMemoryChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		res, err := receiveDoc(ctx, o, lo, st)
+		rep.PeakMem = res.PeakMem
 		rep.Result = fmt.Sprintf("%+v", res)
 		if err != nil || !res.Complete {
 			rep.Err = fmt.Sprintf("receive: %v complete=%v", err, res.Complete)

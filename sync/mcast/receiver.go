@@ -82,6 +82,9 @@ type Result struct {
 	Recovered int64   `json:"fec_recovered"`      // data blocks rebuilt from repair shards (then verified with their object)
 	Blobs     int64   `json:"blobs"`
 	Seconds   float64 `json:"seconds"`
+	// PeakMem is the most bytes of objects held at once (being put
+	// together or decoded; ReceiveConfig.MemLimit bounds it).
+	PeakMem int64 `json:"peak_mem"`
 }
 
 // rxObject is an object being put together.
@@ -621,6 +624,7 @@ func (r *receiver) alloc(o *rxObject, size uint32) bool {
 		o.buf = r.getBuf(o.size)
 		o.have = make([]uint64, (o.nblocks+63)/64)
 		r.mem += int64(o.size)
+		r.res.PeakMem = max(r.res.PeakMem, r.mem)
 	}
 	return int(size) == o.size
 }
