@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -32,7 +33,8 @@ const memCorpus = "/var/cache/sim/corpus/v2"
 // memChildEnv, set, makes the test binary the measured receiver: mode
 // (install: node.Checkout through the multicast transport, as sim
 // checkout --transport multicast does; http: the same over HTTP;
-// receive: Receive alone into a Sink), the server's URL, and where a
+// receive: Receive alone into a Sink; lossy: receive losing 1% of the
+// data datagrams), the server's URL, and where a
 // heap profile at the peak goes (may be empty).
 const memChildEnv = "SIM_MCAST_MEM_CHILD"
 
@@ -219,12 +221,18 @@ func TestReceiverMemoryChild(t *testing.T) {
 				}
 			}
 		}
-	case "receive":
+	case "receive", "lossy":
 		o, err := OpenRemote(ctx, r, mustResolve(t, r))
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := receiveDoc(ctx, o, lo, st)
+		var drop func(*Data) bool
+		if mode == "lossy" {
+			// 1% of the data datagrams lost: FEC rebuilds, repair passes
+			rng := mrand.New(mrand.NewPCG(1, 2))
+			drop = func(*Data) bool { return rng.Float64() < 0.01 }
+		}
+		res, err := receiveDoc(ctx, o, lo, st, drop)
 		rep.PeakMem = res.PeakMem
 		rep.Result = fmt.Sprintf("%+v", res)
 		if err != nil || !res.Complete {
@@ -260,7 +268,7 @@ func mustResolve(t *testing.T, r *simsync.Remote) chunk.ID {
 
 // receiveDoc receives the session of document o into st, alone (no
 // checkout beside it).
-func receiveDoc(ctx context.Context, o *OpenResponse, lo *net.Interface, st *store.Store) (Result, error) {
+func receiveDoc(ctx context.Context, o *OpenResponse, lo *net.Interface, st *store.Store, drop func(*Data) bool) (Result, error) {
 	g, err := net.ResolveUDPAddr("udp4", o.Group)
 	if err != nil {
 		return Result{}, err
@@ -270,7 +278,7 @@ func receiveDoc(ctx context.Context, o *OpenResponse, lo *net.Interface, st *sto
 		return Result{}, err
 	}
 	sink := simsync.NewSink(st)
-	res, err := Receive(ctx, ReceiveConfig{Group: g, Iface: lo, Session: id, Want: o.Want, Has: st.HasMany, Timeout: 15 * time.Second}, sink)
+	res, err := Receive(ctx, ReceiveConfig{Group: g, Iface: lo, Session: id, Want: o.Want, Has: st.HasMany, Timeout: 15 * time.Second, drop: drop}, sink)
 	if _, cerr := sink.Close(); err == nil {
 		err = cerr
 	}
