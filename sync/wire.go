@@ -331,14 +331,48 @@ func decodeCap(ulen uint64, n int) int {
 // verifies (a Sink does). It returns ErrTruncated if the stream ends
 // early; what was handed to rcv before that stays valid.
 func Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
-	cr := &countReader{r: in}
-	defer func() { st.WireBytes = cr.n }()
-	r := &wireReader{br: bufio.NewReaderSize(cr, 256<<10)}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxWireFrame))
+	d, err := NewDecoder()
 	if err != nil {
 		return st, err
 	}
-	defer dec.Close()
+	defer d.Close()
+	return d.Decode(in, rcv)
+}
+
+// A Decoder decodes streams one after another (Decode), keeping its
+// read buffer, frame payload buffer and zstd decoder from one to the
+// next: a multicast receiver decodes an object of a few MiB at a time,
+// and fresh buffers for each were garbage several times the image. Not
+// safe for concurrent use.
+type Decoder struct {
+	br      *bufio.Reader
+	payload []byte
+	dec     *zstd.Decoder
+}
+
+// NewDecoder returns a Decoder; Close it when done.
+func NewDecoder() (*Decoder, error) {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxWireFrame))
+	if err != nil {
+		return nil, err
+	}
+	return &Decoder{br: bufio.NewReaderSize(nil, 256<<10), dec: dec}, nil
+}
+
+// Close releases the zstd decoder.
+func (d *Decoder) Close() { d.dec.Close() }
+
+// Decode is the package's Decode, with d's buffers.
+func (d *Decoder) Decode(in io.Reader, rcv Receiver) (st DecodeStats, err error) {
+	cr := &countReader{r: in}
+	defer func() { st.WireBytes = cr.n }()
+	d.br.Reset(cr)
+	r := &wireReader{br: d.br, payload: d.payload}
+	defer func() {
+		d.payload = r.payload
+		d.br.Reset(nil)
+	}()
+	dec := d.dec
 	magic := make([]byte, len(wireMagic))
 	if r.full(magic); r.err != nil {
 		return st, r.err

@@ -38,8 +38,9 @@ type ReceiveConfig struct {
 	// Timeout gives up when nothing arrives from the session for that
 	// long (and, before any announcement, on finding none).
 	Timeout time.Duration
-	// MemLimit bounds the bytes of objects being put together; beyond it
-	// new objects are left for a repair pass.
+	// MemLimit bounds the bytes of objects being put together or
+	// waiting for the decoder (0: DefaultMemLimit); beyond it new objects
+	// are left for a repair pass (an object alone is always taken).
 	MemLimit int64
 	// Progress, if set, is called about once a second.
 	Progress func(Result)
@@ -81,6 +82,9 @@ type Result struct {
 	Recovered int64   `json:"fec_recovered"`      // data blocks rebuilt from repair shards (then verified with their object)
 	Blobs     int64   `json:"blobs"`
 	Seconds   float64 `json:"seconds"`
+	// PeakMem is the most bytes of objects held at once (being put
+	// together or decoded; ReceiveConfig.MemLimit bounds it).
+	PeakMem int64 `json:"peak_mem"`
 }
 
 // rxObject is an object being put together.
@@ -134,17 +138,26 @@ type receiver struct {
 	answered         uint8
 	lastNak          time.Time
 	ready            []decodeJob // complete objects not yet handed to the decoder
-	readyBytes       int64
 	dq               decodeQueue
 	inflight         int // objects handed to the decoder, not finished
+	// free holds buffers of objects the decoder is done with, for the
+	// next objects (a fresh buffer per object was garbage the size of
+	// the image, and a heap twice the window's with GOGC=100)
+	free [][]byte
 }
 
-// decodeAhead is how many bytes of complete objects a receiver holds
-// before it verifies them while datagrams still arrive. Below it,
-// verification (decompression, BLAKE3, writing) waits until the node has
-// every block it needs: on a busy host it would otherwise compete with
-// receiving (and lose datagrams), and the sender's session ends sooner.
-const decodeAhead = 256 << 20
+// DefaultMemLimit is ReceiveConfig.MemLimit's default: the window of
+// objects a receiver holds, whatever the image's size. Objects go to the
+// decoder (decompression, BLAKE3, the store) as soon as each is
+// complete, so without loss the window holds the one or two objects
+// being received and the one being decoded (objects are about 4 MiB);
+// with loss, also those still missing blocks until the pass end.
+// Objects that would take it past the limit are left for the next pass
+// (reported whole), and what a session cannot bring comes over HTTP.
+const DefaultMemLimit = 64 << 20
+
+// maxFree is how many object buffers a receiver keeps for reuse.
+const maxFree = 4
 
 // decodeQueue hands objects to the decoder goroutine and results back,
 // without bounds on either side (no deadlock however many objects).
@@ -208,7 +221,7 @@ func Receive(ctx context.Context, cfg ReceiveConfig, rcv simsync.Receiver) (Resu
 		cfg.Timeout = 10 * time.Second
 	}
 	if cfg.MemLimit <= 0 {
-		cfg.MemLimit = 1 << 30
+		cfg.MemLimit = DefaultMemLimit
 	}
 	r := &receiver{cfg: cfg, rcv: rcv, id: cfg.Session}
 	if cfg.Key != nil {
@@ -411,9 +424,11 @@ func (r *receiver) loop(ctx context.Context) error {
 		for _, d := range r.dq.take() {
 			r.finish(d)
 		}
-		if r.readyBytes > decodeAhead {
-			r.flush()
-		}
+		// Complete objects are verified and stored at once, while the
+		// rest arrives (on another core): holding them until every
+		// block was in held the whole image in memory (and the decoded
+		// frames, racing ahead of the checkout, too).
+		r.flush()
 		if r.man != nil && r.complete() {
 			// Every block is here: say so at once (the sender stops
 			// waiting for us at pass ends), then verify. An object that
@@ -600,15 +615,16 @@ func (r *receiver) alloc(o *rxObject, size uint32) bool {
 		if o.size != 0 && o.size != int(size) {
 			return false
 		}
-		if r.mem+int64(size) > r.cfg.MemLimit {
+		if r.mem > 0 && r.mem+int64(size) > r.cfg.MemLimit {
 			return false // left for a repair pass
 		}
 		blk := int(r.ann.Block)
 		o.size = int(size)
 		o.nblocks = (o.size + blk - 1) / blk
-		o.buf = make([]byte, o.size)
+		o.buf = r.getBuf(o.size)
 		o.have = make([]uint64, (o.nblocks+63)/64)
 		r.mem += int64(o.size)
+		r.res.PeakMem = max(r.res.PeakMem, r.mem)
 	}
 	return int(size) == o.size
 }
@@ -624,8 +640,44 @@ func (r *receiver) objectIn(i uint32) {
 		return
 	}
 	r.ready = append(r.ready, decodeJob{i, o.buf})
-	r.readyBytes += int64(len(o.buf))
 }
+
+// getBuf returns a buffer of n bytes, a free one when one is big enough.
+// Its bytes are not zeroed: every byte of an object is written (by a
+// data block or a rebuilt one) before the object is complete.
+func (r *receiver) getBuf(n int) []byte {
+	for i, b := range r.free {
+		if cap(b) >= n {
+			r.free[i] = r.free[len(r.free)-1]
+			r.free = r.free[:len(r.free)-1]
+			return b[:n]
+		}
+	}
+	return make([]byte, n)
+}
+
+// putBuf keeps b (no longer used) for a later object.
+func (r *receiver) putBuf(b []byte) {
+	if b == nil || cap(b) > 2*maxFrameObject {
+		return
+	}
+	if len(r.free) < maxFree {
+		r.free = append(r.free, b)
+		return
+	}
+	// keep the biggest
+	for i, x := range r.free {
+		if cap(x) < cap(b) {
+			r.free[i] = b
+			return
+		}
+	}
+}
+
+// maxFrameObject is about the size the sender cuts objects at (4 MiB of
+// stored frames, a frame more at most); buffers beyond twice it (a rare
+// big object) are not kept.
+const maxFrameObject = 8 << 20
 
 // repair1 takes a repair shard: kept with its FEC block's until the
 // block has all its data, and used as soon as data and shards make k.
@@ -771,6 +823,7 @@ func (r *receiver) manifest(o *rxObject) {
 	}
 	r.man = m
 	r.mem -= int64(o.size)
+	r.putBuf(o.buf)
 	o.buf = nil
 	for i, oi := range m.Objects {
 		x := &r.objs[i+1]
@@ -789,6 +842,7 @@ func (r *receiver) manifest(o *rxObject) {
 					x.needed = -1
 					if x.buf != nil {
 						r.mem -= int64(x.size)
+						r.putBuf(x.buf)
 						x.buf, x.have = nil, nil
 					}
 				}
@@ -806,9 +860,12 @@ func (r *receiver) manifest(o *rxObject) {
 
 // flush hands the complete objects to the decoder.
 func (r *receiver) flush() {
+	if len(r.ready) == 0 {
+		return
+	}
 	r.inflight += len(r.ready)
 	r.dq.push(r.ready...)
-	r.ready, r.readyBytes = nil, 0
+	r.ready = r.ready[:0]
 }
 
 // verifyAll flushes and waits for the decoder to finish every object.
@@ -828,6 +885,13 @@ func (r *receiver) verifyAll() {
 func (r *receiver) decoder() {
 	q := &r.dq
 	defer close(q.done)
+	// one Decoder for every object: its buffers and zstd decoder are
+	// reused from one object to the next
+	dec, derr := simsync.NewDecoder()
+	if derr == nil {
+		defer dec.Close()
+	}
+	br := bytes.NewReader(nil)
 	for {
 		q.mu.Lock()
 		if len(q.jobs) == 0 {
@@ -842,7 +906,12 @@ func (r *receiver) decoder() {
 		j := q.jobs[0]
 		q.jobs = q.jobs[1:]
 		q.mu.Unlock()
-		ds, err := simsync.Decode(bytes.NewReader(j.buf), r.rcv)
+		var ds simsync.DecodeStats
+		err := derr
+		if err == nil {
+			br.Reset(j.buf)
+			ds, err = dec.Decode(br, r.rcv)
+		}
 		q.mu.Lock()
 		q.results = append(q.results, decodeResult{j.obj, ds.Blobs, err})
 		q.mu.Unlock()
@@ -855,6 +924,7 @@ func (r *receiver) finish(d decodeResult) {
 	r.inflight--
 	o := &r.objs[d.obj]
 	r.mem -= int64(o.size)
+	r.putBuf(o.buf)
 	o.buf = nil
 	r.res.Blobs += d.blobs
 	if d.err != nil {
