@@ -62,7 +62,7 @@ func TestChoose(t *testing.T) {
 			return ""
 		}},
 		{"the reason names the figures", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast, func(c auto.Choice) string {
-			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 4.0 s (cpu-bound)", "bittorrent 5.0 s (cpu-bound)", "http 8.3 s"} {
+			for _, s := range []string{"16 nodes", "65.0 MB", "1 Gbit/s", "multicast 2.5 s (cpu-bound)", "bittorrent 3.9 s (cpu-bound)", "http 8.3 s"} {
 				if !strings.Contains(c.Reason, s) {
 					return fmt.Sprintf("reason %q lacks %q", c.Reason, s)
 				}
@@ -72,24 +72,28 @@ func TestChoose(t *testing.T) {
 			}
 			return ""
 		}},
-		// The node's CPU: 65 MB cost a node about 1.4 CPU-s over HTTP and
-		// 3.0 over multicast or a swarm (the defaults, 22 and 46 ns/B).
-		// Each node is bound by its own CPU time; nodes sharing C cores
-		// by all of theirs over C.
-		{"50 nodes on 100 Mbit behind 1 Gbit, sharing 2 cores: CPU decides, HTTP", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2}, auto.HTTP,
-			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 75.75, auto.BitTorrent: 76.75},
-				"sharing 2 cores", "http 35.8 s (cpu-bound)", "cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)")},
-		{"50 nodes sharing 2 cores behind a 100 Mbit uplink: the uplink still decides, multicast", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: mbit100, Available: all, NodeCores: 2}, auto.Multicast,
-			predicted(map[string]float64{auto.HTTP: 260, auto.Multicast: 75.75, auto.BitTorrent: 76.75}, "multicast 75.8 s (cpu-bound)", "http 260.0 s")},
-		{"16 nodes with their own CPUs: each node's CPU floor, multicast still", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast,
-			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "multicast 4.0 s (cpu-bound)")},
+		// The node's CPU: 65 MB cost a node about 2.1 CPU-s over HTTP, 1.5
+		// over multicast and 1.95 in a swarm (the defaults, 32, 23 and 30
+		// ns/B). Each node is bound by its own CPU time; nodes sharing C
+		// cores by all of theirs over C.
+		{"50 nodes on 100 Mbit behind 1 Gbit, sharing 2 cores: CPU bounds every transport, multicast", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 52, auto.Multicast: 38.375, auto.BitTorrent: 50.75},
+				"sharing 2 cores", "multicast 38.4 s (cpu-bound)", "http 52.0 s (cpu-bound)")},
+		{"50 nodes sharing 2 cores behind a 100 Mbit uplink: HTTP bound by the uplink, multicast", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: mbit100, Available: all, NodeCores: 2}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 260, auto.Multicast: 38.375, auto.BitTorrent: 50.75}, "multicast 38.4 s (cpu-bound)", "http 260.0 s")},
+		{"4 nodes sharing 1 core, all on 10 Gbit: CPU decides, multicast", auto.Inputs{Bytes: 65e6, Nodes: 4, Uplink: 1.25e9, Available: all, NodeCores: 1}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 6.98, auto.BitTorrent: 9.8},
+				"cpu-bound: the nodes' CPU decided (the network alone: http 0.2 s)")},
+		{"16 nodes with their own CPUs: each node's CPU floor, multicast", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all}, auto.Multicast,
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 2.495, auto.BitTorrent: 3.95}, "multicast 2.5 s (cpu-bound)")},
 		{"16 nodes sharing 16 cores: as their own", auto.Inputs{Bytes: 65e6, Nodes: 16, Uplink: gbit, Available: all, NodeCores: 16}, auto.Multicast,
-			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 3.99, auto.BitTorrent: 4.99})},
+			predicted(map[string]float64{auto.HTTP: 8.32, auto.Multicast: 2.495, auto.BitTorrent: 3.95})},
 		{"1 node: its CPU floor, http", auto.Inputs{Bytes: 65e6, Nodes: 1, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP,
-			predicted(map[string]float64{auto.HTTP: 1.43, auto.Multicast: 3.99, auto.BitTorrent: 4.99}, "http 1.4 s (cpu-bound)")},
-		{"learned: receivers cheaper than the defaults, multicast on shared cores", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2,
-			CPUPerByte: map[string]float64{auto.Multicast: 10e-9, auto.BitTorrent: 12e-9}}, auto.Multicast,
-			predicted(map[string]float64{auto.HTTP: 35.75, auto.Multicast: 17.25, auto.BitTorrent: 21.5})},
+			predicted(map[string]float64{auto.HTTP: 2.08, auto.Multicast: 2.495, auto.BitTorrent: 3.95}, "http 2.1 s (cpu-bound)")},
+		{"learned: HTTP cheaper than the default on shared cores, http", auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: gbit, NodeUplink: mbit100, Available: all, NodeCores: 2,
+			CPUPerByte: map[string]float64{auto.HTTP: 10e-9}}, auto.HTTP,
+			predicted(map[string]float64{auto.HTTP: 26, auto.Multicast: 38.375, auto.BitTorrent: 50.75},
+				"http 26.0 s,", "cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)")},
 		{"a small delta: CPU does not matter", auto.Inputs{Bytes: 21e3, Nodes: 50, Uplink: gbit, Available: all, NodeCores: 2}, auto.HTTP, func(c auto.Choice) string {
 			if strings.Contains(c.Reason, "decided") {
 				return fmt.Sprintf("reason %q: the network alone chose http too", c.Reason)
@@ -447,8 +451,8 @@ func near(got, want float64) bool { return math.Abs(got-want) <= 0.01*math.Max(1
 func TestAdvisorLearns(t *testing.T) {
 	w := newWorld(t, time.Minute)
 	w.advisor.NodeCores = 1
-	if c, n := w.advisor.CPU(auto.BitTorrent); c != 46e-9 || n != 0 {
-		t.Errorf("bittorrent before reports: %g s/B from %d reports, want the default 46e-9 from 0", c, n)
+	if c, n := w.advisor.CPU(auto.BitTorrent); c != auto.DefaultCPUPerByte(auto.BitTorrent) || n != 0 {
+		t.Errorf("bittorrent before reports: %g s/B from %d reports, want the default from 0", c, n)
 	}
 	a := w.ask3(t, w.v1)
 	f := float64(a.Bytes)
@@ -464,7 +468,7 @@ func TestAdvisorLearns(t *testing.T) {
 		{`{"transport":"bittorrent","bytes":10000000,"cpu_seconds":10,"node":"n1"}`, 1e-6, 1, true},       // the first replaces the default
 		{`{"transport":"bittorrent","bytes":10000000,"cpu_seconds":5,"node":"n2"}`, 0.9e-6, 2, true},      // weighed in by 0.2
 		{`{"transport":"bittorrent","bytes":1000,"cpu_seconds":100,"node":"n3"}`, 0.9e-6, 2, false},       // too small to count
-		{`{"transport":"http","bytes":500000,"cpu_seconds":100}`, 22e-9, 0, false},                        // the default, said
+		{`{"transport":"http","bytes":500000,"cpu_seconds":100}`, auto.DefaultCPUPerByte(auto.HTTP), 0, false}, // the default, said
 		{`{"transport":"multicast","bytes":2000000,"cpu_seconds":0.1,"extra":"ignored"}`, 50e-9, 1, true}, // unknown fields are ignored
 	} {
 		e, code, body := w.report(t, c.body, "")
@@ -512,7 +516,7 @@ func TestAdvisorLearns(t *testing.T) {
 			t.Errorf("report %.80s: %d %q, want %d naming %s", c.body, code, body, c.code, c.msg)
 		}
 	}
-	if c, n := w.advisor.CPU(auto.HTTP); c != 22e-9 || n != 0 {
+	if c, n := w.advisor.CPU(auto.HTTP); c != auto.DefaultCPUPerByte(auto.HTTP) || n != 0 {
 		t.Errorf("http after refused reports: %g s/B from %d reports, want the default", c, n)
 	}
 	// A report needs what the advice needs: a read token where reads are

@@ -20,8 +20,8 @@ func ExampleChoose() {
 	fmt.Println(c.Transport)
 	fmt.Println(c.Reason)
 	// Output:
+	// multicast
+	// 50 nodes asking for 65.0 MB at 1 Gbit/s, nodes at 100 Mbit/s, sharing 2 cores: predicted multicast 38.4 s (cpu-bound), bittorrent 50.7 s (cpu-bound), http 52.0 s (cpu-bound)
 	// http
-	// 50 nodes asking for 65.0 MB at 1 Gbit/s, nodes at 100 Mbit/s, sharing 2 cores: predicted http 35.8 s (cpu-bound), multicast 75.8 s (cpu-bound), bittorrent 76.8 s (cpu-bound); cpu-bound: the nodes' CPU decided (the network alone: multicast 7.0 s)
-	// http
-	// 16 nodes asking for 65.2 MB at 10 Gbit/s: predicted http 1.4 s (cpu-bound), multicast 4.0 s (cpu-bound), bittorrent 5.0 s (cpu-bound)
+	// 16 nodes asking for 65.2 MB at 10 Gbit/s: predicted http 2.1 s (cpu-bound), multicast 2.5 s (cpu-bound), bittorrent 4.0 s (cpu-bound)
 }

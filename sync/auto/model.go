@@ -23,12 +23,12 @@
 // Kt is transport t's CPU floor: a node cannot finish before it has spent
 // its CPU time on the fetch, c_t·F with c_t the CPU seconds a node spends
 // per byte fetched over t (learned from the nodes' reports; until then
-// 22 ns/B for http, 46 ns/B for multicast and bittorrent, the lab's 1.4
-// and 3.0 CPU-s for a 65 MB image). Nodes sharing C cores (network
-// namespaces or VMs on one host: sim serve --auto-node-cores) finish no
-// sooner than all their CPU time spread over those cores, N·c_t·F/C (never
-// less than c_t·F). At 50 nodes on the lab's 2 cores that floor, not the
-// network, decides: HTTP's cheaper decoding wins. The cheapest wins; a tie
+// DefaultCPUPerByte: 32 ns/B for http, 23 for multicast, 30 for
+// bittorrent). Nodes sharing C cores (network namespaces or VMs on one
+// host: sim serve --auto-node-cores) finish no sooner than all their CPU
+// time spread over those cores, N·c_t·F/C (never less than c_t·F). At 16
+// and 50 nodes on the lab's 2 cores that floor, not the network, decides:
+// HTTP's N·F/Us says 8 s for 16 nodes, the CPU 17 s. The cheapest wins; a tie
 // goes to HTTP, which needs nothing but the server.
 package auto
 
@@ -91,15 +91,20 @@ const (
 )
 
 // DefaultCPUPerByte is what a node spends in CPU seconds per byte fetched
-// over transport t until nodes have reported (bench/fleetresults.md,
-// installing a 65 MB image: about 1.4 CPU-s per node over HTTP, 3.0 over
-// multicast or BitTorrent).
+// over transport t until nodes have reported: the lab's per-node CPU with
+// 16 and 50 nodes sharing 2 cores, installing a 65 MB image
+// (bench/fleetresults.md, 2026-12-06): HTTP 2.0 and 2.2 CPU-s, multicast
+// 1.1 and 1.8, BitTorrent 1.7 and 2.3. That is the cost where the CPU is
+// what decides, contention included (HTTP's many slow streams cost more
+// there than alone: one node alone spends 1.1, 1.3 and 1.4 CPU-s).
 func DefaultCPUPerByte(t string) float64 {
 	switch t {
 	case HTTP:
-		return 22e-9
-	case Multicast, BitTorrent:
-		return 46e-9
+		return 32e-9
+	case Multicast:
+		return 23e-9
+	case BitTorrent:
+		return 30e-9
 	}
 	return 0
 }
