@@ -27,7 +27,8 @@
 #   multicast   F/min(Us, Uc, mcast rate)        plus repairs (see sent/F)
 #   bittorrent  max(F/Us, F/Uc, N·F/(Us+N·Uc))   Qiu–Srikant
 # sim serve runs with --mcast-min-receivers N, --auto-uplink the server's
-# rate, --auto-node-cores $(nproc) (the nodes share this machine's cores);
+# rate, --auto-node-cores $(nproc) --auto-shared-host (the nodes and the
+# server share this machine's cores);
 # auto nodes pass --auto-nodes N (the size of the install, as a rollout
 # wave or a rack's install knows it). Bittorrent nodes leave the
 # swarm when done (--seed-time 0). Every node's tree is compared with its
@@ -284,13 +285,14 @@ START_DATE=$(date -u '+%F %H:%M UTC')
 meta "lab: " "server uplink $SRATE, node links $NRATE (tc tbf both ways), multicast and udpcast at $MRATE, MTU 1500, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 
 SERVE_PID=""
-# --auto-node-cores: the lab's nodes are network namespaces on this one
-# machine, so all N share its $(nproc) cores; at 50 nodes their CPU, not the
-# network, bounds the install (transport auto's CPU floor, N·c·F/C).
+# --auto-node-cores, --auto-shared-host: the lab's nodes are network
+# namespaces on this one machine with the server, so all share its $(nproc)
+# cores; at 16 and 50 nodes their CPU, not the network, bounds the install
+# (transport auto's CPU floor, (N·c·F + s·sent)/C).
 start_serve() { # N
 	X srv -- "$SIM" --store "$W/srv" serve --listen "$SRV:7480" --bt-listen "$SRV:6881" \
 		--mcast-rate "$MRATE" --mcast-min-receivers "$1" --mcast-wait 30s --auto-uplink "$SRATE" --auto-node-rate "$NRATE" \
-		--auto-node-cores "$(nproc)" 2>>"$W/log/serve.log" &
+		--auto-node-cores "$(nproc)" --auto-shared-host 2>>"$W/log/serve.log" &
 	SERVE_PID=$!
 	PIDS+=("$SERVE_PID")
 	wait_port 7480

@@ -25,14 +25,15 @@ func TestTransportAuto(t *testing.T) {
 	v1 := lastLine(ok(t, up, "commit", src1, "--image", "loc", "-m", "v1"))
 	url := startServer(t, up, "--bt-listen", "127.0.0.1:0", "--auto-uplink", "10Mbit", "--auto-gather", "1m", "--auto-node-cores", "2")
 	other := newStore(t) // up is the running server's
-	for _, bad := range []string{"-1", "NaN", "two"} {
+	for _, bad := range [][]string{{"--auto-node-cores", "-1"}, {"--auto-node-cores", "NaN"}, {"--auto-node-cores", "two"},
+		{"--auto-shared-host"}} { // the cores it would share are not given
 		// Refused before serving; bounded in case it were not.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var o, e bytes.Buffer
-		code := run(ctx, []string{"--store", other, "serve", "--listen", "127.0.0.1:0", "--auto-node-cores", bad}, &env{stdout: &o, stderr: &e})
+		code := run(ctx, append([]string{"--store", other, "serve", "--listen", "127.0.0.1:0"}, bad...), &env{stdout: &o, stderr: &e})
 		cancel()
-		if code == 0 || !strings.Contains(e.String(), "auto-node-cores") {
-			t.Errorf("serve --auto-node-cores %s: exit %d, %q: want it refused, naming the flag", bad, code, e.String())
+		if code == 0 || !strings.Contains(e.String(), strings.TrimPrefix(bad[0], "--")) {
+			t.Errorf("serve %v: exit %d, %q: want it refused, naming the flag", bad, code, e.String())
 		}
 	}
 

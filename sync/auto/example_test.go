@@ -8,10 +8,10 @@ import (
 
 // The lab of bench/fleetbench.sh at 50 nodes: a 1 Gbit/s server, nodes
 // on 100 Mbit/s, all in network namespaces on one 2-core machine
-// (sim serve --auto-uplink 1Gbit --auto-node-rate 100Mbit
-// --auto-node-cores 2), installing a 65 MB image.
+// with the server (sim serve --auto-uplink 1Gbit --auto-node-rate 100Mbit
+// --auto-node-cores 2 --auto-shared-host), installing a 65 MB image.
 func ExampleChoose() {
-	c := auto.Choose(auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: 125e6, NodeUplink: 12.5e6, NodeCores: 2,
+	c := auto.Choose(auto.Inputs{Bytes: 65e6, Nodes: 50, Uplink: 125e6, NodeUplink: 12.5e6, NodeCores: 2, SharedHost: true,
 		Available: []string{auto.BitTorrent, auto.Multicast}})
 	fmt.Println(c.Transport)
 	fmt.Println(c.Reason)
@@ -21,7 +21,7 @@ func ExampleChoose() {
 	fmt.Println(c.Reason)
 	// Output:
 	// multicast
-	// 50 nodes asking for 65.0 MB at 1 Gbit/s, nodes at 100 Mbit/s, sharing 2 cores: predicted multicast 38.4 s (cpu-bound), bittorrent 50.7 s (cpu-bound), http 52.0 s (cpu-bound)
+	// 50 nodes asking for 65.0 MB at 1 Gbit/s, nodes at 100 Mbit/s, sharing 2 cores with the server: predicted multicast 27.3 s (cpu-bound), http 38.2 s (cpu-bound), bittorrent 42.9 s (cpu-bound)
 	// http
-	// 16 nodes asking for 65.2 MB at 10 Gbit/s: predicted http 2.1 s (cpu-bound), multicast 2.5 s (cpu-bound), bittorrent 4.0 s (cpu-bound)
+	// 16 nodes asking for 65.2 MB at 10 Gbit/s: predicted http 1.0 s (cpu-bound), multicast 2.0 s (cpu-bound), bittorrent 3.6 s (cpu-bound)
 }

@@ -23,12 +23,15 @@
 // Kt is transport t's CPU floor: a node cannot finish before it has spent
 // its CPU time on the fetch, c_t·F with c_t the CPU seconds a node spends
 // per byte fetched over t (learned from the nodes' reports; until then
-// DefaultCPUPerByte: 32 ns/B for http, 23 for multicast, 30 for
+// DefaultCPUPerByte: 16 ns/B for http and multicast, 25 for
 // bittorrent). Nodes sharing C cores (network namespaces or VMs on one
 // host: sim serve --auto-node-cores) finish no sooner than all their CPU
-// time spread over those cores, N·c_t·F/C (never less than c_t·F). At 16
-// and 50 nodes on the lab's 2 cores that floor, not the network, decides:
-// HTTP's N·F/Us says 8 s for 16 nodes, the CPU 17 s. The cheapest wins; a tie
+// time spread over those cores, N·c_t·F/C (never less than c_t·F); when
+// the server shares them too (--auto-shared-host), so does what its
+// sending costs the host, s·S_t with S_t what it sends (N·F over HTTP,
+// F·r by multicast, about 1.2·F as a swarm's origin): (N·c_t·F + s·S_t)/C.
+// At 16 nodes on the lab's 2 cores HTTP's N·F/Us says 8.3 s, its CPU 12 s
+// (measured 11.8 s). The cheapest wins; a tie
 // goes to HTTP, which needs nothing but the server.
 package auto
 
@@ -67,6 +70,12 @@ type Inputs struct {
 	// NodeCores is how many cores the N nodes share (C; 0: each node has
 	// its own CPU).
 	NodeCores float64
+	// SharedHost: the server runs on those NodeCores cores too (the lab,
+	// or a server in a VM beside its nodes' VMs), so what its sending
+	// costs the host comes out of the nodes' CPU: ServerCPUPerByte (0:
+	// DefaultServerCPUPerByte) per byte the server sends.
+	SharedHost       bool
+	ServerCPUPerByte float64
 }
 
 // Choice is the model's answer: the transport, why, and the predicted
@@ -91,23 +100,32 @@ const (
 )
 
 // DefaultCPUPerByte is what a node spends in CPU seconds per byte fetched
-// over transport t until nodes have reported: the lab's per-node CPU with
-// 16 and 50 nodes sharing 2 cores, installing a 65 MB image
-// (bench/fleetresults.md, 2026-12-06): HTTP 2.0 and 2.2 CPU-s, multicast
-// 1.1 and 1.8, BitTorrent 1.7 and 2.3. That is the cost where the CPU is
-// what decides, contention included (HTTP's many slow streams cost more
-// there than alone: one node alone spends 1.1, 1.3 and 1.4 CPU-s).
+// over transport t until nodes have reported: a lab node's own CPU
+// installing a 65 MB image with 1 to 16 nodes on 2 cores
+// (bench/fleetresults.md, 2026-12-06): HTTP 0.96–1.13 CPU-s, multicast
+// 1.0–1.3, BitTorrent 1.4–1.9 (at 50 nodes every way cost 1.8–2.2: the
+// contention of 50 processes on 2 cores, and the bench's 200 MiB memory
+// limit).
 func DefaultCPUPerByte(t string) float64 {
 	switch t {
-	case HTTP:
-		return 32e-9
-	case Multicast:
-		return 23e-9
+	case HTTP, Multicast:
+		return 16e-9
 	case BitTorrent:
-		return 30e-9
+		return 25e-9
 	}
 	return 0
 }
+
+// DefaultServerCPUPerByte is what a byte the server sends costs a host
+// it shares with its nodes beyond the nodes' own processes: its HTTP
+// handler, TCP on both ends, the virtual links and their shaping. The lab
+// (16 nodes installing 65 MB over HTTP, 2 cores) spent 8 CPU-s outside the
+// node processes for the 1.05 GB the server sent.
+const DefaultServerCPUPerByte = 7.5e-9
+
+// btOriginShare is what a swarm's origin sends per byte a node lacks
+// with super-seeding (1.12–1.2 in the lab at 16 nodes).
+const btOriginShare = 1.2
 
 // CPUFloor is the least time a node needs for its CPU work on a fetch of
 // f bytes at c CPU seconds per byte, n nodes sharing cores cores (0: each
@@ -157,6 +175,13 @@ func Choose(in Inputs) Choice {
 			start[BitTorrent] = bs.Seconds()
 		}
 	}
+	// What the server sends for each: a copy per node, one session's
+	// (with its repairs), the origin's share of a swarm.
+	sent := map[string]float64{HTTP: n * f, Multicast: f * r, BitTorrent: f * math.Min(n, btOriginShare)}
+	sc := in.ServerCPUPerByte
+	if sc <= 0 {
+		sc = DefaultServerCPUPerByte
+	}
 	p := map[string]float64{}
 	netOnly := map[string]float64{}
 	cpuBound := map[string]bool{}
@@ -166,6 +191,9 @@ func Choose(in Inputs) Choice {
 			c = DefaultCPUPerByte(t)
 		}
 		k := CPUFloor(c, f, in.Nodes, in.NodeCores)
+		if in.SharedHost && in.NodeCores > 0 {
+			k = math.Max(k, (n*c*f+sc*sent[t])/in.NodeCores)
+		}
 		cpuBound[t] = k > v
 		p[t] = math.Max(v, k) + start[t]
 		netOnly[t] = v + start[t]
@@ -199,6 +227,9 @@ func Choose(in Inputs) Choice {
 			cores = "core"
 		}
 		nodeLink += fmt.Sprintf(", sharing %g %s", in.NodeCores, cores)
+		if in.SharedHost {
+			nodeLink += " with the server"
+		}
 	}
 	node := "nodes"
 	if in.Nodes == 1 {

@@ -83,8 +83,10 @@ type Advisor struct {
 	Uplink float64 // server uplink, bytes/s
 	// NodeLink is a node's link, bytes/s (0: as Uplink).
 	NodeLink float64
-	// NodeCores is how many cores the nodes share (0: each its own).
-	NodeCores float64
+	// NodeCores is how many cores the nodes share (0: each its own);
+	// SharedHost, that this server runs on them too.
+	NodeCores  float64
+	SharedHost bool
 	// Gather is how long the first request for a commit waits for others;
 	// GatherBytes the delta below which nobody waits.
 	Gather      time.Duration
@@ -371,7 +373,7 @@ func (a *Advisor) inputs(r *http.Request, bytes int64) Inputs {
 // baseInputs is what the advisor knows of the server, the nodes and the
 // costs, for a fetch of bytes.
 func (a *Advisor) baseInputs(bytes int64) Inputs {
-	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink, NodeCores: a.NodeCores,
+	in := Inputs{Bytes: bytes, Uplink: a.Uplink, NodeUplink: a.NodeLink, NodeCores: a.NodeCores, SharedHost: a.SharedHost,
 		CPUPerByte: map[string]float64{}}
 	for _, t := range []string{HTTP, Multicast, BitTorrent} {
 		in.CPUPerByte[t], _ = a.CPU(t)
@@ -427,6 +429,7 @@ type serveFlags struct {
 	nodeRate string
 	gather   time.Duration
 	cores    float64
+	shared   bool
 	off      bool
 }
 
@@ -435,6 +438,7 @@ func (s *serveFlags) Flags(f *pflag.FlagSet) {
 	f.StringVar(&s.nodeRate, "auto-node-rate", "0", "transport auto: a node's link `RATE` (upload and download) the choice assumes; 0: as --auto-uplink")
 	f.DurationVar(&s.gather, "auto-gather", 2*time.Second, "transport auto: how long the first node asking for a large delta waits for others asking for the same commit")
 	f.Float64Var(&s.cores, "auto-node-cores", 0, "transport auto: the `C` cores the nodes share (nodes in network namespaces or VMs on one host: their CPU, not the network, may decide); 0: each node has its own CPU")
+	f.BoolVar(&s.shared, "auto-shared-host", false, "transport auto: this server runs on the --auto-node-cores cores with its nodes (one host for all: what the server sends costs the nodes' CPU too)")
 	f.BoolVar(&s.off, "no-auto", false, "do not advise nodes fetching with --transport auto (they use HTTP)")
 }
 
@@ -462,7 +466,10 @@ func (s *serveFlags) Start(_ context.Context, env simsync.ServeEnv) (simsync.Ser
 	if math.IsNaN(s.cores) || s.cores < 0 || s.cores > 1<<20 {
 		return nil, &simsync.FlagError{Flag: "auto-node-cores", Value: strconv.FormatFloat(s.cores, 'g', -1, 64), Err: fmt.Errorf("want 0 or a number of cores")}
 	}
-	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), NodeCores: s.cores, Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
+	if s.shared && s.cores == 0 {
+		return nil, &simsync.FlagError{Flag: "auto-shared-host", Value: "true", Err: fmt.Errorf("needs --auto-node-cores: the cores the server shares with its nodes")}
+	}
+	a := &Advisor{Server: env.Server, Uplink: float64(up), NodeLink: float64(nodeRate), NodeCores: s.cores, SharedHost: s.shared, Gather: s.gather, GatherBytes: DefaultGatherBytes, Log: env.Log}
 	a.Mount(env.Server)
 	return service{a}, nil
 }
