@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 
@@ -175,7 +177,18 @@ func openDB(dir string, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	return &Store{dir: dir, cfg: cfg, db: db, enc: enc, dec: dec,
-		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(48 << 20), headers: map[chunk.ID][]PackEntry{}}, nil
+		packs: map[chunk.ID]*os.File{}, frames: newFrameCache(int(min(48<<20, MemoryShare(8)))), headers: map[chunk.ID][]PackEntry{}}, nil
+}
+
+// MemoryShare is 1/n of the process's Go memory limit (GOMEMLIMIT,
+// debug.SetMemoryLimit; at least 4 MiB), or MaxInt64 where none is set:
+// what a cache may take of a process told how much it may use.
+func MemoryShare(n int64) int64 {
+	lim := debug.SetMemoryLimit(-1)
+	if lim == math.MaxInt64 || n <= 0 {
+		return math.MaxInt64
+	}
+	return max(lim/n, 4<<20)
 }
 
 // Dir is the store's directory.

@@ -90,10 +90,14 @@ type FeedStats struct {
 const DefaultFeedBytes = 128 << 20
 
 // NewFeed returns a Feed over st (the store the fetch writes into) that
-// keeps at most maxBytes of data frames (<= 0: DefaultFeedBytes).
+// keeps at most maxBytes of data frames (<= 0: DefaultFeedBytes, or a
+// quarter of the process's Go memory limit when GOMEMLIMIT sets one
+// lower: a node told to live in 200 MiB that kept 128 MiB of frames, the
+// store's frame cache and its buffers beside them, would be collecting
+// garbage without pause near its limit).
 func NewFeed(st *store.Store, maxBytes int64) *Feed {
 	if maxBytes <= 0 {
-		maxBytes = DefaultFeedBytes
+		maxBytes = min(DefaultFeedBytes, store.MemoryShare(4))
 	}
 	f := &Feed{st: st, max: maxBytes, blobs: map[chunk.ID]*feedBlob{}, ready: make(chan struct{}),
 		need: map[chunk.ID]int{}, occ: map[chunk.ID]int{}, trees: map[chunk.ID]*snapshot.Tree{}}

@@ -2,6 +2,8 @@ package sync
 
 import (
 	"errors"
+	"math"
+	"runtime/debug"
 	"testing"
 
 	"github.com/systemimager/sim/chunk"
@@ -87,5 +89,24 @@ func TestFeedReads(t *testing.T) {
 				t.Errorf("stats %+v; want %d hits, 1 frame kept", st, tt.wantXReads+1)
 			}
 		})
+	}
+}
+
+// TestFeedMemoryLimit: under a Go memory limit a Feed keeps a quarter of
+// it, not DefaultFeedBytes; an explicit bound stays as given.
+func TestFeedMemoryLimit(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	st := storetest.New(t)
+	debug.SetMemoryLimit(math.MaxInt64)
+	if f := NewFeed(st, 0); f.max != DefaultFeedBytes {
+		t.Errorf("no limit: %d, want DefaultFeedBytes", f.max)
+	}
+	debug.SetMemoryLimit(200 << 20)
+	if f := NewFeed(st, 0); f.max != 50<<20 {
+		t.Errorf("GOMEMLIMIT 200 MiB: %d, want 50 MiB", f.max)
+	}
+	if f := NewFeed(st, 300<<20); f.max != 300<<20 {
+		t.Errorf("an explicit bound: %d, want it", f.max)
 	}
 }
