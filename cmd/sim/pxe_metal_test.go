@@ -57,15 +57,9 @@ func TestMetalPXE(t *testing.T) {
 	// The same VM, the same network-first boot: the per-node script
 	// now boots the disk.
 	con = m.pxeBoot(v, tftp, 6*time.Minute, "sim.server=")
-	want := "SIM-HELLO host=n7 post=post-ok n7 override=override-ok"
-	if !strings.Contains(con, want) {
-		t.Fatalf("second network boot did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
-	}
+	m.bootedDisk(con, "n7", st)
 	if strings.Contains(con, "sim.server=") || strings.Contains(con, "SIM INSTALL") {
 		t.Errorf("second network boot ran the installer again:\n%s", tail(con, 3000))
-	}
-	if st2 := m.statuses()["n7"]; !st2.Time.Equal(st.Time) {
-		t.Errorf("n7 reported again on its local boot: %+v", st2)
 	}
 	t.Logf("FIGURE PXE local boot: %.1f s from power-on (iPXE, sanboot, GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
 }
@@ -111,14 +105,23 @@ func TestMetalPXEUEFI(t *testing.T) {
 	t.Logf("FIGURE PXE install (UEFI/OVMF, iPXE EFI ROM → TFTP → sim serve): %.1f s from power-on to installed and powered off; server sent %.1f MB",
 		v.elapsed.Seconds(), float64(st.Bytes)/1e6)
 	con = m.pxeBoot(v, tftp, 8*time.Minute, "sim.server=")
-	want := "SIM-HELLO host=n6 post=post-ok n6 override=override-ok"
-	if !strings.Contains(con, want) {
-		t.Fatalf("second network boot did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
-	}
-	if st2 := m.statuses()["n6"]; !st2.Time.Equal(st.Time) {
-		t.Errorf("n6 reported again on its local boot: %+v", st2)
-	}
+	m.bootedDisk(con, "n6", st)
 	t.Logf("FIGURE PXE local boot (UEFI): %.1f s from power-on (iPXE exit, OVMF, the disk's GRUB, Debian) to the installed system's report", v.elapsed.Seconds())
+}
+
+// bootedDisk checks that con, the console of node's network boot after
+// its install (whose report was installed), went on to the installed disk:
+// the installed system's report is there, and the server got no new
+// install report.
+func (m *metalLab) bootedDisk(con, node string, installed install.Status) {
+	m.t.Helper()
+	want := "SIM-HELLO host=" + node + " post=post-ok " + node + " override=override-ok"
+	if !strings.Contains(con, want) {
+		m.t.Fatalf("the network boot after the install did not boot the installed disk (%q); console tail:\n%s", want, tail(con, 4000))
+	}
+	if st := m.statuses()[node]; !st.Time.Equal(installed.Time) {
+		m.t.Errorf("%s reported again on its local boot: %+v", node, st)
+	}
 }
 
 // pxeBoot boots v from the network first (-boot n: qemu's iPXE ROM, its

@@ -227,19 +227,9 @@ func newWorld(t *testing.T, gather time.Duration) *world {
 
 func (w *world) ask(t *testing.T, query string) (auto.Advice, int, string) {
 	t.Helper()
-	resp, err := http.Post(w.url+auto.AdvicePath+"?"+query, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var a auto.Advice
-	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, &a); err != nil {
-			t.Fatalf("advice %s: %v", b, err)
-		}
-	}
-	return a, resp.StatusCode, string(b)
+	code, b := w.post(t, auto.AdvicePath+"?"+query, "", "", &a)
+	return a, code, b
 }
 
 // TestAdvisor: nodes asking for one commit together get one answer made
@@ -397,7 +387,16 @@ func TestNoAdvisor(t *testing.T) {
 
 func (w *world) report(t *testing.T, body, token string) (auto.CPUEstimate, int, string) {
 	t.Helper()
-	req, err := http.NewRequest("POST", w.url+auto.ReportPath, strings.NewReader(body))
+	var e auto.CPUEstimate
+	code, b := w.post(t, auto.ReportPath, body, token, &e)
+	return e, code, b
+}
+
+// post POSTs body to the server's path with token (none if ""), decodes
+// a 200 answer into v, and returns the status and the body.
+func (w *world) post(t *testing.T, path, body, token string, v any) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", w.url+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,13 +409,12 @@ func (w *world) report(t *testing.T, body, token string) (auto.CPUEstimate, int,
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var e auto.CPUEstimate
 	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, &e); err != nil {
-			t.Fatalf("report answer %s: %v", b, err)
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("POST %s answer %s: %v", path, b, err)
 		}
 	}
-	return e, resp.StatusCode, string(b)
+	return resp.StatusCode, string(b)
 }
 
 // ask3 has three nodes ask for want together (expect=3) and returns the
